@@ -1,0 +1,96 @@
+"""The schema: which column of which table is what.
+
+A schema types every column of the three tables of the data contract:
+
+    interactions:            users:                 items:
+      user_id: categorical     user_id: categorical   item_id: categorical
+      item_id: categorical     age: numeric           genres: multi
+      timestamp: time          gender: categorical    author: categorical
+      rating: label            ...                    publish_time: time
+
+Kinds: categorical (one token), numeric (a number), multi (a list of tokens), sequence (an
+ordered list), label (a training target), time (unix seconds).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from funnelrec.core.config import load_yaml
+from funnelrec.core.errors import ConfigError, DataError
+
+KINDS = ("categorical", "numeric", "multi", "sequence", "label", "time")
+TABLES = ("interactions", "users", "items")
+REQUIRED = {
+    "interactions": ("user_id", "item_id", "timestamp"),
+    "users": ("user_id",),
+    "items": ("item_id",),
+}
+
+
+@dataclass(frozen=True)
+class Schema:
+    interactions: dict[str, str]
+    users: dict[str, str] = field(default_factory=lambda: {"user_id": "categorical"})
+    items: dict[str, str] = field(default_factory=lambda: {"item_id": "categorical"})
+
+    def __post_init__(self) -> None:
+        for table in TABLES:
+            cols = getattr(self, table)
+            for col, kind in cols.items():
+                if kind not in KINDS:
+                    raise ConfigError(
+                        f"schema: column {table}.{col} has unknown kind {kind!r}; known: {', '.join(KINDS)}"
+                    )
+            for col in REQUIRED[table]:
+                if col not in cols:
+                    raise ConfigError(f"schema: table {table} must declare column {col!r}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "schema") -> Schema:
+        for key in data:
+            if key not in TABLES:
+                raise ConfigError(f"unknown key {key!r} in {where}; known: {', '.join(TABLES)}")
+        tables = {}
+        for t in TABLES:
+            cols = data.get(t, {} if t == "interactions" else None)
+            if cols is None:
+                continue
+            if not isinstance(cols, dict):
+                raise ConfigError(f"{where}.{t}: expected a mapping column → kind")
+            tables[t] = {str(k): str(v) for k, v in cols.items()}
+        return cls(**tables)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Schema:
+        return cls.from_dict(load_yaml(path), where=str(path))
+
+    def to_dict(self) -> dict[str, dict[str, str]]:
+        return {t: dict(getattr(self, t)) for t in TABLES}
+
+    def columns(self, table: str, kind: str) -> list[str]:
+        return [c for c, k in getattr(self, table).items() if k == kind]
+
+    @property
+    def labels(self) -> list[str]:
+        return self.columns("interactions", "label")
+
+    def validate(self, table: str, df: pl.DataFrame) -> None:
+        """Raise DataError naming the first missing or mistyped column."""
+        for col, kind in getattr(self, table).items():
+            if col not in df.columns:
+                raise DataError(f"{table}: missing column {col!r} (declared {kind} in the schema)")
+            dt = df.schema[col]
+            ok = True
+            if kind in ("numeric", "label"):
+                ok = dt.is_numeric() or dt == pl.Boolean
+            elif kind == "time":
+                ok = dt.is_integer() or dt.is_float() or isinstance(dt, pl.Datetime)
+            elif kind in ("multi", "sequence"):
+                ok = isinstance(dt, pl.List)
+            if not ok:
+                raise DataError(f"{table}: column {col!r} is {dt}, but the schema says {kind}")

@@ -1,0 +1,184 @@
+"""One Trainer for every torch model in funnelrec (rankers, two-tower recall, pre-ranker).
+
+The model only computes; the loss is a callable `loss_fn(model, batch) -> scalar tensor`, so
+the same loop trains a pointwise CTR model, a BPR pair model or an in-batch-softmax two-tower.
+Batches are slices of pre-built tensors (one permutation per epoch, then contiguous slices):
+no per-sample `__getitem__`, no DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from funnelrec.core.errors import ConfigError
+
+Batch = dict[str, torch.Tensor]
+LossFn = Callable[[nn.Module, Batch], torch.Tensor]
+
+
+def setup_torch(num_threads: int = 2) -> None:
+    """Process-wide settings for fast CPU training/serving (see shared NOTES: denormals)."""
+    torch.set_flush_denormal(True)
+    if torch.get_num_threads() != num_threads:
+        torch.set_num_threads(num_threads)
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    epochs: int = 20
+    batch_size: int = 2048
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    optimizer: str = "adam"
+    patience: int = 3  # epochs without validation improvement before stopping
+    seed: int = 2020
+    num_threads: int = 2
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("adam", "adamw", "sgd", "adagrad"):
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; known: adam, adamw, sgd, adagrad")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError("epochs and batch_size must be ≥ 1")
+
+
+@dataclass
+class TrainResult:
+    epochs: int
+    best_epoch: int
+    best_score: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    train_seconds: float = 0.0
+    samples_per_s: float = 0.0
+
+
+def _optimizer(cfg: TrainerConfig, params) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adagrad":
+        return torch.optim.Adagrad(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+class Trainer:
+    def __init__(self, config: TrainerConfig | None = None) -> None:
+        self.config = config or TrainerConfig()
+
+    def fit(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        train: Batch,
+        validate: Callable[[nn.Module], float] | None = None,
+        checkpoint: str | Path | None = None,
+        on_epoch_start: Callable[[int], Batch | None] | None = None,
+    ) -> TrainResult:
+        """Train `model` on the tensors of `train` (all with the same first dimension).
+
+        validate: returns a score to maximize (e.g. validation AUC); the best epoch's weights
+        are restored at the end and written to `checkpoint` if given. Early stopping after
+        `patience` epochs without improvement.
+        on_epoch_start: may return fresh training tensors for the epoch (resampled negatives).
+        """
+        cfg = self.config
+        setup_torch(cfg.num_threads)
+        torch.manual_seed(cfg.seed)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        opt = _optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
+        best_score, best_epoch, best_state = -math.inf, -1, None
+        history: list[dict[str, float]] = []
+        seen, t_train = 0, 0.0
+        bad = 0
+        epoch = 0
+        for epoch in range(cfg.epochs):
+            if on_epoch_start is not None:
+                fresh = on_epoch_start(epoch)
+                if fresh is not None:
+                    train = fresh
+            n = _length(train)
+            t0 = time.perf_counter()
+            model.train()
+            perm = torch.randperm(n, generator=gen)
+            shuffled = {k: v[perm] for k, v in train.items()}
+            total, steps = 0.0, 0
+            iterator = range(0, n, cfg.batch_size)
+            if cfg.progress:
+                from tqdm import tqdm
+
+                iterator = tqdm(iterator, desc=f"epoch {epoch}", leave=False, unit="batch")
+            for s in iterator:
+                batch = {k: v[s : s + cfg.batch_size] for k, v in shuffled.items()}
+                loss = loss_fn(model, batch)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += float(loss.detach())
+                steps += 1
+            dt = time.perf_counter() - t0
+            t_train += dt
+            seen += n
+            row = {"epoch": float(epoch), "loss": total / max(steps, 1), "seconds": dt}
+            if validate is not None:
+                model.eval()
+                with torch.inference_mode():
+                    score = float(validate(model))
+                row["valid"] = score
+                if score > best_score:
+                    best_score, best_epoch, bad = score, epoch, 0
+                    best_state = copy.deepcopy(model.state_dict())
+                else:
+                    bad += 1
+            history.append(row)
+            if validate is not None and bad >= cfg.patience:
+                break
+        if best_state is not None:
+            model.load_state_dict(best_state)
+        else:
+            best_epoch = epoch
+        model.eval()
+        if checkpoint is not None:
+            save_checkpoint(model, checkpoint)
+        return TrainResult(
+            epochs=epoch + 1,
+            best_epoch=best_epoch,
+            best_score=best_score,
+            history=history,
+            train_seconds=t_train,
+            samples_per_s=seen / t_train if t_train > 0 else 0.0,
+        )
+
+
+def _length(tensors: Batch) -> int:
+    lengths = {k: v.shape[0] for k, v in tensors.items()}
+    if len(set(lengths.values())) != 1:
+        raise ValueError(f"training tensors differ in length: {lengths}")
+    return next(iter(lengths.values()))
+
+
+def save_checkpoint(model: nn.Module, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path)
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
+    state = torch.load(Path(path), map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    model.eval()
+    return model
+
+
+def seed_everything(seed: int) -> np.random.Generator:
+    torch.manual_seed(seed)
+    return np.random.default_rng(seed)
