@@ -1,0 +1,102 @@
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from sklearn.metrics import log_loss, ndcg_score, roc_auc_score
+
+from funnelrec.eval.metrics import (
+    auc,
+    average_popularity,
+    full_ranking_topk,
+    gauc,
+    item_coverage,
+    logloss,
+    ranking_metrics,
+)
+
+
+@pytest.fixture
+def scored():
+    rng = np.random.default_rng(7)
+    y = rng.integers(0, 2, 2000)
+    s = np.round(rng.random(2000) + 0.3 * y, 2)  # ties on purpose
+    u = rng.integers(0, 40, 2000)
+    return u, y, s
+
+
+def test_auc_matches_sklearn_with_ties(scored):
+    _, y, s = scored
+    assert auc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+
+
+def test_auc_single_class_is_nan():
+    assert np.isnan(auc([1, 1, 1], [0.1, 0.2, 0.3]))
+
+
+def test_logloss_matches_sklearn(scored):
+    _, y, s = scored
+    p = np.clip(s, 0.01, 0.99)
+    assert logloss(y, p) == pytest.approx(log_loss(y, p), rel=1e-12)
+
+
+@pytest.mark.parametrize("weight", ["impressions", "uniform"])
+def test_gauc_is_weighted_mean_of_per_user_sklearn_auc(scored, weight):
+    u, y, s = scored
+    y = y.copy()
+    y[u == 3] = 1  # a user with one class only must be skipped
+    vals, ws = [], []
+    for user in np.unique(u):
+        m = u == user
+        if len(np.unique(y[m])) < 2:
+            continue
+        vals.append(roc_auc_score(y[m], s[m]))
+        ws.append(m.sum() if weight == "impressions" else 1)
+    expected = np.average(vals, weights=ws)
+    assert gauc(u, y, s, weight=weight) == pytest.approx(expected, abs=1e-12)
+
+
+def test_ranking_metrics_hand_computed():
+    # user 0: positives {1, 5}; list [5, 2, 1] → hits at ranks 1 and 3
+    # user 1: positives {9};    list [3, 4, 0] → no hit
+    # user 2: no positives → excluded from every average
+    pos = sp.csr_matrix(([1, 1, 1], ([0, 0, 1], [1, 5, 9])), shape=(3, 10))
+    topk = np.array([[5, 2, 1], [3, 4, 0], [1, 2, 3]])
+    m = ranking_metrics(topk, pos, ks=(1, 3))
+    assert m["users"] == 2
+    assert m["recall@3"] == pytest.approx((2 / 2 + 0) / 2)
+    assert m["recall@1"] == pytest.approx((1 / 2 + 0) / 2)
+    assert m["precision@3"] == pytest.approx((2 / 3 + 0) / 2)
+    assert m["hit@3"] == pytest.approx(0.5)
+    assert m["mrr@3"] == pytest.approx((1 + 0) / 2)
+    dcg = 1 / np.log2(2) + 1 / np.log2(4)
+    idcg = 1 / np.log2(2) + 1 / np.log2(3)
+    assert m["ndcg@3"] == pytest.approx((dcg / idcg + 0) / 2)
+
+
+def test_ndcg_matches_sklearn_for_binary_relevance():
+    rng = np.random.default_rng(1)
+    n_users, n_items, k = 30, 50, 10
+    rel = (rng.random((n_users, n_items)) < 0.15).astype(float)
+    rel[rel.sum(1) == 0, 0] = 1
+    scores = rng.random((n_users, n_items))
+    topk = np.argsort(-scores, axis=1)[:, :k]
+    m = ranking_metrics(topk, sp.csr_matrix(rel), ks=(k,))
+    assert m["ndcg@10"] == pytest.approx(ndcg_score(rel, scores, k=k), abs=1e-9)
+
+
+def test_pad_never_hits():
+    pos = sp.csr_matrix(([1], ([0], [0])), shape=(1, 4))
+    m = ranking_metrics(np.array([[-1, -1, 0]]), pos, ks=(2, 3))
+    assert m["hit@2"] == 0 and m["hit@3"] == 1 and m["mrr@3"] == pytest.approx(1 / 3)
+
+
+def test_full_ranking_excludes_training_items_and_sorts():
+    scores = np.array([[0.9, 0.8, 0.1, 0.5], [0.1, 0.2, 0.3, 0.4]])
+    exclude = sp.csr_matrix(([1], ([0], [0])), shape=(2, 4))
+    top = full_ranking_topk(lambda u: scores[u], np.array([0, 1]), k=2, exclude=exclude, block=1)
+    np.testing.assert_array_equal(top, [[1, 3], [3, 2]])
+
+
+def test_coverage_and_popularity():
+    topk = np.array([[0, 1], [1, -1]])
+    assert item_coverage(topk, 4) == 0.5
+    assert average_popularity(topk, np.array([10, 20, 30, 40])) == pytest.approx((10 + 20 + 20) / 3)
