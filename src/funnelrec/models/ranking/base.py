@@ -37,6 +37,7 @@ class FeatureSpec:
     seq_len: int = 0  # L (0 = no sequence features)
     n_domains: int = 1
     tasks: tuple[str, ...] = ("ctr",)
+    field_names: tuple[str, ...] = ()  # name of each "sparse" column (len F when known)
 
 
 class RankingModel(nn.Module):

@@ -1,0 +1,440 @@
+"""A seeded synthetic world: users, items and an impression log whose ground truth is known.
+
+    >>> from funnelrec.data import load_dataset
+    >>> ds = load_dataset("synthetic", n_users=200, n_items=100, n_interactions=2_000, seed=1)
+    >>> world = ds.extras["world"]
+    >>> ds.interactions.columns[:6]
+    ['user_id', 'item_id', 'timestamp', 'click', 'like', 'watch_time']
+    >>> world.true_preference(np.array([[0], [1]]), np.array([[0, 1, 2]])).shape
+    (2, 3)
+
+Generative model (d = `dim`, all embeddings drawn N(0, I/d), σ(x) = 1/(1+e^-x)):
+
+Users. age_band, gender and region are categorical with skewed marginals (regions Zipf(0.8)).
+Each user has two favourite tags f1, f2 drawn from the tag popularity (Zipf(0.8) over tags):
+
+    u_raw = 1.0·(T[f1] + T[f2])/2 + 0.5·R[region] + 0.3·B[age_band] + 0.2·G[gender] + 0.5·ε
+
+Items. Each author a has a home tag h(a) and an embedding A[a] = 0.6·T[h(a)] + 0.8·ε. Items are
+assigned to authors by a Zipf(`author_exponent`) draw, so a few authors own many items. An item
+carries 1–3 tags (the first is its author's home tag with probability 0.7, the rest follow the
+tag popularity):
+
+    v_raw = 1.0·mean(T[tags]) + 0.7·A[author] + 0.5·ε
+
+Both are rescaled to per-coordinate RMS d^(-1/4), so for unrelated pairs s = u·v has std ≈ 1;
+users and items sharing tags, author taste or region have larger s.
+
+Popularity p_i ∝ rank_i^(-`popularity_exponent`) over a random ranking of the items (rank 1 =
+most popular); its percentile ρ_i = 1 − (rank_i − 1)/N ∈ (0, 1] enters the truth, so the click
+rate does not drift with the catalogue size. Items are published uniformly over
+[start − `backlog_days`, end]; freshness at time t is φ_i(t) = exp(−max(0, t − publish_i)/τ), τ =
+`freshness_days`. The oldest item is dated back to the start so that every moment has one.
+
+Truth (`SyntheticWorld.true_preference`):
+
+    P(click | u, i, t) = σ(b_c + w_s·s_ui + w_p·ρ_i + w_f·φ_i(t))
+    P(like | click)    = σ(b_l + w_l·s_ui)
+    watch_time | click = duration_i · σ(b_w + w_w·s_ui) · Γ(k, 1/k),   0 when not clicked
+    position bias      : P(click) is multiplied by (1 + position)^(−`position_exponent`)
+
+Impressions. User activity is heavy tailed: n_u = 1 + Multinomial(N − U, w), w_u ~
+LogNormal(0, `activity_sigma`); timestamps are uniform over the period. Each impression is a
+sampled softmax over a pool of `pool_size` candidates drawn (alias method) from the proposal
+q = (1 − ε)·p + ε·uniform (ε = `exploration`): among the candidates already published at t, the
+shown item is argmax_k β·s_uk + w_f·φ_k(t) + Gumbel_k — so exposure ≈ q_i·exp(β·s_ui + w_f·φ_i)
+normalized, i.e. it mixes popularity and preference. The same user may see an item twice.
+Labels come from `SyntheticWorld.sample_response`, the function a closed-loop simulator calls.
+
+The interactions table is ordered by timestamp (so by timestamp within each user too);
+user_id = user_idx and item_id = item_idx.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from funnelrec.core.config import from_dict
+from funnelrec.core.errors import ConfigError, DataError
+from funnelrec.core.registry import DATASETS
+from funnelrec.data.dataset import Dataset
+from funnelrec.data.schema import Schema
+
+DAY = 86_400
+AGE_BANDS = ("<18", "18-24", "25-34", "35-44", "45-54", "55+")
+AGE_SHARES = (0.08, 0.27, 0.30, 0.18, 0.10, 0.07)
+GENDERS = ("M", "F", "U")
+GENDER_SHARES = (0.49, 0.47, 0.04)
+_CHUNK = 1 << 19  # impressions generated per chunk (bounds the memory of the random draws)
+
+SCHEMA = Schema(
+    interactions={"user_id": "categorical", "item_id": "categorical", "timestamp": "time",
+                  "click": "label", "like": "label", "watch_time": "label"},
+    users={"user_id": "categorical", "age_band": "categorical", "gender": "categorical",
+           "region": "categorical"},
+    items={"item_id": "categorical", "tags": "multi", "author": "categorical",
+           "publish_time": "time", "duration": "numeric"},
+)
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    """The knobs of the synthetic world (see the module docstring for the formulas)."""
+
+    n_users: int = 10_000
+    n_items: int = 2_000
+    n_interactions: int = 200_000
+    seed: int = 0
+    dim: int = 16
+    n_tags: int = 100
+    n_authors: int = 0  # 0 → n_items // 5
+    n_regions: int = 20
+    start_time: int = 1_767_225_600  # 2026-01-01 00:00 UTC
+    days: int = 60
+    backlog_days: int = 180
+    popularity_exponent: float = 1.0
+    author_exponent: float = 1.0
+    activity_sigma: float = 1.2
+    exploration: float = 0.05
+    pool_size: int = 8
+    exposure_temperature: float = 1.0  # β
+    click_bias: float = -4.5  # b_c
+    affinity_weight: float = 1.5  # w_s
+    popularity_weight: float = 1.0  # w_p
+    freshness_weight: float = 0.5  # w_f
+    freshness_days: float = 7.0  # τ
+    like_bias: float = -3.0  # b_l
+    like_weight: float = 1.0  # w_l
+    watch_bias: float = 0.0  # b_w
+    watch_weight: float = 1.0  # w_w
+    watch_shape: float = 5.0  # k
+    position_exponent: float = 0.6
+
+    def __post_init__(self) -> None:
+        for name in ("n_users", "n_items", "n_interactions", "dim", "n_tags", "n_regions", "days", "pool_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"WorldConfig.{name} must be ≥ 1, got {getattr(self, name)}")
+        for name in ("n_authors", "backlog_days", "popularity_exponent", "author_exponent", "activity_sigma",
+                     "exposure_temperature", "position_exponent"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"WorldConfig.{name} must be ≥ 0, got {getattr(self, name)}")
+        if self.n_interactions < self.n_users:
+            raise ConfigError(f"WorldConfig: n_interactions ({self.n_interactions}) must be ≥ n_users "
+                              f"({self.n_users}); every user gets at least one impression")
+        if not 0.0 <= self.exploration <= 1.0:
+            raise ConfigError(f"WorldConfig.exploration must be in [0, 1], got {self.exploration}")
+        if self.freshness_days <= 0 or self.watch_shape <= 0:
+            raise ConfigError("WorldConfig.freshness_days and watch_shape must be > 0")
+
+    @property
+    def end_time(self) -> int:
+        return self.start_time + self.days * DAY
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+class SyntheticWorld:
+    """The hidden truth of a synthetic dataset.
+
+    user_vectors: (U, d) float32, item_vectors: (N, d) float32, popularity: (N,) float64
+    summing to 1, publish_time: (N,) int64 unix s, duration: (N,) float32 seconds,
+    item_tags: (N, 3) int64 tag ids (−1 pads), item_author: (N,) int64, user_region: (U,) int64.
+    Index arguments broadcast like numpy arrays: `true_preference(u[:, None], i[None, :])` is (U, N).
+    """
+
+    def __init__(self, config: WorldConfig, user_vectors: np.ndarray, item_vectors: np.ndarray,
+                 popularity: np.ndarray, publish_time: np.ndarray, duration: np.ndarray,
+                 item_tags: np.ndarray, item_author: np.ndarray, user_region: np.ndarray) -> None:
+        self.config = config
+        self.user_vectors = user_vectors
+        self.item_vectors = item_vectors
+        self.popularity = popularity
+        self.publish_time = publish_time
+        self.duration = duration
+        self.item_tags = item_tags
+        self.item_author = item_author
+        self.user_region = user_region
+        rank = np.empty(len(popularity), np.int64)
+        rank[np.argsort(-popularity, kind="stable")] = np.arange(len(popularity))
+        self.popularity_score = (1.0 - rank / len(popularity)).astype(np.float32)  # ρ: percentile
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_vectors)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_vectors)
+
+    def _indices(self, user_idx, item_idx) -> tuple[np.ndarray, np.ndarray]:
+        u = np.asarray(user_idx)
+        i = np.asarray(item_idx)
+        for name, a, n in (("user_idx", u, self.n_users), ("item_idx", i, self.n_items)):
+            if a.dtype.kind not in "iu":
+                raise DataError(f"{name} must be integers, got dtype {a.dtype}")
+            if a.size and (a.min() < 0 or a.max() >= n):
+                raise DataError(f"{name} out of range 0..{n - 1}: got {int(a.min())}..{int(a.max())}")
+        return u, i
+
+    def affinity(self, user_idx, item_idx) -> np.ndarray:
+        """s = u·v for broadcast index arrays; (U, 1) × (1, N) is one matrix product."""
+        u, i = self._indices(user_idx, item_idx)
+        if u.ndim == 2 and i.ndim == 2 and u.shape[1] == 1 and i.shape[0] == 1:
+            return self.user_vectors[u[:, 0]] @ self.item_vectors[i[0]].T
+        ub, ib = np.broadcast_arrays(u, i)
+        return np.einsum("...d,...d->...", self.user_vectors[ub], self.item_vectors[ib])
+
+    def freshness(self, item_idx, t=None) -> np.ndarray:
+        """φ_i(t) = exp(−max(0, t − publish_i)/τ); t defaults to the end of the period."""
+        t = self.config.end_time if t is None else np.asarray(t)
+        age = np.maximum(0, t - self.publish_time[item_idx])
+        return np.exp(-age / (self.config.freshness_days * DAY)).astype(np.float32)
+
+    def _click_logit(self, s, item_idx, t) -> np.ndarray:
+        c = self.config
+        return (c.click_bias + c.affinity_weight * s + c.popularity_weight * self.popularity_score[item_idx]
+                + c.freshness_weight * self.freshness(item_idx, t))
+
+    def true_preference(self, user_idx, item_idx, t=None) -> np.ndarray:
+        """P(click | u, i, t) = σ(b_c + w_s·s + w_p·ρ_i + w_f·φ_i(t)), without position bias."""
+        u, i = self._indices(user_idx, item_idx)
+        s = self.affinity(u, i)
+        return _sigmoid(self._click_logit(s, i, t))
+
+    def expected_watch_time(self, user_idx, item_idx, t=None, given_click: bool = False) -> np.ndarray:
+        """E[watch_time] = P(click)·duration_i·σ(b_w + w_w·s); given_click drops the P(click) factor."""
+        u, i = self._indices(user_idx, item_idx)
+        s = self.affinity(u, i)
+        c = self.config
+        per_click = self.duration[i] * _sigmoid(c.watch_bias + c.watch_weight * s)
+        return per_click if given_click else per_click * _sigmoid(self._click_logit(s, i, t))
+
+    def sample_response(self, user_idx, item_idx, rng: np.random.Generator, position=None, t=None
+                        ) -> dict[str, np.ndarray]:
+        """Draw click (int8), like (int8) and watch_time (float32 s) for shown pairs.
+
+        position: 0-based slot of each item on the screen; multiplies P(click) by
+        (1 + position)^(−position_exponent). t: time of the impression (default: end of period).
+        """
+        u, i = self._indices(user_idx, item_idx)
+        u, i = np.broadcast_arrays(u, i)
+        s = self.affinity(u, i)
+        return self._respond(s, i, t, rng, position)
+
+    def _respond(self, s, item_idx, t, rng: np.random.Generator, position=None) -> dict[str, np.ndarray]:
+        c = self.config
+        p = _sigmoid(self._click_logit(s, item_idx, t))
+        if position is not None:
+            pos = np.asarray(position)
+            if pos.size and pos.min() < 0:
+                raise DataError(f"position must be ≥ 0, got {int(pos.min())}")
+            p = p * (1.0 + pos) ** (-c.position_exponent)
+        shape = np.shape(p)
+        click = rng.random(shape) < p
+        like = click & (rng.random(shape) < _sigmoid(c.like_bias + c.like_weight * s))
+        noise = rng.gamma(c.watch_shape, 1.0 / c.watch_shape, shape)
+        watch = self.duration[item_idx] * _sigmoid(c.watch_bias + c.watch_weight * s) * noise
+        watch = np.where(click, np.maximum(watch, 1e-3), 0.0)
+        return {"click": click.astype(np.int8), "like": like.astype(np.int8),
+                "watch_time": watch.astype(np.float32)}
+
+
+def _zipf_weights(n: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
+    """Weights ∝ rank^(−exponent) over a random ranking, summing to 1."""
+    w = np.arange(1, n + 1, dtype=np.float64) ** (-exponent)
+    w = w[rng.permutation(n)]
+    return w / w.sum()
+
+
+def _rescale(x: np.ndarray, dim: int) -> np.ndarray:
+    rms = np.sqrt(np.mean(x.astype(np.float64) ** 2)) or 1.0
+    return (x * (dim ** -0.25 / rms)).astype(np.float32)
+
+
+@numba.njit(cache=True)
+def _alias_table(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Vose's alias method: draw j uniform, keep j with prob[j] else take alias[j]."""
+    n = len(p)
+    prob = p * n
+    alias = np.arange(n)
+    small = np.empty(n, np.int64)
+    large = np.empty(n, np.int64)
+    ns = 0
+    nl = 0
+    for j in range(n):
+        if prob[j] < 1.0:
+            small[ns] = j
+            ns += 1
+        else:
+            large[nl] = j
+            nl += 1
+    while ns > 0 and nl > 0:
+        ns -= 1
+        s = small[ns]
+        g = large[nl - 1]
+        alias[s] = g
+        prob[g] = prob[g] + prob[s] - 1.0
+        if prob[g] < 1.0:
+            nl -= 1
+            small[ns] = g
+            ns += 1
+    for k in range(nl):
+        prob[large[k]] = 1.0
+    for k in range(ns):
+        prob[small[k]] = 1.0
+    return prob, alias
+
+
+@numba.njit(parallel=True, cache=True)
+def _choose_exposures(users, times, U, V, publish, prob, alias, r_pool, r_gumbel, fallback, beta, w_f, tau):
+    """For each impression: argmax over published pool candidates of β·s + w_f·φ + Gumbel."""
+    n, k_pool = r_pool.shape
+    n_items = len(prob)
+    d = U.shape[1]
+    out = np.empty(n, np.int64)
+    for r in numba.prange(n):
+        u = users[r]
+        t = times[r]
+        best = -np.inf
+        best_c = fallback
+        for k in range(k_pool):
+            x = r_pool[r, k] * n_items
+            j = min(int(x), n_items - 1)
+            c = j if (x - j) < prob[j] else alias[j]
+            age = t - publish[c]
+            if age < 0:
+                continue
+            s = 0.0
+            for q in range(d):
+                s += U[u, q] * V[c, q]
+            score = beta * s + w_f * np.exp(-age / tau) - np.log(-np.log(r_gumbel[r, k]))
+            if score > best:
+                best = score
+                best_c = c
+        out[r] = best_c
+    return out
+
+
+def _list_column(values: list[str], codes: np.ndarray, lengths: np.ndarray) -> pl.Series:
+    """A List[str] column from flat codes and per-row lengths, without Python lists per row."""
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    flat = pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int32)), pa.array(values)).cast(pa.string())
+    return pl.Series(pl.from_arrow(pa.ListArray.from_arrays(pa.array(offsets), flat)))
+
+
+def _strings(names: list[str] | tuple[str, ...], codes: np.ndarray) -> pl.Series:
+    return pl.Series(np.asarray(names)[codes], dtype=pl.String)
+
+
+def generate_world(config: WorldConfig) -> tuple[SyntheticWorld, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Draw the world and its impression log: (world, interactions, users, items)."""
+    c = config
+    rng = np.random.default_rng(c.seed)
+    d, nu, ni = c.dim, c.n_users, c.n_items
+    n_authors = c.n_authors or max(1, ni // 5)
+
+    def emb(n: int) -> np.ndarray:
+        return rng.standard_normal((n, d), dtype=np.float32) / np.float32(np.sqrt(d))
+
+    tags_e, regions_e, ages_e, genders_e = emb(c.n_tags), emb(c.n_regions), emb(len(AGE_BANDS)), emb(len(GENDERS))
+    tag_pop = _zipf_weights(c.n_tags, 0.8, rng)
+
+    # users
+    age = rng.choice(len(AGE_BANDS), nu, p=AGE_SHARES)
+    gender = rng.choice(len(GENDERS), nu, p=GENDER_SHARES)
+    region = rng.choice(c.n_regions, nu, p=_zipf_weights(c.n_regions, 0.8, rng))
+    fav = rng.choice(c.n_tags, (nu, 2), p=tag_pop)
+    u_raw = (0.5 * (tags_e[fav[:, 0]] + tags_e[fav[:, 1]]) + 0.5 * regions_e[region] + 0.3 * ages_e[age]
+             + 0.2 * genders_e[gender] + 0.5 * emb(nu))
+    user_vectors = _rescale(u_raw, d)
+    del u_raw
+
+    # items
+    home = rng.choice(c.n_tags, n_authors, p=tag_pop)
+    author_e = 0.6 * tags_e[home] + 0.8 * emb(n_authors)
+    author = rng.choice(n_authors, ni, p=_zipf_weights(n_authors, c.author_exponent, rng))
+    n_tags_item = rng.choice(3, ni, p=(0.4, 0.4, 0.2)) + 1
+    tags = rng.choice(c.n_tags, (ni, 3), p=tag_pop)
+    tags[:, 0] = np.where(rng.random(ni) < 0.7, home[author], tags[:, 0])
+    keep = np.arange(3)[None, :] < n_tags_item[:, None]
+    keep[:, 1] &= tags[:, 1] != tags[:, 0]
+    keep[:, 2] &= (tags[:, 2] != tags[:, 0]) & (tags[:, 2] != tags[:, 1])
+    item_tags = np.where(keep, tags, -1)
+    tag_mean = (tags_e[tags] * keep[:, :, None]).sum(1) / keep.sum(1, keepdims=True)
+    item_vectors = _rescale(tag_mean + 0.7 * author_e[author] + 0.5 * emb(ni), d)
+    popularity = _zipf_weights(ni, c.popularity_exponent, rng)
+    publish = rng.integers(c.start_time - c.backlog_days * DAY, c.end_time, ni, dtype=np.int64)
+    oldest = int(np.argmin(publish))
+    publish[oldest] = min(publish[oldest], c.start_time)
+    duration = np.clip(rng.lognormal(np.log(180.0), 0.7, ni), 10, 3600).astype(np.float32)
+    world = SyntheticWorld(c, user_vectors, item_vectors, popularity, publish, duration, item_tags, author, region)
+
+    # impressions, generated in user order, then ordered by time
+    weights = rng.lognormal(0.0, c.activity_sigma, nu)
+    counts = 1 + rng.multinomial(c.n_interactions - nu, weights / weights.sum())
+    users_col = np.repeat(np.arange(nu, dtype=np.int64), counts)
+    times = rng.integers(c.start_time, c.end_time, c.n_interactions, dtype=np.int64)
+    proposal = (1.0 - c.exploration) * popularity + c.exploration / ni
+    prob, alias = _alias_table(proposal)
+    items_col = np.empty(c.n_interactions, np.int64)
+    click = np.empty(c.n_interactions, np.int8)
+    like = np.empty(c.n_interactions, np.int8)
+    watch = np.empty(c.n_interactions, np.float32)
+    tau = float(c.freshness_days * DAY)
+    for a in range(0, c.n_interactions, _CHUNK):
+        b = min(a + _CHUNK, c.n_interactions)
+        r_pool = rng.random((b - a, c.pool_size))
+        r_gumbel = rng.random((b - a, c.pool_size))
+        np.maximum(r_gumbel, 1e-300, out=r_gumbel)
+        it = _choose_exposures(users_col[a:b], times[a:b], user_vectors, item_vectors, publish, prob, alias,
+                               r_pool, r_gumbel, oldest, float(c.exposure_temperature),
+                               float(c.freshness_weight), tau)
+        items_col[a:b] = it
+        s = np.einsum("nd,nd->n", user_vectors[users_col[a:b]], item_vectors[it])
+        resp = world._respond(s, it, times[a:b], rng)
+        click[a:b], like[a:b], watch[a:b] = resp["click"], resp["like"], resp["watch_time"]
+
+    order = np.argsort(times, kind="stable")
+    inter = pl.DataFrame({
+        "user_id": users_col[order], "item_id": items_col[order], "timestamp": times[order],
+        "click": click[order], "like": like[order], "watch_time": watch[order],
+    })
+    del users_col, items_col, times, click, like, watch, order
+    users = pl.DataFrame({
+        "user_id": np.arange(nu, dtype=np.int64),
+        "age_band": _strings(AGE_BANDS, age),
+        "gender": _strings(GENDERS, gender),
+        "region": _strings([f"r{r:02d}" for r in range(c.n_regions)], region),
+    })
+    tag_names = [f"t{t:03d}" for t in range(c.n_tags)]
+    items = pl.DataFrame({
+        "item_id": np.arange(ni, dtype=np.int64),
+        "tags": _list_column(tag_names, item_tags[item_tags >= 0], keep.sum(1)),
+        "author": pl.Series([f"a{a:06d}" for a in range(n_authors)]).gather(author),
+        "publish_time": publish,
+        "duration": duration,
+    })
+    return world, inter, users, items
+
+
+@DATASETS.register("synthetic")
+def load_synthetic(n_users: int = 10_000, n_items: int = 2_000, n_interactions: int = 200_000, seed: int = 0,
+                   **config) -> Dataset:
+    """A synthetic world (see the module doc); `config` holds the other `WorldConfig` knobs.
+
+    The ground truth is in `dataset.extras["world"]` (a `SyntheticWorld`).
+    """
+    cfg = from_dict(WorldConfig, {"n_users": n_users, "n_items": n_items, "n_interactions": n_interactions,
+                                  "seed": seed, **config})
+    world, inter, users, items = generate_world(cfg)
+    ds = Dataset.build("synthetic", inter, SCHEMA, users=users, items=items,
+                       extras={"world": world, "config": dataclasses.asdict(cfg)})
+    return ds

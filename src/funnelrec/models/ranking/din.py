@@ -1,0 +1,150 @@
+"""DIN: Deep Interest Network (Zhou et al., KDD 2018).
+
+The user's behaviour sequence is pooled by target attention (no softmax) against the
+candidate, then an MLP scores [field embeddings, dense, candidate, pooled interest]:
+
+    e_l = [E(seq_l), E(seq_cat_l)],  q = [E(target), E(target_cat)]         (B, L, De), (B, De)
+    v   = Σ_l w(q, e_l) e_l          (DINAttention; De = 2D with categories, D without)
+    logit = MLP([E(sparse) flattened, dense, q, v])                         (B,)
+
+Also home of the input helpers shared by the sequence and multi-task models.
+
+    >>> import torch
+    >>> spec = FeatureSpec(n_embeddings=50, n_fields=3, n_dense=2, seq_len=5)
+    >>> m = DIN(spec, DINConfig(embedding_dim=4, attention_hidden=(8,), mlp_hidden=(8,)))
+    >>> m(toy_batch(spec, batch_size=6))["ctr"].shape
+    torch.Size([6])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from funnelrec.core.errors import ConfigError, DataError
+from funnelrec.core.registry import RANKERS
+from funnelrec.models.ranking.base import FeatureSpec, RankingModel
+from funnelrec.nn.attention import ACTIVATIONS, DINAttention, feedforward
+
+
+def check_activation(name: str, where: str) -> None:
+    if name not in ACTIVATIONS:
+        raise ConfigError(f"{where}: unknown activation {name!r}; known: {', '.join(ACTIVATIONS)}")
+
+
+def require(batch: dict[str, torch.Tensor], keys: tuple[str, ...], model: str) -> None:
+    """One-line DataError naming the first batch key a model needs but did not get."""
+    for k in keys:
+        if k not in batch:
+            raise DataError(f"{model} needs batch key {k!r}; got {sorted(batch)}")
+
+
+def shared_embedding(spec: FeatureSpec, dim: int) -> nn.Embedding:
+    """The one shared table: row 0 is padding (kept at 0), others N(0, 0.05²)."""
+    if spec.n_embeddings < 2:
+        raise ConfigError(f"FeatureSpec.n_embeddings must be ≥ 2 (row 0 is padding), got {spec.n_embeddings}")
+    table = nn.Embedding(spec.n_embeddings, dim, padding_idx=0)
+    nn.init.normal_(table.weight, std=0.05)
+    with torch.no_grad():
+        table.weight[0].zero_()
+    return table
+
+
+def field_width(spec: FeatureSpec, dim: int) -> int:
+    return spec.n_fields * dim + spec.n_dense
+
+
+def field_inputs(table: nn.Embedding, batch: dict[str, torch.Tensor], spec: FeatureSpec) -> torch.Tensor:
+    """[E(sparse) flattened, dense]: (B, F) int64 (+ (B, Dn)) → (B, F·D + Dn)."""
+    x = table(batch["sparse"]).flatten(1)
+    if spec.n_dense:
+        x = torch.cat([x, batch["dense"]], dim=1)
+    return x
+
+
+def behaviour_inputs(
+    table: nn.Embedding, batch: dict[str, torch.Tensor], use_category: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Behaviour keys (B, L, De), target query (B, De), mask (B, L); De = 2D with categories."""
+    keys, query = table(batch["seq"]), table(batch["target"])
+    if use_category:
+        keys = torch.cat([keys, table(batch["seq_cat"])], dim=-1)
+        query = torch.cat([query, table(batch["target_cat"])], dim=-1)
+    return keys, query, batch["seq_mask"].bool()
+
+
+def sequence_keys(use_category: bool) -> tuple[str, ...]:
+    base = ("sparse", "seq", "seq_mask", "target")
+    return base + ("seq_cat", "target_cat") if use_category else base
+
+
+def toy_batch(spec: FeatureSpec, batch_size: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A random batch in the layout of models/ranking/base.py (for examples and tests)."""
+    g = torch.Generator().manual_seed(seed)
+    B, L, n = batch_size, max(spec.seq_len, 1), spec.n_embeddings
+    mask = torch.rand(B, L, generator=g) < 0.7
+    seq = torch.randint(1, n, (B, L), generator=g) * mask
+    out = {
+        "sparse": torch.randint(1, n, (B, spec.n_fields), generator=g),
+        "seq": seq,
+        "seq_cat": torch.randint(1, n, (B, L), generator=g) * mask,
+        "seq_mask": mask,
+        "target": torch.randint(1, n, (B,), generator=g),
+        "target_cat": torch.randint(1, n, (B,), generator=g),
+        "domain": torch.randint(0, spec.n_domains, (B,), generator=g),
+    }
+    if spec.n_dense:
+        out["dense"] = torch.randn(B, spec.n_dense, generator=g)
+    return out
+
+
+@dataclass(frozen=True)
+class DINConfig:
+    embedding_dim: int = 16
+    attention_hidden: tuple[int, ...] = (80, 40)
+    attention_activation: str = "prelu"  # "dice" as in the paper (batch statistics)
+    mlp_hidden: tuple[int, ...] = (200, 80)
+    activation: str = "prelu"
+    dropout: float = 0.0
+    use_category: bool = True  # item representation = [item, category] embeddings
+
+    def __post_init__(self) -> None:
+        check_activation(self.attention_activation, "DINConfig.attention_activation")
+        check_activation(self.activation, "DINConfig.activation")
+        if self.embedding_dim < 1:
+            raise ConfigError(f"DINConfig.embedding_dim must be ≥ 1, got {self.embedding_dim}")
+
+
+def check_sequence_spec(spec: FeatureSpec, model: str) -> None:
+    if spec.seq_len < 1:
+        raise ConfigError(f"{model} needs sequence features: FeatureSpec.seq_len must be ≥ 1")
+
+
+@RANKERS.register("din")
+class DIN(RankingModel):
+    Config = DINConfig
+
+    def __init__(self, spec: FeatureSpec, config: DINConfig | None = None) -> None:
+        super().__init__(spec)
+        check_sequence_spec(spec, "DIN")
+        self.config = cfg = config or DINConfig()
+        D = cfg.embedding_dim
+        de = 2 * D if cfg.use_category else D
+        self.embedding = shared_embedding(spec, D)
+        self.attention = DINAttention(de, cfg.attention_hidden, cfg.attention_activation)
+        self.mlp = feedforward(field_width(spec, D) + 2 * de, cfg.mlp_hidden, cfg.activation, cfg.dropout, 1)
+        self._keys = sequence_keys(cfg.use_category)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        require(batch, self._keys, "DIN")
+        keys, query, mask = behaviour_inputs(self.embedding, batch, self.config.use_category)
+        interest = self.attention(query, keys, mask)
+        x = torch.cat([field_inputs(self.embedding, batch, self.spec), query, interest], dim=1)
+        return {"ctr": self.mlp(x).squeeze(-1)}
+
+    def attention_weights(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, L) unnormalized attention weights of the candidate on each behaviour."""
+        keys, query, mask = behaviour_inputs(self.embedding, batch, self.config.use_category)
+        return self.attention.weights(query, keys, mask)

@@ -1,0 +1,137 @@
+"""Two-tower retrieval model (YouTubeDNN-style user tower, attribute-aware item tower).
+
+Item tower:  x_i = [E_id(i) ; pool(E_attr(a_i,1)) ; … ; pool(E_attr(a_i,F))]  → MLP → v_i / ‖v_i‖
+User tower:  x_u = [E_prof(p_u,1) ; … ; E_prof(p_u,P) ; pool_{j ∈ hist(u)} E_hist(j)] → MLP → u / ‖u‖
+Score:       s(u, i) = ⟨u, v_i⟩ / τ          (cosine over temperature τ)
+
+Shapes (B batch, F item attribute fields, A values per field, P profile fields, L history, D dim):
+    item: (B,) int64 item index 0..I-1            item_attrs: (B, F, A) int64 rows (0 = pad)
+    profile: (B, P) int64 rows (0 = unknown)      hist: (B, L) int64 item indices (PAD = -1)
+Outputs are (B, D_out) L2-normalized; the ANN index stores item vectors and is searched by inner
+product, which ranks exactly as s(u, i) for any τ > 0.
+
+    >>> import torch
+    >>> spec = TwoTowerSpec(n_items=5, n_attr_rows=4, n_item_fields=1, n_profile_rows=3, n_profile_fields=2)
+    >>> m = TwoTowerModel(spec, TwoTowerConfig(embedding_dim=8, user_hidden=(16,), item_hidden=(16,), output_dim=8))
+    >>> v = m.item_tower(torch.tensor([0, 4]), torch.tensor([[[1, 2]], [[3, 0]]]))
+    >>> u = m.user_tower(torch.tensor([[1, 2]]), torch.tensor([[0, 3, -1]]))
+    >>> tuple(v.shape), tuple(u.shape), round(float(v.norm(dim=1)[0]), 4)
+    ((2, 8), (1, 8), 1.0)
+
+The model only computes: feature tensors are built by the caller (recall/vector.py), losses live
+in train/retrieval_losses.py and the loop in train/trainer.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from funnelrec.core.errors import ConfigError
+from funnelrec.core.registry import RECALL_MODELS
+
+
+@dataclass(frozen=True)
+class TwoTowerConfig:
+    embedding_dim: int = 64
+    user_hidden: tuple[int, ...] = (256,)
+    item_hidden: tuple[int, ...] = (256,)
+    output_dim: int = 64
+    temperature: float = 0.05
+    pooling: str = "mean"  # history pooling: "mean" | "sum"
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.pooling not in ("mean", "sum"):
+            raise ConfigError(f"unknown pooling {self.pooling!r}; known: mean, sum")
+        if self.temperature <= 0:
+            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
+        if self.embedding_dim < 1 or self.output_dim < 1:
+            raise ConfigError("embedding_dim and output_dim must be ≥ 1")
+
+
+@dataclass(frozen=True)
+class TwoTowerSpec:
+    """Sizes of the inputs, known after feature building."""
+
+    n_items: int
+    n_attr_rows: int  # rows of the item-attribute table, incl. row 0 = padding
+    n_item_fields: int  # F
+    n_profile_rows: int  # rows of the profile table, incl. row 0 = unknown
+    n_profile_fields: int  # P
+
+
+def _mlp(d_in: int, hidden: tuple[int, ...], d_out: int, dropout: float) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for h in hidden:
+        layers += [nn.Linear(d_in, h), nn.ReLU()]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        d_in = h
+    layers.append(nn.Linear(d_in, d_out))
+    return nn.Sequential(*layers)
+
+
+def bag_pool(emb: torch.Tensor, mask: torch.Tensor, mean: bool = True) -> torch.Tensor:
+    """Masked sum/mean over the second-to-last axis: emb (..., A, D), mask (..., A) → (..., D).
+    An empty bag pools to zeros."""
+    m = mask.unsqueeze(-1).to(emb.dtype)
+    s = (emb * m).sum(-2)
+    if not mean:
+        return s
+    return s / m.sum(-2).clamp_min(1.0)
+
+
+@RECALL_MODELS.register("two_tower")
+class TwoTowerModel(nn.Module):
+    def __init__(self, spec: TwoTowerSpec, config: TwoTowerConfig | None = None) -> None:
+        super().__init__()
+        self.spec = spec
+        self.config = cfg = config or TwoTowerConfig()
+        D = cfg.embedding_dim
+        self.item_id = nn.Embedding(spec.n_items + 1, D, padding_idx=0)  # row = item + 1
+        self.item_attr = nn.Embedding(spec.n_attr_rows, D, padding_idx=0)
+        self.hist_item = nn.Embedding(spec.n_items + 1, D, padding_idx=0)
+        self.profile = nn.Embedding(max(spec.n_profile_rows, 1), D, padding_idx=0)
+        for e in (self.item_id, self.item_attr, self.hist_item, self.profile):
+            nn.init.normal_(e.weight, std=0.05)
+            with torch.no_grad():
+                e.weight[0].zero_()
+        self.item_mlp = _mlp(D * (1 + spec.n_item_fields), cfg.item_hidden, cfg.output_dim, cfg.dropout)
+        self.user_mlp = _mlp(D * (1 + spec.n_profile_fields), cfg.user_hidden, cfg.output_dim, cfg.dropout)
+
+    @property
+    def temperature(self) -> float:
+        return self.config.temperature
+
+    def item_tower(self, item: torch.Tensor, item_attrs: torch.Tensor) -> torch.Tensor:
+        """item (B,), item_attrs (B, F, A) → (B, D_out) unit vectors."""
+        B = item.shape[0]
+        e_id = self.item_id(item + 1)  # (B, D)
+        e_attr = bag_pool(self.item_attr(item_attrs), item_attrs > 0)  # (B, F, D)
+        x = torch.cat([e_id, e_attr.reshape(B, -1)], dim=1)
+        return F.normalize(self.item_mlp(x), dim=-1)
+
+    def user_tower(self, profile: torch.Tensor, hist: torch.Tensor) -> torch.Tensor:
+        """profile (B, P), hist (B, L) item indices with PAD = -1 → (B, D_out) unit vectors."""
+        B = profile.shape[0]
+        e_prof = self.profile(profile).reshape(B, -1)  # (B, P·D)
+        e_hist = bag_pool(self.hist_item(hist + 1), hist >= 0, mean=self.config.pooling == "mean")
+        x = torch.cat([e_prof, e_hist], dim=1)
+        return F.normalize(self.user_mlp(x), dim=-1)
+
+    def score(self, user: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
+        """Row-wise logits ⟨u, v⟩/τ: user (B, D), item (B, D) or (B, N, D) → (B,) or (B, N)."""
+        if item.dim() == 3:
+            return torch.einsum("bd,bnd->bn", user, item) / self.temperature
+        return (user * item).sum(-1) / self.temperature
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """{"profile", "hist", "item", "item_attrs"} → {"user": (B, D), "item": (B, D)}."""
+        return {
+            "user": self.user_tower(batch["profile"], batch["hist"]),
+            "item": self.item_tower(batch["item"], batch["item_attrs"]),
+        }

@@ -1,0 +1,211 @@
+"""Shared machinery of the recall channels: the user-history matrix, the seen-item exclusion and
+the two top-n kernels every channel ends in.
+
+- `csr_topn(scores, n, exclude)`: top-n columns of each row of a sparse (U, I) score matrix,
+  dropping scores ≤ 0 and excluded (seen) items; ties go to the lower item index. One numba
+  pass over the rows, so a batch of users and the same users one by one give identical rows.
+- `take_unseen(lists, groups, exclude, n)`: for channels with a precomputed ranked list per
+  group (hot: one global list; geo: one per region), the first n items of the user's group
+  list that the user has not seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numba
+import numpy as np
+import scipy.sparse as sp
+
+from funnelrec.core.errors import DataError
+from funnelrec.core.types import PAD, CandidateBatch
+from funnelrec.recall.base import RecallContext
+
+
+@numba.njit(cache=True, nogil=True)
+def _csr_topn_kernel(indptr, indices, data, ex_indptr, ex_indices, n, n_cols):
+    R = indptr.size - 1
+    items = np.full((R, n), -1, np.int64)
+    scores = np.full((R, n), -np.inf, np.float32)
+    mark = np.zeros(n_cols, np.bool_)
+    for r in range(R):
+        for p in range(ex_indptr[r], ex_indptr[r + 1]):
+            mark[ex_indices[p]] = True
+        s, e = indptr[r], indptr[r + 1]
+        buf_i = np.empty(e - s, np.int64)
+        buf_v = np.empty(e - s, np.float64)
+        cnt = 0
+        for p in range(s, e):
+            c = indices[p]
+            v = data[p]
+            if v > 0 and np.isfinite(v) and not mark[c]:
+                buf_i[cnt] = c
+                buf_v[cnt] = v
+                cnt += 1
+        # sort by (-score, item): items ascending first, then a stable sort on -score
+        o1 = np.argsort(buf_i[:cnt], kind="mergesort")
+        bi = buf_i[:cnt][o1]
+        bv = buf_v[:cnt][o1]
+        o2 = np.argsort(-bv, kind="mergesort")
+        m = min(n, cnt)
+        for k in range(m):
+            items[r, k] = bi[o2[k]]
+            scores[r, k] = bv[o2[k]]
+        for p in range(ex_indptr[r], ex_indptr[r + 1]):
+            mark[ex_indices[p]] = False
+    return items, scores
+
+
+@numba.njit(cache=True, nogil=True)
+def _take_unseen_kernel(l_indptr, l_items, l_scores, groups, ex_indptr, ex_indices, n, n_cols):
+    U = groups.size
+    items = np.full((U, n), -1, np.int64)
+    scores = np.full((U, n), -np.inf, np.float32)
+    mark = np.zeros(n_cols, np.bool_)
+    for r in range(U):
+        g = groups[r]
+        if g < 0:
+            continue
+        for p in range(ex_indptr[r], ex_indptr[r + 1]):
+            mark[ex_indices[p]] = True
+        k = 0
+        for p in range(l_indptr[g], l_indptr[g + 1]):
+            if k >= n:
+                break
+            c = l_items[p]
+            if not mark[c]:
+                items[r, k] = c
+                scores[r, k] = l_scores[p]
+                k += 1
+        for p in range(ex_indptr[r], ex_indptr[r + 1]):
+            mark[ex_indices[p]] = False
+    return items, scores
+
+
+def _empty_csr(rows: int, cols: int) -> sp.csr_matrix:
+    return sp.csr_matrix((rows, cols), dtype=np.float32)
+
+
+def csr_topn(scores: sp.spmatrix, n: int, channel: str, exclude: sp.csr_matrix | None = None) -> CandidateBatch:
+    """Top-n of each row of a sparse (U, I) score matrix as a `CandidateBatch` (U, n).
+    Scores ≤ 0 and items in row u of `exclude` (U, I) are dropped; ties → lower item index."""
+    m = sp.csr_matrix(scores, dtype=np.float64)
+    m.sum_duplicates()
+    U, I = m.shape
+    ex = exclude if exclude is not None else _empty_csr(U, I)
+    items, top = _csr_topn_kernel(m.indptr.astype(np.int64), m.indices.astype(np.int64), m.data,
+                                  ex.indptr.astype(np.int64), ex.indices.astype(np.int64), int(n), I)
+    return CandidateBatch(channel, items, top)
+
+
+def take_unseen(list_indptr: np.ndarray, list_items: np.ndarray, list_scores: np.ndarray,
+                groups: np.ndarray, exclude: sp.csr_matrix, n: int, channel: str) -> CandidateBatch:
+    """First n unseen items of each user's group list. Lists are CSR-packed: group g owns
+    list_items[list_indptr[g]:list_indptr[g+1]] (ranked); groups (U,) with -1 = no list."""
+    items, top = _take_unseen_kernel(
+        np.asarray(list_indptr, np.int64), np.asarray(list_items, np.int64),
+        np.asarray(list_scores, np.float32), np.asarray(groups, np.int64),
+        exclude.indptr.astype(np.int64), exclude.indices.astype(np.int64), int(n), exclude.shape[1])
+    return CandidateBatch(channel, items, top)
+
+
+def row_topk(m: sp.csr_matrix, k: int) -> sp.csr_matrix:
+    """Keep the k largest positive entries of each row of a square/rectangular CSR matrix."""
+    m = sp.csr_matrix(m)
+    empty = _empty_csr(m.shape[0], m.shape[1])
+    batch = csr_topn(m, k, "", empty)
+    keep = batch.items != PAD
+    rows = np.nonzero(keep)[0]
+    out = sp.csr_matrix((batch.scores[keep].astype(np.float32), (rows, batch.items[keep])), shape=m.shape)
+    out.sort_indices()
+    return out
+
+
+class UserHistory:
+    """The users' training histories plus per-request extra history and the unknown-item counter.
+
+    `matrix(users, context)` → (H, seen): H (U, I) history weights (1, or the rating when built
+    with `weights`), seen (U, I) binary. Users outside [0, n_users) (-1 = unknown) have empty
+    rows. `context.extra["history"]` (a sequence of U item-index arrays) adds recent items that
+    are not in the training data; item indices outside [0, n_items) are ignored and counted in
+    `unknown_items`.
+    """
+
+    def __init__(self, seen: sp.csr_matrix, weights: sp.csr_matrix | None = None) -> None:
+        self.seen = sp.csr_matrix(seen, dtype=np.float32)
+        self.seen.data[:] = 1.0
+        self.seen.sort_indices()
+        self.weights = self.seen if weights is None else sp.csr_matrix(weights, dtype=np.float32)
+        self.unknown_items = 0
+
+    @property
+    def n_users(self) -> int:
+        return self.seen.shape[0]
+
+    @property
+    def n_items(self) -> int:
+        return self.seen.shape[1]
+
+    def known(self, users: np.ndarray) -> np.ndarray:
+        return (users >= 0) & (users < self.n_users)
+
+    def _rows(self, m: sp.csr_matrix, users: np.ndarray) -> sp.csr_matrix:
+        ok = self.known(users)
+        sub = m[np.where(ok, users, 0)]
+        if not ok.all():
+            sub = sp.csr_matrix(sp.diags(ok.astype(np.float32)) @ sub)
+            sub.eliminate_zeros()
+        return sub
+
+    def matrix(self, users: np.ndarray, context: RecallContext | None) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+        H = self._rows(self.weights, users)
+        seen = self._rows(self.seen, users)
+        extra = None if context is None else context.extra.get("history")
+        if extra is not None:
+            X = self.extra_matrix(extra, len(users))
+            seen = seen.maximum(X).tocsr()
+            H = H.maximum(X).tocsr()
+        H.sort_indices()
+        seen.sort_indices()
+        return H, seen
+
+    def extra_matrix(self, histories: Sequence, n_rows: int) -> sp.csr_matrix:
+        if len(histories) != n_rows:
+            raise DataError(f"context history has {len(histories)} rows for {n_rows} users")
+        arrs = [np.asarray(h, dtype=np.int64).reshape(-1) for h in histories]
+        lens = np.array([a.size for a in arrs], dtype=np.int64)
+        cols = np.concatenate(arrs) if arrs else np.zeros(0, np.int64)
+        rows = np.repeat(np.arange(n_rows), lens)
+        ok = (cols >= 0) & (cols < self.n_items)
+        self.unknown_items += int((~ok).sum())
+        X = sp.csr_matrix((np.ones(int(ok.sum()), np.float32), (rows[ok], cols[ok])),
+                          shape=(n_rows, self.n_items))
+        X.sum_duplicates()
+        X.data[:] = 1.0
+        return X
+
+
+def cap_rows(m: sp.csr_matrix, cap: int, seed: int) -> sp.csr_matrix:
+    """Keep at most `cap` entries per row, a seeded uniform sample (cap ≤ 0: keep all)."""
+    m = sp.csr_matrix(m)
+    lens = np.diff(m.indptr)
+    if cap <= 0 or lens.max(initial=0) <= cap:
+        return m
+    rng = np.random.default_rng(seed)
+    rows = np.repeat(np.arange(m.shape[0]), lens)
+    key = rng.random(m.nnz)
+    order = np.lexsort((key, rows))  # rows ascending, random order inside each row
+    rank = np.arange(m.nnz) - np.repeat(m.indptr[:-1], lens)
+    keep = order[rank < cap]
+    out = sp.csr_matrix((m.data[keep], (rows[keep], m.indices[keep])), shape=m.shape)
+    out.sort_indices()
+    return out
+
+
+def neighbours_to_csr(nbr: np.ndarray, sim: np.ndarray, n_items: int) -> sp.csr_matrix:
+    """(I, k) neighbour ids (PAD = -1) and similarities → an (I, I) CSR matrix, row i = i's list."""
+    keep = (nbr >= 0) & (sim > 0)
+    rows = np.nonzero(keep)[0]
+    out = sp.csr_matrix((sim[keep].astype(np.float32), (rows, nbr[keep])), shape=(n_items, n_items))
+    out.sort_indices()
+    return out

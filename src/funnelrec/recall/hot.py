@@ -1,0 +1,75 @@
+"""Hot recall: the catalogue's time-decayed popularity, minus what the user has seen.
+
+    hot(i) = Σ_{(u, i, t) ∈ train} exp(−(now − t) / τ)        (τ = tau_days · 86400 s; τ = 0 → count)
+
+Not personalized: unknown users (-1) get the global list as it is (the cold-start path).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from funnelrec.core.errors import ConfigError
+from funnelrec.core.registry import RECALL_CHANNELS
+from funnelrec.core.types import CandidateBatch
+from funnelrec.data.dataset import TrainData
+from funnelrec.recall._common import UserHistory, take_unseen
+from funnelrec.recall.base import RecallChannel, RecallContext
+
+
+@dataclass(frozen=True)
+class HotConfig:
+    tau_days: float = 30.0  # decay time constant in days; 0 = plain interaction count
+    max_items: int = 5000  # length of the ranked list kept after fit
+
+    def __post_init__(self) -> None:
+        if self.tau_days < 0 or self.max_items < 1:
+            raise ConfigError(f"HotConfig: tau_days must be ≥ 0 and max_items ≥ 1, got {self}")
+
+
+def decayed_counts(item_idx: np.ndarray, timestamps: np.ndarray, now: int, tau_days: float,
+                   n_items: int) -> np.ndarray:
+    """(I,) Σ exp(−(now − t)/τ) per item; τ = 0 gives the plain count."""
+    if tau_days <= 0:
+        w = np.ones(len(item_idx))
+    else:
+        w = np.exp(-(now - timestamps.astype(np.float64)) / (tau_days * 86400.0))
+    return np.bincount(item_idx, weights=w, minlength=n_items)
+
+
+def ranked_list(scores: np.ndarray, max_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """Items with score > 0, best first (ties → lower index), at most max_items."""
+    order = np.lexsort((np.arange(len(scores)), -scores))
+    order = order[scores[order] > 0][:max_items]
+    return order.astype(np.int64), scores[order].astype(np.float32)
+
+
+@RECALL_CHANNELS.register("hot")
+class HotRecall(RecallChannel):
+    personalized = False
+    config_class = HotConfig
+
+    def __init__(self, config: HotConfig | None = None, name: str | None = None) -> None:
+        super().__init__(name)
+        self.config = config or HotConfig()
+
+    def fit(self, data: TrainData) -> HotRecall:
+        inter = data.interactions
+        pop = decayed_counts(inter["item_idx"].to_numpy(), inter["timestamp"].to_numpy(), data.now,
+                             self.config.tau_days, data.n_items)
+        self.items_, self.scores_ = ranked_list(pop, self.config.max_items)
+        self.history_ = UserHistory(data.csr)
+        self.fitted_ = True
+        return self
+
+    @property
+    def unknown_items(self) -> int:
+        return self.history_.unknown_items
+
+    def _recall(self, users: np.ndarray, n: int, context: RecallContext | None) -> CandidateBatch:
+        _, seen = self.history_.matrix(users, context)
+        groups = np.zeros(len(users), np.int64)
+        indptr = np.array([0, len(self.items_)], np.int64)
+        return take_unseen(indptr, self.items_, self.scores_, groups, seen, n, self.name)

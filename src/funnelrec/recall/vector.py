@@ -1,0 +1,378 @@
+"""Vector recall: a two-tower model trained on the positives, item vectors in an ANN index.
+
+fit: build feature tensors (item attributes, user profile, recent history) → train the towers
+through the one `Trainer` with the configured loss and negative sampler → embed every item and
+add the vectors to the index (faiss factory string, "Flat" by default).
+recall: compute each requested user's vector from profile + history (the same tower as in
+training; nothing per user is precomputed, so a history update changes the next request),
+search the index for n + |seen| items, drop the seen ones, keep the top n.
+
+    >>> ch = RECALL_CHANNELS.build("vector", VectorRecallConfig(loss="softmax"))  # doctest: +SKIP
+    >>> ch.fit(train).recall(np.array([0, 1]), n=200)                             # doctest: +SKIP
+
+Losses: "pointwise" (BCE, n_negatives per positive), "bpr", "softmax" (in-batch sampled
+softmax with logQ correction, plus n_negatives sampled ones if > 0). Samplers: "uniform",
+"pop075" (count^0.75), "mixed_hard" (half hard negatives mined from the model's own ranks
+`hard_ranks` after `hard_warmup_epochs`, half uniform). When `label_column` is set, rows below
+`positive_min` are exposures without a click: never positives, never sampled as negatives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import faiss
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+import torch
+
+from funnelrec.core.errors import ConfigError, DataError
+from funnelrec.core.registry import RECALL_CHANNELS
+from funnelrec.core.types import PAD, CandidateBatch
+from funnelrec.data.dataset import TrainData, interactions_csr
+from funnelrec.models.recall.two_tower import TwoTowerConfig, TwoTowerModel, TwoTowerSpec
+from funnelrec.recall.base import RecallChannel, RecallContext
+from funnelrec.train.retrieval_losses import LOSSES, bpr_loss, pointwise_bce_loss, sampled_softmax_loss
+from funnelrec.train.samplers import (
+    SAMPLERS,
+    ForbiddenPairs,
+    MixedHardSampler,
+    build_sampler,
+    subsample_positives,
+)
+from funnelrec.train.trainer import Trainer, TrainerConfig, TrainResult, seed_everything
+
+
+@dataclass(frozen=True)
+class VectorRecallConfig:
+    model: TwoTowerConfig = field(default_factory=TwoTowerConfig)
+    loss: str = "softmax"  # "pointwise" | "bpr" | "softmax"
+    negative_sampler: str = "uniform"  # "uniform" | "pop075" | "mixed_hard"
+    n_negatives: int = 3  # per positive (pointwise 1:n, bpr pairs); extra sampled ones for softmax
+    logq_correction: bool = True  # softmax only
+    epochs: int = 20
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 2048
+    patience: int = 3  # early stopping on the validation NDCG@10 when fit gets `valid`
+    history_len: int = 100  # most recent training positives fed to the user tower
+    item_columns: tuple[str, ...] = ("genres", "directors", "release_year")
+    user_columns: tuple[str, ...] = ("age_band", "gender", "occupation", "region")
+    max_attr_values: int = 8  # values kept per multi-valued attribute
+    hot_subsample: float = 0.0  # word2vec threshold t for down-sampling hot positives; 0 = off
+    label_column: str | None = None  # None: every interaction is a positive
+    positive_min: float = 1.0  # label ≥ this is a positive; the rest are exposed-not-clicked
+    hard_ratio: float = 0.5
+    hard_ranks: tuple[int, int] = (50, 200)  # rank window the hard negatives are mined from
+    hard_warmup_epochs: int = 1
+    index_factory: str = "Flat"
+    seed: int = 2020
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ConfigError(f"unknown loss {self.loss!r}; known: {', '.join(LOSSES)}")
+        if self.negative_sampler not in SAMPLERS:
+            raise ConfigError(f"unknown negative sampler {self.negative_sampler!r}; known: {', '.join(SAMPLERS)}")
+        if self.loss != "softmax" and self.n_negatives < 1:
+            raise ConfigError(f"loss {self.loss!r} needs n_negatives ≥ 1, got {self.n_negatives}")
+        if self.n_negatives < 0 or self.history_len < 1 or self.max_attr_values < 1:
+            raise ConfigError("n_negatives ≥ 0, history_len ≥ 1 and max_attr_values ≥ 1 are required")
+        lo, hi = self.hard_ranks
+        if not 0 <= lo < hi:
+            raise ConfigError(f"hard_ranks must be (lo, hi) with 0 ≤ lo < hi, got {self.hard_ranks}")
+
+
+@dataclass
+class TwoTowerFeatures:
+    """Dense feature tensors, row = dense index.
+
+    item_attrs: (I, F, A) int64 rows of the attribute table (0 = pad)
+    profile:    (U, P) int64 rows of the profile table (0 = unknown)
+    hist:       (U, L) int64 item indices of the user's most recent positives (PAD = -1)
+    """
+
+    item_attrs: torch.Tensor
+    profile: torch.Tensor
+    hist: torch.Tensor
+    n_attr_rows: int
+    n_profile_rows: int
+
+    def spec(self) -> TwoTowerSpec:
+        return TwoTowerSpec(
+            n_items=self.item_attrs.shape[0], n_attr_rows=self.n_attr_rows, n_item_fields=self.item_attrs.shape[1],
+            n_profile_rows=self.n_profile_rows, n_profile_fields=self.profile.shape[1],
+        )
+
+    def user_inputs(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(profile (B, P), hist (B, L)) for dense user indices; -1 = unknown user (no features)."""
+        known = users >= 0
+        safe = users.clamp_min(0)
+        profile = self.profile[safe] * known.unsqueeze(1)
+        hist = torch.where(known.unsqueeze(1), self.hist[safe], torch.full_like(self.hist[safe], PAD))
+        return profile, hist
+
+
+def _categorical_codes(table: pl.DataFrame, idx_col: str, columns: tuple[str, ...], width: int,
+                       first_row: int) -> tuple[np.ndarray, int]:
+    """(n, len(columns), width) int64 codes of each column's values (multi-valued: first `width`),
+    numbered per column from `first_row`; returns the codes and the next free row."""
+    n = table.height
+    out = np.zeros((n, len(columns), width), np.int64)
+    nxt = first_row
+    for f, col in enumerate(columns):
+        if col not in table.columns:
+            raise ConfigError(f"column {col!r} not found; available: {', '.join(table.columns)}")
+        if isinstance(table.schema[col], pl.List):
+            df = table.select(idx_col, pl.col(col).list.head(width)).explode(col)
+        else:
+            df = table.select(idx_col, col)
+        df = df.drop_nulls(col).with_columns(pl.col(col).cast(pl.Utf8))
+        if not df.height:
+            continue
+        pos = df.select(pl.int_range(pl.len()).over(idx_col)).to_series().to_numpy()
+        uniq, inv = np.unique(df[col].to_numpy().astype(str), return_inverse=True)
+        out[df[idx_col].to_numpy(), f, pos] = inv + nxt
+        nxt += len(uniq)
+    return out, nxt
+
+
+def build_features(data: TrainData, positives: pl.DataFrame, config: VectorRecallConfig) -> TwoTowerFeatures:
+    ds = data.dataset
+    item_attrs, n_attr = _categorical_codes(ds.items, "item_idx", config.item_columns, config.max_attr_values, 1)
+    prof, n_prof = _categorical_codes(ds.users, "user_idx", config.user_columns, 1, 1)
+    L = config.history_len
+    hist = np.full((ds.n_users, L), PAD, np.int64)
+    if positives.height:
+        recent = positives.select("user_idx", "item_idx", "timestamp").with_row_index("_r").sort(
+            ["user_idx", "timestamp", "_r"], descending=[False, True, True]
+        )
+        rank = recent.select(pl.int_range(pl.len()).over("user_idx")).to_series().to_numpy()
+        keep = rank < L
+        hist[recent["user_idx"].to_numpy()[keep], rank[keep]] = recent["item_idx"].to_numpy()[keep]
+    return TwoTowerFeatures(
+        item_attrs=torch.from_numpy(item_attrs), profile=torch.from_numpy(prof[:, :, 0].copy()),
+        hist=torch.from_numpy(hist), n_attr_rows=n_attr, n_profile_rows=n_prof,
+    )
+
+
+class FaissItemIndex:
+    """Inner-product item index by faiss factory string; pickles via faiss.serialize_index.
+    Stands in for funnelrec.index.VectorIndex behind the same add/search calls."""
+
+    def __init__(self, factory: str, dim: int) -> None:
+        self.factory = factory
+        self.dim = dim
+        try:
+            self.index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+        except RuntimeError as e:
+            raise ConfigError(f"bad index factory string {factory!r}: {str(e).splitlines()[-1]}") from None
+
+    def add(self, x: np.ndarray) -> None:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if not self.index.is_trained:
+            self.index.train(x)
+        self.index.add(x)
+
+    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.index.search(np.ascontiguousarray(q, dtype=np.float32), k)
+
+    def __len__(self) -> int:
+        return self.index.ntotal
+
+    def __getstate__(self) -> dict:
+        return {"factory": self.factory, "dim": self.dim, "bytes": faiss.serialize_index(self.index)}
+
+    def __setstate__(self, state: dict) -> None:
+        self.factory, self.dim = state["factory"], state["dim"]
+        self.index = faiss.deserialize_index(state["bytes"])
+
+
+class _RetrievalObjective:
+    """loss_fn(model, batch) for the Trainer: gathers features by index, runs both towers and
+    applies the configured retrieval loss. batch: "user" (B,), "item" (B,) [, "neg" (B, N)]."""
+
+    def __init__(self, kind: str, feats: TwoTowerFeatures, pos_prob: np.ndarray | None,
+                 neg_prob: np.ndarray | None) -> None:
+        self.kind = kind
+        self.feats = feats
+        with np.errstate(divide="ignore"):
+            self.log_pos = None if pos_prob is None else torch.from_numpy(np.log(pos_prob)).float()
+            self.log_neg = None if neg_prob is None else torch.from_numpy(np.log(neg_prob)).float()
+
+    def __call__(self, model: TwoTowerModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        f = self.feats
+        u, i = batch["user"], batch["item"]
+        hist = f.hist[u]
+        hist = hist.masked_fill(hist == i.unsqueeze(1), PAD)  # the target is not its own history
+        user = model.user_tower(f.profile[u], hist)
+        item = model.item_tower(i, f.item_attrs[i])
+        neg_vec = None
+        if "neg" in batch:
+            neg = batch["neg"]
+            B, N = neg.shape
+            neg_vec = model.item_tower(neg.reshape(-1), f.item_attrs[neg.reshape(-1)]).reshape(B, N, -1)
+        if self.kind == "softmax":
+            B = u.shape[0]
+            log_q = None if self.log_pos is None else self.log_pos[i] + float(np.log(B))
+            neg_log_q = None
+            if neg_vec is not None and self.log_neg is not None:
+                neg_log_q = self.log_neg[batch["neg"]] + float(np.log(batch["neg"].shape[1]))
+            return sampled_softmax_loss(user, item, model.temperature, log_q, i, neg_vec, neg_log_q)
+        pos_s = model.score(user, item)
+        neg_s = model.score(user, neg_vec)
+        return pointwise_bce_loss(pos_s, neg_s) if self.kind == "pointwise" else bpr_loss(pos_s, neg_s)
+
+
+@RECALL_CHANNELS.register("vector")
+class VectorRecall(RecallChannel):
+    personalized = True
+
+    def __init__(self, config: VectorRecallConfig | None = None, name: str | None = None) -> None:
+        super().__init__(name)
+        self.config = config or VectorRecallConfig()
+
+    # ---------------------------------------------------------------- fit
+    def fit(self, data: TrainData, valid: pl.DataFrame | None = None) -> VectorRecall:
+        """Train on `data.interactions`; `valid` (interactions of held-out positives) enables
+        early stopping on its NDCG@10 with the best epoch's weights restored."""
+        cfg = self.config
+        rng = seed_everything(cfg.seed)
+        inter = data.interactions
+        if cfg.label_column is not None:
+            if cfg.label_column not in inter.columns:
+                raise ConfigError(f"label_column {cfg.label_column!r} not in interactions: {', '.join(inter.columns)}")
+            is_pos = pl.col(cfg.label_column) >= cfg.positive_min
+            positives, exposed_rows = inter.filter(is_pos), inter.filter(~is_pos)
+        else:
+            positives, exposed_rows = inter, inter.clear()
+        if not positives.height:
+            raise DataError("vector recall: no positive interactions to train on")
+        I = data.n_items
+        pos_csr = interactions_csr(positives, data.n_users, I)
+        exposed = interactions_csr(exposed_rows, data.n_users, I) if exposed_rows.height else None
+        feats = build_features(data, positives, cfg)
+        pos_u = positives["user_idx"].to_numpy().astype(np.int64)
+        pos_i = positives["item_idx"].to_numpy().astype(np.int64)
+        counts = np.bincount(pos_i, minlength=I).astype(np.float64)
+        forbidden = ForbiddenPairs(I, pos_csr, exposed)
+        sampler = build_sampler(cfg.negative_sampler, I, counts, forbidden, None, cfg.hard_ratio)
+        model = TwoTowerModel(feats.spec(), cfg.model)
+        need_neg = cfg.loss != "softmax" or cfg.n_negatives > 0
+        pos_prob = counts / counts.sum() if (cfg.loss == "softmax" and cfg.logq_correction) else None
+        neg_prob = sampler.probabilities() if (need_neg and pos_prob is not None) else None
+        objective = _RetrievalObjective(cfg.loss, feats, pos_prob, neg_prob)
+        seen = data.csr
+        lo, hi = cfg.hard_ranks
+
+        def epoch_tensors(epoch: int) -> dict[str, torch.Tensor]:
+            keep = subsample_positives(pos_i, cfg.hot_subsample, rng)
+            u, i = pos_u[keep], pos_i[keep]
+            out = {"user": torch.from_numpy(u), "item": torch.from_numpy(i)}
+            if need_neg:
+                if isinstance(sampler, MixedHardSampler) and epoch >= cfg.hard_warmup_epochs:
+                    pool = _ranked_items(model, feats, np.arange(data.n_users), seen, hi)[:, lo:hi]
+                    neg = sampler.sample(u, cfg.n_negatives, rng, hard_pool=pool[u])
+                else:
+                    neg = sampler.sample(u, cfg.n_negatives, rng)
+                out["neg"] = torch.from_numpy(neg)
+            return out
+
+        validate = None
+        if valid is not None and valid.height:
+            v_csr = interactions_csr(valid, data.n_users, I)
+            v_users = np.unique(valid["user_idx"].to_numpy())
+            from funnelrec.eval.metrics import ranking_metrics
+
+            def validate(m: TwoTowerModel) -> float:
+                top = _ranked_items(m, feats, v_users, seen, 10)
+                return ranking_metrics(top, v_csr, (10,), rows=v_users)["ndcg@10"]
+
+        trainer = Trainer(TrainerConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                                        weight_decay=cfg.weight_decay, patience=cfg.patience, seed=cfg.seed))
+        self.train_result_: TrainResult = trainer.fit(model, objective, epoch_tensors(0), validate=validate,
+                                                      on_epoch_start=lambda e: epoch_tensors(e) if e > 0 else None)
+        model.eval()
+        self.model_ = model
+        self.features_ = feats
+        self.item_vectors_ = _item_vectors(model, feats)
+        self.index_ = FaissItemIndex(cfg.index_factory, self.item_vectors_.shape[1])
+        self.index_.add(self.item_vectors_)
+        self.seen_ = ForbiddenPairs(I, seen)
+        self._seen_count = np.diff(seen.indptr).astype(np.int64)
+        self.fitted_ = True
+        return self
+
+    # ---------------------------------------------------------------- recall
+    def user_vectors(self, users: np.ndarray) -> np.ndarray:
+        """(B, D) float32 unit vectors of dense user indices (-1 = unknown: profile/history empty)."""
+        users_t = torch.as_tensor(np.asarray(users, np.int64))
+        with torch.inference_mode():
+            profile, hist = self.features_.user_inputs(users_t)
+            return self.model_.user_tower(profile, hist).numpy().astype(np.float32)
+
+    def _recall(self, users: np.ndarray, n: int, context: RecallContext | None) -> CandidateBatch:
+        B, I = len(users), len(self.item_vectors_)
+        items = np.full((B, n), PAD, np.int64)
+        scores = np.full((B, n), -np.inf, np.float32)
+        if B == 0 or n <= 0:
+            return CandidateBatch(self.name, items, scores)
+        q = self.user_vectors(users)
+        known = users[(users >= 0) & (users < len(self._seen_count))]
+        n_seen = int(self._seen_count[known].max()) if len(known) else 0
+        k = min(I, n + n_seen)
+        _, ids = self.index_.search(q, k)
+        ids = ids.astype(np.int64)
+        ok = (ids >= 0) & ~self.seen_.contains(users[:, None], np.where(ids >= 0, ids, 0))
+        # exact row-wise re-score: the same numbers whether a user comes alone or in a batch
+        s = (self.item_vectors_[np.where(ids >= 0, ids, 0)] * q[:, None, :]).sum(-1)
+        s = np.where(ok, s, -np.inf).astype(np.float32)
+        order = _order_rows(s, ids)
+        top = order[:, :n]
+        sel_i = np.take_along_axis(ids, top, axis=1)
+        sel_s = np.take_along_axis(s, top, axis=1)
+        valid = np.isfinite(sel_s)
+        m = top.shape[1]
+        items[:, :m] = np.where(valid, sel_i, PAD)
+        scores[:, :m] = np.where(valid, sel_s, -np.inf)
+        return CandidateBatch(self.name, items, scores)
+
+
+def _order_rows(s: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Per-row order by score descending, ties by item index ascending."""
+    o1 = np.argsort(ids, axis=1, kind="stable")
+    s1 = np.take_along_axis(s, o1, axis=1)
+    o2 = np.argsort(-s1, axis=1, kind="stable")
+    return np.take_along_axis(o1, o2, axis=1)
+
+
+def _item_vectors(model: TwoTowerModel, feats: TwoTowerFeatures, block: int = 65536) -> np.ndarray:
+    I = feats.item_attrs.shape[0]
+    out = []
+    model.eval()
+    with torch.inference_mode():
+        for s in range(0, I, block):
+            idx = torch.arange(s, min(I, s + block))
+            out.append(model.item_tower(idx, feats.item_attrs[idx]).numpy())
+    return np.concatenate(out).astype(np.float32)
+
+
+def _ranked_items(model: TwoTowerModel, feats: TwoTowerFeatures, users: np.ndarray, seen: sp.csr_matrix,
+                  k: int, block: int = 1024) -> np.ndarray:
+    """(len(users), k) top items by exact scoring, seen items excluded (training-time use:
+    validation and hard-negative mining)."""
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        items = torch.from_numpy(_item_vectors(model, feats))
+        out = np.empty((len(users), k), np.int64)
+        for s in range(0, len(users), block):
+            u = torch.from_numpy(np.asarray(users[s : s + block], np.int64))
+            profile, hist = feats.user_inputs(u)
+            sc = model.user_tower(profile, hist) @ items.T
+            sub = seen[u.numpy()]
+            r, c = sub.nonzero()
+            sc[torch.from_numpy(r.astype(np.int64)), torch.from_numpy(c.astype(np.int64))] = -torch.inf
+            out[s : s + len(u)] = torch.topk(sc, k, dim=1).indices.numpy()
+    model.train(was_training)
+    return out
