@@ -15,7 +15,8 @@ import typer
 
 from funnelrec.core.errors import FunnelrecError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="funnelrec: the recommendation funnel.")
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="funnelrec: the recommendation funnel.")
 evaluate_app = typer.Typer(no_args_is_help=True, help="Offline evaluation.")
 app.add_typer(evaluate_app, name="evaluate")
 
@@ -135,22 +136,12 @@ def demo(serve_: bool = typer.Option(True, "--serve/--no-serve", help="serve aft
 
 
 def main() -> None:
+    # click's standalone mode already maps usage errors (unknown option, bad value) to exit 2
     try:
-        app(standalone_mode=False)
+        app()
     except FunnelrecError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)
-    except SystemExit:
-        raise
-    except Exception as e:  # click usage errors
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(2)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(130)
-        raise
 
 
 if __name__ == "__main__":

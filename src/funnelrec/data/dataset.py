@@ -80,15 +80,21 @@ class Dataset:
         users: pl.DataFrame | None = None,
         items: pl.DataFrame | None = None,
         extras: dict[str, Any] | None = None,
+        dense_ids: bool = False,
     ) -> Dataset:
         """Validate the three tables against `schema` and assign dense indices.
 
         Users/items that appear only in interactions get rows with nulls for their attributes.
+        `dense_ids=True` is the fast path for generated data: the ids already are 0..n-1 (users
+        and items tables given, row i holding id i); that is checked without joins and the
+        index columns are the id columns under their index names.
         """
         schema.validate("interactions", interactions)
         for col in ("user_id", "item_id", "timestamp"):
             if interactions[col].null_count():
                 raise DataError(f"interactions: column {col!r} has {interactions[col].null_count()} nulls")
+        if dense_ids:
+            return cls._build_dense(name, interactions, schema, users, items, extras)
         users = users if users is not None else interactions.select("user_id").unique(maintain_order=True)
         items = items if items is not None else interactions.select("item_id").unique(maintain_order=True)
         schema.validate("users", users)
@@ -99,6 +105,27 @@ class Dataset:
             items.select("item_id", "item_idx"), on="item_id", how="left"
         )
         return cls(name=name, interactions=inter, users=users, items=items, schema=schema, extras=extras or {})
+
+    @classmethod
+    def _build_dense(cls, name: str, interactions: pl.DataFrame, schema: Schema, users: pl.DataFrame | None,
+                     items: pl.DataFrame | None, extras: dict[str, Any] | None) -> Dataset:
+        tables = {"users": (users, "user_id", "user_idx"), "items": (items, "item_id", "item_idx")}
+        out = {}
+        for table, (df, id_col, idx_col) in tables.items():
+            if df is None:
+                raise DataError(f"dense_ids: the {table} table is required")
+            schema.validate(table, df)
+            ids = df[id_col]
+            if not ids.dtype.is_integer() or not np.array_equal(ids.to_numpy(), np.arange(df.height)):
+                raise DataError(f"dense_ids: {table}.{id_col} must be 0..{df.height - 1} in row order")
+            used = interactions[id_col]
+            if not used.dtype.is_integer() or (used.len() and (used.min() < 0 or used.max() >= df.height)):
+                raise DataError(f"dense_ids: interactions.{id_col} must be integers in 0..{df.height - 1}")
+            out[table] = df.with_columns(pl.col(id_col).cast(pl.Int64).alias(idx_col)).select(idx_col, *df.columns)
+        inter = interactions.with_columns(pl.col("user_id").cast(pl.Int64).alias("user_idx"),
+                                          pl.col("item_id").cast(pl.Int64).alias("item_idx"))
+        return cls(name=name, interactions=inter, users=out["users"], items=out["items"], schema=schema,
+                   extras=extras or {})
 
     def csr(self, interactions: pl.DataFrame | None = None, value: str | None = None) -> sp.csr_matrix:
         """User × item matrix of `interactions` (default: all), binary or valued by `value`."""

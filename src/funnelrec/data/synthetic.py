@@ -39,10 +39,11 @@ Truth (`SyntheticWorld.true_preference`):
     position bias      : P(click) is multiplied by (1 + position)^(−`position_exponent`)
 
 Impressions. User activity is heavy tailed: n_u = 1 + Multinomial(N − U, w), w_u ~
-LogNormal(0, `activity_sigma`); timestamps are uniform over the period. Each impression is a
+LogNormal(0, `activity_sigma`); timestamps are uniform over the period, and each user's n_u
+impressions land on a random subset of them. Each impression is a
 sampled softmax over a pool of `pool_size` candidates drawn (alias method) from the proposal
 q = (1 − ε)·p + ε·uniform (ε = `exploration`): among the candidates already published at t, the
-shown item is argmax_k β·s_uk + w_f·φ_k(t) + Gumbel_k — so exposure ≈ q_i·exp(β·s_ui + w_f·φ_i)
+shown item is drawn with probability softmax_k(β·s_uk + w_f·φ_k(t)) — so exposure ≈ q_i·exp(β·s_ui + w_f·φ_i)
 normalized, i.e. it mixes popularity and preference. The same user may see an item twice.
 Labels come from `SyntheticWorld.sample_response`, the function a closed-loop simulator calls.
 
@@ -109,7 +110,7 @@ class WorldConfig:
     popularity_weight: float = 1.0  # w_p
     freshness_weight: float = 0.5  # w_f
     freshness_days: float = 7.0  # τ
-    like_bias: float = -3.0  # b_l
+    like_bias: float = -4.0  # b_l
     like_weight: float = 1.0  # w_l
     watch_bias: float = 0.0  # b_w
     watch_weight: float = 1.0  # w_w
@@ -225,9 +226,8 @@ class SyntheticWorld:
         (1 + position)^(−position_exponent). t: time of the impression (default: end of period).
         """
         u, i = self._indices(user_idx, item_idx)
-        u, i = np.broadcast_arrays(u, i)
         s = self.affinity(u, i)
-        return self._respond(s, i, t, rng, position)
+        return self._respond(s, np.broadcast_to(i, s.shape), t, rng, position)
 
     def _respond(self, s, item_idx, t, rng: np.random.Generator, position=None) -> dict[str, np.ndarray]:
         c = self.config
@@ -239,12 +239,17 @@ class SyntheticWorld:
             p = p * (1.0 + pos) ** (-c.position_exponent)
         shape = np.shape(p)
         click = rng.random(shape) < p
-        like = click & (rng.random(shape) < _sigmoid(c.like_bias + c.like_weight * s))
-        noise = rng.gamma(c.watch_shape, 1.0 / c.watch_shape, shape)
-        watch = self.duration[item_idx] * _sigmoid(c.watch_bias + c.watch_weight * s) * noise
-        watch = np.where(click, np.maximum(watch, 1e-3), 0.0)
-        return {"click": click.astype(np.int8), "like": like.astype(np.int8),
-                "watch_time": watch.astype(np.float32)}
+        # like and watch time exist only for clicks: draw them for the clicked pairs alone
+        hit = np.flatnonzero(click)
+        s_hit = np.broadcast_to(s, shape).ravel()[hit]
+        items_hit = np.broadcast_to(item_idx, shape).ravel()[hit]
+        like = np.zeros(shape, np.int8)
+        like.ravel()[hit] = rng.random(hit.size) < _sigmoid(c.like_bias + c.like_weight * s_hit)
+        watch = np.zeros(shape, np.float32)
+        noise = rng.gamma(c.watch_shape, 1.0 / c.watch_shape, hit.size)
+        share = _sigmoid(c.watch_bias + c.watch_weight * s_hit)
+        watch.ravel()[hit] = np.maximum(self.duration[items_hit] * share * noise, 1e-3)
+        return {"click": click.astype(np.int8), "like": like, "watch_time": watch}
 
 
 def _zipf_weights(n: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
@@ -294,17 +299,28 @@ def _alias_table(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 @numba.njit(parallel=True, cache=True)
-def _choose_exposures(users, times, U, V, publish, prob, alias, r_pool, r_gumbel, fallback, beta, w_f, tau):
-    """For each impression: argmax over published pool candidates of β·s + w_f·φ + Gumbel."""
+def _choose_exposures(users, times, U, V, publish, prob, alias, r_pool, r_pick, fallback, beta, w_f, tau):
+    """For each impression: draw a pool from the alias table, then one published candidate with
+    probability softmax_k(β·s_k + w_f·φ_k) (inverse CDF on one uniform: the Gumbel-max law
+    without a logarithm per candidate).
+
+    V, publish, prob and alias are in popularity order (row 0 = most popular), so the hot
+    items' rows share a few cache lines. Returns the chosen rows (n,) int64 in that order and
+    their affinities s (n,) float32.
+    """
     n, k_pool = r_pool.shape
     n_items = len(prob)
     d = U.shape[1]
     out = np.empty(n, np.int64)
+    out_s = np.empty(n, np.float32)
     for r in numba.prange(n):
         u = users[r]
         t = times[r]
-        best = -np.inf
-        best_c = fallback
+        cand = np.empty(k_pool, np.int64)
+        aff = np.empty(k_pool, np.float32)
+        score = np.empty(k_pool, np.float64)
+        m = 0
+        top = -np.inf
         for k in range(k_pool):
             x = r_pool[r, k] * n_items
             j = min(int(x), n_items - 1)
@@ -312,15 +328,37 @@ def _choose_exposures(users, times, U, V, publish, prob, alias, r_pool, r_gumbel
             age = t - publish[c]
             if age < 0:
                 continue
-            s = 0.0
+            s = np.float32(0.0)
             for q in range(d):
                 s += U[u, q] * V[c, q]
-            score = beta * s + w_f * np.exp(-age / tau) - np.log(-np.log(r_gumbel[r, k]))
-            if score > best:
-                best = score
-                best_c = c
-        out[r] = best_c
-    return out
+            z = beta * s
+            if age < 40.0 * tau:  # beyond, exp(−age/τ) < 5e-18: below double precision of z
+                z += w_f * np.exp(-age / tau)
+            cand[m] = c
+            aff[m] = s
+            score[m] = z
+            top = max(top, z)
+            m += 1
+        if m == 0:  # no candidate published yet: show the oldest item
+            best_s = np.float32(0.0)
+            for q in range(d):
+                best_s += U[u, q] * V[fallback, q]
+            out[r] = fallback
+            out_s[r] = best_s
+            continue
+        total = 0.0
+        for k in range(m):
+            score[k] = np.exp(score[k] - top)
+            total += score[k]
+        target = r_pick[r] * total
+        k = 0
+        acc = score[0]
+        while acc <= target and k < m - 1:
+            k += 1
+            acc += score[k]
+        out[r] = cand[k]
+        out_s[r] = aff[k]
+    return out, out_s
 
 
 def _list_column(values: list[str], codes: np.ndarray, lengths: np.ndarray) -> pl.Series:
@@ -331,7 +369,7 @@ def _list_column(values: list[str], codes: np.ndarray, lengths: np.ndarray) -> p
 
 
 def _strings(names: list[str] | tuple[str, ...], codes: np.ndarray) -> pl.Series:
-    return pl.Series(np.asarray(names)[codes], dtype=pl.String)
+    return pl.Series(list(names), dtype=pl.String).gather(codes)
 
 
 def generate_world(config: WorldConfig) -> tuple[SyntheticWorld, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
@@ -377,13 +415,17 @@ def generate_world(config: WorldConfig) -> tuple[SyntheticWorld, pl.DataFrame, p
     duration = np.clip(rng.lognormal(np.log(180.0), 0.7, ni), 10, 3600).astype(np.float32)
     world = SyntheticWorld(c, user_vectors, item_vectors, popularity, publish, duration, item_tags, author, region)
 
-    # impressions, generated in user order, then ordered by time
+    # impressions in time order: sorted uniform times, each user's rows scattered over them
     weights = rng.lognormal(0.0, c.activity_sigma, nu)
     counts = 1 + rng.multinomial(c.n_interactions - nu, weights / weights.sum())
     users_col = np.repeat(np.arange(nu, dtype=np.int64), counts)
+    rng.shuffle(users_col)
     times = rng.integers(c.start_time, c.end_time, c.n_interactions, dtype=np.int64)
-    proposal = (1.0 - c.exploration) * popularity + c.exploration / ni
-    prob, alias = _alias_table(proposal)
+    times.sort()
+    by_pop = np.argsort(-popularity, kind="stable")  # internal item order for cache locality
+    v_hot, publish_hot = np.ascontiguousarray(item_vectors[by_pop]), publish[by_pop]
+    prob, alias = _alias_table((1.0 - c.exploration) * popularity[by_pop] + c.exploration / ni)
+    fallback = int(np.flatnonzero(by_pop == oldest)[0])
     items_col = np.empty(c.n_interactions, np.int64)
     click = np.empty(c.n_interactions, np.int8)
     like = np.empty(c.n_interactions, np.int8)
@@ -392,22 +434,18 @@ def generate_world(config: WorldConfig) -> tuple[SyntheticWorld, pl.DataFrame, p
     for a in range(0, c.n_interactions, _CHUNK):
         b = min(a + _CHUNK, c.n_interactions)
         r_pool = rng.random((b - a, c.pool_size))
-        r_gumbel = rng.random((b - a, c.pool_size))
-        np.maximum(r_gumbel, 1e-300, out=r_gumbel)
-        it = _choose_exposures(users_col[a:b], times[a:b], user_vectors, item_vectors, publish, prob, alias,
-                               r_pool, r_gumbel, oldest, float(c.exposure_temperature),
-                               float(c.freshness_weight), tau)
+        r_pick = rng.random(b - a)
+        row, s = _choose_exposures(users_col[a:b], times[a:b], user_vectors, v_hot, publish_hot, prob, alias,
+                                   r_pool, r_pick, fallback, float(c.exposure_temperature),
+                                   float(c.freshness_weight), tau)
+        it = by_pop[row]
         items_col[a:b] = it
-        s = np.einsum("nd,nd->n", user_vectors[users_col[a:b]], item_vectors[it])
         resp = world._respond(s, it, times[a:b], rng)
         click[a:b], like[a:b], watch[a:b] = resp["click"], resp["like"], resp["watch_time"]
 
-    order = np.argsort(times, kind="stable")
-    inter = pl.DataFrame({
-        "user_id": users_col[order], "item_id": items_col[order], "timestamp": times[order],
-        "click": click[order], "like": like[order], "watch_time": watch[order],
-    })
-    del users_col, items_col, times, click, like, watch, order
+    inter = pl.DataFrame({"user_id": users_col, "item_id": items_col, "timestamp": times,
+                          "click": click, "like": like, "watch_time": watch})
+    del users_col, items_col, times, click, like, watch
     users = pl.DataFrame({
         "user_id": np.arange(nu, dtype=np.int64),
         "age_band": _strings(AGE_BANDS, age),
@@ -436,5 +474,5 @@ def load_synthetic(n_users: int = 10_000, n_items: int = 2_000, n_interactions: 
                                   "seed": seed, **config})
     world, inter, users, items = generate_world(cfg)
     ds = Dataset.build("synthetic", inter, SCHEMA, users=users, items=items,
-                       extras={"world": world, "config": dataclasses.asdict(cfg)})
+                       extras={"world": world, "config": dataclasses.asdict(cfg)}, dense_ids=True)
     return ds

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import optimize, stats
+from scipy import optimize, special, stats
 
 from funnelrec.core.errors import DataError
 
@@ -75,6 +75,7 @@ class TestResult:
     statistic: float
     p_value: float
     se: float
+    diff_variance: float  # Var(B − A) = Var(A) + Var(B) of the estimates (unpooled)
     df: float | None = None  # degrees of freedom when the reference distribution is Student t
 
 
@@ -90,7 +91,8 @@ class SRMResult:
 def _critical(alpha: float, df: float | None) -> float:
     if not 0.0 < alpha < 1.0:
         raise DataError(f"alpha must be in (0, 1), got {alpha}")
-    return float(stats.norm.ppf(1 - alpha / 2) if df is None else stats.t.ppf(1 - alpha / 2, df))
+    # scipy.special instead of scipy.stats: same functions, ~50x less call overhead in simulations
+    return float(special.ndtri(1 - alpha / 2) if df is None else special.stdtrit(df, 1 - alpha / 2))
 
 
 def _relative(ma: float, va: float, mb: float, vb: float, crit: float) -> tuple[float, tuple[float, float]]:
@@ -120,8 +122,7 @@ def difference_test(
     se_alt = math.sqrt(var_control + var_treatment)
     se = se_alt if null_se is None else null_se
     stat = diff / se if se > 0 else (0.0 if diff == 0 else math.copysign(math.inf, diff))
-    dist = stats.norm if df is None else stats.t(df)
-    p = float(2 * dist.sf(abs(stat)))
+    p = float(2 * (special.ndtr(-abs(stat)) if df is None else special.stdtr(df, -abs(stat))))
     crit = _critical(alpha, df)
     rel, rel_ci = _relative(control, var_control, treatment, var_treatment, crit)
     return TestResult(
@@ -134,6 +135,7 @@ def difference_test(
         statistic=float(stat),
         p_value=p,
         se=float(se),
+        diff_variance=float(var_control + var_treatment),
         df=df,
     )
 
@@ -270,7 +272,8 @@ def msprt_pvalues(diffs: Sequence[float] | np.ndarray, variances: Sequence[float
     At look n with estimate θ̂_n of B − A and its variance V_n:
         Λ_n = sqrt(V_n / (V_n + τ²)) · exp(τ² θ̂_n² / (2 V_n (V_n + τ²)))
         p_n = min(1, p_{n−1}, 1 / Λ_n),  p_0 = 1.
-    P(p_n ≤ α for some n) ≤ α under H0, however often one looks. Shapes: (T,) → (T,).
+    P(p_n ≤ α for some n) ≤ α under H0, however often one looks. Shapes: (..., T) → (..., T),
+    looks along the last axis (many simulated experiments at once: (S, T)).
     """
     d = np.asarray(diffs, dtype=np.float64)
     v = np.asarray(variances, dtype=np.float64)

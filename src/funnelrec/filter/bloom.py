@@ -157,7 +157,7 @@ def _test_bits(bits: np.ndarray, pos: np.ndarray) -> np.ndarray:
     b = bits[pos >> np.uint64(3)]
     b >>= (pos & np.uint64(7)).astype(np.uint8)
     b &= 1
-    return np.logical_and.reduce(b, axis=0).astype(bool)
+    return np.logical_and.reduce(b, axis=0).astype(bool, copy=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,20 +266,21 @@ class CountingBloomFilter:
     decrement could then hit a counter other ids still need: a false negative).
 
     Time window: time is cut into slices of `slice_s` seconds (slice s = ts // slice_s), each its
-    own counter array sized for the whole `capacity` (so a burst of `capacity` ids on one day
-    still meets `fp_rate`). `contains(ids, now)` is True where some slice active at `now` holds
-    the id; slice s is active while (s + 1)·slice_s > now - window_s, so an exposure at ts keeps
-    filtering for at least `window_s` and at most `window_s + slice_s` seconds. Slices older than
-    the window are dropped on `add` (and by `expire(now)`). With `window_s=None` there is one
-    slice and `ts`/`now` are ignored.
+    own counter array, so expiry is dropping whole arrays. Slice s is *active* at `now` while
+    (s + 1)·slice_s > now - window_s: an exposure at ts keeps filtering for at least `window_s`
+    and at most `window_s + slice_s` seconds. Slices out of the window are dropped on `add` (and
+    by `expire(now)`). With `window_s=None` there is one slice and `ts`/`now` are ignored.
 
-    False positives: if n_s ids sit in slice s, FPR = 1 - Π_s (1 - f(n_s)) with
-    f(n) = (1 - e^(-kn/m))^k; as f is convex with f(0)=0 this is ≤ f(Σ n_s) ≈ fp_rate while the
-    window holds ≤ capacity ids in all.
+    `contains(ids, now)`: all k positions nonzero in the union of the active slices, i.e. the
+    answer of a plain Bloom filter holding every id of the window — so FPR ≈ (1 - e^(-k n/m))^k
+    for n ids in the window, = fp_rate at n = capacity however they spread over slices. The
+    union is kept as a packed bit array (built once per set of active slices, OR-ed on `add`,
+    rebuilt after `remove`/expiry), so `contains` costs one gather whatever the slice count.
 
-    `remove(ids)` decrements, in each slice, only the ids that slice contains (removing an id
-    never added would break other ids); an id that is only a false positive of a slice can still
-    decrement counters others share — the known limit of counting Bloom filters.
+    `remove(ids)` decrements, in every slice, only the ids that slice holds (all k counters
+    nonzero; removing an id never added would break other ids); an id that is only a false
+    positive of a slice can still decrement counters others share — the known limit of
+    counting Bloom filters.
     """
 
     def __init__(
@@ -296,14 +297,19 @@ class CountingBloomFilter:
         self.slice_s = slice_s
         self.seed = seed
         self.m, self.k = bloom_size(capacity, fp_rate)
-        if window_s is not None and (not isinstance(window_s, int | np.integer) or window_s <= 0):
+        if window_s is not None and (
+            isinstance(window_s, bool) or not isinstance(window_s, int | np.integer) or window_s <= 0
+        ):
             raise ConfigError(f"counting Bloom filter window_s must be a positive int or None, got {window_s!r}")
-        if not isinstance(slice_s, int | np.integer) or slice_s <= 0:
+        if isinstance(slice_s, bool) or not isinstance(slice_s, int | np.integer) or slice_s <= 0:
             raise ConfigError(f"counting Bloom filter slice_s must be a positive int, got {slice_s!r}")
         self._nbytes_slice = (self.m + 1) // 2
         self._slices = np.zeros(0, dtype=np.int64)  # (S,) ascending slice ids
         self._counts = np.zeros(0, dtype=np.int64)  # (S,) ids added per slice
         self._counters = np.zeros((0, self._nbytes_slice), dtype=np.uint8)  # (S, ceil(m/2))
+        # union bit array of the slices with id >= _union_from; None = not built
+        self._union: np.ndarray | None = None
+        self._union_from = 0
 
     @classmethod
     def from_config(cls, config: CountingBloomConfig) -> CountingBloomFilter:
@@ -315,6 +321,7 @@ class CountingBloomFilter:
 
     @property
     def nbytes(self) -> int:
+        """Bytes of counters (the persisted state); the union cache adds ceil(m/8)."""
         return self._counters.nbytes
 
     @property
@@ -323,6 +330,7 @@ class CountingBloomFilter:
 
     @property
     def count(self) -> int:
+        """Ids added (with repeats) minus ids removed, over the slices kept."""
         return int(self._counts.sum())
 
     # -- time slices ----------------------------------------------------------------------
@@ -353,6 +361,8 @@ class CountingBloomFilter:
         if dropped:
             self._slices, self._counts = self._slices[keep], self._counts[keep]
             self._counters = self._counters[keep]
+            if self._union is not None and dropped[-1] >= self._union_from:
+                self._union = None
         return dropped
 
     def _row(self, slice_id: int) -> int:
@@ -393,11 +403,11 @@ class CountingBloomFilter:
         row[ubyte] = (lo | (hi << 4)).astype(np.uint8)
 
     def counters(self, slice_id: int | None = None) -> np.ndarray:
-        """(m,) uint8 counter values of one slice (the only one when there is no window)."""
+        """(m,) uint8 counter values of one slice (slice 0, the only one, without a window)."""
         if slice_id is None:
-            slice_id = 0 if self.window_s is None else None
-        hit = np.flatnonzero(self._slices == slice_id) if slice_id is not None else []
-        if len(hit) == 0:
+            slice_id = 0
+        hit = np.flatnonzero(self._slices == slice_id)
+        if hit.size == 0:
             return np.zeros(self.m, dtype=np.uint8)
         row = self._counters[hit[0]]
         out = np.empty(2 * row.size, dtype=np.uint8)
@@ -411,44 +421,59 @@ class CountingBloomFilter:
         slice_id = self.slice_of(ts)
         if ids.size:
             i = self._row(slice_id)
-            pos = bloom_positions(ids, self.m, self.k, self.seed).ravel()
-            self._update_nibbles(self._counters[i], pos, +1)
+            pos = bloom_positions(ids, self.m, self.k, self.seed)
+            self._update_nibbles(self._counters[i], pos.ravel(), +1)
             self._counts[i] += ids.size
+            if self._union is not None and slice_id >= self._union_from:
+                _set_bits(self._union, pos)
         if self.window_s is not None:
             self.expire(int(ts))
 
     def remove(self, ids: np.ndarray) -> list[int]:
-        """Decrement, in every slice, the counters of the ids that slice contains; returns the
+        """Decrement, in every slice, the counters of the ids that slice holds; returns the
         slice ids that changed."""
         ids = _as_ids(ids)
         if ids.size == 0 or self._slices.size == 0:
             return []
         pos = bloom_positions(ids, self.m, self.k, self.seed)
-        held = self._held(pos, self._counters)  # (S, N)
+        nib = np.where(pos & np.uint64(1), np.uint8(0xF0), np.uint8(0x0F))  # (k, N)
         changed = []
-        for i in np.flatnonzero(held.any(axis=1)):
-            self._update_nibbles(self._counters[i], pos[held[i]].ravel(), -1)
-            self._counts[i] = max(0, int(self._counts[i]) - int(held[i].sum()))
-            changed.append(int(self._slices[i]))
+        for i in range(self._slices.size):
+            c = self._counters[i][pos >> np.uint64(1)]
+            c &= nib
+            held = np.logical_and.reduce(c, axis=0).astype(bool)
+            if held.any():
+                self._update_nibbles(self._counters[i], pos[:, held].ravel(), -1)
+                self._counts[i] = max(0, int(self._counts[i]) - int(held.sum()))
+                changed.append(int(self._slices[i]))
+        if changed:
+            self._union = None
         return changed
 
-    @staticmethod
-    def _held(pos: np.ndarray, counters: np.ndarray) -> np.ndarray:
-        """(S, N) bool: all k counters of id n nonzero in slice s. pos (N, k), counters (S, B)."""
-        nib = np.where(pos & np.uint64(1), np.uint8(0xF0), np.uint8(0x0F))  # (N, k)
-        c = counters[:, pos >> np.uint64(1)]  # (S, N, k)
-        c &= nib
-        return c.all(axis=2)
-
-    def contains(self, ids: np.ndarray, now: int | None = None) -> np.ndarray:
-        """(N,) bool: held by some slice active at `now` (`now` is ignored without a window)."""
-        ids = _as_ids(ids)
-        first = self.first_active_slice(now)
+    def _union_bits(self, first: int | None) -> np.ndarray | None:
+        """Packed bits (ceil(m/8),) of "counter nonzero in some slice with id >= first"."""
         lo = 0 if first is None else int(np.searchsorted(self._slices, first))
         if lo == self._slices.size:
+            return None
+        if self._union is not None and int(np.searchsorted(self._slices, self._union_from)) == lo:
+            return self._union
+        # a nibble is nonzero in some slice iff it is nonzero in the OR of the slices' bytes
+        merged = np.bitwise_or.reduce(self._counters[lo:], axis=0)
+        nonzero = np.empty(2 * merged.size, dtype=bool)
+        np.not_equal(merged & 0x0F, 0, out=nonzero[0::2])
+        np.not_equal(merged & 0xF0, 0, out=nonzero[1::2])
+        self._union = np.packbits(nonzero[: self.m], bitorder="little")
+        self._union_from = int(self._slices[lo])
+        return self._union
+
+    def contains(self, ids: np.ndarray, now: int | None = None) -> np.ndarray:
+        """(N,) bool: all k counters nonzero in the union of the slices active at `now`
+        (`now` is ignored without a window)."""
+        ids = _as_ids(ids)
+        union = self._union_bits(self.first_active_slice(now))
+        if union is None:
             return np.zeros(ids.size, dtype=bool)
-        pos = bloom_positions(ids, self.m, self.k, self.seed)
-        return self._held(pos, self._counters[lo:]).any(axis=0)
+        return _test_bits(union, bloom_positions(ids, self.m, self.k, self.seed))
 
     # -- serialization ----------------------------------------------------------------------
 
@@ -464,9 +489,7 @@ class CountingBloomFilter:
         ) + row.tobytes()
         return body + _CHECKSUM.pack(_checksum(body))
 
-    def load_slice(self, blob: bytes) -> int:
-        """Insert (or replace) a slice from `slice_to_bytes` output; returns its slice id.
-        A corrupt blob or one built for other m/k/seed raises ArtifactError."""
+    def _parse_slice(self, blob: bytes) -> tuple[int, int, np.ndarray]:
         body = _split_checksum(blob, "counting Bloom slice blob")
         if len(body) < _SLICE_HEADER.size:
             raise ArtifactError("counting Bloom slice blob is truncated")
@@ -483,10 +506,29 @@ class CountingBloomFilter:
             raise ArtifactError(
                 f"counting Bloom slice blob holds {len(payload)} counter bytes, expected {self._nbytes_slice}"
             )
-        i = self._row(slice_id)
-        self._counters[i] = np.frombuffer(payload, dtype=np.uint8)
-        self._counts[i] = count
-        return slice_id
+        return slice_id, count, np.frombuffer(payload, dtype=np.uint8)
+
+    def load_slices(self, blobs: list[bytes]) -> list[int]:
+        """Insert (or replace) slices from `slice_to_bytes` outputs in one go; returns their slice
+        ids. A corrupt blob or one built for other m/k/seed raises ArtifactError."""
+        parsed = [self._parse_slice(b) for b in blobs]
+        if not parsed:
+            return []
+        ids = np.array([p[0] for p in parsed], dtype=np.int64)
+        if np.unique(ids).size != ids.size:
+            raise ArtifactError(f"counting Bloom slice blobs repeat a slice id: {sorted(ids.tolist())}")
+        keep = ~np.isin(self._slices, ids)
+        slices = np.concatenate([self._slices[keep], ids])
+        order = np.argsort(slices, kind="stable")
+        self._slices = slices[order]
+        self._counts = np.concatenate([self._counts[keep], [p[1] for p in parsed]]).astype(np.int64)[order]
+        self._counters = np.concatenate([self._counters[keep], np.stack([p[2] for p in parsed])])[order]
+        self._union = None
+        return ids.tolist()
+
+    def load_slice(self, blob: bytes) -> int:
+        """`load_slices` of one blob."""
+        return self.load_slices([blob])[0]
 
     def to_bytes(self) -> bytes:
         """Header (magic, version, capacity, fp_rate, window, slice, seed, #slices), then each

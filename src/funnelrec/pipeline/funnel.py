@@ -12,6 +12,7 @@ import pickle
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -123,11 +124,9 @@ class Funnel:
                    exclude: sp.csr_matrix | None = None) -> list[MergedCandidates]:
         """Recall → merge → filter (items in `exclude[user]` removed; seen items never recalled)."""
         users = np.asarray(users, dtype=np.int64)
-        cold = users < 0
-        names = None
-        if cold.all():
-            names = [s.name for s in self.config.recall.channels if not self.channels_[s.name].personalized]
-        merged = self.merge(self.recall(users, context, names))
+        # every channel answers every user (personalized channels give unknown or history-less users
+        # an empty row), so the merged set always has the full channel layout the ranker expects
+        merged = self.merge(self.recall(users, context))
         if exclude is not None:
             for row, (u, m) in enumerate(zip(users, merged)):
                 if u < 0 or len(m) == 0:
@@ -160,8 +159,12 @@ class Funnel:
         return items, out_s
 
     def recommend(self, user_id: Any = None, k: int | None = None, user_idx: int | None = None,
-                  context: RecallContext | None = None, debug: bool = False) -> Recommendation:
-        """One request. An unknown user gets the non-personalized channels, flagged cold_start."""
+                  context: RecallContext | None = None, debug: bool = False,
+                  exposure_filter: Callable[[np.ndarray], np.ndarray] | None = None) -> Recommendation:
+        """One request. An unknown user gets the non-personalized channels, flagged cold_start.
+
+        exposure_filter(items) → bool mask of items already exposed to this user (e.g. a
+        per-user Bloom filter); those are removed between merge and rank."""
         self._check()
         k = k or self.config.k
         t = {}
@@ -170,12 +173,18 @@ class Funnel:
             user_idx = self.dataset_.user_ids.index(user_id) if user_id is not None else -1
         users = np.array([user_idx], np.int64)
         cold = user_idx < 0 or self.history_.indptr[user_idx + 1] == self.history_.indptr[user_idx]
-        names = [s.name for s in self.config.recall.channels if not self.channels_[s.name].personalized] if cold else None
-        batches = self.recall(users, context, names)
+        batches = self.recall(users, context)
         t["recall"] = (time.perf_counter() - t0) * 1e3
         t1 = time.perf_counter()
         merged = self.merge(batches)
         t["merge"] = (time.perf_counter() - t1) * 1e3
+        removed = np.empty(0, np.int64)
+        if exposure_filter is not None and len(merged[0]):
+            t1 = time.perf_counter()
+            exposed = np.asarray(exposure_filter(merged[0].items), dtype=bool)
+            removed = merged[0].items[exposed]
+            merged[0] = _subset(merged[0], ~exposed)
+            t["filter"] = (time.perf_counter() - t1) * 1e3
         t1 = time.perf_counter()
         scores = self.rank(merged, users)[0]
         t["rank"] = (time.perf_counter() - t1) * 1e3
@@ -184,7 +193,8 @@ class Funnel:
         t["total"] = (time.perf_counter() - t0) * 1e3
         dbg = {}
         if debug:
-            dbg = {"candidates": len(m), "per_channel": {b.channel: int((b.items[0] != PAD).sum()) for b in batches}}
+            dbg = {"candidates": len(m), "per_channel": {b.channel: int((b.items[0] != PAD).sum()) for b in batches},
+                   "filtered": removed.tolist()}
         return Recommendation(
             user_idx=int(user_idx), items=m.items[top], scores=scores[top],
             channels=[m.channels_of(int(p)) for p in top], cold_start=bool(cold), timings_ms=t, debug=dbg,

@@ -28,31 +28,59 @@ def _csr_topn_kernel(indptr, indices, data, ex_indptr, ex_indices, n, n_cols):
     items = np.full((R, n), -1, np.int64)
     scores = np.full((R, n), -np.inf, np.float32)
     mark = np.zeros(n_cols, np.bool_)
+    width = 0
+    for r in range(R):
+        width = max(width, indptr[r + 1] - indptr[r])
+    buf_i = np.empty(width, np.int64)
+    buf_v = np.empty(width, np.float64)
+    sel_i = np.empty(max(n, width), np.int64)
+    sel_v = np.empty(max(n, width), np.float64)
     for r in range(R):
         for p in range(ex_indptr[r], ex_indptr[r + 1]):
             mark[ex_indices[p]] = True
-        s, e = indptr[r], indptr[r + 1]
-        buf_i = np.empty(e - s, np.int64)
-        buf_v = np.empty(e - s, np.float64)
         cnt = 0
-        for p in range(s, e):
+        for p in range(indptr[r], indptr[r + 1]):
             c = indices[p]
             v = data[p]
             if v > 0 and np.isfinite(v) and not mark[c]:
                 buf_i[cnt] = c
                 buf_v[cnt] = v
                 cnt += 1
-        # sort by (-score, item): items ascending first, then a stable sort on -score
-        o1 = np.argsort(buf_i[:cnt], kind="mergesort")
-        bi = buf_i[:cnt][o1]
-        bv = buf_v[:cnt][o1]
-        o2 = np.argsort(-bv, kind="mergesort")
-        m = min(n, cnt)
-        for k in range(m):
-            items[r, k] = bi[o2[k]]
-            scores[r, k] = bv[o2[k]]
         for p in range(ex_indptr[r], ex_indptr[r + 1]):
             mark[ex_indices[p]] = False
+        if cnt == 0:
+            continue
+        if cnt > n:
+            # n-th largest value; keep everything above it, then ties in item order
+            thr = -np.partition(-buf_v[:cnt], n - 1)[n - 1]
+            m = 0
+            for t in range(cnt):
+                if buf_v[t] > thr:
+                    sel_i[m] = buf_i[t]
+                    sel_v[m] = buf_v[t]
+                    m += 1
+            nt = 0
+            for t in range(cnt):
+                if buf_v[t] == thr:
+                    buf_i[nt] = buf_i[t]  # nt ≤ t: compacting the ties in place is safe
+                    nt += 1
+            ties = np.sort(buf_i[:nt])
+            for t in range(min(n - m, nt)):
+                sel_i[m] = ties[t]
+                sel_v[m] = thr
+                m += 1
+        else:
+            m = cnt
+            sel_i[:m] = buf_i[:m]
+            sel_v[:m] = buf_v[:m]
+        # item order first, so the stable sort by score breaks ties by the lower item index
+        o1 = np.argsort(sel_i[:m], kind="mergesort")
+        ki = sel_i[:m][o1]
+        kv = sel_v[:m][o1]
+        o2 = np.argsort(-kv, kind="mergesort")
+        for k in range(m):
+            items[r, k] = ki[o2[k]]
+            scores[r, k] = kv[o2[k]]
     return items, scores
 
 
@@ -88,9 +116,9 @@ def _empty_csr(rows: int, cols: int) -> sp.csr_matrix:
 
 def csr_topn(scores: sp.spmatrix, n: int, channel: str, exclude: sp.csr_matrix | None = None) -> CandidateBatch:
     """Top-n of each row of a sparse (U, I) score matrix as a `CandidateBatch` (U, n).
-    Scores ≤ 0 and items in row u of `exclude` (U, I) are dropped; ties → lower item index."""
-    m = sp.csr_matrix(scores, dtype=np.float64)
-    m.sum_duplicates()
+    Scores ≤ 0 and items in row u of `exclude` (U, I) are dropped; ties → lower item index.
+    The matrix must hold no duplicate entries (sparse products and COO→CSR conversion give none)."""
+    m = sp.csr_matrix(scores, dtype=np.float64)  # any order of columns inside a row; no duplicates
     U, I = m.shape
     ex = exclude if exclude is not None else _empty_csr(U, I)
     items, top = _csr_topn_kernel(m.indptr.astype(np.int64), m.indices.astype(np.int64), m.data,

@@ -83,6 +83,7 @@ class Trainer:
         validate: Callable[[nn.Module], float] | None = None,
         checkpoint: str | Path | None = None,
         on_epoch_start: Callable[[int], Batch | None] | None = None,
+        optimizer: torch.optim.Optimizer | list[torch.optim.Optimizer] | None = None,
     ) -> TrainResult:
         """Train `model` on the tensors of `train` (all with the same first dimension).
 
@@ -90,12 +91,17 @@ class Trainer:
         are restored at the end and written to `checkpoint` if given. Early stopping after
         `patience` epochs without improvement.
         on_epoch_start: may return fresh training tensors for the epoch (resampled negatives).
+        optimizer: prebuilt optimizer(s) replacing the configured one, e.g. FTRL for the wide
+        part and Adam for the deep part of Wide&Deep (all are stepped every batch).
         """
         cfg = self.config
         setup_torch(cfg.num_threads)
         torch.manual_seed(cfg.seed)
         gen = torch.Generator().manual_seed(cfg.seed)
-        opt = _optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
+        if optimizer is None:
+            opts = [_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])]
+        else:
+            opts = list(optimizer) if isinstance(optimizer, (list, tuple)) else [optimizer]
         best_score, best_epoch, best_state = -math.inf, -1, None
         history: list[dict[str, float]] = []
         seen, t_train = 0, 0.0
@@ -120,9 +126,11 @@ class Trainer:
             for s in iterator:
                 batch = {k: v[s : s + cfg.batch_size] for k, v in shuffled.items()}
                 loss = loss_fn(model, batch)
-                opt.zero_grad(set_to_none=True)
+                for opt in opts:
+                    opt.zero_grad(set_to_none=True)
                 loss.backward()
-                opt.step()
+                for opt in opts:
+                    opt.step()
                 total += float(loss.detach())
                 steps += 1
             dt = time.perf_counter() - t0

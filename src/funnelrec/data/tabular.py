@@ -1,0 +1,143 @@
+"""The generic loader: interactions (+ optional users/items) from CSV or Parquet plus a schema YAML.
+
+    interactions.csv              schema.yaml
+      user_id,item_id,timestamp,click   interactions: {user_id: categorical, item_id: categorical,
+      u1,i9,1700000000,1                               timestamp: time, click: label}
+                                        items: {item_id: categorical, tags: multi}
+
+The format follows the file extension (.csv, .tsv, .parquet/.pq). Columns are coerced to their
+schema kind: numeric/label → Int64 when every value is an integer else Float64; time → Int64
+unix seconds (integers, floats, or ISO dates/datetimes read as UTC); multi/sequence → list[str]
+('|'-separated in CSV, '' → []); categorical → String, except user_id/item_id, which become
+Int64 when every value in every table is a plain integer. Columns the schema does not declare
+are kept as read. Every problem raises one line naming the file, column and first bad value.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import polars as pl
+
+from funnelrec.core.errors import ConfigError, DataError
+from funnelrec.core.registry import DATASETS
+from funnelrec.data.dataset import Dataset
+from funnelrec.data.schema import Schema
+
+_SEPARATORS = {".csv": ",", ".tsv": "\t"}
+_PARQUET = (".parquet", ".pq")
+
+
+def _ragged_row(path: Path, sep: str) -> str | None:
+    """Describe the first row whose field count differs from the header's (a full scan)."""
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        reader = csv.reader(f, delimiter=sep)
+        try:
+            header = next(reader)
+        except StopIteration:
+            return None
+        for row in reader:
+            if row and len(row) != len(header):
+                return f"line {reader.line_num} has {len(row)} fields, the header has {len(header)}"
+    return None
+
+
+def read_table(path: str | Path) -> pl.DataFrame:
+    """Read one CSV/TSV (all columns as strings) or Parquet file."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise DataError(f"{p}: file not found")
+    ext = p.suffix.lower()
+    if ext in _PARQUET:
+        try:
+            return pl.read_parquet(p)
+        except (pl.exceptions.PolarsError, OSError) as e:
+            raise DataError(f"{p}: malformed Parquet file ({str(e).splitlines()[0]})") from None
+    if ext not in _SEPARATORS:
+        raise DataError(f"{p}: unknown file type {ext!r}; known: .csv, .tsv, .parquet, .pq")
+    sep = _SEPARATORS[ext]
+    try:
+        df = pl.read_csv(p, separator=sep, infer_schema=False)
+    except (pl.exceptions.PolarsError, OSError) as e:
+        where = _ragged_row(p, sep)
+        raise DataError(f"{p}: malformed CSV ({where or str(e).splitlines()[0]})") from None
+    if df.width and df[df.columns[-1]].null_count():  # short rows read as nulls: look for one
+        where = _ragged_row(p, sep)
+        if where:
+            raise DataError(f"{p}: malformed CSV ({where})")
+    return df
+
+
+def _first_bad(raw: pl.Series, parsed: pl.Series) -> str:
+    bad = raw.filter(raw.is_not_null() & parsed.is_null())
+    return repr(bad[0]) if bad.len() else "?"
+
+
+def _is_int_column(s: pl.Series) -> bool:
+    if s.dtype.is_integer():
+        return True
+    if s.dtype != pl.String:
+        return False
+    raw = s.str.strip_chars()
+    same = (raw.cast(pl.Int64, strict=False).cast(pl.String) == raw).fill_null(False)
+    return bool((same | raw.is_null()).all())
+
+
+def _coerce(df: pl.DataFrame, kinds: dict[str, str], file: Path, table: str, int_ids: dict[str, bool]
+            ) -> pl.DataFrame:
+    out = []
+    for col, kind in kinds.items():
+        if col not in df.columns:
+            raise DataError(f"{file}: missing column {col!r} (declared {kind} for {table} in the schema)")
+        s = df[col]
+        if col in ("user_id", "item_id"):
+            out.append(s.str.strip_chars().cast(pl.Int64) if int_ids[col] and s.dtype == pl.String
+                       else s if int_ids[col] else s.cast(pl.String))
+        elif s.dtype != pl.String:
+            continue  # typed (Parquet): Schema.validate checks the kind
+        elif kind in ("numeric", "label"):
+            raw = s.str.strip_chars()
+            as_int = raw.cast(pl.Int64, strict=False)
+            if as_int.null_count() == raw.null_count():
+                out.append(as_int.alias(col))
+                continue
+            as_float = raw.cast(pl.Float64, strict=False)
+            if as_float.null_count() != raw.null_count():
+                raise DataError(f"{file}: column {col!r} is {kind}, but holds {_first_bad(s, as_float)}")
+            out.append(as_float.alias(col))
+        elif kind == "time":
+            raw = s.str.strip_chars()
+            parsed = raw.cast(pl.Float64, strict=False).cast(pl.Int64)
+            if parsed.null_count() != raw.null_count():
+                rest = raw.zip_with(parsed.is_null(), pl.Series([None] * len(raw), dtype=pl.String))
+                try:
+                    dt = rest.str.to_datetime(strict=True, time_zone="UTC")
+                except pl.exceptions.PolarsError:
+                    dt = rest.str.to_datetime(strict=False, time_zone="UTC")
+                    raise DataError(f"{file}: column {col!r} is time (unix seconds or ISO date), "
+                                    f"but holds {_first_bad(rest, dt)}") from None
+                parsed = parsed.fill_null(dt.dt.epoch("s"))
+            out.append(parsed.alias(col))
+        elif kind in ("multi", "sequence"):
+            out.append(s.fill_null("").str.split("|").list.eval(pl.element().filter(pl.element() != "")).alias(col))
+    return df.with_columns(out) if out else df
+
+
+@DATASETS.register("tabular")
+def load_tabular(interactions: str | Path, schema: str | Path, users: str | Path | None = None,
+                 items: str | Path | None = None, name: str = "tabular") -> Dataset:
+    """Load interactions (+ users, items) files typed by a schema YAML (see the module doc)."""
+    sch = Schema.load(schema)
+    paths = {"interactions": interactions, "users": users, "items": items}
+    for table in ("users", "items"):
+        extra = [c for c in getattr(sch, table) if c not in ("user_id", "item_id")]
+        if paths[table] is None and extra:
+            raise ConfigError(f"{schema}: the schema declares {table} columns {extra} but no {table} file was given")
+    frames = {t: read_table(p) for t, p in paths.items() if p is not None}
+    ids = {}
+    for id_col in ("user_id", "item_id"):
+        cols = [df[id_col] for t, df in frames.items() if id_col in df.columns and id_col in getattr(sch, t)]
+        ids[id_col] = all(_is_int_column(c) for c in cols)
+    typed = {t: _coerce(df, getattr(sch, t), Path(paths[t]), t, ids) for t, df in frames.items()}
+    return Dataset.build(name, typed["interactions"], sch, users=typed.get("users"), items=typed.get("items"))

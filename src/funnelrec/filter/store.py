@@ -1,0 +1,458 @@
+"""Per-user exposure stores: "which of these candidates has this user already been shown?"
+
+One interface, `ExposureStore`, three backends registered in `EXPOSURE_STORES`:
+
+- "memory" — `MemoryExposureStore`: a dict of filters; tests and ephemeral embedded use.
+- "sqlite" — `SQLiteExposureStore`: the embedded on-disk default (WAL mode, write-through,
+  in-memory LRU cache of the per-user filters).
+- "redis"  — `RedisExposureStore`: shared online state for many API workers.
+
+Each user has a `CountingBloomFilter` (4-bit counters, time window cut into slices, see
+bloom.py); the backends persist it slice by slice (`slice_to_bytes`: header + counters + xxh3
+checksum), so an `add` rewrites one slice, not the user's whole window. A blob that fails its
+checksum or was built with other m/k/seed raises ArtifactError.
+
+    >>> store = MemoryExposureStore(CountingBloomConfig(capacity=1000, fp_rate=0.01, window_s=7 * DAY))
+    >>> store.add("u1", np.array([10, 11]), ts=0)
+    >>> store.filter("u1", np.array([10, 12, 11]), now=DAY).tolist()
+    [True, False, True]
+    >>> store.filter("u1", np.array([10]), now=9 * DAY).tolist()   # out of the 7-day window
+    [False]
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from funnelrec.core.errors import ArtifactError, ConfigError, DataError, FunnelrecError
+from funnelrec.core.registry import EXPOSURE_STORES
+from funnelrec.filter.bloom import DAY, CountingBloomConfig, CountingBloomFilter, _as_ids
+
+#: 2,000 exposures a week per user at 1% false positives: 19,171 counters, 9.6 kB per day slice.
+DEFAULT_EXPOSURE_CONFIG = CountingBloomConfig(capacity=2000, fp_rate=0.01, window_s=7 * DAY, slice_s=DAY)
+
+
+def _check_user(user_key: str) -> str:
+    if not isinstance(user_key, str) or not user_key:
+        raise DataError(f"user_key must be a non-empty str, got {user_key!r}")
+    return user_key
+
+
+def _check_time(value: int, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise DataError(f"{what} must be an int unix time in seconds, got {value!r}")
+    return int(value)
+
+
+class ExposureStore(ABC):
+    """Per-user exposure filter.
+
+    add(user_key, item_ids (N,), ts)              record that the user was shown these items at ts
+    filter(user_key, candidate_ids (N,), now)     (N,) bool, True = already exposed within the window
+    remove(user_key, item_ids (N,))               forget exposures (e.g. the user asked to see again)
+    flush() / close()                             make writes durable / release resources
+
+    `filter` never answers False for an exposure added within the window (no false negatives);
+    it answers True for an unseen item with probability ≈ the configured fp_rate once the user
+    has `capacity` exposures in the window.
+    """
+
+    registered_name = "exposure store"
+
+    def __init__(self, config: CountingBloomConfig | None = None) -> None:
+        self.config = DEFAULT_EXPOSURE_CONFIG if config is None else config
+        if not isinstance(self.config, CountingBloomConfig):
+            raise ConfigError(f"exposure store config must be a CountingBloomConfig, got {type(config).__name__}")
+        self._template = self.config.build()  # validates capacity, fp_rate, window, slice
+        self._closed = False
+
+    def _new_filter(self) -> CountingBloomFilter:
+        return self.config.build()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise FunnelrecError(f"{type(self).__name__} is closed")
+
+    @abstractmethod
+    def add(self, user_key: str, item_ids: np.ndarray, ts: int) -> None: ...
+
+    @abstractmethod
+    def filter(self, user_key: str, candidate_ids: np.ndarray, now: int) -> np.ndarray: ...
+
+    @abstractmethod
+    def remove(self, user_key: str, item_ids: np.ndarray) -> None: ...
+
+    def flush(self) -> None:
+        """Every write is durable when its call returns; backends may compact here."""
+        return None
+
+    def close(self) -> None:
+        self._closed = True
+
+    def __enter__(self) -> ExposureStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@EXPOSURE_STORES.register("memory")
+class MemoryExposureStore(ExposureStore):
+    """Filters in a dict, lost on exit; safe to share between threads (one lock)."""
+
+    def __init__(self, config: CountingBloomConfig | None = None) -> None:
+        super().__init__(config)
+        self._filters: dict[str, CountingBloomFilter] = {}
+        self._lock = threading.Lock()
+
+    def add(self, user_key: str, item_ids: np.ndarray, ts: int) -> None:
+        ids, ts = _as_ids(item_ids, "item_ids"), _check_time(ts, "ts")
+        _check_user(user_key)
+        with self._lock:
+            self._check_open()
+            f = self._filters.get(user_key)
+            if f is None:
+                f = self._filters[user_key] = self._new_filter()
+            f.add(ids, ts)
+
+    def filter(self, user_key: str, candidate_ids: np.ndarray, now: int) -> np.ndarray:
+        ids, now = _as_ids(candidate_ids, "candidate_ids"), _check_time(now, "now")
+        _check_user(user_key)
+        with self._lock:
+            self._check_open()
+            f = self._filters.get(user_key)
+            return np.zeros(ids.size, dtype=bool) if f is None else f.contains(ids, now)
+
+    def remove(self, user_key: str, item_ids: np.ndarray) -> None:
+        ids = _as_ids(item_ids, "item_ids")
+        _check_user(user_key)
+        with self._lock:
+            self._check_open()
+            f = self._filters.get(user_key)
+            if f is not None:
+                f.remove(ids)
+
+    def close(self) -> None:
+        self._filters.clear()
+        super().close()
+
+
+# ---------------------------------------------------------------------------------------------
+
+_SQLITE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS exposure_slices (
+    user_key TEXT NOT NULL,
+    slice    INTEGER NOT NULL,
+    blob     BLOB NOT NULL,
+    PRIMARY KEY (user_key, slice)
+) WITHOUT ROWID;
+"""
+_FORMAT = "funnelrec-exposure-v1"
+
+
+@EXPOSURE_STORES.register("sqlite")
+class SQLiteExposureStore(ExposureStore):
+    """Exposure store in one SQLite file (WAL mode), one row per (user, time slice).
+
+    Durability: `add`/`remove` run in their own `BEGIN IMMEDIATE … COMMIT` and return after the
+    commit. With synchronous="NORMAL" (default) the commit is in the WAL file, so it survives
+    the process being killed (SIGKILL) but an OS crash or power loss can lose the last commits;
+    synchronous="FULL" fsyncs every commit and survives those too (slower).
+
+    Speed: per-user filters stay in an LRU cache of at most `cache_bytes`; `filter` on a cached
+    user is a pure in-memory lookup. Several processes may share the file: each call reads
+    `PRAGMA data_version` and drops its cache when another connection has committed, and the
+    write lock of BEGIN IMMEDIATE serializes read-modify-write of a slice, so no update is lost.
+    The store is safe to share between threads (one lock).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        config: CountingBloomConfig | None = None,
+        cache_bytes: int = 256 << 20,
+        synchronous: str = "NORMAL",
+    ) -> None:
+        super().__init__(config)
+        if synchronous not in ("NORMAL", "FULL"):
+            raise ConfigError(f"synchronous must be 'NORMAL' or 'FULL', got {synchronous!r}")
+        self.path = Path(path)
+        self.cache_bytes = cache_bytes
+        self.synchronous = synchronous
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[str, CountingBloomFilter] = OrderedDict()
+        self._cached_bytes = 0
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={synchronous}")
+            self._db.executescript(_SQLITE_SCHEMA)
+            self._check_meta()
+            self._data_version = self._read_data_version()
+        except sqlite3.DatabaseError as e:
+            raise ArtifactError(f"exposure store {self.path} is not a usable SQLite database: {e}") from None
+
+    def _check_meta(self) -> None:
+        want = json.dumps({"format": _FORMAT, **asdict(self.config)}, sort_keys=True)
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'config'").fetchone()
+            if row is None:
+                self._db.execute("INSERT INTO meta VALUES ('config', ?)", (want,))
+        finally:
+            self._db.execute("COMMIT")
+        if row is not None and row[0] != want:
+            raise ConfigError(f"exposure store {self.path} was created with {row[0]}; this store is configured with {want}")
+
+    def _read_data_version(self) -> int:
+        return self._db.execute("PRAGMA data_version").fetchone()[0]
+
+    def _sync_cache(self) -> None:
+        """Drop the cache if another connection committed since we last looked."""
+        version = self._read_data_version()
+        if version != self._data_version:
+            self._cache.clear()
+            self._cached_bytes = 0
+            self._data_version = version
+
+    @staticmethod
+    def _footprint(f: CountingBloomFilter) -> int:
+        return f.nbytes + (f.m + 7) // 8 + 512
+
+    def _load(self, user_key: str) -> CountingBloomFilter:
+        f = self._cache.get(user_key)
+        if f is not None:
+            self._cache.move_to_end(user_key)
+            self._cached_bytes -= self._footprint(f)  # re-added below (it may have grown)
+        else:
+            f = self._new_filter()
+            rows = self._db.execute(
+                "SELECT slice, blob FROM exposure_slices WHERE user_key = ?", (user_key,)
+            ).fetchall()
+            try:
+                got = f.load_slices([blob for _, blob in rows])
+            except ArtifactError as e:
+                raise ArtifactError(f"exposure filter of user {user_key!r}: {e}") from None
+            if got != [slice_id for slice_id, _ in rows]:
+                raise ArtifactError(f"exposure filter of user {user_key!r}: rows {[r[0] for r in rows]} hold slices {got}")
+            self._cache[user_key] = f
+        self._cached_bytes += self._footprint(f)
+        while self._cached_bytes > self.cache_bytes and len(self._cache) > 1:
+            _, old = self._cache.popitem(last=False)
+            self._cached_bytes -= self._footprint(old)
+        return f
+
+    def _forget(self, user_key: str) -> None:
+        f = self._cache.pop(user_key, None)
+        if f is not None:
+            self._cached_bytes -= self._footprint(f)
+
+    def _write(self, user_key: str, f: CountingBloomFilter, slice_ids: list[int], first: int | None) -> None:
+        self._db.executemany(
+            "INSERT OR REPLACE INTO exposure_slices VALUES (?, ?, ?)",
+            [(user_key, s, f.slice_to_bytes(s)) for s in slice_ids if s in f.slice_ids],
+        )
+        if first is not None:
+            self._db.execute("DELETE FROM exposure_slices WHERE user_key = ? AND slice < ?", (user_key, first))
+
+    def _transaction(self, user_key: str, change) -> None:
+        with self._lock:
+            self._check_open()
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._sync_cache()  # under the write lock: sees every earlier commit
+                f = self._load(user_key)
+                slice_ids, first = change(f)
+                self._write(user_key, f, slice_ids, first)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                self._forget(user_key)  # its in-memory state may be ahead of the database
+                raise
+            self._data_version = self._read_data_version()
+
+    def add(self, user_key: str, item_ids: np.ndarray, ts: int) -> None:
+        ids, ts = _as_ids(item_ids, "item_ids"), _check_time(ts, "ts")
+        _check_user(user_key)
+        if ids.size == 0:
+            return
+
+        def change(f: CountingBloomFilter) -> tuple[list[int], int | None]:
+            f.add(ids, ts)
+            return [f.slice_of(ts)], f.first_active_slice(ts)
+
+        self._transaction(user_key, change)
+
+    def remove(self, user_key: str, item_ids: np.ndarray) -> None:
+        ids = _as_ids(item_ids, "item_ids")
+        _check_user(user_key)
+        if ids.size:
+            self._transaction(user_key, lambda f: (f.remove(ids), None))
+
+    def filter(self, user_key: str, candidate_ids: np.ndarray, now: int) -> np.ndarray:
+        ids, now = _as_ids(candidate_ids, "candidate_ids"), _check_time(now, "now")
+        _check_user(user_key)
+        with self._lock:
+            self._check_open()
+            self._sync_cache()
+            return self._load(user_key).contains(ids, now)
+
+    def purge(self, now: int) -> int:
+        """Delete the slices of all users that are out of the window at `now`; returns rows deleted."""
+        first = self._template.first_active_slice(_check_time(now, "now"))
+        if first is None:
+            return 0
+        with self._lock:
+            self._check_open()
+            n = self._db.execute("DELETE FROM exposure_slices WHERE slice < ?", (first,)).rowcount
+            self._cache.clear()
+            self._cached_bytes = 0
+            self._data_version = self._read_data_version()
+            return n
+
+    def flush(self) -> None:
+        """Commits are already durable (see the class doc); this checkpoints the WAL into the file."""
+        with self._lock:
+            self._check_open()
+            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._db.close()
+                self._cache.clear()
+                self._closed = True
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@EXPOSURE_STORES.register("redis")
+class RedisExposureStore(ExposureStore):
+    """Exposure store in Redis: one hash per user, `{prefix}u:{user_key}` → {slice id: slice blob}.
+
+    filter: one HGETALL (one round trip for any number of candidates), then the Bloom test
+    runs in the client. add/remove: optimistic transaction (WATCH the user's hash, read, update
+    the counters, MULTI/EXEC; retried when another worker wrote in between), so concurrent
+    workers never lose an update. Every add resets the key's TTL to window_s + slice_s seconds,
+    so users who stop coming back disappear without a sweep. Writes are as durable as the
+    server's persistence settings (AOF/RDB) make them.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 6379,
+        db: int = 0,
+        config: CountingBloomConfig | None = None,
+        prefix: str = "funnelrec:exposure:",
+    ) -> None:
+        super().__init__(config)
+        import redis
+
+        self._redis_mod = redis
+        self.prefix = prefix
+        self._client = redis.Redis.from_url(url) if url else redis.Redis(host=host, port=port, db=db)
+        where = url or f"{host}:{port}/{db}"
+        want = json.dumps({"format": _FORMAT, **asdict(self.config)}, sort_keys=True)
+        try:
+            self._client.set(f"{prefix}meta", want, nx=True)
+            have = self._client.get(f"{prefix}meta")
+        except redis.RedisError as e:
+            raise ConfigError(f"cannot reach Redis at {where}: {e}") from None
+        if have is not None and have.decode() != want:
+            raise ConfigError(f"exposure store at {where}/{prefix} was created with {have.decode()}; this store is configured with {want}")
+
+    def _key(self, user_key: str) -> str:
+        return f"{self.prefix}u:{_check_user(user_key)}"
+
+    def _build(self, user_key: str, fields: dict, first: int | None) -> CountingBloomFilter:
+        f = self._new_filter()
+        try:
+            slice_ids = [int(field) for field in fields]
+        except ValueError:
+            raise ArtifactError(f"exposure filter of user {user_key!r} has non-slice fields {list(fields)}") from None
+        wanted = [(s, blob) for s, blob in zip(slice_ids, fields.values()) if first is None or s >= first]
+        try:
+            got = f.load_slices([blob for _, blob in wanted])
+        except ArtifactError as e:
+            raise ArtifactError(f"exposure filter of user {user_key!r}: {e}") from None
+        if got != [s for s, _ in wanted]:
+            raise ArtifactError(f"exposure filter of user {user_key!r}: fields {[s for s, _ in wanted]} hold slices {got}")
+        return f
+
+    def _hgetall(self, client, key: str) -> dict:
+        try:
+            return client.hgetall(key)
+        except self._redis_mod.ResponseError as e:  # WRONGTYPE: the key is not a hash
+            raise ArtifactError(f"exposure filter at Redis key {key!r} is not a hash: {e}") from None
+
+    def filter(self, user_key: str, candidate_ids: np.ndarray, now: int) -> np.ndarray:
+        self._check_open()
+        ids, now = _as_ids(candidate_ids, "candidate_ids"), _check_time(now, "now")
+        fields = self._hgetall(self._client, self._key(user_key))
+        if not fields:
+            return np.zeros(ids.size, dtype=bool)
+        f = self._build(user_key, fields, self._template.first_active_slice(now))
+        return f.contains(ids, now)
+
+    def _transaction(self, user_key: str, change) -> None:
+        self._check_open()
+        key = self._key(user_key)
+        ttl = None if self.config.window_s is None else self.config.window_s + self.config.slice_s
+        with self._client.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    fields = self._hgetall(pipe, key)
+                    f = self._build(user_key, fields, None)
+                    slice_ids = change(f)
+                    kept = set(f.slice_ids)
+                    gone = [fld for fld in fields if int(fld) not in kept]
+                    pipe.multi()
+                    for s in slice_ids:
+                        if s in kept:
+                            pipe.hset(key, str(s), f.slice_to_bytes(s))
+                    if gone:
+                        pipe.hdel(key, *gone)
+                    if ttl is not None and slice_ids:
+                        pipe.expire(key, ttl)
+                    pipe.execute()
+                    return
+                except self._redis_mod.WatchError:
+                    continue
+
+    def add(self, user_key: str, item_ids: np.ndarray, ts: int) -> None:
+        ids, ts = _as_ids(item_ids, "item_ids"), _check_time(ts, "ts")
+        if ids.size == 0:
+            return
+
+        def change(f: CountingBloomFilter) -> list[int]:
+            f.add(ids, ts)
+            return [f.slice_of(ts)]
+
+        self._transaction(user_key, change)
+
+    def remove(self, user_key: str, item_ids: np.ndarray) -> None:
+        ids = _as_ids(item_ids, "item_ids")
+        if ids.size:
+            self._transaction(user_key, lambda f: f.remove(ids))
+
+    def close(self) -> None:
+        if not self._closed:
+            self._client.close()
+        super().close()

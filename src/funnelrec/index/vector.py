@@ -1,0 +1,535 @@
+"""Vector indexes for embedding recall, each described by ONE factory string saved with it.
+
+The factory string is faiss's ``index_factory`` language, plus two additions of ours:
+
+- a trailing ``,Rerank<k'>`` stage: the base index scans approximately (e.g. ``SQ8``: INT8 codes,
+  a quarter of the fp32 memory), its top ``k'`` are re-scored exactly against the fp32 vectors,
+  kept as a memory-mapped ``.npy`` next to the index: ``"SQ8,Rerank40"``, ``"IVF1024,PQ32x4fs,Rerank100"``;
+- ``HNSWLIB<M>``: an hnswlib graph (optional dependency ``hnswlib``) instead of faiss's HNSW.
+
+    >>> import numpy as np
+    >>> x = np.random.default_rng(0).standard_normal((1000, 16), dtype=np.float32)
+    >>> index = VectorIndex("SQ8,Rerank40", dim=16)
+    >>> index = index.add(x)
+    >>> scores, ids = index.search(x[:2], k=5, exclude=[[0], [1]])
+    >>> scores.shape, ids.dtype.name, bool((ids[:, 0] != np.array([0, 1])).all())
+    ((2, 5), 'int64', True)
+
+Conventions (shared by every backend):
+
+- ids are dense item indices ``0..N-1`` in the order of ``add`` (``add_with_ids`` for ``IDMap``/IVF);
+- ``search(queries (Q, D), k) -> scores (Q, k) float32, ids (Q, k) int64``, best first;
+  scores are *similarities, higher is better*: the inner product ``⟨q, x⟩`` for ``metric="ip"``,
+  ``-‖q − x‖²`` for ``metric="l2"``, ``-hamming`` for a bare ``LSH`` (``1 - ⟨q, x⟩``-style
+  distances of hnswlib are turned back into ``⟨q, x⟩``); empty slots are ``id = -1, score = -inf``;
+- ``exclude`` removes ids (a user's seen items) before the top k is taken: by over-fetching
+  ``k + max |exclude_q|`` from the base index, so an exact index stays exact under exclusion.
+
+On disk an index is a directory: ``index.json`` (format, factory, dim, metric, ntotal, search
+params, byte size + xxh64 of every file), ``index.faiss`` / ``index.hnswlib`` and, for Rerank,
+``vectors.npy``. ``load(mmap=True)`` maps faiss codes read-only (``IO_FLAG_MMAP_IFC``), so the
+serving workers of one machine share one copy in the page cache.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import scipy.sparse as sp
+import xxhash
+
+from funnelrec.core.errors import ArtifactError, ConfigError, NotFittedError
+from funnelrec.core.registry import VECTOR_INDEXES
+
+FORMAT = "funnelrec-vector-index-v1"
+METRICS = ("ip", "l2")
+_RERANK = re.compile(r"^(?P<base>.+),Rerank(?P<k>\d+)$")
+_HNSWLIB = re.compile(r"^HNSWLIB(?P<M>\d+)$")
+_TRAIN_SAMPLE = 262_144  # k-means/PQ training sample cap: faiss samples ≤256·nlist anyway
+
+
+def parse_factory(factory: str) -> tuple[str, str, int]:
+    """Split a factory string into (engine, base factory, rerank k'); k' = 0 means no re-rank.
+
+    >>> parse_factory("SQ8,Rerank40")
+    ('faiss', 'SQ8', 40)
+    >>> parse_factory("HNSWLIB32")
+    ('hnswlib', 'HNSWLIB32', 0)
+    """
+    if not isinstance(factory, str) or not factory.strip():
+        raise ConfigError(f"vector index factory must be a non-empty string, got {factory!r}")
+    base, rerank = factory.strip(), 0
+    m = _RERANK.match(base)
+    if m:
+        base, rerank = m["base"], int(m["k"])
+        if rerank < 1:
+            raise ConfigError(f"vector index factory {factory!r}: Rerank k' must be ≥ 1")
+    if "Rerank" in base:
+        raise ConfigError(f"vector index factory {factory!r}: Rerank<k'> must be the last component")
+    engine = "hnswlib" if _HNSWLIB.match(base) else "faiss"
+    return engine, base, rerank
+
+
+# ---------------------------------------------------------------- backends (engines)
+@VECTOR_INDEXES.register("faiss")
+class FaissBackend:
+    """Any faiss ``index_factory`` string. Raw results: faiss distances turned into similarities."""
+
+    file_name = "index.faiss"
+
+    def __init__(self, factory: str, dim: int, metric: str) -> None:
+        self.factory = factory
+        # faiss's LSH compares sign bits by Hamming distance and only accepts the L2 flag.
+        faiss_metric = (
+            faiss.METRIC_L2 if metric == "l2" or factory.startswith("LSH") else faiss.METRIC_INNER_PRODUCT
+        )
+        try:
+            self.index = faiss.index_factory(dim, factory, faiss_metric)
+        except RuntimeError as e:
+            reason = str(e).strip().splitlines()[-1][-160:]
+            raise ConfigError(f"unknown or invalid vector index factory {factory!r} ({reason})") from None
+        self.read_only = False
+
+    # -- build
+    @property
+    def is_trained(self) -> bool:
+        return bool(self.index.is_trained)
+
+    def train(self, x: np.ndarray) -> None:
+        if len(x) > _TRAIN_SAMPLE:
+            rows = np.sort(np.random.default_rng(0).choice(len(x), _TRAIN_SAMPLE, replace=False))
+            x = x[rows]
+        self.index.train(x)
+
+    def add(self, x: np.ndarray, ids: np.ndarray | None) -> None:
+        try:
+            if ids is None:
+                if isinstance(self.index, faiss.IndexIDMap):
+                    ids = np.arange(self.index.ntotal, self.index.ntotal + len(x), dtype=np.int64)
+                    self.index.add_with_ids(x, ids)
+                else:
+                    self.index.add(x)
+            else:
+                self.index.add_with_ids(x, ids)
+        except RuntimeError as e:
+            reason = str(e).strip().splitlines()[-1][-160:]
+            raise ConfigError(f"vector index {self.factory!r} cannot add these vectors ({reason})") from None
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    # -- search
+    def set_param(self, name: str, value: int) -> None:
+        if name == "efConstruction":  # build-time: not a ParameterSpace knob
+            hnsw = _find_hnsw(self.index)
+            if hnsw is None:
+                raise ConfigError(f"vector index {self.factory!r} has no parameter 'efConstruction'")
+            hnsw.efConstruction = int(value)
+            return
+        try:
+            faiss.ParameterSpace().set_index_parameter(self.index, name, value)
+        except RuntimeError:
+            raise ConfigError(f"vector index {self.factory!r} has no search parameter {name!r}") from None
+
+    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        D, I = self.index.search(q, k)
+        if self.index.metric_type == faiss.METRIC_L2:
+            np.negative(D, out=D)
+        return D, I
+
+    # -- io
+    def save(self, path: Path) -> None:
+        faiss.write_index(self.index, str(path))
+
+    @classmethod
+    def load(cls, path: Path, factory: str, mmap: bool) -> FaissBackend:
+        self = cls.__new__(cls)
+        self.factory = factory
+        flags = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY if mmap else 0
+        try:
+            self.index = faiss.read_index(str(path), flags)
+        except RuntimeError:
+            if not mmap:
+                raise
+            self.index = faiss.read_index(str(path))  # index type without mmap support
+            mmap = False
+        self.read_only = mmap
+        return self
+
+
+def _find_hnsw(index: Any) -> Any:
+    index = faiss.downcast_index(index)
+    if hasattr(index, "hnsw"):
+        return index.hnsw
+    inner = getattr(index, "index", None)  # IDMap / PreTransform wrappers
+    return _find_hnsw(inner) if inner is not None else None
+
+
+@VECTOR_INDEXES.register("hnswlib")
+class HnswlibBackend:
+    """``HNSWLIB<M>``: hnswlib's HNSW graph (stores fp32 vectors; no mmap, loaded into RAM)."""
+
+    file_name = "index.hnswlib"
+
+    def __init__(self, factory: str, dim: int, metric: str) -> None:
+        try:
+            import hnswlib
+        except ImportError:
+            raise ConfigError(f"vector index {factory!r} needs the hnswlib package (pip install hnswlib)") from None
+        self.factory, self.dim, self.metric = factory, dim, metric
+        self.M = int(_HNSWLIB.match(factory)["M"])  # type: ignore[index]
+        self.ef_construction = 200
+        self.ef = 64
+        self.index = hnswlib.Index(space=metric, dim=dim)
+        self.initialized = False
+        self.read_only = False
+
+    is_trained = True
+
+    def train(self, x: np.ndarray) -> None:
+        pass
+
+    def add(self, x: np.ndarray, ids: np.ndarray | None) -> None:
+        n0 = self.ntotal
+        if ids is None:
+            ids = np.arange(n0, n0 + len(x), dtype=np.int64)
+        if not self.initialized:
+            self.index.init_index(max_elements=len(x), M=self.M, ef_construction=self.ef_construction, random_seed=0)
+            self.index.set_ef(self.ef)
+            self.initialized = True
+        else:
+            self.index.resize_index(n0 + len(x))
+        self.index.add_items(x, ids)
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.get_current_count()) if self.initialized else 0
+
+    def set_param(self, name: str, value: int) -> None:
+        if name == "efSearch":
+            self.ef = int(value)
+            if self.initialized:
+                self.index.set_ef(self.ef)
+        elif name == "efConstruction":
+            if self.initialized:
+                raise ConfigError(f"vector index {self.factory!r}: set efConstruction before add()")
+            self.ef_construction = int(value)
+        else:
+            raise ConfigError(f"vector index {self.factory!r} has no search parameter {name!r}")
+
+    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        kk = min(k, self.ntotal)
+        labels, dist = self.index.knn_query(q, k=kk)
+        # hnswlib 'ip' distance is 1 - <q, x>; 'l2' is the squared distance.
+        scores = (1.0 - dist) if self.metric == "ip" else -dist
+        ids = labels.astype(np.int64)
+        if kk < k:
+            pad = k - kk
+            scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+            ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
+        return scores.astype(np.float32, copy=False), ids
+
+    def save(self, path: Path) -> None:
+        self.index.save_index(str(path))
+
+    @classmethod
+    def load(cls, path: Path, factory: str, mmap: bool, dim: int, metric: str) -> HnswlibBackend:
+        self = cls(factory, dim, metric)
+        self.index.load_index(str(path))
+        self.initialized = True
+        self.index.set_ef(self.ef)
+        return self
+
+
+# ---------------------------------------------------------------- the public index
+class VectorIndex:
+    """A vector index built from one factory string (see the module docstring).
+
+    Args:
+        factory: e.g. ``"Flat"``, ``"IDMap,Flat"``, ``"IVF1024,PQ16"``, ``"IVF1024,PQ32x4fs"``,
+            ``"HNSW32"``, ``"LSHrt"``, ``"SQ8,Rerank40"``, ``"HNSWLIB32"``.
+        dim: vector dimension D.
+        metric: ``"ip"`` (inner product, the two-tower score) or ``"l2"``.
+    """
+
+    def __init__(self, factory: str, dim: int, metric: str = "ip") -> None:
+        if metric not in METRICS:
+            raise ConfigError(f"unknown vector index metric {metric!r}; known: {', '.join(METRICS)}")
+        if not isinstance(dim, int | np.integer) or dim < 1:
+            raise ConfigError(f"vector index dim must be a positive int, got {dim!r}")
+        self.factory = factory
+        self.dim = int(dim)
+        self.metric = metric
+        engine, base, rerank = parse_factory(factory)
+        self.engine_, self.base_factory_, self.rerank_k_ = engine, base, rerank
+        self.backend_ = VECTOR_INDEXES.get(engine)(base, self.dim, metric)
+        self.params_: dict[str, int] = {}
+        self.vectors_: np.ndarray | None = None  # fp32 (N, D) for Rerank; memory-mapped after load
+
+    # ------------------------------------------------------------ build
+    @property
+    def ntotal(self) -> int:
+        return self.backend_.ntotal
+
+    @property
+    def is_trained(self) -> bool:
+        return self.backend_.is_trained
+
+    def train(self, x: np.ndarray) -> VectorIndex:
+        """Train the codebooks / coarse quantizer (IVF, PQ, SQ, LSHrt); a no-op for Flat/HNSW."""
+        x = self._as_matrix(x, "training vectors")
+        self._writable()
+        self.backend_.train(x)
+        return self
+
+    def add(self, vectors: np.ndarray) -> VectorIndex:
+        """Append float32 (N, D) vectors with ids ``ntotal .. ntotal+N-1``; trains first if needed."""
+        x = self._as_matrix(vectors, "vectors")
+        self._writable()
+        if not self.is_trained:
+            self.backend_.train(x)
+        self.backend_.add(x, None)
+        if self.rerank_k_:
+            self.vectors_ = x.copy() if self.vectors_ is None else np.concatenate([self.vectors_, x])
+        return self
+
+    def add_with_ids(self, vectors: np.ndarray, ids: np.ndarray) -> VectorIndex:
+        """Add vectors under explicit int64 ids (factory ``"IDMap,…"``, IVF or HNSWLIB)."""
+        x = self._as_matrix(vectors, "vectors")
+        ids = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
+        if len(ids) != len(x):
+            raise ConfigError(f"add_with_ids: {len(x)} vectors but {len(ids)} ids")
+        if self.rerank_k_:
+            raise ConfigError(f"vector index {self.factory!r}: Rerank needs dense ids, use add()")
+        self._writable()
+        if not self.is_trained:
+            self.backend_.train(x)
+        self.backend_.add(x, ids)
+        return self
+
+    def set_params(self, **params: int) -> VectorIndex:
+        """Set search-time knobs: ``nprobe`` (IVF), ``efSearch`` (HNSW), ``rerank`` (k' of
+        Rerank), ``efConstruction`` (HNSW, before ``add``), any faiss ParameterSpace name."""
+        for name, value in params.items():
+            if name == "rerank":
+                if not self.rerank_k_:
+                    raise ConfigError(f"vector index {self.factory!r} has no Rerank stage")
+                if int(value) < 1:
+                    raise ConfigError(f"rerank k' must be ≥ 1, got {value}")
+                self.rerank_k_ = int(value)
+            else:
+                self.backend_.set_param(name, value)
+            self.params_[name] = int(value)
+        return self
+
+    # ------------------------------------------------------------ search
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        exclude: np.ndarray | Sequence[Sequence[int]] | sp.spmatrix | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k ids by similarity for each query.
+
+        Args:
+            queries: float32 (Q, D) or (D,).
+            k: results per query.
+            exclude: ids never to return: a 1-D array (for every query), a sequence of Q id
+                lists (one per query), or a (Q, ≥N) sparse matrix whose row q's columns are
+                excluded (e.g. ``train.csr[users]``).
+        Returns:
+            scores (Q, k) float32 descending, ids (Q, k) int64; ``-inf`` / ``-1`` where fewer.
+        """
+        q = self._as_matrix(queries, "queries")
+        k = int(k)
+        if k < 1:
+            raise ConfigError(f"k must be ≥ 1, got {k}")
+        n = self.ntotal
+        if n == 0:
+            raise NotFittedError(f"vector index {self.factory!r} is empty; add() vectors before search()")
+        excl_rows, excl_ids, n_excl = _exclusions(exclude, len(q))
+        fetch = max(k, self.rerank_k_) + n_excl
+        scores, ids = self.backend_.search(q, min(fetch, n))
+        if self.rerank_k_:
+            scores = self._rerank(q, ids)
+        invalid = ids < 0
+        if n_excl:
+            # one int64 key per (row, id) pair: row·base + id, with base above every id
+            base = int(max(ids.max(initial=0), excl_ids.max(initial=0))) + 2
+            keys = np.arange(len(q), dtype=np.int64)[:, None] * base + ids
+            invalid |= np.isin(keys, excl_rows * base + excl_ids)
+        if invalid.any():
+            scores = np.where(invalid, np.float32(-np.inf), scores)
+            ids = np.where(invalid, -1, ids)
+        if self.rerank_k_ or invalid.any():
+            order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+            scores = np.take_along_axis(scores, order, 1)
+            ids = np.take_along_axis(ids, order, 1)
+        else:
+            scores, ids = scores[:, :k], ids[:, :k]
+        if ids.shape[1] < k:  # fewer vectors than k
+            pad = k - ids.shape[1]
+            scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+            ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
+        return np.ascontiguousarray(scores, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64)
+
+    def _rerank(self, q: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """Exact fp32 similarity of each fetched id: ⟨q, x⟩ or -‖q − x‖², shape (Q, k')."""
+        assert self.vectors_ is not None
+        xs = self.vectors_[np.where(ids < 0, 0, ids)]  # (Q, k', D)
+        if self.metric == "ip":
+            s = np.einsum("qkd,qd->qk", xs, q)
+        else:
+            s = -np.square(xs - q[:, None, :]).sum(axis=2)
+        return s.astype(np.float32, copy=False)
+
+    # ------------------------------------------------------------ io
+    def save(self, path: str | Path) -> Path:
+        """Write the index directory (index.json + engine file [+ vectors.npy]); returns path."""
+        if self.ntotal == 0:
+            raise NotFittedError(f"vector index {self.factory!r} is empty; nothing to save")
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        files = [self.backend_.file_name]
+        self.backend_.save(path / self.backend_.file_name)
+        if self.rerank_k_:
+            np.save(path / "vectors.npy", np.ascontiguousarray(self.vectors_, dtype=np.float32))
+            files.append("vectors.npy")
+        meta = {
+            "format": FORMAT,
+            "factory": self.factory,
+            "dim": self.dim,
+            "metric": self.metric,
+            "ntotal": self.ntotal,
+            "params": self.params_,
+            "files": {f: {"bytes": (path / f).stat().st_size, "xxh64": _xxh64(path / f)} for f in files},
+        }
+        (path / "index.json").write_text(json.dumps(meta, indent=1))
+        return path
+
+    @classmethod
+    def load(
+        cls, path: str | Path, mmap: bool = True, expected_dim: int | None = None, verify: bool = True
+    ) -> VectorIndex:
+        """Read an index directory written by `save`.
+
+        mmap: map faiss codes and the Rerank vectors read-only (shared between processes); a
+        memory-mapped index cannot `add`. expected_dim: raise ArtifactError if the stored dim
+        differs. verify: check each file's xxh64 (size is always checked).
+        """
+        path = Path(path)
+        try:
+            meta = json.loads((path / "index.json").read_text())
+        except FileNotFoundError:
+            raise ArtifactError(f"{path}: no vector index here (index.json missing)") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ArtifactError(f"{path}/index.json: corrupt ({e})") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise ArtifactError(f"{path}: not a {FORMAT} index (format={meta.get('format') if isinstance(meta, dict) else None!r})")
+        if expected_dim is not None and meta["dim"] != expected_dim:
+            raise ArtifactError(f"{path}: index dim {meta['dim']} != expected dim {expected_dim}")
+        for name, info in meta["files"].items():
+            f = path / name
+            if not f.exists():
+                raise ArtifactError(f"{path}: file {name} missing")
+            if f.stat().st_size != info["bytes"]:
+                raise ArtifactError(f"{f}: {f.stat().st_size} bytes, expected {info['bytes']} (truncated or corrupt)")
+            if verify and _xxh64(f) != info["xxh64"]:
+                raise ArtifactError(f"{f}: checksum mismatch (corrupt)")
+        self = cls.__new__(cls)
+        self.factory, self.dim, self.metric = meta["factory"], int(meta["dim"]), meta["metric"]
+        self.engine_, self.base_factory_, self.rerank_k_ = parse_factory(self.factory)
+        backend_cls = VECTOR_INDEXES.get(self.engine_)
+        f = path / backend_cls.file_name
+        try:
+            if self.engine_ == "hnswlib":
+                self.backend_ = backend_cls.load(f, self.base_factory_, mmap, self.dim, self.metric)
+            else:
+                self.backend_ = backend_cls.load(f, self.base_factory_, mmap)
+        except RuntimeError as e:
+            raise ArtifactError(f"{f}: cannot read index ({str(e).strip().splitlines()[-1][-120:]})") from None
+        if self.ntotal != meta["ntotal"]:
+            raise ArtifactError(f"{f}: holds {self.ntotal} vectors, index.json says {meta['ntotal']}")
+        if getattr(self.backend_, "index", None) is not None and self.engine_ == "faiss":
+            if self.backend_.index.d != self.dim:
+                raise ArtifactError(f"{f}: faiss index dim {self.backend_.index.d} != index.json dim {self.dim}")
+        self.vectors_ = None
+        if self.rerank_k_:
+            try:
+                self.vectors_ = np.load(path / "vectors.npy", mmap_mode="r" if mmap else None)
+            except (ValueError, OSError) as e:
+                raise ArtifactError(f"{path}/vectors.npy: corrupt ({e})") from None
+            if self.vectors_.shape != (self.ntotal, self.dim) or self.vectors_.dtype != np.float32:
+                raise ArtifactError(
+                    f"{path}/vectors.npy: shape {self.vectors_.shape} {self.vectors_.dtype}, "
+                    f"expected ({self.ntotal}, {self.dim}) float32"
+                )
+        self.params_ = {}
+        self.set_params(**meta.get("params", {}))
+        return self
+
+    # ------------------------------------------------------------ helpers
+    def memory_bytes(self) -> int:
+        """Bytes of the serialized index plus the Rerank fp32 vectors (≈ resident memory)."""
+        if self.engine_ == "faiss":
+            codes = faiss.serialize_index(self.backend_.index).nbytes
+        else:
+            codes = self.ntotal * (self.dim * 4 + self.backend_.M * 2 * 4 + 16)
+        return int(codes + (self.vectors_.nbytes if self.vectors_ is not None else 0))
+
+    def _as_matrix(self, x: np.ndarray, what: str) -> np.ndarray:
+        x = np.asarray(x)
+        if x.ndim == 1:
+            x = x.reshape(1, -1)
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ConfigError(f"{what} have shape {x.shape}; this index needs (N, {self.dim})")
+        if not np.issubdtype(x.dtype, np.number):
+            raise ConfigError(f"{what} must be numeric, got dtype {x.dtype}")
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    def _writable(self) -> None:
+        if self.backend_.read_only:
+            raise ArtifactError(f"vector index {self.factory!r} was loaded with mmap=True and is read-only")
+
+    def __repr__(self) -> str:
+        return f"VectorIndex({self.factory!r}, dim={self.dim}, metric={self.metric!r}, ntotal={self.ntotal})"
+
+
+def _exclusions(exclude: Any, n_queries: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """(row, id) pairs to exclude as two int64 arrays, and the largest count in one row."""
+    empty = np.zeros(0, dtype=np.int64)
+    if exclude is None:
+        return empty, empty, 0
+    if sp.issparse(exclude):
+        m = sp.csr_matrix(exclude)
+        if m.shape[0] != n_queries:
+            raise ConfigError(f"exclude has {m.shape[0]} rows for {n_queries} queries")
+        counts = np.diff(m.indptr)
+        rows = np.repeat(np.arange(n_queries, dtype=np.int64), counts)
+        return rows, m.indices.astype(np.int64), int(counts.max(initial=0))
+    if isinstance(exclude, np.ndarray) and exclude.ndim == 1 and exclude.dtype != object:
+        ids = exclude.astype(np.int64)
+        rows = np.repeat(np.arange(n_queries, dtype=np.int64), len(ids))
+        return rows, np.tile(ids, n_queries), len(ids)
+    if len(exclude) != n_queries:
+        raise ConfigError(f"exclude has {len(exclude)} id lists for {n_queries} queries")
+    lists = [np.asarray(e, dtype=np.int64).reshape(-1) for e in exclude]
+    counts = np.array([len(e) for e in lists], dtype=np.int64)
+    rows = np.repeat(np.arange(n_queries, dtype=np.int64), counts)
+    ids = np.concatenate(lists) if lists else empty
+    return rows, ids, int(counts.max(initial=0))
+
+
+def _xxh64(path: Path) -> str:
+    h = xxhash.xxh64()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,66 @@
+"""Pieces shared by the CTR model zoo: the field embedder and the model builder.
+
+`FieldEmbedder`: batch → (B, F', D) with F' = F sparse fields + Dn dense fields (each dense
+feature x_j enters as x_j · v_j), through ONE lookup of the shared table on "sparse" (B, F).
+
+`build_ranker(name, spec, config)`: RANKERS lookup + strict config (`from_dict`), the one way
+the CLI, evaluation and tests build a ranking model from YAML.
+
+    >>> import torch
+    >>> spec = FeatureSpec(n_embeddings=10, n_fields=3, n_dense=2)
+    >>> FieldEmbedder(spec, 4)({"sparse": torch.ones(5, 3, dtype=torch.long), "dense": torch.zeros(5, 2)}).shape
+    torch.Size([5, 5, 4])
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from typing import Any
+
+import torch
+from torch import nn
+
+from funnelrec.core.config import from_dict
+from funnelrec.core.errors import ConfigError, DataError
+from funnelrec.core.registry import RANKERS
+from funnelrec.models.ranking.base import FeatureSpec, RankingModel
+from funnelrec.nn.embedding import DenseFields, FieldEmbedding
+
+
+class FieldEmbedder(nn.Module):
+    def __init__(self, spec: FeatureSpec, dim: int) -> None:
+        super().__init__()
+        if spec.n_embeddings < 2 or spec.n_fields < 1:
+            raise ConfigError(f"FeatureSpec needs ≥ 2 embedding rows and ≥ 1 field, got {spec}")
+        self.embedding = FieldEmbedding(spec.n_embeddings, dim)
+        self.dense = DenseFields(spec.n_dense, dim) if spec.n_dense else None
+        self.n_fields = spec.n_fields + spec.n_dense
+        self.dim = dim
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """batch["sparse"] (B, F) [+ batch["dense"] (B, Dn)] → (B, F + Dn, D)."""
+        v = self.embedding(batch["sparse"])
+        if self.dense is not None:
+            if "dense" not in batch:
+                raise DataError("model was built with dense features but the batch has no 'dense'")
+            v = torch.cat([v, self.dense(batch["dense"])], dim=1)
+        return v
+
+
+def load_all() -> None:
+    """Import every module of this package so that every model is registered."""
+    import funnelrec.models.ranking as pkg
+
+    for m in pkgutil.iter_modules(pkg.__path__):
+        importlib.import_module(f"{pkg.__name__}.{m.name}")
+
+
+def build_ranker(name: str, spec: FeatureSpec, config: dict[str, Any] | None = None) -> RankingModel:
+    """Build registered model `name` from a plain dict config (unknown keys are errors)."""
+    load_all()
+    cls = RANKERS.get(name)
+    cfg_cls = getattr(cls, "Config", None)
+    if cfg_cls is None:
+        return cls(spec)
+    return cls(spec, from_dict(cfg_cls, config or {}, f"{name} config"))

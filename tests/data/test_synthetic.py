@@ -1,0 +1,201 @@
+"""The synthetic world at a tiny size: determinism, skew, and labels that follow the exposed truth."""
+
+import numpy as np
+import polars as pl
+import pytest
+from scipy.special import expit
+
+from funnelrec.core.errors import ConfigError, DataError
+from funnelrec.core.registry import DATASETS
+from funnelrec.data import load_dataset
+from funnelrec.data.synthetic import SCHEMA, WorldConfig, load_synthetic
+
+SIZE = {"n_users": 300, "n_items": 200, "n_interactions": 20_000}
+
+
+@pytest.fixture(scope="module")
+def world_ds():
+    return load_dataset("synthetic", **SIZE, seed=3)
+
+
+def _cols(ds):
+    i = ds.interactions
+    return (i["user_idx"].to_numpy(), i["item_idx"].to_numpy(), i["timestamp"].to_numpy(),
+            i["click"].to_numpy(), i["like"].to_numpy(), i["watch_time"].to_numpy())
+
+
+def test_registered_and_seeded(world_ds):
+    assert DATASETS.get("synthetic") is load_synthetic
+    again = load_synthetic(**SIZE, seed=3)
+    for t in ("interactions", "users", "items"):
+        assert getattr(again, t).equals(getattr(world_ds, t)), t
+    np.testing.assert_array_equal(again.extras["world"].user_vectors, world_ds.extras["world"].user_vectors)
+    other = load_synthetic(**SIZE, seed=4)
+    assert not other.interactions.equals(world_ds.interactions)
+    assert not np.allclose(other.extras["world"].item_vectors, world_ds.extras["world"].item_vectors)
+
+
+def test_unknown_or_bad_knob():
+    with pytest.raises(ConfigError, match="unknown key 'zipf' in WorldConfig"):
+        load_synthetic(n_users=10, n_items=10, n_interactions=100, zipf=1.2)
+    with pytest.raises(ConfigError, match="n_interactions .* must be ≥ n_users"):
+        load_synthetic(n_users=100, n_items=10, n_interactions=50)
+    with pytest.raises(ConfigError, match="exploration must be in"):
+        WorldConfig(exploration=1.5)
+
+
+def test_contract_dense_ids_and_schema(world_ds):
+    ds = world_ds
+    for t in ("interactions", "users", "items"):
+        SCHEMA.validate(t, getattr(ds, t))
+    assert ds.n_users == SIZE["n_users"] and ds.n_items == SIZE["n_items"]
+    assert ds.interactions.height == SIZE["n_interactions"]
+    assert (ds.users["user_id"] == ds.users["user_idx"]).all()
+    assert (ds.items["item_id"] == ds.items["item_idx"]).all()
+    assert (ds.interactions["user_id"] == ds.interactions["user_idx"]).all()
+    assert (ds.interactions["item_id"] == ds.interactions["item_idx"]).all()
+    n_tags = ds.items["tags"].list.len()
+    assert n_tags.min() >= 1 and n_tags.max() <= 3
+    assert (ds.items["tags"].list.n_unique() == n_tags).all()  # no repeated tag on an item
+    assert ds.items["author"].value_counts()["count"].max() >= 5  # some authors own several items
+    assert set(ds.users["gender"].unique()) <= {"M", "F", "U"}
+
+
+def test_time_order_and_published_before_shown(world_ds):
+    ds = world_ds
+    assert ds.interactions["timestamp"].is_sorted()
+    per_user = ds.interactions.group_by("user_idx").agg(pl.col("timestamp").diff().min().alias("d"))
+    assert (per_user["d"].fill_null(0) >= 0).all()
+    w = ds.extras["world"]
+    _, it, ts, *_ = _cols(ds)
+    assert (ts >= w.publish_time[it]).all()
+    cfg = w.config
+    assert ts.min() >= cfg.start_time and ts.max() < cfg.end_time
+
+
+def test_heavy_tailed_activity_and_every_user_active(world_ds):
+    counts = np.bincount(_cols(world_ds)[0], minlength=SIZE["n_users"])
+    assert counts.min() >= 1
+    assert counts.max() > 10 * np.median(counts)
+
+
+def test_zipf_popularity_vs_uniform_world(world_ds):
+    def top_share(ds):
+        c = np.sort(np.bincount(_cols(ds)[1], minlength=SIZE["n_items"]))[::-1]
+        return c[: SIZE["n_items"] // 10].sum() / c.sum()
+
+    # the Zipf(1) proposal alone puts H(20)/H(200) = 0.61 of the mass on the top 10 %
+    zipf = top_share(world_ds)
+    uniform = top_share(load_synthetic(**SIZE, seed=3, popularity_exponent=0.0))
+    assert zipf > 0.45 and uniform < 0.25 and zipf > 2.5 * uniform
+    p = world_ds.extras["world"].popularity
+    assert abs(p.sum() - 1) < 1e-9 and np.sort(p)[-1] / np.sort(p)[-2] == pytest.approx(2.0)
+
+
+def test_label_consistency(world_ds):
+    _, _, _, click, like, watch = _cols(world_ds)
+    assert (watch[click == 0] == 0).all() and (watch[click == 1] > 0).all()
+    assert (like <= click).all()
+    assert 0.05 < click.mean() < 0.3 and 0 < like.sum() < click.sum()
+
+
+def test_clicks_follow_true_preference(world_ds):
+    u, it, ts, click, _, _ = _cols(world_ds)
+    p = world_ds.extras["world"].true_preference(u, it, t=ts)
+    # total clicks: a sum of independent Bernoullis, within 4 standard deviations
+    assert abs(click.sum() - p.sum()) < 4 * np.sqrt((p * (1 - p)).sum())
+    lo, hi = np.quantile(p, [0.25, 0.75])
+    assert click[p > hi].mean() > 3 * click[p < lo].mean()
+    # calibration in five bins of p
+    edges = np.quantile(p, np.linspace(0, 1, 6))
+    b = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, 4)
+    for k in range(5):
+        pk = p[b == k]
+        assert abs(click[b == k].sum() - pk.sum()) < 4 * np.sqrt((pk * (1 - pk)).sum()) + 1
+
+
+def test_true_preference_formula_and_broadcasting(world_ds):
+    w = world_ds.extras["world"]
+    c = w.config
+    u, i, t = 7, 11, c.start_time + 5 * 86_400
+    s = float(w.user_vectors[u].astype(np.float64) @ w.item_vectors[i].astype(np.float64))
+    rank = int((w.popularity > w.popularity[i]).sum())  # 0-based popularity rank
+    age = max(0, t - int(w.publish_time[i]))
+    logit = (c.click_bias + c.affinity_weight * s + c.popularity_weight * (1 - rank / w.n_items)
+             + c.freshness_weight * np.exp(-age / (c.freshness_days * 86_400)))
+    assert w.true_preference(np.array([u]), np.array([i]), t=t)[0] == pytest.approx(expit(logit), rel=1e-5)
+    users, items = np.array([0, 5, 299]), np.array([3, 0, 199, 42])
+    grid = w.true_preference(users[:, None], items[None, :])
+    assert grid.shape == (3, 4)
+    for a, uu in enumerate(users):
+        np.testing.assert_allclose(grid[a], w.true_preference(np.full(4, uu), items), rtol=1e-5)
+    with pytest.raises(DataError, match="item_idx out of range"):
+        w.true_preference(np.array([0]), np.array([200]))
+
+
+def test_sample_response_matches_exposed_truth(world_ds):
+    w = world_ds.extras["world"]
+    rng = np.random.default_rng(0)
+    n = 20_000
+    pairs = [(0, 0), (5, 17), (120, 150)]
+    for u, i in pairs:
+        uu, ii = np.full(n, u), np.full(n, i)
+        r = w.sample_response(uu, ii, rng)
+        p = w.true_preference(uu[:1], ii[:1])[0]
+        assert abs(r["click"].mean() - p) < 4 * np.sqrt(p * (1 - p) / n) + 1e-3
+        clicked = r["click"] == 1
+        # watch time: mean given click ≈ expected_watch_time(given_click) (Gamma noise has mean 1,
+        # CV 1/√k); unconditional mean ≈ expected_watch_time
+        wt_click = w.expected_watch_time(uu[:1], ii[:1], given_click=True)[0]
+        k = w.config.watch_shape
+        assert abs(r["watch_time"][clicked].mean() - wt_click) < 4 * wt_click / np.sqrt(k * clicked.sum())
+        assert w.expected_watch_time(uu[:1], ii[:1])[0] == pytest.approx(p * wt_click, rel=1e-5)
+    # position bias: P(click | position 3) = p · 4^(−η)
+    r = w.sample_response(np.zeros(n, np.int64), np.zeros(n, np.int64), rng, position=np.full(n, 3))
+    p = w.true_preference(np.array([0]), np.array([0]))[0] * 4 ** -w.config.position_exponent
+    assert abs(r["click"].mean() - p) < 4 * np.sqrt(p * (1 - p) / n) + 1e-3
+
+
+def test_watch_time_and_like_increase_with_preference(world_ds):
+    w = world_ds.extras["world"]
+    items = np.arange(w.n_items)
+    s = w.affinity(np.zeros_like(items), items)
+    wt = w.expected_watch_time(np.zeros_like(items), items, given_click=True) / w.duration
+    assert np.all(np.diff(wt[np.argsort(s)]) >= -1e-6)  # completion share is monotone in s
+
+
+def test_attributes_carry_signal(world_ds):
+    """Item vectors of one author (or one tag) and user vectors of one region are closer than
+    random pairs, so author/tag/geo channels have something to find."""
+    w = world_ds.extras["world"]
+
+    def mean_cos(vectors, groups):
+        x = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        sim = x @ x.T
+        same = groups[:, None] == groups[None, :]
+        off = ~np.eye(len(x), dtype=bool)
+        return sim[same & off].mean(), sim[~same].mean()
+
+    same, diff = mean_cos(w.item_vectors, w.item_author)
+    assert same > diff + 0.3
+    same, diff = mean_cos(w.item_vectors, w.item_tags[:, 0])
+    assert same > diff + 0.2
+    same, diff = mean_cos(w.user_vectors, w.user_region)
+    assert same > diff + 0.05
+
+
+def test_dense_ids_fast_path_equals_the_join_path(world_ds):
+    from funnelrec.data.dataset import Dataset
+
+    ds = world_ds
+    raw = {t: getattr(ds, t).drop("user_idx", "item_idx", strict=False) for t in ("interactions", "users", "items")}
+    slow = Dataset.build("s", raw["interactions"], SCHEMA, users=raw["users"], items=raw["items"])
+    fast = Dataset.build("s", raw["interactions"], SCHEMA, users=raw["users"], items=raw["items"], dense_ids=True)
+    for t in ("interactions", "users", "items"):
+        assert fast.__getattribute__(t).equals(slow.__getattribute__(t)), t
+    with pytest.raises(DataError, match=r"dense_ids: users\.user_id must be 0\.\.299 in row order"):
+        Dataset.build("s", raw["interactions"], SCHEMA, users=raw["users"].reverse(), items=raw["items"],
+                      dense_ids=True)
+    bad = raw["interactions"].with_columns(pl.col("item_id") + 1)
+    with pytest.raises(DataError, match=r"dense_ids: interactions\.item_id must be integers in 0\.\.199"):
+        Dataset.build("s", bad, SCHEMA, users=raw["users"], items=raw["items"], dense_ids=True)

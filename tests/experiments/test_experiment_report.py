@@ -1,0 +1,127 @@
+"""The report's numbers are the estimators' numbers on hand-aggregated per-user data."""
+
+import base64
+
+import numpy as np
+import polars as pl
+import pytest
+from statsmodels.stats.multitest import multipletests
+
+from funnelrec.core.errors import DataError
+from funnelrec.experiments import stats as st
+from funnelrec.experiments.report import MetricSpec, ReportConfig, build_report
+
+METRICS = (
+    MetricSpec("ctr", kind="ratio", numerator="clicks", denominator="impressions"),
+    MetricSpec("watch", covariate="pre_watch"),
+    MetricSpec("converted", kind="proportion", column="clicked"),
+)
+
+
+@pytest.fixture(scope="module")
+def events():
+    rng = np.random.default_rng(0)
+    n, days = 600, 4
+    users = np.arange(n)
+    arm = np.array(["control", "b", "c"])[rng.integers(0, 3, n)]
+    pre = rng.gamma(2.0, 2.0, n)
+    frames = []
+    for d in range(1, days + 1):
+        imp = rng.poisson(4, n) + 1
+        clicks = rng.binomial(imp, np.where(arm == "b", 0.13, 0.10))
+        frames.append(pl.DataFrame({
+            "user_id": users, "variant": arm, "day": d, "impressions": imp, "clicks": clicks,
+            "clicked": (clicks > 0).astype(np.int64), "watch": pre * 0.4 + rng.normal(0, 1, n), "pre_watch": pre,
+        }))
+    return pl.concat(frames)
+
+
+def per_user_arrays(events, arm):
+    """Sums (max for 0/1 `clicked`) over each user's days, with numpy only."""
+    e = events.filter(pl.col("variant") == arm)
+    uid = e["user_id"].to_numpy()
+    users = np.unique(uid)
+    out = {c: np.bincount(uid, weights=e[c].to_numpy().astype(float))[users] for c in ("clicks", "impressions", "watch")}
+    out["clicked"] = (np.bincount(uid, weights=e["clicked"].to_numpy())[users] > 0).astype(float)
+    days = e["day"].to_numpy()
+    out["pre_watch"] = np.bincount(uid, weights=e["pre_watch"].to_numpy() * (days == 1))[users]
+    return out
+
+
+def test_table_numbers_equal_the_estimators(events):
+    rep = build_report(events, ReportConfig(metrics=METRICS))
+    a = per_user_arrays(events, "control")
+    expected_p = []
+    for arm in ("b", "c"):
+        b = per_user_arrays(events, arm)
+        ctr = st.delta_method_ratio_test(a["clicks"], a["impressions"], b["clicks"], b["impressions"])
+        watch = st.cuped_ttest(a["watch"], a["pre_watch"], b["watch"], b["pre_watch"])
+        conv = st.two_proportion_ztest(a["clicked"].sum(), a["clicked"].size, b["clicked"].sum(), b["clicked"].size)
+        for name, ref in (("ctr", ctr), ("watch", watch), ("converted", conv)):
+            row = next(r for r in rep.rows if r.metric == name and r.variant == arm)
+            assert row.users == b["clicks"].size
+            assert row.value == pytest.approx(ref.treatment)
+            assert row.abs_lift == pytest.approx(ref.abs_lift)
+            assert row.abs_ci == pytest.approx(ref.abs_ci)
+            assert row.rel_ci == pytest.approx(ref.rel_ci)
+            assert row.p_value == pytest.approx(ref.p_value)
+            expected_p.append((name, arm, ref.p_value))
+    q = multipletests([p for *_, p in expected_p], method="fdr_bh")[1]
+    for (name, arm, _), qv in zip(expected_p, q):
+        assert next(r for r in rep.rows if r.metric == name and r.variant == arm).q_value == pytest.approx(qv)
+    assert rep.srm.counts == tuple(int((events.filter(pl.col("day") == 1)["variant"] == v).sum()) for v in ("control", "b", "c"))
+
+
+def test_daily_always_valid_p_is_msprt_of_cumulative_results(events):
+    rep = build_report(events, ReportConfig(metrics=METRICS[:1], msprt_tau=0.1))
+    d = rep.daily[("ctr", "b")]
+    assert d["day"].to_list() == [1, 2, 3, 4]
+    last = rep.results[("ctr", "b")]
+    assert d["abs_lift"][-1] == pytest.approx(last.abs_lift)
+    tau2 = (0.1 * last.control) ** 2
+    np.testing.assert_allclose(d["always_valid_p"].to_numpy(), st.msprt_pvalues(d["abs_lift"].to_numpy(), d["variance"].to_numpy(), tau2))
+    assert np.all(np.diff(d["always_valid_p"].to_numpy()) <= 0)
+
+
+def test_cumulative_day_equals_report_on_data_up_to_that_day(events):
+    # users skip days and join late: day d must use exactly the rows with day <= d
+    sparse = events.filter(pl.Series(np.random.default_rng(9).random(events.height) < 0.4))
+    rep = build_report(sparse, ReportConfig(metrics=METRICS))
+    for day in (1, 2, 3):
+        upto = build_report(sparse.filter(pl.col("day") <= day).drop("day"), ReportConfig(metrics=METRICS))
+        for key, daily in rep.daily.items():
+            assert daily["p_value"][day - 1] == pytest.approx(upto.results[key].p_value, rel=1e-9)
+            assert daily["abs_lift"][day - 1] == pytest.approx(upto.results[key].abs_lift, rel=1e-9)
+
+
+def test_text_and_html_outputs(events, tmp_path):
+    rep = build_report(events, ReportConfig(metrics=METRICS, title="CTR test"))
+    text = rep.to_text()
+    assert "CTR test" in text and "always-valid p" in text and "sample ratio" in text
+    row = next(r for r in rep.rows if r.metric == "ctr" and r.variant == "b")
+    assert f"{row.rel_lift:+.2%}" in text
+    path = rep.to_html(tmp_path / "r.html")
+    html = path.read_text()
+    chunks = html.split('src="data:image/png;base64,')[1:]
+    assert len(chunks) == 2  # lift with CIs, cumulative lift by day
+    for c in chunks:
+        assert base64.b64decode(c.split('"')[0]).startswith(b"\x89PNG")
+    assert rep.to_polars().height == len(rep.rows) == 9
+
+
+def test_srm_mismatch_is_flagged():
+    df = pl.DataFrame({"user_id": range(2200), "variant": ["control"] * 1000 + ["b"] * 1200, "x": [1.0, 2.0] * 1100})
+    rep = build_report(df, ReportConfig(metrics=(MetricSpec("x"),), expected_shares={"control": 0.5, "b": 0.5}))
+    assert rep.srm.statistic == pytest.approx(2 * 100**2 / 1100)  # χ² = 18.2, p ≈ 2e-5
+    assert rep.srm.mismatch and rep.rows[1].srm == "MISMATCH" and "MISMATCH" in rep.to_text()
+    ok = build_report(df, ReportConfig(metrics=(MetricSpec("x"),), expected_shares={"control": 5, "b": 6}))
+    assert not ok.srm.mismatch  # the configured split was 5:6
+
+
+def test_bad_input(events):
+    cfg = ReportConfig(metrics=(MetricSpec("nope"),))
+    with pytest.raises(DataError, match="lacks columns: nope"):
+        build_report(events, cfg)
+    mixed = events.with_columns(pl.when(pl.col("day") == 2).then(pl.lit("b")).otherwise(pl.col("variant")).alias("variant"))
+    with pytest.raises(DataError, match="more than one variant"):
+        build_report(mixed, ReportConfig(metrics=METRICS[:1]))

@@ -1,0 +1,162 @@
+"""Estimators against statsmodels/scipy, closed forms, and small simulations."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.power import NormalIndPower
+from statsmodels.stats.proportion import confint_proportions_2indep, proportions_ztest
+
+from funnelrec.core.errors import DataError
+from funnelrec.experiments import stats as st
+
+
+@pytest.mark.parametrize("xa,na,xb,nb", [(100, 1000, 130, 1000), (40, 500, 31, 700), (5, 60, 9, 45)])
+def test_two_proportion_ztest_matches_statsmodels(xa, na, xb, nb):
+    r = st.two_proportion_ztest(xa, na, xb, nb)
+    z, p = proportions_ztest([xb, xa], [nb, na])
+    assert r.statistic == pytest.approx(z, rel=1e-10)
+    assert r.p_value == pytest.approx(p, rel=1e-10)
+    lo, hi = confint_proportions_2indep(xb, nb, xa, na, method="wald", compare="diff")
+    assert r.abs_ci == pytest.approx((lo, hi), rel=1e-9)
+    assert r.abs_lift == pytest.approx(xb / nb - xa / na)
+
+
+def test_welch_matches_scipy():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(0, 1, 40), rng.normal(0.4, 3, 75)
+    r = st.welch_ttest(a, b)
+    ref = sps.ttest_ind(b, a, equal_var=False)
+    assert r.statistic == pytest.approx(ref.statistic, rel=1e-10)
+    assert r.p_value == pytest.approx(ref.pvalue, rel=1e-10)
+    assert r.df == pytest.approx(ref.df, rel=1e-10)
+    ci = ref.confidence_interval(0.95)
+    assert r.abs_ci == pytest.approx((ci.low, ci.high), rel=1e-9)
+
+
+def test_relative_ci_is_delta_method():
+    r = st.difference_test(10.0, 0.25, 11.0, 0.36)
+    se = math.sqrt(0.36 / 100 + 121 * 0.25 / 10**4)
+    z = sps.norm.ppf(0.975)
+    assert r.rel_lift == pytest.approx(0.1)
+    assert r.rel_ci == pytest.approx((0.1 - z * se, 0.1 + z * se))
+
+
+def test_delta_method_closed_forms():
+    # constant denominators: Var(R) = s²_N / (n · D²)
+    r, v = st.ratio_mean_and_variance([0.0, 2.0], [1.0, 1.0])
+    assert (r, v) == pytest.approx((1.0, 1.0))
+    # every user has the same ratio: the ratio is known exactly
+    r, v = st.ratio_mean_and_variance([1.0, 3.0, 5.0], [2.0, 6.0, 10.0])
+    assert r == pytest.approx(0.5) and v == pytest.approx(0.0, abs=1e-15)
+    # a 3-user hand case: N = (1, 2, 6), D = (2, 3, 4): N̄ = 3, D̄ = 3, s²N = 7, s²D = 1, sND = 2.5
+    _, v = st.ratio_mean_and_variance([1.0, 2.0, 6.0], [2.0, 3.0, 4.0])
+    assert v == pytest.approx((7 / 9 - 2 * 3 * 2.5 / 27 + 9 * 1 / 81) / 3)
+
+
+def test_delta_method_variance_matches_simulation():
+    rng = np.random.default_rng(2)
+    ratios, variances = [], []
+    for _ in range(400):
+        imp = rng.poisson(8, 300) + 1
+        clicks = rng.binomial(imp, rng.beta(2, 18, 300))  # per-user CTR varies: clustered clicks
+        r, v = st.ratio_mean_and_variance(clicks, imp)
+        ratios.append(r)
+        variances.append(v)
+    # the naive binomial variance (impressions as units) would be too small by the clustering factor
+    assert np.var(ratios, ddof=1) == pytest.approx(np.mean(variances), rel=0.2)
+
+
+def test_cuped_theta_is_ols_slope_and_reduces_variance():
+    rng = np.random.default_rng(3)
+    x = rng.normal(10, 2, 20_000)
+    y = 0.8 * (x - 10) / 2 + 0.6 * rng.normal(size=x.size)  # ρ = 0.8
+    theta = st.cuped_theta(y, x)
+    assert theta == pytest.approx(np.polyfit(x, y, 1)[0], rel=1e-9)
+    adj = st.cuped_adjust(y, x, theta, x.mean())
+    rho = np.corrcoef(x, y)[0, 1]
+    assert adj.var() / y.var() == pytest.approx(1 - rho**2, rel=1e-6)
+    assert adj.mean() == pytest.approx(y.mean())
+    r_raw = st.welch_ttest(y[:10_000], y[10_000:])
+    r_cup = st.cuped_ttest(y[:10_000], x[:10_000], y[10_000:], x[10_000:])
+    assert r_cup.se < 0.65 * r_raw.se  # sqrt(1 - 0.64) = 0.6
+
+
+def test_srm_matches_scipy_chisquare():
+    counts, shares = [5050, 4800, 150], [0.5, 0.48, 0.02]
+    r = st.srm_check(counts, shares)
+    ref = sps.chisquare(counts, f_exp=np.array(shares) * sum(counts))
+    assert r.statistic == pytest.approx(ref.statistic)
+    assert r.p_value == pytest.approx(ref.pvalue)
+    assert not r.mismatch
+    assert st.srm_check([5200, 4800], [1, 1]).mismatch  # p ≈ 6e-5
+
+
+def test_benjamini_hochberg_matches_statsmodels():
+    rng = np.random.default_rng(4)
+    p = np.concatenate([rng.uniform(size=30), rng.uniform(0, 0.002, 10), [0.01, 0.01, 0.04]])
+    rej, q = st.benjamini_hochberg(p, 0.05)
+    ref_rej, ref_q, _, _ = multipletests(p, alpha=0.05, method="fdr_bh")
+    np.testing.assert_allclose(q, ref_q, rtol=1e-12)
+    np.testing.assert_array_equal(rej, ref_rej)
+
+
+def test_power_and_sample_size_match_statsmodels():
+    ref = NormalIndPower()
+    h = st.cohens_h(0.10, 0.12)
+    assert st.power_two_proportions(0.10, 0.12, 2000, 3000) == pytest.approx(ref.power(h, 3000, 0.05, ratio=2000 / 3000))
+    assert st.sample_size_two_proportions(0.10, 0.12, power=0.9) == pytest.approx(ref.solve_power(h, None, 0.05, 0.9), rel=1e-6)
+    assert st.power_means(0.2, 2.0, 500) == pytest.approx(ref.power(0.1, 500, 0.05))
+    assert st.sample_size_means(0.1, 1.0, ratio=2) == pytest.approx(ref.solve_power(0.1, None, 0.05, 0.8, ratio=2), rel=1e-6)
+    # the MDE is the effect whose power is the target
+    mde = st.mde_two_proportions(0.10, 5000)
+    assert st.power_two_proportions(0.10, 0.10 + mde, 5000) == pytest.approx(0.8, abs=1e-6)
+    d = st.mde_means(3.0, 1000, 1000)
+    assert d == pytest.approx((sps.norm.ppf(0.975) + sps.norm.ppf(0.8)) * 3.0 * math.sqrt(2 / 1000), rel=1e-3)
+
+
+def test_msprt_hand_value_and_monotone():
+    d, v, tau2 = 0.3, 0.01, 0.04
+    lam = math.sqrt(v / (v + tau2)) * math.exp(tau2 * d**2 / (2 * v * (v + tau2)))
+    p = st.msprt_pvalues([0.0, d, 0.0], [v, v, v], tau2)
+    assert p[0] == pytest.approx(1.0)
+    assert p[1] == pytest.approx(1 / lam)
+    assert p[2] == p[1]  # always-valid p never goes back up
+    lo, hi = st.msprt_confidence_interval(d, v, tau2, alpha=p[1])
+    assert lo == pytest.approx(0.0, abs=1e-9)  # the CI at level p just touches 0
+
+
+def test_aa_fixed_horizon_and_msprt_peeking_false_positive_rates():
+    rng = np.random.default_rng(5)
+    sims, days, users_per_day, rate = 600, 14, 200, 0.1
+    xa = rng.binomial(users_per_day, rate, (sims, days)).cumsum(1)
+    xb = rng.binomial(users_per_day, rate, (sims, days)).cumsum(1)
+    n = users_per_day * np.arange(1, days + 1)
+    pa, pb = xa / n, xb / n
+    var = pa * (1 - pa) / n + pb * (1 - pb) / n
+    p_seq = st.msprt_pvalues(pb - pa, var, tau2=0.02**2)
+    fixed = np.array([st.two_proportion_ztest(xa[s, -1], n[-1], xb[s, -1], n[-1]).p_value for s in range(sims)])
+    naive_peek = np.array([min(st.two_proportion_ztest(xa[s, t], n[t], xb[s, t], n[t]).p_value for t in range(days)) for s in range(sims)])
+    tol = 3 * math.sqrt(0.05 * 0.95 / sims)
+    assert abs((fixed < 0.05).mean() - 0.05) < tol
+    assert (p_seq[:, -1] < 0.05).mean() < 0.05 + tol
+    assert (naive_peek < 0.05).mean() > 0.05 + tol  # peeking a fixed test inflates errors
+
+
+def test_power_calculator_matches_simulated_detection_rate():
+    rng = np.random.default_rng(6)
+    sims, n, pa, pb = 500, 4000, 0.10, 0.12
+    xa, xb = rng.binomial(n, pa, sims), rng.binomial(n, pb, sims)
+    detect = np.mean([st.two_proportion_ztest(a, n, b, n).p_value < 0.05 for a, b in zip(xa, xb)])
+    assert detect == pytest.approx(st.power_two_proportions(pa, pb, n), abs=0.07)
+
+
+def test_bad_input_raises_data_error():
+    with pytest.raises(DataError, match="successes"):
+        st.two_proportion_ztest(5, 0, 1, 10)
+    with pytest.raises(DataError, match="at least 2"):
+        st.welch_ttest([1.0], [1.0, 2.0])
+    with pytest.raises(DataError, match="tau2"):
+        st.msprt_pvalues([0.1], [0.1], 0.0)
