@@ -5,6 +5,9 @@
 `seconds` is generation + `Dataset.build` (what `load_dataset("synthetic", …)` costs) after a
 tiny warm-up world (`warmup_seconds`: loading or compiling the numba kernels). Peak RSS is the
 process maximum (resource.getrusage), so it includes the warm-up and the interpreter.
+`--reference` also times numpy's `Generator.choice(p=popularity)` drawing the same number of
+pool candidates: the plain-numpy way to do only the first step of the generator;
+`--join-build` times `Dataset.build` through its general join path for comparison.
 """
 
 from __future__ import annotations
@@ -25,6 +28,10 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=20_000)
     ap.add_argument("--interactions", type=int, default=2_000_000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--reference", action="store_true",
+                    help="also time numpy Generator.choice(p=popularity) for the same pool draws")
+    ap.add_argument("--join-build", action="store_true",
+                    help="also time Dataset.build without dense_ids (the general join path)")
     args = ap.parse_args()
 
     from funnelrec.data.dataset import Dataset
@@ -43,6 +50,23 @@ def main() -> None:
     t2 = time.perf_counter()
     c2 = resource.getrusage(resource.RUSAGE_SELF)
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+    reference = {}
+    if args.reference:  # the plain-numpy way to draw the candidate pools alone (no preference, no labels)
+        rng = np.random.default_rng(args.seed)
+        t = time.perf_counter()
+        c = resource.getrusage(resource.RUSAGE_SELF)
+        step = 1 << 19
+        for a in range(0, args.interactions, step):
+            rng.choice(ds.n_items, size=(min(step, args.interactions - a), cfg.pool_size), p=world.popularity)
+        c3 = resource.getrusage(resource.RUSAGE_SELF)
+        reference = {"reference_numpy_choice_seconds": round(time.perf_counter() - t, 2),
+                     "reference_numpy_choice_cpu_seconds": round(c3.ru_utime + c3.ru_stime - c.ru_utime - c.ru_stime, 2)}
+
+    if args.join_build:
+        t = time.perf_counter()
+        Dataset.build("synthetic", inter, SCHEMA, users=users, items=items)
+        reference["join_build_seconds"] = round(time.perf_counter() - t, 2)
 
     i = ds.interactions
     counts = np.sort(np.bincount(i["item_idx"].to_numpy(), minlength=ds.n_items))[::-1]
@@ -65,6 +89,7 @@ def main() -> None:
         "user_rows_median_max": [int(np.median(per_user)), int(per_user.max())],
         "cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
         "python": platform.python_version(),
+        **reference,
     }))
 
 

@@ -192,7 +192,7 @@ def test_dense_ids_fast_path_equals_the_join_path(world_ds):
     slow = Dataset.build("s", raw["interactions"], SCHEMA, users=raw["users"], items=raw["items"])
     fast = Dataset.build("s", raw["interactions"], SCHEMA, users=raw["users"], items=raw["items"], dense_ids=True)
     for t in ("interactions", "users", "items"):
-        assert fast.__getattribute__(t).equals(slow.__getattribute__(t)), t
+        assert getattr(fast, t).equals(getattr(slow, t)), t
     with pytest.raises(DataError, match=r"dense_ids: users\.user_id must be 0\.\.299 in row order"):
         Dataset.build("s", raw["interactions"], SCHEMA, users=raw["users"].reverse(), items=raw["items"],
                       dense_ids=True)

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from funnelrec.models.ranking.esmm import product_logit
-from funnelrec.nn.attention import AUGRU, AUGRUCell, BilinearAttention, DINAttention, Dice
-from funnelrec.nn.experts import CGC, MMoE, EPNet, GateNU, ParallelLinear, PartitionedNorm, StarFC
+from funnelrec.nn.attention import AUGRU, AUGRUCell, BilinearAttention, Dice, DINAttention
+from funnelrec.nn.experts import CGC, EPNet, GateNU, MMoE, ParallelLinear, PartitionedNorm, StarFC
 from funnelrec.nn.sequence import compact_sequence, gather_steps, hard_search, interest_auxiliary_loss
 
 
@@ -208,7 +208,7 @@ def test_partitioned_norm_uses_each_samples_domain_parameters():
 def test_gate_nu_range_and_epnet_stop_gradient():
     torch.manual_seed(7)
     g = GateNU(3, 5)
-    d = g(torch.randn(100, 3) * 10)
+    d = g(torch.randn(100, 3) * 10).detach()
     assert float(d.min()) > 0 and float(d.max()) < 2
     ep = EPNet(general_dim=4, domain_dim=2)
     e = torch.randn(3, 4, requires_grad=True)

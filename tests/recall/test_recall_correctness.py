@@ -80,7 +80,8 @@ def test_hot_is_time_decayed_count():
 @pytest.mark.parametrize("iuf", [False, True])
 def test_itemcf_cosine_matches_sklearn(iuf):
     A = random_binary(2)
-    N = itemcf_neighbours(sp.csr_matrix(A), k=A.shape[1], similarity="cosine", iuf=iuf).toarray()
+    N = itemcf_neighbours(sp.csr_matrix(A), k=A.shape[1], similarity="cosine",
+                          user_damping="iuf" if iuf else "none").toarray()
     if iuf:
         w = 1.0 / np.log1p(A.sum(1))
         num = A.T @ (A * w[:, None])
@@ -88,6 +89,17 @@ def test_itemcf_cosine_matches_sklearn(iuf):
         ref = num / np.sqrt(np.outer(n, n))
     else:
         ref = cosine_similarity(A.T)
+    np.fill_diagonal(ref, 0)
+    np.testing.assert_allclose(N, ref, rtol=1e-5, atol=1e-7)
+
+
+def test_itemcf_asymmetric_cosine_with_inverse_damping():
+    A = random_binary(6)
+    N = itemcf_neighbours(sp.csr_matrix(A), k=A.shape[1], similarity="asymmetric", asymmetry=0.8,
+                          user_damping="inverse").toarray()
+    num = A.T @ (A / A.sum(1, keepdims=True))
+    n = A.sum(0)
+    ref = num / (n[:, None] ** 0.8 * n[None, :] ** 0.2)
     np.fill_diagonal(ref, 0)
     np.testing.assert_allclose(N, ref, rtol=1e-5, atol=1e-7)
 
@@ -109,7 +121,7 @@ def test_itemcf_user_scores_are_history_times_neighbours(mode):
     A = random_binary(4, U=12, I=10, p=0.35)
     pairs = list(zip(*np.nonzero(A)))
     td = train_from_pairs([(int(u), int(i)) for u, i in pairs], n_items=A.shape[1])
-    ch = ItemCFRecall(ItemCFConfig(k=3, neighbourhood=mode)).fit(td)
+    ch = ItemCFRecall(ItemCFConfig(k=3, neighbourhood=mode, similarity="cosine", user_damping="none")).fit(td)
     full = cosine_similarity(A.T)
     np.fill_diagonal(full, 0)
     # top-3 per row, ties to lower index (stable sort)
@@ -130,7 +142,7 @@ def test_itemcf_user_scores_are_history_times_neighbours(mode):
 def test_itemcf_similar_items_and_bad_config():
     A = random_binary(5)
     td = train_from_pairs([(int(u), int(i)) for u, i in zip(*np.nonzero(A))], n_items=A.shape[1])
-    ch = ItemCFRecall(ItemCFConfig(k=4)).fit(td)
+    ch = ItemCFRecall(ItemCFConfig(k=4, similarity="cosine", user_damping="none")).fit(td)
     b = ch.similar_items(np.array([1, -1]), 4)
     ref = cosine_similarity(A.T)[1]
     ref[1] = 0

@@ -13,9 +13,10 @@ Fitted once on `TrainData`; everything static is tensorized at fit time:
   embedding rows (+ their first tag), with mask; match features count earlier history
   events sharing the candidate's id/tag/author (log1p, dense).
 
-Field order (= the columns of "sparse"): user_id, item_id (if include_ids), user_columns,
-item_columns (a multi-valued column takes `multi_width` columns: its first values, padded with
-row 0), count buckets, crosses, context. `spec.field_names` lists them. Slot = field position + 1.
+Columns of "sparse": the user block (user_id, user_columns, user count buckets), the item block
+(item_id, item_columns, item count buckets; a multi-valued column takes `multi_width` columns:
+its first values, padded with row 0), crosses, context. `spec.field_names` names every column.
+Slots are numbered 1, 2, … in config order (user_id, item_id, user_columns, item_columns, …).
 
     transform(user_idx (N,), item_idx (N,), ts (N,) | None) -> {"sparse": (N, F) int64,
         "dense": (N, Dn) float32, ["seq", "seq_cat", "seq_mask", "target", "target_cat"]}
@@ -110,7 +111,8 @@ class FeatureEncoder:
         users, items, inter = ds.users, ds.items, train.interactions
         self._validate_columns(users, items, inter)
         self.n_users_, self.n_items_ = ds.n_users, ds.n_items
-        names: list[str] = []
+        names: list[str] = []  # only counts slots; the column order is user block, item block
+        side_names: dict[str, list[str]] = {"user": [], "item": []}
         user_fids: list[np.ndarray] = []
         item_fids: list[np.ndarray] = []
         self.collisions_: dict[str, int] = {}
@@ -121,13 +123,15 @@ class FeatureEncoder:
             if isinstance(col.dtype, pl.List):
                 mat = fid_multi_column(slot, col, cfg.multi_width)
                 self.collisions_[name] = count_collisions(col.explode().drop_nulls(), slot)
-                names.extend([name] * cfg.multi_width)
+                names.append(name)
+                side_names[side].extend([name] * cfg.multi_width)
             else:
                 if col.dtype.is_numeric() and col.null_count() == 0 and col.dtype.is_float() and col.is_nan().any():
                     raise DataError(f"column {name!r}: {int(col.is_nan().sum())} NaN values in a numeric feature")
                 mat = fid_column(slot, col)[:, None]
                 self.collisions_[name] = count_collisions(col.drop_nulls(), slot)
                 names.append(name)
+                side_names[side].append(name)
             store = user_fids if side == "user" else item_fids
             start = sum(m.shape[1] for m in store)
             self._cols_[name] = (side, start, mat.shape[1])
@@ -161,6 +165,7 @@ class FeatureEncoder:
         self.item_fids_ = np.concatenate(item_fids, axis=1) if item_fids else np.zeros((ds.n_items, 0), np.int64)
 
         # crosses and context: slots after the entity fields
+        columns = side_names["user"] + side_names["item"]
         self.cross_slots_: list[tuple[int, str, str]] = []
         for uc, ic in cfg.crosses:
             if uc not in self._cols_ or self._cols_[uc][0] != "user":
@@ -169,11 +174,13 @@ class FeatureEncoder:
                 raise ConfigError(f"cross ({uc}, {ic}): {ic!r} is not an item field of this encoder")
             self.cross_slots_.append((len(names) + 1, uc, ic))
             w = self._cols_[uc][2] * self._cols_[ic][2]
-            names.extend([f"{uc}*{ic}"] * w)
+            names.append(f"{uc}*{ic}")
+            columns.extend([f"{uc}*{ic}"] * w)
         self.context_slots_: list[tuple[int, str]] = []
         for c in cfg.context:
             self.context_slots_.append((len(names) + 1, c))
             names.append(c)
+            columns.append(c)
         self._context_hash = {"hour": hash_values(np.arange(24)), "weekday": hash_values(np.arange(7))}
 
         # vocabulary over the FIDs of the training samples
@@ -184,7 +191,7 @@ class FeatureEncoder:
         self.vocab_ = FidVocab(cfg.min_count).fit(sample_fids)
         self.user_rows_ = self.vocab_.lookup(self.user_fids_)
         self.item_rows_ = self.vocab_.lookup(self.item_fids_)
-        self.field_names_ = tuple(names)
+        self.field_names_ = tuple(columns)
 
         # dense features
         self.dense_names_: list[str] = []

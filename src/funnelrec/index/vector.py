@@ -51,6 +51,7 @@ FORMAT = "funnelrec-vector-index-v1"
 METRICS = ("ip", "l2")
 _RERANK = re.compile(r"^(?P<base>.+),Rerank(?P<k>\d+)$")
 _HNSWLIB = re.compile(r"^HNSWLIB(?P<M>\d+)$")
+_BUILD_PARAMS = ("efConstruction",)
 _TRAIN_SAMPLE = 262_144  # k-means/PQ training sample cap: faiss samples ≤256·nlist anyway
 
 
@@ -471,8 +472,10 @@ class VectorIndex:
                     f"{path}/vectors.npy: shape {self.vectors_.shape} {self.vectors_.dtype}, "
                     f"expected ({self.ntotal}, {self.dim}) float32"
                 )
-        self.params_ = {}
-        self.set_params(**meta.get("params", {}))
+        params = meta.get("params", {})
+        # efConstruction shaped the stored graph already; only search-time knobs are re-applied
+        self.params_ = {k: v for k, v in params.items() if k in _BUILD_PARAMS}
+        self.set_params(**{k: v for k, v in params.items() if k not in _BUILD_PARAMS})
         return self
 
     # ------------------------------------------------------------ helpers

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import pickle
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -52,6 +52,8 @@ class Recommendation:
     cold_start: bool
     timings_ms: dict[str, float] = field(default_factory=dict)
     debug: dict[str, Any] = field(default_factory=dict)
+    recall_scores: np.ndarray | None = None  # (k, C) each channel's recall score, NaN = not recalled
+    recall_channels: list[str] = field(default_factory=list)  # the C channel names of recall_scores
 
 
 class Funnel:
@@ -198,6 +200,7 @@ class Funnel:
         return Recommendation(
             user_idx=int(user_idx), items=m.items[top], scores=scores[top],
             channels=[m.channels_of(int(p)) for p in top], cold_start=bool(cold), timings_ms=t, debug=dbg,
+            recall_scores=m.scores[top], recall_channels=list(m.channels),
         )
 
     # ------------------------------------------------------------------ persistence

@@ -237,3 +237,44 @@ def neighbours_to_csr(nbr: np.ndarray, sim: np.ndarray, n_items: int) -> sp.csr_
     out = sp.csr_matrix((sim[keep].astype(np.float32), (rows, nbr[keep])), shape=(n_items, n_items))
     out.sort_indices()
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def select_topk(ids, vals, k, out_ids, out_vals):
+    """Write the top-k of (ids, vals) by (−val, id) into out_ids/out_vals (rows of length ≥ k);
+    returns how many were written. O(m) selection + a sort of k, not a sort of all m."""
+    m = ids.size
+    if m == 0 or k == 0:
+        return 0
+    if m > k:
+        thr = -np.partition(-vals, k - 1)[k - 1]
+        sel_i = np.empty(k, np.int64)
+        sel_v = np.empty(k, np.float64)
+        c = 0
+        nt = 0
+        ties = np.empty(m, np.int64)
+        for t in range(m):
+            if vals[t] > thr:
+                sel_i[c] = ids[t]
+                sel_v[c] = vals[t]
+                c += 1
+            elif vals[t] == thr:
+                ties[nt] = ids[t]
+                nt += 1
+        ties = np.sort(ties[:nt])
+        for t in range(min(k - c, nt)):
+            sel_i[c] = ties[t]
+            sel_v[c] = thr
+            c += 1
+    else:
+        c = m
+        sel_i = ids.astype(np.int64)
+        sel_v = vals.astype(np.float64)
+    o1 = np.argsort(sel_i[:c], kind="mergesort")
+    si = sel_i[:c][o1]
+    sv = sel_v[:c][o1]
+    o2 = np.argsort(-sv, kind="mergesort")
+    for t in range(c):
+        out_ids[t] = si[o2[t]]
+        out_vals[t] = sv[o2[t]]
+    return c

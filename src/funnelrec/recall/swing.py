@@ -27,7 +27,7 @@ import scipy.sparse as sp
 from funnelrec.core.errors import ConfigError
 from funnelrec.core.registry import RECALL_CHANNELS
 from funnelrec.data.dataset import TrainData
-from funnelrec.recall._common import cap_rows, neighbours_to_csr, row_topk
+from funnelrec.recall._common import cap_rows, neighbours_to_csr, row_topk, select_topk
 from funnelrec.recall.itemcf import NeighbourRecall, itemcf_neighbours, normalize_rows_max
 
 
@@ -94,16 +94,13 @@ def _swing_kernel(iu_ptr, iu_idx, ui_ptr, ui_idx, user_w, item_norm, alpha, k):
                             touched[nt] = j
                             nt += 1
                         acc[j] += w
-            ids = np.sort(touched[:nt])
+            ids = touched[:nt]
             vals = np.empty(nt, np.float64)
             for t in range(nt):
                 vals[t] = acc[ids[t]] / (item_norm[i] * item_norm[ids[t]])
                 acc[ids[t]] = 0.0
                 seen[ids[t]] = False
-            order = np.argsort(-vals, kind="mergesort")
-            for t in range(min(k, nt)):
-                nbr[i, t] = ids[order[t]]
-                sims[i, t] = vals[order[t]]
+            select_topk(ids, vals, k, nbr[i], sims[i])
     return nbr, sims
 
 

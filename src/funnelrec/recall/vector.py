@@ -67,6 +67,7 @@ class VectorRecallConfig:
     hard_ranks: tuple[int, int] = (50, 200)  # rank window the hard negatives are mined from
     hard_warmup_epochs: int = 1
     index_factory: str = "Flat"
+    num_threads: int = 2  # torch threads; 1 is faster when the cores are oversubscribed
     seed: int = 2020
 
     def __post_init__(self) -> None:
@@ -289,7 +290,8 @@ class VectorRecall(RecallChannel):
                 return ranking_metrics(top, v_csr, (10,), rows=v_users)["ndcg@10"]
 
         trainer = Trainer(TrainerConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                                        weight_decay=cfg.weight_decay, patience=cfg.patience, seed=cfg.seed))
+                                        weight_decay=cfg.weight_decay, patience=cfg.patience, seed=cfg.seed,
+                                        num_threads=cfg.num_threads))
         self.train_result_: TrainResult = trainer.fit(model, objective, epoch_tensors(0), validate=validate,
                                                       on_epoch_start=lambda e: epoch_tensors(e) if e > 0 else None)
         model.eval()
@@ -304,38 +306,86 @@ class VectorRecall(RecallChannel):
         return self
 
     # ---------------------------------------------------------------- recall
-    def user_vectors(self, users: np.ndarray) -> np.ndarray:
-        """(B, D) float32 unit vectors of dense user indices (-1 = unknown: profile/history empty)."""
+    def user_vectors(self, users: np.ndarray, histories: list[np.ndarray] | None = None) -> np.ndarray:
+        """(B, D) float32 unit vectors of dense user indices from their profile and most recent
+        training positives. `histories` (B arrays of item indices, oldest first) are fresher
+        items put in front of the stored history. Unknown users (outside [0, U)) get an empty
+        profile and only the given history."""
         users_t = torch.as_tensor(np.asarray(users, np.int64))
+        users_t = torch.where(users_t < self.features_.hist.shape[0], users_t, torch.full_like(users_t, -1))
+        profile, hist = self.features_.user_inputs(users_t)
+        if histories is not None:
+            L = hist.shape[1]
+            hist = hist.clone()
+            for r, h in enumerate(histories):
+                if len(h):
+                    fresh = torch.as_tensor(np.asarray(h, np.int64)[::-1].copy())
+                    hist[r] = torch.cat([fresh, hist[r][hist[r] != PAD], torch.full((L,), PAD)])[:L]
         with torch.inference_mode():
-            profile, hist = self.features_.user_inputs(users_t)
             return self.model_.user_tower(profile, hist).numpy().astype(np.float32)
+
+    @property
+    def unknown_items(self) -> int:
+        """Context-history item indices outside the catalogue, ignored so far."""
+        return getattr(self, "unknown_items_", 0)
+
+    def _context_histories(self, context: RecallContext | None, n_rows: int) -> list[np.ndarray] | None:
+        extra = None if context is None else context.extra.get("history")
+        if extra is None:
+            return None
+        if len(extra) != n_rows:
+            raise DataError(f"context history has {len(extra)} rows for {n_rows} users")
+        I = len(self.item_vectors_)
+        out = []
+        for h in extra:
+            a = np.asarray(h, np.int64).reshape(-1)
+            ok = (a >= 0) & (a < I)
+            self.unknown_items_ = self.unknown_items + int((~ok).sum())
+            out.append(a[ok])
+        return out
 
     def _recall(self, users: np.ndarray, n: int, context: RecallContext | None) -> CandidateBatch:
         B, I = len(users), len(self.item_vectors_)
         items = np.full((B, n), PAD, np.int64)
         scores = np.full((B, n), -np.inf, np.float32)
-        if B == 0 or n <= 0:
+        histories = self._context_histories(context, B)
+        known = (users >= 0) & (users < len(self._seen_count))
+        active = known | (np.array([len(h) > 0 for h in histories]) if histories is not None else False)
+        rows = np.nonzero(active)[0]
+        if len(rows) == 0 or n <= 0:
             return CandidateBatch(self.name, items, scores)
-        q = self.user_vectors(users)
-        known = users[(users >= 0) & (users < len(self._seen_count))]
-        n_seen = int(self._seen_count[known].max()) if len(known) else 0
-        k = min(I, n + n_seen)
+        u = np.where(known, users, -1)[rows]
+        hs = None if histories is None else [histories[r] for r in rows]
+        q = self.user_vectors(u, hs)
+        n_seen = self._seen_count[np.maximum(u, 0)] * (u >= 0)
+        if hs is not None:
+            n_seen = n_seen + np.array([len(h) for h in hs])
+        k = min(I, n + int(n_seen.max()))
         _, ids = self.index_.search(q, k)
         ids = ids.astype(np.int64)
-        ok = (ids >= 0) & ~self.seen_.contains(users[:, None], np.where(ids >= 0, ids, 0))
+        safe = np.where(ids >= 0, ids, 0)
+        ok = (ids >= 0) & ~self.seen_.contains(u[:, None], safe)
+        if hs is not None:
+            X = ForbiddenPairs(I, _rows_csr(hs, I))
+            ok &= ~X.contains(np.arange(len(rows))[:, None], safe)
         # exact row-wise re-score: the same numbers whether a user comes alone or in a batch
-        s = (self.item_vectors_[np.where(ids >= 0, ids, 0)] * q[:, None, :]).sum(-1)
+        s = (self.item_vectors_[safe] * q[:, None, :]).sum(-1)
         s = np.where(ok, s, -np.inf).astype(np.float32)
-        order = _order_rows(s, ids)
-        top = order[:, :n]
+        top = _order_rows(s, ids)[:, :n]
         sel_i = np.take_along_axis(ids, top, axis=1)
         sel_s = np.take_along_axis(s, top, axis=1)
         valid = np.isfinite(sel_s)
         m = top.shape[1]
-        items[:, :m] = np.where(valid, sel_i, PAD)
-        scores[:, :m] = np.where(valid, sel_s, -np.inf)
+        items[rows, :m] = np.where(valid, sel_i, PAD)
+        scores[rows, :m] = np.where(valid, sel_s, -np.inf)
         return CandidateBatch(self.name, items, scores)
+
+
+def _rows_csr(lists: list[np.ndarray], n_items: int) -> sp.csr_matrix:
+    lens = np.array([len(a) for a in lists], np.int64)
+    cols = np.concatenate(lists) if lists else np.zeros(0, np.int64)
+    rows = np.repeat(np.arange(len(lists)), lens)
+    return sp.csr_matrix((np.ones(len(cols), np.float32), (rows, cols)), shape=(len(lists), n_items))
 
 
 def _order_rows(s: np.ndarray, ids: np.ndarray) -> np.ndarray:

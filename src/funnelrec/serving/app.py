@@ -1,24 +1,48 @@
-"""The HTTP API: thin routers over the pipeline's `Funnel`.
+"""The HTTP API: thin routers over `RecommenderService` (pipeline/service.py).
 
-The funnel loads in the app's lifespan (never at import); handlers validate, call the pipeline,
-and map domain errors to status codes. An unknown user gets the cold-start answer
-(non-personalized channels) with `"cold_start": true`; a malformed query is a 422.
+    POST /recommend      {user_id, k, context: {time, device, region, …}, debug}
+    GET  /recommend      ?user_id=&k=
+    POST /feedback       {request_id, user_id, events: [{item_id, type, value, ts}]}
+    GET  /health, GET /metrics (Prometheus), POST /admin/reload {artifact}, /docs (OpenAPI)
+
+The service loads in the app's lifespan (never at import); handlers validate, call the service,
+and map domain errors to status codes (FunnelrecError → 400, DataError → 422). In front of the
+routes one ASGI middleware
+- refuses a body over `max_body_bytes` with 413 (by Content-Length, or while streaming),
+- admits at most `max_in_flight` /recommend and /feedback requests at once and answers 503
+  (Retry-After: 1) beyond that, instead of queueing without bound,
+- counts every response by route and status for /metrics.
+An unknown user gets the cold-start answer (non-personalized channels), `"cold_start": true`.
 """
 
 from __future__ import annotations
 
+import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import orjson
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Header, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
-from funnelrec.core.errors import FunnelrecError
-from funnelrec.pipeline.funnel import Funnel, Recommendation
+from funnelrec.core.errors import ArtifactError, DataError, FunnelrecError
+from funnelrec.pipeline.funnel import Funnel
+from funnelrec.pipeline.service import RecommenderService, ServiceConfig
+from funnelrec.serving import metrics as prom
+from funnelrec.serving.schemas import (
+    MAX_K,
+    FeedbackRequest,
+    FeedbackResponse,
+    RecommendRequest,
+    RecommendResponse,
+    ReloadRequest,
+    ReloadResponse,
+)
 
-MAX_K = 500
+MAX_BODY_BYTES = 1 << 20
+_LIMITED = ("/recommend", "/feedback")
 
 
 class ORJSONResponse(JSONResponse):
@@ -28,42 +52,173 @@ class ORJSONResponse(JSONResponse):
         return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def answer(funnel: Funnel, rec: Recommendation, user_id: Any) -> dict[str, Any]:
-    ids = funnel.dataset_.items["item_id"].to_numpy()[rec.items] if len(rec.items) else []
-    return {
-        "user_id": user_id,
-        "cold_start": rec.cold_start,
-        "note": "unknown user or empty history: non-personalized results" if rec.cold_start else None,
-        "items": [
-            {"item_id": (i.item() if hasattr(i, "item") else i), "score": float(s), "channels": ch}
-            for i, s, ch in zip(ids, rec.scores, rec.channels)
-        ],
-        "timings_ms": rec.timings_ms,
-        **({"debug": rec.debug} if rec.debug else {}),
-    }
+class _BodyTooLarge(HTTPException):
+    """Raised from `receive`: FastAPI re-raises HTTPExceptions from body reading (others become 400)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body over {limit} bytes")
 
 
-def create_app(funnel: Funnel | None = None, artifact: str | Path | None = None) -> FastAPI:
+class GuardMiddleware:
+    """Pure ASGI: body-size limit (413), in-flight bound (503), per-route counts and latency."""
+
+    def __init__(self, app: Any, http: prom.HttpMetrics, max_in_flight: int, max_body_bytes: int) -> None:
+        self.app = app
+        self.http = http
+        self.max_in_flight = max_in_flight
+        self.max_body_bytes = max_body_bytes
+
+    async def _reply(self, send: Any, status: int, detail: str, headers: list | None = None) -> None:
+        body = orjson.dumps({"detail": detail})
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                *(headers or [])]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        path, method = scope["path"], scope["method"]
+        route = path if path in ("/recommend", "/feedback", "/health", "/metrics", "/admin/reload") else "other"
+        http = self.http
+        status = {"code": 500, "started": False}
+
+        async def send_wrapped(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+                status["started"] = True
+            await send(message)
+
+        length = next((v for k, v in scope.get("headers", ()) if k == b"content-length"), None)
+        if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
+            http.reject("too_large")
+            await self._reply(send_wrapped, 413, f"request body over {self.max_body_bytes} bytes")
+            http.observe(method, route, 413, (time.perf_counter() - t0) * 1e3)
+            return
+        limited = path in _LIMITED
+        if limited and http.in_flight >= self.max_in_flight:
+            http.reject("overload")
+            await self._reply(send_wrapped, 503, f"overloaded: {self.max_in_flight} requests in flight",
+                              [(b"retry-after", b"1")])
+            http.observe(method, route, 503, (time.perf_counter() - t0) * 1e3)
+            return
+        seen = 0
+
+        async def receive_limited() -> dict:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body_bytes:
+                    http.reject("too_large")
+                    raise _BodyTooLarge(self.max_body_bytes)
+            return message
+
+        if limited:
+            http.in_flight += 1  # the event loop runs this middleware: no lock needed
+        try:
+            await self.app(scope, receive_limited, send_wrapped)
+        except _BodyTooLarge:  # only when raised outside FastAPI's body reading
+            if not status["started"]:
+                await self._reply(send_wrapped, 413, f"request body over {self.max_body_bytes} bytes")
+        finally:
+            if limited:
+                http.in_flight -= 1
+            http.observe(method, route, status["code"], (time.perf_counter() - t0) * 1e3)
+
+
+def create_app(service: RecommenderService | Funnel | None = None, artifact: str | Path | None = None, *,
+               state_dir: str | Path | None = None, redis_url: str | None = None,
+               experiments: str | Path | None = None, config: ServiceConfig | None = None,
+               admin_token: str | None = None, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+    """The FastAPI app. Give a ready `RecommenderService` (or a fitted `Funnel`, served with
+    in-memory state), or an `artifact` path loaded at start-up with the state in `state_dir` /
+    `redis_url`. `admin_token`, when set, is required in the X-Admin-Token header of /admin/*."""
+    if isinstance(service, Funnel):
+        service = RecommenderService(service, config)
+    if service is None and artifact is None:
+        raise FunnelrecError("create_app needs a service, a funnel or an artifact path")
+    cfg = service.config if service is not None else (config or ServiceConfig())
+    http = prom.HttpMetrics()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        app.state.funnel = funnel if funnel is not None else Funnel.load(artifact)  # type: ignore[arg-type]
-        yield
+        own = service is None
+        svc = service if service is not None else RecommenderService.from_artifact(
+            artifact, state_dir=state_dir, redis_url=redis_url, experiments=experiments, config=config)  # type: ignore[arg-type]
+        app.state.service = svc
+        try:
+            yield
+        finally:
+            if own:
+                svc.close()
 
     app = FastAPI(title="funnelrec", version="0.1.0", lifespan=lifespan, default_response_class=ORJSONResponse)
+    app.add_middleware(GuardMiddleware, http=http, max_in_flight=cfg.max_in_flight, max_body_bytes=max_body_bytes)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> Response:
+        # loc/msg/type only: echoing the input would resend huge bodies and can hold NaN or
+        # exception objects that plain json cannot encode (a 500 found by the malformed corpus)
+        detail = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+                  for e in exc.errors()]
+        return ORJSONResponse({"detail": detail}, status_code=422)
+
+    @app.exception_handler(DataError)
+    async def data_error(_: Request, exc: DataError) -> Response:
+        return ORJSONResponse({"detail": str(exc)}, status_code=422)
 
     @app.exception_handler(FunnelrecError)
     async def domain_error(_: Request, exc: FunnelrecError) -> Response:
         return ORJSONResponse({"detail": str(exc)}, status_code=400)
 
     @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
+    def health(request: Request) -> dict[str, Any]:
+        return request.app.state.service.health()
 
-    @app.get("/recommend")
-    def recommend(request: Request, user_id: str = Query(..., min_length=1, max_length=128),
-                  k: int = Query(10, ge=1, le=MAX_K)) -> dict[str, Any]:
-        f: Funnel = request.app.state.funnel
-        rec = f.recommend(user_id=user_id, k=k)
-        return answer(f, rec, user_id)
+    @app.get("/metrics")
+    def metrics(request: Request) -> Response:
+        return Response(prom.render(request.app.state.service, http), media_type=prom.CONTENT_TYPE)
+
+    @app.post("/recommend", responses={200: {"model": RecommendResponse}})
+    def recommend_post(request: Request, body: RecommendRequest) -> Response:
+        """Top-k items for a user, with per-item attribution, the experiment assignment and
+        per-stage times; with `debug`, also what the exposure filter removed."""
+        svc: RecommenderService = request.app.state.service
+        ctx = None
+        if body.context is not None:
+            ctx = {k: v for k, v in body.context.model_dump().items() if v is not None}
+        out = svc.recommend(body.user_id, k=body.k, context=ctx, debug=body.debug)
+        return ORJSONResponse(out.to_dict(debug=body.debug))
+
+    @app.get("/recommend", responses={200: {"model": RecommendResponse}})
+    def recommend_get(request: Request, user_id: str = Query(..., min_length=1, max_length=128),
+                      k: int = Query(10, ge=1, le=MAX_K)) -> Response:
+        out = request.app.state.service.recommend(user_id, k=k)
+        return ORJSONResponse(out.to_dict())
+
+    @app.post("/feedback", responses={200: {"model": FeedbackResponse}})
+    def feedback(request: Request, body: FeedbackRequest) -> dict[str, int]:
+        """Events are committed to the durable event log before this returns 200; impressions
+        are added to the user's exposure filter (not recommended again within its window)."""
+        svc: RecommenderService = request.app.state.service
+        return svc.feedback(body.request_id, body.user_id, [e.model_dump() for e in body.events])
+
+    @app.post("/admin/reload", responses={200: {"model": ReloadResponse}})
+    def reload(request: Request, body: ReloadRequest,
+               x_admin_token: str | None = Header(None)) -> Response:
+        """Load the funnel saved at `artifact` and swap it in atomically; requests in flight
+        finish on the old one. A failed load keeps the old one serving (4xx)."""
+        if admin_token is not None and x_admin_token != admin_token:
+            return ORJSONResponse({"detail": "missing or wrong X-Admin-Token"}, status_code=403)
+        svc: RecommenderService = request.app.state.service
+        previous = svc.current.version
+        try:
+            version = svc.reload(body.artifact)
+        except ArtifactError as e:
+            return ORJSONResponse({"detail": str(e)}, status_code=404 if "not found" in str(e) else 400)
+        return ORJSONResponse({"model_version": version, "previous": previous})
 
     return app

@@ -20,7 +20,13 @@ import torch
 from funnelrec.core.errors import ConfigError
 from funnelrec.core.registry import RANKERS
 from funnelrec.models.ranking.base import FeatureSpec, RankingModel
-from funnelrec.models.ranking.din import check_activation, field_inputs, field_width, require, shared_embedding
+from funnelrec.models.ranking.din import (
+    check_activation,
+    field_inputs,
+    field_width,
+    require,
+    shared_embedding,
+)
 from funnelrec.models.ranking.mmoe import task_logits
 from funnelrec.nn import experts
 

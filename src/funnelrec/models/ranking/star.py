@@ -26,7 +26,13 @@ from torch import nn
 from funnelrec.core.errors import ConfigError, DataError
 from funnelrec.core.registry import RANKERS
 from funnelrec.models.ranking.base import FeatureSpec, RankingModel
-from funnelrec.models.ranking.din import check_activation, field_inputs, field_width, require, shared_embedding
+from funnelrec.models.ranking.din import (
+    check_activation,
+    field_inputs,
+    field_width,
+    require,
+    shared_embedding,
+)
 from funnelrec.nn.attention import LastAxis, activation, feedforward
 from funnelrec.nn.experts import PartitionedNorm, StarFC
 

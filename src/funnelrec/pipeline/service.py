@@ -1,0 +1,489 @@
+"""The online recommender: the fitted `Funnel` plus the state serving needs, HTTP-free.
+
+`RecommenderService` is what the HTTP layer (serving/) and the closed-loop simulator call:
+
+    svc = RecommenderService.from_artifact("artifacts/funnel.pkl", state_dir="state")
+    out = svc.recommend("196", k=10, context={"time": 1700000000, "device": "tv"})
+    svc.feedback(out.request_id, "196", [{"item_id": out.item_ids[0], "type": "impression", "ts": 1700000000}])
+    svc.reload("artifacts/funnel-v2.pkl")          # atomic swap
+
+It holds
+- the current model: one immutable `LoadedFunnel` (funnel + precomputed id arrays). `reload`
+  builds the new one off to the side and swaps one reference; a request reads the reference
+  once at its start, so requests in flight finish on the old funnel.
+- the exposure store (per-user counting Bloom filters): impressions acknowledged by
+  `feedback` are filtered out of later answers between merge and rank;
+- the durable `EventLog`: `feedback` returns only after its events are committed;
+- the result cache that feeds the "cache" recall channel (previous fine-ranked results);
+- the experiment platform (optional): each request's assignment is returned and logged with
+  the feedback of that request;
+- per-stage latency histograms (`metrics`).
+
+State backends: nothing (in-memory; tests), `state_dir` (SQLite files: events.db, exposure.db,
+results.db — the embedded default, survives restarts), or `redis_url` (exposure filters and
+cached results in Redis, shared by many workers; the event log stays a local SQLite file).
+
+Item keys: exposure filters and cached results are keyed by the item's *external* id, so they
+survive a reload that re-indexes the catalogue: an integer id is its own key, any other id is
+its xxh64 hash as int64 (`item_key`).
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xxhash
+
+from funnelrec.core.errors import ArtifactError, ConfigError, DataError
+from funnelrec.core.types import PAD
+from funnelrec.filter.store import ExposureStore, MemoryExposureStore, RedisExposureStore, SQLiteExposureStore
+from funnelrec.pipeline.eventlog import EVENT_TYPES, EventLog, FeedbackEvent
+from funnelrec.pipeline.funnel import Funnel, Recommendation
+from funnelrec.recall.base import RecallContext
+
+#: upper bounds (ms) of the latency histogram buckets, as Prometheus `le` labels
+LATENCY_BUCKETS_MS = (0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 25, 35, 50, 75, 100, 250, 500, 1000, 2500)
+
+
+# --------------------------------------------------------------------------------- item keys
+def item_key(item_id: Any) -> int:
+    """int64 key of one external item id: the id itself when it is an integer in int64 range (or
+    such an integer written canonically as a string), else the signed xxh64 of its string."""
+    if isinstance(item_id, bool):
+        raise DataError(f"item_id must be an int or str, got {item_id!r}")
+    s = str(item_id)
+    try:
+        v = int(item_id) if isinstance(item_id, int | np.integer) else int(s)
+        if -(1 << 63) <= v < (1 << 63) and str(v) == s:  # canonical: "012", "1_0", " 1" are hashed
+            return v
+    except ValueError:
+        pass
+    h = xxhash.xxh64_intdigest(s.encode())
+    return h - (1 << 64) if h >= 1 << 63 else h
+
+
+def item_keys(item_ids: np.ndarray) -> np.ndarray:
+    """(N,) int64 keys of an array of external item ids (see `item_key`)."""
+    a = np.asarray(item_ids)
+    if a.dtype.kind in "iu":
+        return a.astype(np.int64)
+    return np.fromiter((item_key(x) for x in a.tolist()), dtype=np.int64, count=a.size)
+
+
+# --------------------------------------------------------------------------------- config
+@dataclass(frozen=True)
+class ServiceConfig:
+    state_dir: str | None = None  # None: in-memory state (lost on exit)
+    redis_url: str | None = None  # exposure filters + cached results in Redis
+    redis_prefix: str = "funnelrec:"
+    max_in_flight: int = 64  # requests admitted at once; more get 503 (enforced by the HTTP layer)
+    max_k: int = 500
+    cache_n: int = 50  # fine-ranked results kept per user for the cache channel
+    remembered_requests: int = 100_000  # request ids kept for attributing feedback to experiments
+    eventlog_synchronous: str = "FULL"  # FULL: fsync per feedback call; NORMAL: survives SIGKILL only
+
+    def __post_init__(self) -> None:
+        if self.max_in_flight < 1:
+            raise ConfigError("max_in_flight must be ≥ 1")
+        if self.max_k < 1:
+            raise ConfigError("max_k must be ≥ 1")
+        if self.cache_n < 0:
+            raise ConfigError("cache_n must be ≥ 0")
+
+
+# --------------------------------------------------------------------------------- metrics
+class LatencyHistogram:
+    """Cumulative histogram of latencies (ms) over `LATENCY_BUCKETS_MS`, plus sum and count;
+    thread-safe. `counts[i]` = observations ≤ bucket i (Prometheus semantics, +Inf last)."""
+
+    def __init__(self, buckets: tuple[float, ...] = LATENCY_BUCKETS_MS) -> None:
+        self.buckets = tuple(float(b) for b in buckets)
+        self._raw = [0] * (len(self.buckets) + 1)
+        self.sum = 0.0
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def observe(self, ms: float) -> None:
+        i = bisect.bisect_left(self.buckets, ms)
+        with self._lock:
+            self._raw[i] += 1
+            self.sum += ms
+            self.count += 1
+
+    def snapshot(self) -> tuple[list[int], float, int]:
+        with self._lock:
+            raw, s, n = list(self._raw), self.sum, self.count
+        return list(np.cumsum(raw).tolist()), s, n
+
+
+class ServiceMetrics:
+    """Per-stage latency histograms (recall, merge, filter, rank, total, …) and event counters."""
+
+    def __init__(self) -> None:
+        self.stages: dict[str, LatencyHistogram] = {}
+        self.events: dict[str, int] = dict.fromkeys(EVENT_TYPES, 0)
+        self.cold_start = 0
+        self.reloads = 0
+        self._lock = threading.Lock()
+
+    def observe_stages(self, timings_ms: Mapping[str, float]) -> None:
+        for stage, ms in timings_ms.items():
+            h = self.stages.get(stage)
+            if h is None:
+                with self._lock:
+                    h = self.stages.setdefault(stage, LatencyHistogram())
+            h.observe(ms)
+
+    def count_events(self, types: Iterable[str]) -> None:
+        with self._lock:
+            for t in types:
+                self.events[t] += 1
+
+
+# --------------------------------------------------------------------------------- result cache
+class ResultCache:
+    """Last fine-ranked results per user: put(user_key, item keys (N,) int64, scores (N,)),
+    get(user_key) → (keys, scores) or None. Feeds the "cache" recall channel."""
+
+    @staticmethod
+    def _pack(keys: np.ndarray, scores: np.ndarray) -> bytes:
+        return np.asarray(keys, np.int64).tobytes() + np.asarray(scores, np.float32).tobytes()
+
+    @staticmethod
+    def _unpack(blob: bytes) -> tuple[np.ndarray, np.ndarray]:
+        if len(blob) % 12:
+            raise ArtifactError(f"cached result blob of {len(blob)} bytes is not N×(8+4)")
+        n = len(blob) // 12
+        return np.frombuffer(blob, np.int64, n).copy(), np.frombuffer(blob, np.float32, n, offset=8 * n).copy()
+
+    def put(self, user_key: str, keys: np.ndarray, scores: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def get(self, user_key: str) -> tuple[np.ndarray, np.ndarray] | None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        return None
+
+
+class MemoryResultCache(ResultCache):
+    def __init__(self) -> None:
+        self._data: dict[str, bytes] = {}
+
+    def put(self, user_key: str, keys: np.ndarray, scores: np.ndarray) -> None:
+        self._data[user_key] = self._pack(keys, scores)
+
+    def get(self, user_key: str) -> tuple[np.ndarray, np.ndarray] | None:
+        blob = self._data.get(user_key)
+        return None if blob is None else self._unpack(blob)
+
+
+class SQLiteResultCache(ResultCache):
+    """One row per user in a SQLite file (WAL, synchronous=NORMAL: survives SIGKILL)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("CREATE TABLE IF NOT EXISTS results (user_key TEXT PRIMARY KEY, blob BLOB NOT NULL) WITHOUT ROWID")
+        except sqlite3.DatabaseError as e:
+            raise ArtifactError(f"result cache {self.path} is not a usable SQLite database: {e}") from None
+
+    def put(self, user_key: str, keys: np.ndarray, scores: np.ndarray) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO results VALUES (?, ?)", (user_key, self._pack(keys, scores)))
+
+    def get(self, user_key: str) -> tuple[np.ndarray, np.ndarray] | None:
+        with self._lock:
+            row = self._db.execute("SELECT blob FROM results WHERE user_key = ?", (user_key,)).fetchone()
+        return None if row is None else self._unpack(row[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class RedisResultCache(ResultCache):
+    """One string key per user, `{prefix}results:{user_key}`, expiring after `ttl_s`."""
+
+    def __init__(self, url: str, prefix: str = "funnelrec:", ttl_s: int = 7 * 86400) -> None:
+        import redis
+
+        self._client = redis.Redis.from_url(url)
+        self.prefix = prefix
+        self.ttl_s = ttl_s
+        try:
+            self._client.ping()
+        except redis.RedisError as e:
+            raise ConfigError(f"cannot reach Redis at {url}: {e}") from None
+
+    def put(self, user_key: str, keys: np.ndarray, scores: np.ndarray) -> None:
+        self._client.set(f"{self.prefix}results:{user_key}", self._pack(keys, scores), ex=self.ttl_s)
+
+    def get(self, user_key: str) -> tuple[np.ndarray, np.ndarray] | None:
+        blob = self._client.get(f"{self.prefix}results:{user_key}")
+        return None if blob is None else self._unpack(blob)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+# --------------------------------------------------------------------------------- the model
+@dataclass(frozen=True)
+class LoadedFunnel:
+    """A fitted funnel with the arrays a request needs, built once per (re)load."""
+
+    funnel: Funnel
+    version: str
+    item_ids: np.ndarray  # (I,) external ids by dense index
+    item_keys: np.ndarray  # (I,) int64 keys by dense index
+    key_order: np.ndarray  # argsort of item_keys, for key → dense index
+    cache_channels: tuple  # channels with put(user_idx, items, scores)
+    loaded_at: float
+
+    @classmethod
+    def build(cls, funnel: Funnel, version: str) -> LoadedFunnel:
+        funnel._check()
+        ids = funnel.dataset_.items["item_id"].to_numpy()
+        keys = item_keys(ids)
+        caches = tuple(ch for ch in funnel.channels_.values() if callable(getattr(ch, "put", None)))
+        return cls(funnel, version, ids, keys, np.argsort(keys, kind="stable"), caches, time.time())
+
+    def indices_of_keys(self, keys: np.ndarray) -> np.ndarray:
+        """Dense indices of item keys; -1 where the key is not in this catalogue."""
+        sorted_keys = self.item_keys[self.key_order]
+        pos = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+        found = sorted_keys[pos] == keys
+        return np.where(found, self.key_order[pos], -1)
+
+
+@dataclass
+class ServedRecommendation:
+    """One answer of the service: the funnel's `Recommendation` plus serving facts."""
+
+    request_id: str
+    user_id: str
+    item_ids: list  # external ids, best first
+    rec: Recommendation
+    experiments: dict[str, Any]
+    model_version: str
+    filtered_ids: list = field(default_factory=list)
+
+    def to_dict(self, debug: bool = False) -> dict[str, Any]:
+        """The JSON-able answer; with debug also what the exposure filter removed and the
+        candidate counts (per-stage times are always included)."""
+        rec = self.rec
+        names = rec.recall_channels
+        rscores = rec.recall_scores
+        items = []
+        for pos, (iid, s, ch) in enumerate(zip(self.item_ids, rec.scores.tolist(), rec.channels)):
+            it: dict[str, Any] = {"item_id": iid, "score": s, "channels": ch}
+            if rscores is not None:
+                row = rscores[pos]
+                it["recall_scores"] = {c: float(row[j]) for j, c in enumerate(names) if not np.isnan(row[j])}
+            items.append(it)
+        out: dict[str, Any] = {
+            "request_id": self.request_id,
+            "user_id": self.user_id,
+            "cold_start": rec.cold_start,
+            "note": "unknown user or empty history: non-personalized results" if rec.cold_start else None,
+            "items": items,
+            "experiments": self.experiments,
+            "model_version": self.model_version,
+            "timings_ms": rec.timings_ms,
+        }
+        if debug:
+            out["debug"] = {
+                "filtered": self.filtered_ids,
+                **{k: v for k, v in rec.debug.items() if k != "filtered"},
+            }
+        return out
+
+
+# --------------------------------------------------------------------------------- the service
+class RecommenderService:
+    """The funnel behind an online API (see the module doc). Thread-safe."""
+
+    def __init__(self, funnel: Funnel, config: ServiceConfig | None = None, experiments: Any = None,
+                 version: str = "initial") -> None:
+        self.config = config or ServiceConfig()
+        self.experiments = experiments
+        self.metrics = ServiceMetrics()
+        self._current = LoadedFunnel.build(funnel, version)
+        self._reload_lock = threading.Lock()
+        self._requests: OrderedDict[str, tuple[str, str]] = OrderedDict()  # request id → (user, experiments json)
+        self._requests_lock = threading.Lock()
+        cfg = self.config
+        state = Path(cfg.state_dir) if cfg.state_dir else None
+        if state is not None:
+            state.mkdir(parents=True, exist_ok=True)
+        self.events = EventLog(state / "events.db" if state else ":memory:", synchronous=cfg.eventlog_synchronous)
+        self.exposure: ExposureStore
+        self.results: ResultCache
+        if cfg.redis_url:
+            self.exposure = RedisExposureStore(cfg.redis_url, prefix=cfg.redis_prefix + "exposure:")
+            self.results = RedisResultCache(cfg.redis_url, prefix=cfg.redis_prefix)
+        elif state is not None:
+            self.exposure = SQLiteExposureStore(state / "exposure.db")
+            self.results = SQLiteResultCache(state / "results.db")
+        else:
+            self.exposure = MemoryExposureStore()
+            self.results = MemoryResultCache()
+
+    @classmethod
+    def from_artifact(cls, path: str | Path, state_dir: str | Path | None = None, redis_url: str | None = None,
+                      experiments: str | Path | None = None, config: ServiceConfig | None = None) -> RecommenderService:
+        """Load a funnel saved by `Funnel.save`; `experiments` is an experiments YAML (optional)."""
+        base = config or ServiceConfig()
+        cfg = ServiceConfig(**{**base.__dict__, "state_dir": str(state_dir) if state_dir else base.state_dir,
+                               "redis_url": redis_url or base.redis_url})
+        platform = None
+        if experiments is not None:
+            from funnelrec.experiments import ExperimentPlatform
+
+            platform = ExperimentPlatform.from_yaml(experiments)
+        return cls(Funnel.load(path), cfg, platform, version=_version_of(path))
+
+    # ------------------------------------------------------------------ model swap
+    @property
+    def current(self) -> LoadedFunnel:
+        return self._current
+
+    def reload(self, path: str | Path) -> str:
+        """Load the funnel at `path` and swap it in atomically; returns its version. Requests
+        that already started finish on the old funnel; a failed load leaves the old one serving."""
+        with self._reload_lock:
+            loaded = LoadedFunnel.build(Funnel.load(path), _version_of(path))
+            self._current = loaded  # one reference assignment: atomic under the GIL
+            self.metrics.reloads += 1
+            return loaded.version
+
+    # ------------------------------------------------------------------ requests
+    def recommend(self, user_id: Any, k: int = 10, context: Mapping[str, Any] | None = None,
+                  debug: bool = False) -> ServedRecommendation:
+        """Recommend k items to `user_id` (external id; unknown → cold start)."""
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= self.config.max_k:
+            raise DataError(f"k must be an int in [1, {self.config.max_k}], got {k!r}")
+        t0 = time.perf_counter()
+        cur = self._current  # read once: the whole request runs on this funnel
+        f = cur.funnel
+        uid = str(user_id)
+        request_id = uuid.uuid4().hex
+        ctx = dict(context or {})
+        now = ctx.get("time")
+        if now is None:
+            now = int(time.time())
+        elif isinstance(now, bool) or not isinstance(now, int | float):
+            raise DataError(f"context.time must be unix seconds, got {now!r}")
+        now = int(now)
+        timings: dict[str, float] = {}
+        record: dict[str, Any] = {}
+        extra = {k_: v for k_, v in ctx.items() if k_ not in ("time", "region")}
+        if self.experiments is not None:
+            t1 = time.perf_counter()
+            a = self.experiments.assign(uid)
+            record = a.record
+            extra["experiment_params"] = a.params
+            timings["experiments"] = (time.perf_counter() - t1) * 1e3
+        region = ctx.get("region")
+        rctx = RecallContext(time=now, region=None if region is None else str(region), extra=extra)
+        user_idx = f.dataset_.user_ids.index(user_id)
+        if cur.cache_channels and user_idx >= 0:
+            t1 = time.perf_counter()
+            self._warm_cache_channels(cur, uid, user_idx)
+            timings["cache_read"] = (time.perf_counter() - t1) * 1e3
+
+        keys = cur.item_keys
+
+        def exposed(items: np.ndarray) -> np.ndarray:
+            return self.exposure.filter(uid, keys[items], now)
+
+        rec = f.recommend(user_idx=user_idx, k=int(k), context=rctx, debug=debug, exposure_filter=exposed)
+        out_ids = cur.item_ids[rec.items].tolist()
+        filtered = cur.item_ids[np.asarray(rec.debug.get("filtered", []), np.int64)].tolist() if debug else []
+        if self.config.cache_n and user_idx >= 0 and len(rec.items):
+            t1 = time.perf_counter()
+            self.results.put(uid, keys[rec.items[: self.config.cache_n]], rec.scores[: self.config.cache_n])
+            timings["cache_write"] = (time.perf_counter() - t1) * 1e3
+        record_json = json.dumps(record, sort_keys=True) if record else None
+        with self._requests_lock:
+            self._requests[request_id] = (uid, record_json)
+            while len(self._requests) > self.config.remembered_requests:
+                self._requests.popitem(last=False)
+        rec.timings_ms.update(timings)
+        rec.timings_ms["service_total"] = (time.perf_counter() - t0) * 1e3
+        self.metrics.observe_stages(rec.timings_ms)
+        if rec.cold_start:
+            self.metrics.cold_start += 1
+        return ServedRecommendation(request_id, uid, out_ids, rec, record, cur.version, filtered)
+
+    def _warm_cache_channels(self, cur: LoadedFunnel, uid: str, user_idx: int) -> None:
+        got = self.results.get(uid)
+        if got is None:
+            return
+        idx = cur.indices_of_keys(got[0])
+        keep = idx != PAD
+        for ch in cur.cache_channels:
+            ch.put(user_idx, idx[keep], got[1][keep])
+
+    def feedback(self, request_id: str | None, user_id: Any, events: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+        """Append the events to the durable log (committed when this returns), then add the
+        impressions to the user's exposure filter. Each event: {item_id, type, value?, ts?}."""
+        uid = str(user_id)
+        rid = None if request_id is None else str(request_id)
+        exp_json = None
+        if rid is not None:
+            with self._requests_lock:
+                hit = self._requests.get(rid)
+            if hit is not None and hit[0] == uid:
+                exp_json = hit[1]
+        now = int(time.time())
+        evs: list[FeedbackEvent] = []
+        for i, e in enumerate(events):
+            try:
+                ts = e.get("ts")
+                evs.append(FeedbackEvent(rid, uid, str(e["item_id"]), str(e["type"]), float(e.get("value", 1.0)),
+                                         now if ts is None else int(ts), exp_json))
+            except (KeyError, TypeError, ValueError) as err:
+                raise DataError(f"events[{i}]: {err!r}") from None
+        self.events.append(evs)  # durable before anything else
+        impressions: dict[int, list[int]] = {}
+        for e in evs:
+            if e.type == "impression":
+                impressions.setdefault(e.ts, []).append(item_key(e.item_id))
+        for ts, ks in impressions.items():
+            self.exposure.add(uid, np.asarray(ks, np.int64), ts)
+        self.metrics.count_events(e.type for e in evs)
+        return {"logged": len(evs), "impressions": sum(len(v) for v in impressions.values())}
+
+    def health(self) -> dict[str, Any]:
+        cur = self._current
+        return {"status": "ok", "model_version": cur.version, "loaded_at": cur.loaded_at,
+                "n_items": int(len(cur.item_ids)), "n_users": int(cur.funnel.dataset_.n_users)}
+
+    def close(self) -> None:
+        self.events.close()
+        self.exposure.close()
+        self.results.close()
+
+
+def _version_of(path: str | Path) -> str:
+    p = Path(path)
+    try:
+        return f"{p.name}@{int(p.stat().st_mtime)}"
+    except OSError:
+        return p.name

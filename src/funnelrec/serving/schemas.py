@@ -1,0 +1,112 @@
+"""Request and response bodies of the HTTP API (pydantic, unknown fields rejected).
+
+Requests are strict where a silent coercion would hide a client bug: `k` must be a JSON integer
+(not "10", not 10.5, not true), an event `type` one of the known kinds. A violation is a 422
+whose `detail[i].loc` names the field.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    field_validator,
+)
+
+MAX_K = 500
+MAX_EVENTS = 1000
+
+UserId = StrictStr | StrictInt
+ItemId = StrictStr | StrictInt
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RecommendContext(BaseModel):
+    """Per-request facts. `time` (unix s; default: now), `device`, `region` are known; other
+    keys are passed to the recall channels as `RecallContext.extra` (scalar values only)."""
+
+    model_config = ConfigDict(extra="allow")
+    __pydantic_extra__: dict[str, StrictStr | StrictInt | StrictFloat | StrictBool]
+
+    time: StrictInt | None = Field(None, ge=0)
+    device: StrictStr | None = Field(None, max_length=64)
+    region: StrictStr | StrictInt | None = None
+
+
+class RecommendRequest(_Strict):
+    user_id: UserId
+    k: StrictInt = Field(10, ge=1, le=MAX_K)
+    context: RecommendContext | None = None
+    debug: StrictBool = False
+
+    @field_validator("user_id")
+    @classmethod
+    def _user_id(cls, v: Any) -> Any:
+        if isinstance(v, str) and not 1 <= len(v) <= 128:
+            raise ValueError("user_id must be 1 to 128 characters")
+        return v
+
+
+class Event(_Strict):
+    item_id: ItemId
+    type: Literal["impression", "click", "like", "watch_time"]
+    value: StrictFloat | StrictInt = 1.0
+    ts: StrictInt | None = Field(None, ge=0)
+
+    @field_validator("value")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("value must be finite")
+        return v
+
+
+class FeedbackRequest(_Strict):
+    request_id: StrictStr | None = Field(None, max_length=64)
+    user_id: UserId
+    events: list[Event] = Field(..., min_length=1, max_length=MAX_EVENTS)
+
+
+class ReloadRequest(_Strict):
+    artifact: StrictStr = Field(..., min_length=1, max_length=4096)
+
+
+# ---- responses (documentation only: handlers return plain dicts through orjson) ----------
+class RecommendedItem(BaseModel):
+    item_id: Any
+    score: float
+    channels: list[str]
+    recall_scores: dict[str, float] = {}
+
+
+class RecommendResponse(BaseModel):
+    request_id: str
+    user_id: str
+    cold_start: bool
+    note: str | None
+    items: list[RecommendedItem]
+    experiments: dict[str, dict[str, str | None]]
+    model_version: str
+    timings_ms: dict[str, float]
+    debug: dict[str, Any] | None = None
+
+
+class FeedbackResponse(BaseModel):
+    logged: int
+    impressions: int
+
+
+class ReloadResponse(BaseModel):
+    model_version: str
+    previous: str

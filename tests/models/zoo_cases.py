@@ -1,0 +1,58 @@
+"""The ranking models every contract test runs over: add a model with ONE line here.
+
+Each case: (registered name, small config dict). `make_ctr_problem` builds a synthetic CTR
+task with a known signal and every batch key of models/ranking/base.py, so sequence and
+multi-domain models run on it too.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from funnelrec.models.ranking.base import FeatureSpec
+
+SMALL = {"embedding_dim": 8, "hidden": [32, 16]}
+
+ZOO_CASES: list[tuple[str, dict]] = [
+    ("lr", {}),
+    ("fm", {"embedding_dim": 8}),
+    ("ffm", {"embedding_dim": 4}),
+    ("gbdt_lr", {"n_trees": 10, "num_leaves": 8, "min_data_in_leaf": 5}),
+    ("widedeep", SMALL),
+    ("deepfm", SMALL),
+    ("dcn", {**SMALL, "cross_layers": 2}),
+    ("dcnv2", {**SMALL, "cross_layers": 2}),
+    ("dcnv2", {**SMALL, "cross_layers": 2, "rank": 4, "n_experts": 2, "structure": "stacked"}),
+    ("gdcn", {**SMALL, "cross_layers": 2}),
+    ("xdeepfm", {**SMALL, "cin_layers": [8, 8]}),
+    ("fibinet", {**SMALL, "bilinear": "each"}),
+    ("lhuc", {**SMALL, "gate_hidden": 8}),
+    ("all_interaction", {**SMALL, "n_compressed": 4}),
+    ("neural_interaction", {**SMALL, "n_compressed": 4}),
+    ("mmcn", {**SMALL, "head_dim": 16, "cross_layers": 1}),
+]
+
+
+def make_ctr_problem(n: int = 3000, seed: int = 0, n_fields: int = 4, card: int = 12, seq_len: int = 5
+                     ) -> tuple[FeatureSpec, dict[str, torch.Tensor]]:
+    """A CTR task with a known signal: logit = a[x0] + b[x1] + c[x2, x3] (one main-effect table
+    per field plus a pairwise interaction), each field with `card` values in its own row range."""
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.randint(0, card, (n, n_fields), generator=g)
+    rows = codes + 1 + torch.arange(n_fields) * card  # disjoint row ranges per field
+    a, b = torch.randn(card, generator=g), torch.randn(card, generator=g)
+    c = 1.5 * torch.randn(card, card, generator=g)
+    logit = a[codes[:, 0]] + b[codes[:, 1]] + c[codes[:, 2], codes[:, 3]] - 0.5
+    y = (torch.rand(n, generator=g) < torch.sigmoid(logit)).float()
+    n_rows = n_fields * card + 1
+    dense = torch.rand(n, 2, generator=g)
+    seq = torch.randint(1, n_rows, (n, seq_len), generator=g)
+    mask = torch.rand(n, seq_len, generator=g) < 0.7
+    batch = {
+        "sparse": rows, "dense": dense, "label": y, "label_ctr": y, "label_cvr": y * (dense[:, 0] > 0.5).float(),
+        "seq": torch.where(mask, seq, 0), "seq_cat": torch.where(mask, seq % 7 + 1, 0), "seq_mask": mask,
+        "target": rows[:, 0], "target_cat": rows[:, 1] % 7 + 1, "domain": codes[:, 0] % 2,
+    }
+    spec = FeatureSpec(n_embeddings=n_rows, n_fields=n_fields, n_dense=2, seq_len=seq_len, n_domains=2,
+                       field_names=("user_id", "item_id", "f2", "f3"))
+    return spec, batch

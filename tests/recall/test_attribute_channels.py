@@ -1,0 +1,170 @@
+"""Hand-computed cases for swing, usercf, tag, fresh, geo, author, cache and the merge."""
+
+import itertools
+
+import numpy as np
+import polars as pl
+import pytest
+import scipy.sparse as sp
+
+from funnelrec.core.config import from_dict
+from funnelrec.core.errors import ConfigError
+from funnelrec.core.types import PAD, CandidateBatch
+from funnelrec.data.dataset import Dataset, TrainData
+from funnelrec.data.schema import Schema
+from funnelrec.recall.attributes import ForwardIndex, InvertedIndex
+from funnelrec.recall.base import RecallContext
+from funnelrec.recall.cache import CacheRecall
+from funnelrec.recall.fresh import FreshConfig, FreshRecall
+from funnelrec.recall.geo import GeoRecall
+from funnelrec.recall.merge import MergeConfig, snake_merge
+from funnelrec.recall.swing import swing_neighbours
+from funnelrec.recall.tag import TagRecall
+from funnelrec.recall.usercf import UserCFRecall
+
+DAY = 86400
+
+
+def small_world(pairs, items=None, users=None) -> TrainData:
+    u, i = zip(*pairs)
+    inter = pl.DataFrame({"user_id": list(u), "item_id": list(i), "timestamp": [10 * DAY] * len(pairs)})
+    items = items if items is not None else pl.DataFrame({"item_id": sorted(set(i))})
+    users = users if users is not None else pl.DataFrame({"user_id": sorted(set(u))})
+    kinds = {"genres": "multi", "publish_time": "time", "region": "categorical"}
+    schema = Schema(interactions={"user_id": "categorical", "item_id": "categorical", "timestamp": "time"},
+                    users={c: kinds.get(c, "categorical") for c in users.columns},
+                    items={c: kinds.get(c, "categorical") for c in items.columns})
+    ds = Dataset.build("w", inter, schema, users=users, items=items)
+    return TrainData(ds, ds.interactions)
+
+
+def test_swing_matches_brute_force_definition():
+    rng = np.random.default_rng(7)
+    A = (rng.random((12, 8)) < 0.5).astype(np.float32)
+    N = swing_neighbours(sp.csr_matrix(A), k=8, alpha=1.0).toarray()
+    w = A.sum(1) ** -0.5
+    ref = np.zeros((8, 8))
+    for i, j in itertools.permutations(range(8), 2):
+        both = np.flatnonzero(A[:, i] * A[:, j])
+        for u, v in itertools.combinations(both, 2):
+            ov = int((A[u] * A[v]).sum())
+            ref[i, j] += w[u] * w[v] / (1.0 + ov)
+    np.testing.assert_allclose(N, ref, rtol=1e-5, atol=1e-8)
+
+
+def test_usercf_scores_by_hand():
+    # users 0,1 share item 0 (pop 2); user 2 shares item 2 with user 0 (pop 2); items 1, 3 are new
+    td = small_world([(0, 0), (0, 2), (1, 0), (1, 1), (2, 2), (2, 3)])
+    ch = UserCFRecall().fit(td)
+    b = ch.recall(np.array([0]), 5)
+    s01 = (1 / np.log(3)) / np.sqrt(2 * 2)  # sim(0,1) via item 0
+    s02 = (1 / np.log(3)) / np.sqrt(2 * 2)  # sim(0,2) via item 2
+    assert b.items[0].tolist()[:2] == [1, 3] and (b.items[0][2:] == PAD).all()
+    np.testing.assert_allclose(b.scores[0][:2], [s01, s02], rtol=1e-5)
+
+
+def test_tag_recall_by_hand():
+    items = pl.DataFrame({"item_id": [0, 1, 2, 3], "genres": [["a"], ["a"], ["b"], ["a", "b"]]})
+    # user 0 watched item 0 (tag a); popularity: item1 = 3, item3 = 1, item2 = 2
+    td = small_world([(0, 0), (1, 1), (2, 1), (3, 1), (1, 2), (2, 2), (3, 3)], items=items)
+    ch = TagRecall(from_dict(TagRecall.config_class, {"n_tags": 1})).fit(td)
+    b = ch.recall(np.array([0]), 4)
+    assert b.items[0].tolist() == [1, 3, PAD, PAD]  # tag a only, by popularity
+    np.testing.assert_allclose(b.scores[0][:2], [1.0, 1 / 3], rtol=1e-6)
+    inv = ch.inverted_
+    assert inv.lookup("b")[0].tolist() == [2, 3]
+
+
+def test_fresh_recall_newest_first_and_context_time():
+    items = pl.DataFrame({"item_id": [0, 1, 2, 3], "publish_time": [5 * DAY, 9 * DAY, 1 * DAY, 30 * DAY],
+                          "genres": [["a"], ["b"], ["a"], ["a"]]})
+    td = small_world([(0, 0), (1, 2)], items=items)
+    ch = FreshRecall(FreshConfig(tau_days=10.0)).fit(td)
+    b = ch.recall(np.array([0, -1]), 4)
+    assert b.items[0].tolist() == [1, 2, PAD, PAD]  # item 3 published after now (10 days); 0 seen
+    assert b.items[1].tolist() == [1, 0, 2, PAD]
+    np.testing.assert_allclose(b.scores[1][:3], np.exp(-np.array([1, 5, 9]) / 10.0), rtol=1e-5)
+    b = ch.recall(np.array([-1]), 4, RecallContext(time=6 * DAY))
+    assert b.items[0].tolist() == [0, 2, PAD, PAD]
+    tags = FreshRecall(FreshConfig(tau_days=10.0, by_user_tags=True)).fit(td)
+    assert tags.personalized and tags.recall(np.array([1]), 4).items[0].tolist() == [0, PAD, PAD, PAD]
+
+
+def test_geo_recall_by_region_and_context():
+    users = pl.DataFrame({"user_id": [0, 1, 2, 3], "region": ["n", "n", "s", None]})
+    td = small_world([(0, 0), (1, 0), (1, 1), (2, 2), (3, 3)], users=users)
+    ch = GeoRecall().fit(td)
+    b = ch.recall(np.array([0, 2, 3, -1]), 3)
+    assert b.items[0].tolist() == [1, PAD, PAD]  # region n: item 0 (2), item 1 (1); 0 seen
+    assert b.items[1].tolist() == [PAD] * 3  # region s: only item 2, seen
+    assert (b.items[2] == PAD).all() and (b.items[3] == PAD).all()  # null region, unknown user
+    assert ch.recall(np.array([-1]), 3, RecallContext(region="s")).items[0].tolist() == [2, PAD, PAD]
+    assert (ch.recall(np.array([-1]), 3, RecallContext(region="mars")).items == PAD).all()
+
+
+def test_author_recall_prefers_consumed_authors(world):
+    from funnelrec.recall.author import AuthorConfig, AuthorRecall
+
+    ch = AuthorRecall(AuthorConfig(k_similar=0, n_authors=1)).fit(world)
+    b = ch.recall(np.arange(world.n_users), 5)
+    fwd = ch.forward_
+    H = world.csr
+    for u in range(world.n_users):
+        got = b.items[u][b.items[u] != PAD]
+        if len(got) == 0:
+            continue
+        counts = np.asarray((H[u] @ fwd.matrix).todense()).ravel()
+        top = np.flatnonzero(counts == counts.max())
+        assert all(fwd.matrix[i, top].sum() > 0 for i in got)
+
+
+def test_cache_put_and_recall_minus_seen(world):
+    ch = CacheRecall().fit(world)
+    seen = world.csr[0].indices
+    unseen = np.setdiff1d(np.arange(world.n_items), seen)[:3]
+    ch.put(0, np.r_[unseen, seen[:1], 99999], np.array([0.1, 0.9, 0.5, 2.0, 3.0], np.float32))
+    b = ch.recall(np.array([0, 1]), 4)
+    assert b.items[0].tolist() == [unseen[1], unseen[2], unseen[0], PAD]
+    assert (b.items[1] == PAD).all() and ch.unknown_items == 1
+
+
+def test_forward_index_scalar_column_with_nulls():
+    f = ForwardIndex.from_column(pl.DataFrame({"r": ["x", None, "y", "x"]}), "r")
+    assert f.vocab.tolist() == ["x", "y"] and f.values(1) == [] and f.values(3) == ["x"]
+    inv = InvertedIndex.build(f, np.array([1.0, 5.0, 2.0, 3.0]), max_per_value=1)
+    assert inv.lookup("x")[0].tolist() == [3] and inv.lookup("zz")[0].size == 0
+    with pytest.raises(ConfigError):
+        ForwardIndex.from_column(pl.DataFrame({"r": ["x"]}), "nope")
+
+
+def _batch(name, rows):
+    n = max(len(r) for r in rows)
+    it = np.full((len(rows), n), PAD, np.int64)
+    sc = np.full((len(rows), n), -np.inf, np.float32)
+    for u, r in enumerate(rows):
+        it[u, : len(r)] = r
+        sc[u, : len(r)] = np.arange(len(r), 0, -1)
+    return CandidateBatch(name, it, sc)
+
+
+def test_snake_merge_by_hand():
+    a = _batch("a", [[1, 2, 3, 4], [9]])
+    b = _batch("b", [[2, 5, 6], []])
+    c = _batch("c", [[7, 1, 8], [9, 10]])
+    m = snake_merge([a, b, c], quotas={"b": 1}, priority=["c", "a"], total=6)
+    # turns: c7 a1 b2 (b hits quota) | c1→dup→8, a2→dup→3 | c done, a4
+    assert m[0].items.tolist() == [7, 1, 2, 8, 3, 4]
+    assert [m[0].channels_of(k) for k in range(6)] == [["c"], ["a", "c"], ["a", "b"], ["c"], ["a"], ["a"]]
+    np.testing.assert_array_equal(m[0].scores[1], [4.0, np.nan, 2.0])
+    assert m[1].items.tolist() == [9, 10] and m[1].channels_of(0) == ["a", "c"]
+    m = snake_merge([a, b, c], total=3)
+    assert m[0].items.tolist() == [1, 2, 7]
+
+
+def test_merge_config_from_dict_and_errors():
+    cfg = from_dict(MergeConfig, {"total": 10, "quotas": {"hot": 3}, "priority": ["itemcf", "hot"]})
+    assert cfg.quotas == {"hot": 3} and cfg.priority == ["itemcf", "hot"]
+    with pytest.raises(ConfigError):
+        from_dict(MergeConfig, {"total": 0})
+    with pytest.raises(ConfigError):
+        snake_merge([_batch("a", [[1]]), _batch("a", [[2]])])

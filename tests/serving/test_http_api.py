@@ -1,0 +1,207 @@
+"""The full HTTP API through a real uvicorn server: recommend (POST/GET), feedback → exposure
+filter and event log, metrics, health, docs, reload, overload; plus the event log and the
+latency histogram checked against hand/numpy computations."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from funnelrec.core.errors import DataError
+from funnelrec.experiments import ExperimentPlatform
+from funnelrec.pipeline.eventlog import EventLog, FeedbackEvent
+from funnelrec.pipeline.service import LatencyHistogram, RecommenderService, ServiceConfig, item_key
+from funnelrec.serving.app import create_app
+
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "configs" / "experiments.yaml"
+
+
+@pytest.fixture(scope="module")
+def service(fitted_funnel, tmp_path_factory):
+    svc = RecommenderService(fitted_funnel, ServiceConfig(state_dir=str(tmp_path_factory.mktemp("state"))),
+                             experiments=ExperimentPlatform.from_yaml(EXPERIMENTS))
+    yield svc
+    svc.close()
+
+
+@pytest.fixture(scope="module")
+def url(service, serve):
+    with serve(create_app(service)) as base:
+        yield base
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    pat = re.escape(name) + (re.escape("{" + want + "}") if labels else "") + r" (\S+)$"
+    hits = [float(m.group(1)) for m in re.finditer(pat, text, re.M)]
+    assert len(hits) == 1, f"{name}{{{want}}} appears {len(hits)} times"
+    return hits[0]
+
+
+def test_post_recommend_answers_with_attribution_and_assignment(url, ml100k_split):
+    r = httpx.post(f"{url}/recommend", json={"user_id": 196, "k": 8, "context": {"device": "tv", "time": 1_900_000_000}})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert uuid.UUID(body["request_id"]) and body["cold_start"] is False and len(body["items"]) == 8
+    scores = [it["score"] for it in body["items"]]
+    assert scores == sorted(scores, reverse=True)
+    for it in body["items"]:
+        assert it["channels"] and set(it["channels"]) <= {"itemcf", "hot"}
+        # a channel is credited exactly when it gave the item a recall score
+        assert set(it["recall_scores"]) == set(it["channels"])
+    seen = set(ml100k_split.train.filter(ml100k_split.train["user_id"] == 196)["item_id"].to_list())
+    assert not seen & {it["item_id"] for it in body["items"]}
+    # the assignment is the platform's own for that user (layers recall/prerank/rank/fusion + rollout)
+    assert body["experiments"] == ExperimentPlatform.from_yaml(EXPERIMENTS).assign("196").record
+    assert {"recall", "merge", "rank", "total", "experiments"} <= set(body["timings_ms"])
+    assert "debug" not in body
+
+
+def test_get_and_post_agree_and_unknown_user_is_cold_start(url):
+    g = httpx.get(f"{url}/recommend", params={"user_id": "196", "k": 5}).json()
+    p = httpx.post(f"{url}/recommend", json={"user_id": "196", "k": 5}).json()
+    assert [i["item_id"] for i in g["items"]] == [i["item_id"] for i in p["items"]]
+    cold = httpx.post(f"{url}/recommend", json={"user_id": "never-seen-42", "k": 4}).json()
+    assert cold["cold_start"] is True and "non-personalized" in cold["note"]
+    assert len(cold["items"]) == 4 and all(it["channels"] == ["hot"] for it in cold["items"])
+
+
+def test_feedback_impressions_are_filtered_and_logged_with_the_assignment(url, service):
+    now = int(time.time())
+    first = httpx.post(f"{url}/recommend", json={"user_id": "305", "k": 5}).json()
+    shown = [it["item_id"] for it in first["items"][:3]]
+    events = [{"item_id": i, "type": "impression", "ts": now} for i in shown]
+    events.append({"item_id": shown[0], "type": "click", "value": 1, "ts": now})
+    events.append({"item_id": shown[1], "type": "watch_time", "value": 37.5, "ts": now})
+    n_before = len(service.events)
+    r = httpx.post(f"{url}/feedback", json={"request_id": first["request_id"], "user_id": "305", "events": events})
+    assert r.status_code == 200 and r.json() == {"logged": 5, "impressions": 3}
+    after = httpx.post(f"{url}/recommend", json={"user_id": "305", "k": 5, "debug": True}).json()
+    assert not set(shown) & {it["item_id"] for it in after["items"]}
+    assert set(shown) <= set(after["debug"]["filtered"])
+    log = service.events.read().tail(len(service.events) - n_before)
+    assert log["type"].to_list() == ["impression"] * 3 + ["click", "watch_time"]
+    assert log["item_id"].to_list() == [str(i) for i in shown] + [str(shown[0]), str(shown[1])]
+    assert log["value"].to_list() == [1.0, 1.0, 1.0, 1.0, 37.5]
+    assert set(log["request_id"].to_list()) == {first["request_id"]}
+    assert json.loads(log["experiments"][0]) == first["experiments"]
+
+
+def test_metrics_count_requests_and_stage_latencies(url):
+    before = httpx.get(f"{url}/metrics").text
+    n200 = _metric(before, "funnelrec_http_requests_total", method="POST", path="/recommend", status="200") \
+        if 'path="/recommend",status="200"' in before else 0
+    rank_before = _metric(before, "funnelrec_stage_latency_ms_count", stage="rank")
+    for _ in range(3):
+        assert httpx.post(f"{url}/recommend", json={"user_id": "1", "k": 3}).status_code == 200
+    assert httpx.post(f"{url}/recommend", json={"user_id": "1", "k": -3}).status_code == 422
+    r = httpx.get(f"{url}/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    text = r.text
+    assert _metric(text, "funnelrec_http_requests_total", method="POST", path="/recommend", status="200") == n200 + 3
+    assert _metric(text, "funnelrec_http_requests_total", method="POST", path="/recommend", status="422") >= 1
+    assert _metric(text, "funnelrec_stage_latency_ms_count", stage="rank") == rank_before + 3
+    buckets = [float(v) for v in re.findall(r'^funnelrec_stage_latency_ms_bucket\{stage="rank",le="[^"]+"\} (\S+)$', text, re.M)]
+    assert buckets == sorted(buckets) and buckets[-1] == _metric(text, "funnelrec_stage_latency_ms_count", stage="rank")
+
+
+def test_health_and_openapi(url):
+    h = httpx.get(f"{url}/health").json()
+    assert h["status"] == "ok" and h["n_items"] == 1682 and h["n_users"] == 943
+    spec = httpx.get(f"{url}/openapi.json").json()
+    assert {"/recommend", "/feedback", "/health", "/metrics", "/admin/reload"} <= set(spec["paths"])
+    assert httpx.get(f"{url}/docs").status_code == 200
+
+
+def test_reload_swaps_version_and_a_bad_artifact_keeps_the_old_one(fitted_funnel, funnel_artifacts, serve, tmp_path):
+    svc = RecommenderService(fitted_funnel, ServiceConfig(state_dir=str(tmp_path)))
+    with serve(create_app(svc, admin_token="s3cret")) as base:
+        a, _ = funnel_artifacts
+        assert httpx.post(f"{base}/admin/reload", json={"artifact": str(a)}).status_code == 403
+        r = httpx.post(f"{base}/admin/reload", json={"artifact": str(a)}, headers={"x-admin-token": "s3cret"})
+        assert r.status_code == 200 and r.json() == {"model_version": svc.current.version, "previous": "initial"}
+        assert svc.current.version.startswith("funnel-a.pkl@")
+        bad = httpx.post(f"{base}/admin/reload", json={"artifact": str(tmp_path / "nope.pkl")},
+                         headers={"x-admin-token": "s3cret"})
+        assert bad.status_code == 404 and "not found" in bad.json()["detail"]
+        (tmp_path / "junk.pkl").write_bytes(b"not a funnel")
+        junk = httpx.post(f"{base}/admin/reload", json={"artifact": str(tmp_path / "junk.pkl")},
+                          headers={"x-admin-token": "s3cret"})
+        assert junk.status_code == 400
+        assert httpx.post(f"{base}/recommend", json={"user_id": "1"}).json()["model_version"].startswith("funnel-a.pkl@")
+    svc.close()
+
+
+def test_overload_is_503_not_a_queue(fitted_funnel, serve, monkeypatch):
+    svc = RecommenderService(fitted_funnel, ServiceConfig(max_in_flight=2))
+    real = svc.recommend
+
+    def slow(*a, **kw):
+        time.sleep(0.6)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(svc, "recommend", slow)
+
+    async def burst(base: str) -> tuple[list[int], list[httpx.Response]]:
+        async with httpx.AsyncClient(timeout=30) as c:
+            rs = await asyncio.gather(*[c.post(f"{base}/recommend", json={"user_id": "1", "k": 2}) for _ in range(8)])
+        return [r.status_code for r in rs], rs
+
+    with serve(create_app(svc)) as base:
+        codes, rs = asyncio.run(burst(base))
+        assert sorted(set(codes)) == [200, 503] and codes.count(200) >= 2
+        assert all(r.headers.get("retry-after") == "1" for r in rs if r.status_code == 503)
+        text = httpx.get(f"{base}/metrics").text
+        assert _metric(text, "funnelrec_http_rejected_total", reason="overload") == codes.count(503)
+        assert httpx.post(f"{base}/recommend", json={"user_id": "1", "k": 2}).status_code == 200
+    svc.close()
+
+
+# ------------------------------------------------------------------ pieces without HTTP
+def test_event_log_round_trip_and_reopen(tmp_path):
+    log = EventLog(tmp_path / "ev.db")
+    evs = [FeedbackEvent("r1", "u1", "10", "impression", 1.0, 100),
+           FeedbackEvent(None, "u2", "abc", "watch_time", 12.5, 101, '{"rank": {"experiment": null}}')]
+    assert log.append(evs) == 2 and log.append([]) == 0
+    log.close()
+    again = EventLog(tmp_path / "ev.db")
+    df = again.read()
+    assert df["seq"].to_list() == [1, 2] and df["user_id"].to_list() == ["u1", "u2"]
+    assert df["request_id"].to_list() == ["r1", None] and df["value"].to_list() == [1.0, 12.5]
+    assert df["ts"].to_list() == [100, 101] and df["experiments"][1] == '{"rank": {"experiment": null}}'
+    assert again.read(since_seq=1)["item_id"].to_list() == ["abc"]
+    with pytest.raises(DataError, match="event type"):
+        FeedbackEvent("r", "u", "1", "purchase", 1.0, 0)
+    again.close()
+
+
+def test_latency_histogram_is_cumulative_like_prometheus():
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.exponential(5.0, 500), [0.25, 1.0, 25.0, 10_000.0]])
+    h = LatencyHistogram()
+    for v in values:
+        h.observe(float(v))
+    counts, total, n = h.snapshot()
+    expected = [(values <= b).sum() for b in h.buckets] + [len(values)]
+    assert counts == expected and n == len(values) and total == pytest.approx(values.sum())
+
+
+def test_item_key_is_the_int_id_or_a_stable_hash():
+    assert item_key(242) == 242 and item_key("242") == 242 and item_key(np.int64(7)) == 7
+    assert item_key("0242") != 242 and item_key("-5") == -5
+    assert item_key("movie-x") == item_key("movie-x") != item_key("movie-y")
+    with pytest.raises(DataError):
+        item_key(True)
+
+
+def test_item_key_out_of_int64_range_is_hashed():
+    big = 10**30
+    assert item_key(big) == item_key(str(big)) and -(1 << 63) <= item_key(big) < (1 << 63)

@@ -1,0 +1,167 @@
+"""Closed-loop simulator: a tiny world, hot-only (control) vs itemCF + hot, through the real
+service, experiment assignment and exposure filter."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+import xxhash
+from typer.testing import CliRunner
+
+from funnelrec.core.errors import ConfigError
+from funnelrec.data import load_dataset
+from funnelrec.simulate import SimConfig, Simulator, funnel_key, position_bias
+from funnelrec.simulate.simulator import _Fatigue
+
+ITEMCF_CHANNELS = [{"name": "itemcf", "n": 100}, {"name": "hot", "n": 50}]
+
+
+def sim_config(**changes) -> SimConfig:
+    base = {
+        "funnel": {"recall": {"channels": [{"name": "hot", "n": 150}], "merge": {"total": 150}}, "k": 10},
+        "experiments": {
+            "layers": [{"name": "recall", "owns": ["recall."]}],
+            "experiments": [{"name": "ab", "layer": "recall", "buckets": [0, 1000], "variants": [
+                {"name": "control"}, {"name": "itemcf", "params": {"recall.channels": ITEMCF_CHANNELS}}]}],
+        },
+        "experiment": "ab",
+        "days": 3,
+        "seed": 3,
+        "traffic": {"users_per_day": 250},
+    }
+    base.update(changes)
+    return SimConfig.from_dict(base)
+
+
+@pytest.fixture(scope="module")
+def world():
+    return load_dataset("synthetic", n_users=500, n_items=300, n_interactions=10_000, seed=5)
+
+
+@pytest.fixture(scope="module")
+def result(world):
+    return Simulator(sim_config(), dataset=world).run()
+
+
+def expected_variant(user_id: str) -> str:
+    """Hand-computed assignment: layer salt "recall", 1,000 buckets, control owns [0, 500)."""
+    return "control" if xxhash.xxh64_intdigest(f"recall:{user_id}".encode()) % 1000 < 500 else "itemcf"
+
+
+def test_every_user_is_served_by_their_variants_funnel(result):
+    imp = result.impressions
+    assert imp.height == 3 * 250 * 10
+    users = imp.select("user_id", "variant", "funnel").unique()
+    assert users["variant"].to_list() == [expected_variant(u) for u in users["user_id"].to_list()]
+    want = {"control": funnel_key({}), "itemcf": funnel_key({"recall.channels": ITEMCF_CHANNELS})}
+    assert users["funnel"].to_list() == [want[v] for v in users["variant"].to_list()]
+    assert result.funnels[want["itemcf"]] == {"recall.channels": ITEMCF_CHANNELS}
+    # the service logged each request's assignment with its feedback: the same variant
+    ev = result.events.unique("request_id")
+    logged = [json.loads(e)["recall"]["variant"] for e in ev["experiments"].to_list()]
+    assert logged == [expected_variant(u) for u in ev["user_id"].to_list()]
+
+
+def test_exposure_filter_never_shows_an_item_twice_within_the_window(result):
+    imp = result.impressions
+    assert imp.select("user_id", "item_idx").is_unique().all()
+    # users really came back (otherwise the check above is vacuous)
+    assert imp.select("user_id", "day").unique().group_by("user_id").len()["len"].max() >= 2
+
+
+def test_clicks_only_on_shown_items_and_labels_consistent(result):
+    imp, ev = result.impressions, result.events
+    assert ((imp["like"] <= imp["click"]) & ((imp["watch_time"] > 0) == (imp["click"] == 1))).all()
+    shown = ev.filter(pl.col("type") == "impression").select("request_id", "item_id")
+    clicks = ev.filter(pl.col("type") == "click").select("request_id", "item_id")
+    assert clicks.height == int(imp["click"].sum()) > 0
+    assert clicks.join(shown, on=["request_id", "item_id"], how="anti").height == 0
+    assert ev.filter(pl.col("type") == "impression").height == imp.height
+
+
+def test_realized_clicks_match_the_click_model(result):
+    """Σ click ≈ Σ P(click) (truth × position bias × fatigue) within 4 binomial sd."""
+    p = result.impressions["p_click"].to_numpy()
+    clicks = result.impressions["click"].sum()
+    assert abs(clicks - p.sum()) < 4 * np.sqrt((p * (1 - p)).sum())
+
+
+def test_stronger_funnel_wins(result):
+    by = result.impressions.group_by("variant").agg(pl.col("p_click").mean(), pl.col("click").mean())
+    d = {r["variant"]: r for r in by.iter_rows(named=True)}
+    assert d["itemcf"]["p_click"] > 1.2 * d["control"]["p_click"]
+    assert d["itemcf"]["click"] > d["control"]["click"]
+
+
+def test_report_rows_and_html(result, tmp_path):
+    rep = result.report
+    assert [(r.metric, r.variant) for r in rep.rows] == [
+        (m, v) for m in ("ctr", "clicks_per_user", "watch_time_per_user", "likes_per_user", "clicking_users")
+        for v in ("control", "itemcf")]
+    n_users = result.user_days["user_id"].n_unique()
+    assert sum(rep.srm.counts) == n_users and not rep.srm.mismatch
+    ctr = rep.results[("ctr", "itemcf")]
+    ud = result.user_days
+    for variant, value in (("control", ctr.control), ("itemcf", ctr.treatment)):
+        rows = ud.filter(pl.col("variant") == variant)
+        assert value == pytest.approx(rows["clicks"].sum() / rows["impressions"].sum())
+    paths = result.write(tmp_path)
+    assert "<img" in paths["report_html"].read_text()
+    assert pl.read_parquet(paths["user_days"]).equals(ud)
+
+
+def test_deterministic_with_seed_and_refit_swaps_models(world):
+    cfg = sim_config(days=2, refit_every=1, traffic={"users_per_day": 80})
+    a = Simulator(cfg, dataset=world).run()
+    b = Simulator(cfg, dataset=world).run()
+    assert a.impressions.equals(b.impressions)
+    assert all("day1" in v for v in a.model_versions.values())
+    c = Simulator(cfg.replace(seed=4), dataset=world).run()
+    assert not c.impressions.equals(a.impressions)
+
+
+def test_position_bias_and_fatigue_hand_computed():
+    assert position_bias(np.array([0, 1, 3]), "world", 0.6) == pytest.approx([1.0, 2 ** -0.6, 4 ** -0.6])
+    assert position_bias(np.array([0, 2]), "log2", 0.0) == pytest.approx([1.0, 0.5])
+    f = _Fatigue(n_items=5, n_authors=3, half_life_s=100.0)
+    f.add(7, np.array([1, 2]), np.array([0, 0]), t=0)
+    n_item, n_author = f.counts(7, np.array([1, 3]), np.array([0, 2]), t=100)
+    assert n_item.tolist() == [1.0, 0.0]
+    assert n_author.tolist() == [1.0, 0.0]  # two impressions of author 0, one half-life ago
+
+
+def test_bad_configs_raise_one_line_errors(world):
+    bad = sim_config()
+    exps = json.loads(json.dumps(bad.experiments))
+    exps["experiments"][0]["variants"][1]["params"] = {"recall.chanels": []}
+    with pytest.raises(ConfigError, match="unknown parameter 'recall.chanels'"):
+        Simulator(sim_config(experiments=exps), dataset=world).run()
+    with pytest.raises(ConfigError, match="users_per_day"):
+        Simulator(sim_config(traffic={"users_per_day": 501}), dataset=world).run()
+    with pytest.raises(ConfigError, match="unknown experiment 'nope'"):
+        Simulator(sim_config(experiment="nope"), dataset=world).run()
+
+
+def test_cli_report_reads_the_written_table(result, tmp_path):
+    import typer
+
+    from funnelrec.cli_experiments import register
+
+    app = typer.Typer()
+    app.command("noop")(lambda: None)
+    register(app)
+    paths = result.write(tmp_path, html=False)
+    cfg = tmp_path / "report.yaml"
+    cfg.write_text("control: control\nwhere: {experiment: ab}\nmetrics:\n"
+                   "  - {name: ctr, kind: ratio, numerator: clicks, denominator: impressions}\n")
+    out = CliRunner().invoke(app, ["experiments", "report", "--events", str(paths["user_days"]),
+                                   "--config", str(cfg), "--html", str(tmp_path / "r.html")])
+    assert out.exit_code == 0, out.output
+    p = result.report.results[("ctr", "itemcf")].p_value
+    assert f"{p:.4f}" in out.output and (tmp_path / "r.html").exists()
+    missing = CliRunner().invoke(app, ["experiments", "report", "--events", str(tmp_path / "no.parquet"),
+                                       "--config", str(cfg)])
+    assert isinstance(missing.exception, Exception) and "not found" in str(missing.exception)
