@@ -94,10 +94,11 @@ def main() -> None:
     ap.add_argument("--nq-slow", type=int, default=100, help="single queries for scan backends (Flat, SQ8, LSH)")
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--clusters", type=int, default=1000)
-    ap.add_argument("--noise", type=float, default=0.6)
+    ap.add_argument("--noise", type=float, default=0.8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--build-threads", type=int, default=2)
     ap.add_argument("--nlist", type=int, default=1024)
+    ap.add_argument("--ef-construction", type=int, default=40, help="all graphs (faiss's default is 40)")
     ap.add_argument("--skip", default="", help="comma list of groups to skip: flat,sq8,lsh,ivf,faiss_hnsw,hnswlib")
     a = ap.parse_args()
     skip = set(filter(None, a.skip.split(",")))
@@ -128,10 +129,10 @@ def main() -> None:
     _, truth = flat.backend_.index.search(q, k)
     truth_s = time.perf_counter() - w0
     if "flat" not in skip:
-        m = measure(lambda qq: flat.search(qq, k)[1], q, truth, min(a.nq_slow, a.nq), batch=False)
+        m = measure(lambda qq, f=flat: f.search(qq, k)[1], q, truth, min(a.nq_slow, a.nq), batch=False)
         m.update(qps_batch=round(a.nq / truth_s, 1))
         row("Flat", False, {}, None, flat.memory_bytes(), m)
-    del flat
+    flat = None  # free the 256 MB before the next build
 
     def ours(factory: str, sweep: list[dict], pre: dict | None = None, n_single: int | None = None,
              batch: bool = True) -> VectorIndex:
@@ -168,18 +169,18 @@ def main() -> None:
             row(f"IVF{a.nlist},PQ32x4fs (no rerank, raw faiss)", False, {"nprobe": p}, None, None, m)
         del ivf, raw
 
-    efs = [16, 24, 32, 48, 64, 96, 128, 256]
+    efs = [16, 32, 64, 128, 256]
     # ---- faiss HNSW32: the same graph searched raw (peer) and through VectorIndex (ours)
     if "faiss_hnsw" not in skip:
         build_threads()
         with Timer() as t:
-            h = VectorIndex("HNSW32", a.dim).add(x)
+            h = VectorIndex("HNSW32", a.dim).set_params(efConstruction=a.ef_construction).add(x)
         search_threads()
         raw = h.backend_.index
         for i, ef in enumerate(efs):
             raw.hnsw.efSearch = ef
             m = measure(lambda qq: raw.search(qq, k)[1], q, truth, a.nq)
-            row("faiss HNSW32 (raw faiss, efConstruction 40)", True, {"efSearch": ef}, t if i == 0 else None,
+            row(f"faiss HNSW32 (raw faiss, efConstruction {a.ef_construction})", True, {"efSearch": ef}, t if i == 0 else None,
                 h.memory_bytes(), m)
             m = measure(lambda qq: h.search(qq, k)[1], q, truth, a.nq)
             row("HNSW32", False, {"efSearch": ef}, None, None, m)
@@ -191,7 +192,7 @@ def main() -> None:
 
         for M in (16, 32):
             with Timer() as t:
-                ours_h = VectorIndex(f"HNSWLIB{M}", a.dim).set_params(efConstruction=100)
+                ours_h = VectorIndex(f"HNSWLIB{M}", a.dim).set_params(efConstruction=a.ef_construction)
                 ours_h.add(x[:1])  # init, then build with the build threads
                 ours_h.backend_.index.set_num_threads(a.build_threads)
                 ours_h.backend_.index.resize_index(a.n)
@@ -200,11 +201,11 @@ def main() -> None:
             raw_h.set_num_threads(1)
             for i, ef in enumerate(efs):
                 raw_h.set_ef(ef)
-                m = measure(lambda qq: raw_h.knn_query(qq, k=k)[0], q, truth, a.nq)
-                row(f"hnswlib M={M} (raw, ef_construction 100)", True, {"ef": ef}, t if i == 0 else None,
+                m = measure(lambda qq, r=raw_h: r.knn_query(qq, k=k)[0], q, truth, a.nq)
+                row(f"hnswlib M={M} (raw, ef_construction {a.ef_construction})", True, {"ef": ef}, t if i == 0 else None,
                     ours_h.memory_bytes(), m)
                 ours_h.set_params(efSearch=ef)
-                m = measure(lambda qq: ours_h.search(qq, k)[1], q, truth, a.nq)
+                m = measure(lambda qq, o=ours_h: o.search(qq, k)[1], q, truth, a.nq)
                 row(f"HNSWLIB{M}", False, {"efSearch": ef}, None, None, m)
             del ours_h, raw_h
 

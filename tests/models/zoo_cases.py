@@ -30,6 +30,13 @@ ZOO_CASES: list[tuple[str, dict]] = [
     ("all_interaction", {**SMALL, "n_compressed": 4}),
     ("neural_interaction", {**SMALL, "n_compressed": 4}),
     ("mmcn", {**SMALL, "head_dim": 16, "cross_layers": 1}),
+    ("din", {"embedding_dim": 8, "attention_hidden": [16], "mlp_hidden": [32, 16]}),
+    ("dien", {"embedding_dim": 8, "mlp_hidden": [32, 16], "aux_loss_weight": 0.0}),  # aux: own tests
+    ("sim", {"embedding_dim": 8, "top_k": 3, "attention_hidden": [16], "mlp_hidden": [32, 16]}),
+    ("mmoe", {"embedding_dim": 8, "n_experts": 3, "expert_hidden": [32], "tower_hidden": [16]}),
+    ("ple", {"embedding_dim": 8, "n_layers": 2, "expert_hidden": [16], "tower_hidden": [8]}),
+    ("star", {"embedding_dim": 8, "hidden": [32, 16], "aux_hidden": [8]}),
+    ("pepnet", {"embedding_dim": 8, "tower_hidden": [32, 16]}),
 ]
 
 

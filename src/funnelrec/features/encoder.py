@@ -68,7 +68,8 @@ class FeatureEncoderConfig:
     context: tuple[str, ...] = ()  # subset of CONTEXT_FEATURES (UTC hour, weekday of ts)
     seq_len: int = 0
     seq_tag_column: str | None = None  # item column whose first value is "seq_cat"/"target_cat"
-    match_columns: tuple[str, ...] = ()  # "item_id" or item columns
+    match_columns: tuple[str, ...] = ()  # "item_id" or item columns (positive history)
+    affinity_columns: tuple[str, ...] = ()  # item columns: user's smoothed positive rate on them
     min_count: int = 1  # FID admission: seen fewer times in training → row 0
     label_column: str = "rating"
     label_threshold: float | None = 4.0  # label = column ≥ threshold; None: column must be 0/1
@@ -230,6 +231,18 @@ class FeatureEncoder:
                 values = [[v] if v is not None else [] for v in values]
             self.matchers_[c] = MatchCounter(ds.n_users).fit(u[pos], i[pos], ts[pos], values)
             self.dense_names_.append(f"match_{c}")
+        # affinity: the user's earlier TRAIN events sharing the candidate's values, all labels;
+        # rate = (Σ labels + m·ȳ) / (count + m), strictly before the sample time (no self-leak)
+        self.affinity_: dict[str, MatchCounter] = {}
+        self._ybar = float(labels.mean()) if len(labels) else 0.0
+        for c in cfg.affinity_columns:
+            if c not in items.columns:
+                raise DataError(f"affinity column {c!r} not in the items table")
+            values = items[c].to_list()
+            if not isinstance(items[c].dtype, pl.List):
+                values = [[v] if v is not None else [] for v in values]
+            self.affinity_[c] = MatchCounter(ds.n_users).fit(u, i, ts, values, weights=labels)
+            self.dense_names_ += [f"affinity_{c}", f"affinity_n_{c}"]
         return self
 
     def _validate_columns(self, users: pl.DataFrame, items: pl.DataFrame, inter: pl.DataFrame) -> None:
@@ -352,6 +365,11 @@ class FeatureEncoder:
             cols.append(self.cdf_[c].transform(self.dense_values_[c][idx]))
         for m in self.matchers_.values():
             cols.append(log1p_transform(m.count(u, i, ts)))
+        sm = self.config.smoothing
+        for m in self.affinity_.values():
+            n = m.count(u, i, ts)
+            cols.append((m.count(u, i, ts, weighted=True) + sm * self._ybar) / (n + sm))
+            cols.append(log1p_transform(n))
         return np.stack(cols, axis=1).astype(np.float32)
 
     def encode(self, interactions: pl.DataFrame, with_time: bool | None = None) -> dict[str, torch.Tensor]:

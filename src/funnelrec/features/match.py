@@ -39,8 +39,9 @@ class MatchCounter:
     def __init__(self, n_users: int) -> None:
         self.n_users = n_users
 
-    def fit(self, user_idx, item_idx, ts, item_values: list | None = None) -> MatchCounter:
-        """Events (user_idx, item_idx, ts); item_values[i] = values of item i (None → the item id)."""
+    def fit(self, user_idx, item_idx, ts, item_values: list | None = None, weights=None) -> MatchCounter:
+        """Events (user_idx, item_idx, ts); item_values[i] = values of item i (None → the item id);
+        weights (per event, e.g. the label) are summed by `count(..., weighted=True)`."""
         u = np.asarray(user_idx, dtype=np.int64)
         i = np.asarray(item_idx, dtype=np.int64)
         t = np.asarray(ts, dtype=np.int64)
@@ -56,7 +57,11 @@ class MatchCounter:
         ev = self._values_of(i, lens)
         self.times_ = np.unique(et)
         self._stride = len(self.times_) + 1
-        self.key_ = np.sort((eu * self.n_values_ + ev) * self._stride + np.searchsorted(self.times_, et))
+        key = (eu * self.n_values_ + ev) * self._stride + np.searchsorted(self.times_, et)
+        order = np.argsort(key, kind="stable")
+        self.key_ = key[order]
+        w = np.ones(len(u)) if weights is None else np.asarray(weights, dtype=np.float64)
+        self.cum_w_ = np.concatenate([[0.0], np.cumsum(np.repeat(w, lens)[order])])
         return self
 
     def _values_of(self, items: np.ndarray, lens: np.ndarray) -> np.ndarray:
@@ -64,8 +69,9 @@ class MatchCounter:
         offs = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)
         return self.item_codes_[starts + offs]
 
-    def count(self, user_idx, item_idx, ts=None) -> np.ndarray:
-        """(N,) int64 match counts for candidates (user_idx[k], item_idx[k]) at time ts[k]."""
+    def count(self, user_idx, item_idx, ts=None, weighted: bool = False) -> np.ndarray:
+        """(N,) int64 match counts for candidates (user_idx[k], item_idx[k]) at time ts[k]
+        (float64 sums of the event weights if `weighted`)."""
         if not hasattr(self, "key_"):
             raise NotFittedError("MatchCounter is not fitted")
         u = np.asarray(user_idx, dtype=np.int64)
@@ -75,8 +81,9 @@ class MatchCounter:
         ok = (i >= 0) & (i < n_known)
         ic = np.where(ok, i, 0)
         lens = np.where(ok, self.item_indptr_[ic + 1] - self.item_indptr_[ic], 0)
+        dtype = np.float64 if weighted else np.int64
         if lens.sum() == 0:
-            return np.zeros(n, dtype=np.int64)
+            return np.zeros(n, dtype=dtype)
         vals = self._values_of(ic, lens)
         group = (np.repeat(u, lens) * self.n_values_ + vals) * self._stride
         lo = np.searchsorted(self.key_, group, side="left")
@@ -85,7 +92,7 @@ class MatchCounter:
         else:
             r = np.searchsorted(self.times_, np.repeat(np.asarray(ts, dtype=np.int64), lens), side="left")
             hi = np.searchsorted(self.key_, group + r, side="left")
-        per = hi - lo
-        out = np.zeros(n, dtype=np.int64)
+        per = self.cum_w_[hi] - self.cum_w_[lo] if weighted else hi - lo
+        out = np.zeros(n, dtype=dtype)
         np.add.at(out, np.repeat(np.arange(n), lens), per)
         return out

@@ -229,8 +229,8 @@ class HnswlibBackend:
         kk = min(k, self.ntotal)
         labels, dist = self.index.knn_query(q, k=kk)
         # hnswlib 'ip' distance is 1 - <q, x>; 'l2' is the squared distance.
-        scores = (1.0 - dist) if self.metric == "ip" else -dist
-        ids = labels.astype(np.int64)
+        scores = np.subtract(1.0, dist, out=dist) if self.metric == "ip" else np.negative(dist, out=dist)
+        ids = labels.view(np.int64)  # uint64 labels < 2**63: same bits
         if kk < k:
             pad = k - kk
             scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
@@ -348,16 +348,25 @@ class VectorIndex:
         Returns:
             scores (Q, k) float32 descending, ids (Q, k) int64; ``-inf`` / ``-1`` where fewer.
         """
-        q = self._as_matrix(queries, "queries")
+        q = queries
+        if not (  # fast path for the serving case: a C-contiguous float32 (Q, D) array
+            type(q) is np.ndarray and q.dtype == np.float32 and q.ndim == 2
+            and q.shape[1] == self.dim and q.flags.c_contiguous
+        ):
+            q = self._as_matrix(queries, "queries")
         k = int(k)
         if k < 1:
             raise ConfigError(f"k must be ≥ 1, got {k}")
-        n = self.ntotal
+        n = self.backend_.ntotal
         if n == 0:
             raise NotFittedError(f"vector index {self.factory!r} is empty; add() vectors before search()")
-        excl_rows, excl_ids, n_excl = _exclusions(exclude, len(q))
-        fetch = max(k, self.rerank_k_) + n_excl
-        scores, ids = self.backend_.search(q, min(fetch, n))
+        n_excl = 0
+        if exclude is not None:
+            excl_rows, excl_ids, n_excl = _exclusions(exclude, len(q))
+        fetch = min(max(k, self.rerank_k_) + n_excl, n)
+        scores, ids = self.backend_.search(q, fetch)
+        if fetch == k and not self.rerank_k_ and ids[:, -1].min() >= 0:
+            return scores, ids  # no re-rank, no exclusion, no padding: the backend's answer as is
         if self.rerank_k_:
             scores = self._rerank(q, ids)
         invalid = ids < 0
@@ -366,10 +375,11 @@ class VectorIndex:
             base = int(max(ids.max(initial=0), excl_ids.max(initial=0))) + 2
             keys = np.arange(len(q), dtype=np.int64)[:, None] * base + ids
             invalid |= np.isin(keys, excl_rows * base + excl_ids)
-        if invalid.any():
+        any_invalid = bool(invalid.any())
+        if any_invalid:
             scores = np.where(invalid, np.float32(-np.inf), scores)
             ids = np.where(invalid, -1, ids)
-        if self.rerank_k_ or invalid.any():
+        if self.rerank_k_ or any_invalid:
             order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
             scores = np.take_along_axis(scores, order, 1)
             ids = np.take_along_axis(ids, order, 1)
@@ -384,9 +394,9 @@ class VectorIndex:
     def _rerank(self, q: np.ndarray, ids: np.ndarray) -> np.ndarray:
         """Exact fp32 similarity of each fetched id: ⟨q, x⟩ or -‖q − x‖², shape (Q, k')."""
         assert self.vectors_ is not None
-        xs = self.vectors_[np.where(ids < 0, 0, ids)]  # (Q, k', D)
+        xs = np.asarray(self.vectors_)[np.maximum(ids, 0)]  # (Q, k', D); -1 slots are masked by the caller
         if self.metric == "ip":
-            s = np.einsum("qkd,qd->qk", xs, q)
+            s = np.matmul(xs, q[:, :, None])[:, :, 0]
         else:
             s = -np.square(xs - q[:, None, :]).sum(axis=2)
         return s.astype(np.float32, copy=False)

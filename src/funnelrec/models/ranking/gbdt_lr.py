@@ -42,6 +42,7 @@ class GBDTLRConfig:
     min_data_in_leaf: int = 20
     include_raw: bool = True
     seed: int = 2020
+    num_threads: int = 1  # LightGBM threads; >1 spin-waits badly on a shared 2-core machine
 
 
 def _features(batch: dict[str, torch.Tensor]) -> np.ndarray:
@@ -73,7 +74,7 @@ class GBDTLR(RankingModel):
         x = _features(train)
         params = {"objective": "binary", "num_leaves": cfg.num_leaves, "learning_rate": cfg.learning_rate,
                   "min_data_in_leaf": cfg.min_data_in_leaf, "seed": cfg.seed, "deterministic": True,
-                  "num_threads": 2, "verbose": -1, "max_cat_to_onehot": 4, "cat_smooth": 10}
+                  "num_threads": cfg.num_threads, "verbose": -1, "max_cat_to_onehot": 4, "cat_smooth": 10}
         data = lgb.Dataset(x, label=train["label"].numpy(), categorical_feature=list(range(self.spec.n_fields)),
                            free_raw_data=True)
         self.booster_ = lgb.train(params, data, num_boost_round=cfg.n_trees)
@@ -81,7 +82,7 @@ class GBDTLR(RankingModel):
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if self.booster_ is None:
             raise NotFittedError("gbdt_lr: call prepare(train) before training or scoring")
-        leaf = self.booster_.predict(_features(batch), pred_leaf=True).astype(np.int64).reshape(len(batch["sparse"]), -1)
+        leaf = self.booster_.predict(_features(batch), pred_leaf=True, num_threads=self.config.num_threads).astype(np.int64).reshape(len(batch["sparse"]), -1)
         offs = np.arange(leaf.shape[1]) * self.config.num_leaves + 1
         rows = torch.from_numpy(leaf + offs)
         logit = self.leaves(rows).sum(dim=(1, 2))

@@ -1,0 +1,71 @@
+"""`make bench`: run every benchmark script, each in its own process, and print one JSON object
+{name: result} (each script prints one JSON object on stdout). Results are also written to
+bench/results/<name>.json so docs/BENCHMARKS.md can quote them.
+
+    python bench/run_all.py                # full sizes (long: tens of minutes on 2 cores)
+    python bench/run_all.py --quick        # small sizes, a smoke run of every script
+    python bench/run_all.py --only ann,bloom
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+# name → (script, full-size args, quick args)
+BENCHES: dict[str, tuple[str, list[str], list[str]]] = {
+    "synthetic_world": ("synthetic_world.py", ["--users", "1000000", "--items", "200000", "--interactions", "20000000"],
+                        ["--users", "20000", "--items", "5000", "--interactions", "200000"]),
+    "cf_scale": ("cf_scale.py", [], ["--users", "50000", "--items", "10000", "--interactions", "500000"]),
+    "recall_quality": ("recall_quality.py", [], []),
+    "two_tower": ("two_tower.py", [], ["--quick"]),
+    "ann": ("ann.py", [], ["--n", "50000", "--nq", "200", "--clusters", "100"]),
+    "bloom": ("bloom.py", [], ["--calls", "200", "--users", "100", "--fpr-capacity", "10000", "--probes", "200000"]),
+    "ctr_throughput": ("ctr_throughput.py", [], ["--quick"]),
+    "ctr_seq_multitask": ("ctr_seq_multitask.py", [], ["--users", "2000", "--items", "500", "--interactions", "30000", "--epochs", "1"]),
+    "experiments_stats": ("experiments_stats.py", [], ["--sims", "200", "--users", "100000"]),
+    "simulate": ("simulate.py", [], ["--quick"]),
+    "serving": ("serving.py", [], ["--quick"]),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", default="", help="comma-separated bench names")
+    args = ap.parse_args()
+    names = [n for n in args.only.split(",") if n] or list(BENCHES)
+    out_dir = HERE / "results"
+    out_dir.mkdir(exist_ok=True)
+    results = {}
+    for name in names:
+        script, full, quick = BENCHES[name]
+        path = HERE / script
+        if not path.exists():
+            results[name] = {"skipped": f"{script} not present"}
+            continue
+        t0 = time.perf_counter()
+        p = subprocess.run([sys.executable, str(path), *(quick if args.quick else full)], capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        if p.returncode != 0:
+            results[name] = {"error": p.stderr.strip().splitlines()[-1:] or ["failed"], "wall_s": wall}
+            print(f"[bench] {name}: FAILED ({wall:.0f}s)", file=sys.stderr)
+            continue
+        try:
+            res = json.loads(p.stdout.strip().splitlines()[-1])
+        except (json.JSONDecodeError, IndexError):
+            res = {"raw": p.stdout[-2000:]}
+        results[name] = res
+        (out_dir / f"{name}{'.quick' if args.quick else ''}.json").write_text(json.dumps(res, indent=2))
+        print(f"[bench] {name}: ok ({wall:.0f}s)", file=sys.stderr)
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

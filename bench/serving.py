@@ -1,0 +1,230 @@
+"""Serving load benchmark: prints one JSON object.
+
+Fits the funnel described by a YAML (dataset + funnel config + load plan), saves it, starts
+`python -m funnelrec.serving` in its own process, and drives it from a *separate* load-generator
+process (this file with --loadgen: an open-loop asyncio client over raw keep-alive HTTP/1.1
+connections — requests are sent on a fixed schedule whatever the server's speed, and latency
+is measured from the scheduled send time, so a slow server cannot hide its queueing
+(no coordinated omission)). For each rate: achieved rate, p50/p95/p99/max end-to-end latency,
+errors, and the per-stage breakdown the server reports in `timings_ms`; then the highest tested
+rate whose p99 ≤ the SLO.
+
+    .venv/bin/python bench/serving.py --config bench/serving_ml100k.yaml
+    .venv/bin/python bench/serving.py --config bench/serving_ml100k.yaml --rates 50,100 --duration 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------------------- load generator
+async def _one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, payload: bytes) -> tuple[int, bytes]:
+    writer.write(payload)
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    body = await reader.readexactly(length)
+    return status, body
+
+
+async def _drive(host: str, port: int, rate: float, duration: float, bodies: list[bytes], max_conns: int) -> dict:
+    loop = asyncio.get_running_loop()
+    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    lat, stages, codes = [], [], {}
+    n_conns = 0
+    dropped = 0
+
+    async def fire(i: int, t_sched: float) -> None:
+        nonlocal n_conns, dropped
+        if idle:
+            conn = idle.pop()
+        elif n_conns < max_conns:
+            n_conns += 1
+            conn = await asyncio.open_connection(host, port)
+        else:
+            dropped += 1  # the client's own limit: counted as a failure
+            return
+        body = bodies[i % len(bodies)]
+        req = (b"POST /recommend HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: "
+               + str(len(body)).encode() + b"\r\n\r\n" + body)
+        try:
+            status, resp = await _one(*conn, req)
+        except (OSError, asyncio.IncompleteReadError):
+            codes["conn_error"] = codes.get("conn_error", 0) + 1
+            n_conns -= 1
+            return
+        lat.append((loop.time() - t_sched) * 1e3)
+        codes[str(status)] = codes.get(str(status), 0) + 1
+        if status == 200:
+            stages.append(orjson.loads(resp)["timings_ms"])
+        idle.append(conn)
+
+    t0 = loop.time() + 0.05
+    n = int(rate * duration)
+    tasks = []
+    for i in range(n):
+        t_sched = t0 + i / rate
+        delay = t_sched - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(fire(i, t_sched)))
+    await asyncio.gather(*tasks)
+    wall = loop.time() - t0
+    for _, w in idle:
+        w.close()
+    a = np.asarray(lat)
+    q = (lambda p: float(np.percentile(a, p))) if a.size else (lambda p: float("nan"))
+    stage_names = sorted({k for s in stages for k in s})
+    breakdown = {}
+    for name in stage_names:
+        v = np.asarray([s[name] for s in stages if name in s])
+        breakdown[name] = {"p50": round(float(np.percentile(v, 50)), 3), "p99": round(float(np.percentile(v, 99)), 3),
+                           "mean": round(float(v.mean()), 3)}
+    ok = codes.get("200", 0)
+    return {"rate": rate, "sent": n, "ok": ok, "codes": codes, "client_dropped": dropped,
+            "achieved_rps": round(ok / wall, 1), "connections": n_conns,
+            "p50_ms": round(q(50), 2), "p95_ms": round(q(95), 2), "p99_ms": round(q(99), 2),
+            "max_ms": round(float(a.max()), 2) if a.size else None, "stages_ms": breakdown}
+
+
+def loadgen_main(args: argparse.Namespace) -> None:
+    bodies = [line.encode() for line in Path(args.bodies).read_text().splitlines() if line]
+    out = asyncio.run(_drive("127.0.0.1", args.port, args.rate, args.duration, bodies, args.max_conns))
+    print(json.dumps(out))
+
+
+# ---------------------------------------------------------------------------- orchestration
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(proc: subprocess.Popen, port: int, timeout: float = 600) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited with {proc.returncode}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit("server did not become healthy")
+
+
+def build_funnel(spec: dict, workdir: Path) -> tuple[Path, dict, list]:
+    from funnelrec.data import load_dataset
+    from funnelrec.data.splits import random_split_by_user
+    from funnelrec.pipeline.config import FunnelConfig
+    from funnelrec.pipeline.funnel import Funnel
+    from funnelrec.train.trainer import setup_torch
+
+    setup_torch(2)
+    ds_spec = spec["dataset"]
+    t0 = time.perf_counter()
+    ds = load_dataset(ds_spec["name"], **ds_spec.get("params", {}))
+    t_data = time.perf_counter() - t0
+    split = random_split_by_user(ds.interactions, seed=2020)
+    cfg = FunnelConfig.from_dict(spec["funnel"])
+    t0 = time.perf_counter()
+    funnel = Funnel(cfg).fit(ds, split.train, labels=split.valid)
+    t_fit = time.perf_counter() - t0
+    path = workdir / "funnel.pkl"
+    funnel.save(path)
+    info = {"dataset": ds_spec, "n_users": ds.n_users, "n_items": ds.n_items, "n_interactions": ds.interactions.height,
+            "channels": [c.name for c in cfg.recall.channels], "merge_total": cfg.recall.merge.total,
+            "ranker": cfg.rank.model, "data_s": round(t_data, 1), "fit_s": round(t_fit, 1),
+            "fit_seconds": {k: round(v, 2) for k, v in funnel.fit_seconds_.items()},
+            "artifact_mb": round(path.stat().st_size / 2**20, 1)}
+    return path, info, ds.users["user_id"].to_list()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--config", default=str(ROOT / "bench" / "serving_ml100k.yaml"))
+    p.add_argument("--rates", default=None, help="comma-separated req/s (default: the YAML's)")
+    p.add_argument("--duration", type=float, default=None, help="seconds per rate (default: the YAML's)")
+    p.add_argument("--slo-ms", type=float, default=50.0)
+    p.add_argument("--loadgen", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--rate", type=float, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--bodies", default="", help=argparse.SUPPRESS)
+    p.add_argument("--max-conns", type=int, default=256, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.loadgen:
+        loadgen_main(args)
+        return
+
+    from funnelrec.core.config import load_yaml
+
+    spec = load_yaml(args.config)
+    load = spec.get("load", {})
+    rates = [float(r) for r in (args.rates.split(",") if args.rates else load.get("rates", [50, 100, 200]))]
+    duration = args.duration or float(load.get("duration_s", 60))
+    warmup = float(load.get("warmup_s", 5))
+    server = spec.get("server", {})
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        artifact, info, user_ids = build_funnel(spec, work)
+        rng = np.random.default_rng(0)
+        cold = float(load.get("cold_fraction", 0.05))
+        k = int(load.get("k", 10))
+        bodies = []
+        for i in range(20_000):
+            uid = f"cold-{i}" if rng.random() < cold else str(user_ids[rng.integers(len(user_ids))])
+            bodies.append(orjson.dumps({"user_id": uid, "k": k}).decode())
+        (work / "bodies.txt").write_text("\n".join(bodies))
+        port = _free_port()
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        cmd = [sys.executable, "-m", "funnelrec.serving", "--artifact", str(artifact), "--state-dir", str(work / "state"),
+               "--port", str(port), "--threads", str(server.get("threads", 1)),
+               "--max-in-flight", str(server.get("max_in_flight", 64))]
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            _wait_healthy(proc, port)
+
+            def run(rate: float, seconds: float) -> dict:
+                out = subprocess.run([sys.executable, __file__, "--loadgen", "--port", str(port), "--rate", str(rate),
+                                      "--duration", str(seconds), "--bodies", str(work / "bodies.txt")],
+                                     capture_output=True, text=True, check=True)
+                return json.loads(out.stdout)
+
+            run(min(rates), warmup)  # warm caches, numba, torch
+            results = [run(r, duration) for r in rates]
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    ok = [r["rate"] for r in results if r["p99_ms"] <= args.slo_ms and r["ok"] == r["sent"]]
+    print(json.dumps({
+        "bench": "serving", "config": str(Path(args.config).relative_to(ROOT)) if Path(args.config).is_absolute() else args.config,
+        "machine": f"{platform.machine()} {os.cpu_count()} cpu", "load_avg_at_end": os.getloadavg(),
+        "funnel": info, "duration_s": duration, "slo_p99_ms": args.slo_ms,
+        "results": results, "highest_rate_within_slo": max(ok) if ok else None,
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""Vector (two-tower) recall channel: learns planted structure, honours exposures, context
+history and every loss/sampler; the registry-wide contract lives in test_channels.py."""
+
+import numpy as np
+import polars as pl
+import pytest
+
+from funnelrec.core.config import from_dict
+from funnelrec.core.errors import ConfigError, DataError
+from funnelrec.core.types import PAD
+from funnelrec.data.dataset import Dataset, TrainData
+from funnelrec.data.schema import Schema
+from funnelrec.models.recall.two_tower import TwoTowerConfig
+from funnelrec.recall.base import RecallChannel, RecallContext
+from funnelrec.recall.vector import VectorRecall, VectorRecallConfig
+
+SMALL = TwoTowerConfig(embedding_dim=16, user_hidden=(32,), item_hidden=(32,), output_dim=16, temperature=0.1)
+
+
+def planted(n_users=60, n_items=40, k=4, per_user=8, seed=0):
+    """k clusters of items (genre = cluster); each user consumes items of one cluster only."""
+    rng = np.random.default_rng(seed)
+    size = n_items // k
+    rows = []
+    for u in range(n_users):
+        c = u % k
+        for j, i in enumerate(rng.choice(np.arange(size) + c * size, per_user, replace=False)):
+            rows.append((u + 1, int(i) + 1, 1.0, 1_000_000 + j, 1 if j % 4 else 0))
+    inter = pl.DataFrame(rows, schema=["user_id", "item_id", "rating", "timestamp", "click"], orient="row")
+    items = pl.DataFrame({"item_id": np.arange(1, n_items + 1),
+                          "genres": [[f"g{i // size}"] for i in range(n_items)]})
+    users = pl.DataFrame({"user_id": np.arange(1, n_users + 1), "gender": ["MF"[u % 2] for u in range(n_users)]})
+    schema = Schema(interactions={"user_id": "categorical", "item_id": "categorical", "rating": "label",
+                                  "timestamp": "time", "click": "label"},
+                    users={"user_id": "categorical", "gender": "categorical"},
+                    items={"item_id": "categorical", "genres": "multi"})
+    return Dataset.build("planted", inter, schema, users=users, items=items), size
+
+
+def _cfg(**kw):
+    base = dict(model=SMALL, item_columns=("genres",), user_columns=("gender",), epochs=12, lr=0.01,
+                batch_size=128, num_threads=1, n_negatives=2)
+    base.update(kw)
+    return VectorRecallConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def world():
+    ds, size = planted()
+    ranked = ds.interactions.with_columns(pl.col("timestamp").rank("ordinal").over("user_idx").alias("r"))
+    train, test = ranked.filter(pl.col("r") <= 6).drop("r"), ranked.filter(pl.col("r") > 6).drop("r")
+    return ds, size, TrainData(ds, train), test
+
+
+def _recall_at_10(ch, ds, test):
+    users = np.arange(ds.n_users)
+    top = ch.recall(users, 10).items
+    pos = test.group_by("user_idx").agg("item_idx").sort("user_idx")
+    hits = [np.isin(pos["item_idx"][u].to_numpy(), top[u]).mean() for u in range(ds.n_users)]
+    return float(np.mean(hits))
+
+
+@pytest.mark.parametrize("loss,sampler", [("softmax", "uniform"), ("bpr", "pop075"), ("pointwise", "mixed_hard")])
+def test_learns_planted_clusters(world, loss, sampler):
+    ds, size, train, test = world
+    ch = VectorRecall(_cfg(loss=loss, negative_sampler=sampler, hard_ranks=(3, 15))).fit(train)
+    r10 = _recall_at_10(ch, ds, test)
+    # random: 10 of the 34 unseen items → 0.29; the cluster holds the 4 unseen same-cluster items
+    assert r10 > 0.8, (loss, sampler, r10)
+
+
+def test_exposed_not_clicked_are_not_positives(world):
+    ds, _, train, _ = world
+    ch = VectorRecall(_cfg(label_column="click", positive_min=1.0, epochs=1)).fit(train)
+    hist = ch.features_.hist.numpy()
+    skipped = train.interactions.filter(pl.col("click") == 0)
+    for u, i in zip(skipped["user_idx"].to_list(), skipped["item_idx"].to_list()):
+        assert i not in hist[u]
+    clicked = train.interactions.filter(pl.col("click") == 1)
+    assert (hist >= 0).sum() == clicked.height
+    # they still count as seen: never recalled
+    top = ch.recall(skipped["user_idx"].to_numpy(), 39).items
+    assert not (top == skipped["item_idx"].to_numpy()[:, None]).any()
+
+
+def test_context_history_drives_unknown_user_and_is_excluded(world):
+    ds, size, train, _ = world
+    ch = VectorRecall(_cfg(epochs=12)).fit(train)
+    hist = np.arange(4) + 2 * size  # cluster 2
+    b = ch.recall(np.array([-1, -1]), 5, RecallContext(extra={"history": [hist, np.array([999, -3])]}))
+    got = b.items[0][b.items[0] != PAD]
+    assert len(got) == 5 and not np.isin(got, hist).any()
+    assert (got // size == 2).mean() >= 0.8
+    assert (b.items[1] == PAD).all() and ch.unknown_items == 2
+    with pytest.raises(DataError, match="rows"):
+        ch.recall(np.array([0]), 5, RecallContext(extra={"history": [hist, hist]}))
+
+
+def test_hnsw_index_round_trips(world, tmp_path):
+    _, _, train, _ = world
+    ch = VectorRecall(_cfg(epochs=1, index_factory="HNSW16")).fit(train)
+    ch.save(tmp_path / "v.bin")
+    back = RecallChannel.load(tmp_path / "v.bin")
+    users = np.arange(train.n_users)
+    np.testing.assert_array_equal(ch.recall(users, 10).items, back.recall(users, 10).items)
+
+
+def test_config_errors_are_named():
+    with pytest.raises(ConfigError, match="unknown loss"):
+        VectorRecallConfig(loss="listnet")
+    with pytest.raises(ConfigError, match="unknown negative sampler"):
+        VectorRecallConfig(negative_sampler="hardest")
+    with pytest.raises(ConfigError, match="n_negatives"):
+        VectorRecallConfig(loss="bpr", n_negatives=0)
+    cfg = from_dict(VectorRecallConfig, {"loss": "bpr", "model": {"temperature": 0.2}, "hard_ranks": [5, 50]})
+    assert cfg.model.temperature == 0.2 and cfg.hard_ranks == (5, 50)
+    with pytest.raises(ConfigError, match="bad index factory"):
+        VectorRecall(_cfg(epochs=1, index_factory="NoSuchIndex")).fit(TrainData(*planted()[:1], planted()[0].interactions))
+
+
+def test_missing_feature_column_is_named(world):
+    _, _, train, _ = world
+    with pytest.raises(ConfigError, match="'tags' not found"):
+        VectorRecall(_cfg(item_columns=("tags",), epochs=1)).fit(train)
