@@ -67,9 +67,10 @@ def train(dataset: str = typer.Option("movielens-100k"), path: Path | None = typ
     from funnelrec.data.splits import random_split_by_user
     from funnelrec.pipeline.funnel import Funnel
 
+    cfg = _config(config)
     d = _load(dataset, path)
     split = random_split_by_user(d.interactions, seed=seed)
-    funnel = Funnel(_config(config)).fit(d, split.train, labels=split.valid, progress=True)
+    funnel = Funnel(cfg).fit(d, split.train, labels=split.valid, progress=True)
     funnel.save(out)
     typer.echo(f"saved {out} ({out.stat().st_size / 1e6:.1f} MB)")
 
@@ -81,7 +82,8 @@ def evaluate_funnel_cmd(dataset: str = typer.Option("movielens-100k"), path: Pat
     """Evaluate every channel, the merged set and the funnel on the RecBole protocol."""
     from funnelrec.pipeline.offline import evaluate_funnel
 
-    report = evaluate_funnel(_load(dataset, path), _config(config), seed=seed, progress=not as_json)
+    cfg = _config(config)  # a bad config fails before the data loads
+    report = evaluate_funnel(_load(dataset, path), cfg, seed=seed, progress=not as_json)
     if as_json:
         typer.echo(json.dumps(report))
     else:
@@ -133,6 +135,15 @@ def demo(serve_: bool = typer.Option(True, "--serve/--no-serve", help="serve aft
         funnel = fitted[0]
         typer.echo(f"\nserving on http://127.0.0.1:{port}  — try: curl 'http://127.0.0.1:{port}/recommend?user_id=196&k=10'")
         uvicorn.run(create_app(funnel), host="127.0.0.1", port=port, log_level="warning")
+
+
+def _register_subcommands() -> None:
+    from funnelrec.cli_experiments import register
+
+    register(app)  # `funnelrec simulate`, `funnelrec experiments report`
+
+
+_register_subcommands()
 
 
 def main() -> None:

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from zoo_cases import ZOO_CASES, make_ctr_problem  # tests/models is on sys.path (rootdir import mode)
 
 from funnelrec.core.errors import ConfigError, UnknownComponentError
 from funnelrec.eval.metrics import auc
 from funnelrec.models.ranking.common import build_ranker
 from funnelrec.train.trainer import Trainer, TrainerConfig
-from zoo_cases import ZOO_CASES, make_ctr_problem  # tests/models is on sys.path (rootdir import mode)
 
 IDS = [f"{name}-{i}" for i, (name, _) in enumerate(ZOO_CASES)]
 

@@ -289,7 +289,10 @@ def msprt_pvalues(diffs: Sequence[float] | np.ndarray, variances: Sequence[float
 
 def msprt_confidence_interval(diff: float, variance: float, tau2: float, alpha: float = 0.05) -> tuple[float, float]:
     """Always-valid CI: the θ that mSPRT does not reject at level α at this look,
-    θ̂ ± sqrt(V(V + τ²)/τ² · (2 ln(1/α) + ln((V + τ²)/V)))."""
+    θ̂ ± sqrt(V(V + τ²)/τ² · (2 ln(1/α) + ln((V + τ²)/V))). With V = 0 (no variation yet,
+    e.g. no event observed) nothing is known: the interval is the whole line."""
+    if variance <= 0:
+        return -math.inf, math.inf
     half = math.sqrt(variance * (variance + tau2) / tau2 * (2 * math.log(1 / alpha) + math.log((variance + tau2) / variance)))
     return diff - half, diff + half
 

@@ -1,0 +1,75 @@
+"""CTR model zoo on the ml-100k CTR protocol: quality and training throughput.
+
+    .venv/bin/python bench/ctr_throughput.py [--models deepfm,dcnv2] [--epochs N] [--recbole]
+
+Prints one JSON object: {"machine", "load_start", "load_end", "models": {name: {auc, gauc,
+logloss, train_samples_per_s, epochs, …}}, ["recbole": {...}, "ratios": {...}]}. With
+--recbole it also runs RecBole 1.2.1 DeepFM and DCNV2 in the same run through
+/work/shared/peers/recbole_run.py (venv from setup_venv.sh at $VENV, default /tmp/peers-venv)
+and reports our/RecBole samples/s ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from funnelrec.data import load_dataset
+from funnelrec.eval.ctr import evaluate_ctr, load_ctr_config
+
+ALL = ["lr", "fm", "ffm", "gbdt_lr", "widedeep", "deepfm", "dcn", "dcnv2", "gdcn", "xdeepfm", "fibinet",
+       "lhuc", "all_interaction", "neural_interaction", "mmcn"]
+PEERS = Path(os.environ.get("PEERS", "/work/shared/peers"))
+
+
+def run_recbole(model: str, epochs: int | None) -> dict:
+    py = Path(os.environ.get("VENV", "/tmp/peers-venv")) / "bin" / "python"
+    out = Path("/tmp/peers-out/raw")
+    cmd = [str(py), str(PEERS / "recbole_run.py"), "--task", "ctr", "--model", model, "--out", str(out)]
+    if epochs:
+        cmd += ["--epochs", str(epochs)]
+    if model == "DCNV2":
+        cmd.append("--flush-denormal")
+    Path("/tmp/peers-work").mkdir(exist_ok=True)
+    subprocess.run(cmd, cwd="/tmp/peers-work", check=True, capture_output=True)
+    r = json.loads((out / f"ctr_{model}.json").read_text())
+    return {"auc": r["test_result"].get("auc"), "logloss": r["test_result"].get("logloss"),
+            "train_samples_per_s": r["train_samples_per_s"], "epochs": r["epochs_run"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default=",".join(ALL))
+    ap.add_argument("--epochs", type=int, default=None, help="cap epochs (default: protocol's 20)")
+    ap.add_argument("--recbole", action="store_true")
+    args = ap.parse_args()
+    ds = load_dataset("movielens-100k")
+    res = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+           "load_start": os.getloadavg()[0], "models": {}}
+    for m in args.models.split(","):
+        cfg = load_ctr_config(m)
+        if args.epochs:
+            cfg = {**cfg, "trainer": {**cfg.get("trainer", {}), "epochs": args.epochs}}
+        t0 = time.perf_counter()
+        r = evaluate_ctr(ds, m, cfg)
+        r["wall_s"] = time.perf_counter() - t0
+        res["models"][m] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
+        print(json.dumps({m: res["models"][m]}), file=sys.stderr, flush=True)
+    if args.recbole:
+        res["recbole"], res["ratios"] = {}, {}
+        for ours, theirs in (("deepfm", "DeepFM"), ("dcnv2", "DCNV2")):
+            res["recbole"][theirs] = rb = run_recbole(theirs, args.epochs)
+            if ours in res["models"]:
+                res["ratios"][f"{ours}/{theirs}"] = round(res["models"][ours]["train_samples_per_s"] / rb["train_samples_per_s"], 2)
+    res["load_end"] = os.getloadavg()[0]
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()
