@@ -79,7 +79,7 @@ def test_learns_planted_clusters_far_above_random():
         return sampled_softmax_loss(m.user_tower(prof[u], h), m.item_tower(i, attrs[i]), m.temperature, None, i)
 
     train = {"user": torch.from_numpy(users), "item": torch.from_numpy(items)}
-    Trainer(TrainerConfig(epochs=30, batch_size=100, lr=0.02, seed=0, num_threads=1)).fit(model, loss_fn, train)
+    Trainer(TrainerConfig(epochs=20, batch_size=200, lr=0.03, seed=0, num_threads=1)).fit(model, loss_fn, train)
     with torch.inference_mode():
         uv = model.user_tower(prof, H)
         iv = model.item_tower(torch.arange(n_items), attrs)
