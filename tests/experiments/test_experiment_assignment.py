@@ -156,6 +156,11 @@ def test_guardrail_threshold_direction():
     g = GuardrailConfig("latency", direction="lower_is_better", max_degradation=0.02)
     assert RampUp.check(g, result(+0.03)) and not RampUp.check(g, result(-0.03))
     assert isinstance(result(0.1), TestResult)
+    # control value 0: no relative lift exists; the guardrail fails instead of passing silently
+    zero = difference_test(0.0, 1e-6, 0.5, 1e-6)
+    assert zero.rel_lift != zero.rel_lift  # NaN
+    for g in (GuardrailConfig("ctr", max_degradation=0.02), GuardrailConfig("ctr", alpha=0.05)):
+        assert "cannot be checked" in RampUp.check(g, zero)
 
 
 def test_example_yaml_loads_and_params_helpers():

@@ -160,3 +160,14 @@ def test_bad_input_raises_data_error():
         st.welch_ttest([1.0], [1.0, 2.0])
     with pytest.raises(DataError, match="tau2"):
         st.msprt_pvalues([0.1], [0.1], 0.0)
+    # the power calculator names the bad argument instead of a math-domain / zero-division trace
+    with pytest.raises(DataError, match="p_treatment must be a proportion"):
+        st.power_two_proportions(0.1, 1.2, 1000)
+    with pytest.raises(DataError, match="p_control must be a proportion"):
+        st.mde_two_proportions(1.5, 1000)
+    with pytest.raises(DataError, match="ratio"):
+        st.sample_size_two_proportions(0.1, 0.12, ratio=0)
+    with pytest.raises(DataError, match="arm sizes must be > 0"):
+        st.power_means(0.1, 1.0, 0)
+    with pytest.raises(DataError, match="arm sizes must be > 0"):
+        st.mde_means(1.0, -5)

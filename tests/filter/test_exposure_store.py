@@ -190,3 +190,22 @@ def test_sqlite_add_survives_sigkill(tmp_path):
         assert store.filter("v", np.array([404]), now=T0 + DAY).tolist() == [True]
     finally:
         store.close()
+
+
+def test_sqlite_cache_charges_the_current_size_of_each_filter(tmp_path):
+    """The LRU budget must track filters that grow (a new day's slice) and shrink (expiry)."""
+    per_slice = (CFG.build().m + 1) // 2
+    with SQLiteExposureStore(tmp_path / "c.db", CFG, cache_bytes=1 << 30) as store:
+        for day in range(10):  # 10 daily slices, 7-day window: slices grow, then old ones drop
+            for u in ("a", "b", "c"):
+                store.add(u, np.array([day, day + 100]), ts=T0 + day * DAY)
+        cached = store._cache.values()
+        assert {len(f.slice_ids) for f in cached} == {8}  # slices (T0 + 2d) .. (T0 + 9d)
+        true_bytes = sum(store._footprint(f) for f in cached)
+        assert store._cached_bytes == true_bytes == 3 * (8 * per_slice + (CFG.build().m + 7) // 8 + 512)
+    # a budget of two users' filters keeps the two most recently used
+    budget = 2 * (8 * per_slice + (CFG.build().m + 7) // 8 + 512)
+    with SQLiteExposureStore(tmp_path / "c.db", CFG, cache_bytes=budget) as store:
+        for u in ("a", "b", "c"):
+            store.filter(u, np.array([1]), now=T0 + 9 * DAY)
+        assert list(store._cache) == ["b", "c"] and store._cached_bytes == budget

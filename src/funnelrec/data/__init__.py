@@ -1,5 +1,7 @@
 """The dataset contract and its loaders. Importing this package registers the loaders."""
 
+import inspect
+
 from funnelrec.data.dataset import Dataset, IdMap, TrainData
 from funnelrec.data.schema import Schema
 
@@ -8,15 +10,13 @@ __all__ = ["Dataset", "IdMap", "Schema", "TrainData", "load_dataset"]
 
 def load_dataset(name: str, **kwargs):
     """Load a registered dataset by name ('movielens-100k', 'synthetic', 'tabular')."""
+    from funnelrec.core.errors import ConfigError
     from funnelrec.core.registry import DATASETS
-    from funnelrec.data import movielens  # noqa: F401  (registers)
+    from funnelrec.data import movielens, synthetic, tabular  # noqa: F401  (register)
 
-    try:
-        from funnelrec.data import synthetic  # noqa: F401
-    except ImportError:
-        pass
-    try:
-        from funnelrec.data import tabular  # noqa: F401
-    except ImportError:
-        pass
-    return DATASETS.get(name)(**kwargs)
+    loader = DATASETS.get(name)
+    try:  # a misspelt option is the user's error, named in one line (not a TypeError trace)
+        inspect.signature(loader).bind(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"dataset {name!r}: {e}") from None
+    return loader(**kwargs)

@@ -20,7 +20,6 @@ import shutil
 import subprocess
 import sys
 import zipfile
-from datetime import datetime, timezone
 from pathlib import Path
 
 import polars as pl
@@ -133,9 +132,8 @@ def _finish_users(users: pl.DataFrame) -> pl.DataFrame:
 
 
 def _year_to_ts(year: pl.Expr) -> pl.Expr:
-    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
-    # seconds at 1 Jan of the year; unknown year → 0
-    return ((year.cast(pl.Int64, strict=False).fill_null(1970) - 1970) * 365.2425 * 86400).cast(pl.Int64) + int(epoch.timestamp())
+    # unix seconds at (about) 1 Jan of the year, by the mean Gregorian year; unknown year → 0
+    return ((year.cast(pl.Int64, strict=False).fill_null(1970) - 1970) * 365.2425 * 86400).cast(pl.Int64)
 
 
 def _kg_people(folder: Path) -> pl.DataFrame | None:

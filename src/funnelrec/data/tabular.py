@@ -95,7 +95,12 @@ def _coerce(df: pl.DataFrame, kinds: dict[str, str], file: Path, table: str, int
             out.append(s.str.strip_chars().cast(pl.Int64) if int_ids[col] and s.dtype == pl.String
                        else s if int_ids[col] else s.cast(pl.String))
         elif s.dtype != pl.String:
-            continue  # typed (Parquet): Schema.validate checks the kind
+            if kind == "time":  # typed (Parquet) times become unix seconds like CSV ones
+                if isinstance(s.dtype, pl.Datetime | pl.Date):
+                    out.append(s.cast(pl.Datetime("us")).dt.epoch("s").alias(col))
+                elif s.dtype.is_float():
+                    out.append(s.cast(pl.Int64).alias(col))
+            continue  # other typed (Parquet) columns: Schema.validate checks the kind
         elif kind in ("numeric", "label"):
             raw = s.str.strip_chars()
             as_int = raw.cast(pl.Int64, strict=False)

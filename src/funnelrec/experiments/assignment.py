@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,13 +138,18 @@ class RampUp:
 
     @staticmethod
     def check(guardrail: GuardrailConfig, result: Any) -> str | None:
-        """A one-line reason when `result` breaks `guardrail`, else None."""
+        """A one-line reason when `result` breaks `guardrail`, else None. A lift or p-value that
+        is not a number (e.g. a control value of 0) fails: a guardrail that cannot be checked
+        must not let the ramp advance."""
+        rel, p = float(result.rel_lift), float(result.p_value)
+        if math.isnan(rel) or math.isnan(p):
+            return f"{guardrail.metric}: cannot be checked (relative lift {rel}, p = {p})"
         sign = 1.0 if guardrail.direction == "higher_is_better" else -1.0
-        worse_by = -sign * float(result.rel_lift)  # > 0 means the metric moved the bad way
+        worse_by = -sign * rel  # > 0 means the metric moved the bad way
         if guardrail.max_degradation is not None and worse_by > guardrail.max_degradation:
             return f"{guardrail.metric}: {worse_by:+.2%} worse, above the {guardrail.max_degradation:.2%} limit"
-        if guardrail.alpha is not None and worse_by > 0 and float(result.p_value) < guardrail.alpha:
-            return f"{guardrail.metric}: significantly worse (p = {float(result.p_value):.3g} < {guardrail.alpha})"
+        if guardrail.alpha is not None and worse_by > 0 and p < guardrail.alpha:
+            return f"{guardrail.metric}: significantly worse (p = {p:.3g} < {guardrail.alpha})"
         return None
 
     def advance(self, guardrail_results: Mapping[str, Any]) -> RampDecision:

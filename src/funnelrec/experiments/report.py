@@ -296,6 +296,11 @@ def _check_input(df: pl.DataFrame, cfg: ReportConfig) -> list[str]:
     missing = sorted(needed - set(df.columns))
     if missing:
         raise DataError(f"report input lacks columns: {', '.join(missing)}")
+    if df.is_empty():
+        raise DataError("report input has no rows")
+    for col in (cfg.user_column, cfg.variant_column):
+        if df[col].null_count():
+            raise DataError(f"report input: column {col!r} has {df[col].null_count()} empty values")
     per_user_arms = df.group_by(cfg.user_column).agg(pl.col(cfg.variant_column).n_unique().alias("k"))
     if per_user_arms["k"].max() > 1:  # type: ignore[operator]
         raise DataError("some users appear in more than one variant; assignment must be per user")
@@ -305,6 +310,22 @@ def _check_input(df: pl.DataFrame, cfg: ReportConfig) -> list[str]:
     if len(variants) < 2:
         raise DataError("the data has a single variant; nothing to compare")
     return [cfg.control] + [v for v in variants if v != cfg.control]
+
+
+_NO_LOOK = TestResult(control=math.nan, treatment=math.nan, abs_lift=math.nan, abs_ci=(-math.inf, math.inf),
+                      rel_lift=math.nan, rel_ci=(-math.inf, math.inf), statistic=math.nan, p_value=math.nan,
+                      se=math.nan, diff_variance=0.0)
+
+
+def _early_look(per_user: pl.DataFrame, metric: MetricSpec, cfg: ReportConfig, treatment: str) -> TestResult:
+    """The test on one cumulative day; a day with too little data to test (e.g. fewer than two
+    users in an arm yet) is a look that knows nothing: NaN lift, variance 0, so its always-valid
+    p-value is 1 and its interval the whole line."""
+    try:
+        return analyze_metric(per_user, metric, cfg.control, treatment, variant_column=cfg.variant_column,
+                              alpha=cfg.alpha)
+    except DataError:
+        return _NO_LOOK
 
 
 def build_report(df: pl.DataFrame, config: ReportConfig) -> Report:
@@ -338,9 +359,9 @@ def build_report(df: pl.DataFrame, config: ReportConfig) -> Report:
         for (mname, v), final in results.items():
             m = next(x for x in cfg.metrics if x.name == mname)
             tau2 = (cfg.msprt_tau * abs(final.control)) ** 2 or 1e-12
-            rs = [analyze_metric(pu, m, cfg.control, v, variant_column=cfg.variant_column, alpha=cfg.alpha) for pu in per_day]
+            rs = [_early_look(pu, m, cfg, v) for pu in per_day]
             diffs = np.array([r.abs_lift for r in rs])
-            var = np.array([r.diff_variance for r in rs])
+            var = np.array([r.diff_variance for r in rs])  # 0 where a look had too little data
             pav = stats.msprt_pvalues(diffs, var, tau2)
             cis = np.array([stats.msprt_confidence_interval(d, s, tau2, cfg.alpha) for d, s in zip(diffs, var)])
             # a confidence sequence: intersect the intervals of all looks so far

@@ -319,21 +319,28 @@ def benjamini_hochberg(pvalues: Sequence[float] | np.ndarray, alpha: float = 0.0
 
 def cohens_h(p_control: float, p_treatment: float) -> float:
     """h = 2·asin(sqrt(p_B)) − 2·asin(sqrt(p_A)) (variance-stabilised difference of proportions)."""
+    for name, p in (("p_control", p_control), ("p_treatment", p_treatment)):
+        if not 0.0 <= p <= 1.0:
+            raise DataError(f"{name} must be a proportion in [0, 1], got {p}")
     return 2 * math.asin(math.sqrt(p_treatment)) - 2 * math.asin(math.sqrt(p_control))
 
 
 def _normal_power(effect: float, n_control: float, n_treatment: float, alpha: float) -> float:
     """Two-sided power of a z-test on a standardised effect: Φ(|e|·√ñ − z) + Φ(−|e|·√ñ − z),
     ñ = 1 / (1/n_A + 1/n_B) (both rejection tails, as statsmodels' NormalIndPower)."""
+    if not (n_control > 0 and n_treatment > 0):
+        raise DataError(f"arm sizes must be > 0, got n_control={n_control}, n_treatment={n_treatment}")
     crit = _critical(alpha, None)
     shift = abs(effect) * math.sqrt(1 / (1 / n_control + 1 / n_treatment))
     return float(stats.norm.sf(crit - shift) + stats.norm.cdf(-crit - shift))
 
 
-def _check_power_args(alpha: float, power: float | None = None) -> None:
+def _check_power_args(alpha: float, power: float | None = None, ratio: float = 1.0) -> None:
     _critical(alpha, None)
     if power is not None and not alpha < power < 1:
         raise DataError(f"power must be in (alpha, 1), got {power}")
+    if not ratio > 0:
+        raise DataError(f"ratio (treatment / control users) must be > 0, got {ratio}")
 
 
 def power_two_proportions(p_control: float, p_treatment: float, n_control: float, n_treatment: float | None = None, *, alpha: float = 0.05) -> float:
@@ -353,7 +360,7 @@ def _solve_n(power_at: callable, power: float) -> float:  # type: ignore[valid-t
 
 def sample_size_two_proportions(p_control: float, p_treatment: float, *, alpha: float = 0.05, power: float = 0.8, ratio: float = 1.0) -> float:
     """Users in the control arm (treatment arm = ratio × control) to reach `power`."""
-    _check_power_args(alpha, power)
+    _check_power_args(alpha, power, ratio)
     h = cohens_h(p_control, p_treatment)
     if h == 0:
         raise DataError("p_control equals p_treatment: nothing to detect")
@@ -363,6 +370,7 @@ def sample_size_two_proportions(p_control: float, p_treatment: float, *, alpha: 
 def mde_two_proportions(p_control: float, n_control: float, n_treatment: float | None = None, *, alpha: float = 0.05, power: float = 0.8) -> float:
     """Smallest absolute increase p_B − p_A detectable with `power` (upward direction)."""
     _check_power_args(alpha, power)
+    cohens_h(p_control, p_control)  # validates p_control
     nb = n_treatment or n_control
     h = float(optimize.brentq(lambda e: _normal_power(e, n_control, nb, alpha) - power, 1e-12, math.pi))
     top = math.asin(math.sqrt(p_control)) + h / 2
@@ -381,7 +389,7 @@ def power_means(delta: float, sd: float, n_control: float, n_treatment: float | 
 
 def sample_size_means(delta: float, sd: float, *, alpha: float = 0.05, power: float = 0.8, ratio: float = 1.0) -> float:
     """Users in the control arm to detect a mean shift `delta` with `power`."""
-    _check_power_args(alpha, power)
+    _check_power_args(alpha, power, ratio)
     if delta == 0 or sd <= 0:
         raise DataError("need delta != 0 and sd > 0")
     return _solve_n(lambda n: _normal_power(delta / sd, n, ratio * n, alpha), power)

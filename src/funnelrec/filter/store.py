@@ -193,6 +193,7 @@ class SQLiteExposureStore(ExposureStore):
         self.synchronous = synchronous
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, CountingBloomFilter] = OrderedDict()
+        self._sizes: dict[str, int] = {}  # user → bytes charged for its cached filter
         self._cached_bytes = 0
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
@@ -223,8 +224,7 @@ class SQLiteExposureStore(ExposureStore):
         """Drop the cache if another connection committed since we last looked."""
         version = self._read_data_version()
         if version != self._data_version:
-            self._cache.clear()
-            self._cached_bytes = 0
+            self._clear_cache()
             self._data_version = version
 
     @staticmethod
@@ -235,7 +235,6 @@ class SQLiteExposureStore(ExposureStore):
         f = self._cache.get(user_key)
         if f is not None:
             self._cache.move_to_end(user_key)
-            self._cached_bytes -= self._footprint(f)  # re-added below (it may have grown)
         else:
             f = self._new_filter()
             rows = self._db.execute(
@@ -248,16 +247,27 @@ class SQLiteExposureStore(ExposureStore):
             if got != [slice_id for slice_id, _ in rows]:
                 raise ArtifactError(f"exposure filter of user {user_key!r}: rows {[r[0] for r in rows]} hold slices {got}")
             self._cache[user_key] = f
-        self._cached_bytes += self._footprint(f)
-        while self._cached_bytes > self.cache_bytes and len(self._cache) > 1:
-            _, old = self._cache.popitem(last=False)
-            self._cached_bytes -= self._footprint(old)
+            self._account(user_key, f)
         return f
 
+    def _account(self, user_key: str, f: CountingBloomFilter) -> None:
+        """Charge the cache with `f`'s current size (it grows and shrinks with its slices), then
+        evict least recently used users beyond `cache_bytes`."""
+        size = self._footprint(f)
+        self._cached_bytes += size - self._sizes.get(user_key, 0)
+        self._sizes[user_key] = size
+        while self._cached_bytes > self.cache_bytes and len(self._cache) > 1:
+            old, _ = self._cache.popitem(last=False)
+            self._cached_bytes -= self._sizes.pop(old)
+
     def _forget(self, user_key: str) -> None:
-        f = self._cache.pop(user_key, None)
-        if f is not None:
-            self._cached_bytes -= self._footprint(f)
+        if self._cache.pop(user_key, None) is not None:
+            self._cached_bytes -= self._sizes.pop(user_key)
+
+    def _clear_cache(self) -> None:
+        self._cache.clear()
+        self._sizes.clear()
+        self._cached_bytes = 0
 
     def _write(self, user_key: str, f: CountingBloomFilter, slice_ids: list[int], first: int | None) -> None:
         self._db.executemany(
@@ -282,6 +292,7 @@ class SQLiteExposureStore(ExposureStore):
                 self._forget(user_key)  # its in-memory state may be ahead of the database
                 raise
             self._data_version = self._read_data_version()
+            self._account(user_key, f)  # the change may have added or dropped slices
 
     def add(self, user_key: str, item_ids: np.ndarray, ts: int) -> None:
         ids, ts = _as_ids(item_ids, "item_ids"), _check_time(ts, "ts")
@@ -317,8 +328,7 @@ class SQLiteExposureStore(ExposureStore):
         with self._lock:
             self._check_open()
             n = self._db.execute("DELETE FROM exposure_slices WHERE slice < ?", (first,)).rowcount
-            self._cache.clear()
-            self._cached_bytes = 0
+            self._clear_cache()
             self._data_version = self._read_data_version()
             return n
 
@@ -332,7 +342,7 @@ class SQLiteExposureStore(ExposureStore):
         with self._lock:
             if not self._closed:
                 self._db.close()
-                self._cache.clear()
+                self._clear_cache()
                 self._closed = True
 
 

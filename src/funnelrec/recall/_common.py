@@ -17,8 +17,9 @@ import numba
 import numpy as np
 import scipy.sparse as sp
 
-from funnelrec.core.errors import DataError
+from funnelrec.core.errors import ConfigError, DataError
 from funnelrec.core.types import PAD, CandidateBatch
+from funnelrec.data.dataset import TrainData, interactions_csr
 from funnelrec.recall.base import RecallContext
 
 
@@ -33,8 +34,6 @@ def _csr_topn_kernel(indptr, indices, data, ex_indptr, ex_indices, n, n_cols):
         width = max(width, indptr[r + 1] - indptr[r])
     buf_i = np.empty(width, np.int64)
     buf_v = np.empty(width, np.float64)
-    sel_i = np.empty(max(n, width), np.int64)
-    sel_v = np.empty(max(n, width), np.float64)
     for r in range(R):
         for p in range(ex_indptr[r], ex_indptr[r + 1]):
             mark[ex_indices[p]] = True
@@ -48,39 +47,7 @@ def _csr_topn_kernel(indptr, indices, data, ex_indptr, ex_indices, n, n_cols):
                 cnt += 1
         for p in range(ex_indptr[r], ex_indptr[r + 1]):
             mark[ex_indices[p]] = False
-        if cnt == 0:
-            continue
-        if cnt > n:
-            # n-th largest value; keep everything above it, then ties in item order
-            thr = -np.partition(-buf_v[:cnt], n - 1)[n - 1]
-            m = 0
-            for t in range(cnt):
-                if buf_v[t] > thr:
-                    sel_i[m] = buf_i[t]
-                    sel_v[m] = buf_v[t]
-                    m += 1
-            nt = 0
-            for t in range(cnt):
-                if buf_v[t] == thr:
-                    buf_i[nt] = buf_i[t]  # nt ≤ t: compacting the ties in place is safe
-                    nt += 1
-            ties = np.sort(buf_i[:nt])
-            for t in range(min(n - m, nt)):
-                sel_i[m] = ties[t]
-                sel_v[m] = thr
-                m += 1
-        else:
-            m = cnt
-            sel_i[:m] = buf_i[:m]
-            sel_v[:m] = buf_v[:m]
-        # item order first, so the stable sort by score breaks ties by the lower item index
-        o1 = np.argsort(sel_i[:m], kind="mergesort")
-        ki = sel_i[:m][o1]
-        kv = sel_v[:m][o1]
-        o2 = np.argsort(-kv, kind="mergesort")
-        for k in range(m):
-            items[r, k] = ki[o2[k]]
-            scores[r, k] = kv[o2[k]]
+        select_topk(buf_i[:cnt], buf_v[:cnt], n, items[r], scores[r])
     return items, scores
 
 
@@ -211,6 +178,14 @@ class UserHistory:
         X.sum_duplicates()
         X.data[:] = 1.0
         return X
+
+
+def rating_matrix(data: TrainData) -> sp.csr_matrix:
+    """(U, I) training ratings, for channels configured with `use_rating`."""
+    if "rating" not in data.interactions.columns:
+        labels = ", ".join(data.dataset.schema.labels) or "none"
+        raise ConfigError(f"use_rating: the interactions have no 'rating' column (labels: {labels})")
+    return interactions_csr(data.interactions, data.n_users, data.n_items, "rating")
 
 
 def cap_rows(m: sp.csr_matrix, cap: int, seed: int) -> sp.csr_matrix:

@@ -19,8 +19,7 @@ from funnelrec.core.errors import ConfigError
 from funnelrec.core.registry import RECALL_CHANNELS
 from funnelrec.data.dataset import TrainData
 from funnelrec.recall._common import UserHistory
-from funnelrec.recall.attributes import ForwardIndex, InvertedIndex
-from funnelrec.recall.hot import decayed_counts
+from funnelrec.recall.hot import train_popularity
 from funnelrec.recall.itemcf import itemcf_neighbours
 from funnelrec.recall.tag import AttributeRecall, user_value_weights
 
@@ -49,19 +48,14 @@ class AuthorRecall(AttributeRecall):
 
     def fit(self, data: TrainData) -> AuthorRecall:
         cfg = self.config
-        inter = data.interactions
-        pop = decayed_counts(inter["item_idx"].to_numpy(), inter["timestamp"].to_numpy(), data.now,
-                             cfg.tau_days, data.n_items)
-        pop = pop / max(pop.max(initial=0.0), 1e-12)
-        self.forward_ = ForwardIndex.from_column(data.dataset.items, cfg.column)
-        self.value_items_ = InvertedIndex.build(self.forward_, pop, cfg.items_per_author).matrix(data.n_items)
+        self._fit_index(data, cfg.column, train_popularity(data, cfg.tau_days, scale_to_max=True),
+                        cfg.items_per_author, cfg.n_authors)
         if cfg.k_similar > 0 and self.forward_.n_values > 1:
             UA = sp.csr_matrix(data.csr @ self.forward_.matrix)  # (U, A) co-consumption counts
             UA.data[:] = 1.0
             self.similar_ = itemcf_neighbours(UA, cfg.k_similar, "cosine")
         else:
             self.similar_ = None
-        self.n_values_kept_ = cfg.n_authors
         self.history_ = UserHistory(data.csr)
         self.fitted_ = True
         return self

@@ -42,10 +42,6 @@ class CacheRecall(RecallChannel):
         self.fitted_ = True
         return self
 
-    @property
-    def unknown_items(self) -> int:
-        return self.history_.unknown_items
-
     def put(self, user_idx: int, items: np.ndarray, scores: np.ndarray) -> None:
         """Store a user's ranked result. Items outside the catalogue are dropped and counted."""
         items = np.asarray(items, np.int64).reshape(-1)

@@ -18,7 +18,6 @@ from funnelrec.core.registry import RECALL_CHANNELS
 from funnelrec.core.types import CandidateBatch
 from funnelrec.data.dataset import TrainData
 from funnelrec.recall._common import UserHistory, take_unseen
-from funnelrec.recall.attributes import ForwardIndex, InvertedIndex
 from funnelrec.recall.base import RecallContext
 from funnelrec.recall.tag import AttributeRecall
 
@@ -63,9 +62,7 @@ class FreshRecall(AttributeRecall):
         self.items_ = order.astype(np.int64)
         self.scores_ = fresh[order].astype(np.float32)
         if cfg.by_user_tags:
-            self.forward_ = ForwardIndex.from_column(items, cfg.tag_column)
-            self.value_items_ = InvertedIndex.build(self.forward_, fresh, cfg.max_items).matrix(data.n_items)
-            self.n_values_kept_ = cfg.n_tags
+            self._fit_index(data, cfg.tag_column, fresh, cfg.max_items, cfg.n_tags)
         self.history_ = UserHistory(data.csr)
         self.fitted_ = True
         return self

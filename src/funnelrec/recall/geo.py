@@ -69,10 +69,6 @@ class GeoRecall(RecallChannel):
         self.fitted_ = True
         return self
 
-    @property
-    def unknown_items(self) -> int:
-        return self.history_.unknown_items
-
     def _region_code(self, region: str) -> int:
         k = int(np.searchsorted(self.regions_, region))
         return k if k < len(self.regions_) and self.regions_[k] == region else -1

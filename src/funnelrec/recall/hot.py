@@ -39,6 +39,15 @@ def decayed_counts(item_idx: np.ndarray, timestamps: np.ndarray, now: int, tau_d
     return np.bincount(item_idx, weights=w, minlength=n_items)
 
 
+def train_popularity(data: TrainData, tau_days: float, scale_to_max: bool = False) -> np.ndarray:
+    """(I,) `decayed_counts` of the training interactions at `data.now`; with `scale_to_max`
+    divided by the largest, so the most popular item scores 1."""
+    inter = data.interactions
+    pop = decayed_counts(inter["item_idx"].to_numpy(), inter["timestamp"].to_numpy(), data.now, tau_days,
+                         data.n_items)
+    return pop / max(pop.max(initial=0.0), 1e-12) if scale_to_max else pop
+
+
 def ranked_list(scores: np.ndarray, max_items: int) -> tuple[np.ndarray, np.ndarray]:
     """Items with score > 0, best first (ties → lower index), at most max_items."""
     order = np.lexsort((np.arange(len(scores)), -scores))
@@ -56,17 +65,11 @@ class HotRecall(RecallChannel):
         self.config = config or HotConfig()
 
     def fit(self, data: TrainData) -> HotRecall:
-        inter = data.interactions
-        pop = decayed_counts(inter["item_idx"].to_numpy(), inter["timestamp"].to_numpy(), data.now,
-                             self.config.tau_days, data.n_items)
+        pop = train_popularity(data, self.config.tau_days)
         self.items_, self.scores_ = ranked_list(pop, self.config.max_items)
         self.history_ = UserHistory(data.csr)
         self.fitted_ = True
         return self
-
-    @property
-    def unknown_items(self) -> int:
-        return self.history_.unknown_items
 
     def _recall(self, users: np.ndarray, n: int, context: RecallContext | None) -> CandidateBatch:
         _, seen = self.history_.matrix(users, context)

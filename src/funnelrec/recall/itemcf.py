@@ -29,8 +29,15 @@ import scipy.sparse as sp
 from funnelrec.core.errors import ConfigError
 from funnelrec.core.registry import RECALL_CHANNELS
 from funnelrec.core.types import CandidateBatch
-from funnelrec.data.dataset import TrainData, interactions_csr
-from funnelrec.recall._common import UserHistory, cap_rows, csr_topn, neighbours_to_csr, select_topk
+from funnelrec.data.dataset import TrainData
+from funnelrec.recall._common import (
+    UserHistory,
+    cap_rows,
+    csr_topn,
+    neighbours_to_csr,
+    rating_matrix,
+    select_topk,
+)
 from funnelrec.recall.base import RecallChannel, RecallContext
 
 
@@ -135,12 +142,7 @@ class NeighbourRecall(RecallChannel):
     neighbourhood: str = "trigger"
 
     def _fit_history(self, data: TrainData, use_rating: bool) -> UserHistory:
-        w = interactions_csr(data.interactions, data.n_users, data.n_items, "rating") if use_rating else None
-        return UserHistory(data.csr, w)
-
-    @property
-    def unknown_items(self) -> int:
-        return self.history_.unknown_items
+        return UserHistory(data.csr, rating_matrix(data) if use_rating else None)
 
     def _recall(self, users: np.ndarray, n: int, context: RecallContext | None) -> CandidateBatch:
         H, seen = self.history_.matrix(users, context)

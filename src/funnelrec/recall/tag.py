@@ -20,7 +20,7 @@ from funnelrec.data.dataset import TrainData
 from funnelrec.recall._common import UserHistory, csr_topn, row_topk
 from funnelrec.recall.attributes import ForwardIndex, InvertedIndex
 from funnelrec.recall.base import RecallChannel, RecallContext
-from funnelrec.recall.hot import decayed_counts
+from funnelrec.recall.hot import train_popularity
 
 
 @dataclass(frozen=True)
@@ -47,9 +47,14 @@ def user_value_weights(H: sp.csr_matrix, item_values: sp.csr_matrix, top: int) -
 class AttributeRecall(RecallChannel):
     """Shared recall of attribute channels: user value weights (U, V) × value→items (V, I)."""
 
-    @property
-    def unknown_items(self) -> int:
-        return self.history_.unknown_items
+    def _fit_index(self, data: TrainData, column: str, score: np.ndarray, max_per_value: int,
+                   n_values_kept: int) -> None:
+        """Forward index of item `column`, its inverted index ranked by `score` (at most
+        `max_per_value` items per value), the user's top `n_values_kept` values used."""
+        self.forward_ = ForwardIndex.from_column(data.dataset.items, column)
+        self.inverted_ = InvertedIndex.build(self.forward_, score, max_per_value)
+        self.value_items_ = self.inverted_.matrix(data.n_items)
+        self.n_values_kept_ = n_values_kept
 
     def _user_weights(self, H: sp.csr_matrix) -> sp.csr_matrix:
         return user_value_weights(H, self.forward_.matrix, self.n_values_kept_)
@@ -69,14 +74,8 @@ class TagRecall(AttributeRecall):
 
     def fit(self, data: TrainData) -> TagRecall:
         cfg = self.config
-        inter = data.interactions
-        pop = decayed_counts(inter["item_idx"].to_numpy(), inter["timestamp"].to_numpy(), data.now,
-                             cfg.tau_days, data.n_items)
-        pop = pop / max(pop.max(initial=0.0), 1e-12)
-        self.forward_ = ForwardIndex.from_column(data.dataset.items, cfg.column)
-        self.inverted_ = InvertedIndex.build(self.forward_, pop, cfg.items_per_tag)
-        self.value_items_ = self.inverted_.matrix(data.n_items)
-        self.n_values_kept_ = cfg.n_tags
+        self._fit_index(data, cfg.column, train_popularity(data, cfg.tau_days, scale_to_max=True),
+                        cfg.items_per_tag, cfg.n_tags)
         self.history_ = UserHistory(data.csr)
         self.fitted_ = True
         return self

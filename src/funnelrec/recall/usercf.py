@@ -18,8 +18,8 @@ import scipy.sparse as sp
 from funnelrec.core.errors import ConfigError
 from funnelrec.core.registry import RECALL_CHANNELS
 from funnelrec.core.types import CandidateBatch
-from funnelrec.data.dataset import TrainData, interactions_csr
-from funnelrec.recall._common import UserHistory, csr_topn, row_topk
+from funnelrec.data.dataset import TrainData
+from funnelrec.recall._common import UserHistory, csr_topn, rating_matrix, row_topk
 from funnelrec.recall.base import RecallChannel, RecallContext
 
 
@@ -49,15 +49,10 @@ class UserCFRecall(RecallChannel):
                              else np.ones(R.shape[1])).astype(np.float32)
         self.user_len_ = np.asarray(R.getnnz(axis=1), np.float64)
         self.item_users_ = sp.csr_matrix(R.T)  # (I, U)
-        self.ratings_ = (interactions_csr(data.interactions, data.n_users, data.n_items, "rating")
-                         if self.config.use_rating else R)
+        self.ratings_ = rating_matrix(data) if self.config.use_rating else R
         self.history_ = UserHistory(data.csr)
         self.fitted_ = True
         return self
-
-    @property
-    def unknown_items(self) -> int:
-        return self.history_.unknown_items
 
     def _recall(self, users: np.ndarray, n: int, context: RecallContext | None) -> CandidateBatch:
         H, seen = self.history_.matrix(users, context)

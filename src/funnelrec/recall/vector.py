@@ -2,7 +2,7 @@
 
 fit: build feature tensors (item attributes, user profile, recent history) → train the towers
 through the one `Trainer` with the configured loss and negative sampler → embed every item and
-add the vectors to the index (faiss factory string, "Flat" by default).
+add the vectors to a `funnelrec.index.VectorIndex` (factory string, "Flat" by default).
 recall: compute each requested user's vector from profile + history (the same tower as in
 training; nothing per user is precomputed, so a history update changes the next request),
 search the index for n + |seen| items, drop the seen ones, keep the top n.
@@ -19,9 +19,10 @@ softmax with logQ correction, plus n_negatives sampled ones if > 0). Samplers: "
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
-import faiss
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
@@ -31,6 +32,7 @@ from funnelrec.core.errors import ConfigError, DataError
 from funnelrec.core.registry import RECALL_CHANNELS
 from funnelrec.core.types import PAD, CandidateBatch
 from funnelrec.data.dataset import TrainData, interactions_csr
+from funnelrec.index import VectorIndex
 from funnelrec.models.recall.two_tower import TwoTowerConfig, TwoTowerModel, TwoTowerSpec
 from funnelrec.recall.base import RecallChannel, RecallContext
 from funnelrec.train.retrieval_losses import LOSSES, bpr_loss, pointwise_bce_loss, sampled_softmax_loss
@@ -157,23 +159,20 @@ def build_features(data: TrainData, positives: pl.DataFrame, config: VectorRecal
     )
 
 
-class FaissItemIndex:
-    """Inner-product item index by faiss factory string; pickles via faiss.serialize_index.
-    Stands in for funnelrec.index.VectorIndex behind the same add/search calls."""
+class ItemIndex:
+    """The item vectors' `VectorIndex` (inner product, one factory string), made picklable so
+    the channel's save/load carries it: pickled as the bytes of `VectorIndex.save`'s files,
+    restored with `VectorIndex.load(mmap=False)`."""
 
     def __init__(self, factory: str, dim: int) -> None:
-        self.factory = factory
-        self.dim = dim
-        try:
-            self.index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
-        except RuntimeError as e:
-            raise ConfigError(f"bad index factory string {factory!r}: {str(e).splitlines()[-1]}") from None
+        self.index = VectorIndex(factory, dim, metric="ip")
+
+    @property
+    def factory(self) -> str:
+        return self.index.factory
 
     def add(self, x: np.ndarray) -> None:
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        if not self.index.is_trained:
-            self.index.train(x)
-        self.index.add(x)
+        self.index.add(np.ascontiguousarray(x, dtype=np.float32))
 
     def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         return self.index.search(np.ascontiguousarray(q, dtype=np.float32), k)
@@ -182,11 +181,15 @@ class FaissItemIndex:
         return self.index.ntotal
 
     def __getstate__(self) -> dict:
-        return {"factory": self.factory, "dim": self.dim, "bytes": faiss.serialize_index(self.index)}
+        with tempfile.TemporaryDirectory() as d:
+            self.index.save(d)
+            return {"files": {f.name: f.read_bytes() for f in Path(d).iterdir()}}
 
     def __setstate__(self, state: dict) -> None:
-        self.factory, self.dim = state["factory"], state["dim"]
-        self.index = faiss.deserialize_index(state["bytes"])
+        with tempfile.TemporaryDirectory() as d:
+            for name, data in state["files"].items():
+                (Path(d) / name).write_bytes(data)
+            self.index = VectorIndex.load(d, mmap=False)
 
 
 class _RetrievalObjective:
@@ -298,7 +301,7 @@ class VectorRecall(RecallChannel):
         self.model_ = model
         self.features_ = feats
         self.item_vectors_ = _item_vectors(model, feats)
-        self.index_ = FaissItemIndex(cfg.index_factory, self.item_vectors_.shape[1])
+        self.index_ = ItemIndex(cfg.index_factory, self.item_vectors_.shape[1])
         self.index_.add(self.item_vectors_)
         self.seen_ = ForbiddenPairs(I, seen)
         self._seen_count = np.diff(seen.indptr).astype(np.int64)
