@@ -80,3 +80,11 @@ def redis_url(tmp_path_factory):
     yield url
     proc.terminate()
     proc.wait(timeout=10)
+
+
+def pytest_configure(config):
+    # tiny tensors: one intra-op thread is faster than two and leaves a core for the servers
+    # the HTTP tests start
+    import os
+
+    os.environ.setdefault("FUNNELREC_THREADS", "1")

@@ -150,3 +150,22 @@ def test_itemcf_similar_items_and_bad_config():
     assert (b.items[1] == PAD).all()
     with pytest.raises(ConfigError):
         ItemCFConfig(k=0)
+
+
+def test_use_rating_weights_history_by_rating_and_needs_a_rating_column(world):
+    from funnelrec.recall.usercf import UserCFConfig, UserCFRecall
+
+    ch = ItemCFRecall(ItemCFConfig(k=5, use_rating=True)).fit(world)
+    ratings = world.dataset.csr(world.interactions, value="rating").toarray()
+    scores = ratings @ ch.neighbours_.toarray().T  # target mode: Σ_i r(u, i) · sim_k(s → i)
+    scores[world.csr.toarray() > 0] = 0
+    b = ch.recall(np.arange(world.n_users), 6)
+    for u in range(world.n_users):
+        got = b.items[u][b.items[u] != PAD]
+        np.testing.assert_allclose(b.scores[u][: len(got)], scores[u, got], rtol=1e-5)
+        assert b.scores[u][0] == pytest.approx(scores[u].max(), rel=1e-5) if len(got) else scores[u].max() <= 0
+    no_rating = train_from_pairs([(0, 0), (1, 0), (1, 1)])
+    no_rating = TrainData(no_rating.dataset, no_rating.interactions.drop("rating"))
+    for channel in (ItemCFRecall(ItemCFConfig(use_rating=True)), UserCFRecall(UserCFConfig(use_rating=True))):
+        with pytest.raises(ConfigError, match="no 'rating' column"):
+            channel.fit(no_rating)

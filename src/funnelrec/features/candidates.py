@@ -9,7 +9,10 @@ industrial ranker gets from the recall stage (the "recall source" features).
 from __future__ import annotations
 
 import numpy as np
+import polars as pl
+import scipy.sparse as sp
 
+from funnelrec.core.errors import DataError, NotFittedError
 from funnelrec.core.types import MergedCandidates
 
 
@@ -58,3 +61,84 @@ def candidate_features(
         recalled.sum(1).astype(np.float32),
     ]).astype(np.float32)
     return u, items, X
+
+
+def _multi_hot(values: list[list], n_items: int) -> sp.csr_matrix:
+    """(I, V) binary item × attribute-value matrix of a multi-valued column."""
+    vocab: dict = {}
+    rows, cols = [], []
+    for i, vs in enumerate(values):
+        for v in vs or ():
+            rows.append(i)
+            cols.append(vocab.setdefault(v, len(vocab)))
+    return sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(n_items, max(len(vocab), 1)))
+
+
+class HistoryMatch:
+    """Match features between a user's history H_u (binary row of the training CSR) and a candidate i.
+
+    For each attribute column a (multi-valued item column, e.g. genres, directors), with A the
+    (I, V) item × value matrix:
+        count_a(u, i) = Σ_v (H_u A)_v · A_iv      (history events sharing a value with i)
+        share_a(u, i) = count_a / (|A_i| · |H_u|)  (the same, as a fraction of the history)
+    entered as log(1 + count_a) and share_a. With `ridge_lambda` > 0 (and at most `max_items`
+    items) also the item-to-item ridge-regression match (EASE, Steck 2019), fitted in closed form
+    on the same history:
+        P = (HᵀH + λI)⁻¹,  B = I − P · diag(1/diag(P)),  diag(B) = 0,  ridge(u, i) = (H_u B)_i.
+
+    fit(history (U, I) CSR, items table) → self; transform(users (M,), items (M,), history)
+    → (M, d) float32; `names_` has the d column names. The history passed to transform is the one
+    the features describe (the fitted one by default) so a request sees its user's current row.
+    """
+
+    def __init__(self, columns: tuple[str, ...] = ("genres", "directors"), ridge_lambda: float = 0.0,
+                 max_items: int = 20_000) -> None:
+        self.columns = tuple(columns)
+        self.ridge_lambda = ridge_lambda
+        self.max_items = max_items
+
+    def fit(self, history: sp.csr_matrix, items: pl.DataFrame) -> HistoryMatch:
+        n_items = history.shape[1]
+        missing = [c for c in self.columns if c not in items.columns]
+        if missing:
+            raise DataError(f"match columns {missing} not in the items table; it has: {', '.join(items.columns)}")
+        self.attrs_: dict[str, sp.csr_matrix] = {}
+        for c in self.columns:
+            col = items[c]
+            vals = col.to_list() if isinstance(col.dtype, pl.List) else [[v] if v is not None else [] for v in col.to_list()]
+            self.attrs_[c] = _multi_hot(vals, n_items)
+        self.names_ = [f"{p}_{c}" for c in self.columns for p in ("match_log", "match_share")]
+        self.ridge_ = None
+        if self.ridge_lambda > 0 and n_items <= self.max_items:
+            X = sp.csr_matrix(history, dtype=np.float64)
+            G = (X.T @ X).toarray()
+            G[np.diag_indices_from(G)] += self.ridge_lambda
+            P = np.linalg.inv(G)
+            B = -P / np.diag(P)
+            np.fill_diagonal(B, 0.0)
+            self.ridge_ = B.astype(np.float32)
+            self.names_.append("ridge_match")
+        self.history_ = sp.csr_matrix(history, dtype=np.float32)
+        return self
+
+    def transform(self, users: np.ndarray, items: np.ndarray, history: sp.csr_matrix | None = None) -> np.ndarray:
+        if not hasattr(self, "attrs_"):
+            raise NotFittedError("HistoryMatch is not fitted")
+        H = self.history_ if history is None else sp.csr_matrix(history, dtype=np.float32)
+        u = np.asarray(users, dtype=np.int64)
+        i = np.asarray(items, dtype=np.int64)
+        if len(u) == 0:
+            return np.empty((0, len(self.names_)), np.float32)
+        uniq, inv = np.unique(u, return_inverse=True)
+        Hu = H[uniq]  # (U', I): only the users asked about
+        n_hist = np.maximum(np.asarray(Hu.sum(1)).ravel(), 1.0)[inv]
+        cols = []
+        for A in self.attrs_.values():
+            UA = np.asarray((Hu @ A).todense())  # (U', V)
+            cnt = np.asarray(A[i].multiply(UA[inv]).sum(1)).ravel()
+            n_vals = np.maximum(np.diff(A.indptr)[i], 1)
+            cols += [np.log1p(cnt), cnt / n_vals / n_hist]
+        if self.ridge_ is not None:
+            HB = np.asarray(Hu @ self.ridge_)  # (U', I)
+            cols.append(HB[inv, i])
+        return np.column_stack(cols).astype(np.float32)

@@ -9,6 +9,7 @@ no per-sample `__getitem__`, no DataLoader workers.
 from __future__ import annotations
 
 import copy
+import os
 import math
 import time
 from collections.abc import Callable
@@ -25,11 +26,15 @@ Batch = dict[str, torch.Tensor]
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
 
 
-def setup_torch(num_threads: int = 2) -> None:
-    """Process-wide settings for fast CPU training/serving (see shared NOTES: denormals)."""
+def setup_torch(num_threads: int = 0) -> None:
+    """Process-wide settings for fast CPU training/serving (see shared NOTES: denormals).
+    num_threads > 0 sets torch's intra-op threads; 0 leaves the process setting alone (the
+    FUNNELREC_THREADS environment variable, if set, wins: the test suite uses 1)."""
     torch.set_flush_denormal(True)
-    if torch.get_num_threads() != num_threads:
-        torch.set_num_threads(num_threads)
+    env = os.environ.get("FUNNELREC_THREADS")
+    n = int(env) if env else num_threads
+    if n > 0 and torch.get_num_threads() != n:
+        torch.set_num_threads(n)
 
 
 @dataclass(frozen=True)
