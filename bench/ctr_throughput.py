@@ -1,12 +1,15 @@
 """CTR model zoo on the ml-100k CTR protocol: quality and training throughput.
 
-    .venv/bin/python bench/ctr_throughput.py [--models deepfm,dcnv2] [--epochs N] [--recbole]
+    .venv/bin/python bench/ctr_throughput.py [--models deepfm,dcnv2] [--epochs N] [--threads 1]
+        [--recbole [--recbole-models DeepFM,DCNV2]]
 
 Prints one JSON object: {"machine", "load_start", "load_end", "models": {name: {auc, gauc,
 logloss, train_samples_per_s, epochs, …}}, ["recbole": {...}, "ratios": {...}]}. With
 --recbole it also runs RecBole 1.2.1 DeepFM and DCNV2 in the same run through
 /work/shared/peers/recbole_run.py (venv from setup_venv.sh at $VENV, default /tmp/peers-venv)
-and reports our/RecBole samples/s ratios.
+and reports our/RecBole samples/s ratios. Both sides run with the same torch thread count
+(`--threads`, default 1: on the shared 2-core machine a second OpenMP thread spin-waits; RecBole
+gets OMP_NUM_THREADS/MKL_NUM_THREADS, which torch reads at start-up).
 """
 
 from __future__ import annotations
@@ -28,7 +31,11 @@ ALL = ["lr", "fm", "ffm", "gbdt_lr", "widedeep", "deepfm", "dcn", "dcnv2", "gdcn
 PEERS = Path(os.environ.get("PEERS", "/work/shared/peers"))
 
 
-def run_recbole(model: str, epochs: int | None) -> dict:
+PAIRS = {"DeepFM": "deepfm", "DCNV2": "dcnv2", "DCN": "dcn", "LR": "lr", "FM": "fm", "WideDeep": "widedeep",
+         "xDeepFM": "xdeepfm"}
+
+
+def run_recbole(model: str, epochs: int | None, threads: int) -> dict:
     py = Path(os.environ.get("VENV", "/tmp/peers-venv")) / "bin" / "python"
     out = Path("/tmp/peers-out/raw")
     cmd = [str(py), str(PEERS / "recbole_run.py"), "--task", "ctr", "--model", model, "--out", str(out)]
@@ -37,25 +44,32 @@ def run_recbole(model: str, epochs: int | None) -> dict:
     if model == "DCNV2":
         cmd.append("--flush-denormal")
     Path("/tmp/peers-work").mkdir(exist_ok=True)
-    subprocess.run(cmd, cwd="/tmp/peers-work", check=True, capture_output=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    subprocess.run(cmd, cwd="/tmp/peers-work", check=True, capture_output=True, env=env)
     r = json.loads((out / f"ctr_{model}.json").read_text())
     return {"auc": r["test_result"].get("auc"), "logloss": r["test_result"].get("logloss"),
-            "train_samples_per_s": r["train_samples_per_s"], "epochs": r["epochs_run"]}
+            "train_samples_per_s": r["train_samples_per_s"], "epochs": r["epochs_run"],
+            "torch_threads": r.get("torch_threads")}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default=",".join(ALL))
     ap.add_argument("--epochs", type=int, default=None, help="cap epochs (default: protocol's 20)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads, ours and RecBole's")
     ap.add_argument("--recbole", action="store_true")
+    ap.add_argument("--recbole-models", default="DeepFM,DCNV2", help=f"of {', '.join(PAIRS)}")
     args = ap.parse_args()
     ds = load_dataset("movielens-100k")
     res = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+           "threads": args.threads,
            "load_start": os.getloadavg()[0], "models": {}}
     for m in args.models.split(","):
         cfg = load_ctr_config(m)
+        trainer = {**cfg.get("trainer", {}), "num_threads": args.threads}
         if args.epochs:
-            cfg = {**cfg, "trainer": {**cfg.get("trainer", {}), "epochs": args.epochs}}
+            trainer["epochs"] = args.epochs
+        cfg = {**cfg, "trainer": trainer}
         t0 = time.perf_counter()
         r = evaluate_ctr(ds, m, cfg)
         r["wall_s"] = time.perf_counter() - t0
@@ -63,8 +77,10 @@ def main() -> None:
         print(json.dumps({m: res["models"][m]}), file=sys.stderr, flush=True)
     if args.recbole:
         res["recbole"], res["ratios"] = {}, {}
-        for ours, theirs in (("deepfm", "DeepFM"), ("dcnv2", "DCNV2")):
-            res["recbole"][theirs] = rb = run_recbole(theirs, args.epochs)
+        for theirs in args.recbole_models.split(","):
+            ours = PAIRS[theirs]
+            res["recbole"][theirs] = rb = run_recbole(theirs, args.epochs, args.threads)
+            print(json.dumps({theirs: rb}), file=sys.stderr, flush=True)
             if ours in res["models"]:
                 res["ratios"][f"{ours}/{theirs}"] = round(res["models"][ours]["train_samples_per_s"] / rb["train_samples_per_s"], 2)
     res["load_end"] = os.getloadavg()[0]

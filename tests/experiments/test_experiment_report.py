@@ -116,6 +116,19 @@ def test_srm_mismatch_is_flagged():
     assert rep.srm.mismatch and rep.rows[1].srm == "MISMATCH" and "MISMATCH" in rep.to_text()
     ok = build_report(df, ReportConfig(metrics=(MetricSpec("x"),), expected_shares={"control": 5, "b": 6}))
     assert not ok.srm.mismatch  # the configured split was 5:6
+    # variants named by numbers (as a CSV reads them) are the same report
+    coded = df.with_columns(pl.col("variant").replace_strict({"control": 0, "b": 1}))
+    same = build_report(coded, ReportConfig(metrics=(MetricSpec("x"),), control="0", expected_shares={"0": 5, "1": 6}))
+    assert same.srm == ok.srm and same.results[("x", "1")] == ok.results[("x", "b")]
+
+
+def test_bad_report_config_is_a_config_error():
+    from funnelrec.core.config import from_dict
+    from funnelrec.core.errors import ConfigError
+
+    for bad in ({"alpha": 1.5}, {"srm_alpha": 0}, {"msprt_tau": -1}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            from_dict(ReportConfig, {"metrics": [{"name": "x"}], **bad})
 
 
 def test_bad_input(events):

@@ -20,7 +20,7 @@ from funnelrec.recall.geo import GeoRecall
 from funnelrec.recall.merge import MergeConfig, snake_merge
 from funnelrec.recall.swing import swing_neighbours
 from funnelrec.recall.tag import TagRecall
-from funnelrec.recall.usercf import UserCFRecall
+from funnelrec.recall.usercf import UserCFConfig, UserCFRecall
 
 DAY = 86400
 
@@ -38,29 +38,40 @@ def small_world(pairs, items=None, users=None) -> TrainData:
     return TrainData(ds, ds.interactions)
 
 
-def test_swing_matches_brute_force_definition():
+@pytest.mark.parametrize("alpha, beta, gamma", [(1.0, 0.5, 0.0), (0.3, 0.8, 0.5)])
+def test_swing_matches_brute_force_definition(alpha, beta, gamma):
     rng = np.random.default_rng(7)
     A = (rng.random((12, 8)) < 0.5).astype(np.float32)
-    N = swing_neighbours(sp.csr_matrix(A), k=8, alpha=1.0).toarray()
-    w = A.sum(1) ** -0.5
+    # caps at the largest row/column length are no caps: the result must not change
+    N = swing_neighbours(sp.csr_matrix(A), k=8, alpha=alpha, user_weight_power=beta, popularity_power=gamma,
+                         max_users_per_item=int(A.sum(0).max()), max_items_per_user=int(A.sum(1).max())).toarray()
+    w = A.sum(1) ** -beta
+    pop = A.sum(0)
     ref = np.zeros((8, 8))
     for i, j in itertools.permutations(range(8), 2):
         both = np.flatnonzero(A[:, i] * A[:, j])
         for u, v in itertools.combinations(both, 2):
             ov = int((A[u] * A[v]).sum())
-            ref[i, j] += w[u] * w[v] / (1.0 + ov)
+            ref[i, j] += w[u] * w[v] / (alpha + ov)
+        ref[i, j] /= (pop[i] * pop[j]) ** gamma
     np.testing.assert_allclose(N, ref, rtol=1e-5, atol=1e-8)
 
 
 def test_usercf_scores_by_hand():
-    # users 0,1 share item 0 (pop 2); user 2 shares item 2 with user 0 (pop 2); items 1, 3 are new
-    td = small_world([(0, 0), (0, 2), (1, 0), (1, 1), (2, 2), (2, 3)])
-    ch = UserCFRecall().fit(td)
-    b = ch.recall(np.array([0]), 5)
-    s01 = (1 / np.log(3)) / np.sqrt(2 * 2)  # sim(0,1) via item 0
-    s02 = (1 / np.log(3)) / np.sqrt(2 * 2)  # sim(0,2) via item 2
-    assert b.items[0].tolist()[:2] == [1, 3] and (b.items[0][2:] == PAD).all()
-    np.testing.assert_allclose(b.scores[0][:2], [s01, s02], rtol=1e-5)
+    # histories: u0 {0, 2}, u1 {0, 1}, u2 {2, 3, 5}, u3 {0, 2, 4}; popularity: items 0, 2 → 3, others → 1
+    td = small_world([(0, 0), (0, 2), (1, 0), (1, 1), (2, 2), (2, 3), (2, 5), (3, 0), (3, 2), (3, 4)])
+    w = 1 / np.log(4)  # hot-item damping of items 0 and 2
+    s01, s02, s03 = w / np.sqrt(2 * 2), w / np.sqrt(2 * 3), 2 * w / np.sqrt(2 * 3)
+    b = UserCFRecall().fit(td).recall(np.array([0]), 5)
+    # item 4 via u3, item 1 via u1, items 3 and 5 via u2 (a tie: lower index first)
+    assert b.items[0].tolist() == [4, 1, 3, 5, PAD]
+    np.testing.assert_allclose(b.scores[0][:4], [s03, s01, s02, s02], rtol=1e-5)
+    # k = 2 neighbours: u3 (0.59) and u1 (0.36) are kept, u2 (0.29) is not
+    b = UserCFRecall(UserCFConfig(k=2)).fit(td).recall(np.array([0]), 5)
+    assert b.items[0].tolist() == [4, 1, PAD, PAD, PAD]
+    # without damping: sim = |I_u ∩ I_v| / sqrt(|I_u|·|I_v|)
+    b = UserCFRecall(UserCFConfig(hot_damping=False)).fit(td).recall(np.array([0]), 2)
+    np.testing.assert_allclose(b.scores[0], [2 / np.sqrt(6), 1 / 2], rtol=1e-5)
 
 
 def test_tag_recall_by_hand():
@@ -86,6 +97,15 @@ def test_fresh_recall_newest_first_and_context_time():
     np.testing.assert_allclose(b.scores[1][:3], np.exp(-np.array([1, 5, 9]) / 10.0), rtol=1e-5)
     b = ch.recall(np.array([-1]), 4, RecallContext(time=6 * DAY))
     assert b.items[0].tolist() == [0, 2, PAD, PAD]
+    # served after `now`: item 3 (published on day 30, after training) is offered from day 30 on,
+    # and the scores are fresh at the request's time
+    b = ch.recall(np.array([-1]), 4, RecallContext(time=29 * DAY))
+    assert b.items[0].tolist() == [1, 0, 2, PAD]
+    b = ch.recall(np.array([-1]), 4, RecallContext(time=31 * DAY))
+    assert b.items[0].tolist() == [3, 1, 0, 2]
+    np.testing.assert_allclose(b.scores[0], np.exp(-np.array([1, 22, 26, 30]) / 10.0), rtol=1e-5)
+    capped = FreshRecall(FreshConfig(tau_days=10.0, max_items=1)).fit(td)  # 1 newest past item + future ones
+    assert capped.recall(np.array([-1]), 4, RecallContext(time=31 * DAY)).items[0].tolist() == [3, 1, PAD, PAD]
     tags = FreshRecall(FreshConfig(tau_days=10.0, by_user_tags=True)).fit(td)
     assert tags.personalized and tags.recall(np.array([1]), 4).items[0].tolist() == [0, PAD, PAD, PAD]
 

@@ -169,3 +169,29 @@ def test_use_rating_weights_history_by_rating_and_needs_a_rating_column(world):
     for channel in (ItemCFRecall(ItemCFConfig(use_rating=True)), UserCFRecall(UserCFConfig(use_rating=True))):
         with pytest.raises(ConfigError, match="no 'rating' column"):
             channel.fit(no_rating)
+
+
+def test_user_history_rows_match_dense_reference():
+    from funnelrec.recall._common import UserHistory
+    from funnelrec.recall.base import RecallContext
+
+    A = random_binary(8, U=9, I=12, p=0.4)
+    W = A * np.arange(1, 13)[None, :]  # weights differ from the binary matrix
+    h = UserHistory(sp.csr_matrix(A), sp.csr_matrix(W))
+    users = np.array([4, -1, 8, 9, 0, 4])  # unknown (-1) and out of range (9): empty rows
+    extra = [np.array([11]), np.array([2, 2]), np.array([], np.int64), np.array([0]), np.array([99]), np.array([])]
+    H, seen = h.matrix(users, RecallContext(extra={"history": extra}))
+    ok = (users >= 0) & (users < 9)
+    ref_seen = np.where(ok[:, None], A[np.where(ok, users, 0)], 0)
+    ref_H = np.where(ok[:, None], W[np.where(ok, users, 0)], 0)
+    for r, e in enumerate(extra):
+        e = np.asarray(e, np.int64)
+        e = e[(e >= 0) & (e < 12)]
+        ref_seen[r, e] = 1
+        ref_H[r, e] = np.maximum(ref_H[r, e], 1)
+    np.testing.assert_array_equal(seen.toarray(), ref_seen)
+    np.testing.assert_array_equal(H.toarray(), ref_H)
+    assert h.unknown_items == 1  # item 99
+    H, seen = UserHistory(sp.csr_matrix(A)).matrix(np.array([3, -1]), None)
+    np.testing.assert_array_equal(H.toarray(), [A[3], np.zeros(12)])
+    assert H.has_sorted_indices and seen.has_sorted_indices

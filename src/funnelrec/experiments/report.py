@@ -88,6 +88,11 @@ class ReportConfig:
         names = [m.name for m in self.metrics]
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate metric names: {names}")
+        for key in ("alpha", "srm_alpha"):
+            if not 0.0 < getattr(self, key) < 1.0:
+                raise ValueError(f"{key} must be in (0, 1), got {getattr(self, key)}")
+        if self.msprt_tau <= 0:
+            raise ValueError(f"msprt_tau must be > 0, got {self.msprt_tau}")
 
 
 @dataclass(frozen=True)
@@ -332,6 +337,7 @@ def build_report(df: pl.DataFrame, config: ReportConfig) -> Report:
     """Aggregate per user, test every treatment arm against control on every metric."""
     cfg = config
     variants = _check_input(df, cfg)
+    df = df.with_columns(pl.col(cfg.variant_column).cast(pl.String))  # names compare as text (a CSV may hold 0/1)
     has_days = cfg.day_column in df.columns
     days = sorted(df[cfg.day_column].unique().to_list()) if has_days else []
     per_day = _cumulative_per_user(df, cfg, days) if has_days else []

@@ -33,6 +33,7 @@ import torch
 
 from funnelrec.core.errors import ConfigError, DataError, NotFittedError
 from funnelrec.data.dataset import TrainData
+from funnelrec.features.cf import NeighborhoodCF
 from funnelrec.features.fid import (
     PAD_FID,
     FidVocab,
@@ -45,9 +46,11 @@ from funnelrec.features.fid import (
 )
 from funnelrec.features.match import MatchCounter
 from funnelrec.features.sequences import UserHistory
+from funnelrec.features.target import TargetEncoder
 from funnelrec.features.transforms import CdfNormalizer, QuantileBucketizer, log1p_transform
 from funnelrec.models.ranking.base import FeatureSpec
 
+CF_FEATURES = ("itemcf_label", "itemcf_rating", "usercf_label", "usercf_rating")
 COUNT_FEATURES = ("user_count", "item_count", "user_pos_rate", "item_pos_rate",
                   "user_mean_rating", "item_mean_rating")
 CONTEXT_FEATURES = ("hour", "weekday")
@@ -71,6 +74,20 @@ class FeatureEncoderConfig:
     match_columns: tuple[str, ...] = ()  # "item_id" or item columns (positive history)
     affinity_columns: tuple[str, ...] = ()  # item columns: user's smoothed positive rate on them
     min_count: int = 1  # FID admission: seen fewer times in training → row 0
+    # target encoding (features/target.py): per key — columns of users/items, "user_id",
+    # "item_id", e.g. (user_id,), (item_id,), (user_id, genres), (item_id, gender) — the smoothed
+    # TRAIN mean of each target value ("label": posterior CTR; "rating": the label column's raw
+    # mean), out-of-fold for training rows (target_folds ≥ 2; 0 = leave-one-out)
+    target_keys: tuple[tuple[str, ...], ...] = ()
+    target_values: tuple[str, ...] = ("label",)
+    target_folds: int = 5
+    target_smoothing: float = 10.0
+    target_counts: bool = False  # also log1p(Σ N'[c]) of each key
+    # neighbourhood estimates of the label (features/cf.py): item-CF / user-CF over TRAIN, label
+    # or user-centred rating, similarities from the binary matrix with the diagonal zeroed
+    cf_features: tuple[str, ...] = ()  # subset of CF_FEATURES
+    cf_power: float = 3.0
+    cf_smoothing: float = 1.0
     label_column: str = "rating"
     label_threshold: float | None = 4.0  # label = column ≥ threshold; None: column must be 0/1
 
@@ -83,6 +100,14 @@ class FeatureEncoderConfig:
             raise ConfigError(f"unknown context features {bad}; known: {', '.join(CONTEXT_FEATURES)}")
         if self.multi_width < 1 or self.seq_len < 0 or self.min_count < 1:
             raise ConfigError("multi_width ≥ 1, seq_len ≥ 0 and min_count ≥ 1 are required")
+        bad = [c for c in self.cf_features if c not in CF_FEATURES]
+        if bad:
+            raise ConfigError(f"unknown cf features {bad}; known: {', '.join(CF_FEATURES)}")
+        bad = [v for v in self.target_values if v not in ("label", "rating")]
+        if bad:
+            raise ConfigError(f"unknown target values {bad}; known: label, rating")
+        if any(len(k) == 0 for k in self.target_keys):
+            raise ConfigError("target_keys: every key needs ≥ 1 column")
         if self.seq_len and not self.include_ids:
             raise ConfigError("seq_len > 0 needs include_ids (sequence items use item-id rows)")
 
@@ -243,7 +268,97 @@ class FeatureEncoder:
                 values = [[v] if v is not None else [] for v in values]
             self.affinity_[c] = MatchCounter(ds.n_users).fit(u, i, ts, values, weights=labels)
             self.dense_names_ += [f"affinity_{c}", f"affinity_n_{c}"]
+        self._fit_target_encoding(train, u, i, labels)
+        self.cf_: dict[str, NeighborhoodCF] = {}
+        r = inter[cfg.label_column].cast(pl.Float64).to_numpy()
+        for kind in dict.fromkeys(c.split("cf_")[0] for c in cfg.cf_features):
+            self.cf_[kind] = NeighborhoodCF(kind, cfg.cf_power, cfg.cf_smoothing).fit(
+                u, i, labels, r, ds.n_users, ds.n_items)
+        for c in cfg.cf_features:
+            self.cdf_[c] = CdfNormalizer().fit(self._cf_value(c, u, i))
+            self.dense_names_.append(c)
         return self
+
+    def _cf_value(self, name: str, u: np.ndarray, i: np.ndarray) -> np.ndarray:
+        kind, target = name.split("cf_")
+        return self.cf_[kind].transform(u, i)[:, 0 if target == "label" else 1]
+
+    # ------------------------------------------------------------------ target encoding
+    def _entity_codes(self, ds, col: str) -> tuple[str, np.ndarray, int]:
+        """(side, (n_entities, W) int64 codes with -1 = missing, cardinality) of a column."""
+        if col in ("user_id", "item_id"):
+            n = ds.n_users if col == "user_id" else ds.n_items
+            return col.split("_")[0], np.arange(n, dtype=np.int64)[:, None], n
+        if col in ds.users.columns:
+            side, series = "user", ds.users[col]
+        elif col in ds.items.columns:
+            side, series = "item", ds.items[col]
+        else:
+            raise DataError(f"target key column {col!r} is in neither the users nor the items table")
+        if isinstance(series.dtype, pl.List):
+            lists = series.to_list()
+            flat = [v for vs in lists if vs is not None for v in vs if v is not None]
+            uniq = {v: k for k, v in enumerate(dict.fromkeys(flat))}
+            w = max([len(vs) for vs in lists if vs is not None] + [1])
+            out = np.full((len(lists), w), -1, dtype=np.int64)
+            for r, vs in enumerate(lists):
+                for j, v in enumerate(vs or []):
+                    if v is not None:
+                        out[r, j] = uniq[v]
+            return side, out, max(len(uniq), 1)
+        vals = series.to_list()
+        uniq = {v: k for k, v in enumerate(dict.fromkeys(v for v in vals if v is not None))}
+        return side, np.array([uniq[v] if v is not None else -1 for v in vals], dtype=np.int64)[:, None], max(len(uniq), 1)
+
+    def _key_codes(self, key: int, u: np.ndarray, i: np.ndarray) -> np.ndarray:
+        """(N, W) combined codes of target key `key` for samples (u, i); -1 = missing."""
+        out = np.zeros((len(u), 1), dtype=np.int64)
+        for side, codes, card in self._te_cols_[key]:
+            c = codes[u if side == "user" else i]  # (N, Wc)
+            comb = out[:, :, None] * card + c[:, None, :]
+            comb = np.where((out[:, :, None] < 0) | (c[:, None, :] < 0), -1, comb)
+            out = comb.reshape(len(u), -1)
+        return out
+
+    def _fit_target_encoding(self, train: TrainData, u: np.ndarray, i: np.ndarray, labels: np.ndarray) -> None:
+        cfg = self.config
+        self.target_encoders_: list[TargetEncoder] = []
+        self._te_cols_: list[list[tuple[str, np.ndarray, int]]] = []
+        if not cfg.target_keys:
+            return
+        inter = train.interactions
+        vals = [labels.astype(np.float64) if v == "label" else inter[cfg.label_column].cast(pl.Float64).to_numpy()
+                for v in cfg.target_values]
+        values = np.stack(vals, axis=1)
+        pairs = u * self.n_items_ + i
+        for key in cfg.target_keys:
+            cols = [self._entity_codes(train.dataset, c) for c in key]
+            n_codes = int(np.prod([c[2] for c in cols], dtype=np.float64))
+            if n_codes > 50_000_000:
+                raise ConfigError(f"target key {key}: {n_codes} combinations is too many to count")
+            self._te_cols_.append(cols)
+            codes = self._key_codes(len(self._te_cols_) - 1, u, i)
+            te = TargetEncoder(cfg.target_folds, cfg.target_smoothing, seed=0).fit(codes, values, pairs, n_codes)
+            self.target_encoders_.append(te)
+            name = "*".join(key)
+            enc, n = te.transform(codes, pairs)  # the training rows' own (out-of-fold) values
+            for j, v in enumerate(cfg.target_values):
+                self.cdf_[f"te_{v}_{name}"] = CdfNormalizer().fit(enc[:, j])
+                self.dense_names_.append(f"te_{v}_{name}")
+            if cfg.target_counts:
+                self.dense_names_.append(f"te_n_{name}")
+
+    def _target_dense(self, u: np.ndarray, i: np.ndarray) -> list[np.ndarray]:
+        cols = []
+        pairs = u * self.n_items_ + i
+        for k, (key, te) in enumerate(zip(self.config.target_keys, self.target_encoders_)):
+            enc, n = te.transform(self._key_codes(k, u, i), pairs)
+            name = "*".join(key)
+            for j, v in enumerate(self.config.target_values):
+                cols.append(self.cdf_[f"te_{v}_{name}"].transform(enc[:, j]))
+            if self.config.target_counts:
+                cols.append(log1p_transform(n))
+        return cols
 
     def _validate_columns(self, users: pl.DataFrame, items: pl.DataFrame, inter: pl.DataFrame) -> None:
         cfg = self.config
@@ -370,6 +485,9 @@ class FeatureEncoder:
             n = m.count(u, i, ts)
             cols.append((m.count(u, i, ts, weighted=True) + sm * self._ybar) / (n + sm))
             cols.append(log1p_transform(n))
+        cols += self._target_dense(u, i)
+        for c in self.config.cf_features:
+            cols.append(self.cdf_[c].transform(self._cf_value(c, u, i)))
         return np.stack(cols, axis=1).astype(np.float32)
 
     def encode(self, interactions: pl.DataFrame, with_time: bool | None = None) -> dict[str, torch.Tensor]:

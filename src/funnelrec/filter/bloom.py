@@ -139,11 +139,17 @@ def _split_checksum(blob: bytes, what: str) -> memoryview:
     return body
 
 
-def _check_header(header: tuple, magic: bytes, what: str) -> None:
+def _open_blob(blob: bytes, layout: struct.Struct, magic: bytes, what: str) -> tuple[tuple, memoryview]:
+    """Check a serialized blob's checksum, length, magic and version → (header fields, body)."""
+    body = _split_checksum(blob, what)
+    if len(body) < layout.size:
+        raise ArtifactError(f"{what} is truncated")
+    header = layout.unpack(body[: layout.size])
     if header[0] != magic:
         raise ArtifactError(f"{what}: bad magic {header[0]!r}, expected {magic!r}")
     if header[1] != _VERSION:
         raise ArtifactError(f"{what}: unsupported format version {header[1]}, expected {_VERSION}")
+    return header, body
 
 
 def _set_bits(bits: np.ndarray, pos: np.ndarray) -> None:
@@ -216,11 +222,7 @@ class BloomFilter:
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> BloomFilter:
-        body = _split_checksum(blob, "Bloom filter blob")
-        if len(body) < _BLOOM_HEADER.size:
-            raise ArtifactError("Bloom filter blob is truncated")
-        header = _BLOOM_HEADER.unpack(body[: _BLOOM_HEADER.size])
-        _check_header(header, _BLOOM_MAGIC, "Bloom filter blob")
+        header, body = _open_blob(blob, _BLOOM_HEADER, _BLOOM_MAGIC, "Bloom filter blob")
         _, _, capacity, fp_rate, seed, m, k, count, payload_len = header
         try:
             bf = cls(capacity, fp_rate, seed)
@@ -490,11 +492,7 @@ class CountingBloomFilter:
         return body + _CHECKSUM.pack(_checksum(body))
 
     def _parse_slice(self, blob: bytes) -> tuple[int, int, np.ndarray]:
-        body = _split_checksum(blob, "counting Bloom slice blob")
-        if len(body) < _SLICE_HEADER.size:
-            raise ArtifactError("counting Bloom slice blob is truncated")
-        header = _SLICE_HEADER.unpack(body[: _SLICE_HEADER.size])
-        _check_header(header, _SLICE_MAGIC, "counting Bloom slice blob")
+        header, body = _open_blob(blob, _SLICE_HEADER, _SLICE_MAGIC, "counting Bloom slice blob")
         _, _, m, k, seed, slice_id, count, payload_len = header
         if (m, k, seed) != (self.m, self.k, self.seed):
             raise ArtifactError(
@@ -547,11 +545,7 @@ class CountingBloomFilter:
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> CountingBloomFilter:
-        body = _split_checksum(blob, "counting Bloom filter blob")
-        if len(body) < _COUNTING_HEADER.size:
-            raise ArtifactError("counting Bloom filter blob is truncated")
-        header = _COUNTING_HEADER.unpack(body[: _COUNTING_HEADER.size])
-        _check_header(header, _COUNTING_MAGIC, "counting Bloom filter blob")
+        header, body = _open_blob(blob, _COUNTING_HEADER, _COUNTING_MAGIC, "counting Bloom filter blob")
         _, _, capacity, fp_rate, window_s, slice_s, seed, n_slices = header
         try:
             cbf = cls(capacity, fp_rate, None if window_s < 0 else window_s, slice_s, seed)

@@ -20,13 +20,13 @@ import polars as pl
 import scipy.sparse as sp
 
 from funnelrec.core.config import from_dict
-from funnelrec.core.errors import ArtifactError, NotFittedError
-from funnelrec.core.registry import RECALL_CHANNELS
+from funnelrec.core.errors import ArtifactError, ConfigError, NotFittedError
+from funnelrec.core.registry import RANKERS, RECALL_CHANNELS
 from funnelrec.core.types import PAD, CandidateBatch, MergedCandidates
 from funnelrec.data.dataset import Dataset, TrainData, interactions_csr
 from funnelrec.pipeline.config import ChannelSpec, FunnelConfig
 from funnelrec.recall.base import RecallChannel, RecallContext
-from funnelrec.train.candidate_ranker import CandidateRanker, CandidateRankerConfig
+from funnelrec.train.candidate_ranker import CandidateRanker, LabelSet
 
 _MAGIC = b"funnelrec-funnel-v1\n"
 
@@ -54,6 +54,9 @@ class Recommendation:
     debug: dict[str, Any] = field(default_factory=dict)
     recall_scores: np.ndarray | None = None  # (k, C) each channel's recall score, NaN = not recalled
     recall_channels: list[str] = field(default_factory=list)  # the C channel names of recall_scores
+    task_scores: dict[str, np.ndarray] = field(default_factory=dict)  # each ranker task's logit (k,)
+    prerank_scores: np.ndarray | None = None  # (k,) the pre-ranker's score, None without one
+    # `scores` is the fused score Σ_t w_t · task_scores[t] (merge order without a ranker)
 
 
 class Funnel:
@@ -66,6 +69,11 @@ class Funnel:
         """Fit every channel on `train`; train the ranker on the merged candidates of the users
         in `labels` (interactions after/beside train, e.g. the validation split) as positives."""
         cfg = self.config
+        if labels is not None:  # an unknown ranker name fails before anything is fitted
+            from funnelrec.models.ranking.common import load_all
+
+            load_all()
+            RANKERS.get(cfg.rank.model)
         self.dataset_ = dataset
         data = TrainData(dataset, train)
         self.history_ = data.csr
@@ -86,18 +94,49 @@ class Funnel:
             self.channels_[spec.name] = build_channel(spec).fit(data)
             self.fit_seconds_[spec.name] = time.perf_counter() - t0
         self.ranker_ = None
+        self.prerank_ = None
         if labels is not None and labels.height:
-            users = np.unique(labels["user_idx"].to_numpy())
-            positives = interactions_csr(labels, dataset.n_users, n_items)
-            merged = self.candidates(users)
-            rs = cfg.rank
             t0 = time.perf_counter()
-            self.ranker_ = CandidateRanker(CandidateRankerConfig(
-                epochs=rs.epochs, lr=rs.lr, batch_size=rs.batch_size, random_negatives=rs.random_negatives,
-                seed=rs.seed)).fit(merged, users, positives, self.item_log_pop_, self.user_log_act_,
-                                   self.history_, progress=progress)
+            self.ranker_ = self._fit_ranker(dataset, train, labels, progress)
             self.fit_seconds_["ranker"] = time.perf_counter() - t0
+            if cfg.prerank.enabled:
+                from funnelrec.pipeline.stages import fit_prerank
+
+                t0 = time.perf_counter()
+                self.prerank_ = fit_prerank(self, np.unique(labels["user_idx"].to_numpy()), cfg.prerank)
+                self.fit_seconds_["prerank"] = time.perf_counter() - t0
         return self
+
+    def _label_set(self, channels: dict[str, RecallChannel], data: TrainData, labels: pl.DataFrame) -> LabelSet:
+        ds = data.dataset
+        users = np.unique(labels["user_idx"].to_numpy())
+        value = self.config.rank.like_value_column(labels)
+        positives = interactions_csr(labels, ds.n_users, ds.n_items, value=value)
+        if value is None:
+            positives.data[:] = 1.0
+        hist = data.csr
+        pop = np.log1p(np.bincount(data.interactions["item_idx"].to_numpy(), minlength=ds.n_items)).astype(np.float32)
+        act = np.log1p(np.diff(hist.indptr)).astype(np.float32)
+        merged = self.merge(self._recall_with(channels, users, None))
+        return LabelSet(merged, users, positives, hist, pop, act)
+
+    def _fit_ranker(self, dataset: Dataset, train: pl.DataFrame, labels: pl.DataFrame,
+                    progress: bool) -> CandidateRanker:
+        """The real label set (channels on train, labels) plus `rank.label_folds` folds carved from
+        train: each user's `fold_fraction` of train rows become labels, channels refit on the rest."""
+        rs = self.config.rank
+        sets = [self._label_set(self.channels_, TrainData(dataset, train), labels)]
+        for f in range(rs.label_folds):
+            rng = np.random.default_rng(rs.seed + 1 + f)
+            t = train.with_columns(pl.Series("_r", rng.random(train.height)))
+            t = t.with_columns(pl.col("_r").rank("ordinal").over("user_idx").alias("_k"),
+                               (pl.len().over("user_idx") * rs.fold_fraction).floor().alias("_m"))
+            fold_labels = t.filter(pl.col("_k") <= pl.col("_m")).drop("_r", "_k", "_m")
+            rest = t.filter(pl.col("_k") > pl.col("_m")).drop("_r", "_k", "_m")
+            data = TrainData(dataset, rest)
+            chans = {spec.name: build_channel(spec).fit(data) for spec in self.config.recall.channels}
+            sets.append(self._label_set(chans, data, fold_labels))
+        return CandidateRanker(rs.ranker_config()).fit(dataset, train, sets, progress=progress)
 
     def _check(self) -> None:
         if not hasattr(self, "channels_"):
@@ -107,14 +146,14 @@ class Funnel:
     def recall(self, users: np.ndarray, context: RecallContext | None = None,
                channels: list[str] | None = None) -> list[CandidateBatch]:
         self._check()
+        chans = self.channels_ if channels is None else {k: v for k, v in self.channels_.items() if k in channels}
+        return self._recall_with(chans, users, context)
+
+    def _recall_with(self, channels: dict[str, RecallChannel], users: np.ndarray,
+                     context: RecallContext | None) -> list[CandidateBatch]:
         users = np.asarray(users, dtype=np.int64)
-        out = []
-        for spec in self.config.recall.channels:
-            if channels is not None and spec.name not in channels:
-                continue
-            ch = self.channels_[spec.name]
-            out.append(ch.recall(users, spec.n, context))
-        return out
+        return [channels[spec.name].recall(users, spec.n, context)
+                for spec in self.config.recall.channels if spec.name in channels]
 
     def merge(self, batches: list[CandidateBatch]) -> list[MergedCandidates]:
         from funnelrec.recall.merge import snake_merge
@@ -141,21 +180,83 @@ class Funnel:
 
     def rank(self, merged: list[MergedCandidates], users: np.ndarray) -> list[np.ndarray]:
         """Scores for each user's candidates: the ranker's logit, or merge order without one."""
-        if self.ranker_ is None:
-            return [-np.arange(len(m), dtype=np.float32) for m in merged]
-        return self.ranker_.score(merged, np.maximum(users, 0), self.item_log_pop_, self.user_log_act_)
+        return [fused for fused, _ in self.rank_tasks(merged, users)]
+
+    def rank_tasks(self, merged: list[MergedCandidates], users: np.ndarray,
+                   weights: dict[str, float] | None = None) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
+        """Per user: (fused score, {task: logit}) of its candidates. fused = Σ_t w_t · logit_t with
+        the config's fusion weights, overridden by `weights`; merge order without a ranker."""
+        if getattr(self, "ranker_", None) is None:
+            return [(-np.arange(len(m), dtype=np.float32), {}) for m in merged]
+        from funnelrec.pipeline.stages import fuse
+
+        w = {**self.config.fusion.weights, **(weights or {})}
+        tasks = self.ranker_.score_tasks(merged, np.maximum(users, 0), self.item_log_pop_, self.user_log_act_)
+        return [(fuse(t, w), t) for t in tasks]
+
+    # ------------------------------------------------------------------ answers
+    def prerank(self, merged: list[MergedCandidates], users: np.ndarray
+                ) -> tuple[list[MergedCandidates], list[np.ndarray | None]]:
+        """Cut each user's candidates to the pre-ranker's top `prerank.keep` (merge order kept);
+        returns the cut sets and the kept items' pre-rank scores (None without a pre-ranker)."""
+        pre = getattr(self, "prerank_", None)
+        if pre is None:
+            return merged, [None] * len(merged)
+        scores = pre.score(users, merged)
+        out, kept = [], []
+        for m, s in zip(merged, scores):
+            pos = pre.keep_positions(s)
+            out.append(_subset(m, pos))
+            kept.append(s[pos])
+        return out, kept
+
+    def final_order(self, m: MergedCandidates, fused: np.ndarray, k: int,
+                    params: dict[str, Any] | None = None) -> np.ndarray:
+        """Positions of the top k: fused order, then the configured diversity re-rank
+        (an experiment may override it with params {"rerank": {...}})."""
+        from funnelrec.pipeline.stages import cap_rerank, mmr_rerank
+
+        order = np.argsort(-fused, kind="stable")
+        rr = self.config.rerank
+        over = (params or {}).get("rerank")
+        if over:
+            from dataclasses import replace
+
+            rr = replace(rr, **over)
+        if rr.method == "none" or len(order) == 0:
+            return order[:k]
+        cats = self._categories(rr.column)
+        head = order[: rr.window]
+        if rr.method == "cap":
+            head = cap_rerank(head, m.items, cats, rr.max_per_category, k)
+        else:
+            head = mmr_rerank(head, m.items, fused, cats, rr.mmr_lambda, k)
+        return head[:k]
+
+    def _categories(self, column: str) -> sp.csr_matrix:
+        cache = self.__dict__.setdefault("_category_cache", {})
+        if column not in cache:
+            from funnelrec.pipeline.stages import category_matrix
+
+            items = self.dataset_.items
+            if column not in items.columns:
+                raise ConfigError(f"rerank.column {column!r} not in the items table: {', '.join(items.columns)}")
+            cache[column] = category_matrix(items[column].to_list(), self.dataset_.n_items)
+        return cache[column]
 
     # ------------------------------------------------------------------ answers
     def recommend_batch(self, users: np.ndarray, k: int, exclude: sp.csr_matrix | None = None,
                         context: RecallContext | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(U, k) item indices (PAD-filled) and scores for many users: the offline path."""
+        """(U, k) item indices (PAD-filled) and fused scores for many users: the offline path."""
         users = np.asarray(users, dtype=np.int64)
         merged = self.candidates(users, context, exclude)
-        scores = self.rank(merged, users)
+        merged, _ = self.prerank(merged, users)
+        ranked = self.rank_tasks(merged, users, _experiment_weights(context))
+        params = _experiment_params(context)
         items = np.full((len(users), k), PAD, np.int64)
         out_s = np.full((len(users), k), -np.inf, np.float32)
-        for row, (m, s) in enumerate(zip(merged, scores)):
-            top = np.argsort(-s, kind="stable")[:k]
+        for row, (m, (s, _)) in enumerate(zip(merged, ranked)):
+            top = self.final_order(m, s, k, params)
             items[row, : len(top)] = m.items[top]
             out_s[row, : len(top)] = s[top]
         return items, out_s
@@ -187,20 +288,31 @@ class Funnel:
             removed = merged[0].items[exposed]
             merged[0] = _subset(merged[0], ~exposed)
             t["filter"] = (time.perf_counter() - t1) * 1e3
+        n_merged = len(merged[0])
+        pre_scores = None
+        if getattr(self, "prerank_", None) is not None:
+            t1 = time.perf_counter()
+            merged, kept = self.prerank(merged, users)
+            pre_scores = kept[0]
+            t["prerank"] = (time.perf_counter() - t1) * 1e3
         t1 = time.perf_counter()
-        scores = self.rank(merged, users)[0]
+        scores, tasks = self.rank_tasks(merged, users, _experiment_weights(context))[0]
         t["rank"] = (time.perf_counter() - t1) * 1e3
         m = merged[0]
-        top = np.argsort(-scores, kind="stable")[:k]
+        t1 = time.perf_counter()
+        top = self.final_order(m, scores, k, _experiment_params(context))
+        t["rerank"] = (time.perf_counter() - t1) * 1e3
         t["total"] = (time.perf_counter() - t0) * 1e3
         dbg = {}
         if debug:
-            dbg = {"candidates": len(m), "per_channel": {b.channel: int((b.items[0] != PAD).sum()) for b in batches},
-                   "filtered": removed.tolist()}
+            dbg = {"candidates": n_merged, "per_channel": {b.channel: int((b.items[0] != PAD).sum()) for b in batches},
+                   "filtered": removed.tolist(), "ranked": len(m)}
         return Recommendation(
             user_idx=int(user_idx), items=m.items[top], scores=scores[top],
             channels=[m.channels_of(int(p)) for p in top], cold_start=bool(cold), timings_ms=t, debug=dbg,
             recall_scores=m.scores[top], recall_channels=list(m.channels),
+            task_scores={name: v[top] for name, v in tasks.items()},
+            prerank_scores=None if pre_scores is None else pre_scores[top],
         )
 
     # ------------------------------------------------------------------ persistence
@@ -229,6 +341,18 @@ class Funnel:
         if not isinstance(obj, Funnel):
             raise ArtifactError(f"{path}: holds a {type(obj).__name__}, not a funnel")
         return obj
+
+
+def _experiment_params(context: RecallContext | None) -> dict[str, Any]:
+    if context is None:
+        return {}
+    p = context.extra.get("experiment_params") or {}
+    return p if isinstance(p, dict) else {}
+
+
+def _experiment_weights(context: RecallContext | None) -> dict[str, float] | None:
+    w = _experiment_params(context).get("fusion_weights")
+    return dict(w) if isinstance(w, dict) else None
 
 
 def _subset(m: MergedCandidates, keep: np.ndarray) -> MergedCandidates:

@@ -131,6 +131,7 @@ class UserHistory:
         self.seen.data[:] = 1.0
         self.seen.sort_indices()
         self.weights = self.seen if weights is None else sp.csr_matrix(weights, dtype=np.float32)
+        self.weights.sort_indices()
         self.unknown_items = 0
 
     @property
@@ -145,21 +146,27 @@ class UserHistory:
         return (users >= 0) & (users < self.n_users)
 
     def _rows(self, m: sp.csr_matrix, users: np.ndarray) -> sp.csr_matrix:
+        """Rows `users` of m (an empty row for an unknown user), gathered straight from the CSR
+        arrays: scipy's fancy row indexing costs ~1 ms per call, this a few µs per request."""
         ok = self.known(users)
-        sub = m[np.where(ok, users, 0)]
-        if not ok.all():
-            sub = sp.csr_matrix(sp.diags(ok.astype(np.float32)) @ sub)
-            sub.eliminate_zeros()
-        return sub
+        safe = np.where(ok, users, 0)
+        starts = m.indptr[safe].astype(np.int64)
+        lens = np.where(ok, m.indptr[safe + 1] - starts, 0)
+        indptr = np.zeros(len(users) + 1, np.int64)
+        np.cumsum(lens, out=indptr[1:])
+        pos = np.repeat(starts - indptr[:-1], lens) + np.arange(indptr[-1])
+        return sp.csr_matrix((m.data[pos], m.indices[pos], indptr), shape=(len(users), m.shape[1]))
 
     def matrix(self, users: np.ndarray, context: RecallContext | None) -> tuple[sp.csr_matrix, sp.csr_matrix]:
-        H = self._rows(self.weights, users)
+        """(H, seen) of `users`; one object when H is binary (callers only read them)."""
         seen = self._rows(self.seen, users)
+        binary = self.weights is self.seen
+        H = seen if binary else self._rows(self.weights, users)
         extra = None if context is None else context.extra.get("history")
         if extra is not None:
             X = self.extra_matrix(extra, len(users))
             seen = seen.maximum(X).tocsr()
-            H = H.maximum(X).tocsr()
+            H = seen if binary else H.maximum(X).tocsr()
         H.sort_indices()
         seen.sort_indices()
         return H, seen

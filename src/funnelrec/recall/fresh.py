@@ -1,10 +1,12 @@
 """Fresh recall: the newest items, globally or within the user's favourite tags.
 
-    fresh(i) = exp(−(now − publish_time_i) / τ)        for items published by `now`
-    by_user_tags:  score(u, i) = Σ_t w(u, t) · fresh(i) · 1[i has tag t]   (w as in the tag channel)
+    fresh(i, t) = exp(−(t − publish_time_i) / τ)        for items published by t
+    by_user_tags:  score(u, i) = Σ_v w(u, v) · fresh(i, now) · 1[i has tag v]   (w as in the tag channel)
 
-`now` is the latest training timestamp, or `context.time` when given (items published after it
-are not offered). Global mode is not personalized (cold start); tag mode is.
+t is the request's `context.time`, else `now` (the latest training timestamp). Items of the
+catalogue dated after `now` are kept at fit time and offered by the global list once a request's
+time has passed their publish time: a funnel served days after training still recalls what was
+published since. Global mode is not personalized (cold start); tag mode is.
 """
 
 from __future__ import annotations
@@ -54,14 +56,14 @@ class FreshRecall(AttributeRecall):
         pub = items[cfg.time_column].cast(float).fill_null(float("nan")).to_numpy().astype(np.float64)
         self.publish_ = pub
         self.now_ = data.now
-        ok = np.isfinite(pub) & (pub <= data.now)
-        fresh = np.where(ok, np.exp(-(data.now - np.where(ok, pub, 0)) / (cfg.tau_days * 86400.0)), 0.0)
-        fresh = np.where(ok, np.maximum(fresh, 1e-30), 0.0)  # very old items stay ranked, > 0
-        order = np.lexsort((np.arange(len(pub)), -np.where(ok, pub, -np.inf)))
-        order = order[ok[order]][: cfg.max_items]
-        self.items_ = order.astype(np.int64)
-        self.scores_ = fresh[order].astype(np.float32)
+        known = np.isfinite(pub)
+        past = known & (pub <= data.now)
+        order = np.lexsort((np.arange(len(pub)), -np.where(known, pub, -np.inf)))  # newest first
+        order = order[known[order]]
+        # the max_items newest items published by `now`, and every item dated after it
+        self.items_ = order[~past[order] | (np.cumsum(past[order]) <= cfg.max_items)].astype(np.int64)
         if cfg.by_user_tags:
+            fresh = np.where(past, self._freshness(np.where(past, pub, 0.0), data.now), 0.0)
             self._fit_index(data, cfg.tag_column, fresh, cfg.max_items, cfg.n_tags)
         self.history_ = UserHistory(data.csr)
         self.fitted_ = True
@@ -71,9 +73,12 @@ class FreshRecall(AttributeRecall):
         if self.config.by_user_tags:
             return super()._recall(users, n, context)
         _, seen = self.history_.matrix(users, context)
-        items, scores = self.items_, self.scores_
-        if context is not None and context.time is not None:
-            keep = self.publish_[items] <= context.time
-            items, scores = items[keep], scores[keep]
+        t = self.now_ if context is None or context.time is None else context.time
+        items = self.items_[self.publish_[self.items_] <= t]
+        scores = self._freshness(self.publish_[items], t).astype(np.float32)
         indptr = np.array([0, len(items)], np.int64)
         return take_unseen(indptr, items, scores, np.zeros(len(users), np.int64), seen, n, self.name)
+
+    def _freshness(self, publish: np.ndarray, t: float) -> np.ndarray:
+        """exp(−(t − publish)/τ) for items published by t; very old items stay ranked (> 0)."""
+        return np.maximum(np.exp(-(t - publish) / (self.config.tau_days * 86400.0)), 1e-30)

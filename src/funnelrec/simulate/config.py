@@ -120,6 +120,8 @@ class SimConfig:
             raise ConfigError(f"label_fraction must be in (0, 1), got {self.label_fraction}")
         if self.refit_every < 0 or self.pre_days < 1 or self.exposure_window_days < 1:
             raise ConfigError("refit_every must be ≥ 0, pre_days and exposure_window_days ≥ 1")
+        if not 0.0 < self.alpha < 1.0:  # checked here, not by the report after the whole run
+            raise ConfigError(f"alpha must be in (0, 1), got {self.alpha}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SimConfig:

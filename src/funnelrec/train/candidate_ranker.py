@@ -1,34 +1,93 @@
-"""Training the funnel's ranker on what recall hands it.
+"""Training the funnel's fine ranker on what recall hands it.
 
-Examples are the merged recall candidates of each user: label 1 when the user interacted with
-the item in the label period, else 0 (recall negatives — the hard ones), plus `random_negatives`
-random catalogue items per positive (easy ones). Validation AUC on a held-out 10% of users drives
-early stopping in the one Trainer.
+Examples come from one or more `LabelSet`s — a candidate set produced by recall channels fitted
+on some history, plus the interactions that followed it (the labels):
+
+- positives: the user's candidates it interacted with in the label period;
+- hard negatives: the user's other recall candidates (a `hard_negative_rate` share of them);
+- easy negatives: `random_negatives` random catalogue items per positive, not in the history.
+
+The first set is the real one (channels fitted on train, labels = the validation split); extra
+sets are label folds carved out of train with the channels refit on the rest (pipeline/funnel.py),
+which multiplies the labels without touching the validation or test split. A `valid_fraction`
+of the first set's users is held out: the model's NDCG@10 over their full candidate lists drives
+early stopping in the one Trainer (tuning sees validation labels only).
+
+Features of a (user, candidate) pair: the recall-source features (features/candidates.py), the
+history-match features (`HistoryMatch`: attribute overlap, item-to-item ridge match) — both
+standardized and fed as "dense" — and the user/item ids and attributes as FID embedding rows of a
+`FeatureEncoder` ("sparse"). The model is any RANKERS name (`build_ranker`): "lr" by default.
+Multi-task: task "ctr" is "interacted", a task "like" is "rating ≥ like_threshold"; each task's
+logit gets its own BCE loss, summed.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+import polars as pl
 import scipy.sparse as sp
 import torch
 
-from funnelrec.core.errors import DataError, NotFittedError
-from funnelrec.core.types import MergedCandidates
-from funnelrec.eval.metrics import auc
-from funnelrec.features.candidates import candidate_features
-from funnelrec.models.ranking.candidate_lr import CandidateLR
+from funnelrec.core.errors import ConfigError, DataError, NotFittedError
+from funnelrec.core.types import PAD, MergedCandidates
+from funnelrec.data.dataset import Dataset, TrainData
+from funnelrec.eval.metrics import ranking_metrics
+from funnelrec.features.candidates import HistoryMatch, candidate_features
+from funnelrec.features.encoder import FeatureEncoder, FeatureEncoderConfig
+from funnelrec.models.ranking.base import FeatureSpec
+from funnelrec.models.ranking.common import build_ranker, load_all
 from funnelrec.train.trainer import Trainer, TrainerConfig
+
+TASK_LABELS = ("ctr", "like")  # ctr: interacted; like: label value ≥ like_threshold
 
 
 @dataclass(frozen=True)
 class CandidateRankerConfig:
-    epochs: int = 30
+    model: str = "lr"  # any RANKERS name
+    params: dict[str, Any] = field(default_factory=dict)  # the model's own config
+    tasks: tuple[str, ...] = ("ctr",)
+    like_threshold: float = 4.0
+    epochs: int = 10
     lr: float = 0.01
-    batch_size: int = 4096
-    random_negatives: int = 4
+    weight_decay: float = 0.0
+    batch_size: int = 1024
+    patience: int = 2
+    random_negatives: int = 2
+    hard_negative_rate: float = 0.3
+    user_columns: tuple[str, ...] = ("age_band", "gender", "occupation")
+    item_columns: tuple[str, ...] = ("release_year", "genres")
+    include_ids: bool = True
+    match_columns: tuple[str, ...] = ("genres", "directors")
+    ridge_lambda: float = 500.0  # 0 = no item-to-item ridge match feature
+    valid_fraction: float = 0.1
     seed: int = 2020
+
+    def __post_init__(self) -> None:
+        bad = [t for t in self.tasks if t not in TASK_LABELS]
+        if bad or not self.tasks:
+            raise ConfigError(f"rank.tasks {list(self.tasks)}: each must be one of {', '.join(TASK_LABELS)}")
+        if not 0 <= self.hard_negative_rate <= 1 or not 0 < self.valid_fraction < 1:
+            raise ConfigError("hard_negative_rate must be in [0, 1] and valid_fraction in (0, 1)")
+        if self.random_negatives < 0:
+            raise ConfigError(f"random_negatives must be ≥ 0, got {self.random_negatives}")
+
+
+@dataclass
+class LabelSet:
+    """Candidates of `users` from channels fitted on `history`, labelled by `positives`.
+
+    positives: (U, I) CSR, nonzero = interacted, value = the label value (e.g. rating)."""
+
+    merged: list[MergedCandidates]
+    users: np.ndarray
+    positives: sp.csr_matrix
+    history: sp.csr_matrix
+    item_log_pop: np.ndarray
+    user_log_act: np.ndarray
+    match: HistoryMatch | None = None
 
 
 class CandidateRanker:
@@ -36,72 +95,156 @@ class CandidateRanker:
 
     def __init__(self, config: CandidateRankerConfig | None = None) -> None:
         self.config = config or CandidateRankerConfig()
+        load_all()
+        from funnelrec.core.registry import RANKERS
 
-    def _examples(self, merged, users, positives, item_log_pop, user_log_act, history, rng):
-        u, items, X = candidate_features(merged, users, item_log_pop, user_log_act)
-        keys = positives.tocsr()
-        y = np.asarray(keys[u, items]).ravel().astype(np.float32) if len(u) else np.empty(0, np.float32)
-        n_pos = keys[users].nnz
-        k = self.config.random_negatives * max(n_pos, 1)
-        if k:
-            ru = rng.choice(users, size=k)
-            ri = rng.integers(0, keys.shape[1], size=k)
-            seen = np.asarray(history[ru, ri]).ravel() + np.asarray(keys[ru, ri]).ravel()
-            ru, ri = ru[seen == 0], ri[seen == 0]
-            Xr = np.zeros((len(ru), X.shape[1]), np.float32)
-            Xr[:, -3] = item_log_pop[ri]
-            Xr[:, -2] = user_log_act[ru]
-            u, items, X = np.r_[u, ru], np.r_[items, ri], np.vstack([X, Xr])
-            y = np.r_[y, np.zeros(len(ru), np.float32)]
-        return u, items, X, y
+        RANKERS.get(self.config.model)  # unknown name → UnknownComponentError listing the known
 
-    def fit(self, merged: list[MergedCandidates], users: np.ndarray, positives: sp.csr_matrix,
-            item_log_pop: np.ndarray, user_log_act: np.ndarray, history: sp.csr_matrix,
+    # ------------------------------------------------------------------ features
+    def _dense(self, s: LabelSet, merged: list[MergedCandidates], users: np.ndarray,
+               history: sp.csr_matrix | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        u, items, X = candidate_features(merged, users, s.item_log_pop, s.user_log_act)
+        M = s.match.transform(u, items, history) if len(u) else np.empty((0, len(s.match.names_)), np.float32)
+        return u, items, np.hstack([X, M])
+
+    def _random(self, s: LabelSet, n: int, rng: np.random.Generator):
+        ru = rng.choice(s.users, size=n)
+        ri = rng.integers(0, s.positives.shape[1], size=n)
+        seen = np.asarray(s.history[ru, ri]).ravel() + np.asarray(s.positives[ru, ri]).ravel()
+        ru, ri = ru[seen == 0], ri[seen == 0]
+        X = np.zeros((len(ru), self.n_dense_), np.float32)
+        n_rec = X.shape[1] - len(s.match.names_)
+        X[:, n_rec - 3] = s.item_log_pop[ri]
+        X[:, n_rec - 2] = s.user_log_act[ru]
+        X[:, n_rec:] = s.match.transform(ru, ri)
+        return ru, ri, X
+
+    def _labels(self, pos: sp.csr_matrix, u: np.ndarray, items: np.ndarray) -> dict[str, np.ndarray]:
+        v = np.asarray(pos[u, items]).ravel() if len(u) else np.empty(0)
+        out = {}
+        for t in self.config.tasks:
+            out[t] = (v != 0).astype(np.float32) if t == "ctr" else (v >= self.config.like_threshold).astype(np.float32)
+        return out
+
+    def batch(self, u: np.ndarray, items: np.ndarray, X: np.ndarray) -> dict[str, torch.Tensor]:
+        """Model input for pairs (u, items) with raw dense features X (M, d)."""
+        b = self.encoder_.transform(u, items)
+        b["dense"] = torch.from_numpy(((X - self.mean_) / self.std_).astype(np.float32))
+        return b
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, dataset: Dataset, train: pl.DataFrame, sets: list[LabelSet],
             progress: bool = False) -> CandidateRanker:
+        """Train on the label sets (sets[0] = the real one; its users give the validation slice)."""
         cfg = self.config
         rng = np.random.default_rng(cfg.seed)
-        users = np.asarray(users, dtype=np.int64)
-        u, items, X, y = self._examples(merged, users, positives, item_log_pop, user_log_act, history, rng)
-        if y.sum() == 0:
+        if not sets:
+            raise DataError("ranker training: no label set")
+        for s in sets:
+            if s.match is None:
+                s.match = HistoryMatch(cfg.match_columns, cfg.ridge_lambda).fit(s.history, dataset.items)
+        self.match_ = sets[0].match
+        # static id/attribute fields; the label column is a constant (no count or match features here)
+        enc_cfg = FeatureEncoderConfig(user_columns=cfg.user_columns, item_columns=cfg.item_columns,
+                                       include_ids=cfg.include_ids, multi_width=3,
+                                       label_column="_pos", label_threshold=None)
+        self.encoder_ = FeatureEncoder(enc_cfg).fit(TrainData(dataset, train.with_columns(pl.lit(1.0).alias("_pos"))))
+        main = sets[0]
+        n_valid = max(1, int(round(len(main.users) * cfg.valid_fraction)))
+        valid_users = np.sort(rng.choice(main.users, size=n_valid, replace=False))
+        parts = []
+        for k, s in enumerate(sets):
+            users = s.users if k else np.setdiff1d(s.users, valid_users)
+            rows = np.flatnonzero(np.isin(s.users, users))
+            u, items, X = self._dense(s, [s.merged[r] for r in rows], s.users[rows])
+            self.n_dense_ = X.shape[1]
+            y = self._labels(s.positives, u, items)
+            any_pos = np.asarray(s.positives[u, items]).ravel() != 0 if len(u) else np.zeros(0, bool)
+            keep = any_pos | (rng.random(len(u)) < cfg.hard_negative_rate)
+            u, items, X = u[keep], items[keep], X[keep]
+            y = {t: v[keep] for t, v in y.items()}
+            n_rand = cfg.random_negatives * int(any_pos.sum())
+            if n_rand:
+                ru, ri, Xr = self._random(s, n_rand, rng)
+                u, items, X = np.r_[u, ru], np.r_[items, ri], np.vstack([X, Xr])
+                y = {t: np.r_[v, np.zeros(len(ru), np.float32)] for t, v in y.items()}
+            parts.append((u, items, X, y))
+        u = np.concatenate([p[0] for p in parts])
+        items = np.concatenate([p[1] for p in parts])
+        X = np.vstack([p[2] for p in parts])
+        y = {t: np.concatenate([p[3][t] for p in parts]) for t in cfg.tasks}
+        if y[cfg.tasks[0]].sum() == 0:
             raise DataError("ranker training: no positive among the recall candidates — check the label split")
         self.mean_ = X.mean(0)
         self.std_ = X.std(0) + 1e-6
-        Xs = (X - self.mean_) / self.std_
-        valid_users = rng.choice(users, size=max(1, len(users) // 10), replace=False)
-        is_valid = np.isin(u, valid_users)
-        t = lambda a, dt: torch.as_tensor(a, dtype=dt)  # noqa: E731
-        train = {
-            "dense": t(Xs[~is_valid], torch.float32),
-            "sparse": t(items[~is_valid, None] + 1, torch.int64),
-            "label": t(y[~is_valid], torch.float32),
-        }
-        vx = {"dense": t(Xs[is_valid], torch.float32), "sparse": t(items[is_valid, None] + 1, torch.int64)}
-        vy = y[is_valid]
-        self.n_items_ = int(positives.shape[1])
-        self.model_ = CandidateLR(X.shape[1], self.n_items_)
+        train_t = self.batch(u, items, X)
+        for t in cfg.tasks:
+            train_t[f"label_{t}"] = torch.from_numpy(y[t])
+        es = self.encoder_.spec
+        self.spec_ = FeatureSpec(n_embeddings=es.n_embeddings, n_fields=es.n_fields, n_dense=self.n_dense_,
+                                 tasks=tuple(cfg.tasks), field_names=es.field_names)
+        self.model_ = build_ranker(cfg.model, self.spec_, dict(cfg.params))
+        self.tasks_ = tuple(cfg.tasks)
+        self.weights_ = {t: 1.0 for t in self.tasks_}
         bce = torch.nn.BCEWithLogitsLoss()
 
-        def loss_fn(model, batch):
-            return bce(model(batch)["ctr"], batch["label"])
+        def loss_fn(model, b):
+            out = model(b)
+            return sum(bce(out[t], b[f"label_{t}"]) for t in self.tasks_)
 
-        def validate(model):
-            return auc(vy, model(vx)["ctr"].numpy()) if 0 < vy.sum() < len(vy) else 0.0
+        # validation: NDCG@10 of the held-out users' full candidate lists, ranked by the fused score
+        vrows = np.flatnonzero(np.isin(main.users, valid_users))
+        vmerged = [main.merged[r] for r in vrows]
+        vu, vi, vX = self._dense(main, vmerged, main.users[vrows])
+        vb = self.batch(vu, vi, vX)
+        vsizes = np.array([len(m) for m in vmerged])
+        vpos = sp.csr_matrix(main.positives != 0, dtype=np.float32)
+        self.valid_users_ = valid_users
 
-        trainer = Trainer(TrainerConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
-                                        patience=3, progress=progress))
-        self.train_result_ = trainer.fit(self.model_, loss_fn, train, validate=validate)
+        def validate(model) -> float:
+            if len(vu) == 0:
+                return 0.0
+            s = self._fuse({t: v.numpy() for t, v in model(vb).items()}, self.weights_)
+            top = _topk_rows(vmerged, np.split(s, np.cumsum(vsizes)[:-1]), 10)
+            return ranking_metrics(top, vpos, (10,), rows=main.users[vrows])["ndcg@10"]
+
+        trainer = Trainer(TrainerConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                                        weight_decay=cfg.weight_decay, seed=cfg.seed, patience=cfg.patience,
+                                        progress=progress))
+        self.train_result_ = trainer.fit(self.model_, loss_fn, train_t, validate=validate)
+        self.n_examples_ = len(u)
         return self
 
-    def score(self, merged: list[MergedCandidates], users: np.ndarray, item_log_pop: np.ndarray,
-              user_log_act: np.ndarray) -> list[np.ndarray]:
-        """Ranker logits for each user's merged candidates (one forward pass for the batch)."""
+    # ------------------------------------------------------------------ scoring
+    @staticmethod
+    def _fuse(tasks: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarray:
+        return sum(float(weights.get(t, 0.0)) * v for t, v in tasks.items())
+
+    def score_tasks(self, merged: list[MergedCandidates], users: np.ndarray, item_log_pop: np.ndarray,
+                    user_log_act: np.ndarray, history: sp.csr_matrix | None = None) -> list[dict[str, np.ndarray]]:
+        """Per user: {task: logits of its candidates} — one forward pass for the whole batch."""
         if not hasattr(self, "model_"):
             raise NotFittedError("the funnel ranker is not fitted")
-        u, items, X = candidate_features(merged, users, item_log_pop, user_log_act)
+        s = LabelSet(merged, users, None, None, item_log_pop, user_log_act, self.match_)  # type: ignore[arg-type]
+        u, items, X = self._dense(s, merged, np.asarray(users, dtype=np.int64), history)
+        sizes = np.cumsum([len(m) for m in merged])[:-1]
         if len(items) == 0:
-            return [np.empty(0, np.float32) for _ in merged]
-        Xs = (X - self.mean_) / self.std_
+            return [{t: np.empty(0, np.float32) for t in self.tasks_} for _ in merged]
         with torch.inference_mode():
-            s = self.model_({"dense": torch.from_numpy(Xs.astype(np.float32)),
-                             "sparse": torch.from_numpy(items[:, None] + 1)})["ctr"].numpy()
-        return np.split(s, np.cumsum([len(m) for m in merged])[:-1])
+            out = {t: v.numpy() for t, v in self.model_(self.batch(u, items, X)).items()}
+        split = {t: np.split(v, sizes) for t, v in out.items()}
+        return [{t: split[t][r] for t in self.tasks_} for r in range(len(merged))]
+
+    def score(self, merged: list[MergedCandidates], users: np.ndarray, item_log_pop: np.ndarray,
+              user_log_act: np.ndarray, history: sp.csr_matrix | None = None) -> list[np.ndarray]:
+        """Fused logits (equal task weights) for each user's candidates."""
+        return [self._fuse(t, self.weights_) for t in self.score_tasks(merged, users, item_log_pop,
+                                                                       user_log_act, history)]
+
+
+def _topk_rows(merged: list[MergedCandidates], scores: list[np.ndarray], k: int) -> np.ndarray:
+    top = np.full((len(merged), k), PAD, np.int64)
+    for r, (m, s) in enumerate(zip(merged, scores)):
+        o = np.argsort(-s, kind="stable")[:k]
+        top[r, : len(o)] = m.items[o]
+    return top

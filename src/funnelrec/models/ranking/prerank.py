@@ -1,0 +1,63 @@
+"""Two-tower pre-ranker: a cheap scorer between merge/filter and the fine ranker.
+
+    e_u = mean of the user's field embeddings  (B, D),  u = MLP_u(e_u) ∈ R^d
+    e_i = mean of the item's field embeddings  (B, D),  v = MLP_i(e_i) ∈ R^d
+    score(u, i) = ⟨u, v⟩ + b_i                                              (B,)
+
+The towers never see each other, so every item vector (and bias) is computed once and cached
+(`item_table`); a request costs one user-tower pass plus a (N, d) gather and a mat-vec.
+Inputs are the embedding rows of the fine ranker's `FeatureEncoder` ("user" (B, F_u) and "item"
+(B, F_i) int64, 0 = padding). It is trained (train/, pipeline/stages.py) to reproduce the fine
+ranker's scores — distillation, not the original labels.
+
+    >>> import torch
+    >>> m = TwoTowerPrerank(n_embeddings=20, dim=8)
+    >>> m({"user": torch.tensor([[1, 2]]), "item": torch.tensor([[3, 4, 0]])})["ctr"].shape
+    torch.Size([1])
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class _Tower(nn.Module):
+    def __init__(self, emb: nn.Embedding, dim: int, hidden: tuple[int, ...]) -> None:
+        super().__init__()
+        self.emb = emb
+        layers: list[nn.Module] = []
+        width = emb.embedding_dim
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        layers.append(nn.Linear(width, dim))
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+        """rows (B, F) → (B, d): MLP of the masked mean of the F field embeddings."""
+        mask = (rows > 0).unsqueeze(-1).float()
+        e = (self.emb(rows) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return self.mlp(e)
+
+
+class TwoTowerPrerank(nn.Module):
+    def __init__(self, n_embeddings: int, dim: int = 32, hidden: tuple[int, ...] = (64,), emb_dim: int = 32) -> None:
+        super().__init__()
+        self.user_emb = nn.Embedding(n_embeddings, emb_dim, padding_idx=0)
+        self.item_emb = nn.Embedding(n_embeddings, emb_dim, padding_idx=0)
+        nn.init.normal_(self.user_emb.weight, std=0.05)
+        nn.init.normal_(self.item_emb.weight, std=0.05)
+        self.user_tower = _Tower(self.user_emb, dim, hidden)
+        self.item_tower = _Tower(self.item_emb, dim, hidden)
+        self.item_bias = nn.Linear(dim, 1)  # b_i from the item vector (also cached)
+
+    def item_table(self, item_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """All items at once: vectors (I, d) and biases (I,) to cache."""
+        v = self.item_tower(item_rows)
+        return v, self.item_bias(v).squeeze(-1)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        u = self.user_tower(batch["user"])
+        v = self.item_tower(batch["item"])
+        return {"ctr": (u * v).sum(-1) + self.item_bias(v).squeeze(-1)}
