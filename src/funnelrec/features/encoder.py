@@ -62,6 +62,7 @@ class FeatureEncoderConfig:
     item_columns: tuple[str, ...] = ("release_year", "genres")
     include_ids: bool = True
     multi_width: int = 6  # sparse columns given to a multi-valued field (its first values)
+    pool_multi: bool = False  # spec.pool_multi: models mean-pool a multi-valued field's columns
     bucketize: dict[str, int] = field(default_factory=dict)  # numeric column → quantile buckets
     dense_columns: tuple[str, ...] = ()  # numeric user/item columns, CDF-normalized
     count_features: tuple[str, ...] = ()  # subset of COUNT_FEATURES
@@ -509,4 +510,4 @@ class FeatureEncoder:
         self._check()
         return FeatureSpec(n_embeddings=self.vocab_.n_rows, n_fields=len(self.field_names_),
                            n_dense=len(self.dense_names_), seq_len=self.config.seq_len,
-                           field_names=self.field_names_)
+                           field_names=self.field_names_, pool_multi=self.config.pool_multi)

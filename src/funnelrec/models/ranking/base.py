@@ -38,6 +38,9 @@ class FeatureSpec:
     n_domains: int = 1
     tasks: tuple[str, ...] = ("ctr",)
     field_names: tuple[str, ...] = ()  # name of each "sparse" column (len F when known)
+    # FieldEmbedder mean-pools the adjacent columns of a multi-valued field (same name in
+    # field_names) into ONE field over its non-padding values (RecBole's token_seq fields)
+    pool_multi: bool = False
 
 
 class RankingModel(nn.Module):

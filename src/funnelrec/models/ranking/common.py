@@ -2,6 +2,9 @@
 
 `FieldEmbedder`: batch → (B, F', D) with F' = F sparse fields + Dn dense fields (each dense
 feature x_j enters as x_j · v_j), through ONE lookup of the shared table on "sparse" (B, F).
+With `spec.pool_multi` the columns of a multi-valued field (adjacent, same name) become one
+field, the mean of its non-padding embeddings: e_g = Σ_{f∈g} e_f / max(1, #{f∈g: row_f > 0}),
+so F' = G groups + Dn.
 
 `build_ranker(name, spec, config)`: RANKERS lookup + strict config (`from_dict`), the one way
 the CLI, evaluation and tests build a ranking model from YAML.
@@ -35,12 +38,27 @@ class FieldEmbedder(nn.Module):
             raise ConfigError(f"FeatureSpec needs ≥ 2 embedding rows and ≥ 1 field, got {spec}")
         self.embedding = FieldEmbedding(spec.n_embeddings, dim)
         self.dense = DenseFields(spec.n_dense, dim) if spec.n_dense else None
-        self.n_fields = spec.n_fields + spec.n_dense
+        self.register_buffer("pool", None)
+        n_sparse = spec.n_fields
+        names = spec.field_names
+        if spec.pool_multi and len(names) == spec.n_fields and len(set(names)) < len(names):
+            groups = [0]
+            for a, b in zip(names, names[1:]):
+                groups.append(groups[-1] + (a != b))
+            n_sparse = groups[-1] + 1
+            assign = torch.zeros(n_sparse, spec.n_fields)
+            assign[torch.tensor(groups), torch.arange(spec.n_fields)] = 1.0
+            self.pool = assign  # (G, F) 0/1: field → group (a buffer: saved, moved with the model)
+        self.n_fields = n_sparse + spec.n_dense
         self.dim = dim
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """batch["sparse"] (B, F) [+ batch["dense"] (B, Dn)] → (B, F + Dn, D)."""
-        v = self.embedding(batch["sparse"])
+        """batch["sparse"] (B, F) [+ batch["dense"] (B, Dn)] → (B, F' + Dn, D)."""
+        sparse = batch["sparse"]
+        v = self.embedding(sparse)
+        if self.pool is not None:
+            counts = ((sparse > 0).to(v.dtype) @ self.pool.T).clamp_min(1.0)  # (B, G)
+            v = torch.matmul(self.pool, v) / counts.unsqueeze(-1)  # (G, F) @ (B, F, D) → (B, G, D)
         if self.dense is not None:
             if "dense" not in batch:
                 raise DataError("model was built with dense features but the batch has no 'dense'")
