@@ -20,6 +20,7 @@ HERE = Path(__file__).resolve().parent
 
 # name → (script, full-size args, quick args)
 BENCHES: dict[str, tuple[str, list[str], list[str]]] = {
+    "eval_speed": ("eval_speed.py", [], []),
     "synthetic_world": ("synthetic_world.py", ["--users", "1000000", "--items", "200000", "--interactions", "20000000"],
                         ["--users", "20000", "--items", "5000", "--interactions", "200000"]),
     "cf_scale": ("cf_scale.py", [], ["--users", "50000", "--items", "10000", "--interactions", "500000"]),
@@ -27,6 +28,7 @@ BENCHES: dict[str, tuple[str, list[str], list[str]]] = {
     "two_tower": ("two_tower.py", [], ["--quick"]),
     "ann": ("ann.py", [], ["--n", "50000", "--nq", "200", "--clusters", "100"]),
     "bloom": ("bloom.py", [], ["--calls", "200", "--users", "100", "--fpr-capacity", "10000", "--probes", "200000"]),
+    "merge_speed": ("merge_speed.py", [], []),
     "ctr_throughput": ("ctr_throughput.py", [], ["--quick"]),
     "ctr_seq_multitask": ("ctr_seq_multitask.py", [], ["--users", "2000", "--items", "500", "--interactions", "30000", "--epochs", "1"]),
     "experiments_stats": ("experiments_stats.py", [], ["--sims", "200", "--users", "100000"]),
