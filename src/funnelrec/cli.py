@@ -104,15 +104,21 @@ def evaluate_ctr_cmd(dataset: str = typer.Option("movielens-100k"), model: str =
 
 @app.command()
 def serve(artifact: Path = typer.Option(DEFAULT_ARTIFACT, help="a funnel saved by `funnelrec train`"),
-          host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000)) -> None:
-    """Serve a trained funnel over HTTP (GET/POST /recommend, /health, /docs)."""
+          host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
+          state_dir: Path = typer.Option(Path("state"), help="event log, exposure filters, cached results"),
+          redis_url: str | None = typer.Option(None, help="redis://host:port/db for state shared by workers"),
+          experiments: Path | None = typer.Option(None, help="experiments YAML (layers, variants, rollouts)"),
+          admin_token: str | None = typer.Option(None, help="required in X-Admin-Token for /admin/*")) -> None:
+    """Serve a trained funnel over HTTP: POST/GET /recommend, POST /feedback, /health, /metrics,
+    POST /admin/reload, OpenAPI at /docs."""
     import uvicorn
 
-    from funnelrec.pipeline.funnel import Funnel
+    from funnelrec.pipeline.service import RecommenderService
     from funnelrec.serving.app import create_app
 
-    funnel = Funnel.load(artifact)
-    uvicorn.run(create_app(funnel), host=host, port=port, log_level="info")
+    service = RecommenderService.from_artifact(artifact, state_dir=state_dir, redis_url=redis_url,
+                                               experiments=experiments)
+    uvicorn.run(create_app(service, admin_token=admin_token), host=host, port=port, log_level="info")
 
 
 @app.command()
@@ -130,11 +136,12 @@ def demo(serve_: bool = typer.Option(True, "--serve/--no-serve", help="serve aft
     if serve_:
         import uvicorn
 
+        from funnelrec.pipeline.service import RecommenderService, ServiceConfig
         from funnelrec.serving.app import create_app
 
-        funnel = fitted[0]
+        service = RecommenderService(fitted[0], ServiceConfig(state_dir="state"))
         typer.echo(f"\nserving on http://127.0.0.1:{port}  — try: curl 'http://127.0.0.1:{port}/recommend?user_id=196&k=10'")
-        uvicorn.run(create_app(funnel), host="127.0.0.1", port=port, log_level="warning")
+        uvicorn.run(create_app(service), host="127.0.0.1", port=port, log_level="warning")
 
 
 def _register_subcommands() -> None:
