@@ -22,7 +22,7 @@ that, keep the top-k neighbours per item instead.
     >>> u, i = np.array([0, 0, 1, 1, 2]), np.array([0, 1, 0, 1, 0])
     >>> y = np.array([1.0, 1.0, 0.0, 0.0, 1.0])
     >>> cf = NeighborhoodCF("item", power=1.0, smoothing=0.0).fit(u, i, y, y, 3, 2)
-    >>> cf.transform(np.array([2]), np.array([1]))[:, 0].tolist()   # user 2's label on item 0
+    >>> cf.transform(np.array([2]), np.array([1]))[:, 0].tolist()   # item 1 from user 2's label on item 0
     [1.0]
 """
 
@@ -78,11 +78,11 @@ class NeighborhoodCF:
         if self.kind == "item":
             s = _cosine_no_diag(mask, self.power)
             den = mask @ s
-            self.estimates_ = [(t @ s + m * p) / (den + m + 1e-12) for t, p in zip((t_label, t_rating), priors)]
+            self.estimates_ = [(t @ s + m * p) / np.where(den + m > 0, den + m, 1.0) for t, p in zip((t_label, t_rating), priors)]
         else:
             s = _cosine_no_diag(mask.T, self.power)
             den = s @ mask
-            self.estimates_ = [(s @ t + m * p) / (den + m + 1e-12) for t, p in zip((t_label, t_rating), priors)]
+            self.estimates_ = [(s @ t + m * p) / np.where(den + m > 0, den + m, 1.0) for t, p in zip((t_label, t_rating), priors)]
         # no neighbour at all (and m = 0): the prior
         for est, p in zip(self.estimates_, priors):
             est[den + m <= 0] = p

@@ -114,7 +114,11 @@ class TargetEncoder:
                 n[seen] -= (self.fold_count_[key] * v).sum(axis=1)
                 s[seen] -= (self.fold_sum_[key] * v[:, :, None]).sum(axis=1)
             else:
-                k = valid[seen].sum(axis=1).astype(np.float64)  # codes of the row
+                # the pair's rows add t to S[c] once per occurrence of c among their codes, and
+                # the query sums S over the same codes: Σ_w mult(c_w) = #{(w, w'): c_w = c_w'}
+                cs, v = codes[seen], valid[seen]
+                k = ((cs[:, :, None] == cs[:, None, :]) & v[:, :, None] & v[:, None, :]).sum(axis=(1, 2))
+                k = k.astype(np.float64)
                 n[seen] -= self.pair_rows_[pos[seen]] * k
                 s[seen] -= self.pair_sum_[pos[seen]] * k[:, None]
         m = self.smoothing

@@ -231,6 +231,7 @@ class _RetrievalObjective:
 @RECALL_CHANNELS.register("vector")
 class VectorRecall(RecallChannel):
     personalized = True
+    config_class = VectorRecallConfig  # so a funnel YAML can configure it (build_channel)
 
     def __init__(self, config: VectorRecallConfig | None = None, name: str | None = None) -> None:
         super().__init__(name)
