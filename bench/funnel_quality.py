@@ -36,7 +36,7 @@ def main() -> None:
     ds = load_dataset("movielens-100k")
     base = load_yaml(CONFIG)
     out: dict = {"config": CONFIG, "funnel": {}}
-    for name in args.rankers.split(","):
+    for name in filter(None, args.rankers.split(",")):
         d = {**base, "rank": {**base["rank"], "model": name, **RANKER_PARAMS.get(name, {})}}
         t0 = time.perf_counter()
         fitted = fit_on_protocol(ds, FunnelConfig.from_dict(d))

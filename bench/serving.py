@@ -136,6 +136,8 @@ def _wait_healthy(proc: subprocess.Popen, port: int, timeout: float = 600) -> No
 
 
 def build_funnel(spec: dict, workdir: Path) -> tuple[Path, dict, list]:
+    import polars as pl
+
     from funnelrec.data import load_dataset
     from funnelrec.data.splits import random_split_by_user
     from funnelrec.pipeline.config import FunnelConfig
@@ -148,15 +150,23 @@ def build_funnel(spec: dict, workdir: Path) -> tuple[Path, dict, list]:
     ds = load_dataset(ds_spec["name"], **ds_spec.get("params", {}))
     t_data = time.perf_counter() - t0
     split = random_split_by_user(ds.interactions, seed=2020)
+    labels = split.valid
+    n_label = int(spec.get("label_users", 0))  # ranker/pre-ranker trained on a sample of users (0 = all)
+    if n_label and labels["user_idx"].n_unique() > n_label:
+        rng = np.random.default_rng(2020)
+        keep = rng.choice(np.unique(labels["user_idx"].to_numpy()), n_label, replace=False)
+        labels = labels.filter(pl.col("user_idx").is_in(keep))
     cfg = FunnelConfig.from_dict(spec["funnel"])
     t0 = time.perf_counter()
-    funnel = Funnel(cfg).fit(ds, split.train, labels=split.valid)
+    funnel = Funnel(cfg).fit(ds, split.train, labels=labels, progress=bool(spec.get("progress", False)))
     t_fit = time.perf_counter() - t0
     path = workdir / "funnel.pkl"
     funnel.save(path)
     info = {"dataset": ds_spec, "n_users": ds.n_users, "n_items": ds.n_items, "n_interactions": ds.interactions.height,
             "channels": [c.name for c in cfg.recall.channels], "merge_total": cfg.recall.merge.total,
-            "ranker": cfg.rank.model, "data_s": round(t_data, 1), "fit_s": round(t_fit, 1),
+            "prerank_keep": cfg.prerank.keep if cfg.prerank.enabled else None,
+            "ranker": cfg.rank.model, "label_users": int(labels["user_idx"].n_unique()),
+            "data_s": round(t_data, 1), "fit_s": round(t_fit, 1),
             "fit_seconds": {k: round(v, 2) for k, v in funnel.fit_seconds_.items()},
             "artifact_mb": round(path.stat().st_size / 2**20, 1)}
     return path, info, ds.users["user_id"].to_list()
@@ -168,6 +178,7 @@ def main() -> None:
     p.add_argument("--rates", default=None, help="comma-separated req/s (default: the YAML's)")
     p.add_argument("--duration", type=float, default=None, help="seconds per rate (default: the YAML's)")
     p.add_argument("--slo-ms", type=float, default=50.0)
+    p.add_argument("--workers", type=int, default=None, help="server worker processes (default: the YAML's, else 1)")
     p.add_argument("--loadgen", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--rate", type=float, default=0, help=argparse.SUPPRESS)
@@ -201,16 +212,31 @@ def main() -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         cmd = [sys.executable, "-m", "funnelrec.serving", "--artifact", str(artifact), "--state-dir", str(work / "state"),
                "--port", str(port), "--threads", str(server.get("threads", 1)),
-               "--max-in-flight", str(server.get("max_in_flight", 64))]
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+               "--max-in-flight", str(server.get("max_in_flight", 64)),
+               "--workers", str(args.workers or server.get("workers", 1))]
+        print(json.dumps({"progress": "fitted", **info}), file=sys.stderr, flush=True)
+        log = open(work / "server.log", "w")  # noqa: SIM115  (closed with the temporary directory)
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log)
         try:
-            _wait_healthy(proc, port)
+            t_start = time.perf_counter()
+            try:
+                _wait_healthy(proc, port)
+            except SystemExit:
+                print((work / "server.log").read_text()[-3000:], file=sys.stderr)
+                raise
+            info["server_start_s"] = round(time.perf_counter() - t_start, 1)
 
             def run(rate: float, seconds: float) -> dict:
+                load_start = [round(x, 2) for x in os.getloadavg()]
                 out = subprocess.run([sys.executable, __file__, "--loadgen", "--port", str(port), "--rate", str(rate),
                                       "--duration", str(seconds), "--bodies", str(work / "bodies.txt")],
                                      capture_output=True, text=True, check=True)
-                return json.loads(out.stdout)
+                res = json.loads(out.stdout)
+                res["load_avg_start"] = load_start
+                res["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
+                print(json.dumps({"progress": res["rate"], "p50_ms": res["p50_ms"], "p99_ms": res["p99_ms"],
+                                  "ok": res["ok"], "sent": res["sent"]}), file=sys.stderr, flush=True)
+                return res
 
             run(min(rates), warmup)  # warm caches, numba, torch
             results = [run(r, duration) for r in rates]
@@ -221,7 +247,8 @@ def main() -> None:
     print(json.dumps({
         "bench": "serving", "config": str(Path(args.config).relative_to(ROOT)) if Path(args.config).is_absolute() else args.config,
         "machine": f"{platform.machine()} {os.cpu_count()} cpu", "load_avg_at_end": os.getloadavg(),
-        "funnel": info, "duration_s": duration, "slo_p99_ms": args.slo_ms,
+        "funnel": info, "workers": args.workers or server.get("workers", 1), "duration_s": duration,
+        "slo_p99_ms": args.slo_ms,
         "results": results, "highest_rate_within_slo": max(ok) if ok else None,
     }))
 

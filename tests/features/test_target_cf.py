@@ -149,3 +149,26 @@ def test_encoder_pool_multi_reaches_the_spec(ml100k):
     assert spec.pool_multi and spec.field_names.count("genres") == 3
     assert FieldEmbedder(spec, 4).n_fields == len(dict.fromkeys(spec.field_names))
     assert isinstance(inter, pl.DataFrame)
+
+
+def test_centered_cf_gives_training_pairs_out_of_fold_values():
+    rng = np.random.default_rng(4)
+    nu, ni = 12, 10
+    cells = rng.permutation(nu * ni)[:80]
+    u, i = cells // ni, cells % ni
+    r = rng.integers(1, 6, 80).astype(float)
+    y = (r >= 4).astype(float)
+    cf = NeighborhoodCF("item", power=1.0, smoothing=1.0, similarity="centered", n_folds=3).fit(u, i, y, r, nu, ni)
+    fold = _fold_of(u * ni + i, 3, seed=1)
+    for f in range(3):
+        inn = fold != f
+        other = NeighborhoodCF("item", 1.0, 1.0, "centered", 3)
+        est, _ = other._estimates(u[inn], i[inn], y[inn], r[inn], nu, ni)
+        out = ~inn
+        assert np.allclose(cf.transform(u[out], i[out]), np.stack([e[u[out], i[out]] for e in est], 1))
+    # a pair outside training uses the full fit; its own label cannot have entered it
+    free = np.setdiff1d(np.arange(nu * ni), cells)[:5]
+    full, _ = cf._estimates(u, i, y, r, nu, ni)
+    assert np.allclose(cf.transform(free // ni, free % ni)[:, 0], full[0][free // ni, free % ni])
+    with pytest.raises(ConfigError):
+        NeighborhoodCF("item", similarity="centered", n_folds=0)

@@ -123,3 +123,18 @@ def test_ftrl_matches_reference_algorithm():
             opt.step()
     np.testing.assert_allclose(w.detach().numpy(), want, rtol=1e-10, atol=1e-12)
     assert (want == 0).any()  # L1 produced exact zeros
+
+
+def test_gather_rows_matches_nn_embedding_with_padding():
+    from funnelrec.nn.embedding import gather_rows
+
+    torch.manual_seed(0)
+    ref = torch.nn.Embedding(20, 4, padding_idx=0)
+    w = torch.nn.Parameter(ref.weight.detach().clone())
+    rows = torch.tensor([[0, 3, 3], [5, 0, 19]])
+    g = torch.randn(2, 3, 4)
+    ref(rows).backward(g)
+    out = gather_rows(w, rows)
+    out.backward(g)
+    assert torch.equal(out, ref(rows)) and torch.allclose(w.grad, ref.weight.grad)
+    assert w.grad[3].allclose(g[0, 1] + g[0, 2]) and w.grad[0].abs().sum() == 0

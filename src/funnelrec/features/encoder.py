@@ -50,7 +50,9 @@ from funnelrec.features.target import TargetEncoder
 from funnelrec.features.transforms import CdfNormalizer, QuantileBucketizer, log1p_transform
 from funnelrec.models.ranking.base import FeatureSpec
 
-CF_FEATURES = ("itemcf_label", "itemcf_rating", "usercf_label", "usercf_rating")
+TIME_FEATURES = ("user_time_position", "user_elapsed", "item_age")
+CF_FEATURES = ("itemcf_label", "itemcf_rating", "usercf_label", "usercf_rating",
+               "itemcf_centered_label", "itemcf_centered_rating", "usercf_centered_label", "usercf_centered_rating")
 COUNT_FEATURES = ("user_count", "item_count", "user_pos_rate", "item_pos_rate",
                   "user_mean_rating", "item_mean_rating")
 CONTEXT_FEATURES = ("hour", "weekday")
@@ -87,7 +89,12 @@ class FeatureEncoderConfig:
     # neighbourhood estimates of the label (features/cf.py): item-CF / user-CF over TRAIN, label
     # or user-centred rating, similarities from the binary matrix with the diagonal zeroed
     cf_features: tuple[str, ...] = ()  # subset of CF_FEATURES
+    # dense features of the sample time ts (needs ts): user_time_position = share of the user's
+    # TRAIN events strictly before ts; user_elapsed = log1p(hours since the user's first TRAIN
+    # event); item_age = years since the item's publish_time (needs that items column)
+    time_features: tuple[str, ...] = ()  # subset of TIME_FEATURES
     cf_power: float = 3.0
+    cf_centered_power: float = 1.0  # for the *_centered_* features (adjusted-cosine similarity)
     cf_smoothing: float = 1.0
     label_column: str = "rating"
     label_threshold: float | None = 4.0  # label = column ≥ threshold; None: column must be 0/1
@@ -101,6 +108,9 @@ class FeatureEncoderConfig:
             raise ConfigError(f"unknown context features {bad}; known: {', '.join(CONTEXT_FEATURES)}")
         if self.multi_width < 1 or self.seq_len < 0 or self.min_count < 1:
             raise ConfigError("multi_width ≥ 1, seq_len ≥ 0 and min_count ≥ 1 are required")
+        bad = [c for c in self.time_features if c not in TIME_FEATURES]
+        if bad:
+            raise ConfigError(f"unknown time features {bad}; known: {', '.join(TIME_FEATURES)}")
         bad = [c for c in self.cf_features if c not in CF_FEATURES]
         if bad:
             raise ConfigError(f"unknown cf features {bad}; known: {', '.join(CF_FEATURES)}")
@@ -270,19 +280,63 @@ class FeatureEncoder:
             self.affinity_[c] = MatchCounter(ds.n_users).fit(u, i, ts, values, weights=labels)
             self.dense_names_ += [f"affinity_{c}", f"affinity_n_{c}"]
         self._fit_target_encoding(train, u, i, labels)
-        self.cf_: dict[str, NeighborhoodCF] = {}
+        self.cf_: dict[tuple[str, str], NeighborhoodCF] = {}
         r = inter[cfg.label_column].cast(pl.Float64).to_numpy()
-        for kind in dict.fromkeys(c.split("cf_")[0] for c in cfg.cf_features):
-            self.cf_[kind] = NeighborhoodCF(kind, cfg.cf_power, cfg.cf_smoothing).fit(
-                u, i, labels, r, ds.n_users, ds.n_items)
+        for c in cfg.cf_features:
+            kind, sim = self._cf_kind(c)
+            if (kind, sim) not in self.cf_:
+                power = cfg.cf_power if sim == "binary" else cfg.cf_centered_power
+                self.cf_[kind, sim] = NeighborhoodCF(kind, power, cfg.cf_smoothing, sim, cfg.target_folds or 5).fit(
+                    u, i, labels, r, ds.n_users, ds.n_items)
         for c in cfg.cf_features:
             self.cdf_[c] = CdfNormalizer().fit(self._cf_value(c, u, i))
             self.dense_names_.append(c)
+        if cfg.time_features:
+            if "item_age" in cfg.time_features and "publish_time" not in items.columns:
+                raise DataError("time feature 'item_age' needs a 'publish_time' column in the items table")
+            order = np.lexsort((ts, u))
+            self._tl_user_, self._tl_ts_ = u[order], ts[order].astype(np.int64)
+            self._tl_start_ = np.searchsorted(self._tl_user_, np.arange(ds.n_users))
+            self._tl_end_ = np.searchsorted(self._tl_user_, np.arange(ds.n_users), side="right")
+            self._publish_ = (items["publish_time"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+                              if "publish_time" in items.columns else None)
+            tf = self._time_values(u, i, ts)
+            for k, c in enumerate(cfg.time_features):
+                self.cdf_[c] = CdfNormalizer().fit(tf[:, k])
+                self.dense_names_.append(c)
         return self
 
+    def _time_values(self, u: np.ndarray, i: np.ndarray, ts: np.ndarray | None) -> np.ndarray:
+        """(N, len(time_features)) raw time features of samples at times ts."""
+        if ts is None:
+            raise DataError("time features need the sample time ts")
+        ts = np.asarray(ts, dtype=np.int64)
+        start, end = self._tl_start_[u], self._tl_end_[u]
+        n = end - start
+        # events of user u strictly before ts: one search over the (user, time)-sorted keys
+        t0 = int(self._tl_ts_.min()) if len(self._tl_ts_) else 0
+        span = (int(self._tl_ts_.max()) - t0 + 2) if len(self._tl_ts_) else 2
+        key_u = self._tl_user_ * span + (self._tl_ts_ - t0)
+        q = u * span + np.clip(ts - t0, 0, span - 1)
+        before = np.searchsorted(key_u, q, side="left") - start
+        first = self._tl_ts_[np.minimum(start, len(self._tl_ts_) - 1)]
+        cols = []
+        for c in self.config.time_features:
+            if c == "user_time_position":
+                cols.append(np.where(n > 0, before / np.maximum(n, 1), 0.5))
+            elif c == "user_elapsed":
+                cols.append(np.where(n > 0, np.log1p(np.maximum(ts - first, 0) / 3600.0), 0.0))
+            else:
+                age = (ts - self._publish_[i]) / (365.25 * 86400)
+                cols.append(np.nan_to_num(age, nan=0.0))  # unknown publish time → age 0
+        return np.stack(cols, axis=1)
+
+    @staticmethod
+    def _cf_kind(name: str) -> tuple[str, str]:
+        return name.split("cf_")[0], ("centered" if "_centered_" in name else "binary")
+
     def _cf_value(self, name: str, u: np.ndarray, i: np.ndarray) -> np.ndarray:
-        kind, target = name.split("cf_")
-        return self.cf_[kind].transform(u, i)[:, 0 if target == "label" else 1]
+        return self.cf_[self._cf_kind(name)].transform(u, i)[:, 0 if name.endswith("_label") else 1]
 
     # ------------------------------------------------------------------ target encoding
     def _entity_codes(self, ds, col: str) -> tuple[str, np.ndarray, int]:
@@ -489,6 +543,9 @@ class FeatureEncoder:
         cols += self._target_dense(u, i)
         for c in self.config.cf_features:
             cols.append(self.cdf_[c].transform(self._cf_value(c, u, i)))
+        if self.config.time_features:
+            tf = self._time_values(u, i, ts)
+            cols += [self.cdf_[c].transform(tf[:, k]) for k, c in enumerate(self.config.time_features)]
         return np.stack(cols, axis=1).astype(np.float32)
 
     def encode(self, interactions: pl.DataFrame, with_time: bool | None = None) -> dict[str, torch.Tensor]:

@@ -202,7 +202,7 @@ class Funnel:
         pre = getattr(self, "prerank_", None)
         if pre is None:
             return merged, [None] * len(merged)
-        scores = pre.score(users, merged)
+        scores = pre.score(users, merged, self.item_log_pop_, self.user_log_act_)
         out, kept = [], []
         for m, s in zip(merged, scores):
             pos = pre.keep_positions(s)

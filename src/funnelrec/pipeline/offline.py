@@ -61,17 +61,19 @@ def evaluate_funnel(dataset: Dataset, config: FunnelConfig | None = None, seed: 
     users = np.unique(split.test["user_idx"].to_numpy())
     extra = int(np.diff(valid.indptr).max()) if valid.nnz else 0
     report: dict[str, Any] = {"protocol": split.protocol, "dataset": dataset.name, "channels": {}}
+    total = config.recall.merge.total
     for spec in config.recall.channels:
         ch = funnel.channels_[spec.name]
-        k = max(channel_k, 10)
+        # each channel alone at the merged set's size too: does the merge beat its best part?
+        k = max(channel_k, 10, total)
         batch = ch.recall(users, k + extra)
         top = drop_excluded(batch, valid, users, k)
-        m = ranking_metrics(top, test, ks=(10, channel_k), rows=users)
+        m = ranking_metrics(top, test, ks=tuple(dict.fromkeys((10, channel_k, total))), rows=users)
         report["channels"][spec.name] = {
             "recall@10": m["recall@10"], "ndcg@10": m["ndcg@10"], f"recall@{channel_k}": m[f"recall@{channel_k}"],
+            f"recall@{total}": m[f"recall@{total}"],
         }
     merged = funnel.candidates(users, exclude=valid)
-    total = config.recall.merge.total
     cand = np.full((len(users), total), PAD, np.int64)
     for r, m in enumerate(merged):
         cand[r, : len(m)] = m.items[:total]

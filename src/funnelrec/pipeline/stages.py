@@ -1,6 +1,7 @@
 """The funnel's stages after merge: pre-rank, score fusion, diversity re-rank.
 
-- `PreRanker`: a two-tower scorer (models/ranking/prerank.py) with cached item vectors, distilled
+- `PreRanker`: a two-tower scorer (models/ranking/prerank.py) with cached item vectors plus a
+  linear term over the recall-source features, distilled
   from the fine ranker: on the label users' candidates it regresses the fine ranker's fused score
   centred per user, (s_student − (t − mean_u t))², so its order follows the teacher's.
   `keep(items, user)` → positions of the top `keep` candidates.
@@ -21,6 +22,7 @@ import torch
 
 from funnelrec.core.errors import NotFittedError
 from funnelrec.core.types import MergedCandidates
+from funnelrec.features.candidates import candidate_features
 from funnelrec.models.ranking.prerank import TwoTowerPrerank
 from funnelrec.train.trainer import Trainer, TrainerConfig
 
@@ -105,9 +107,10 @@ class PreRanker:
         self.seed = seed
 
     def fit(self, user_rows: np.ndarray, item_rows: np.ndarray, n_embeddings: int, u: np.ndarray,
-            items: np.ndarray, teacher: np.ndarray) -> PreRanker:
+            items: np.ndarray, teacher: np.ndarray, dense: np.ndarray) -> PreRanker:
         """user_rows (U, F_u), item_rows (I, F_i): embedding rows; (u, items, teacher) (M,): the
-        teacher's fused score of each training pair."""
+        teacher's fused score of each training pair; dense (M, Dn) its recall-source features."""
+        self.mean_, self.std_ = dense.mean(0), dense.std(0) + 1e-6
         self.user_rows_ = torch.from_numpy(np.ascontiguousarray(user_rows))
         self.item_rows_all_ = torch.from_numpy(np.ascontiguousarray(item_rows))
         # centre the teacher per user: only the order within a request matters
@@ -115,8 +118,9 @@ class PreRanker:
         cnt = np.maximum(np.bincount(u, minlength=len(user_rows)), 1)
         t = (teacher - (sums / cnt)[u]).astype(np.float32)
         self.scale_ = float(t.std() + 1e-6)
-        model = TwoTowerPrerank(n_embeddings, self.dim, tuple(self.hidden))
+        model = TwoTowerPrerank(n_embeddings, self.dim, tuple(self.hidden), n_dense=dense.shape[1])
         data = {"user": self.user_rows_[u], "item": self.item_rows_all_[items],
+                "dense": torch.from_numpy(((dense - self.mean_) / self.std_).astype(np.float32)),
                 "target": torch.from_numpy(t / self.scale_)}
         mse = torch.nn.MSELoss()
         trainer = Trainer(TrainerConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, seed=self.seed))
@@ -128,13 +132,18 @@ class PreRanker:
         self.item_bias_ = b.numpy().astype(np.float32)
         return self
 
-    def score(self, users: np.ndarray, merged: list[MergedCandidates]) -> list[np.ndarray]:
-        """Pre-rank scores of each user's candidates: ⟨u, v_i⟩ + b_i from the cached item table."""
+    def score(self, users: np.ndarray, merged: list[MergedCandidates], item_log_pop: np.ndarray,
+              user_log_act: np.ndarray) -> list[np.ndarray]:
+        """Pre-rank scores of each user's candidates: ⟨u, v_i⟩ + b_i (cached item table) + w · x_ui."""
         if not hasattr(self, "model_"):
             raise NotFittedError("the pre-ranker is not fitted")
+        users = np.maximum(np.asarray(users, dtype=np.int64), 0)
+        _, _, X = candidate_features(merged, users, item_log_pop, user_log_act)
+        lin = ((X - self.mean_) / self.std_).astype(np.float32) @ self.model_.dense.weight.detach().numpy()[0]
+        lin = np.split(lin, np.cumsum([len(m) for m in merged])[:-1])
         with torch.inference_mode():
-            uv = self.model_.user_tower(self.user_rows_[np.maximum(np.asarray(users, dtype=np.int64), 0)]).numpy()
-        return [self.item_vectors_[m.items] @ uv[r] + self.item_bias_[m.items] for r, m in enumerate(merged)]
+            uv = self.model_.user_tower(self.user_rows_[users]).numpy()
+        return [self.item_vectors_[m.items] @ uv[r] + self.item_bias_[m.items] + lin[r] for r, m in enumerate(merged)]
 
     def keep_positions(self, scores: np.ndarray) -> np.ndarray:
         """Positions of the top `keep` scores, in their original (merge) order."""
@@ -151,9 +160,10 @@ def fit_prerank(funnel: Funnel, users: np.ndarray, spec: PrerankSpec) -> PreRank
     fused = [f for f, _ in funnel.rank_tasks(merged, users)]
     u = np.repeat(users, [len(m) for m in merged])
     items = np.concatenate([m.items for m in merged])
+    _, _, X = candidate_features(merged, users, funnel.item_log_pop_, funnel.user_log_act_)
     enc = funnel.ranker_.encoder_
     pr = PreRanker(spec.keep, spec.dim, tuple(spec.hidden), spec.epochs, spec.lr, spec.batch_size, spec.seed)
-    return pr.fit(enc.user_rows_, enc.item_rows_, enc.vocab_.n_rows, u, items, np.concatenate(fused))
+    return pr.fit(enc.user_rows_, enc.item_rows_, enc.vocab_.n_rows, u, items, np.concatenate(fused), X)
 
 
 def prerank_recall(funnel: Funnel, pre: PreRanker, users: np.ndarray, top: int = 50) -> dict[str, float]:
@@ -161,7 +171,7 @@ def prerank_recall(funnel: Funnel, pre: PreRanker, users: np.ndarray, top: int =
     next to a random cut of the same size and the merge-order cut."""
     merged = funnel.candidates(users)
     fused = [f for f, _ in funnel.rank_tasks(merged, users)]
-    pre_s = pre.score(users, merged)
+    pre_s = pre.score(users, merged, funnel.item_log_pop_, funnel.user_log_act_)
     got, rnd, mrg = [], [], []
     for f, p in zip(fused, pre_s):
         n = len(f)

@@ -7,11 +7,21 @@ the two top-n kernels every channel ends in.
 - `take_unseen(lists, groups, exclude, n)`: for channels with a precomputed ranked list per
   group (hot: one global list; geo: one per region), the first n items of the user's group
   list that the user has not seen.
+
+The request path (a batch of one user) builds no scipy objects: `UserHistory.rows` gathers the
+users' histories as plain CSR arrays (`Rows`) in one numba pass, `spmm_topn` computes the top-n
+of each row of A·B (A given as `Rows`, B a fitted CSR) with seen items excluded in one fused
+numba pass (dense accumulator + touched list: work Σ_{a ∈ row} |B_a|, not the catalogue size),
+and `take_unseen_rows` walks precomputed lists. Their dense per-column buffers are allocated once
+per thread and size (`scratch`) and left zeroed after every call, so a request costs no O(I)
+allocation or memset even over a million-item catalogue.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -104,6 +114,195 @@ def take_unseen(list_indptr: np.ndarray, list_items: np.ndarray, list_scores: np
     return CandidateBatch(channel, items, top)
 
 
+class Rows(NamedTuple):
+    """R rows of a sparse matrix as plain CSR arrays: row r owns idx[ptr[r]:ptr[r+1]] with weights
+    dat[...] (no duplicates inside a row; column order arbitrary)."""
+
+    ptr: np.ndarray  # (R + 1,) int64
+    idx: np.ndarray  # (nnz,) int64
+    dat: np.ndarray  # (nnz,) float32
+
+    @property
+    def n_rows(self) -> int:
+        return self.ptr.size - 1
+
+    @classmethod
+    def empty(cls, n_rows: int) -> Rows:
+        return cls(np.zeros(n_rows + 1, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
+
+    @classmethod
+    def from_csr(cls, m: sp.csr_matrix) -> Rows:
+        m = sp.csr_matrix(m)
+        return cls(m.indptr.astype(np.int64), m.indices.astype(np.int64), m.data.astype(np.float32))
+
+    @classmethod
+    def from_padded(cls, items: np.ndarray, scores: np.ndarray) -> Rows:
+        """(R, n) PAD-filled items/scores (a `CandidateBatch`'s arrays) → Rows of the real entries."""
+        keep = items != PAD
+        ptr = np.zeros(items.shape[0] + 1, np.int64)
+        np.cumsum(keep.sum(axis=1), out=ptr[1:])
+        return cls(ptr, items[keep].astype(np.int64), scores[keep].astype(np.float32))
+
+    def row_sums(self) -> np.ndarray:
+        """(R,) Σ of each row's weights."""
+        rows = np.repeat(np.arange(self.n_rows), np.diff(self.ptr))
+        return np.bincount(rows, weights=self.dat, minlength=self.n_rows)
+
+    def to_csr(self, n_cols: int) -> sp.csr_matrix:
+        m = sp.csr_matrix((self.dat, self.idx, self.ptr), shape=(self.n_rows, n_cols))
+        m.sort_indices()
+        return m
+
+
+class _Scratch(threading.local):
+    def __init__(self) -> None:
+        self.bufs: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+
+
+_SCRATCH = _Scratch()
+
+
+def scratch(n_cols: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """This thread's dense buffers over `n_cols` columns: (acc float64 zeros, vals float64,
+    state uint8 zeros, touched int64). The kernels leave acc and state zeroed."""
+    b = _SCRATCH.bufs.get(n_cols)
+    if b is None:
+        b = (np.zeros(n_cols, np.float64), np.empty(n_cols, np.float64), np.zeros(n_cols, np.uint8),
+             np.empty(n_cols, np.int64))
+        _SCRATCH.bufs[n_cols] = b
+    return b
+
+
+@numba.njit(cache=True, nogil=True)
+def _history_rows_kernel(users, ptr, idx, dat, n_users, x_ptr, x_idx, state):
+    R = users.size
+    cap = 0
+    for r in range(R):
+        u = users[r]
+        if 0 <= u < n_users:
+            cap += ptr[u + 1] - ptr[u]
+        cap += x_ptr[r + 1] - x_ptr[r]
+    out_ptr = np.zeros(R + 1, np.int64)
+    out_idx = np.empty(cap, np.int64)
+    out_dat = np.empty(cap, np.float32)
+    pos = 0
+    for r in range(R):
+        u = users[r]
+        for p in range(x_ptr[r], x_ptr[r + 1]):
+            state[x_idx[p]] = 3
+        if 0 <= u < n_users:
+            for p in range(ptr[u], ptr[u + 1]):
+                c = idx[p]
+                w = dat[p]
+                if state[c] == 3:  # also in the extra history: max(weight, 1)
+                    w = max(w, np.float32(1.0))
+                    state[c] = 0
+                out_idx[pos] = c
+                out_dat[pos] = w
+                pos += 1
+        for p in range(x_ptr[r], x_ptr[r + 1]):
+            c = x_idx[p]
+            if state[c] == 3:
+                out_idx[pos] = c
+                out_dat[pos] = 1.0
+                pos += 1
+                state[c] = 0
+        out_ptr[r + 1] = pos
+    return out_ptr, out_idx[:pos], out_dat[:pos]
+
+
+@numba.njit(cache=True, nogil=True)
+def _spmm_topn_kernel(a_ptr, a_idx, a_dat, b_ptr, b_idx, b_dat, col_scale, ex_ptr, ex_idx, n,
+                      acc, vals, state, touched):
+    R = a_ptr.size - 1
+    items = np.full((R, n), -1, np.int64)
+    scores = np.full((R, n), -np.inf, np.float32)
+    scaled = col_scale.size > 0
+    for r in range(R):
+        for p in range(ex_ptr[r], ex_ptr[r + 1]):
+            state[ex_idx[p]] = 1
+        nt = 0
+        for p in range(a_ptr[r], a_ptr[r + 1]):
+            a = a_idx[p]
+            w = np.float64(a_dat[p])
+            for q in range(b_ptr[a], b_ptr[a + 1]):
+                c = b_idx[q]
+                s = state[c]
+                if s == 1:
+                    continue
+                if s == 0:
+                    state[c] = 2
+                    touched[nt] = c
+                    nt += 1
+                acc[c] += w * b_dat[q]
+        cnt = 0
+        for t in range(nt):
+            c = touched[t]
+            v = acc[c] * col_scale[c] if scaled else acc[c]
+            acc[c] = 0.0
+            state[c] = 0
+            if v > 0 and np.isfinite(v):
+                touched[cnt] = c
+                vals[cnt] = v
+                cnt += 1
+        for p in range(ex_ptr[r], ex_ptr[r + 1]):
+            state[ex_idx[p]] = 0
+        select_topk(touched[:cnt], vals[:cnt], n, items[r], scores[r])
+    return items, scores
+
+
+@numba.njit(cache=True, nogil=True)
+def _take_unseen_rows_kernel(l_indptr, l_items, l_scores, groups, ex_ptr, ex_idx, n, state):
+    U = groups.size
+    items = np.full((U, n), -1, np.int64)
+    scores = np.full((U, n), -np.inf, np.float32)
+    for r in range(U):
+        g = groups[r]
+        if g < 0:
+            continue
+        for p in range(ex_ptr[r], ex_ptr[r + 1]):
+            state[ex_idx[p]] = 1
+        k = 0
+        for p in range(l_indptr[g], l_indptr[g + 1]):
+            if k >= n:
+                break
+            c = l_items[p]
+            if state[c] == 0:
+                items[r, k] = c
+                scores[r, k] = l_scores[p]
+                k += 1
+        for p in range(ex_ptr[r], ex_ptr[r + 1]):
+            state[ex_idx[p]] = 0
+    return items, scores
+
+
+_NO_SCALE = np.zeros(0, np.float64)
+
+
+def spmm_topn(a: Rows, b: sp.csr_matrix, n: int, channel: str, exclude: Rows | None = None,
+              col_scale: np.ndarray | None = None) -> CandidateBatch:
+    """Top-n of each row of A·B (A (R, K) as `Rows`, B (K, C) CSR), each column c scaled by
+    col_scale[c] when given; scores ≤ 0 and columns in row r of `exclude` dropped; ties → lower
+    column. Equals `csr_topn(A @ B, …)` up to float rounding (accumulated in float64), and a
+    row's answer does not depend on the other rows (batch = one by one)."""
+    n_cols = b.shape[1]
+    acc, vals, state, touched = scratch(n_cols)
+    ex = exclude if exclude is not None else Rows.empty(a.n_rows)
+    items, top = _spmm_topn_kernel(a.ptr, a.idx, a.dat, b.indptr, b.indices, b.data,
+                                   _NO_SCALE if col_scale is None else col_scale, ex.ptr, ex.idx, int(n),
+                                   acc, vals, state, touched)
+    return CandidateBatch(channel, items, top)
+
+
+def take_unseen_rows(list_indptr: np.ndarray, list_items: np.ndarray, list_scores: np.ndarray,
+                     groups: np.ndarray, seen: Rows, n: int, n_cols: int, channel: str) -> CandidateBatch:
+    """`take_unseen` with the users' seen items as `Rows` (the request path: no scipy objects)."""
+    state = scratch(n_cols)[2]
+    items, top = _take_unseen_rows_kernel(list_indptr, list_items, list_scores, groups, seen.ptr, seen.idx,
+                                          int(n), state)
+    return CandidateBatch(channel, items, top)
+
+
 def row_topk(m: sp.csr_matrix, k: int) -> sp.csr_matrix:
     """Keep the k largest positive entries of each row of a square/rectangular CSR matrix."""
     m = sp.csr_matrix(m)
@@ -156,6 +355,24 @@ class UserHistory:
         np.cumsum(lens, out=indptr[1:])
         pos = np.repeat(starts - indptr[:-1], lens) + np.arange(indptr[-1])
         return sp.csr_matrix((m.data[pos], m.indices[pos], indptr), shape=(len(users), m.shape[1]))
+
+    def rows(self, users: np.ndarray, context: RecallContext | None) -> tuple[Rows, Rows]:
+        """(H, seen) of `users` as `Rows` — `matrix` without scipy objects, for the request path.
+        One object when H is binary. Rows list the training items first, then new extra ones."""
+        state = scratch(self.n_items)[2]
+        extra = None if context is None else context.extra.get("history")
+        if extra is None:
+            x_ptr, x_idx = np.zeros(len(users) + 1, np.int64), np.zeros(0, np.int64)
+        else:
+            X = self.extra_matrix(extra, len(users))
+            x_ptr, x_idx = X.indptr.astype(np.int64), X.indices.astype(np.int64)
+        s = self.seen
+        seen = Rows(*_history_rows_kernel(users, s.indptr, s.indices, s.data, self.n_users, x_ptr, x_idx, state))
+        if self.weights is s:
+            return seen, seen
+        w = self.weights
+        H = Rows(*_history_rows_kernel(users, w.indptr, w.indices, w.data, self.n_users, x_ptr, x_idx, state))
+        return H, seen
 
     def matrix(self, users: np.ndarray, context: RecallContext | None) -> tuple[sp.csr_matrix, sp.csr_matrix]:
         """(H, seen) of `users`; one object when H is binary (callers only read them)."""

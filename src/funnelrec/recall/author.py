@@ -13,15 +13,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import scipy.sparse as sp
 
 from funnelrec.core.errors import ConfigError
 from funnelrec.core.registry import RECALL_CHANNELS
 from funnelrec.data.dataset import TrainData
-from funnelrec.recall._common import UserHistory
+from funnelrec.recall._common import Rows, UserHistory, spmm_topn
 from funnelrec.recall.hot import train_popularity
 from funnelrec.recall.itemcf import itemcf_neighbours
-from funnelrec.recall.tag import AttributeRecall, user_value_weights
+from funnelrec.recall.tag import AttributeRecall
 
 
 @dataclass(frozen=True)
@@ -60,8 +61,22 @@ class AuthorRecall(AttributeRecall):
         self.fitted_ = True
         return self
 
-    def _user_weights(self, H: sp.csr_matrix) -> sp.csr_matrix:
-        W = user_value_weights(H, self.forward_.matrix, self.n_values_kept_)
-        if self.similar_ is not None:
-            W = sp.csr_matrix(W + self.config.similar_weight * (W @ self.similar_))
-        return W
+    def _expansion(self) -> sp.csr_matrix:
+        """(A, A) I + β·sim: a' = a · (I + β·sim), built once (lazily for channels saved before)."""
+        E = self.__dict__.get("expansion_")
+        if E is None:
+            A = self.similar_.shape[0]
+            E = sp.csr_matrix(sp.identity(A, np.float32, format="csr") + self.config.similar_weight * self.similar_,
+                              dtype=np.float32)
+            E.sort_indices()
+            self.expansion_ = E
+        return E
+
+    def _user_weights(self, H: Rows) -> Rows:
+        W = super()._user_weights(H)
+        if self.similar_ is None:
+            return W
+        E = self._expansion()
+        width = max(1, min(E.shape[1], self.n_values_kept_ * int(np.diff(E.indptr).max(initial=1))))
+        out = spmm_topn(W, E, width, self.name)  # every positive entry of W·E (width bounds the row)
+        return Rows.from_padded(out.items, out.scores)

@@ -57,7 +57,7 @@ class CacheRecall(RecallChannel):
         self.entries_[int(user_idx)] = (items[order], scores[order])
 
     def _recall(self, users: np.ndarray, n: int, context: RecallContext | None) -> CandidateBatch:
-        _, seen = self.history_.matrix(users, context)
+        _, seen = self.history_.rows(users, context)
         items = np.full((len(users), n), PAD, np.int64)
         scores = np.full((len(users), n), -np.inf, np.float32)
         for r, u in enumerate(users.tolist()):
@@ -65,7 +65,7 @@ class CacheRecall(RecallChannel):
             if got is None:
                 continue
             it, sc = got
-            keep = ~np.isin(it, seen.indices[seen.indptr[r]:seen.indptr[r + 1]])
+            keep = ~np.isin(it, seen.idx[seen.ptr[r]:seen.ptr[r + 1]])
             it, sc = it[keep][:n], sc[keep][:n]
             items[r, : len(it)] = it
             scores[r, : len(it)] = sc

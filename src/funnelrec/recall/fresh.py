@@ -19,7 +19,7 @@ from funnelrec.core.errors import ConfigError
 from funnelrec.core.registry import RECALL_CHANNELS
 from funnelrec.core.types import CandidateBatch
 from funnelrec.data.dataset import TrainData
-from funnelrec.recall._common import UserHistory, take_unseen
+from funnelrec.recall._common import UserHistory, take_unseen_rows
 from funnelrec.recall.base import RecallContext
 from funnelrec.recall.tag import AttributeRecall
 
@@ -72,12 +72,13 @@ class FreshRecall(AttributeRecall):
     def _recall(self, users: np.ndarray, n: int, context: RecallContext | None) -> CandidateBatch:
         if self.config.by_user_tags:
             return super()._recall(users, n, context)
-        _, seen = self.history_.matrix(users, context)
+        _, seen = self.history_.rows(users, context)
         t = self.now_ if context is None or context.time is None else context.time
         items = self.items_[self.publish_[self.items_] <= t]
         scores = self._freshness(self.publish_[items], t).astype(np.float32)
         indptr = np.array([0, len(items)], np.int64)
-        return take_unseen(indptr, items, scores, np.zeros(len(users), np.int64), seen, n, self.name)
+        return take_unseen_rows(indptr, items, scores, np.zeros(len(users), np.int64), seen, n,
+                                self.history_.n_items, self.name)
 
     def _freshness(self, publish: np.ndarray, t: float) -> np.ndarray:
         """exp(−(t − publish)/τ) for items published by t; very old items stay ranked (> 0)."""

@@ -17,7 +17,7 @@ from funnelrec.core.errors import ConfigError
 from funnelrec.core.registry import RECALL_CHANNELS
 from funnelrec.core.types import CandidateBatch
 from funnelrec.data.dataset import TrainData
-from funnelrec.recall._common import UserHistory, take_unseen
+from funnelrec.recall._common import UserHistory, take_unseen_rows
 from funnelrec.recall.attributes import ForwardIndex
 from funnelrec.recall.base import RecallChannel, RecallContext
 from funnelrec.recall.hot import decayed_counts, ranked_list
@@ -74,10 +74,11 @@ class GeoRecall(RecallChannel):
         return k if k < len(self.regions_) and self.regions_[k] == region else -1
 
     def _recall(self, users: np.ndarray, n: int, context: RecallContext | None) -> CandidateBatch:
-        _, seen = self.history_.matrix(users, context)
+        _, seen = self.history_.rows(users, context)
         if context is not None and context.region is not None:
             groups = np.full(len(users), self._region_code(str(context.region)), np.int64)
         else:
             known = self.history_.known(users)
             groups = np.where(known, self.user_region_[np.where(known, users, 0)], -1)
-        return take_unseen(self.list_indptr_, self.list_items_, self.list_scores_, groups, seen, n, self.name)
+        return take_unseen_rows(self.list_indptr_, self.list_items_, self.list_scores_, groups, seen, n,
+                                self.history_.n_items, self.name)

@@ -15,7 +15,7 @@ from funnelrec.core.errors import ConfigError
 from funnelrec.core.registry import RECALL_CHANNELS
 from funnelrec.core.types import CandidateBatch
 from funnelrec.data.dataset import TrainData
-from funnelrec.recall._common import UserHistory, take_unseen
+from funnelrec.recall._common import UserHistory, take_unseen_rows
 from funnelrec.recall.base import RecallChannel, RecallContext
 
 
@@ -72,7 +72,7 @@ class HotRecall(RecallChannel):
         return self
 
     def _recall(self, users: np.ndarray, n: int, context: RecallContext | None) -> CandidateBatch:
-        _, seen = self.history_.matrix(users, context)
+        _, seen = self.history_.rows(users, context)
         groups = np.zeros(len(users), np.int64)
         indptr = np.array([0, len(self.items_)], np.int64)
-        return take_unseen(indptr, self.items_, self.scores_, groups, seen, n, self.name)
+        return take_unseen_rows(indptr, self.items_, self.scores_, groups, seen, n, self.history_.n_items, self.name)

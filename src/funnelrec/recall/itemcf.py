@@ -37,6 +37,7 @@ from funnelrec.recall._common import (
     neighbours_to_csr,
     rating_matrix,
     select_topk,
+    spmm_topn,
 )
 from funnelrec.recall.base import RecallChannel, RecallContext
 
@@ -145,9 +146,9 @@ class NeighbourRecall(RecallChannel):
         return UserHistory(data.csr, rating_matrix(data) if use_rating else None)
 
     def _recall(self, users: np.ndarray, n: int, context: RecallContext | None) -> CandidateBatch:
-        H, seen = self.history_.matrix(users, context)
+        H, seen = self.history_.rows(users, context)
         N = self.neighbours_ if self.neighbourhood == "trigger" else self.neighbours_t_
-        return csr_topn(H @ N, n, self.name, seen)
+        return spmm_topn(H, N, n, self.name, exclude=seen)
 
     def similar_items(self, items: np.ndarray, n: int) -> CandidateBatch:
         """Top-n neighbours of each item (i2i): (len(items), n) with the similarity as score."""

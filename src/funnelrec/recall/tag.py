@@ -17,7 +17,7 @@ from funnelrec.core.errors import ConfigError
 from funnelrec.core.registry import RECALL_CHANNELS
 from funnelrec.core.types import CandidateBatch
 from funnelrec.data.dataset import TrainData
-from funnelrec.recall._common import UserHistory, csr_topn, row_topk
+from funnelrec.recall._common import Rows, UserHistory, row_topk, spmm_topn
 from funnelrec.recall.attributes import ForwardIndex, InvertedIndex
 from funnelrec.recall.base import RecallChannel, RecallContext
 from funnelrec.recall.hot import train_popularity
@@ -56,12 +56,16 @@ class AttributeRecall(RecallChannel):
         self.value_items_ = self.inverted_.matrix(data.n_items)
         self.n_values_kept_ = n_values_kept
 
-    def _user_weights(self, H: sp.csr_matrix) -> sp.csr_matrix:
-        return user_value_weights(H, self.forward_.matrix, self.n_values_kept_)
+    def _user_weights(self, H: Rows) -> Rows:
+        """(U, V) `user_value_weights` of the history rows, as Rows (one fused pass, no scipy)."""
+        top = spmm_topn(H, self.forward_.matrix, self.n_values_kept_, self.name)
+        n = H.row_sums()
+        n[n <= 0] = 1.0
+        return Rows.from_padded(top.items, top.scores / n[:, None].astype(np.float32))
 
     def _recall(self, users: np.ndarray, n: int, context: RecallContext | None) -> CandidateBatch:
-        H, seen = self.history_.matrix(users, context)
-        return csr_topn(self._user_weights(H) @ self.value_items_, n, self.name, seen)
+        H, seen = self.history_.rows(users, context)
+        return spmm_topn(self._user_weights(H), self.value_items_, n, self.name, exclude=seen)
 
 
 @RECALL_CHANNELS.register("tag")

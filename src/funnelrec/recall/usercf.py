@@ -19,7 +19,7 @@ from funnelrec.core.errors import ConfigError
 from funnelrec.core.registry import RECALL_CHANNELS
 from funnelrec.core.types import CandidateBatch
 from funnelrec.data.dataset import TrainData
-from funnelrec.recall._common import UserHistory, csr_topn, rating_matrix, row_topk
+from funnelrec.recall._common import Rows, UserHistory, rating_matrix, spmm_topn
 from funnelrec.recall.base import RecallChannel, RecallContext
 
 
@@ -49,20 +49,28 @@ class UserCFRecall(RecallChannel):
                              else np.ones(R.shape[1])).astype(np.float32)
         self.user_len_ = np.asarray(R.getnnz(axis=1), np.float64)
         self.item_users_ = sp.csr_matrix(R.T)  # (I, U)
+        self._precompute()
         self.ratings_ = rating_matrix(data) if self.config.use_rating else R
         self.history_ = UserHistory(data.csr)
         self.fitted_ = True
         return self
 
+    def _precompute(self) -> None:
+        """Fit-time products of the request path: diag(w_item)·(I, U) and 1/sqrt(|I_v|)."""
+        W = sp.csr_matrix(sp.diags(self.item_weight_) @ self.item_users_, dtype=np.float32)
+        W.sort_indices()
+        self.weighted_item_users_ = W
+        self.inv_sqrt_len_ = 1.0 / np.sqrt(np.maximum(self.user_len_, 1.0))
+
     def _recall(self, users: np.ndarray, n: int, context: RecallContext | None) -> CandidateBatch:
-        H, seen = self.history_.matrix(users, context)
-        S = sp.csr_matrix((H @ sp.diags(self.item_weight_)) @ self.item_users_)  # (U, n_users)
-        S.sum_duplicates()
-        hl = np.asarray(H.getnnz(axis=1), np.float64)
-        rows = np.repeat(np.arange(S.shape[0]), np.diff(S.indptr))
-        S.data /= np.sqrt(np.maximum(hl[rows], 1.0) * np.maximum(self.user_len_[S.indices], 1.0))
+        if "weighted_item_users_" not in self.__dict__:  # a channel saved before these existed
+            self._precompute()
+        H, seen = self.history_.rows(users, context)
         known = self.history_.known(users)
-        self_hit = known[rows] & (S.indices == users[rows])  # a user is not their own neighbour
-        S.data[self_hit] = 0.0
-        S.eliminate_zeros()
-        return csr_topn(row_topk(S, self.config.k) @ self.ratings_, n, self.name, seen)
+        me = Rows(np.concatenate([[0], np.cumsum(known)]).astype(np.int64), users[known], np.ones(known.sum(), np.float32))
+        # sim(u, v) · sqrt(|I_u|): the top-k neighbours do not depend on the row constant |I_u|
+        nb = spmm_topn(H, self.weighted_item_users_, self.config.k, self.name, exclude=me,
+                       col_scale=self.inv_sqrt_len_)
+        hl = np.maximum(np.diff(H.ptr).astype(np.float64), 1.0)
+        S = Rows.from_padded(nb.items, (nb.scores / np.sqrt(hl)[:, None]).astype(np.float32))
+        return spmm_topn(S, self.ratings_, n, self.name, exclude=seen)

@@ -2,7 +2,10 @@
 
     e_u = mean of the user's field embeddings  (B, D),  u = MLP_u(e_u) ∈ R^d
     e_i = mean of the item's field embeddings  (B, D),  v = MLP_i(e_i) ∈ R^d
-    score(u, i) = ⟨u, v⟩ + b_i                                              (B,)
+    score(u, i) = ⟨u, v⟩ + b_i + w · x_ui                                    (B,)
+
+x_ui (B, Dn): the cheap recall-source features of the pair (which channels recalled it, at what
+rank; features/candidates.py) — known at pre-rank time without any model.
 
 The towers never see each other, so every item vector (and bias) is computed once and cached
 (`item_table`); a request costs one user-tower pass plus a (N, d) gather and a mat-vec.
@@ -11,8 +14,8 @@ Inputs are the embedding rows of the fine ranker's `FeatureEncoder` ("user" (B, 
 ranker's scores — distillation, not the original labels.
 
     >>> import torch
-    >>> m = TwoTowerPrerank(n_embeddings=20, dim=8)
-    >>> m({"user": torch.tensor([[1, 2]]), "item": torch.tensor([[3, 4, 0]])})["ctr"].shape
+    >>> m = TwoTowerPrerank(n_embeddings=20, dim=8, n_dense=2)
+    >>> m({"user": torch.tensor([[1, 2]]), "item": torch.tensor([[3, 4, 0]]), "dense": torch.zeros(1, 2)})["ctr"].shape
     torch.Size([1])
 """
 
@@ -42,8 +45,10 @@ class _Tower(nn.Module):
 
 
 class TwoTowerPrerank(nn.Module):
-    def __init__(self, n_embeddings: int, dim: int = 32, hidden: tuple[int, ...] = (64,), emb_dim: int = 32) -> None:
+    def __init__(self, n_embeddings: int, dim: int = 32, hidden: tuple[int, ...] = (64,), emb_dim: int = 32,
+                 n_dense: int = 0) -> None:
         super().__init__()
+        self.dense = nn.Linear(n_dense, 1, bias=False) if n_dense else None
         self.user_emb = nn.Embedding(n_embeddings, emb_dim, padding_idx=0)
         self.item_emb = nn.Embedding(n_embeddings, emb_dim, padding_idx=0)
         nn.init.normal_(self.user_emb.weight, std=0.05)
@@ -60,4 +65,7 @@ class TwoTowerPrerank(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         u = self.user_tower(batch["user"])
         v = self.item_tower(batch["item"])
-        return {"ctr": (u * v).sum(-1) + self.item_bias(v).squeeze(-1)}
+        out = (u * v).sum(-1) + self.item_bias(v).squeeze(-1)
+        if self.dense is not None:
+            out = out + self.dense(batch["dense"]).squeeze(-1)
+        return {"ctr": out}
