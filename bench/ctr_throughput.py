@@ -27,7 +27,12 @@ from funnelrec.data import load_dataset
 from funnelrec.eval.ctr import evaluate_ctr, load_ctr_config
 
 ALL = ["lr", "fm", "ffm", "gbdt_lr", "widedeep", "deepfm", "dcn", "dcnv2", "gdcn", "xdeepfm", "fibinet",
-       "lhuc", "all_interaction", "neural_interaction", "mmcn"]
+       "lhuc", "all_interaction", "neural_interaction", "mmcn",
+       "din", "dien", "sim", "mmoe", "ple", "esmm", "star", "pepnet"]
+# "<model>@recbole": RecBole's feature set (genres one pooled field) and RecBole 1.2.1's default
+# sizes, for a like-for-like throughput ratio (same fields, same layers, same embedding size)
+RECBOLE_ARCH = {"deepfm": {"embedding_dim": 10, "hidden": [128, 128, 128]},
+                "dcnv2": {"embedding_dim": 16, "cross_layers": 3, "hidden": [768, 768], "structure": "stacked"}}
 PEERS = Path(os.environ.get("PEERS", "/work/shared/peers"))
 
 
@@ -65,13 +70,17 @@ def main() -> None:
            "threads": args.threads,
            "load_start": os.getloadavg()[0], "models": {}}
     for m in args.models.split(","):
-        cfg = load_ctr_config(m)
+        base, _, variant = m.partition("@")
+        cfg = load_ctr_config(base)
+        if variant == "recbole":
+            cfg = {"features": {"pool_multi": True}, "model": RECBOLE_ARCH[base], "trainer": cfg.get("trainer", {})}
         trainer = {**cfg.get("trainer", {}), "num_threads": args.threads}
         if args.epochs:
             trainer["epochs"] = args.epochs
         cfg = {**cfg, "trainer": trainer}
         t0 = time.perf_counter()
-        r = evaluate_ctr(ds, m, cfg)
+        r = evaluate_ctr(ds, base, cfg)
+        r["model"] = m
         r["wall_s"] = time.perf_counter() - t0
         res["models"][m] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
         print(json.dumps({m: res["models"][m]}), file=sys.stderr, flush=True)
@@ -81,8 +90,9 @@ def main() -> None:
             ours = PAIRS[theirs]
             res["recbole"][theirs] = rb = run_recbole(theirs, args.epochs, args.threads)
             print(json.dumps({theirs: rb}), file=sys.stderr, flush=True)
-            if ours in res["models"]:
-                res["ratios"][f"{ours}/{theirs}"] = round(res["models"][ours]["train_samples_per_s"] / rb["train_samples_per_s"], 2)
+            for name in (ours, f"{ours}@recbole"):
+                if name in res["models"]:
+                    res["ratios"][f"{name}/{theirs}"] = round(res["models"][name]["train_samples_per_s"] / rb["train_samples_per_s"], 2)
     res["load_end"] = os.getloadavg()[0]
     print(json.dumps(res))
 

@@ -144,7 +144,7 @@ def build_funnel(spec: dict, workdir: Path) -> tuple[Path, dict, list]:
     from funnelrec.pipeline.funnel import Funnel
     from funnelrec.train.trainer import setup_torch
 
-    setup_torch(2)
+    setup_torch(1)  # a second spinning torch thread is slower on this loaded 2-core machine
     ds_spec = spec["dataset"]
     t0 = time.perf_counter()
     ds = load_dataset(ds_spec["name"], **ds_spec.get("params", {}))
@@ -179,6 +179,8 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=None, help="seconds per rate (default: the YAML's)")
     p.add_argument("--slo-ms", type=float, default=50.0)
     p.add_argument("--workers", type=int, default=None, help="server worker processes (default: the YAML's, else 1)")
+    p.add_argument("--workdir", default=None,
+                   help="keep the fitted funnel here and reuse it when present (default: a temporary directory)")
     p.add_argument("--loadgen", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--rate", type=float, default=0, help=argparse.SUPPRESS)
@@ -198,8 +200,15 @@ def main() -> None:
     warmup = float(load.get("warmup_s", 5))
     server = spec.get("server", {})
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        artifact, info, user_ids = build_funnel(spec, work)
+        work = Path(args.workdir or tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        if args.workdir and (work / "funnel.pkl").exists() and (work / "info.json").exists():
+            artifact, saved = work / "funnel.pkl", json.loads((work / "info.json").read_text())
+            info, user_ids = saved["info"], saved["user_ids"]
+            info["reused_artifact"] = True
+        else:
+            artifact, info, user_ids = build_funnel(spec, work)
+            (work / "info.json").write_text(json.dumps({"info": info, "user_ids": user_ids}))
         rng = np.random.default_rng(0)
         cold = float(load.get("cold_fraction", 0.05))
         k = int(load.get("k", 10))
@@ -210,19 +219,20 @@ def main() -> None:
         (work / "bodies.txt").write_text("\n".join(bodies))
         port = _free_port()
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        cmd = [sys.executable, "-m", "funnelrec.serving", "--artifact", str(artifact), "--state-dir", str(work / "state"),
+        state = Path(tmp) / "state"  # fresh state every run
+        cmd = [sys.executable, "-m", "funnelrec.serving", "--artifact", str(artifact), "--state-dir", str(state),
                "--port", str(port), "--threads", str(server.get("threads", 1)),
                "--max-in-flight", str(server.get("max_in_flight", 64)),
                "--workers", str(args.workers or server.get("workers", 1))]
         print(json.dumps({"progress": "fitted", **info}), file=sys.stderr, flush=True)
-        log = open(work / "server.log", "w")  # noqa: SIM115  (closed with the temporary directory)
+        log = open(Path(tmp) / "server.log", "w")  # noqa: SIM115  (closed with the temporary directory)
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log)
         try:
             t_start = time.perf_counter()
             try:
                 _wait_healthy(proc, port)
             except SystemExit:
-                print((work / "server.log").read_text()[-3000:], file=sys.stderr)
+                print((Path(tmp) / "server.log").read_text()[-3000:], file=sys.stderr)
                 raise
             info["server_start_s"] = round(time.perf_counter() - t_start, 1)
 
@@ -235,7 +245,7 @@ def main() -> None:
                 res["load_avg_start"] = load_start
                 res["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
                 print(json.dumps({"progress": res["rate"], "p50_ms": res["p50_ms"], "p99_ms": res["p99_ms"],
-                                  "ok": res["ok"], "sent": res["sent"]}), file=sys.stderr, flush=True)
+                                  "ok": res["ok"], "sent": res["sent"], "codes": res["codes"]}), file=sys.stderr, flush=True)
                 return res
 
             run(min(rates), warmup)  # warm caches, numba, torch
@@ -245,7 +255,7 @@ def main() -> None:
             proc.wait(30)
     ok = [r["rate"] for r in results if r["p99_ms"] <= args.slo_ms and r["ok"] == r["sent"]]
     print(json.dumps({
-        "bench": "serving", "config": str(Path(args.config).relative_to(ROOT)) if Path(args.config).is_absolute() else args.config,
+        "bench": "serving", "config": os.path.relpath(args.config, ROOT),
         "machine": f"{platform.machine()} {os.cpu_count()} cpu", "load_avg_at_end": os.getloadavg(),
         "funnel": info, "workers": args.workers or server.get("workers", 1), "duration_s": duration,
         "slo_p99_ms": args.slo_ms,

@@ -29,9 +29,15 @@ def _load(dataset: str, path: Path | None):
     return load_dataset(dataset, path=path) if path is not None else load_dataset(dataset)
 
 
+# the tuned default funnel of the source checkout (src/funnelrec/cli.py → repo root)
+DEFAULT_FUNNEL = Path(__file__).resolve().parents[2] / "configs" / "funnel" / "ml100k.yaml"
+
+
 def _config(config: Path | None):
     from funnelrec.pipeline.config import FunnelConfig
 
+    if config is None and DEFAULT_FUNNEL.exists():
+        config = DEFAULT_FUNNEL
     return FunnelConfig.load(config) if config is not None else FunnelConfig()
 
 
@@ -60,7 +66,7 @@ def data(dataset: str = typer.Option("movielens-100k", help="dataset name"),
 
 @app.command()
 def train(dataset: str = typer.Option("movielens-100k"), path: Path | None = typer.Option(None),
-          config: Path | None = typer.Option(None, help="funnel YAML config"),
+          config: Path | None = typer.Option(None, help="funnel YAML config (default: configs/funnel/ml100k.yaml)"),
           out: Path = typer.Option(DEFAULT_ARTIFACT, help="where to write the trained funnel"),
           seed: int = typer.Option(2020)) -> None:
     """Train the funnel (channels + ranker) on the RecBole train split and save it."""

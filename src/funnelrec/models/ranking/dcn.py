@@ -15,7 +15,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -38,6 +38,10 @@ class DCNConfig:
     structure: str = "parallel"  # "parallel" | "stacked"
     rank: int = 0  # dcnv2: 0 = full-rank W, > 0 = low-rank mixture
     n_experts: int = 1  # dcnv2 low-rank experts
+    # False: dense features join x0 as raw scalars (x0 = [flatten(E), dense], width F·D + Dn, as
+    # in the DCN paper) instead of as D-dim fields x_j·v_j — with many dense features the cross
+    # layers' d² cost shrinks accordingly
+    dense_as_fields: bool = True
 
     def __post_init__(self) -> None:
         if self.structure not in ("parallel", "stacked"):
@@ -50,8 +54,10 @@ class _CrossModel(RankingModel):
     def __init__(self, spec: FeatureSpec, config: DCNConfig | None = None) -> None:
         super().__init__(spec)
         self.config = cfg = config or self.Config()
-        self.embed = FieldEmbedder(spec, cfg.embedding_dim)
-        d = self.embed.n_fields * cfg.embedding_dim
+        raw = spec.n_dense if not cfg.dense_as_fields else 0
+        self.embed = FieldEmbedder(replace(spec, n_dense=spec.n_dense - raw), cfg.embedding_dim)
+        self.raw_dense = raw
+        d = self.embed.n_fields * cfg.embedding_dim + raw
         self.cross = self._cross(d, cfg)
         if cfg.structure == "parallel":
             self.deep = MLP(d, cfg.hidden, cfg.dropout, cfg.batch_norm)
@@ -65,6 +71,8 @@ class _CrossModel(RankingModel):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x0 = self.embed(batch).flatten(1)
+        if self.raw_dense:
+            x0 = torch.cat([x0, batch["dense"]], dim=1)
         if self.head is not None:
             out = self.head(torch.cat([self.cross(x0), self.deep(x0)], dim=1))
         else:
