@@ -8,7 +8,8 @@ Protocol (same as /work/shared/peers recbole_run.py --task ctr):
   best validation epoch's weights scored on the test split: AUC, GAUC (per user), logloss.
 
 A per-model config (configs/ctr/<model>.yaml, or the `config` argument) may override
-`features` (FeatureEncoderConfig: e.g. count features computed on TRAIN only), `model` (the
+`features` (FeatureEncoderConfig: count features, out-of-fold target encodings and
+neighbourhood-CF estimates, all computed on TRAIN only — docs/benchmarks/ctr.md), `model` (the
 model's dataclass config) and `trainer` (TrainerConfig); `wide_optimizer` sets FTRL for the wide
 part of Wide&Deep. Unknown keys are errors.
 """
@@ -110,7 +111,7 @@ def evaluate_ctr(dataset: Dataset, model: str, config: dict | None = None, seed:
         w = cfg.wide_optimizer
         deep = [p for p in net.deep_parameters() if p.requires_grad]
         optimizer = [FTRL(net.wide_parameters(), w.alpha, w.beta, w.l1, w.l2),
-                     torch.optim.Adam(deep, lr=tcfg.lr, weight_decay=tcfg.weight_decay)]
+                     torch.optim.Adam(deep, lr=tcfg.lr, weight_decay=tcfg.weight_decay, fused=True)]
 
     y_valid = valid["label"].numpy()
 

@@ -252,6 +252,7 @@ class LoadedFunnel:
     item_ids: np.ndarray  # (I,) external ids by dense index
     item_keys: np.ndarray  # (I,) int64 keys by dense index
     key_order: np.ndarray  # argsort of item_keys, for key → dense index
+    sorted_keys: np.ndarray  # item_keys[key_order], built once (a request must not gather all I)
     cache_channels: tuple  # channels with put(user_idx, items, scores)
     loaded_at: float
 
@@ -261,11 +262,12 @@ class LoadedFunnel:
         ids = funnel.dataset_.items["item_id"].to_numpy()
         keys = item_keys(ids)
         caches = tuple(ch for ch in funnel.channels_.values() if callable(getattr(ch, "put", None)))
-        return cls(funnel, version, ids, keys, np.argsort(keys, kind="stable"), caches, time.time())
+        order = np.argsort(keys, kind="stable")
+        return cls(funnel, version, ids, keys, order, keys[order], caches, time.time())
 
     def indices_of_keys(self, keys: np.ndarray) -> np.ndarray:
         """Dense indices of item keys; -1 where the key is not in this catalogue."""
-        sorted_keys = self.item_keys[self.key_order]
+        sorted_keys = self.sorted_keys
         pos = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
         found = sorted_keys[pos] == keys
         return np.where(found, self.key_order[pos], -1)
