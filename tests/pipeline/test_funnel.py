@@ -71,8 +71,9 @@ def test_report_shape_and_itemcf_quality(ml100k, ml100k_split, fitted_funnel, sm
 
 
 def test_drop_excluded_keeps_order():
-    from funnelrec.core.types import CandidateBatch
     import scipy.sparse as sp
+
+    from funnelrec.core.types import CandidateBatch
 
     b = CandidateBatch("x", np.array([[4, 2, 7, -1]]), np.array([[3.0, 2.0, 1.0, -np.inf]], np.float32))
     ex = sp.csr_matrix(([1], ([0], [2])), shape=(1, 8))
