@@ -8,7 +8,6 @@ top-K. Offline evaluation and serving call this same object, so they cannot drif
 
 from __future__ import annotations
 
-import pickle
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,8 +18,9 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
+from funnelrec.core.artifact import load_pickle, save_pickle
 from funnelrec.core.config import from_dict
-from funnelrec.core.errors import ArtifactError, ConfigError, NotFittedError
+from funnelrec.core.errors import ConfigError, NotFittedError
 from funnelrec.core.registry import RANKERS, RECALL_CHANNELS
 from funnelrec.core.types import PAD, CandidateBatch, MergedCandidates
 from funnelrec.data.dataset import Dataset, TrainData, interactions_csr
@@ -318,29 +318,11 @@ class Funnel:
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:
         self._check()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        with open(tmp, "wb") as f:
-            f.write(_MAGIC)
-            pickle.dump(self, f, protocol=pickle.HIGHEST_PROTOCOL)
-        tmp.replace(path)
+        save_pickle(self, path, _MAGIC)
 
     @staticmethod
     def load(path: str | Path) -> Funnel:
-        path = Path(path)
-        try:
-            with open(path, "rb") as f:
-                if f.read(len(_MAGIC)) != _MAGIC:
-                    raise ArtifactError(f"{path}: not a funnelrec funnel file")
-                obj = pickle.load(f)
-        except FileNotFoundError:
-            raise ArtifactError(f"{path}: funnel file not found; train one with `funnelrec train`") from None
-        except (pickle.UnpicklingError, EOFError, AttributeError, ValueError) as e:
-            raise ArtifactError(f"{path}: corrupt funnel file ({e})") from None
-        if not isinstance(obj, Funnel):
-            raise ArtifactError(f"{path}: holds a {type(obj).__name__}, not a funnel")
-        return obj
+        return load_pickle(path, _MAGIC, Funnel, "funnel", hint="; train one with `funnelrec train`")
 
 
 def _experiment_params(context: RecallContext | None) -> dict[str, Any]:

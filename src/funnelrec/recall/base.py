@@ -11,7 +11,6 @@ item the user already consumed in the data they were fitted on (`exclude_seen=Tr
 
 from __future__ import annotations
 
-import pickle
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from funnelrec.core.errors import ArtifactError, NotFittedError
+from funnelrec.core.artifact import load_pickle, save_pickle
+from funnelrec.core.errors import NotFittedError
 from funnelrec.core.types import PAD, CandidateBatch
 from funnelrec.data.dataset import TrainData
 
@@ -65,27 +65,11 @@ class RecallChannel(ABC):
         return self._recall(users, int(n), context)
 
     def save(self, path: str | Path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as f:
-            f.write(_MAGIC)
-            pickle.dump(self, f, protocol=pickle.HIGHEST_PROTOCOL)
+        save_pickle(self, path, _MAGIC)
 
     @staticmethod
     def load(path: str | Path) -> RecallChannel:
-        path = Path(path)
-        try:
-            with open(path, "rb") as f:
-                if f.read(len(_MAGIC)) != _MAGIC:
-                    raise ArtifactError(f"{path}: not a funnelrec recall-channel file")
-                obj = pickle.load(f)
-        except FileNotFoundError:
-            raise ArtifactError(f"{path}: channel file not found") from None
-        except (pickle.UnpicklingError, EOFError, AttributeError, ValueError) as e:
-            raise ArtifactError(f"{path}: corrupt channel file ({e})") from None
-        if not isinstance(obj, RecallChannel):
-            raise ArtifactError(f"{path}: holds a {type(obj).__name__}, not a recall channel")
-        return obj
+        return load_pickle(path, _MAGIC, RecallChannel, "recall-channel")
 
 
 def topn_dense(scores: np.ndarray, n: int, channel: str, exclude: sp.csr_matrix | None = None,
