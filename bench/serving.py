@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import os
 import platform
@@ -46,17 +47,26 @@ async def _one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, paylo
     return status, body
 
 
-async def _drive(host: str, port: int, rate: float, duration: float, bodies: list[bytes], max_conns: int) -> dict:
+async def _drive(host: str, port: int, rate: float, duration: float, bodies: list[bytes], max_conns: int,
+                 pool: int = 32) -> dict:
+    """Open-loop load. `pool` keep-alive connections are opened up front (the kernel spreads their
+    accepts over the server's worker processes, as many clients behind a balancer would) and
+    used round-robin (oldest idle first), so every worker gets its share; more are opened only
+    when all are busy, up to `max_conns`. A request whose reused connection turns out closed by
+    the server is retried once on a fresh one (its latency still counts from the schedule)."""
     loop = asyncio.get_running_loop()
-    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    idle: collections.deque = collections.deque()
     lat, stages, codes = [], [], {}
     n_conns = 0
     dropped = 0
+    for _ in range(min(pool, max_conns)):
+        idle.append(await asyncio.open_connection(host, port))
+        n_conns += 1
 
     async def fire(i: int, t_sched: float) -> None:
         nonlocal n_conns, dropped
         if idle:
-            conn = idle.pop()
+            conn = idle.popleft()
         elif n_conns < max_conns:
             n_conns += 1
             conn = await asyncio.open_connection(host, port)
@@ -67,7 +77,12 @@ async def _drive(host: str, port: int, rate: float, duration: float, bodies: lis
         req = (b"POST /recommend HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: "
                + str(len(body)).encode() + b"\r\n\r\n" + body)
         try:
-            status, resp = await _one(*conn, req)
+            try:
+                status, resp = await _one(*conn, req)
+            except (OSError, asyncio.IncompleteReadError):  # closed while idle: once more, fresh
+                conn[1].close()
+                conn = await asyncio.open_connection(host, port)
+                status, resp = await _one(*conn, req)
         except (OSError, asyncio.IncompleteReadError):
             codes["conn_error"] = codes.get("conn_error", 0) + 1
             n_conns -= 1

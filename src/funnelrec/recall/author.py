@@ -61,22 +61,23 @@ class AuthorRecall(AttributeRecall):
         self.fitted_ = True
         return self
 
-    def _expansion(self) -> sp.csr_matrix:
-        """(A, A) I + β·sim: a' = a · (I + β·sim), built once (lazily for channels saved before)."""
-        E = self.__dict__.get("expansion_")
-        if E is None:
+    def _expansion(self) -> tuple[sp.csr_matrix, int]:
+        """(A, A) E = I + β·sim (a' = a · E) and the widest row of a·E, built once (lazily for
+        channels saved before): a request must not touch O(A) arrays."""
+        got = self.__dict__.get("expansion_")
+        if not isinstance(got, tuple):
             A = self.similar_.shape[0]
             E = sp.csr_matrix(sp.identity(A, np.float32, format="csr") + self.config.similar_weight * self.similar_,
                               dtype=np.float32)
             E.sort_indices()
-            self.expansion_ = E
-        return E
+            width = max(1, min(A, self.n_values_kept_ * int(np.diff(E.indptr).max(initial=1))))
+            got = self.expansion_ = (E, width)
+        return got
 
     def _user_weights(self, H: Rows) -> Rows:
         W = super()._user_weights(H)
         if self.similar_ is None:
             return W
-        E = self._expansion()
-        width = max(1, min(E.shape[1], self.n_values_kept_ * int(np.diff(E.indptr).max(initial=1))))
+        E, width = self._expansion()
         out = spmm_topn(W, E, width, self.name)  # every positive entry of W·E (width bounds the row)
         return Rows.from_padded(out.items, out.scores)
