@@ -27,7 +27,7 @@ from funnelrec.data.splits import random_split_by_user
 from funnelrec.eval.metrics import ranking_metrics
 from funnelrec.recall.vector import VectorRecall, VectorRecallConfig
 
-# settings chosen on the validation split (docs/benchmarks/two_tower.md)
+# settings chosen on the validation split (docs/BENCHMARKS.md)
 TUNED: dict[str, dict] = {
     "pointwise": {"loss": "pointwise", "n_negatives": 3, "model": {"temperature": 0.1}},
     "bpr": {"loss": "bpr", "n_negatives": 1, "model": {"temperature": 0.1}},

@@ -9,7 +9,7 @@ Protocol (same as /work/shared/peers recbole_run.py --task ctr):
 
 A per-model config (configs/ctr/<model>.yaml, or the `config` argument) may override
 `features` (FeatureEncoderConfig: count features, out-of-fold target encodings and
-neighbourhood-CF estimates, all computed on TRAIN only — docs/benchmarks/ctr.md), `model` (the
+neighbourhood-CF estimates, all computed on TRAIN only — docs/BENCHMARKS.md), `model` (the
 model's dataclass config) and `trainer` (TrainerConfig); `wide_optimizer` sets FTRL for the wide
 part of Wide&Deep. Unknown keys are errors.
 """
@@ -96,7 +96,7 @@ def evaluate_ctr(dataset: Dataset, model: str, config: dict | None = None, seed:
     prep_s = time.perf_counter() - t0
 
     # one thread by default: on a shared 2-core machine two OpenMP threads spin-wait and
-    # trained ~18× slower per sample (docs/benchmarks/ctr.md); override with trainer.num_threads
+    # trained ~18× slower per sample (docs/BENCHMARKS.md); override with trainer.num_threads
     tcfg = from_dict(TrainerConfig, {"seed": seed, "num_threads": 1, **cfg.trainer}, "trainer")
     setup_torch(tcfg.num_threads)
     torch.manual_seed(seed)

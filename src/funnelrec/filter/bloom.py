@@ -16,7 +16,7 @@ computed with numpy over the whole int64 array at once — per-id `xxhash.xxh3_6
     h1 = h mod 2^32,  h2 = h >> 32,   g_i = floor(((h1 + i·h2) mod 2^32) · m / 2^32),  i = 0..k-1
 
 so m is limited to 2^32 (512 MiB of bits; capacity ~450 M at p = 1%). A batch of N ids is one
-(k, N) position matrix and one gather (docs/benchmarks/bloom.md has the latencies).
+(k, N) position matrix and one gather (docs/BENCHMARKS.md has the latencies).
 
     >>> bf = BloomFilter(capacity=1000, fp_rate=0.01)
     >>> (bf.m, bf.k)
