@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shutil
 import socket
-import subprocess
 import threading
 import time
 from contextlib import contextmanager
@@ -51,35 +50,7 @@ def funnel_artifacts(fitted_funnel, tmp_path_factory):
     return a, b
 
 
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory):
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server is not on PATH (apt-get install redis-server)")
-    import redis
-
-    workdir = tmp_path_factory.mktemp("redis-serving")
-    port = free_port()
-    proc = subprocess.Popen(
-        [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"redis-server did not start on port {port}")
-            time.sleep(0.05)
-    client.close()
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
+# redis_url: the session fixture of tests/conftest.py (one real redis-server for the suite)
 
 
 @pytest.fixture(scope="session")
