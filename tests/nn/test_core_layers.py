@@ -48,6 +48,17 @@ def test_cross_layers_follow_their_formulas():
     V, C, U, b = lr.V[0][0], lr.C[0][0], lr.U[0][0], lr.b[0]
     want = x0 * (torch.tanh(torch.tanh(x0 @ V) @ C) @ U + b) + x0
     torch.testing.assert_close(lr(x0), want)
+    # two layers of the one-expert fast path, and a two-expert mixture by the paper's formula
+    lr2 = CrossNetV2(6, 2, rank=3, n_experts=1)
+    x = x0
+    for V, C, U, b in zip(lr2.V, lr2.C, lr2.U, lr2.b):
+        x = x0 * (torch.tanh(torch.tanh(x @ V[0]) @ C[0]) @ U[0] + b) + x
+    torch.testing.assert_close(lr2(x0), x)
+    mix = CrossNetV2(6, 1, rank=3, n_experts=2)
+    V, C, U, b, G = mix.V[0], mix.C[0], mix.U[0], mix.b[0], mix.gates[0].weight
+    gates = torch.softmax(x0 @ G.T, dim=-1)
+    want = sum(gates[:, k : k + 1] * x0 * (torch.tanh(torch.tanh(x0 @ V[k]) @ C[k]) @ U[k] + b) for k in range(2)) + x0
+    torch.testing.assert_close(mix(x0), want)
     gc = GatedCrossNet(6, 1)
     w, gt = gc.w[0], gc.g[0]
     torch.testing.assert_close(gc(x0), x0 * w(x0) * torch.sigmoid(gt(x0)) + x0)

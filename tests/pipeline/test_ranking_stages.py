@@ -156,3 +156,64 @@ def test_history_match_against_hand_and_sklearn_ridge():
         others = [c for c in range(4) if c != j]
         w = Ridge(alpha=2.0, fit_intercept=False).fit(Xd[:, others], Xd[:, j]).coef_
         np.testing.assert_allclose(got, Xd[u, others] @ w, rtol=1e-4, atol=1e-6)
+
+
+def test_history_match_counts_equal_dense_reference_on_random_data():
+    """The sparse lookup path equals the definition count(u, i) = Σ_v (H_u A)_v A_iv computed
+    densely, with multi-valued items, items without values and users with empty histories."""
+    import polars as pl
+
+    from funnelrec.features.candidates import HistoryMatch
+
+    rng = np.random.default_rng(3)
+    n_users, n_items, n_vals = 30, 50, 12
+    vals = [[f"v{x}" for x in rng.choice(n_vals, rng.integers(0, 4), replace=False)] for _ in range(n_items)]
+    H = sp.random(n_users, n_items, density=0.1, format="csr", random_state=4, dtype=np.float32)
+    H.data[:] = 1.0
+    H = sp.csr_matrix(H.toarray() * (np.arange(n_users) % 5 != 0)[:, None])  # every 5th user: empty
+    hm = HistoryMatch(("genres",)).fit(H, pl.DataFrame({"genres": vals}))
+    u = rng.integers(0, n_users, 400)
+    i = rng.integers(0, n_items, 400)
+    X = hm.transform(u, i)
+    A = hm.attrs_["genres"].toarray()
+    Hd = H.toarray()
+    cnt = np.einsum("mv,mv->m", Hd[u] @ A, A[i])
+    share = cnt / np.maximum(A[i].sum(1), 1) / np.maximum(Hd[u].sum(1), 1)
+    np.testing.assert_allclose(X[:, 0], np.log1p(cnt), rtol=1e-6)
+    np.testing.assert_allclose(X[:, 1], share, rtol=1e-6)
+    assert cnt.max() > 1 and (cnt == 0).any()  # the case is not degenerate
+
+
+def test_ranker_sees_recall_features_of_the_full_merged_list(multitask_funnel):
+    """After the pre-rank cut, each kept candidate keeps the features it has in the merged list
+    (merge position, per-channel ranks) — the values ranker training saw — not values recomputed
+    on the 40 survivors."""
+    from funnelrec.core.types import MergedCandidates
+    from funnelrec.features.candidates import candidate_features
+
+    f = multitask_funnel
+    users = np.array([5])
+    merged = f.candidates(users)
+    bare = [MergedCandidates(m.items, m.sources, m.scores, m.channels) for m in merged]  # no features
+    full = candidate_features(bare, users, f.item_log_pop_, f.user_log_act_)[2]
+    cut, _ = f.prerank(merged, users)
+    assert len(merged[0]) > len(cut[0]) == 40
+    pos = np.flatnonzero(np.isin(merged[0].items, cut[0].items))
+    np.testing.assert_array_equal(cut[0].features, full[pos])
+    fresh = merged[0].subset(pos)
+    fresh.features = None  # recomputing on the survivors changes merge positions and ranks
+    assert not np.allclose(candidate_features([fresh], users, f.item_log_pop_, f.user_log_act_)[2], full[pos])
+
+
+def test_unknown_user_is_ranked_without_another_users_profile(multitask_funnel):
+    f = multitask_funnel
+    r = f.ranker_
+    n_user_fields = r.encoder_.user_rows_.shape[1]
+    items = np.array([3, 7])
+    X = np.zeros((2, r.n_dense_), np.float32)
+    cold = r.batch(np.array([-1, -1]), items, X)["sparse"]
+    warm = r.batch(np.array([0, 0]), items, X)["sparse"]
+    assert (cold[:, :n_user_fields] == 0).all() and (warm[:, :n_user_fields] != 0).any()
+    assert (cold[:, n_user_fields:] == warm[:, n_user_fields:]).all()  # item fields unchanged
+    rec = f.recommend(user_id="no-such-user", k=5)
+    assert rec.cold_start and len(rec.items) == 5

@@ -139,3 +139,29 @@ def test_usercf_and_tag_match_their_dense_definitions(world):
         assert len(got) == min(6, int((score > 0).sum()))
         if len(got):
             assert b.scores[u][0] == pytest.approx(score.max(), rel=1e-5)
+
+
+def test_usercf_cap_on_users_per_item_follows_its_definition(world):
+    """max_users_per_item = m: each item's user list is a sample of ≤ m users, and sim(u, v) is
+    the damped overlap over that sample: Σ_{i ∈ I_u, v ∈ S_i} w_i / sqrt(|I_u||I_v|)."""
+    from funnelrec.recall.usercf import UserCFConfig, UserCFRecall
+
+    R = world.csr.toarray().astype(np.float64)
+    m = 2
+    ch = UserCFRecall(UserCFConfig(k=4, max_users_per_item=m, seed=1)).fit(world)
+    kept = (ch.weighted_item_users_.toarray() > 0).T.astype(np.float64)  # (U, I): v ∈ S_i
+    assert kept.sum(0).max() == m and R.sum(0).max() > m  # the cap bites
+    assert ((kept > 0) <= (R > 0)).all()
+    w = 1 / np.log1p(np.maximum(R.sum(0), 1))
+    n = np.maximum(R.sum(1), 1)
+    S = (R * w) @ kept.T / np.sqrt(np.outer(n, n))
+    np.fill_diagonal(S, 0)
+    users = np.arange(world.n_users)
+    b = ch.recall(users, 8)
+    for u in users:
+        keep = [v for v in np.lexsort((np.arange(len(S)), -S[u])) if S[u, v] > 0][:4]
+        score = S[u, keep] @ R[keep]
+        score[R[u] > 0] = 0
+        got = b.items[u][b.items[u] != PAD]
+        np.testing.assert_allclose(b.scores[u][: len(got)], score[got], rtol=1e-5)
+        assert len(got) == min(8, int((score > 0).sum()))

@@ -49,6 +49,9 @@ class MergedCandidates:
     items:    (N,) int64 dense item indices, in merge order.
     sources:  (N,) uint64 bitmask; bit c set ⇔ channel `channels[c]` recalled the item.
     scores:   (N, C) float32 per-channel recall score (NaN where the channel did not recall it).
+    features: (N, d) float32 recall-source features (features/candidates.py) computed once on the
+              merged list, so later cuts (exposure filter, pre-rank) keep each item's values as
+              the ranker saw them in training; None until attached.
     """
 
     items: np.ndarray
@@ -56,6 +59,12 @@ class MergedCandidates:
     scores: np.ndarray
     channels: list[str]
     meta: dict = field(default_factory=dict)
+    features: np.ndarray | None = None
+
+    def subset(self, keep: np.ndarray) -> MergedCandidates:
+        """The candidates at positions (or mask) `keep`, in that order, with their features."""
+        f = None if self.features is None else self.features[keep]
+        return MergedCandidates(self.items[keep], self.sources[keep], self.scores[keep], self.channels, self.meta, f)
 
     def __len__(self) -> int:
         return len(self.items)

@@ -13,6 +13,7 @@ import polars as pl
 import scipy.sparse as sp
 
 from funnelrec.core.errors import DataError, NotFittedError
+from funnelrec.core.sparse import ranges, row_values, take_rows
 from funnelrec.core.types import MergedCandidates
 
 
@@ -26,8 +27,13 @@ def feature_names(channels: list[str]) -> list[str]:
 def candidate_features(
     merged: list[MergedCandidates], users: np.ndarray, item_log_pop: np.ndarray, user_log_act: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Stack all users' candidates: returns (user_idx (M,), item_idx (M,), X (M, d) float32)."""
+    """Stack all users' candidates: returns (user_idx (M,), item_idx (M,), X (M, d) float32).
+    Sets with features attached (`attach_features`) give those rows as they are."""
     sizes = np.array([len(m) for m in merged], dtype=np.int64)
+    if merged and all(m.features is not None for m in merged):
+        items = np.concatenate([m.items for m in merged]).astype(np.int64)
+        u = np.repeat(np.asarray(users, dtype=np.int64), sizes)
+        return u, items, np.concatenate([m.features for m in merged]).astype(np.float32, copy=False)
     if sizes.sum() == 0:
         n_ch = len(merged[0].channels) if merged else 0
         return np.empty(0, np.int64), np.empty(0, np.int64), np.empty((0, 3 * n_ch + 4), np.float32)
@@ -57,10 +63,23 @@ def candidate_features(
         per_ch,
         1.0 / (pos + 1),
         item_log_pop[items],
-        user_log_act[u],
+        np.where(u >= 0, user_log_act[np.maximum(u, 0)], 0.0),  # unknown user (-1): no activity
         recalled.sum(1).astype(np.float32),
     ]).astype(np.float32)
     return u, items, X
+
+
+def attach_features(merged: list[MergedCandidates], users: np.ndarray, item_log_pop: np.ndarray,
+                    user_log_act: np.ndarray) -> list[MergedCandidates]:
+    """Compute the recall-source features on the full merged lists and attach them (in place):
+    a candidate keeps its merge position, ranks and normalized scores through later cuts."""
+    todo = [r for r, m in enumerate(merged) if m.features is None]
+    if todo:
+        sub = [merged[r] for r in todo]
+        _, _, X = candidate_features(sub, np.asarray(users, dtype=np.int64)[todo], item_log_pop, user_log_act)
+        for m, x in zip(sub, np.split(X, np.cumsum([len(m) for m in sub])[:-1])):
+            m.features = x
+    return merged
 
 
 def _multi_hot(values: list[list], n_items: int) -> sp.csr_matrix:
@@ -130,14 +149,22 @@ class HistoryMatch:
         if len(u) == 0:
             return np.empty((0, len(self.names_)), np.float32)
         uniq, inv = np.unique(u, return_inverse=True)
-        Hu = H[uniq]  # (U', I): only the users asked about
-        n_hist = np.maximum(np.asarray(Hu.sum(1)).ravel(), 1.0)[inv]
+        Hu = take_rows(H, uniq)  # (U', I): only the users asked about
+        n_hist = np.maximum(np.bincount(np.repeat(np.arange(len(uniq)), np.diff(Hu.indptr)), weights=Hu.data,
+                                        minlength=len(uniq)), 1.0)[inv]
         cols = []
         for A in self.attrs_.values():
-            UA = np.asarray((Hu @ A).todense())  # (U', V)
-            cnt = np.asarray(A[i].multiply(UA[inv]).sum(1)).ravel()
-            n_vals = np.maximum(np.diff(A.indptr)[i], 1)
-            cols += [np.log1p(cnt), cnt / n_vals / n_hist]
+            # count(u, i) = Σ_{v ∈ A_i} (H_u A)_v: gather the candidate's values, look each up in the
+            # sparse row H_u A — never a dense (rows × values) array (200k authors would need GiBs)
+            UA = (Hu @ A).tocsr()
+            UA.sum_duplicates()
+            UA.sort_indices()
+            lens = A.indptr[i + 1] - A.indptr[i]
+            pos = ranges(A.indptr[i], lens)
+            owner = np.repeat(np.arange(len(i)), lens)
+            hits = row_values(UA, inv[owner], A.indices[pos]) * A.data[pos]
+            cnt = np.bincount(owner, weights=hits, minlength=len(i))
+            cols += [np.log1p(cnt), cnt / np.maximum(lens, 1) / n_hist]
         if self.ridge_ is not None:
             HB = np.asarray(Hu @ self.ridge_)  # (U', I)
             cols.append(HB[inv, i])

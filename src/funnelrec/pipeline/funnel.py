@@ -167,7 +167,7 @@ class Funnel:
         users = np.asarray(users, dtype=np.int64)
         # every channel answers every user (personalized channels give unknown or history-less users
         # an empty row), so the merged set always has the full channel layout the ranker expects
-        merged = self.merge(self.recall(users, context))
+        merged = self._attach(self.merge(self.recall(users, context)), users)
         if exclude is not None:
             for row, (u, m) in enumerate(zip(users, merged)):
                 if u < 0 or len(m) == 0:
@@ -177,6 +177,14 @@ class Funnel:
                     keep = ~np.isin(m.items, ex)
                     merged[row] = _subset(m, keep)
         return merged
+
+    def _attach(self, merged: list[MergedCandidates], users: np.ndarray) -> list[MergedCandidates]:
+        """Recall-source features on the merged lists, before any cut (as in ranker training)."""
+        if getattr(self, "ranker_", None) is None and getattr(self, "prerank_", None) is None:
+            return merged
+        from funnelrec.features.candidates import attach_features
+
+        return attach_features(merged, users, self.item_log_pop_, self.user_log_act_)
 
     def rank(self, merged: list[MergedCandidates], users: np.ndarray) -> list[np.ndarray]:
         """Scores for each user's candidates: the ranker's logit, or merge order without one."""
@@ -191,7 +199,7 @@ class Funnel:
         from funnelrec.pipeline.stages import fuse
 
         w = {**self.config.fusion.weights, **(weights or {})}
-        tasks = self.ranker_.score_tasks(merged, np.maximum(users, 0), self.item_log_pop_, self.user_log_act_)
+        tasks = self.ranker_.score_tasks(merged, users, self.item_log_pop_, self.user_log_act_)
         return [(fuse(t, w), t) for t in tasks]
 
     # ------------------------------------------------------------------ answers
@@ -279,7 +287,7 @@ class Funnel:
         batches = self.recall(users, context)
         t["recall"] = (time.perf_counter() - t0) * 1e3
         t1 = time.perf_counter()
-        merged = self.merge(batches)
+        merged = self._attach(self.merge(batches), users)
         t["merge"] = (time.perf_counter() - t1) * 1e3
         removed = np.empty(0, np.int64)
         if exposure_filter is not None and len(merged[0]):
@@ -338,4 +346,4 @@ def _experiment_weights(context: RecallContext | None) -> dict[str, float] | Non
 
 
 def _subset(m: MergedCandidates, keep: np.ndarray) -> MergedCandidates:
-    return MergedCandidates(m.items[keep], m.sources[keep], m.scores[keep], m.channels, m.meta)
+    return m.subset(keep)

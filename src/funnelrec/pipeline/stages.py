@@ -137,12 +137,15 @@ class PreRanker:
         """Pre-rank scores of each user's candidates: ⟨u, v_i⟩ + b_i (cached item table) + w · x_ui."""
         if not hasattr(self, "model_"):
             raise NotFittedError("the pre-ranker is not fitted")
-        users = np.maximum(np.asarray(users, dtype=np.int64), 0)
+        users = np.asarray(users, dtype=np.int64)
         _, _, X = candidate_features(merged, users, item_log_pop, user_log_act)
         lin = ((X - self.mean_) / self.std_).astype(np.float32) @ self.model_.dense.weight.detach().numpy()[0]
         lin = np.split(lin, np.cumsum([len(m) for m in merged])[:-1])
         with torch.inference_mode():
-            uv = self.model_.user_tower(self.user_rows_[users]).numpy()
+            rows = self.user_rows_[np.maximum(users, 0)]
+            if (users < 0).any():  # unknown user: row 0 ("no value") in every profile field
+                rows = torch.where(torch.from_numpy(users < 0)[:, None], 0, rows)
+            uv = self.model_.user_tower(rows).numpy()
         return [self.item_vectors_[m.items] @ uv[r] + self.item_bias_[m.items] + lin[r] for r, m in enumerate(merged)]
 
     def keep_positions(self, scores: np.ndarray) -> np.ndarray:

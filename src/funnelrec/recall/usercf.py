@@ -3,6 +3,8 @@
     sim(u, v)   = Σ_{i ∈ I_u ∩ I_v} 1/log(1 + |U_i|)  /  sqrt(|I_u|·|I_v|)
     score(u, s) = Σ_{v ∈ top-k sim(u, ·)} sim(u, v) · r(v, s)
 
+With `max_users_per_item` = m > 0 the neighbour search sees a seeded sample of at most m users
+of each item (sim is then computed on that sample; |U_i| and |I_v| stay the full counts).
 Similarities are computed at request time from the user's current history (training rows plus
 `context.extra["history"]`) against the stored item → user matrix: one sparse product for the
 whole batch, so a new click changes the next answer and a batch equals one-by-one.
@@ -19,7 +21,7 @@ from funnelrec.core.errors import ConfigError
 from funnelrec.core.registry import RECALL_CHANNELS
 from funnelrec.core.types import CandidateBatch
 from funnelrec.data.dataset import TrainData
-from funnelrec.recall._common import Rows, UserHistory, rating_matrix, spmm_topn
+from funnelrec.recall._common import Rows, UserHistory, cap_rows, rating_matrix, spmm_topn
 from funnelrec.recall.base import RecallChannel, RecallContext
 
 
@@ -28,10 +30,15 @@ class UserCFConfig:
     k: int = 50  # neighbour users
     hot_damping: bool = True  # weight shared items by 1/log(1 + popularity)
     use_rating: bool = False  # r(v, s) = rating instead of 1
+    # neighbour search walks ≤ this many users per history item (a seeded sample; 0 = all): a hit
+    # item's user list is long, costs most of the request and, damped by 1/log(1 + |U_i|), adds
+    # little to sim(u, ·) — the cap industrial user-CF jobs apply (popularity weights stay exact)
+    max_users_per_item: int = 0
+    seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.k < 1:
-            raise ConfigError(f"UserCFConfig.k must be ≥ 1, got {self.k}")
+        if self.k < 1 or self.max_users_per_item < 0:
+            raise ConfigError(f"UserCFConfig: need k ≥ 1 and max_users_per_item ≥ 0, got {self}")
 
 
 @RECALL_CHANNELS.register("usercf")
@@ -58,6 +65,7 @@ class UserCFRecall(RecallChannel):
     def _precompute(self) -> None:
         """Fit-time products of the request path: diag(w_item)·(I, U) and 1/sqrt(|I_v|)."""
         W = sp.csr_matrix(sp.diags(self.item_weight_) @ self.item_users_, dtype=np.float32)
+        W = cap_rows(W, self.config.max_users_per_item, self.config.seed)
         W.sort_indices()
         self.weighted_item_users_ = W
         self.inv_sqrt_len_ = 1.0 / np.sqrt(np.maximum(self.user_len_, 1.0))

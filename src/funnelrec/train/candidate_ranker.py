@@ -127,8 +127,14 @@ class CandidateRanker:
         return out
 
     def batch(self, u: np.ndarray, items: np.ndarray, X: np.ndarray) -> dict[str, torch.Tensor]:
-        """Model input for pairs (u, items) with raw dense features X (M, d)."""
-        b = self.encoder_.transform(u, items)
+        """Model input for pairs (u, items) with raw dense features X (M, d). An unknown user
+        (u < 0, the cold-start path) gets row 0 — "no value" — in every user field, not some
+        other user's profile."""
+        u = np.asarray(u, dtype=np.int64)
+        known = u >= 0
+        b = self.encoder_.transform(np.where(known, u, 0), items)
+        if not known.all():
+            b["sparse"][torch.from_numpy(~known), : self.encoder_.user_rows_.shape[1]] = 0
         b["dense"] = torch.from_numpy(((X - self.mean_) / self.std_).astype(np.float32))
         return b
 
