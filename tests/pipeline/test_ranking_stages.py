@@ -217,3 +217,15 @@ def test_unknown_user_is_ranked_without_another_users_profile(multitask_funnel):
     assert (cold[:, n_user_fields:] == warm[:, n_user_fields:]).all()  # item fields unchanged
     rec = f.recommend(user_id="no-such-user", k=5)
     assert rec.cold_start and len(rec.items) == 5
+
+
+def test_prerank_user_vectors_stored_at_fit_equal_its_user_tower(multitask_funnel):
+    import torch
+
+    pre = multitask_funnel.prerank_
+    users = np.array([0, 5, 942])
+    with torch.inference_mode():
+        want = pre.model_.user_tower(pre.user_rows_[users]).numpy()
+        cold = pre.model_.user_tower(torch.zeros_like(pre.user_rows_[:1])).numpy()
+    np.testing.assert_allclose(pre.user_vectors_[users + 1], want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(pre.user_vectors_[0], cold[0], rtol=1e-5, atol=1e-6)

@@ -127,9 +127,13 @@ class PreRanker:
         self.train_result_ = trainer.fit(model, lambda m, b: mse(m(b)["ctr"], b["target"]), data)
         with torch.inference_mode():
             v, b = model.item_table(self.item_rows_all_)
+            # the user tower reads only the user's profile rows: every user's vector is known now
+            # (row 0 = "no value" in every field: the unknown user's vector)
+            uv = model.user_tower(torch.cat([torch.zeros_like(self.user_rows_[:1]), self.user_rows_]))
         self.model_ = model
         self.item_vectors_ = v.numpy().astype(np.float32)  # (I, d) cached
         self.item_bias_ = b.numpy().astype(np.float32)
+        self.user_vectors_ = uv.numpy().astype(np.float32)  # (U + 1, d): row 0 unknown, row u + 1 user u
         return self
 
     def score(self, users: np.ndarray, merged: list[MergedCandidates], item_log_pop: np.ndarray,
@@ -141,11 +145,15 @@ class PreRanker:
         _, _, X = candidate_features(merged, users, item_log_pop, user_log_act)
         lin = ((X - self.mean_) / self.std_).astype(np.float32) @ self.model_.dense.weight.detach().numpy()[0]
         lin = np.split(lin, np.cumsum([len(m) for m in merged])[:-1])
-        with torch.inference_mode():
-            rows = self.user_rows_[np.maximum(users, 0)]
-            if (users < 0).any():  # unknown user: row 0 ("no value") in every profile field
-                rows = torch.where(torch.from_numpy(users < 0)[:, None], 0, rows)
-            uv = self.model_.user_tower(rows).numpy()
+        stored = self.__dict__.get("user_vectors_")  # absent in pre-rankers saved before it existed
+        if stored is not None:
+            uv = stored[np.where(users < 0, -1, users) + 1]
+        else:
+            with torch.inference_mode():
+                rows = self.user_rows_[np.maximum(users, 0)]
+                if (users < 0).any():  # unknown user: row 0 ("no value") in every profile field
+                    rows = torch.where(torch.from_numpy(users < 0)[:, None], 0, rows)
+                uv = self.model_.user_tower(rows).numpy()
         return [self.item_vectors_[m.items] @ uv[r] + self.item_bias_[m.items] + lin[r] for r, m in enumerate(merged)]
 
     def keep_positions(self, scores: np.ndarray) -> np.ndarray:
