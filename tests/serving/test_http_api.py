@@ -140,6 +140,26 @@ def test_reload_swaps_version_and_a_bad_artifact_keeps_the_old_one(fitted_funnel
     svc.close()
 
 
+def test_reload_refuses_paths_outside_the_artifact_directory(funnel_artifacts, serve, tmp_path):
+    """A server started from an artifact reloads only from that artifact's directory: a reload
+    request must not make it unpickle an arbitrary file."""
+    a, b = funnel_artifacts
+    svc = RecommenderService.from_artifact(a, state_dir=tmp_path / "state")
+    assert svc.config.artifact_dir == str(a.resolve().parent)
+    elsewhere = tmp_path / "elsewhere.pkl"
+    elsewhere.write_bytes(a.read_bytes())  # a valid funnel, but in the wrong place
+    before = svc.current.version
+    with serve(create_app(svc)) as base:
+        r = httpx.post(f"{base}/admin/reload", json={"artifact": str(elsewhere)})
+        assert r.status_code == 403 and "outside the artifact directory" in r.json()["detail"]
+        sneaky = a.parent / ".." / elsewhere.parent.name / elsewhere.name  # "..": resolved before the check
+        assert httpx.post(f"{base}/admin/reload", json={"artifact": str(sneaky)}).status_code == 403
+        assert svc.current.version == before and svc.metrics.reloads == 0
+        ok = httpx.post(f"{base}/admin/reload", json={"artifact": str(b)})
+        assert ok.status_code == 200 and svc.current.version.startswith("funnel-b.pkl@")
+    svc.close()
+
+
 def test_overload_is_503_not_a_queue(fitted_funnel, serve, monkeypatch):
     svc = RecommenderService(fitted_funnel, ServiceConfig(max_in_flight=2))
     real = svc.recommend

@@ -24,3 +24,8 @@ class NotFittedError(FunnelrecError):
 
 class ArtifactError(FunnelrecError):
     """A saved artifact (index, filter, checkpoint) is corrupt or does not match its use."""
+
+
+class ArtifactRefused(ArtifactError):
+    """An artifact path outside the directory a server may load from (a reload is not a way to
+    make the server unpickle arbitrary files)."""

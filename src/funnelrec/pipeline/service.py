@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import xxhash
 
-from funnelrec.core.errors import ArtifactError, ConfigError, DataError
+from funnelrec.core.errors import ArtifactError, ArtifactRefused, ConfigError, DataError
 from funnelrec.core.types import PAD
 from funnelrec.filter.store import ExposureStore, MemoryExposureStore, RedisExposureStore, SQLiteExposureStore
 from funnelrec.pipeline.eventlog import EVENT_TYPES, EventLog, FeedbackEvent
@@ -92,6 +92,9 @@ class ServiceConfig:
     cache_n: int = 50  # fine-ranked results kept per user for the cache channel
     remembered_requests: int = 100_000  # request ids kept for attributing feedback to experiments
     eventlog_synchronous: str = "FULL"  # FULL: fsync per feedback call; NORMAL: survives SIGKILL only
+    # /admin/reload loads only artifacts under this directory (pickles run code when loaded);
+    # `from_artifact` sets it to the served artifact's directory; None = any path (in-process use)
+    artifact_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.max_in_flight < 1:
@@ -352,7 +355,8 @@ class RecommenderService:
         """Load a funnel saved by `Funnel.save`; `experiments` is an experiments YAML (optional)."""
         base = config or ServiceConfig()
         cfg = ServiceConfig(**{**base.__dict__, "state_dir": str(state_dir) if state_dir else base.state_dir,
-                               "redis_url": redis_url or base.redis_url})
+                               "redis_url": redis_url or base.redis_url,
+                               "artifact_dir": base.artifact_dir or str(Path(path).resolve().parent)})
         platform = None
         if experiments is not None:
             from funnelrec.experiments import ExperimentPlatform
@@ -368,6 +372,9 @@ class RecommenderService:
     def reload(self, path: str | Path) -> str:
         """Load the funnel at `path` and swap it in atomically; returns its version. Requests
         that already started finish on the old funnel; a failed load leaves the old one serving."""
+        allowed = self.config.artifact_dir
+        if allowed is not None and not Path(path).resolve().is_relative_to(Path(allowed).resolve()):
+            raise ArtifactRefused(f"{path}: outside the artifact directory {allowed}; this server reloads only from there")
         with self._reload_lock:
             loaded = LoadedFunnel.build(Funnel.load(path), _version_of(path))
             self._current = loaded  # one reference assignment: atomic under the GIL

@@ -39,7 +39,7 @@ from fastapi import FastAPI, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
-from funnelrec.core.errors import ArtifactError, DataError, FunnelrecError
+from funnelrec.core.errors import ArtifactError, ArtifactRefused, DataError, FunnelrecError
 from funnelrec.pipeline.funnel import Funnel
 from funnelrec.pipeline.service import RecommenderService, ServiceConfig
 from funnelrec.serving import metrics as prom
@@ -236,13 +236,16 @@ def create_app(service: RecommenderService | Funnel | None = None, artifact: str
     async def reload(request: Request, body: ReloadRequest,
                x_admin_token: str | None = Header(None)) -> Response:
         """Load the funnel saved at `artifact` and swap it in atomically; requests in flight
-        finish on the old one. A failed load keeps the old one serving (4xx)."""
+        finish on the old one. A failed load keeps the old one serving (4xx); a path outside the
+        server's artifact directory is refused (403)."""
         if admin_token is not None and x_admin_token != admin_token:
             return ORJSONResponse({"detail": "missing or wrong X-Admin-Token"}, status_code=403)
         svc: RecommenderService = request.app.state.service
         previous = svc.current.version
         try:
             version = await in_io_pool(request, svc.reload, body.artifact)
+        except ArtifactRefused as e:
+            return ORJSONResponse({"detail": str(e)}, status_code=403)
         except ArtifactError as e:
             return ORJSONResponse({"detail": str(e)}, status_code=404 if "not found" in str(e) else 400)
         return ORJSONResponse({"model_version": version, "previous": previous})
