@@ -164,9 +164,19 @@ def test_guardrail_threshold_direction():
 
 
 def test_example_yaml_loads_and_params_helpers():
-    p = ExperimentPlatform.from_yaml(ROOT / "configs" / "experiments.yaml", KNOWN)
-    assert set(p.ramps) == {"dcnv2_ranker"}
-    assert p.arms("prerank")[0][2:] == (0, 150)  # traffic 0.3 placed first-fit, split 50/25/25
+    from funnelrec.pipeline.config import FunnelConfig
+    from funnelrec.pipeline.funnel import request_params
+
+    # the example runs against the demo funnel: every parameter is one it applies per request
+    demo = request_params(FunnelConfig.load(ROOT / "configs" / "funnel" / "ml100k.yaml"), ("ctr",))
+    p = ExperimentPlatform.from_yaml(ROOT / "configs" / "experiments.yaml", demo)
+    assert set(p.ramps) == {"genre_cap"}
+    depth = {a[1]: a[2:] for a in p.arms("recall") if a[0] == "itemcf_depth"}
+    assert depth == {"control": (200, 350), "n_150": (350, 425), "n_400": (425, 500)}  # first fit after [0, 200)
+    with pytest.raises(ConfigError, match="unknown parameter 'rank.model'"):  # fit-time: not per request
+        ExperimentPlatform(from_dict(ExperimentsConfig, {"layers": [{"name": "rank"}], "experiments": [
+            {"name": "x", "layer": "rank", "traffic": 0.5, "variants": [{"name": "c"}, {"name": "t", "params": {"rank.model": "fm"}}]}]}),
+            demo)
     nested = {"recall": {"quotas": {"swing": 100, "hot": 50}}, "rank": {"model": "deepfm"}}
     assert flatten_params(nested) == {"recall.quotas.swing": 100, "recall.quotas.hot": 50, "rank.model": "deepfm"}
     out = apply_params(nested, {"recall.quotas.swing": 200})

@@ -117,3 +117,48 @@ def test_cli_evaluate_funnel_json(tmp_path):
     assert report["protocol"] == "recbole-rs-811"
     assert {"recall@10", "ndcg@10", "recall@200"} <= set(report["channels"]["itemcf"])
     assert 0 < report["funnel"]["ndcg@10"] < 1
+
+
+def test_experiment_parameters_change_one_request_and_fit_time_ones_are_refused(fitted_funnel):
+    """Layered experiments reach the served funnel per request: a channel switched off, a merge
+    quota, a smaller merge total, a re-rank; a parameter fixed at fit time is a named error."""
+    from funnelrec.core.errors import ConfigError
+    from funnelrec.pipeline.funnel import build_plan, request_params
+    from funnelrec.recall.base import RecallContext
+
+    f = fitted_funnel
+
+    def ctx(**params):
+        return RecallContext(extra={"experiment_params": params})
+
+    base = f.recommend(user_idx=10, k=30, debug=True)
+    assert any("hot" in ch for ch in base.channels) and base.debug["candidates"] == 120
+    off = f.recommend(user_idx=10, k=30, context=ctx(**{"recall.channels.hot.n": 0}), debug=True)
+    assert all(ch == ["itemcf"] for ch in off.channels) and off.debug["per_channel"]["hot"] == 0
+    small = f.recommend(user_idx=10, k=30, context=ctx(**{"recall.merge.total": 50}), debug=True)
+    assert small.debug["candidates"] == 50
+    # quota: the snake merge takes at most this many from hot
+    q = f.candidates(np.array([10]), ctx(**{"recall.merge.quotas.hot": 5}))[0]
+    hot_bit = 1 << q.channels.index("hot")
+    only_hot = ((q.sources & hot_bit) != 0) & ((q.sources & ~np.uint64(hot_bit)) == 0)
+    assert only_hot.sum() <= 5 < (((f.candidates(np.array([10]))[0].sources & hot_bit) != 0).sum())
+    # the same request without parameters is unchanged (plans are per request, not global)
+    np.testing.assert_array_equal(f.recommend(user_idx=10, k=30).items, base.items)
+    assert "prerank.keep" not in request_params(f.config, ("ctr",))  # no pre-ranker to cut with
+    with pytest.raises(ConfigError, match="'rank.model' cannot change per request"):
+        build_plan(f.config, {"rank.model": "fm"}, ("ctr",))
+    with pytest.raises(ConfigError, match="'recall.channels.swing.n'"):  # not a channel of this funnel
+        f.recommend(user_idx=10, k=5, context=ctx(**{"recall.channels.swing.n": 10}))
+
+
+def test_service_refuses_experiments_the_funnel_cannot_run(fitted_funnel):
+    from funnelrec.core.config import from_dict
+    from funnelrec.core.errors import ConfigError
+    from funnelrec.experiments import ExperimentPlatform
+    from funnelrec.experiments.config import ExperimentsConfig
+    from funnelrec.pipeline.service import RecommenderService
+
+    exp = {"layers": [{"name": "rank"}], "experiments": [{"name": "new_model", "layer": "rank", "traffic": 0.5,
+           "variants": [{"name": "c"}, {"name": "t", "params": {"rank.model": "deepfm"}}]}]}
+    with pytest.raises(ConfigError, match="unknown parameter 'rank.model'"):
+        RecommenderService(fitted_funnel, experiments=ExperimentPlatform(from_dict(ExperimentsConfig, exp)))

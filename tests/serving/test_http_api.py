@@ -65,6 +65,24 @@ def test_post_recommend_answers_with_attribution_and_assignment(url, ml100k_spli
     assert "debug" not in body
 
 
+def test_served_experiment_variants_change_the_answer(url):
+    """A user's variant reaches the funnel: itemcf_depth's n_400 arm recalls more itemCF candidates
+    than the config's n = 100, its control exactly the config's."""
+    platform = ExperimentPlatform.from_yaml(EXPERIMENTS)
+    by_arm = {}
+    for u in map(str, range(1, 944)):
+        experiment, variant = platform.layer_arm("recall", u)
+        if experiment == "itemcf_depth" and variant not in by_arm:
+            by_arm[variant] = u
+        if len(by_arm) == 3:
+            break
+    n = {}
+    for arm, u in by_arm.items():
+        body = httpx.post(f"{url}/recommend", json={"user_id": u, "k": 5, "debug": True}).json()
+        n[arm] = body["debug"]["per_channel"]["itemcf"]
+    assert n["control"] == 100 and n["n_150"] == 150 and n["n_400"] > 150, n
+
+
 def test_get_and_post_agree_and_unknown_user_is_cold_start(url):
     g = httpx.get(f"{url}/recommend", params={"user_id": "196", "k": 5}).json()
     p = httpx.post(f"{url}/recommend", json={"user_id": "196", "k": 5}).json()

@@ -117,7 +117,7 @@ class PrerankSpec:
 @dataclass(frozen=True)
 class FusionSpec:
     """fused = Σ_t weight_t · logit_t over the ranker's tasks (absent task → weight 1).
-    An experiment overrides them with params {"fusion_weights": {task: w}}."""
+    An experiment overrides them per request with params {"fusion.weights.<task>": w}."""
 
     weights: dict[str, float] = field(default_factory=dict)
 

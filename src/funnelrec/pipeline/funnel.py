@@ -143,22 +143,44 @@ class Funnel:
             raise NotFittedError("the funnel is not fitted; call fit() or Funnel.load()")
 
     # ------------------------------------------------------------------ stages
+    def plan(self, context: RecallContext | None = None) -> RequestPlan:
+        """The request plan under the experiment parameters in `context` (cached per parameter set)."""
+        params = _experiment_params(context)
+        cache = self.__dict__.setdefault("_plan_cache", {})
+        key = repr(sorted(params.items()))
+        plan = cache.get(key)
+        if plan is None:
+            tasks = tuple(getattr(getattr(self, "ranker_", None), "tasks_", ()))
+            plan = build_plan(self.config, params, tasks)
+            if len(cache) < 256:
+                cache[key] = plan
+        return plan
+
     def recall(self, users: np.ndarray, context: RecallContext | None = None,
-               channels: list[str] | None = None) -> list[CandidateBatch]:
+               plan: RequestPlan | None = None) -> list[CandidateBatch]:
         self._check()
-        chans = self.channels_ if channels is None else {k: v for k, v in self.channels_.items() if k in channels}
-        return self._recall_with(chans, users, context)
+        return self._recall_with(self.channels_, users, context, (plan or self.plan(context)).channels)
 
-    def _recall_with(self, channels: dict[str, RecallChannel], users: np.ndarray,
-                     context: RecallContext | None) -> list[CandidateBatch]:
+    def _recall_with(self, channels: dict[str, RecallChannel], users: np.ndarray, context: RecallContext | None,
+                     specs: tuple[ChannelSpec, ...] | None = None) -> list[CandidateBatch]:
+        """One batch per channel in config order; a channel at n = 0 gives an empty batch, so the
+        merged set keeps the channel layout the ranker's features expect."""
         users = np.asarray(users, dtype=np.int64)
-        return [channels[spec.name].recall(users, spec.n, context)
-                for spec in self.config.recall.channels if spec.name in channels]
+        out = []
+        for spec in specs or self.config.recall.channels:
+            if spec.name not in channels:
+                continue
+            if spec.n > 0:
+                out.append(channels[spec.name].recall(users, spec.n, context))
+            else:
+                out.append(CandidateBatch(spec.name, np.full((len(users), 1), PAD, np.int64),
+                                          np.full((len(users), 1), -np.inf, np.float32)))
+        return out
 
-    def merge(self, batches: list[CandidateBatch]) -> list[MergedCandidates]:
+    def merge(self, batches: list[CandidateBatch], plan: RequestPlan | None = None) -> list[MergedCandidates]:
         from funnelrec.recall.merge import snake_merge
 
-        m = self.config.recall.merge
+        m = plan.merge if plan is not None else self.config.recall.merge
         return snake_merge(batches, quotas=dict(m.quotas) or None, priority=list(m.priority) or None, total=m.total)
 
     def candidates(self, users: np.ndarray, context: RecallContext | None = None,
@@ -167,7 +189,8 @@ class Funnel:
         users = np.asarray(users, dtype=np.int64)
         # every channel answers every user (personalized channels give unknown or history-less users
         # an empty row), so the merged set always has the full channel layout the ranker expects
-        merged = self._attach(self.merge(self.recall(users, context)), users)
+        plan = self.plan(context)
+        merged = self._attach(self.merge(self.recall(users, context, plan), plan), users)
         if exclude is not None:
             for row, (u, m) in enumerate(zip(users, merged)):
                 if u < 0 or len(m) == 0:
@@ -203,34 +226,29 @@ class Funnel:
         return [(fuse(t, w), t) for t in tasks]
 
     # ------------------------------------------------------------------ answers
-    def prerank(self, merged: list[MergedCandidates], users: np.ndarray
+    def prerank(self, merged: list[MergedCandidates], users: np.ndarray, keep: int | None = None
                 ) -> tuple[list[MergedCandidates], list[np.ndarray | None]]:
-        """Cut each user's candidates to the pre-ranker's top `prerank.keep` (merge order kept);
-        returns the cut sets and the kept items' pre-rank scores (None without a pre-ranker)."""
+        """Cut each user's candidates to the pre-ranker's top `keep` (default `prerank.keep`;
+        merge order kept); returns the cut sets and the kept items' pre-rank scores (None
+        without a pre-ranker)."""
         pre = getattr(self, "prerank_", None)
         if pre is None:
             return merged, [None] * len(merged)
         scores = pre.score(users, merged, self.item_log_pop_, self.user_log_act_)
         out, kept = [], []
         for m, s in zip(merged, scores):
-            pos = pre.keep_positions(s)
+            pos = pre.keep_positions(s, keep)
             out.append(_subset(m, pos))
             kept.append(s[pos])
         return out, kept
 
-    def final_order(self, m: MergedCandidates, fused: np.ndarray, k: int,
-                    params: dict[str, Any] | None = None) -> np.ndarray:
-        """Positions of the top k: fused order, then the configured diversity re-rank
-        (an experiment may override it with params {"rerank": {...}})."""
+    def final_order(self, m: MergedCandidates, fused: np.ndarray, k: int, rerank: Any = None) -> np.ndarray:
+        """Positions of the top k: fused order, then the diversity re-rank `rerank` (a
+        RerankSpec; default the config's — a request plan carries an experiment's override)."""
         from funnelrec.pipeline.stages import cap_rerank, mmr_rerank
 
         order = np.argsort(-fused, kind="stable")
-        rr = self.config.rerank
-        over = (params or {}).get("rerank")
-        if over:
-            from dataclasses import replace
-
-            rr = replace(rr, **over)
+        rr = rerank or self.config.rerank
         if rr.method == "none" or len(order) == 0:
             return order[:k]
         cats = self._categories(rr.column)
@@ -257,14 +275,14 @@ class Funnel:
                         context: RecallContext | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(U, k) item indices (PAD-filled) and fused scores for many users: the offline path."""
         users = np.asarray(users, dtype=np.int64)
+        plan = self.plan(context)
         merged = self.candidates(users, context, exclude)
-        merged, _ = self.prerank(merged, users)
-        ranked = self.rank_tasks(merged, users, _experiment_weights(context))
-        params = _experiment_params(context)
+        merged, _ = self.prerank(merged, users, plan.prerank_keep)
+        ranked = self.rank_tasks(merged, users, plan.fusion_weights)
         items = np.full((len(users), k), PAD, np.int64)
         out_s = np.full((len(users), k), -np.inf, np.float32)
         for row, (m, (s, _)) in enumerate(zip(merged, ranked)):
-            top = self.final_order(m, s, k, params)
+            top = self.final_order(m, s, k, plan.rerank)
             items[row, : len(top)] = m.items[top]
             out_s[row, : len(top)] = s[top]
         return items, out_s
@@ -284,10 +302,11 @@ class Funnel:
             user_idx = self.dataset_.user_ids.index(user_id) if user_id is not None else -1
         users = np.array([user_idx], np.int64)
         cold = user_idx < 0 or self.history_.indptr[user_idx + 1] == self.history_.indptr[user_idx]
-        batches = self.recall(users, context)
+        plan = self.plan(context)
+        batches = self.recall(users, context, plan)
         t["recall"] = (time.perf_counter() - t0) * 1e3
         t1 = time.perf_counter()
-        merged = self._attach(self.merge(batches), users)
+        merged = self._attach(self.merge(batches, plan), users)
         t["merge"] = (time.perf_counter() - t1) * 1e3
         removed = np.empty(0, np.int64)
         if exposure_filter is not None and len(merged[0]):
@@ -300,15 +319,15 @@ class Funnel:
         pre_scores = None
         if getattr(self, "prerank_", None) is not None:
             t1 = time.perf_counter()
-            merged, kept = self.prerank(merged, users)
+            merged, kept = self.prerank(merged, users, plan.prerank_keep)
             pre_scores = kept[0]
             t["prerank"] = (time.perf_counter() - t1) * 1e3
         t1 = time.perf_counter()
-        scores, tasks = self.rank_tasks(merged, users, _experiment_weights(context))[0]
+        scores, tasks = self.rank_tasks(merged, users, plan.fusion_weights)[0]
         t["rank"] = (time.perf_counter() - t1) * 1e3
         m = merged[0]
         t1 = time.perf_counter()
-        top = self.final_order(m, scores, k, _experiment_params(context))
+        top = self.final_order(m, scores, k, plan.rerank)
         t["rerank"] = (time.perf_counter() - t1) * 1e3
         t["total"] = (time.perf_counter() - t0) * 1e3
         dbg = {}
@@ -333,16 +352,81 @@ class Funnel:
         return load_pickle(path, _MAGIC, Funnel, "funnel", hint="; train one with `funnelrec train`")
 
 
+@dataclass(frozen=True)
+class RequestPlan:
+    """What one request runs: the funnel config's request-time parts with an experiment's
+    overrides applied (fit-time parts — models, channel parameters — cannot change per request)."""
+
+    channels: tuple[ChannelSpec, ...]  # every fitted channel, in config order; n = 0 → not run
+    merge: Any  # MergeSpec
+    prerank_keep: int | None
+    fusion_weights: dict[str, float]
+    rerank: Any  # RerankSpec
+
+
+def request_params(config: FunnelConfig, tasks: tuple[str, ...] = ()) -> set[str]:
+    """Dotted experiment parameters a fitted funnel applies per request (the names the
+    experiment platform may use against it): merge total/quotas/priority, each channel's n
+    (0 switches it off for the request), pre-rank keep (with a pre-ranker), the weights of the
+    ranker's `tasks`, every re-rank field."""
+    from dataclasses import fields
+
+    from funnelrec.pipeline.config import RerankSpec
+
+    names = [c.name for c in config.recall.channels]
+    out = {"recall.merge.total", "recall.merge.priority"}
+    out |= {f"recall.merge.quotas.{n}" for n in names} | {f"recall.channels.{n}.n" for n in names}
+    if config.prerank.enabled:
+        out.add("prerank.keep")
+    out |= {f"fusion.weights.{t}" for t in tasks}  # the fitted ranker's tasks
+    out |= {f"rerank.{f.name}" for f in fields(RerankSpec)}
+    return out
+
+
+def build_plan(config: FunnelConfig, params: dict[str, Any], tasks: tuple[str, ...] = ()) -> RequestPlan:
+    """The request plan of `config` under dotted `params` (see `request_params`); a parameter the
+    funnel cannot apply per request is a ConfigError naming it. The pre-dotted forms
+    {"fusion_weights": {task: w}} and {"rerank": {field: value}} are accepted too."""
+    from dataclasses import replace
+
+    known = request_params(config, tasks)
+    merge, rerank = config.recall.merge, config.rerank
+    n_of = {c.name: c.n for c in config.recall.channels}
+    quotas, weights, rr = dict(merge.quotas), dict(config.fusion.weights), {}
+    keep = config.prerank.keep if config.prerank.enabled else None
+    for key, value in params.items():
+        if key == "fusion_weights" and isinstance(value, dict):
+            weights.update({str(t): float(w) for t, w in value.items()})
+        elif key == "rerank" and isinstance(value, dict):
+            rr.update(value)
+        elif key not in known:
+            raise ConfigError(f"experiment parameter {key!r} cannot change per request (fit-time or unknown); "
+                              f"per-request parameters: {', '.join(sorted(known))}")
+        elif key.startswith("recall.merge.quotas."):
+            quotas[key.rsplit(".", 1)[1]] = int(value)
+        elif key == "recall.merge.total":
+            merge = replace(merge, total=int(value))
+        elif key == "recall.merge.priority":
+            merge = replace(merge, priority=[str(v) for v in value])
+        elif key.startswith("recall.channels."):
+            n_of[key.split(".")[2]] = int(value)
+        elif key == "prerank.keep":
+            keep = int(value)
+        elif key.startswith("fusion.weights."):
+            weights[key.rsplit(".", 1)[1]] = float(value)
+        else:
+            rr[key.split(".", 1)[1]] = value
+    if any(n < 0 for n in n_of.values()) or (keep is not None and keep < 1):
+        raise ConfigError(f"experiment parameters {params}: channel n must be ≥ 0 and prerank.keep ≥ 1")
+    specs = tuple(replace(c, n=n_of[c.name]) for c in config.recall.channels)
+    return RequestPlan(specs, replace(merge, quotas=quotas), keep, weights, replace(rerank, **rr) if rr else rerank)
+
+
 def _experiment_params(context: RecallContext | None) -> dict[str, Any]:
     if context is None:
         return {}
     p = context.extra.get("experiment_params") or {}
     return p if isinstance(p, dict) else {}
-
-
-def _experiment_weights(context: RecallContext | None) -> dict[str, float] | None:
-    w = _experiment_params(context).get("fusion_weights")
-    return dict(w) if isinstance(w, dict) else None
 
 
 def _subset(m: MergedCandidates, keep: np.ndarray) -> MergedCandidates:

@@ -95,6 +95,9 @@ class ServiceConfig:
     # /admin/reload loads only artifacts under this directory (pickles run code when loaded);
     # `from_artifact` sets it to the served artifact's directory; None = any path (in-process use)
     artifact_dir: str | None = None
+    # True: each variant's parameters are already fitted into the funnel this service runs (the
+    # simulator fits one funnel per variant): assignments are recorded, parameters not re-applied
+    experiments_fitted: bool = False
 
     def __post_init__(self) -> None:
         if self.max_in_flight < 1:
@@ -320,6 +323,18 @@ class ServedRecommendation:
 
 
 # --------------------------------------------------------------------------------- the service
+def _check_experiments(platform: Any, funnel: Funnel) -> None:
+    """Every parameter an experiment or rollout sets must be one the funnel applies per request;
+    otherwise its users would silently get the default (ConfigError naming the parameter)."""
+    if platform is None:
+        return
+    from funnelrec.experiments import ExperimentPlatform
+    from funnelrec.pipeline.funnel import request_params
+
+    tasks = tuple(getattr(getattr(funnel, "ranker_", None), "tasks_", ()))
+    ExperimentPlatform(platform.config, request_params(funnel.config, tasks))
+
+
 class RecommenderService:
     """The funnel behind an online API (see the module doc). Thread-safe."""
 
@@ -327,6 +342,8 @@ class RecommenderService:
                  version: str = "initial") -> None:
         self.config = config or ServiceConfig()
         self.experiments = experiments
+        if not self.config.experiments_fitted:
+            _check_experiments(experiments, funnel)
         self.metrics = ServiceMetrics()
         self._current = LoadedFunnel.build(funnel, version)
         self._reload_lock = threading.Lock()
@@ -376,7 +393,10 @@ class RecommenderService:
         if allowed is not None and not Path(path).resolve().is_relative_to(Path(allowed).resolve()):
             raise ArtifactRefused(f"{path}: outside the artifact directory {allowed}; this server reloads only from there")
         with self._reload_lock:
-            loaded = LoadedFunnel.build(Funnel.load(path), _version_of(path))
+            funnel = Funnel.load(path)
+            if not self.config.experiments_fitted:
+                _check_experiments(self.experiments, funnel)  # the new funnel must run every experiment
+            loaded = LoadedFunnel.build(funnel, _version_of(path))
             self._current = loaded  # one reference assignment: atomic under the GIL
             self.metrics.reloads += 1
             return loaded.version
@@ -406,7 +426,8 @@ class RecommenderService:
             t1 = time.perf_counter()
             a = self.experiments.assign(uid)
             record = a.record
-            extra["experiment_params"] = a.params
+            if not self.config.experiments_fitted:
+                extra["experiment_params"] = a.params
             timings["experiments"] = (time.perf_counter() - t1) * 1e3
         region = ctx.get("region")
         rctx = RecallContext(time=now, region=None if region is None else str(region), extra=extra)

@@ -156,11 +156,12 @@ class PreRanker:
                 uv = self.model_.user_tower(rows).numpy()
         return [self.item_vectors_[m.items] @ uv[r] + self.item_bias_[m.items] + lin[r] for r, m in enumerate(merged)]
 
-    def keep_positions(self, scores: np.ndarray) -> np.ndarray:
-        """Positions of the top `keep` scores, in their original (merge) order."""
-        if len(scores) <= self.keep:
+    def keep_positions(self, scores: np.ndarray, keep: int | None = None) -> np.ndarray:
+        """Positions of the top `keep` (default `self.keep`) scores, in their original (merge) order."""
+        keep = keep or self.keep
+        if len(scores) <= keep:
             return np.arange(len(scores))
-        return np.sort(np.argpartition(-scores, self.keep - 1)[: self.keep])
+        return np.sort(np.argpartition(-scores, keep - 1)[:keep])
 
 
 def fit_prerank(funnel: Funnel, users: np.ndarray, spec: PrerankSpec) -> PreRanker:

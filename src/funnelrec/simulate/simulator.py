@@ -220,7 +220,8 @@ class Simulator:
             except FunnelrecError as e:
                 raise ConfigError(f"variant parameters {params} give an invalid funnel: {e}") from None
             funnel = self._fit_funnel(fc, self.log_clicks)
-            svc = RecommenderService(funnel, ServiceConfig(eventlog_synchronous="NORMAL"), experiments=self.platform,
+            svc = RecommenderService(funnel, ServiceConfig(eventlog_synchronous="NORMAL", experiments_fitted=True),
+                                     experiments=self.platform,
                                      version=f"{key}@day0")
             svc.exposure.close()
             svc.exposure = MemoryExposureStore(self.bloom)
