@@ -11,6 +11,14 @@ STAR and DeepFM score click per region.
 
     .venv/bin/python bench/ctr_seq_multitask.py --part all --threads 1
 
+Part "ml100k_multitask": the multi-task CTR protocol of eval/ctr.py on ml-100k (same split,
+shipped features and early stopping as part "ml100k"), tasks ctr = rating ≥ 4 and like =
+rating = 5 (like ⇒ ctr), domain = the user's gender. MMoE, PLE, ESMM, PEPNet train both tasks
+at once (early stopping on the mean valid AUC); DeepFM and STAR train one model per task (the
+DeepFM pair is the peer); DCNv2 trains "ctr" only and must reproduce the single-task zoo figure.
+
+    .venv/bin/python bench/ctr_seq_multitask.py --part ml100k_multitask --threads 1
+
 Prints one JSON object.
 """
 
@@ -28,7 +36,7 @@ import torch
 from funnelrec.core.registry import RANKERS
 from funnelrec.data import TrainData, load_dataset
 from funnelrec.data.splits import random_split_global
-from funnelrec.eval.ctr import evaluate_ctr, load_ctr_config, predict
+from funnelrec.eval.ctr import evaluate_ctr, evaluate_ctr_multitask, load_ctr_config, predict
 from funnelrec.eval.metrics import auc, logloss
 from funnelrec.features.encoder import FeatureEncoder, FeatureEncoderConfig
 from funnelrec.models.ranking.common import build_ranker, load_all
@@ -48,6 +56,28 @@ def part_ml100k(models: list[str], threads: int, epochs: int | None) -> dict:
             trainer["epochs"] = epochs
         r = evaluate_ctr(ds, m, {**cfg, "trainer": trainer})
         out[m] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items() if k != "model"}
+        print(m, out[m], flush=True, file=sys.stderr)
+    return out
+
+
+def part_ml100k_multitask(args) -> dict:
+    ds = load_dataset("movielens-100k")
+    tasks = tuple(t for t in args.tasks.split(",") if t)
+    out: dict = {"tasks": list(tasks), "domain": args.domain}
+    for m in args.mt_models:
+        cfg = load_ctr_config(m)
+        trainer = {**cfg.get("trainer", {}), "num_threads": args.threads}
+        if args.epochs:
+            trainer["epochs"] = args.epochs
+        run_tasks = ("ctr",) if m in args.ctr_only else tasks
+        r = evaluate_ctr_multitask(ds, m, run_tasks, {**cfg, "trainer": trainer}, domain=args.domain)
+        for block in r["tasks"].values():
+            block["train_samples_per_s"] = round(block["train_samples_per_s"])
+        out[m] = {t: {k: (round(v, 4) if isinstance(v, float) else
+                          {d: round(a, 4) for d, a in v.items()} if isinstance(v, dict) else v)
+                      for k, v in block.items()} for t, block in r["tasks"].items()}
+        out[m]["prep_seconds"] = round(r["prep_seconds"], 1)
+        out.setdefault("domains", r["domains"])
         print(m, out[m], flush=True, file=sys.stderr)
     return out
 
@@ -129,7 +159,12 @@ def part_synthetic(args) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--part", choices=("ml100k", "synthetic", "all"), default="all")
+    ap.add_argument("--part", choices=("ml100k", "synthetic", "ml100k_multitask", "all"), default="all")
+    ap.add_argument("--mt-models", default="deepfm,dcnv2,mmoe,ple,esmm,star,pepnet",
+                    help="models of part ml100k_multitask")
+    ap.add_argument("--ctr-only", default="dcnv2", help="models of part ml100k_multitask run on 'ctr' only")
+    ap.add_argument("--tasks", default="ctr,like")
+    ap.add_argument("--domain", default="gender", help="users column used as scenario (ml100k_multitask)")
     ap.add_argument("--ml-models", default="deepfm,din,dien,sim")
     ap.add_argument("--synthetic-models", default="mmoe,ple,esmm,pepnet,star")
     ap.add_argument("--users", type=int, default=10_000)
@@ -139,6 +174,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=0, help="override max epochs (0 = config)")
     args = ap.parse_args()
     args.synthetic_models = [m for m in args.synthetic_models.split(",") if m]
+    args.mt_models = [m for m in args.mt_models.split(",") if m]
+    args.ctr_only = {m for m in args.ctr_only.split(",") if m}
     load_all()
     t0 = time.perf_counter()
     result: dict = {"threads": args.threads}
@@ -149,6 +186,8 @@ def main() -> None:
         result["synthetic"] = part_synthetic(args)
         result["synthetic"]["world"] = {"users": args.users, "items": args.items,
                                         "interactions": args.interactions}
+    if args.part == "ml100k_multitask":  # not in "all": its own table (docs/BENCHMARKS.md)
+        result["ml100k_multitask"] = part_ml100k_multitask(args)
     result["seconds"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(result))
 

@@ -99,13 +99,26 @@ def evaluate_funnel_cmd(dataset: str = typer.Option("movielens-100k"), path: Pat
 @evaluate_app.command("ctr")
 def evaluate_ctr_cmd(dataset: str = typer.Option("movielens-100k"), model: str = typer.Option("deepfm"),
                      config: Path | None = typer.Option(None, help="model YAML overrides"),
-                     seed: int = typer.Option(2020), as_json: bool = typer.Option(False, "--json")) -> None:
+                     seed: int = typer.Option(2020), as_json: bool = typer.Option(False, "--json"),
+                     tasks: str | None = typer.Option(None, help="multi-task protocol, e.g. ctr,like "
+                                                      "(ctr: rating ≥ 4, like: rating = 5)"),
+                     domain: str = typer.Option("gender", help="users column used as scenario/domain (with --tasks)")
+                     ) -> None:
     """Train and evaluate one ranking model on the CTR protocol (rating ≥ 4, global RS 0.8/0.1/0.1)."""
     from funnelrec.core.config import load_yaml
     from funnelrec.eval.ctr import evaluate_ctr
 
-    result = evaluate_ctr(_load(dataset, None), model, load_yaml(config) if config else None, seed=seed)
-    typer.echo(json.dumps(result) if as_json else "\n".join(f"{k:>22}: {v}" for k, v in result.items()))
+    task_list = [t.strip() for t in tasks.split(",") if t.strip()] if tasks is not None else None
+    result = evaluate_ctr(_load(dataset, None), model, load_yaml(config) if config else None, seed=seed,
+                          tasks=task_list, domain=domain)
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    rows = list(result.items())
+    if task_list is not None:  # one block per task
+        rows = [(k, v) for k, v in rows if k != "tasks"]
+        rows += [(f"{t}.{k}", v) for t, block in result["tasks"].items() for k, v in block.items()]
+    typer.echo("\n".join(f"{k:>22}: {v}" for k, v in rows))
 
 
 @app.command()

@@ -22,6 +22,7 @@ forward(batch) -> dict[task name, (B,) logits]; single-task models return {"ctr"
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -45,6 +46,10 @@ class FeatureSpec:
 
 class RankingModel(nn.Module):
     """Base class: subclasses build layers in __init__(spec, config) and implement forward."""
+
+    # True: forward returns one logit per task of spec.tasks (MMoE, PLE, ESMM, PEPNet), so
+    # evaluation trains the tasks jointly; False: only {"ctr": …}, one model per task
+    multi_task: ClassVar[bool] = False
 
     def __init__(self, spec: FeatureSpec) -> None:
         super().__init__()

@@ -68,6 +68,8 @@ class ESMMConfig:
 @RANKERS.register("esmm")
 class ESMM(RankingModel):
     Config = ESMMConfig
+    multi_task = True
+    nested_tasks = True  # tasks = (ctr, ctcvr): a ctcvr positive is always a ctr positive
 
     def __init__(self, spec: FeatureSpec, config: ESMMConfig | None = None) -> None:
         super().__init__(spec)

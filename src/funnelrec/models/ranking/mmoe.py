@@ -59,6 +59,7 @@ def task_logits(towers: experts.ParallelMLP, ys: list[torch.Tensor], tasks: tupl
 @RANKERS.register("mmoe")
 class MMoE(RankingModel):
     Config = MMoEConfig
+    multi_task = True
 
     def __init__(self, spec: FeatureSpec, config: MMoEConfig | None = None) -> None:
         super().__init__(spec)

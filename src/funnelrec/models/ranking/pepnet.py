@@ -52,6 +52,7 @@ class PEPNetConfig:
 @RANKERS.register("pepnet")
 class PEPNet(RankingModel):
     Config = PEPNetConfig
+    multi_task = True
 
     def __init__(self, spec: FeatureSpec, config: PEPNetConfig | None = None) -> None:
         super().__init__(spec)

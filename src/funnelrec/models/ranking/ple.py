@@ -50,6 +50,7 @@ class PLEConfig:
 @RANKERS.register("ple")
 class PLE(RankingModel):
     Config = PLEConfig
+    multi_task = True
 
     def __init__(self, spec: FeatureSpec, config: PLEConfig | None = None) -> None:
         super().__init__(spec)
