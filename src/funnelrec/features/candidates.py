@@ -82,6 +82,20 @@ def attach_features(merged: list[MergedCandidates], users: np.ndarray, item_log_
     return merged
 
 
+def ease_weights(history: sp.csr_matrix, lam: float) -> np.ndarray:
+    """EASE (Steck 2019): the item-to-item ridge regression with a zero diagonal, closed form
+        P = (XᵀX + λI)⁻¹,  B = I − P · diag(1/diag(P))  (so diag(B) = 0),
+    X the (U, I) history. Returns B (I, I) float32; score(u, ·) = X_u B. Dense: O(I²) memory,
+    O(I³) time — for catalogues up to a few ten thousand items."""
+    X = sp.csr_matrix(history, dtype=np.float64)
+    G = (X.T @ X).toarray()
+    G[np.diag_indices_from(G)] += lam
+    P = np.linalg.inv(G)
+    B = -P / np.diag(P)
+    np.fill_diagonal(B, 0.0)
+    return B.astype(np.float32)
+
+
 def _multi_hot(values: list[list], n_items: int) -> sp.csr_matrix:
     """(I, V) binary item × attribute-value matrix of a multi-valued column."""
     vocab: dict = {}
@@ -129,13 +143,7 @@ class HistoryMatch:
         self.names_ = [f"{p}_{c}" for c in self.columns for p in ("match_log", "match_share")]
         self.ridge_ = None
         if self.ridge_lambda > 0 and n_items <= self.max_items:
-            X = sp.csr_matrix(history, dtype=np.float64)
-            G = (X.T @ X).toarray()
-            G[np.diag_indices_from(G)] += self.ridge_lambda
-            P = np.linalg.inv(G)
-            B = -P / np.diag(P)
-            np.fill_diagonal(B, 0.0)
-            self.ridge_ = B.astype(np.float32)
+            self.ridge_ = ease_weights(history, self.ridge_lambda)
             self.names_.append("ridge_match")
         self.history_ = sp.csr_matrix(history, dtype=np.float32)
         return self
