@@ -3,12 +3,18 @@
     .venv/bin/python bench/ctr_throughput.py [--models deepfm,dcnv2] [--epochs N] [--threads 1]
         [--recbole [--recbole-models DeepFM,DCNV2]]
 
+A model name may carry variants after "@", joined by "+": "recbole" (RecBole's features and
+sizes), "bf16" (trainer.matmul_precision bf16: oneDNN matmuls on bf16 inputs, fp32
+accumulation), e.g. deepfm@recbole+bf16.
+
 Prints one JSON object: {"machine", "load_start", "load_end", "models": {name: {auc, gauc,
-logloss, train_samples_per_s, epochs, …}}, ["recbole": {...}, "ratios": {...}]}. With
---recbole it also runs RecBole 1.2.1 DeepFM and DCNV2 in the same run through
-/work/shared/peers/recbole_run.py (venv from setup_venv.sh at $VENV, default /tmp/peers-venv)
-and reports our/RecBole samples/s ratios. Both sides run with the same torch thread count
-(`--threads`, default 1: on the shared 2-core machine a second OpenMP thread spin-waits; RecBole
+logloss, train_samples_per_s, train_cpu_samples_per_s, epochs, …}}, ["recbole": {...},
+"ratios": {...}, "cpu_ratios": {...}]}. With --recbole it also runs RecBole 1.2.1 DeepFM and
+DCNV2 in the same run through /work/shared/peers/recbole_run.py (venv at $VENV, default
+/tmp/peers-venv, created with /work/shared/peers/setup_venv.sh when it is missing: RecBole never
+shares our venv) and reports our/RecBole samples/s ratios: wall-clock ("ratios") and per
+CPU-second of the training epochs ("cpu_ratios", robust to other jobs' load; RecBole's from its
+train_cpu_s_total). Both sides run with the same torch thread count (`--threads`, default 1: on the shared 2-core machine a second OpenMP thread spin-waits; RecBole
 gets OMP_NUM_THREADS/MKL_NUM_THREADS, which torch reads at start-up).
 """
 
@@ -25,6 +31,19 @@ from pathlib import Path
 
 from funnelrec.data import load_dataset
 from funnelrec.eval.ctr import evaluate_ctr, load_ctr_config
+from funnelrec.train.trainer import Trainer
+
+# keep the TrainResult of the last fit: its CPU seconds give a load-independent throughput
+_LAST: dict = {}
+_fit = Trainer.fit
+
+
+def _recording_fit(self, *a, **k):
+    _LAST["result"] = res = _fit(self, *a, **k)
+    return res
+
+
+Trainer.fit = _recording_fit
 
 ALL = ["lr", "fm", "ffm", "gbdt_lr", "widedeep", "deepfm", "dcn", "dcnv2", "gdcn", "xdeepfm", "fibinet",
        "lhuc", "all_interaction", "neural_interaction", "mmcn",
@@ -40,8 +59,20 @@ PAIRS = {"DeepFM": "deepfm", "DCNV2": "dcnv2", "DCN": "dcn", "LR": "lr", "FM": "
          "xDeepFM": "xdeepfm"}
 
 
+def ensure_recbole_venv() -> Path:
+    """Python of the peer venv; installs RecBole 1.2.1 there (setup_venv.sh) if it is missing."""
+    venv = Path(os.environ.get("VENV", "/tmp/peers-venv"))
+    py = venv / "bin" / "python"
+    ok = py.exists() and subprocess.run([str(py), "-c", "import recbole"], capture_output=True).returncode == 0
+    if not ok:
+        print(f"installing RecBole into {venv} (setup_venv.sh) …", file=sys.stderr, flush=True)
+        Path(os.environ.get("OUT", "/tmp/peers-out")).mkdir(parents=True, exist_ok=True)
+        subprocess.run(["bash", str(PEERS / "setup_venv.sh")], check=True, env={**os.environ, "VENV": str(venv)})
+    return py
+
+
 def run_recbole(model: str, epochs: int | None, threads: int) -> dict:
-    py = Path(os.environ.get("VENV", "/tmp/peers-venv")) / "bin" / "python"
+    py = ensure_recbole_venv()
     out = Path("/tmp/peers-out/raw")
     cmd = [str(py), str(PEERS / "recbole_run.py"), "--task", "ctr", "--model", model, "--out", str(out)]
     if epochs:
@@ -52,8 +83,11 @@ def run_recbole(model: str, epochs: int | None, threads: int) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     subprocess.run(cmd, cwd="/tmp/peers-work", check=True, capture_output=True, env=env)
     r = json.loads((out / f"ctr_{model}.json").read_text())
+    cpu = r.get("train_cpu_s_total")
     return {"auc": r["test_result"].get("auc"), "logloss": r["test_result"].get("logloss"),
             "train_samples_per_s": r["train_samples_per_s"], "epochs": r["epochs_run"],
+            "train_cpu_samples_per_s": r["n_train_interactions"] * r["epochs_run"] / cpu if cpu else None,
+            "load_start": r.get("loadavg_start"), "load_end": r.get("loadavg_end"),
             "torch_threads": r.get("torch_threads")}
 
 
@@ -71,28 +105,41 @@ def main() -> None:
            "load_start": os.getloadavg()[0], "models": {}}
     for m in args.models.split(","):
         base, _, variant = m.partition("@")
+        variants = set(variant.split("+")) - {""}
+        if variants - {"recbole", "bf16"}:
+            raise SystemExit(f"unknown variant(s) {sorted(variants - {'recbole', 'bf16'})} in {m!r}; known: recbole, bf16")
         cfg = load_ctr_config(base)
-        if variant == "recbole":
+        if "recbole" in variants:
             cfg = {"features": {"pool_multi": True}, "model": RECBOLE_ARCH[base], "trainer": cfg.get("trainer", {})}
         trainer = {**cfg.get("trainer", {}), "num_threads": args.threads}
+        if "bf16" in variants:
+            trainer["matmul_precision"] = "bf16"
         if args.epochs:
             trainer["epochs"] = args.epochs
         cfg = {**cfg, "trainer": trainer}
         t0 = time.perf_counter()
+        _LAST.clear()
         r = evaluate_ctr(ds, base, cfg)
         r["model"] = m
+        fit = _LAST.get("result")
+        if fit is not None and fit.cpu_seconds > 0:  # samples per CPU-second of the training epochs
+            r["train_cpu_samples_per_s"] = fit.samples_per_s * fit.train_seconds / fit.cpu_seconds
         r["wall_s"] = time.perf_counter() - t0
         res["models"][m] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
         print(json.dumps({m: res["models"][m]}), file=sys.stderr, flush=True)
     if args.recbole:
-        res["recbole"], res["ratios"] = {}, {}
+        res["recbole"], res["ratios"], res["cpu_ratios"] = {}, {}, {}
         for theirs in args.recbole_models.split(","):
             ours = PAIRS[theirs]
             res["recbole"][theirs] = rb = run_recbole(theirs, args.epochs, args.threads)
             print(json.dumps({theirs: rb}), file=sys.stderr, flush=True)
-            for name in (ours, f"{ours}@recbole"):
-                if name in res["models"]:
-                    res["ratios"][f"{name}/{theirs}"] = round(res["models"][name]["train_samples_per_s"] / rb["train_samples_per_s"], 2)
+            for name in res["models"]:
+                if name.partition("@")[0] == ours:
+                    ours_m = res["models"][name]
+                    res["ratios"][f"{name}/{theirs}"] = round(ours_m["train_samples_per_s"] / rb["train_samples_per_s"], 2)
+                    if ours_m.get("train_cpu_samples_per_s") and rb.get("train_cpu_samples_per_s"):
+                        res["cpu_ratios"][f"{name}/{theirs}"] = round(
+                            ours_m["train_cpu_samples_per_s"] / rb["train_cpu_samples_per_s"], 2)
     res["load_end"] = os.getloadavg()[0]
     print(json.dumps(res))
 

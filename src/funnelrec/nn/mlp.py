@@ -1,4 +1,5 @@
 """Multi-layer perceptron: h_{l+1} = Dropout(act(BN?(W_l h_l + b_l))); optional final linear.
+`fused=True` (ReLU, no dropout/BN, float32 CPU): the same network through nn.fused_mlp.
 
     >>> import torch
     >>> MLP(8, (16, 4))(torch.zeros(2, 8)).shape
@@ -15,7 +16,8 @@ from torch import nn
 
 class MLP(nn.Module):
     def __init__(self, in_dim: int, hidden: tuple[int, ...] = (256, 256), dropout: float = 0.0,
-                 batch_norm: bool = False, out_dim: int | None = None, activation: str = "relu") -> None:
+                 batch_norm: bool = False, out_dim: int | None = None, activation: str = "relu",
+                 fused: bool = False) -> None:
         super().__init__()
         act = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}[activation]
         layers: list[nn.Module] = []
@@ -24,7 +26,8 @@ class MLP(nn.Module):
             layers.append(nn.Linear(d, h))
             if batch_norm:
                 layers.append(nn.BatchNorm1d(h))
-            layers.append(act())
+            # in place: its input is the fresh Linear/BN output no other node reads
+            layers.append(nn.ReLU(inplace=True) if act is nn.ReLU else act())
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
             d = h
@@ -33,7 +36,18 @@ class MLP(nn.Module):
             d = out_dim
         self.net = nn.Sequential(*layers)
         self.out_dim = d
+        # fused: ReLU layers without dropout/BN run through nn.fused_mlp (one pass per layer for
+        # bias + ReLU and for its backward) on float32 CPU inputs; same parameters and formulas
+        self.fused = fused and activation == "relu" and dropout == 0 and not batch_norm and bool(hidden)
+        self._last_linear = out_dim is not None
+        if self.fused:
+            from funnelrec.nn import fused_mlp
+
+            self._relu_mlp, self._can_fuse = fused_mlp.relu_mlp, fused_mlp.can_fuse_mlp
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, in_dim) → (B, out_dim or hidden[-1])."""
+        if self.fused and self._can_fuse(x):
+            params = [p for m in self.net if isinstance(m, nn.Linear) for p in (m.weight, m.bias)]
+            return self._relu_mlp(x, params, self._last_linear)
         return self.net(x)

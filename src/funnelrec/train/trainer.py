@@ -8,6 +8,7 @@ no per-sample `__getitem__`, no DataLoader workers.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -48,10 +49,15 @@ class TrainerConfig:
     seed: int = 2020
     num_threads: int = 2
     progress: bool = False
+    # "ieee": the process setting (exact fp32 unless changed); "bf16": oneDNN may run fp32 matmuls on bf16 inputs with fp32
+    # accumulation (AMX / AVX512-BF16; the CPU counterpart of TF32), set for fit() only
+    matmul_precision: str = "ieee"
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("adam", "adamw", "sgd", "adagrad"):
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; known: adam, adamw, sgd, adagrad")
+        if self.matmul_precision not in ("ieee", "bf16"):
+            raise ConfigError(f"unknown matmul_precision {self.matmul_precision!r}; known: ieee, bf16")
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("epochs and batch_size must be ≥ 1")
 
@@ -64,6 +70,7 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     train_seconds: float = 0.0
     samples_per_s: float = 0.0
+    cpu_seconds: float = 0.0  # process CPU time of the training epochs (all threads), load-independent
 
 
 def _fusable(params: list[torch.Tensor]) -> bool:
@@ -108,6 +115,11 @@ class Trainer:
         """
         cfg = self.config
         setup_torch(cfg.num_threads)
+        with _matmul_precision(cfg.matmul_precision):
+            return self._fit(model, loss_fn, train, validate, checkpoint, on_epoch_start, optimizer)
+
+    def _fit(self, model, loss_fn, train, validate, checkpoint, on_epoch_start, optimizer) -> TrainResult:
+        cfg = self.config
         torch.manual_seed(cfg.seed)
         gen = torch.Generator().manual_seed(cfg.seed)
         if optimizer is None:
@@ -116,7 +128,7 @@ class Trainer:
             opts = list(optimizer) if isinstance(optimizer, (list, tuple)) else [optimizer]
         best_score, best_epoch, best_state = -math.inf, -1, None
         history: list[dict[str, float]] = []
-        seen, t_train = 0, 0.0
+        seen, t_train, cpu_train = 0, 0.0, 0.0
         bad = 0
         epoch = 0
         for epoch in range(cfg.epochs):
@@ -125,7 +137,7 @@ class Trainer:
                 if fresh is not None:
                     train = fresh
             n = _length(train)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             model.train()
             perm = torch.randperm(n, generator=gen)
             shuffled = {k: v[perm] for k, v in train.items()}
@@ -147,6 +159,7 @@ class Trainer:
                 steps += 1
             dt = time.perf_counter() - t0
             t_train += dt
+            cpu_train += time.process_time() - c0
             seen += n
             row = {"epoch": float(epoch), "loss": total / max(steps, 1), "seconds": dt}
             if validate is not None:
@@ -176,7 +189,23 @@ class Trainer:
             history=history,
             train_seconds=t_train,
             samples_per_s=seen / t_train if t_train > 0 else 0.0,
+            cpu_seconds=cpu_train,
         )
+
+
+@contextlib.contextmanager
+def _matmul_precision(precision: str):
+    """Set oneDNN's fp32 matmul precision for the block; a torch without the setting runs fp32."""
+    mkl = getattr(torch.backends.mkldnn, "matmul", None)
+    if precision == "ieee" or mkl is None or not hasattr(mkl, "fp32_precision"):
+        yield
+        return
+    old = mkl.fp32_precision
+    mkl.fp32_precision = precision
+    try:
+        yield
+    finally:
+        mkl.fp32_precision = old
 
 
 def _length(tensors: Batch) -> int:
