@@ -47,7 +47,7 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, in_dim) → (B, out_dim or hidden[-1])."""
-        if self.fused and self._can_fuse(x):
+        if getattr(self, "fused", False) and self._can_fuse(x):  # absent in models saved before it existed
             params = [p for m in self.net if isinstance(m, nn.Linear) for p in (m.weight, m.bias)]
             return self._relu_mlp(x, params, self._last_linear)
         return self.net(x)
