@@ -7,6 +7,7 @@ import torch
 from funnelrec.core.errors import ConfigError
 from funnelrec.models.recall.two_tower import TwoTowerConfig, TwoTowerModel, TwoTowerSpec, bag_pool
 from funnelrec.train.retrieval_losses import sampled_softmax_loss
+from funnelrec.train.row_sparse_adam import RowSparseAdam
 from funnelrec.train.trainer import Trainer, TrainerConfig
 
 SMALL = TwoTowerConfig(embedding_dim=8, user_hidden=(16,), item_hidden=(16,), output_dim=8, temperature=0.1)
@@ -88,3 +89,79 @@ def test_learns_planted_clusters_far_above_random():
     top = np.argsort(-s, axis=1)[:, :5]
     precision = (top // 10 == cluster_of_user[:, None]).mean()
     assert precision > 0.9  # random: 5 of 35 unseen items in the cluster → 0.14
+
+
+# ---------------------------------------------------------------- row-sparse gradients
+def _batch(spec, B=6, L=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    hist = torch.randint(0, spec.n_items, (B, L), generator=g)
+    hist[0, 2:] = -1  # padded history
+    hist[1] = hist[2]  # repeated rows: their gradients must add up
+    attrs = torch.randint(0, spec.n_attr_rows, (B, spec.n_item_fields, 3), generator=g)
+    return {"profile": torch.randint(0, spec.n_profile_rows, (B, spec.n_profile_fields), generator=g),
+            "hist": hist, "item": torch.randint(0, spec.n_items, (B,), generator=g), "item_attrs": attrs}
+
+
+def test_sparse_gradients_equal_dense_gradients():
+    spec = TwoTowerSpec(n_items=30, n_attr_rows=9, n_item_fields=2, n_profile_rows=5, n_profile_fields=2)
+    torch.manual_seed(0)
+    dense = TwoTowerModel(spec, SMALL)
+    sparse = TwoTowerModel(spec, SMALL, sparse_grad=True)
+    sparse.load_state_dict(dense.state_dict())
+    batch = _batch(spec)
+    for m in (dense, sparse):
+        out = m(batch)
+        sampled_softmax_loss(out["user"], out["item"], m.temperature, None, batch["item"]).backward()
+    for d, s in zip(dense.embedding_tables(), sparse.embedding_tables()):
+        assert not d.weight.grad.is_sparse and s.weight.grad.is_sparse
+        if s is not sparse.item_id and s is not sparse.profile:  # bag tables: one value row per distinct row
+            assert s.weight.grad._nnz() == s.weight.grad.coalesce()._nnz()
+        torch.testing.assert_close(s.weight.grad.to_dense(), d.weight.grad)
+        assert torch.equal(s.weight.grad.to_dense()[0], torch.zeros(SMALL.embedding_dim))  # padding row
+        # only looked-up rows appear in the sparse gradient
+        assert s.weight.grad.coalesce().indices().shape[1] < d.weight.shape[0]
+    for (name, p), q in zip(dense.named_parameters(), sparse.parameters()):
+        if "mlp" in name:
+            torch.testing.assert_close(q.grad, p.grad)
+
+
+@pytest.mark.parametrize("mean", [True, False])
+def test_sparse_bag_pool_matches_hand_reference(mean):
+    W = torch.tensor(np.random.default_rng(1).normal(size=(6, 3)), requires_grad=True)
+    rows = torch.tensor([[1, 2, 2, 0], [5, 0, 0, 0], [0, 0, 0, 0]])
+    g = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]], dtype=W.dtype)
+    (bag_pool(W, rows, rows > 0, mean=mean, sparse=True) * g).sum().backward()
+    # hand: row 1 gets g0·w, row 2 gets 2·g0·w (two lookups), row 5 gets g1; w = 1/3 (mean) or 1
+    w = 1 / 3 if mean else 1.0
+    ref = torch.zeros(6, 3, dtype=W.dtype)
+    ref[1], ref[2], ref[5] = w * g[0], 2 * w * g[0], g[1]
+    assert W.grad.is_sparse
+    torch.testing.assert_close(W.grad.to_dense(), ref)
+
+
+@pytest.mark.parametrize("optimizer", [torch.optim.SparseAdam, RowSparseAdam])
+def test_sparse_adam_is_lazy_adam_on_touched_rows(optimizer):
+    """Step 1 touches rows {1, 3}: SparseAdam = Adam on those rows. Step 2 touches row 3 only:
+    row 1 stays put under SparseAdam (dense Adam would still move it by its momentum), row 3
+    follows Adam's formula with the global step count t = 2."""
+    lr, b1, b2, eps = 0.1, 0.9, 0.999, 1e-8
+    W0 = torch.tensor(np.random.default_rng(2).normal(size=(5, 2)), dtype=torch.float32)
+    Ws, Wd = W0.clone().requires_grad_(True), W0.clone().requires_grad_(True)
+    sa = optimizer([Ws], lr=lr, betas=(b1, b2), eps=eps)
+    ad = torch.optim.Adam([Wd], lr=lr, betas=(b1, b2), eps=eps)
+    g1 = torch.sparse_coo_tensor(torch.tensor([[1, 3, 3]]), torch.tensor([[1.0, -2.0], [0.5, 0.5], [0.5, 0.5]]), (5, 2), check_invariants=True)
+    Ws.grad, Wd.grad = g1, g1.to_dense()
+    sa.step()
+    ad.step()
+    torch.testing.assert_close(Ws.detach(), Wd.detach())
+    assert torch.equal(Ws.detach()[[0, 2, 4]], W0[[0, 2, 4]])
+    after1 = Ws.detach().clone()
+    g2 = torch.tensor([3.0, -1.0])
+    Ws.grad = torch.sparse_coo_tensor(torch.tensor([[3]]), g2.unsqueeze(0), (5, 2), check_invariants=True)
+    sa.step()
+    assert torch.equal(Ws.detach()[[0, 1, 2, 4]], after1[[0, 1, 2, 4]])  # lazy: untouched rows frozen
+    g_1 = torch.tensor([1.0, 1.0])  # row 3's step-1 gradient (two lookups of 0.5)
+    m = b1 * (1 - b1) * g_1 + (1 - b1) * g2
+    v = b2 * (1 - b2) * g_1**2 + (1 - b2) * g2**2
+    ref = after1[3] - lr * (m / (1 - b1**2)) / ((v / (1 - b2**2)).sqrt() + eps)
+    torch.testing.assert_close(Ws.detach()[3], ref)

@@ -4,6 +4,7 @@ history and every loss/sampler; the registry-wide contract lives in test_channel
 import numpy as np
 import polars as pl
 import pytest
+import torch
 
 from funnelrec.core.config import from_dict
 from funnelrec.core.errors import ConfigError, DataError
@@ -13,6 +14,7 @@ from funnelrec.data.schema import Schema
 from funnelrec.models.recall.two_tower import TwoTowerConfig
 from funnelrec.recall.base import RecallChannel, RecallContext
 from funnelrec.recall.vector import VectorRecall, VectorRecallConfig
+from funnelrec.train.row_sparse_adam import RowSparseAdam
 
 SMALL = TwoTowerConfig(embedding_dim=16, user_hidden=(32,), item_hidden=(32,), output_dim=16, temperature=0.1)
 
@@ -125,3 +127,38 @@ def test_missing_feature_column_is_named(world):
     _, _, train, _ = world
     with pytest.raises(ConfigError, match="'tags' not found"):
         VectorRecall(_cfg(item_columns=("tags",), epochs=1)).fit(train)
+
+
+def test_stored_user_vectors_equal_the_user_tower(world):
+    """Requests without fresh history read the user vectors stored at fit; they must be the
+    tower's output for those users, and fresh history must still go through the tower."""
+    ds, size, train, _ = world
+    ch = VectorRecall(_cfg(epochs=1)).fit(train)
+    users = np.arange(ds.n_users)
+    assert ch.user_vectors_.shape == (ds.n_users, ch.item_vectors_.shape[1])
+    np.testing.assert_allclose(ch.user_vectors(users), ch._tower(users, None), rtol=1e-5, atol=1e-6)
+    fresh = [np.arange(4) + 2 * size, np.arange(3)]
+    moved = ch.user_vectors(np.array([0, 1]), fresh)
+    np.testing.assert_allclose(moved, ch._tower(np.array([0, 1]), fresh), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(moved, ch.user_vectors_[:2])
+
+
+def test_sparse_embeddings_use_sparse_adam_and_learn_like_dense(world):
+    """Default: embedding tables with row-sparse gradients under lazy Adam, MLPs under Adam;
+    the dense path (one Adam over everything) stays available and learns the clusters too."""
+    ds, _, train, test = world
+    t = VectorRecall(_cfg(epochs=1)).build_training(train)
+    sparse_opt, dense_opt = t.optimizers
+    assert isinstance(sparse_opt, RowSparseAdam) and type(dense_opt) is torch.optim.Adam
+    tables = {id(e.weight) for e in t.model.embedding_tables()}
+    assert {id(p) for p in sparse_opt.param_groups[0]["params"]} == tables
+    assert {id(p) for p in dense_opt.param_groups[0]["params"]} == {id(p) for p in t.model.parameters()} - tables
+    batch = {k: v[:32] for k, v in t.epoch_tensors(0).items()}
+    t.objective(t.model, batch).backward()
+    assert all(e.weight.grad.is_sparse for e in t.model.embedding_tables())
+    assert VectorRecall(_cfg(epochs=1, sparse_embeddings=False)).build_training(train).optimizers is None
+    dense = VectorRecall(_cfg(loss="softmax", sparse_embeddings=False)).fit(train)
+    assert not any(e.sparse for e in dense.model_.embedding_tables())
+    assert _recall_at_10(dense, ds, test) > 0.8
+    with pytest.raises(ConfigError, match="weight_decay"):
+        VectorRecallConfig(weight_decay=1e-4)

@@ -15,11 +15,19 @@ softmax with logQ correction, plus n_negatives sampled ones if > 0). Samplers: "
 "pop075" (count^0.75), "mixed_hard" (half hard negatives mined from the model's own ranks
 `hard_ranks` after `hard_warmup_epochs`, half uniform). When `label_column` is set, rows below
 `positive_min` are exposures without a click: never positives, never sampled as negatives.
+
+Optimizers: with `sparse_embeddings` (default) the embedding tables get row-sparse gradients and
+lazy Adam (`train.row_sparse_adam.RowSparseAdam`: torch.optim.SparseAdam's update in half the
+passes), as TF's LazyAdam and TorchRec's fused row-wise optimizers do: a step updates only the
+rows the batch looked up, and an untouched row's moments do not decay — while the MLPs keep
+dense (fused) Adam. Off: one dense Adam over every parameter, i.e. all
+~1.3·10⁸ embedding weights at a million items, every step.
 """
 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +44,7 @@ from funnelrec.index import VectorIndex
 from funnelrec.models.recall.two_tower import TwoTowerConfig, TwoTowerModel, TwoTowerSpec
 from funnelrec.recall.base import RecallChannel, RecallContext
 from funnelrec.train.retrieval_losses import LOSSES, bpr_loss, pointwise_bce_loss, sampled_softmax_loss
+from funnelrec.train.row_sparse_adam import RowSparseAdam
 from funnelrec.train.samplers import (
     SAMPLERS,
     ForbiddenPairs,
@@ -68,6 +77,7 @@ class VectorRecallConfig:
     hard_ratio: float = 0.5
     hard_ranks: tuple[int, int] = (50, 200)  # rank window the hard negatives are mined from
     hard_warmup_epochs: int = 1
+    sparse_embeddings: bool = True  # row-sparse embedding gradients + SparseAdam (lazy Adam)
     index_factory: str = "Flat"
     num_threads: int = 2  # torch threads; 1 is faster when the cores are oversubscribed
     seed: int = 2020
@@ -84,6 +94,8 @@ class VectorRecallConfig:
         lo, hi = self.hard_ranks
         if not 0 <= lo < hi:
             raise ConfigError(f"hard_ranks must be (lo, hi) with 0 ≤ lo < hi, got {self.hard_ranks}")
+        if self.sparse_embeddings and self.weight_decay > 0:
+            raise ConfigError("weight_decay > 0 needs sparse_embeddings=False (SparseAdam has no weight decay)")
 
 
 @dataclass
@@ -228,6 +240,32 @@ class _RetrievalObjective:
         return pointwise_bce_loss(pos_s, neg_s) if self.kind == "pointwise" else bpr_loss(pos_s, neg_s)
 
 
+@dataclass
+class TwoTowerTraining:
+    """The parts of one vector-recall fit: `epoch_tensors(e)` gives epoch e's training tensors
+    ("user", "item" [, "neg"]); `optimizers` is None for the Trainer's own dense Adam."""
+
+    model: TwoTowerModel
+    features: TwoTowerFeatures
+    objective: _RetrievalObjective
+    epoch_tensors: Callable[[int], dict[str, torch.Tensor]]
+    validate: Callable[[TwoTowerModel], float] | None
+    optimizers: list[torch.optim.Optimizer] | None
+
+
+def _optimizers(model: TwoTowerModel, cfg: VectorRecallConfig) -> list[torch.optim.Optimizer] | None:
+    """[lazy Adam (SparseAdam's update) over the sparse-gradient embedding tables, fused Adam over
+    the rest], or None
+    (the Trainer's dense Adam over everything) when no table has sparse gradients."""
+    tables = [e.weight for e in model.embedding_tables() if e.sparse]
+    if not tables:
+        return None
+    ids = {id(p) for p in tables}
+    dense = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+    return [RowSparseAdam(tables, lr=cfg.lr),
+            torch.optim.Adam(dense, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)]
+
+
 @RECALL_CHANNELS.register("vector")
 class VectorRecall(RecallChannel):
     personalized = True
@@ -241,6 +279,30 @@ class VectorRecall(RecallChannel):
     def fit(self, data: TrainData, valid: pl.DataFrame | None = None) -> VectorRecall:
         """Train on `data.interactions`; `valid` (interactions of held-out positives) enables
         early stopping on its NDCG@10 with the best epoch's weights restored."""
+        cfg = self.config
+        t = self.build_training(data, valid)
+        trainer = Trainer(TrainerConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                                        weight_decay=cfg.weight_decay, patience=cfg.patience, seed=cfg.seed,
+                                        num_threads=cfg.num_threads))
+        self.train_result_: TrainResult = trainer.fit(
+            t.model, t.objective, t.epoch_tensors(0), validate=t.validate,
+            on_epoch_start=lambda e: t.epoch_tensors(e) if e > 0 else None, optimizer=t.optimizers)
+        model, feats, seen, I = t.model, t.features, data.csr, data.n_items
+        model.eval()
+        self.model_ = model
+        self.features_ = feats
+        self.item_vectors_ = _item_vectors(model, feats)
+        self.index_ = ItemIndex(cfg.index_factory, self.item_vectors_.shape[1])
+        self.index_.add(self.item_vectors_)
+        self.seen_ = ForbiddenPairs(I, seen)
+        self._seen_count = np.diff(seen.indptr).astype(np.int64)
+        self.user_vectors_ = self._stored_user_vectors()
+        self.fitted_ = True
+        return self
+
+    def build_training(self, data: TrainData, valid: pl.DataFrame | None = None) -> TwoTowerTraining:
+        """Everything `fit` hands the Trainer: features, model, loss, per-epoch tensors, the
+        validation score and the optimizers (also used by bench/two_tower.py to time steps)."""
         cfg = self.config
         rng = seed_everything(cfg.seed)
         inter = data.interactions
@@ -262,7 +324,7 @@ class VectorRecall(RecallChannel):
         counts = np.bincount(pos_i, minlength=I).astype(np.float64)
         forbidden = ForbiddenPairs(I, pos_csr, exposed)
         sampler = build_sampler(cfg.negative_sampler, I, counts, forbidden, None, cfg.hard_ratio)
-        model = TwoTowerModel(feats.spec(), cfg.model)
+        model = TwoTowerModel(feats.spec(), cfg.model, sparse_grad=cfg.sparse_embeddings)
         need_neg = cfg.loss != "softmax" or cfg.n_negatives > 0
         pos_prob = counts / counts.sum() if (cfg.loss == "softmax" and cfg.logq_correction) else None
         neg_prob = sampler.probabilities() if (need_neg and pos_prob is not None) else None
@@ -293,28 +355,28 @@ class VectorRecall(RecallChannel):
                 top = _ranked_items(m, feats, v_users, seen, 10)
                 return ranking_metrics(top, v_csr, (10,), rows=v_users)["ndcg@10"]
 
-        trainer = Trainer(TrainerConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                                        weight_decay=cfg.weight_decay, patience=cfg.patience, seed=cfg.seed,
-                                        num_threads=cfg.num_threads))
-        self.train_result_: TrainResult = trainer.fit(model, objective, epoch_tensors(0), validate=validate,
-                                                      on_epoch_start=lambda e: epoch_tensors(e) if e > 0 else None)
-        model.eval()
-        self.model_ = model
-        self.features_ = feats
-        self.item_vectors_ = _item_vectors(model, feats)
-        self.index_ = ItemIndex(cfg.index_factory, self.item_vectors_.shape[1])
-        self.index_.add(self.item_vectors_)
-        self.seen_ = ForbiddenPairs(I, seen)
-        self._seen_count = np.diff(seen.indptr).astype(np.int64)
-        self.fitted_ = True
-        return self
+        return TwoTowerTraining(model, feats, objective, epoch_tensors, validate, _optimizers(model, cfg))
 
     # ---------------------------------------------------------------- recall
+    def _stored_user_vectors(self, batch: int = 8192) -> np.ndarray:
+        """(U, D) user vectors of the training histories, computed once at fit: a request without
+        fresh history reads its row instead of running the user tower (0.8 ms at 1M items)."""
+        n = self.features_.hist.shape[0]
+        return np.concatenate([self._tower(np.arange(s, min(s + batch, n)), None) for s in range(0, n, batch)]
+                              ) if n else np.zeros((0, self.item_vectors_.shape[1]), np.float32)
+
     def user_vectors(self, users: np.ndarray, histories: list[np.ndarray] | None = None) -> np.ndarray:
         """(B, D) float32 unit vectors of dense user indices from their profile and most recent
         training positives. `histories` (B arrays of item indices, oldest first) are fresher
         items put in front of the stored history. Unknown users (outside [0, U)) get an empty
         profile and only the given history."""
+        stored = self.__dict__.get("user_vectors_")  # absent in channels saved before it existed
+        users = np.asarray(users, np.int64)
+        if histories is None and stored is not None and len(users) and users.min() >= 0 and users.max() < len(stored):
+            return stored[users]
+        return self._tower(users, histories)
+
+    def _tower(self, users: np.ndarray, histories: list[np.ndarray] | None) -> np.ndarray:
         users_t = torch.as_tensor(np.asarray(users, np.int64))
         users_t = torch.where(users_t < self.features_.hist.shape[0], users_t, torch.full_like(users_t, -1))
         profile, hist = self.features_.user_inputs(users_t)
