@@ -229,3 +229,54 @@ def test_prerank_user_vectors_stored_at_fit_equal_its_user_tower(multitask_funne
         cold = pre.model_.user_tower(torch.zeros_like(pre.user_rows_[:1])).numpy()
     np.testing.assert_allclose(pre.user_vectors_[users + 1], want, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(pre.user_vectors_[0], cold[0], rtol=1e-5, atol=1e-6)
+
+
+def _recall_features_reference(merged, users, item_log_pop, user_log_act):
+    """The numpy formulation the numba kernel replaced (session 1), kept as the definition."""
+    sizes = np.array([len(m) for m in merged])
+    items = np.concatenate([m.items for m in merged]).astype(np.int64)
+    u = np.repeat(users, sizes)
+    scores = np.concatenate([m.scores for m in merged]).astype(np.float32)
+    recalled = ~np.isnan(scores)
+    s = np.where(recalled, scores, -np.inf)
+    norm, rrank = np.zeros_like(scores), np.zeros_like(scores)
+    start = 0
+    for size in sizes:
+        if size:
+            blk = s[start : start + size]
+            mx = np.max(np.where(np.isfinite(blk), np.abs(blk), 0), axis=0)
+            mx[mx == 0] = 1
+            norm[start : start + size] = np.where(np.isfinite(blk), blk / mx, 0)
+            order = np.argsort(-blk, axis=0, kind="stable")
+            ranks = np.empty_like(order)
+            np.put_along_axis(ranks, order, np.arange(size)[:, None].repeat(blk.shape[1], 1), axis=0)
+            rrank[start : start + size] = np.where(np.isfinite(blk), 1.0 / (ranks + 1), 0)
+        start += size
+    pos = np.concatenate([np.arange(n) for n in sizes]).astype(np.float32)
+    per_ch = np.stack([recalled.astype(np.float32), norm, rrank], axis=2).reshape(len(items), -1)
+    return np.column_stack([per_ch, 1.0 / (pos + 1), item_log_pop[items],
+                            np.where(u >= 0, user_log_act[np.maximum(u, 0)], 0.0),
+                            recalled.sum(1).astype(np.float32)]).astype(np.float32)
+
+
+def test_recall_features_kernel_equals_the_numpy_definition():
+    """Blocks of several users (one empty, one unknown), absent channels (NaN), tied scores,
+    negative and infinite scores: the kernel gives the same numbers bit for bit."""
+    from funnelrec.core.types import MergedCandidates
+    from funnelrec.features.candidates import candidate_features
+
+    rng = np.random.default_rng(7)
+    merged, C = [], 4
+    for n in (30, 0, 1, 57):
+        sc = rng.choice([0.5, 1.0, 2.0, -1.0, 3.25], size=(n, C)).astype(np.float32)  # many ties
+        sc[rng.random((n, C)) < 0.4] = np.nan
+        if n > 10:
+            sc[3, 1], sc[4, 1], sc[5, 2] = np.inf, -np.inf, np.inf
+        merged.append(MergedCandidates(rng.integers(0, 50, n), np.zeros(n, np.uint64), sc, [f"c{k}" for k in range(C)]))
+    users = np.array([3, 4, -1, 0])
+    pop = rng.random(50).astype(np.float32)
+    act = rng.random(10).astype(np.float32)
+    got = candidate_features(merged, users, pop, act)[2]
+    want = _recall_features_reference(merged, users, pop, act)
+    assert got.dtype == np.float32 and got.shape == want.shape == (88, 3 * C + 4)
+    np.testing.assert_array_equal(got, want)

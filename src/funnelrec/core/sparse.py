@@ -2,15 +2,11 @@
 
 - `take_rows(m, rows)`: rows of m as a new CSR; a row index outside [0, m.shape[0]) gives an
   empty row (an unknown user has no history).
-- `row_values(m, rows, cols)`: m[rows[k], cols[k]] for many pairs, by binary search in each
-  row's sorted indices — O(K log nnz) and no dense (rows × columns) array.
 
     >>> import numpy as np, scipy.sparse as sp
     >>> m = sp.csr_matrix(np.array([[0, 2, 0], [1, 0, 3]], np.float32))
     >>> take_rows(m, np.array([1, -1, 0])).toarray().tolist()
     [[1.0, 0.0, 3.0], [0.0, 0.0, 0.0], [0.0, 2.0, 0.0]]
-    >>> row_values(m, np.array([0, 1, 1]), np.array([1, 1, 2])).tolist()
-    [2.0, 0.0, 3.0]
 """
 
 from __future__ import annotations
@@ -37,18 +33,3 @@ def take_rows(m: sp.csr_matrix, rows: np.ndarray) -> sp.csr_matrix:
     pos = ranges(starts, lens)
     return sp.csr_matrix((m.data[pos], m.indices[pos], indptr), shape=(len(rows), m.shape[1]))
 
-
-def row_values(m: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """m[rows[k], cols[k]] (0 where absent), for a CSR with sorted, unique indices per row."""
-    rows = np.asarray(rows, dtype=np.int64)
-    cols = np.asarray(cols, dtype=np.int64)
-    out = np.zeros(len(rows), dtype=m.dtype)
-    if len(rows) == 0 or m.nnz == 0:
-        return out
-    # global keys row·n_cols + col are ascending over the nonzeros of a canonical CSR
-    keys = np.repeat(np.arange(m.shape[0], dtype=np.int64), np.diff(m.indptr)) * m.shape[1] + m.indices
-    q = rows * m.shape[1] + cols
-    p = np.minimum(np.searchsorted(keys, q), len(keys) - 1)
-    hit = keys[p] == q
-    out[hit] = m.data[p[hit]]
-    return out

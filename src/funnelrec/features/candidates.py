@@ -8,12 +8,15 @@ industrial ranker gets from the recall stage (the "recall source" features).
 
 from __future__ import annotations
 
+import threading
+
+import numba
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
 from funnelrec.core.errors import DataError, NotFittedError
-from funnelrec.core.sparse import ranges, row_values, take_rows
+from funnelrec.core.sparse import take_rows
 from funnelrec.core.types import MergedCandidates
 
 
@@ -39,34 +42,59 @@ def candidate_features(
         return np.empty(0, np.int64), np.empty(0, np.int64), np.empty((0, 3 * n_ch + 4), np.float32)
     items = np.concatenate([m.items for m in merged]).astype(np.int64)
     u = np.repeat(np.asarray(users, dtype=np.int64), sizes)
-    scores = np.concatenate([m.scores for m in merged]).astype(np.float32)  # (M, C), NaN = absent
-    recalled = ~np.isnan(scores)
-    s = np.where(recalled, scores, -np.inf)
-    # per-user max and within-channel rank, computed per user block (small blocks, vectorized inside)
-    norm = np.zeros_like(scores)
-    rrank = np.zeros_like(scores)
-    start = 0
-    for size in sizes:
-        if size:
-            blk = s[start : start + size]
-            mx = np.max(np.where(np.isfinite(blk), np.abs(blk), 0), axis=0)
-            mx[mx == 0] = 1
-            norm[start : start + size] = np.where(np.isfinite(blk), blk / mx, 0)
-            order = np.argsort(-blk, axis=0, kind="stable")
-            ranks = np.empty_like(order)
-            np.put_along_axis(ranks, order, np.arange(size)[:, None].repeat(blk.shape[1], 1), axis=0)
-            rrank[start : start + size] = np.where(np.isfinite(blk), 1.0 / (ranks + 1), 0)
-        start += size
-    pos = np.concatenate([np.arange(n) for n in sizes]).astype(np.float32)
-    per_ch = np.stack([recalled.astype(np.float32), norm, rrank], axis=2).reshape(len(items), -1)
-    X = np.column_stack([
-        per_ch,
-        1.0 / (pos + 1),
-        item_log_pop[items],
-        np.where(u >= 0, user_log_act[np.maximum(u, 0)], 0.0),  # unknown user (-1): no activity
-        recalled.sum(1).astype(np.float32),
-    ]).astype(np.float32)
+    scores = np.ascontiguousarray(np.concatenate([m.scores for m in merged]), dtype=np.float32)  # NaN = absent
+    X = _recall_features_kernel(scores, sizes, items, u, np.asarray(item_log_pop, np.float32),
+                                np.asarray(user_log_act, np.float32))
     return u, items, X
+
+
+@numba.njit(cache=True, nogil=True)
+def _recall_features_kernel(scores, sizes, items, users, item_log_pop, user_log_act):
+    """X (M, 3C + 4) float32 of `candidate_features`, one pass per user block. Per channel c:
+    recalled = score not NaN; norm = s / max|s| over the block's finite scores (1 if none);
+    recip_rank = 1 / (1 + rank) with rank the position of the item in the block sorted by
+    descending score, ties by merge position (a stable sort); non-finite scores get 0."""
+    M, C = scores.shape
+    X = np.zeros((M, 3 * C + 4), np.float32)
+    keys = np.empty(M, np.float64)
+    rows = np.empty(M, np.int64)
+    start = 0
+    for b in range(sizes.size):
+        n = sizes[b]
+        for c in range(C):
+            mx = np.float32(0.0)
+            for r in range(start, start + n):
+                v = scores[r, c]
+                if np.isfinite(v) and abs(v) > mx:
+                    mx = abs(v)
+            if mx == 0:
+                mx = np.float32(1.0)
+            cnt = 0
+            for r in range(start, start + n):
+                v = scores[r, c]
+                if not np.isnan(v):
+                    X[r, 3 * c] = 1.0
+                    if np.isfinite(v):
+                        X[r, 3 * c + 1] = v / mx
+                    if v > -np.inf:  # what precedes a finite score in the sort: finite or +inf
+                        keys[cnt] = -np.float64(v)
+                        rows[cnt] = r
+                        cnt += 1
+            order = np.argsort(keys[:cnt], kind="mergesort")
+            for k in range(cnt):
+                r = rows[order[k]]
+                if np.isfinite(scores[r, c]):
+                    X[r, 3 * c + 2] = 1.0 / (k + 1)
+        for r in range(start, start + n):
+            X[r, 3 * C] = np.float32(1.0) / np.float32(r - start + 1)
+            X[r, 3 * C + 1] = item_log_pop[items[r]]
+            X[r, 3 * C + 2] = user_log_act[users[r]] if users[r] >= 0 else 0.0  # unknown user: no activity
+            k = 0
+            for c in range(C):
+                k += not np.isnan(scores[r, c])
+            X[r, 3 * C + 3] = k
+        start += n
+    return X
 
 
 def attach_features(merged: list[MergedCandidates], users: np.ndarray, item_log_pop: np.ndarray,
@@ -80,6 +108,46 @@ def attach_features(merged: list[MergedCandidates], users: np.ndarray, item_log_
         for m, x in zip(sub, np.split(X, np.cumsum([len(m) for m in sub])[:-1])):
             m.features = x
     return merged
+
+
+_SCRATCH = threading.local()
+
+
+def _zeroed_scratch(n: int) -> np.ndarray:
+    """A per-thread float64 buffer of ≥ n zeros; `_match_counts_kernel` leaves it zeroed."""
+    buf = getattr(_SCRATCH, "buf", None)
+    if buf is None or len(buf) < n:
+        buf = _SCRATCH.buf = np.zeros(n, np.float64)
+    return buf
+
+
+@numba.njit(cache=True, nogil=True)
+def _match_counts_kernel(h_ptr, h_idx, h_dat, a_ptr, a_idx, a_dat, order, grp, items, scratch):
+    """Per user group g (history row g of H): scratch = H_g A; count of each of its candidates
+    m = Σ_{q ∈ A_items[m]} scratch[a_idx[q]]·a_dat[q]; then scratch is zeroed again.
+    Returns (counts (M,), history size Σ H_g (G,))."""
+    G = grp.size - 1
+    cnt = np.zeros(items.size, np.float64)
+    n_hist = np.zeros(G, np.float64)
+    for g in range(G):
+        for p in range(h_ptr[g], h_ptr[g + 1]):
+            w = np.float64(h_dat[p])
+            n_hist[g] += w
+            it = h_idx[p]
+            for q in range(a_ptr[it], a_ptr[it + 1]):
+                scratch[a_idx[q]] += w * a_dat[q]
+        for t in range(grp[g], grp[g + 1]):
+            m = order[t]
+            i = items[m]
+            acc = 0.0
+            for q in range(a_ptr[i], a_ptr[i + 1]):
+                acc += scratch[a_idx[q]] * a_dat[q]
+            cnt[m] = acc
+        for p in range(h_ptr[g], h_ptr[g + 1]):
+            it = h_idx[p]
+            for q in range(a_ptr[it], a_ptr[it + 1]):
+                scratch[a_idx[q]] = 0.0
+    return cnt, n_hist
 
 
 def ease_weights(history: sp.csr_matrix, lam: float) -> np.ndarray:
@@ -157,22 +225,18 @@ class HistoryMatch:
         if len(u) == 0:
             return np.empty((0, len(self.names_)), np.float32)
         uniq, inv = np.unique(u, return_inverse=True)
-        Hu = take_rows(H, uniq)  # (U', I): only the users asked about
-        n_hist = np.maximum(np.bincount(np.repeat(np.arange(len(uniq)), np.diff(Hu.indptr)), weights=Hu.data,
-                                        minlength=len(uniq)), 1.0)[inv]
+        Hu = take_rows(H, uniq)  # (U', I): only the users asked about; an unknown user → empty row
+        order = np.argsort(inv, kind="stable")
+        grp = np.searchsorted(inv[order], np.arange(len(uniq) + 1))
         cols = []
         for A in self.attrs_.values():
-            # count(u, i) = Σ_{v ∈ A_i} (H_u A)_v: gather the candidate's values, look each up in the
-            # sparse row H_u A — never a dense (rows × values) array (200k authors would need GiBs)
-            UA = (Hu @ A).tocsr()
-            UA.sum_duplicates()
-            UA.sort_indices()
+            # count(u, i) = Σ_{v ∈ A_i} (H_u A)_v: the user's value counts go into a zeroed scratch
+            # vector (sparse work, no dense rows × values array: 200k authors would need GiBs),
+            # each candidate sums its values' entries, then the touched entries are reset
+            cnt, n_hist = _match_counts_kernel(Hu.indptr, Hu.indices, Hu.data, A.indptr, A.indices, A.data,
+                                               order, grp, i, _zeroed_scratch(A.shape[1]))
             lens = A.indptr[i + 1] - A.indptr[i]
-            pos = ranges(A.indptr[i], lens)
-            owner = np.repeat(np.arange(len(i)), lens)
-            hits = row_values(UA, inv[owner], A.indices[pos]) * A.data[pos]
-            cnt = np.bincount(owner, weights=hits, minlength=len(i))
-            cols += [np.log1p(cnt), cnt / np.maximum(lens, 1) / n_hist]
+            cols += [np.log1p(cnt), cnt / np.maximum(lens, 1) / np.maximum(n_hist, 1.0)[inv]]
         if self.ridge_ is not None:
             HB = np.asarray(Hu @ self.ridge_)  # (U', I)
             cols.append(HB[inv, i])
