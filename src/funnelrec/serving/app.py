@@ -28,6 +28,7 @@ and run on a small thread pool (`io_threads`), so the loop keeps serving meanwhi
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -55,6 +56,16 @@ from funnelrec.serving.schemas import (
 
 MAX_BODY_BYTES = 1 << 20
 _LIMITED = ("/recommend", "/feedback")
+
+
+def freeze_heap() -> None:
+    """Move everything alive now (the loaded funnel: ~270k container objects at 1M items) out of
+    the cyclic GC's reach. A full collection walked them in ~150 ms while holding the GIL — a
+    stall every few thousand requests that dominated the tail (docs/BENCHMARKS.md, Serving).
+    Reference counting still frees them; after a reload the old funnel is unfrozen and collected."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 class ORJSONResponse(JSONResponse):
@@ -170,6 +181,7 @@ def create_app(service: RecommenderService | Funnel | None = None, artifact: str
             artifact, state_dir=state_dir, redis_url=redis_url, experiments=experiments, config=config)  # type: ignore[arg-type]
         app.state.service = svc
         app.state.io_pool = ThreadPoolExecutor(io_threads, thread_name_prefix="funnelrec-io")
+        freeze_heap()
         try:
             yield
         finally:
@@ -244,6 +256,7 @@ def create_app(service: RecommenderService | Funnel | None = None, artifact: str
         previous = svc.current.version
         try:
             version = await in_io_pool(request, svc.reload, body.artifact)
+            await in_io_pool(request, freeze_heap)
         except ArtifactRefused as e:
             return ORJSONResponse({"detail": str(e)}, status_code=403)
         except ArtifactError as e:
