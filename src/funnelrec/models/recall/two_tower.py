@@ -93,6 +93,7 @@ class _WeightedBagSum(torch.autograd.Function):
     def forward(ctx, weight: torch.Tensor, rows: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(rows, w)
         ctx.n_rows = weight.shape[0]
+        ctx.weight_shape = weight.shape
         return F.embedding_bag(rows, weight, per_sample_weights=w, mode="sum")
 
     @staticmethod
@@ -108,18 +109,13 @@ class _WeightedBagSum(torch.autograd.Function):
         return grad_w.to(grad_out.dtype), None, None
 
 
-class _WeightedBagSumRowSparse(torch.autograd.Function):
+class _WeightedBagSumRowSparse(_WeightedBagSum):
     """The same out[n] = Σ_a w[n, a] · W[rows[n, a]]; the backward returns ∂W as a sparse COO
     tensor with one value row per distinct row with w ≠ 0 (U rows, sorted): values = M_Uᵀ·∂out,
     one scipy CSR product over (U, N) instead of (R, N). torch's `embedding_bag(sparse=True)` instead returns
     one value row per lookup (2·10⁵ at batch 4096 × history 50), which SparseAdam's coalesce then
-    sorts and sums: on ml-100k's 1,683 rows that made a step 2× slower than dense Adam."""
-
-    @staticmethod
-    def forward(ctx, weight: torch.Tensor, rows: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(rows, w)
-        ctx.weight_shape = weight.shape
-        return F.embedding_bag(rows, weight, per_sample_weights=w, mode="sum")
+    sorts and sums: on ml-100k's 1,683 rows that made a step 2× slower than dense Adam.
+    The forward is `_WeightedBagSum`'s."""
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
