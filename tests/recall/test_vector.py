@@ -162,3 +162,24 @@ def test_sparse_embeddings_use_sparse_adam_and_learn_like_dense(world):
     assert _recall_at_10(dense, ds, test) > 0.8
     with pytest.raises(ConfigError, match="weight_decay"):
         VectorRecallConfig(weight_decay=1e-4)
+
+
+def test_validation_scores_at_most_max_valid_users(world, monkeypatch):
+    """Per-epoch validation ranks all items for each validation user; above max_valid_users it
+    scores a seeded sample of them (10¹¹ dot products per epoch at 1M items × 100k users)."""
+    import funnelrec.recall.vector as vector
+
+    ds, _, train, test = world
+    seen_sizes = []
+    real = vector._ranked_items
+
+    def spy(model, feats, users, seen, k, **kw):
+        seen_sizes.append(len(users))
+        return real(model, feats, users, seen, k, **kw)
+
+    monkeypatch.setattr(vector, "_ranked_items", spy)
+    VectorRecall(_cfg(epochs=2, max_valid_users=7)).fit(train, valid=test)
+    assert seen_sizes and set(seen_sizes) == {7} and test["user_idx"].n_unique() > 7
+    seen_sizes.clear()
+    VectorRecall(_cfg(epochs=1, max_valid_users=0)).fit(train, valid=test)
+    assert seen_sizes == [test["user_idx"].n_unique()]

@@ -67,6 +67,9 @@ class VectorRecallConfig:
     weight_decay: float = 0.0
     batch_size: int = 2048
     patience: int = 3  # early stopping on the validation NDCG@10 when fit gets `valid`
+    # validation scores each sampled user against every item each epoch: at 1M items × 100k users
+    # that is 10¹¹ dot products, so at most this many validation users (seeded sample; 0 = all)
+    max_valid_users: int = 5000
     history_len: int = 100  # most recent training positives fed to the user tower
     item_columns: tuple[str, ...] = ("genres", "directors", "release_year")
     user_columns: tuple[str, ...] = ("age_band", "gender", "occupation", "region")
@@ -349,6 +352,8 @@ class VectorRecall(RecallChannel):
         if valid is not None and valid.height:
             v_csr = interactions_csr(valid, data.n_users, I)
             v_users = np.unique(valid["user_idx"].to_numpy())
+            if 0 < cfg.max_valid_users < len(v_users):
+                v_users = np.sort(np.random.default_rng(cfg.seed).choice(v_users, cfg.max_valid_users, replace=False))
             from funnelrec.eval.metrics import ranking_metrics
 
             def validate(m: TwoTowerModel) -> float:
