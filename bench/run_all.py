@@ -25,15 +25,15 @@ BENCHES: dict[str, tuple[str, list[str], list[str]]] = {
                         ["--users", "20000", "--items", "5000", "--interactions", "200000"]),
     "cf_scale": ("cf_scale.py", [], ["--users", "50000", "--items", "10000", "--interactions", "500000"]),
     "recall_quality": ("recall_quality.py", [], []),
-    "two_tower": ("two_tower.py", [], ["--quick"]),
+    "two_tower": ("two_tower.py", [], ["--losses", "softmax", "--set", '{"epochs": 1}']),
     "ann": ("ann.py", [], ["--n", "50000", "--nq", "200", "--clusters", "100"]),
     "bloom": ("bloom.py", [], ["--calls", "200", "--users", "100", "--fpr-capacity", "10000", "--probes", "200000"]),
     "merge_speed": ("merge_speed.py", [], []),
-    "ctr_throughput": ("ctr_throughput.py", [], ["--quick"]),
+    "ctr_throughput": ("ctr_throughput.py", [], ["--models", "lr,deepfm,dcnv2", "--epochs", "1"]),
     "ctr_seq_multitask": ("ctr_seq_multitask.py", [], ["--users", "2000", "--items", "500", "--interactions", "30000", "--epochs", "1"]),
     "experiments_stats": ("experiments_stats.py", [], ["--sims", "200", "--users", "100000"]),
     "simulate": ("simulate.py", [], ["--quick"]),
-    "serving": ("serving.py", [], ["--quick"]),
+    "serving": ("serving.py", [], ["--rates", "20", "--duration", "5"]),
 }
 
 
