@@ -183,3 +183,18 @@ def test_validation_scores_at_most_max_valid_users(world, monkeypatch):
     seen_sizes.clear()
     VectorRecall(_cfg(epochs=1, max_valid_users=0)).fit(train, valid=test)
     assert seen_sizes == [test["user_idx"].n_unique()]
+
+
+def test_index_params_reach_the_index_and_survive_save_load(world, tmp_path):
+    ds, _, train, _ = world
+    ch = VectorRecall(_cfg(epochs=1, index_factory="IVF4,Flat", index_params={"nprobe": 4})).fit(train)
+    assert ch.index_.index.params_ == {"nprobe": 4}
+    users = np.arange(ds.n_users)
+    full = ch.recall(users, 10).items
+    ch.save(tmp_path / "v.pkl")
+    back = VectorRecall.load(tmp_path / "v.pkl")
+    assert back.index_.index.params_ == {"nprobe": 4}
+    np.testing.assert_array_equal(back.recall(users, 10).items, full)
+    # nprobe 4 of 4 lists is exhaustive: the same answer as the exact Flat index
+    flat = VectorRecall(_cfg(epochs=1)).fit(train)
+    assert (full == flat.recall(users, 10).items).mean() > 0.99

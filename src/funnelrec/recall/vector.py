@@ -82,6 +82,9 @@ class VectorRecallConfig:
     hard_warmup_epochs: int = 1
     sparse_embeddings: bool = True  # row-sparse embedding gradients + SparseAdam (lazy Adam)
     index_factory: str = "Flat"
+    # search-time knobs of the index, e.g. {nprobe: 8} for IVF, {efSearch: 128} for HNSW: at 1M
+    # items a 1-epoch two-tower's IVF1024 lists are so uneven that nprobe 1 filled 8 % of 400 slots
+    index_params: dict[str, int] = field(default_factory=dict)
     num_threads: int = 2  # torch threads; 1 is faster when the cores are oversubscribed
     seed: int = 2020
 
@@ -296,6 +299,8 @@ class VectorRecall(RecallChannel):
         self.features_ = feats
         self.item_vectors_ = _item_vectors(model, feats)
         self.index_ = ItemIndex(cfg.index_factory, self.item_vectors_.shape[1])
+        if cfg.index_params:
+            self.index_.index.set_params(**cfg.index_params)
         self.index_.add(self.item_vectors_)
         self.seen_ = ForbiddenPairs(I, seen)
         self._seen_count = np.diff(seen.indptr).astype(np.int64)
