@@ -35,38 +35,61 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 # ---------------------------------------------------------------------------- load generator
-async def _one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, payload: bytes) -> tuple[int, bytes]:
+async def _one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, payload: bytes) -> tuple[int, bytes, bytes]:
+    """(status, body, worker id from the x-funnelrec-worker header) of one request."""
     writer.write(payload)
     head = await reader.readuntil(b"\r\n\r\n")
     status = int(head[9:12])
-    length = 0
+    length, worker = 0, b""
     for line in head.split(b"\r\n"):
-        if line[:15].lower() == b"content-length:":
+        low = line[:19].lower()
+        if low[:15] == b"content-length:":
             length = int(line[15:])
+        elif low == b"x-funnelrec-worker:":
+            worker = line[19:].strip()
     body = await reader.readexactly(length)
-    return status, body
+    return status, body, worker
 
 
 async def _drive(host: str, port: int, rate: float, duration: float, bodies: list[bytes], max_conns: int,
-                 pool: int = 32) -> dict:
-    """Open-loop load. `pool` keep-alive connections are opened up front (the kernel spreads their
-    accepts over the server's worker processes, as many clients behind a balancer would) and
-    used round-robin (oldest idle first), so every worker gets its share; more are opened only
-    when all are busy, up to `max_conns`. A request whose reused connection turns out closed by
-    the server is retried once on a fresh one (its latency still counts from the schedule)."""
+                 pool: int = 32, balance: str = "connection") -> dict:
+    """Open-loop load over `pool` keep-alive connections opened up front; more are opened only
+    when all are busy, up to `max_conns`. Which connection a request takes:
+    - "least": an L7 balancer's least-outstanding-requests rule, as nginx/envoy in front
+      of the workers would do — an idle connection of the worker (x-funnelrec-worker header,
+      learned with a GET /health per connection) with the fewest requests in flight;
+    - "connection" (default, as in session 1): round-robin over idle connections (oldest first). Each connection is pinned
+      to the worker whose accept() won it, and that split is luck: 27 / 5 of 32 connections in
+      one run here, which put 84 % of the load on one worker.
+    A request whose reused connection turns out closed by the server is retried once on a fresh
+    one (its latency still counts from the schedule)."""
     loop = asyncio.get_running_loop()
-    idle: collections.deque = collections.deque()
+    idle: dict[bytes, collections.deque] = collections.defaultdict(collections.deque)
+    inflight: collections.Counter = collections.Counter()
+    served: collections.Counter = collections.Counter()
     lat, stages, codes = [], [], {}
     n_conns = 0
     dropped = 0
+    health = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
     for _ in range(min(pool, max_conns)):
-        idle.append(await asyncio.open_connection(host, port))
+        conn = await asyncio.open_connection(host, port)
+        worker = (await _one(*conn, health))[2] if balance == "least" else b""
+        idle[worker].append(conn)
         n_conns += 1
+
+    def take() -> tuple[bytes, tuple] | None:
+        ready = [w for w, q in idle.items() if q]
+        if not ready:
+            return None
+        w = min(ready, key=lambda k: inflight[k])  # "connection": one deque, oldest idle first
+        return w, idle[w].popleft()
 
     async def fire(i: int, t_sched: float) -> None:
         nonlocal n_conns, dropped
-        if idle:
-            conn = idle.popleft()
+        got = take()
+        worker = b""
+        if got is not None:
+            worker, conn = got
         elif n_conns < max_conns:
             n_conns += 1
             conn = await asyncio.open_connection(host, port)
@@ -76,22 +99,26 @@ async def _drive(host: str, port: int, rate: float, duration: float, bodies: lis
         body = bodies[i % len(bodies)]
         req = (b"POST /recommend HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: "
                + str(len(body)).encode() + b"\r\n\r\n" + body)
+        inflight[worker] += 1
         try:
             try:
-                status, resp = await _one(*conn, req)
+                status, resp, worker_seen = await _one(*conn, req)
             except (OSError, asyncio.IncompleteReadError):  # closed while idle: once more, fresh
                 conn[1].close()
                 conn = await asyncio.open_connection(host, port)
-                status, resp = await _one(*conn, req)
+                status, resp, worker_seen = await _one(*conn, req)
         except (OSError, asyncio.IncompleteReadError):
             codes["conn_error"] = codes.get("conn_error", 0) + 1
             n_conns -= 1
             return
+        finally:
+            inflight[worker] -= 1
         lat.append((loop.time() - t_sched) * 1e3)
         codes[str(status)] = codes.get(str(status), 0) + 1
+        served[worker_seen.decode() or "?"] += 1
         if status == 200:
             stages.append(orjson.loads(resp)["timings_ms"])
-        idle.append(conn)
+        idle[worker_seen if balance == "least" else b""].append(conn)
 
     t0 = loop.time() + 0.05
     n = int(rate * duration)
@@ -104,8 +131,9 @@ async def _drive(host: str, port: int, rate: float, duration: float, bodies: lis
         tasks.append(asyncio.ensure_future(fire(i, t_sched)))
     await asyncio.gather(*tasks)
     wall = loop.time() - t0
-    for _, w in idle:
-        w.close()
+    for q in idle.values():
+        for _, w in q:
+            w.close()
     a = np.asarray(lat)
     q = (lambda p: float(np.percentile(a, p))) if a.size else (lambda p: float("nan"))
     stage_names = sorted({k for s in stages for k in s})
@@ -116,14 +144,16 @@ async def _drive(host: str, port: int, rate: float, duration: float, bodies: lis
                            "mean": round(float(v.mean()), 3)}
     ok = codes.get("200", 0)
     return {"rate": rate, "sent": n, "ok": ok, "codes": codes, "client_dropped": dropped,
-            "achieved_rps": round(ok / wall, 1), "connections": n_conns,
+            "achieved_rps": round(ok / wall, 1), "connections": n_conns, "balance": balance,
+            "requests_per_worker": dict(sorted(served.items())),
             "p50_ms": round(q(50), 2), "p95_ms": round(q(95), 2), "p99_ms": round(q(99), 2),
             "max_ms": round(float(a.max()), 2) if a.size else None, "stages_ms": breakdown}
 
 
 def loadgen_main(args: argparse.Namespace) -> None:
     bodies = [line.encode() for line in Path(args.bodies).read_text().splitlines() if line]
-    out = asyncio.run(_drive("127.0.0.1", args.port, args.rate, args.duration, bodies, args.max_conns))
+    out = asyncio.run(_drive("127.0.0.1", args.port, args.rate, args.duration, bodies, args.max_conns,
+                             balance=args.balance))
     print(json.dumps(out))
 
 
@@ -201,6 +231,9 @@ def main() -> None:
     p.add_argument("--rate", type=float, default=0, help=argparse.SUPPRESS)
     p.add_argument("--bodies", default="", help=argparse.SUPPRESS)
     p.add_argument("--max-conns", type=int, default=256, help=argparse.SUPPRESS)
+    p.add_argument("--balance", default="connection", choices=["least", "connection"],
+                   help="least: least-outstanding-requests over the workers (an L7 balancer); "
+                        "connection: round-robin over connections, each pinned to the worker that accepted it")
     args = p.parse_args()
     if args.loadgen:
         loadgen_main(args)
@@ -254,7 +287,8 @@ def main() -> None:
             def run(rate: float, seconds: float) -> dict:
                 load_start = [round(x, 2) for x in os.getloadavg()]
                 out = subprocess.run([sys.executable, __file__, "--loadgen", "--port", str(port), "--rate", str(rate),
-                                      "--duration", str(seconds), "--bodies", str(work / "bodies.txt")],
+                                      "--duration", str(seconds), "--bodies", str(work / "bodies.txt"),
+                                      "--balance", args.balance],
                                      capture_output=True, text=True, check=True)
                 res = json.loads(out.stdout)
                 res["load_avg_start"] = load_start

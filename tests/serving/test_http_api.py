@@ -251,3 +251,11 @@ def test_server_freezes_its_loaded_heap_so_a_full_gc_does_not_stall_requests(url
     import gc
 
     assert gc.get_freeze_count() > 10_000
+
+
+def test_every_response_names_its_worker_process(url):
+    import os
+
+    for r in (httpx.get(f"{url}/health"), httpx.post(f"{url}/recommend", json={"user_id": "196", "k": 3}),
+              httpx.post(f"{url}/recommend", json={"user_id": "196", "k": -1})):
+        assert r.headers["x-funnelrec-worker"] == str(os.getpid())  # served in-thread by this process

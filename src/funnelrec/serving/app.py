@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -55,6 +56,7 @@ from funnelrec.serving.schemas import (
 )
 
 MAX_BODY_BYTES = 1 << 20
+_WORKER = str(os.getpid()).encode()
 _LIMITED = ("/recommend", "/feedback")
 
 
@@ -112,6 +114,9 @@ class GuardMiddleware:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
                 status["started"] = True
+                # which worker process answered: lets a balancer (or the load benchmark) spread
+                # requests over the workers instead of over connections
+                message["headers"] = [*message.get("headers", ()), (b"x-funnelrec-worker", _WORKER)]
             await send(message)
 
         length = next((v for k, v in scope.get("headers", ()) if k == b"content-length"), None)
