@@ -198,7 +198,7 @@ class Funnel:
                 ex = exclude.indices[exclude.indptr[u] : exclude.indptr[u + 1]]
                 if ex.size:
                     keep = ~np.isin(m.items, ex)
-                    merged[row] = _subset(m, keep)
+                    merged[row] = m.subset(keep)
         return merged
 
     def _attach(self, merged: list[MergedCandidates], users: np.ndarray) -> list[MergedCandidates]:
@@ -238,7 +238,7 @@ class Funnel:
         out, kept = [], []
         for m, s in zip(merged, scores):
             pos = pre.keep_positions(s, keep)
-            out.append(_subset(m, pos))
+            out.append(m.subset(pos))
             kept.append(s[pos])
         return out, kept
 
@@ -313,7 +313,7 @@ class Funnel:
             t1 = time.perf_counter()
             exposed = np.asarray(exposure_filter(merged[0].items), dtype=bool)
             removed = merged[0].items[exposed]
-            merged[0] = _subset(merged[0], ~exposed)
+            merged[0] = merged[0].subset(~exposed)
             t["filter"] = (time.perf_counter() - t1) * 1e3
         n_merged = len(merged[0])
         pre_scores = None
@@ -428,6 +428,3 @@ def _experiment_params(context: RecallContext | None) -> dict[str, Any]:
     p = context.extra.get("experiment_params") or {}
     return p if isinstance(p, dict) else {}
 
-
-def _subset(m: MergedCandidates, keep: np.ndarray) -> MergedCandidates:
-    return m.subset(keep)

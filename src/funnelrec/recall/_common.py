@@ -28,6 +28,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from funnelrec.core.errors import ConfigError, DataError
+from funnelrec.core.sparse import take_rows
 from funnelrec.core.types import PAD, CandidateBatch
 from funnelrec.data.dataset import TrainData, interactions_csr
 from funnelrec.recall.base import RecallContext
@@ -344,18 +345,6 @@ class UserHistory:
     def known(self, users: np.ndarray) -> np.ndarray:
         return (users >= 0) & (users < self.n_users)
 
-    def _rows(self, m: sp.csr_matrix, users: np.ndarray) -> sp.csr_matrix:
-        """Rows `users` of m (an empty row for an unknown user), gathered straight from the CSR
-        arrays: scipy's fancy row indexing costs ~1 ms per call, this a few µs per request."""
-        ok = self.known(users)
-        safe = np.where(ok, users, 0)
-        starts = m.indptr[safe].astype(np.int64)
-        lens = np.where(ok, m.indptr[safe + 1] - starts, 0)
-        indptr = np.zeros(len(users) + 1, np.int64)
-        np.cumsum(lens, out=indptr[1:])
-        pos = np.repeat(starts - indptr[:-1], lens) + np.arange(indptr[-1])
-        return sp.csr_matrix((m.data[pos], m.indices[pos], indptr), shape=(len(users), m.shape[1]))
-
     def rows(self, users: np.ndarray, context: RecallContext | None) -> tuple[Rows, Rows]:
         """(H, seen) of `users` as `Rows` — `matrix` without scipy objects, for the request path.
         One object when H is binary. Rows list the training items first, then new extra ones."""
@@ -376,9 +365,9 @@ class UserHistory:
 
     def matrix(self, users: np.ndarray, context: RecallContext | None) -> tuple[sp.csr_matrix, sp.csr_matrix]:
         """(H, seen) of `users`; one object when H is binary (callers only read them)."""
-        seen = self._rows(self.seen, users)
+        seen = take_rows(self.seen, users)  # an unknown user gets an empty row
         binary = self.weights is self.seen
-        H = seen if binary else self._rows(self.weights, users)
+        H = seen if binary else take_rows(self.weights, users)
         extra = None if context is None else context.extra.get("history")
         if extra is not None:
             X = self.extra_matrix(extra, len(users))

@@ -84,6 +84,15 @@ def _mlp(d_in: int, hidden: tuple[int, ...], d_out: int, dropout: float) -> nn.S
     return nn.Sequential(*layers)
 
 
+def _lookups(rows: torch.Tensor, w: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The bag's nonzero lookups as (table row, weight, bag index) arrays."""
+    N, A = rows.shape
+    r = rows.reshape(-1).numpy()
+    v = w.reshape(-1).numpy()
+    keep = v != 0
+    return r[keep], v[keep], np.repeat(np.arange(N), A)[keep]
+
+
 class _WeightedBagSum(torch.autograd.Function):
     """out[n] = Σ_a w[n, a] · W[rows[n, a]]  — forward by `embedding_bag`, backward by one scipy
     CSR product ∂W = Mᵀ·∂out with M[n, rows[n, a]] = w[n, a]. torch's own embedding backward
@@ -99,12 +108,8 @@ class _WeightedBagSum(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         rows, w = ctx.saved_tensors
-        N, A = rows.shape
-        r = rows.reshape(-1).numpy()
-        v = w.reshape(-1).numpy()
-        keep = v != 0
-        n_idx = np.repeat(np.arange(N), A)[keep]
-        m = sp.csr_matrix((v[keep].astype(np.float32), (r[keep], n_idx)), shape=(ctx.n_rows, N))
+        r, v, n_idx = _lookups(rows, w)
+        m = sp.csr_matrix((v.astype(np.float32), (r, n_idx)), shape=(ctx.n_rows, rows.shape[0]))
         grad_w = torch.from_numpy(np.asarray(m @ grad_out.detach().numpy().astype(np.float32)))
         return grad_w.to(grad_out.dtype), None, None
 
@@ -120,14 +125,10 @@ class _WeightedBagSumRowSparse(_WeightedBagSum):
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         rows, w = ctx.saved_tensors
-        N, A = rows.shape
-        r = rows.reshape(-1).numpy()
-        v = w.reshape(-1).numpy()
-        keep = v != 0
-        uniq, inv = np.unique(r[keep], return_inverse=True)
-        n_idx = np.repeat(np.arange(N), A)[keep]
+        r, v, n_idx = _lookups(rows, w)
+        uniq, inv = np.unique(r, return_inverse=True)
         g = grad_out.detach().numpy()
-        m = sp.csr_matrix((v[keep].astype(g.dtype), (inv.reshape(-1), n_idx)), shape=(len(uniq), N))
+        m = sp.csr_matrix((v.astype(g.dtype), (inv.reshape(-1), n_idx)), shape=(len(uniq), rows.shape[0]))
         values = torch.from_numpy(np.ascontiguousarray(m @ g))
         grad_w = torch.sparse_coo_tensor(torch.from_numpy(uniq.astype(np.int64)).unsqueeze(0), values,
                                          ctx.weight_shape, is_coalesced=True, check_invariants=False)
