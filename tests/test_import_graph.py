@@ -231,8 +231,6 @@ def test_no_import_cycle_between_modules():
     assert not cycles, "import cycles:\n" + "\n".join(_describe(c, g) for c in cycles)
 
 
-@pytest.mark.xfail(strict=True, reason="issue #15: pipeline/stages.py names Funnel in its annotations "
-                   "(TYPE_CHECKING import) while funnel.py imports stages; the rank-stage split removes it")
 def test_no_cycle_even_through_annotation_imports():
     """The dependency of an annotation is still a design dependency: stages that take a whole
     `Funnel` reach into it."""
