@@ -129,18 +129,56 @@ def test_missing_feature_column_is_named(world):
         VectorRecall(_cfg(item_columns=("tags",), epochs=1)).fit(train)
 
 
+def _np_user_tower(model, profile_rows: np.ndarray, hist: list[np.ndarray]) -> np.ndarray:
+    """The user tower from its weights in float64 numpy: x = [E_prof[p] ; mean_j E_hist[j + 1]],
+    Linear → ReLU → Linear, then x / ‖x‖ (the formula of models/recall/two_tower.py)."""
+    w = {k: v.detach().double().numpy() for k, v in model.state_dict().items()}
+    out = []
+    for p, h in zip(profile_rows, hist):
+        e_prof = w["profile.weight"][p].reshape(-1)
+        e_hist = w["hist_item.weight"][np.asarray(h) + 1].mean(0) if len(h) else np.zeros(w["hist_item.weight"].shape[1])
+        x = np.concatenate([e_prof, e_hist])
+        x = np.maximum(w["user_mlp.0.weight"] @ x + w["user_mlp.0.bias"], 0.0)
+        x = w["user_mlp.2.weight"] @ x + w["user_mlp.2.bias"]
+        out.append(x / np.linalg.norm(x))
+    return np.array(out)
+
+
 def test_stored_user_vectors_equal_the_user_tower(world):
-    """Requests without fresh history read the user vectors stored at fit; they must be the
-    tower's output for those users, and fresh history must still go through the tower."""
+    """The user vectors stored at fit equal the tower recomputed from scratch: the history
+    rebuilt from the raw training rows (each user's `history_len` most recent positives),
+    the profile row from the user's gender (values numbered 1.. in sorted order), the layers
+    in numpy; fresh history goes in front of the stored one. The recalled items are the exact
+    brute-force top-n over the item vectors minus the user's training items."""
     ds, size, train, _ = world
     ch = VectorRecall(_cfg(epochs=1)).fit(train)
+    assert set(ch.model_.state_dict()) >= {"user_mlp.0.weight", "user_mlp.2.weight"} and len(SMALL.user_hidden) == 1
+    L = ch.config.history_len
+    inter = train.interactions.sort(["user_idx", "timestamp"], descending=[False, True], maintain_order=True)
+    hist = [inter.filter(pl.col("user_idx") == u)["item_idx"].to_numpy()[:L] for u in range(ds.n_users)]
+    genders = sorted(set(ds.users["gender"].to_list()))
+    profile = np.array([[1 + genders.index(g)] for g in ds.users.sort("user_idx")["gender"].to_list()])
+    ref = _np_user_tower(ch.model_, profile, hist)
     users = np.arange(ds.n_users)
-    assert ch.user_vectors_.shape == (ds.n_users, ch.item_vectors_.shape[1])
-    np.testing.assert_allclose(ch.user_vectors(users), ch._tower(users, None), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ch.user_vectors_, ref, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(ch.user_vectors(users), ref, rtol=1e-4, atol=1e-5)
+
     fresh = [np.arange(4) + 2 * size, np.arange(3)]
     moved = ch.user_vectors(np.array([0, 1]), fresh)
-    np.testing.assert_allclose(moved, ch._tower(np.array([0, 1]), fresh), rtol=1e-5, atol=1e-6)
-    assert not np.allclose(moved, ch.user_vectors_[:2])
+    want = _np_user_tower(ch.model_, profile[:2], [np.r_[f[::-1], h][:L] for f, h in zip(fresh, hist[:2])])
+    np.testing.assert_allclose(moved, want, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(moved, ch.user_vectors_[:2], atol=1e-3)
+
+    n = 10
+    got = ch.recall(users, n)
+    s = ref @ ch.item_vectors_.astype(np.float64).T  # (U, I) exact scores
+    seen = np.zeros_like(s, bool)
+    seen[train.interactions["user_idx"].to_numpy(), train.interactions["item_idx"].to_numpy()] = True
+    s[seen] = -np.inf
+    for u in users:
+        top = np.lexsort((np.arange(s.shape[1]), -s[u]))[:n]  # score descending, ties by index
+        assert got.items[u].tolist() == top.tolist(), u
+        np.testing.assert_allclose(got.scores[u], s[u, top], rtol=1e-4, atol=1e-5)
 
 
 def test_sparse_embeddings_use_sparse_adam_and_learn_like_dense(world):
