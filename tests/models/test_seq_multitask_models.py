@@ -2,6 +2,8 @@
 rankers: registry, shapes, contract basics, and learning a planted signal on tiny synthetic
 problems (scored with scikit-learn's roc_auc_score against the constant predictor's 0.5)."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -75,6 +77,20 @@ def test_configs_reject_bad_values_and_models_name_missing_inputs():
     del batch["domain"]
     with pytest.raises(DataError, match="domain"):
         build("star")(batch)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_config_checks_its_activations_and_embedding_dim(name):
+    """The checks the configs share (CheckedConfig) run for each of them, naming the field."""
+    cfg_cls = RANKERS.get(name).Config
+    acts = [f.name for f in dataclasses.fields(cfg_cls) if f.name.endswith("activation")]
+    assert acts  # every one of these models has at least one activation to check
+    for field in acts:
+        with pytest.raises(ConfigError, match=rf"{cfg_cls.__name__}\.{field}: unknown activation 'gelu2'"):
+            cfg_cls(**{**SMALL[name], field: "gelu2"})
+    with pytest.raises(ConfigError, match=rf"{cfg_cls.__name__}\.embedding_dim must be ≥ 1, got 0"):
+        cfg_cls(**{**SMALL[name], "embedding_dim": 0})
+    cfg_cls(**SMALL[name])  # and the small config itself passes
 
 
 def test_dien_aux_loss_only_in_training_and_differentiable():

@@ -28,23 +28,20 @@ import torch
 
 from funnelrec.core.errors import ConfigError
 from funnelrec.core.registry import RANKERS
-from funnelrec.models.ranking.base import FeatureSpec, RankingModel
+from funnelrec.models.ranking.base import FeatureSpec
 from funnelrec.models.ranking.din import (
+    CheckedConfig,
+    SharedTableRanker,
     behaviour_inputs,
-    check_activation,
-    check_sequence_spec,
-    field_inputs,
-    field_width,
     require,
     sequence_keys,
-    shared_embedding,
 )
 from funnelrec.nn.attention import AUGRU, BilinearAttention, feedforward
 from funnelrec.nn.sequence import InterestExtractor, compact_sequence, gather_steps, interest_auxiliary_loss
 
 
 @dataclass(frozen=True)
-class DIENConfig:
+class DIENConfig(CheckedConfig):
     embedding_dim: int = 16
     mlp_hidden: tuple[int, ...] = (200, 80)
     activation: str = "prelu"
@@ -52,27 +49,24 @@ class DIENConfig:
     use_category: bool = True
     aux_loss_weight: float = 1.0  # α in L = L_ctr + α·L_aux; 0 disables the auxiliary loss
 
-    def __post_init__(self) -> None:
-        check_activation(self.activation, "DIENConfig.activation")
+    def check(self) -> None:
         if self.aux_loss_weight < 0:
             raise ConfigError(f"DIENConfig.aux_loss_weight must be ≥ 0, got {self.aux_loss_weight}")
 
 
 @RANKERS.register("dien")
-class DIEN(RankingModel):
+class DIEN(SharedTableRanker):
     Config = DIENConfig
+    needs_sequence = True
 
     def __init__(self, spec: FeatureSpec, config: DIENConfig | None = None) -> None:
-        super().__init__(spec)
-        check_sequence_spec(spec, "DIEN")
-        self.config = cfg = config or DIENConfig()
-        D = cfg.embedding_dim
-        de = 2 * D if cfg.use_category else D
-        self.embedding = shared_embedding(spec, D)
+        super().__init__(spec, config)
+        cfg = self.config
+        de = 2 * cfg.embedding_dim if cfg.use_category else cfg.embedding_dim
         self.extractor = InterestExtractor(de, de)
         self.attention = BilinearAttention(de, de)
         self.evolution = AUGRU(de, de)
-        self.mlp = feedforward(field_width(spec, D) + 3 * de, cfg.mlp_hidden, cfg.activation, cfg.dropout, 1)
+        self.mlp = feedforward(self.input_width + 3 * de, cfg.mlp_hidden, cfg.activation, cfg.dropout, 1)
         self._keys = sequence_keys(cfg.use_category)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -83,7 +77,7 @@ class DIEN(RankingModel):
         states = self.extractor(keys, mask)
         att = self.attention(states, query, mask)
         final = self.evolution(states, att, mask)
-        x = torch.cat([field_inputs(self.embedding, batch, self.spec), query, final, query * final], dim=1)
+        x = torch.cat([self.inputs(batch), query, final, query * final], dim=1)
         out = {"ctr": self.mlp(x).squeeze(-1)}
         if self.training and self.config.aux_loss_weight > 0:
             neg, neg_mask = keys.roll(1, dims=0), mask.roll(1, dims=0)

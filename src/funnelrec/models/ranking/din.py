@@ -7,7 +7,10 @@ candidate, then an MLP scores [field embeddings, dense, candidate, pooled intere
     v   = Σ_l w(q, e_l) e_l          (DINAttention; De = 2D with categories, D without)
     logit = MLP([E(sparse) flattened, dense, q, v])                         (B,)
 
-Also home of the input helpers shared by the sequence and multi-task models.
+Also home of what the sequence, multi-task and multi-domain models share: the input helpers,
+`CheckedConfig` (the checks every config repeats), `SharedTableRanker` (config + the one shared
+embedding table, the input x = [E(sparse) flattened, dense]) and `SharedBottomRanker` (x → an
+expert network → one tower per task).
 
     >>> import torch
     >>> spec = FeatureSpec(n_embeddings=50, n_fields=3, n_dense=2, seq_len=5)
@@ -18,7 +21,9 @@ Also home of the input helpers shared by the sequence and multi-task models.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -26,6 +31,7 @@ from torch import nn
 from funnelrec.core.errors import ConfigError, DataError
 from funnelrec.core.registry import RANKERS
 from funnelrec.models.ranking.base import FeatureSpec, RankingModel
+from funnelrec.nn import experts
 from funnelrec.nn.attention import ACTIVATIONS, DINAttention, feedforward
 
 
@@ -100,8 +106,100 @@ def toy_batch(spec: FeatureSpec, batch_size: int = 8, seed: int = 0) -> dict[str
     return out
 
 
+def check_sequence_spec(spec: FeatureSpec, model: str) -> None:
+    if spec.seq_len < 1:
+        raise ConfigError(f"{model} needs sequence features: FeatureSpec.seq_len must be ≥ 1")
+
+
+class CheckedConfig:
+    """Mixin for the rankers' frozen config dataclasses: the checks they all repeat, by field name.
+
+    After construction every field named `*activation` must name a known activation and
+    `embedding_dim` (when present) must be ≥ 1; then the config's own `check()` runs. Adds no
+    fields, so the dataclass's fields, their order and `from_dict` stay as declared.
+    """
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            if f.name.endswith("activation"):
+                check_activation(getattr(self, f.name), f"{name}.{f.name}")
+        dim = getattr(self, "embedding_dim", 1)
+        if dim < 1:
+            raise ConfigError(f"{name}.embedding_dim must be ≥ 1, got {dim}")
+        self.check()
+
+    def check(self) -> None:
+        """Model-specific checks; raise a ConfigError naming the field."""
+
+
+class SharedTableRanker(RankingModel):
+    """A ranker on the one shared embedding table (`shared_embedding`, attribute `embedding`).
+
+    Sets `self.config` (`Config()` when None), then builds the table of `config.embedding_dim`:
+    subclasses build their layers after it, so they draw their initial weights after the
+    table's. The field input is x = [E(sparse) flattened, dense], (B, F·D + Dn): `inputs(batch)`,
+    of width `input_width`. `needs_sequence`: the spec must carry behaviours (seq_len ≥ 1).
+    """
+
+    Config: ClassVar[type]
+    needs_sequence: ClassVar[bool] = False
+
+    def __init__(self, spec: FeatureSpec, config: object | None = None) -> None:
+        super().__init__(spec)
+        if self.needs_sequence:
+            check_sequence_spec(spec, type(self).__name__)
+        self.config = config or self.Config()
+        self.embedding = shared_embedding(spec, self.config.embedding_dim)
+
+    @property
+    def input_width(self) -> int:
+        return field_width(self.spec, self.config.embedding_dim)
+
+    def inputs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """[E(sparse) flattened, dense] (B, F·D + Dn); DataError when "sparse" is missing."""
+        require(batch, ("sparse",), type(self).__name__)
+        return field_inputs(self.embedding, batch, self.spec)
+
+
+def task_logits(towers: experts.ParallelMLP, ys: list[torch.Tensor], tasks: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """Per-task towers run as one ParallelMLP: T × (B, H) → {task: (B,) logit}."""
+    logits = towers(torch.stack(ys, dim=1)).squeeze(-1)  # (B, T)
+    return dict(zip(tasks, logits.unbind(1), strict=True))
+
+
+class SharedBottomRanker(SharedTableRanker):
+    """Multi-task: x = inputs(batch) → an expert network → T task inputs → T towers.
+
+        y^1, …, y^T = experts(x)          (B, H) each
+        logit^t     = Tower_t(y^t)        (B,) per task t of spec.tasks
+
+    A subclass builds the expert network in `build_experts(input_width, T)`: a module returning
+    T tensors (B, H), with attribute `out_dim` = H. It is stored under the name `expert_net`
+    (the prefix of its state_dict keys). The towers (config.tower_hidden, config.activation,
+    one logit each) run as one ParallelMLP, built after the experts.
+    """
+
+    multi_task = True
+    expert_net: ClassVar[str]
+
+    def __init__(self, spec: FeatureSpec, config: object | None = None) -> None:
+        super().__init__(spec, config)
+        T, cfg = len(spec.tasks), self.config
+        net = self.build_experts(self.input_width, T)
+        self.add_module(self.expert_net, net)
+        self.towers = experts.ParallelMLP(T, net.out_dim, cfg.tower_hidden, cfg.activation, out_dim=1)
+
+    def build_experts(self, input_width: int, n_tasks: int) -> nn.Module:  # pragma: no cover
+        raise NotImplementedError
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        ys = self.get_submodule(self.expert_net)(self.inputs(batch))
+        return task_logits(self.towers, ys, self.spec.tasks)
+
+
 @dataclass(frozen=True)
-class DINConfig:
+class DINConfig(CheckedConfig):
     embedding_dim: int = 16
     attention_hidden: tuple[int, ...] = (80, 40)
     attention_activation: str = "prelu"  # "dice" as in the paper (batch statistics)
@@ -110,38 +208,25 @@ class DINConfig:
     dropout: float = 0.0
     use_category: bool = True  # item representation = [item, category] embeddings
 
-    def __post_init__(self) -> None:
-        check_activation(self.attention_activation, "DINConfig.attention_activation")
-        check_activation(self.activation, "DINConfig.activation")
-        if self.embedding_dim < 1:
-            raise ConfigError(f"DINConfig.embedding_dim must be ≥ 1, got {self.embedding_dim}")
-
-
-def check_sequence_spec(spec: FeatureSpec, model: str) -> None:
-    if spec.seq_len < 1:
-        raise ConfigError(f"{model} needs sequence features: FeatureSpec.seq_len must be ≥ 1")
-
 
 @RANKERS.register("din")
-class DIN(RankingModel):
+class DIN(SharedTableRanker):
     Config = DINConfig
+    needs_sequence = True
 
     def __init__(self, spec: FeatureSpec, config: DINConfig | None = None) -> None:
-        super().__init__(spec)
-        check_sequence_spec(spec, "DIN")
-        self.config = cfg = config or DINConfig()
-        D = cfg.embedding_dim
-        de = 2 * D if cfg.use_category else D
-        self.embedding = shared_embedding(spec, D)
+        super().__init__(spec, config)
+        cfg = self.config
+        de = 2 * cfg.embedding_dim if cfg.use_category else cfg.embedding_dim
         self.attention = DINAttention(de, cfg.attention_hidden, cfg.attention_activation)
-        self.mlp = feedforward(field_width(spec, D) + 2 * de, cfg.mlp_hidden, cfg.activation, cfg.dropout, 1)
+        self.mlp = feedforward(self.input_width + 2 * de, cfg.mlp_hidden, cfg.activation, cfg.dropout, 1)
         self._keys = sequence_keys(cfg.use_category)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         require(batch, self._keys, "DIN")
         keys, query, mask = behaviour_inputs(self.embedding, batch, self.config.use_category)
         interest = self.attention(query, keys, mask)
-        x = torch.cat([field_inputs(self.embedding, batch, self.spec), query, interest], dim=1)
+        x = torch.cat([self.inputs(batch), query, interest], dim=1)
         return {"ctr": self.mlp(x).squeeze(-1)}
 
     def attention_weights(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -32,14 +32,8 @@ import torch.nn.functional as F
 
 from funnelrec.core.errors import ConfigError
 from funnelrec.core.registry import RANKERS
-from funnelrec.models.ranking.base import FeatureSpec, RankingModel
-from funnelrec.models.ranking.din import (
-    check_activation,
-    field_inputs,
-    field_width,
-    require,
-    shared_embedding,
-)
+from funnelrec.models.ranking.base import FeatureSpec
+from funnelrec.models.ranking.din import CheckedConfig, SharedTableRanker
 from funnelrec.nn import experts
 
 
@@ -55,34 +49,28 @@ def product_logit(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class ESMMConfig:
+class ESMMConfig(CheckedConfig):
     embedding_dim: int = 16
     tower_hidden: tuple[int, ...] = (128, 64)
     activation: str = "relu"
     dropout: float = 0.0
 
-    def __post_init__(self) -> None:
-        check_activation(self.activation, "ESMMConfig.activation")
-
 
 @RANKERS.register("esmm")
-class ESMM(RankingModel):
+class ESMM(SharedTableRanker):
     Config = ESMMConfig
     multi_task = True
     nested_tasks = True  # tasks = (ctr, ctcvr): a ctcvr positive is always a ctr positive
 
     def __init__(self, spec: FeatureSpec, config: ESMMConfig | None = None) -> None:
-        super().__init__(spec)
         if len(spec.tasks) != 2:
             raise ConfigError(f"ESMM needs exactly two tasks (ctr, ctcvr), got {spec.tasks}")
-        self.config = cfg = config or ESMMConfig()
-        self.embedding = shared_embedding(spec, cfg.embedding_dim)
-        width = field_width(spec, cfg.embedding_dim)
-        self.towers = experts.ParallelMLP(2, width, cfg.tower_hidden, cfg.activation, cfg.dropout, out_dim=1)
+        super().__init__(spec, config)
+        cfg = self.config
+        self.towers = experts.ParallelMLP(2, self.input_width, cfg.tower_hidden, cfg.activation, cfg.dropout, out_dim=1)
 
     def _logits(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        require(batch, ("sparse",), "ESMM")
-        ab = self.towers(field_inputs(self.embedding, batch, self.spec)).squeeze(-1)
+        ab = self.towers(self.inputs(batch)).squeeze(-1)
         return ab[:, 0], ab[:, 1]
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -27,14 +27,14 @@ from torch import nn
 
 from funnelrec.core.errors import ConfigError
 from funnelrec.core.registry import RANKERS
-from funnelrec.models.ranking.base import FeatureSpec, RankingModel
-from funnelrec.models.ranking.din import check_activation, require, shared_embedding
+from funnelrec.models.ranking.base import FeatureSpec
+from funnelrec.models.ranking.din import CheckedConfig, SharedTableRanker, require
 from funnelrec.models.ranking.star import domain_ids
 from funnelrec.nn.experts import EPNet, PPNet
 
 
 @dataclass(frozen=True)
-class PEPNetConfig:
+class PEPNetConfig(CheckedConfig):
     embedding_dim: int = 16
     domain_embedding_dim: int = 8
     prior_fields: tuple[int, ...] = (0, 1)  # columns of "sparse": user id, item id by convention
@@ -43,26 +43,24 @@ class PEPNetConfig:
     activation: str = "relu"
     dropout: float = 0.0
 
-    def __post_init__(self) -> None:
-        check_activation(self.activation, "PEPNetConfig.activation")
+    def check(self) -> None:
         if not self.tower_hidden:
             raise ConfigError("PEPNetConfig.tower_hidden needs at least one width")
 
 
 @RANKERS.register("pepnet")
-class PEPNet(RankingModel):
+class PEPNet(SharedTableRanker):
     Config = PEPNetConfig
     multi_task = True
 
     def __init__(self, spec: FeatureSpec, config: PEPNetConfig | None = None) -> None:
-        super().__init__(spec)
-        self.config = cfg = config or PEPNetConfig()
+        cfg = config or PEPNetConfig()
         bad = [f for f in cfg.prior_fields if not 0 <= f < spec.n_fields]
         if bad:
             raise ConfigError(f"PEPNetConfig.prior_fields {bad} out of range for {spec.n_fields} sparse fields")
+        super().__init__(spec, cfg)
         D = cfg.embedding_dim
         general = spec.n_fields * D
-        self.embedding = shared_embedding(spec, D)
         self.domain_embedding = nn.Embedding(spec.n_domains, cfg.domain_embedding_dim)
         self.epnet = EPNet(general, cfg.domain_embedding_dim, cfg.gate_hidden)
         self.ppnet = PPNet(

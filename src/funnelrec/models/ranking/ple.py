@@ -4,6 +4,7 @@
     the shared branch re-mixed between layers; logit^k = Tower_k(y^k)       (B,) per task
 
     >>> import torch
+    >>> from funnelrec.models.ranking.base import FeatureSpec
     >>> from funnelrec.models.ranking.din import toy_batch
     >>> spec = FeatureSpec(n_embeddings=50, n_fields=3, tasks=("click", "like"))
     >>> m = PLE(spec, PLEConfig(embedding_dim=4, expert_hidden=(8,), tower_hidden=(4,)))
@@ -15,24 +16,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from funnelrec.core.errors import ConfigError
 from funnelrec.core.registry import RANKERS
-from funnelrec.models.ranking.base import FeatureSpec, RankingModel
-from funnelrec.models.ranking.din import (
-    check_activation,
-    field_inputs,
-    field_width,
-    require,
-    shared_embedding,
-)
-from funnelrec.models.ranking.mmoe import task_logits
+from funnelrec.models.ranking.din import CheckedConfig, SharedBottomRanker
 from funnelrec.nn import experts
 
 
 @dataclass(frozen=True)
-class PLEConfig:
+class PLEConfig(CheckedConfig):
     embedding_dim: int = 16
     n_layers: int = 2  # CGC extraction layers
     n_specific: int = 2  # experts per task per layer
@@ -41,29 +32,17 @@ class PLEConfig:
     tower_hidden: tuple[int, ...] = (32,)
     activation: str = "relu"
 
-    def __post_init__(self) -> None:
-        check_activation(self.activation, "PLEConfig.activation")
+    def check(self) -> None:
         if min(self.n_layers, self.n_specific, self.n_shared) < 1 or not self.expert_hidden:
             raise ConfigError("PLEConfig needs n_layers, n_specific, n_shared ≥ 1 and expert_hidden widths")
 
 
 @RANKERS.register("ple")
-class PLE(RankingModel):
+class PLE(SharedBottomRanker):
     Config = PLEConfig
-    multi_task = True
+    expert_net = "ple"
 
-    def __init__(self, spec: FeatureSpec, config: PLEConfig | None = None) -> None:
-        super().__init__(spec)
-        self.config = cfg = config or PLEConfig()
-        T = len(spec.tasks)
-        self.embedding = shared_embedding(spec, cfg.embedding_dim)
-        self.ple = experts.PLE(
-            field_width(spec, cfg.embedding_dim), T, cfg.n_layers, cfg.n_specific, cfg.n_shared,
-            cfg.expert_hidden, cfg.activation,
-        )
-        self.towers = experts.ParallelMLP(T, self.ple.out_dim, cfg.tower_hidden, cfg.activation, out_dim=1)
-
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        require(batch, ("sparse",), "PLE")
-        ys = self.ple(field_inputs(self.embedding, batch, self.spec))
-        return task_logits(self.towers, ys, self.spec.tasks)
+    def build_experts(self, input_width: int, n_tasks: int) -> experts.PLE:
+        cfg = self.config
+        return experts.PLE(input_width, n_tasks, cfg.n_layers, cfg.n_specific, cfg.n_shared, cfg.expert_hidden,
+                           cfg.activation)

@@ -24,22 +24,14 @@ import torch
 
 from funnelrec.core.errors import ConfigError
 from funnelrec.core.registry import RANKERS
-from funnelrec.models.ranking.base import FeatureSpec, RankingModel
-from funnelrec.models.ranking.din import (
-    check_activation,
-    check_sequence_spec,
-    field_inputs,
-    field_width,
-    require,
-    sequence_keys,
-    shared_embedding,
-)
+from funnelrec.models.ranking.base import FeatureSpec
+from funnelrec.models.ranking.din import CheckedConfig, SharedTableRanker, require, sequence_keys
 from funnelrec.nn.attention import DINAttention, feedforward
 from funnelrec.nn.sequence import gather_steps, hard_search
 
 
 @dataclass(frozen=True)
-class SIMConfig:
+class SIMConfig(CheckedConfig):
     embedding_dim: int = 16
     top_k: int = 20  # K behaviours kept by the hard search
     attention_hidden: tuple[int, ...] = (80, 40)
@@ -48,25 +40,22 @@ class SIMConfig:
     activation: str = "prelu"
     dropout: float = 0.0
 
-    def __post_init__(self) -> None:
-        check_activation(self.attention_activation, "SIMConfig.attention_activation")
-        check_activation(self.activation, "SIMConfig.activation")
+    def check(self) -> None:
         if self.top_k < 1:
             raise ConfigError(f"SIMConfig.top_k must be ≥ 1, got {self.top_k}")
 
 
 @RANKERS.register("sim")
-class SIM(RankingModel):
+class SIM(SharedTableRanker):
     Config = SIMConfig
+    needs_sequence = True
 
     def __init__(self, spec: FeatureSpec, config: SIMConfig | None = None) -> None:
-        super().__init__(spec)
-        check_sequence_spec(spec, "SIM")
-        self.config = cfg = config or SIMConfig()
+        super().__init__(spec, config)
+        cfg = self.config
         D = cfg.embedding_dim
-        self.embedding = shared_embedding(spec, D)
         self.attention = DINAttention(2 * D, cfg.attention_hidden, cfg.attention_activation)
-        self.mlp = feedforward(field_width(spec, D) + 4 * D + 1, cfg.mlp_hidden, cfg.activation, cfg.dropout, 1)
+        self.mlp = feedforward(self.input_width + 4 * D + 1, cfg.mlp_hidden, cfg.activation, cfg.dropout, 1)
         self._keys = sequence_keys(True)
 
     def search(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,5 +71,5 @@ class SIM(RankingModel):
         query = torch.cat([self.embedding(batch["target"]), self.embedding(batch["target_cat"])], dim=-1)
         interest = self.attention(query, keys, found)
         n_found = torch.log1p(found.sum(1, keepdim=True).to(interest.dtype))
-        x = torch.cat([field_inputs(self.embedding, batch, self.spec), query, interest, n_found], dim=1)
+        x = torch.cat([self.inputs(batch), query, interest, n_found], dim=1)
         return {"ctr": self.mlp(x).squeeze(-1)}

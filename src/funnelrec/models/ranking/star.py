@@ -25,20 +25,14 @@ from torch import nn
 
 from funnelrec.core.errors import ConfigError, DataError
 from funnelrec.core.registry import RANKERS
-from funnelrec.models.ranking.base import FeatureSpec, RankingModel
-from funnelrec.models.ranking.din import (
-    check_activation,
-    field_inputs,
-    field_width,
-    require,
-    shared_embedding,
-)
+from funnelrec.models.ranking.base import FeatureSpec
+from funnelrec.models.ranking.din import CheckedConfig, SharedTableRanker
 from funnelrec.nn.attention import LastAxis, activation, feedforward
 from funnelrec.nn.experts import PartitionedNorm, StarFC
 
 
 @dataclass(frozen=True)
-class STARConfig:
+class STARConfig(CheckedConfig):
     embedding_dim: int = 16
     hidden: tuple[int, ...] = (128, 64)
     activation: str = "relu"
@@ -46,8 +40,7 @@ class STARConfig:
     domain_embedding_dim: int = 8
     aux_hidden: tuple[int, ...] = (32,)
 
-    def __post_init__(self) -> None:
-        check_activation(self.activation, "STARConfig.activation")
+    def check(self) -> None:
         if not self.hidden:
             raise ConfigError("STARConfig.hidden needs at least one width")
 
@@ -63,15 +56,12 @@ def domain_ids(batch: dict[str, torch.Tensor], n_domains: int, model: str) -> to
 
 
 @RANKERS.register("star")
-class STAR(RankingModel):
+class STAR(SharedTableRanker):
     Config = STARConfig
 
     def __init__(self, spec: FeatureSpec, config: STARConfig | None = None) -> None:
-        super().__init__(spec)
-        self.config = cfg = config or STARConfig()
-        n_dom = spec.n_domains
-        width = field_width(spec, cfg.embedding_dim)
-        self.embedding = shared_embedding(spec, cfg.embedding_dim)
+        super().__init__(spec, config)
+        cfg, n_dom, width = self.config, spec.n_domains, self.input_width
         self.norm = PartitionedNorm(width, n_dom)
         self.layers = nn.ModuleList()
         self.acts = nn.ModuleList()
@@ -86,9 +76,9 @@ class STAR(RankingModel):
         self.aux = feedforward(width + cfg.domain_embedding_dim, cfg.aux_hidden, cfg.activation, out_dim=1)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        require(batch, ("sparse",), "STAR")
+        x = self.inputs(batch)
         dom = domain_ids(batch, self.spec.n_domains, "STAR")
-        x = self.norm(field_inputs(self.embedding, batch, self.spec), dom)
+        x = self.norm(x, dom)
         h = x
         for layer, act in zip(self.layers, self.acts, strict=True):
             h = self.dropout(act(layer(h, dom)))
