@@ -5,13 +5,13 @@ from dataclasses import replace
 
 import pytest
 import torch
-from zoo_cases import make_ctr_problem  # tests/models is on sys.path (rootdir import mode)
 
 from funnelrec.core.errors import ConfigError
 from funnelrec.models.ranking.common import build_ranker
 from funnelrec.models.ranking.ffm import field_aware_pairs
 from funnelrec.nn.lhuc import LHUCGate
 from funnelrec.nn.recycle import RecyclingLHUCMLP
+from zoo_cases import make_ctr_problem  # tests/models is on sys.path (rootdir import mode)
 
 
 def _net(seed=0, **kw):

@@ -1,4 +1,5 @@
-"""Exposure filtering: Bloom and counting Bloom filters, per-user exposure stores."""
+"""Exposure filtering: Bloom and counting Bloom filters, per-user exposure stores, and the
+result caches that share the stores' key-value backends."""
 
 from funnelrec.filter.bloom import (
     DAY,
@@ -9,6 +10,13 @@ from funnelrec.filter.bloom import (
     bloom_size,
     expected_fp_rate,
     hash64,
+)
+from funnelrec.filter.results import (
+    MemoryResultCache,
+    RedisResultCache,
+    ResultCache,
+    SQLiteResultCache,
+    build_state_stores,
 )
 from funnelrec.filter.store import (
     DEFAULT_EXPOSURE_CONFIG,
@@ -26,10 +34,15 @@ __all__ = [
     "CountingBloomFilter",
     "ExposureStore",
     "MemoryExposureStore",
+    "MemoryResultCache",
     "RedisExposureStore",
+    "RedisResultCache",
+    "ResultCache",
     "SQLiteExposureStore",
+    "SQLiteResultCache",
     "bloom_positions",
     "bloom_size",
+    "build_state_stores",
     "expected_fp_rate",
     "hash64",
 ]

@@ -12,6 +12,11 @@ bloom.py); the backends persist it slice by slice (`slice_to_bytes`: header + co
 checksum), so an `add` rewrites one slice, not the user's whole window. A blob that fails its
 checksum or was built with other m/k/seed raises ArtifactError.
 
+Under the stores sit the shared key-value backends (`MemoryKV`, `SQLiteKV`, `RedisKV`: bytes
+under str keys, one way to open a SQLite file or reach a Redis server). The exposure stores
+keep their metadata there and run their slice tables on the same connection; the result
+caches (results.py) are nothing but a key-value backend with a blob format.
+
     >>> store = MemoryExposureStore(CountingBloomConfig(capacity=1000, fp_rate=0.01, window_s=7 * DAY))
     >>> store.add("u1", np.array([10, 11]), ts=0)
     >>> store.filter("u1", np.array([10, 12, 11]), now=DAY).tolist()
@@ -46,10 +51,146 @@ def _check_user(user_key: str) -> str:
     return user_key
 
 
+def state_location(value: str | Path | None, backend: str, name: str) -> str | Path:
+    """`value` (a state_dir or redis_url) that state backend `backend` cannot do without."""
+    if not value:
+        raise ConfigError(f"the {backend!r} state backend needs {name}")
+    return value
+
+
 def _check_time(value: int, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
         raise DataError(f"{what} must be an int unix time in seconds, got {value!r}")
     return int(value)
+
+
+# ------------------------------------------------------------------ shared key-value backends
+
+
+class KeyValueBackend(ABC):
+    """Bytes under str keys: get(key) → bytes | None, put(key, value, ttl_s),
+    put_if_absent(key, value) → the value stored after the call. Thread-safe."""
+
+    @abstractmethod
+    def get(self, key: str) -> bytes | None: ...
+
+    @abstractmethod
+    def put(self, key: str, value: bytes | str, ttl_s: int | None = None) -> None: ...
+
+    @abstractmethod
+    def put_if_absent(self, key: str, value: bytes | str) -> bytes: ...
+
+    def close(self) -> None:
+        return None
+
+
+def _as_bytes(value: bytes | str | memoryview) -> bytes:
+    return value.encode() if isinstance(value, str) else bytes(value)
+
+
+class MemoryKV(KeyValueBackend):
+    """A dict; `ttl_s` is ignored (the data lives as long as the process)."""
+
+    def __init__(self) -> None:
+        self._data: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> bytes | None:
+        return self._data.get(key)
+
+    def put(self, key: str, value: bytes | str, ttl_s: int | None = None) -> None:
+        self._data[key] = _as_bytes(value)
+
+    def put_if_absent(self, key: str, value: bytes | str) -> bytes:
+        with self._lock:
+            return self._data.setdefault(key, _as_bytes(value))
+
+    def close(self) -> None:
+        self._data.clear()
+
+
+class SQLiteKV(KeyValueBackend):
+    """One table `table (key_column TEXT PRIMARY KEY, value_column BLOB)` in a SQLite file in WAL
+    mode. `db` (autocommit connection) and `lock` are shared with whoever keeps more tables in
+    the same file (the SQLite exposure store). With synchronous="NORMAL" a returned write
+    survives SIGKILL, with "FULL" also an OS crash. `ttl_s` is ignored: nothing expires.
+    A file that is not a SQLite database raises ArtifactError naming `what`."""
+
+    def __init__(self, path: str | Path, table: str, *, key_column: str = "key", value_column: str = "value",
+                 synchronous: str = "NORMAL", what: str = "state file") -> None:
+        if synchronous not in ("NORMAL", "FULL"):
+            raise ConfigError(f"synchronous must be 'NORMAL' or 'FULL', got {synchronous!r}")
+        self.path = Path(path)
+        self.what = what
+        self.lock = threading.RLock()
+        self._get = f"SELECT {value_column} FROM {table} WHERE {key_column} = ?"
+        self._put = f"INSERT OR REPLACE INTO {table} VALUES (?, ?)"
+        self._insert = f"INSERT OR IGNORE INTO {table} VALUES (?, ?)"
+        try:
+            self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute(f"PRAGMA synchronous={synchronous}")
+            self.db.execute(f"CREATE TABLE IF NOT EXISTS {table} ({key_column} TEXT PRIMARY KEY, "
+                            f"{value_column} BLOB NOT NULL) WITHOUT ROWID")
+        except sqlite3.DatabaseError as e:
+            raise ArtifactError(f"{what} {self.path} is not a usable SQLite database: {e}") from None
+
+    def get(self, key: str) -> bytes | None:
+        with self.lock:
+            row = self.db.execute(self._get, (key,)).fetchone()
+        return None if row is None else _as_bytes(row[0])
+
+    def put(self, key: str, value: bytes | str, ttl_s: int | None = None) -> None:
+        with self.lock:
+            self.db.execute(self._put, (key, value))
+
+    def put_if_absent(self, key: str, value: bytes | str) -> bytes:
+        with self.lock:
+            self.db.execute("BEGIN IMMEDIATE")  # other processes may race for the first write
+            try:
+                self.db.execute(self._insert, (key, value))
+                (have,) = self.db.execute(self._get, (key,)).fetchone()
+            finally:
+                self.db.execute("COMMIT")
+        return _as_bytes(have)
+
+    def close(self) -> None:
+        with self.lock:
+            self.db.close()
+
+
+class RedisKV(KeyValueBackend):
+    """String keys `{prefix}{key}` on a Redis server; `client` is shared with whoever keeps other
+    structures under the same prefix (the Redis exposure store). Values with `ttl_s` expire.
+    A server that cannot be reached raises ConfigError naming it."""
+
+    def __init__(self, url: str | None = None, *, host: str = "127.0.0.1", port: int = 6379, db: int = 0,
+                 prefix: str = "funnelrec:") -> None:
+        import redis
+
+        self.prefix = prefix
+        self.where = url or f"{host}:{port}/{db}"
+        self.client = redis.Redis.from_url(url) if url else redis.Redis(host=host, port=port, db=db)
+        try:
+            self.client.ping()
+        except redis.RedisError as e:
+            raise ConfigError(f"cannot reach Redis at {self.where}: {e}") from None
+
+    def get(self, key: str) -> bytes | None:
+        return self.client.get(self.prefix + key)
+
+    def put(self, key: str, value: bytes | str, ttl_s: int | None = None) -> None:
+        self.client.set(self.prefix + key, value, ex=ttl_s)
+
+    def put_if_absent(self, key: str, value: bytes | str) -> bytes:
+        self.client.set(self.prefix + key, value, nx=True)
+        return self.client.get(self.prefix + key)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+# ------------------------------------------------------------------ exposure stores
 
 
 class ExposureStore(ABC):
@@ -73,6 +214,13 @@ class ExposureStore(ABC):
             raise ConfigError(f"exposure store config must be a CountingBloomConfig, got {type(config).__name__}")
         self._template = self.config.build()  # validates capacity, fp_rate, window, slice
         self._closed = False
+
+    @classmethod
+    def from_state(cls, *, state_dir: str | Path | None = None, redis_url: str | None = None,
+                   prefix: str = "funnelrec:", config: CountingBloomConfig | None = None) -> ExposureStore:
+        """The store of a service's state: `{state_dir}/exposure.db` (sqlite), keys under
+        `{prefix}exposure:` (redis), or nothing (memory). See results.build_state_stores."""
+        raise NotImplementedError
 
     def _new_filter(self) -> CountingBloomFilter:
         return self.config.build()
@@ -116,6 +264,11 @@ class MemoryExposureStore(ExposureStore):
         self._filters: dict[str, CountingBloomFilter] = {}
         self._lock = threading.Lock()
 
+    @classmethod
+    def from_state(cls, *, state_dir: str | Path | None = None, redis_url: str | None = None,
+                   prefix: str = "funnelrec:", config: CountingBloomConfig | None = None) -> MemoryExposureStore:
+        return cls(config)
+
     def add(self, user_key: str, item_ids: np.ndarray, ts: int) -> None:
         ids, ts = _as_ids(item_ids, "item_ids"), _check_time(ts, "ts")
         _check_user(user_key)
@@ -151,7 +304,6 @@ class MemoryExposureStore(ExposureStore):
 # ---------------------------------------------------------------------------------------------
 
 _SQLITE_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS exposure_slices (
     user_key TEXT NOT NULL,
     slice    INTEGER NOT NULL,
@@ -186,36 +338,29 @@ class SQLiteExposureStore(ExposureStore):
         synchronous: str = "NORMAL",
     ) -> None:
         super().__init__(config)
-        if synchronous not in ("NORMAL", "FULL"):
-            raise ConfigError(f"synchronous must be 'NORMAL' or 'FULL', got {synchronous!r}")
         self.path = Path(path)
         self.cache_bytes = cache_bytes
         self.synchronous = synchronous
-        self._lock = threading.Lock()
         self._cache: OrderedDict[str, CountingBloomFilter] = OrderedDict()
         self._sizes: dict[str, int] = {}  # user → bytes charged for its cached filter
         self._cached_bytes = 0
+        self._meta = SQLiteKV(self.path, "meta", synchronous=synchronous, what="exposure store")
+        self._db, self._lock = self._meta.db, self._meta.lock
         try:
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(f"PRAGMA synchronous={synchronous}")
             self._db.executescript(_SQLITE_SCHEMA)
-            self._check_meta()
+            want = json.dumps({"format": _FORMAT, **asdict(self.config)}, sort_keys=True)
+            have = self._meta.put_if_absent("config", want).decode()
             self._data_version = self._read_data_version()
         except sqlite3.DatabaseError as e:
             raise ArtifactError(f"exposure store {self.path} is not a usable SQLite database: {e}") from None
+        if have != want:
+            self._meta.close()
+            raise ConfigError(f"exposure store {self.path} was created with {have}; this store is configured with {want}")
 
-    def _check_meta(self) -> None:
-        want = json.dumps({"format": _FORMAT, **asdict(self.config)}, sort_keys=True)
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            row = self._db.execute("SELECT value FROM meta WHERE key = 'config'").fetchone()
-            if row is None:
-                self._db.execute("INSERT INTO meta VALUES ('config', ?)", (want,))
-        finally:
-            self._db.execute("COMMIT")
-        if row is not None and row[0] != want:
-            raise ConfigError(f"exposure store {self.path} was created with {row[0]}; this store is configured with {want}")
+    @classmethod
+    def from_state(cls, *, state_dir: str | Path | None = None, redis_url: str | None = None,
+                   prefix: str = "funnelrec:", config: CountingBloomConfig | None = None) -> SQLiteExposureStore:
+        return cls(Path(state_location(state_dir, "sqlite", "state_dir")) / "exposure.db", config)
 
     def _read_data_version(self) -> int:
         return self._db.execute("PRAGMA data_version").fetchone()[0]
@@ -341,7 +486,7 @@ class SQLiteExposureStore(ExposureStore):
     def close(self) -> None:
         with self._lock:
             if not self._closed:
-                self._db.close()
+                self._meta.close()
                 self._clear_cache()
                 self._closed = True
 
@@ -376,16 +521,19 @@ class RedisExposureStore(ExposureStore):
 
         self._redis_mod = redis
         self.prefix = prefix
-        self._client = redis.Redis.from_url(url) if url else redis.Redis(host=host, port=port, db=db)
-        where = url or f"{host}:{port}/{db}"
+        self._meta = RedisKV(url, host=host, port=port, db=db, prefix=prefix)
+        self._client = self._meta.client
         want = json.dumps({"format": _FORMAT, **asdict(self.config)}, sort_keys=True)
-        try:
-            self._client.set(f"{prefix}meta", want, nx=True)
-            have = self._client.get(f"{prefix}meta")
-        except redis.RedisError as e:
-            raise ConfigError(f"cannot reach Redis at {where}: {e}") from None
-        if have is not None and have.decode() != want:
-            raise ConfigError(f"exposure store at {where}/{prefix} was created with {have.decode()}; this store is configured with {want}")
+        have = self._meta.put_if_absent("meta", want).decode()
+        if have != want:
+            self._meta.close()
+            raise ConfigError(f"exposure store at {self._meta.where}/{prefix} was created with {have}; "
+                              f"this store is configured with {want}")
+
+    @classmethod
+    def from_state(cls, *, state_dir: str | Path | None = None, redis_url: str | None = None,
+                   prefix: str = "funnelrec:", config: CountingBloomConfig | None = None) -> RedisExposureStore:
+        return cls(state_location(redis_url, "redis", "redis_url"), config=config, prefix=prefix + "exposure:")
 
     def _key(self, user_key: str) -> str:
         return f"{self.prefix}u:{_check_user(user_key)}"

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import bisect
 import json
-import sqlite3
 import threading
 import time
 import uuid
@@ -45,9 +44,16 @@ from typing import Any
 import numpy as np
 import xxhash
 
-from funnelrec.core.errors import ArtifactError, ArtifactRefused, ConfigError, DataError
+from funnelrec.core.errors import ArtifactRefused, ConfigError, DataError
 from funnelrec.core.types import PAD
-from funnelrec.filter.store import ExposureStore, MemoryExposureStore, RedisExposureStore, SQLiteExposureStore
+from funnelrec.filter.results import (  # the result caches live in filter/; their names stay importable here
+    MemoryResultCache,  # noqa: F401
+    RedisResultCache,  # noqa: F401
+    ResultCache,
+    SQLiteResultCache,  # noqa: F401
+    build_state_stores,
+)
+from funnelrec.filter.store import ExposureStore
 from funnelrec.pipeline.eventlog import EVENT_TYPES, EventLog, FeedbackEvent
 from funnelrec.pipeline.funnel import Funnel, Recommendation
 from funnelrec.recall.base import RecallContext
@@ -155,97 +161,6 @@ class ServiceMetrics:
         with self._lock:
             for t in types:
                 self.events[t] += 1
-
-
-# --------------------------------------------------------------------------------- result cache
-class ResultCache:
-    """Last fine-ranked results per user: put(user_key, item keys (N,) int64, scores (N,)),
-    get(user_key) → (keys, scores) or None. Feeds the "cache" recall channel."""
-
-    @staticmethod
-    def _pack(keys: np.ndarray, scores: np.ndarray) -> bytes:
-        return np.asarray(keys, np.int64).tobytes() + np.asarray(scores, np.float32).tobytes()
-
-    @staticmethod
-    def _unpack(blob: bytes) -> tuple[np.ndarray, np.ndarray]:
-        if len(blob) % 12:
-            raise ArtifactError(f"cached result blob of {len(blob)} bytes is not N×(8+4)")
-        n = len(blob) // 12
-        return np.frombuffer(blob, np.int64, n).copy(), np.frombuffer(blob, np.float32, n, offset=8 * n).copy()
-
-    def put(self, user_key: str, keys: np.ndarray, scores: np.ndarray) -> None:
-        raise NotImplementedError
-
-    def get(self, user_key: str) -> tuple[np.ndarray, np.ndarray] | None:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        return None
-
-
-class MemoryResultCache(ResultCache):
-    def __init__(self) -> None:
-        self._data: dict[str, bytes] = {}
-
-    def put(self, user_key: str, keys: np.ndarray, scores: np.ndarray) -> None:
-        self._data[user_key] = self._pack(keys, scores)
-
-    def get(self, user_key: str) -> tuple[np.ndarray, np.ndarray] | None:
-        blob = self._data.get(user_key)
-        return None if blob is None else self._unpack(blob)
-
-
-class SQLiteResultCache(ResultCache):
-    """One row per user in a SQLite file (WAL, synchronous=NORMAL: survives SIGKILL)."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self._lock = threading.Lock()
-        try:
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("CREATE TABLE IF NOT EXISTS results (user_key TEXT PRIMARY KEY, blob BLOB NOT NULL) WITHOUT ROWID")
-        except sqlite3.DatabaseError as e:
-            raise ArtifactError(f"result cache {self.path} is not a usable SQLite database: {e}") from None
-
-    def put(self, user_key: str, keys: np.ndarray, scores: np.ndarray) -> None:
-        with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO results VALUES (?, ?)", (user_key, self._pack(keys, scores)))
-
-    def get(self, user_key: str) -> tuple[np.ndarray, np.ndarray] | None:
-        with self._lock:
-            row = self._db.execute("SELECT blob FROM results WHERE user_key = ?", (user_key,)).fetchone()
-        return None if row is None else self._unpack(row[0])
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-
-class RedisResultCache(ResultCache):
-    """One string key per user, `{prefix}results:{user_key}`, expiring after `ttl_s`."""
-
-    def __init__(self, url: str, prefix: str = "funnelrec:", ttl_s: int = 7 * 86400) -> None:
-        import redis
-
-        self._client = redis.Redis.from_url(url)
-        self.prefix = prefix
-        self.ttl_s = ttl_s
-        try:
-            self._client.ping()
-        except redis.RedisError as e:
-            raise ConfigError(f"cannot reach Redis at {url}: {e}") from None
-
-    def put(self, user_key: str, keys: np.ndarray, scores: np.ndarray) -> None:
-        self._client.set(f"{self.prefix}results:{user_key}", self._pack(keys, scores), ex=self.ttl_s)
-
-    def get(self, user_key: str) -> tuple[np.ndarray, np.ndarray] | None:
-        blob = self._client.get(f"{self.prefix}results:{user_key}")
-        return None if blob is None else self._unpack(blob)
-
-    def close(self) -> None:
-        self._client.close()
 
 
 # --------------------------------------------------------------------------------- the model
@@ -356,15 +271,9 @@ class RecommenderService:
         self.events = EventLog(state / "events.db" if state else ":memory:", synchronous=cfg.eventlog_synchronous)
         self.exposure: ExposureStore
         self.results: ResultCache
-        if cfg.redis_url:
-            self.exposure = RedisExposureStore(cfg.redis_url, prefix=cfg.redis_prefix + "exposure:")
-            self.results = RedisResultCache(cfg.redis_url, prefix=cfg.redis_prefix)
-        elif state is not None:
-            self.exposure = SQLiteExposureStore(state / "exposure.db")
-            self.results = SQLiteResultCache(state / "results.db")
-        else:
-            self.exposure = MemoryExposureStore()
-            self.results = MemoryResultCache()
+        backend = "redis" if cfg.redis_url else "sqlite" if state is not None else "memory"
+        self.exposure, self.results = build_state_stores(backend, state_dir=state, redis_url=cfg.redis_url,
+                                                         prefix=cfg.redis_prefix)
 
     @classmethod
     def from_artifact(cls, path: str | Path, state_dir: str | Path | None = None, redis_url: str | None = None,
