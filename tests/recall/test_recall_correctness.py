@@ -191,7 +191,6 @@ def test_user_history_rows_match_dense_reference():
         ref_H[r, e] = np.maximum(ref_H[r, e], 1)
     np.testing.assert_array_equal(seen.toarray(), ref_seen)
     np.testing.assert_array_equal(H.toarray(), ref_H)
-    assert h.unknown_items == 1  # item 99
     H, seen = UserHistory(sp.csr_matrix(A)).matrix(np.array([3, -1]), None)
     np.testing.assert_array_equal(H.toarray(), [A[3], np.zeros(12)])
     assert H.has_sorted_indices and seen.has_sorted_indices

@@ -1,18 +1,18 @@
 """Shared machinery of the recall channels: the user-history matrix, the seen-item exclusion and
-the two top-n kernels every channel ends in.
+the top-n kernels every channel ends in.
 
 - `csr_topn(scores, n, exclude)`: top-n columns of each row of a sparse (U, I) score matrix,
   dropping scores ≤ 0 and excluded (seen) items; ties go to the lower item index. One numba
   pass over the rows, so a batch of users and the same users one by one give identical rows.
-- `take_unseen(lists, groups, exclude, n)`: for channels with a precomputed ranked list per
-  group (hot: one global list; geo: one per region), the first n items of the user's group
-  list that the user has not seen.
+- `take_unseen_rows(lists, groups, seen, n, …)`: for channels with a precomputed ranked list
+  per group (hot: one global list; geo: one per region; fresh: the recent items), the first n
+  items of the user's group list that the user has not seen.
 
 The request path (a batch of one user) builds no scipy objects: `UserHistory.rows` gathers the
 users' histories as plain CSR arrays (`Rows`) in one numba pass, `spmm_topn` computes the top-n
 of each row of A·B (A given as `Rows`, B a fitted CSR) with seen items excluded in one fused
 numba pass (dense accumulator + touched list: work Σ_{a ∈ row} |B_a|, not the catalogue size),
-and `take_unseen_rows` walks precomputed lists. Their dense per-column buffers are allocated once
+and `take_unseen_rows` walks the precomputed lists. Their dense per-column buffers are allocated once
 per thread and size (`scratch`) and left zeroed after every call, so a request costs no O(I)
 allocation or memset even over a million-item catalogue.
 """
@@ -62,32 +62,6 @@ def _csr_topn_kernel(indptr, indices, data, ex_indptr, ex_indices, n, n_cols):
     return items, scores
 
 
-@numba.njit(cache=True, nogil=True)
-def _take_unseen_kernel(l_indptr, l_items, l_scores, groups, ex_indptr, ex_indices, n, n_cols):
-    U = groups.size
-    items = np.full((U, n), -1, np.int64)
-    scores = np.full((U, n), -np.inf, np.float32)
-    mark = np.zeros(n_cols, np.bool_)
-    for r in range(U):
-        g = groups[r]
-        if g < 0:
-            continue
-        for p in range(ex_indptr[r], ex_indptr[r + 1]):
-            mark[ex_indices[p]] = True
-        k = 0
-        for p in range(l_indptr[g], l_indptr[g + 1]):
-            if k >= n:
-                break
-            c = l_items[p]
-            if not mark[c]:
-                items[r, k] = c
-                scores[r, k] = l_scores[p]
-                k += 1
-        for p in range(ex_indptr[r], ex_indptr[r + 1]):
-            mark[ex_indices[p]] = False
-    return items, scores
-
-
 def _empty_csr(rows: int, cols: int) -> sp.csr_matrix:
     return sp.csr_matrix((rows, cols), dtype=np.float32)
 
@@ -101,17 +75,6 @@ def csr_topn(scores: sp.spmatrix, n: int, channel: str, exclude: sp.csr_matrix |
     ex = exclude if exclude is not None else _empty_csr(U, I)
     items, top = _csr_topn_kernel(m.indptr.astype(np.int64), m.indices.astype(np.int64), m.data,
                                   ex.indptr.astype(np.int64), ex.indices.astype(np.int64), int(n), I)
-    return CandidateBatch(channel, items, top)
-
-
-def take_unseen(list_indptr: np.ndarray, list_items: np.ndarray, list_scores: np.ndarray,
-                groups: np.ndarray, exclude: sp.csr_matrix, n: int, channel: str) -> CandidateBatch:
-    """First n unseen items of each user's group list. Lists are CSR-packed: group g owns
-    list_items[list_indptr[g]:list_indptr[g+1]] (ranked); groups (U,) with -1 = no list."""
-    items, top = _take_unseen_kernel(
-        np.asarray(list_indptr, np.int64), np.asarray(list_items, np.int64),
-        np.asarray(list_scores, np.float32), np.asarray(groups, np.int64),
-        exclude.indptr.astype(np.int64), exclude.indices.astype(np.int64), int(n), exclude.shape[1])
     return CandidateBatch(channel, items, top)
 
 
@@ -297,7 +260,9 @@ def spmm_topn(a: Rows, b: sp.csr_matrix, n: int, channel: str, exclude: Rows | N
 
 def take_unseen_rows(list_indptr: np.ndarray, list_items: np.ndarray, list_scores: np.ndarray,
                      groups: np.ndarray, seen: Rows, n: int, n_cols: int, channel: str) -> CandidateBatch:
-    """`take_unseen` with the users' seen items as `Rows` (the request path: no scipy objects)."""
+    """First n unseen items of each user's group list, (U, n). Lists are CSR-packed: group g owns
+    list_items[list_indptr[g]:list_indptr[g+1]] (ranked, with list_scores); groups (U,), -1 = no
+    list (an empty row); row r of `seen` holds user r's seen items. Builds no scipy objects."""
     state = scratch(n_cols)[2]
     items, top = _take_unseen_rows_kernel(list_indptr, list_items, list_scores, groups, seen.ptr, seen.idx,
                                           int(n), state)
@@ -317,13 +282,13 @@ def row_topk(m: sp.csr_matrix, k: int) -> sp.csr_matrix:
 
 
 class UserHistory:
-    """The users' training histories plus per-request extra history and the unknown-item counter.
+    """The users' training histories plus per-request extra history.
 
     `matrix(users, context)` → (H, seen): H (U, I) history weights (1, or the rating when built
     with `weights`), seen (U, I) binary. Users outside [0, n_users) (-1 = unknown) have empty
     rows. `context.extra["history"]` (a sequence of U item-index arrays) adds recent items that
-    are not in the training data; item indices outside [0, n_items) are ignored and counted in
-    `unknown_items`.
+    are not in the training data; item indices outside [0, n_items) are ignored. A request reads
+    this object and never writes it: nothing fitted changes during a request.
     """
 
     def __init__(self, seen: sp.csr_matrix, weights: sp.csr_matrix | None = None) -> None:
@@ -332,7 +297,6 @@ class UserHistory:
         self.seen.sort_indices()
         self.weights = self.seen if weights is None else sp.csr_matrix(weights, dtype=np.float32)
         self.weights.sort_indices()
-        self.unknown_items = 0
 
     @property
     def n_users(self) -> int:
@@ -385,7 +349,6 @@ class UserHistory:
         cols = np.concatenate(arrs) if arrs else np.zeros(0, np.int64)
         rows = np.repeat(np.arange(n_rows), lens)
         ok = (cols >= 0) & (cols < self.n_items)
-        self.unknown_items += int((~ok).sum())
         X = sp.csr_matrix((np.ones(int(ok.sum()), np.float32), (rows[ok], cols[ok])),
                           shape=(n_rows, self.n_items))
         X.sum_duplicates()

@@ -57,22 +57,24 @@ class AuthorRecall(AttributeRecall):
             self.similar_ = itemcf_neighbours(UA, cfg.k_similar, "cosine")
         else:
             self.similar_ = None
+        self.expansion_ = None if self.similar_ is None else self._build_expansion()
         self.history_ = UserHistory(data.csr)
         self.fitted_ = True
         return self
 
+    def _build_expansion(self) -> tuple[sp.csr_matrix, int]:
+        """(A, A) E = I + β·sim (a' = a · E) and the widest row of a·E, built at fit time: a
+        request must not touch O(A) arrays, nor write to the channel."""
+        A = self.similar_.shape[0]
+        E = sp.csr_matrix(sp.identity(A, np.float32, format="csr") + self.config.similar_weight * self.similar_,
+                          dtype=np.float32)
+        E.sort_indices()
+        width = max(1, min(A, self.n_values_kept_ * int(np.diff(E.indptr).max(initial=1))))
+        return E, width
+
     def _expansion(self) -> tuple[sp.csr_matrix, int]:
-        """(A, A) E = I + β·sim (a' = a · E) and the widest row of a·E, built once (lazily for
-        channels saved before): a request must not touch O(A) arrays."""
         got = self.__dict__.get("expansion_")
-        if not isinstance(got, tuple):
-            A = self.similar_.shape[0]
-            E = sp.csr_matrix(sp.identity(A, np.float32, format="csr") + self.config.similar_weight * self.similar_,
-                              dtype=np.float32)
-            E.sort_indices()
-            width = max(1, min(A, self.n_values_kept_ * int(np.diff(E.indptr).max(initial=1))))
-            got = self.expansion_ = (E, width)
-        return got
+        return got if isinstance(got, tuple) else self._build_expansion()  # a channel saved before it existed
 
     def _user_weights(self, H: Rows) -> Rows:
         W = super()._user_weights(H)

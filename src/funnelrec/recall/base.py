@@ -48,12 +48,6 @@ class RecallChannel(ABC):
     @abstractmethod
     def fit(self, data: TrainData) -> RecallChannel: ...
 
-    @property
-    def unknown_items(self) -> int:
-        """Item indices outside the catalogue met in request histories so far (ignored)."""
-        history = getattr(self, "history_", None)
-        return 0 if history is None else history.unknown_items
-
     @abstractmethod
     def _recall(self, users: np.ndarray, n: int, context: RecallContext | None) -> CandidateBatch: ...
 

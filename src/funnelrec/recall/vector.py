@@ -400,11 +400,6 @@ class VectorRecall(RecallChannel):
         with torch.inference_mode():
             return self.model_.user_tower(profile, hist).numpy().astype(np.float32)
 
-    @property
-    def unknown_items(self) -> int:
-        """Context-history item indices outside the catalogue, ignored so far."""
-        return getattr(self, "unknown_items_", 0)
-
     def _context_histories(self, context: RecallContext | None, n_rows: int) -> list[np.ndarray] | None:
         extra = None if context is None else context.extra.get("history")
         if extra is None:
@@ -412,13 +407,8 @@ class VectorRecall(RecallChannel):
         if len(extra) != n_rows:
             raise DataError(f"context history has {len(extra)} rows for {n_rows} users")
         I = len(self.item_vectors_)
-        out = []
-        for h in extra:
-            a = np.asarray(h, np.int64).reshape(-1)
-            ok = (a >= 0) & (a < I)
-            self.unknown_items_ = self.unknown_items + int((~ok).sum())
-            out.append(a[ok])
-        return out
+        arrays = [np.asarray(h, np.int64).reshape(-1) for h in extra]
+        return [a[(a >= 0) & (a < I)] for a in arrays]  # out-of-catalogue items are ignored
 
     def _recall(self, users: np.ndarray, n: int, context: RecallContext | None) -> CandidateBatch:
         B, I = len(users), len(self.item_vectors_)
