@@ -43,13 +43,12 @@ class CacheRecall(RecallChannel):
         return self
 
     def put(self, user_idx: int, items: np.ndarray, scores: np.ndarray) -> None:
-        """Store a user's ranked result. Items outside the catalogue are dropped and counted."""
+        """Store a user's ranked result. Items outside the catalogue are dropped."""
         items = np.asarray(items, np.int64).reshape(-1)
         scores = np.asarray(scores, np.float32).reshape(-1)
         if items.shape != scores.shape:
             raise DataError(f"cache.put: {items.size} items but {scores.size} scores")
         ok = (items >= 0) & (items < self.history_.n_items) & np.isfinite(scores)
-        self.history_.unknown_items += int((~ok).sum())
         items, scores = items[ok], scores[ok]
         items, first = np.unique(items, return_index=True)
         scores = scores[first]
