@@ -186,7 +186,7 @@ def build_funnel(spec: dict, workdir: Path) -> tuple[Path, dict, list]:
     from funnelrec.data import load_dataset
     from funnelrec.data.splits import random_split_by_user
     from funnelrec.pipeline.config import FunnelConfig
-    from funnelrec.pipeline.funnel import Funnel
+    from funnelrec.pipeline.builder import FunnelBuilder
     from funnelrec.train.trainer import setup_torch
 
     setup_torch(1)  # a second spinning torch thread is slower on this loaded 2-core machine
@@ -203,9 +203,9 @@ def build_funnel(spec: dict, workdir: Path) -> tuple[Path, dict, list]:
         labels = labels.filter(pl.col("user_idx").is_in(keep))
     cfg = FunnelConfig.from_dict(spec["funnel"])
     t0 = time.perf_counter()
-    funnel = Funnel(cfg).fit(ds, split.train, labels=labels, progress=bool(spec.get("progress", False)))
+    funnel = FunnelBuilder(cfg).fit(ds, split.train, labels=labels, progress=bool(spec.get("progress", False)))
     t_fit = time.perf_counter() - t0
-    path = workdir / "funnel.pkl"
+    path = workdir / "funnel"
     funnel.save(path)
     info = {"dataset": ds_spec, "n_users": ds.n_users, "n_items": ds.n_items, "n_interactions": ds.interactions.height,
             "channels": [c.name for c in cfg.recall.channels], "merge_total": cfg.recall.merge.total,
@@ -250,8 +250,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
-        if args.workdir and (work / "funnel.pkl").exists() and (work / "info.json").exists():
-            artifact, saved = work / "funnel.pkl", json.loads((work / "info.json").read_text())
+        if args.workdir and (work / "funnel" / "manifest.json").exists() and (work / "info.json").exists():
+            artifact, saved = work / "funnel", json.loads((work / "info.json").read_text())
             info, user_ids = saved["info"], saved["user_ids"]
             info["reused_artifact"] = True
         else:

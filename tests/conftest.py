@@ -37,9 +37,9 @@ def small_funnel_config():
 
 @pytest.fixture(scope="session")
 def fitted_funnel(ml100k, ml100k_split, small_funnel_config):
-    from funnelrec.pipeline.funnel import Funnel
+    from funnelrec.pipeline.builder import FunnelBuilder
 
-    return Funnel(small_funnel_config).fit(ml100k, ml100k_split.train, labels=ml100k_split.valid)
+    return FunnelBuilder(small_funnel_config).fit(ml100k, ml100k_split.train, labels=ml100k_split.valid)
 
 
 REDIS_SERVER = shutil.which("redis-server")

@@ -20,7 +20,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 evaluate_app = typer.Typer(no_args_is_help=True, help="Offline evaluation.")
 app.add_typer(evaluate_app, name="evaluate")
 
-DEFAULT_ARTIFACT = Path("artifacts/funnel.pkl")
+DEFAULT_ARTIFACT = Path("artifacts/funnel")
 
 
 def _load(dataset: str, path: Path | None):
@@ -71,14 +71,15 @@ def train(dataset: str = typer.Option("movielens-100k"), path: Path | None = typ
           seed: int = typer.Option(2020)) -> None:
     """Train the funnel (channels + ranker) on the RecBole train split and save it."""
     from funnelrec.data.splits import random_split_by_user
-    from funnelrec.pipeline.funnel import Funnel
+    from funnelrec.pipeline.builder import FunnelBuilder
 
     cfg = _config(config)
     d = _load(dataset, path)
     split = random_split_by_user(d.interactions, seed=seed)
-    funnel = Funnel(cfg).fit(d, split.train, labels=split.valid, progress=True)
+    funnel = FunnelBuilder(cfg).fit(d, split.train, labels=split.valid, progress=True)
     funnel.save(out)
-    typer.echo(f"saved {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    typer.echo(f"saved {out}/ ({size / 1e6:.1f} MB, {len(funnel.components())} components)")
 
 
 @evaluate_app.command("funnel")

@@ -9,7 +9,8 @@ from funnelrec.core.errors import ArtifactError, ConfigError, UnknownComponentEr
 from funnelrec.core.types import PAD
 from funnelrec.data.dataset import interactions_csr
 from funnelrec.pipeline.config import FunnelConfig
-from funnelrec.pipeline.funnel import Funnel, build_channel
+from funnelrec.pipeline.builder import build_channel
+from funnelrec.pipeline.funnel import Funnel
 from funnelrec.pipeline.offline import drop_excluded, evaluate_funnel
 
 
@@ -41,21 +42,23 @@ def test_attribution_names_every_recalling_channel(fitted_funnel):
 
 
 def test_save_load_round_trip(fitted_funnel, tmp_path):
-    p = tmp_path / "f.pkl"
+    p = tmp_path / "f"
     fitted_funnel.save(p)
+    assert (p / "manifest.json").exists() and not list(p.rglob("*.pkl"))
     again = Funnel.load(p)
-    a, _ = fitted_funnel.recommend_batch(np.arange(50), 10)
-    b, _ = again.recommend_batch(np.arange(50), 10)
+    a, sa = fitted_funnel.recommend_batch(np.arange(50), 10)
+    b, sb = again.recommend_batch(np.arange(50), 10)
     np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(sa, sb)
 
 
-def test_corrupt_artifact_is_a_clear_error(tmp_path):
+def test_old_pickle_and_missing_artifacts_are_clear_errors(tmp_path):
     p = tmp_path / "f.pkl"
     p.write_bytes(b"funnelrec-funnel-v1\n" + b"\x80\x05garbage")
-    with pytest.raises(ArtifactError, match="corrupt"):
+    with pytest.raises(ArtifactError, match="re-train|convert"):
         Funnel.load(p)
-    with pytest.raises(ArtifactError, match="not found"):
-        Funnel.load(tmp_path / "missing.pkl")
+    with pytest.raises(ArtifactError, match="not found|no such|missing"):
+        Funnel.load(tmp_path / "missing")
 
 
 def test_report_shape_and_itemcf_quality(ml100k, ml100k_split, fitted_funnel, small_funnel_config):

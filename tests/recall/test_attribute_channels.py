@@ -138,14 +138,21 @@ def test_author_recall_prefers_consumed_authors(world):
         assert all(fwd.matrix[i, top].sum() > 0 for i in got)
 
 
-def test_cache_put_and_recall_minus_seen(world):
+def test_cache_recalls_the_request_state_minus_seen(world):
+    from funnelrec.core.types import RequestState
+
     ch = CacheRecall().fit(world)
     seen = world.csr[0].indices
     unseen = np.setdiff1d(np.arange(world.n_items), seen)[:3]
-    ch.put(0, np.r_[unseen, seen[:1], 99999], np.array([0.1, 0.9, 0.5, 2.0, 3.0], np.float32))
-    b = ch.recall(np.array([0, 1]), 4)
+    cached = [(np.r_[unseen, seen[:1], 99999], np.array([0.1, 0.9, 0.5, 2.0, 3.0], np.float32)), None]
+    ctx = RecallContext(state=RequestState(cached=cached))
+    b = ch.recall(np.array([0, 1]), 4, ctx)
+    # best first; the seen item and the out-of-catalogue id are dropped; user 1 has no cached list
     assert b.items[0].tolist() == [unseen[1], unseen[2], unseen[0], PAD]
-    assert (b.items[1] == PAD).all() and ch.unknown_items == 1
+    np.testing.assert_allclose(b.scores[0, :3], [0.9, 0.5, 0.1])
+    assert (b.items[1] == PAD).all()
+    # nothing is stored on the channel: the same channel without state recalls nothing
+    assert (ch.recall(np.array([0]), 4).items == PAD).all()
 
 
 def test_forward_index_scalar_column_with_nulls():

@@ -24,12 +24,31 @@ def _small_config(name):
 
 def _build(name, world):
     ch = RECALL_CHANNELS.get(name)(_small_config(name)).fit(world)
-    if name == "cache":  # fed by the pipeline: give every user a previous result list
+    if name == "cache":  # fed by the request state: give every user a previous result list
         rng = np.random.default_rng(1)
-        for u in range(world.n_users):
-            items = rng.choice(world.n_items, 15, replace=False)
-            ch.put(u, items, rng.random(15).astype(np.float32))
+        table = [(rng.choice(world.n_items, 15, replace=False), rng.random(15).astype(np.float32))
+                 for _ in range(world.n_users)]
+        return _WithCachedState(ch, table)
     return ch
+
+
+class _WithCachedState:
+    """The cache channel as the funnel calls it: each request carries the users' previous results."""
+
+    def __init__(self, ch, table):
+        self.ch, self.table = ch, table
+
+    def recall(self, users, n, context=None):
+        from funnelrec.core.types import RequestState
+
+        users = np.asarray(users)
+        cached = [self.table[u] if 0 <= u < len(self.table) else None for u in users.tolist()]
+        base = context or RecallContext()
+        ctx = RecallContext(base.time, base.region, base.extra, state=RequestState(cached=cached))
+        return self.ch.recall(users, n, ctx)
+
+    def __getattr__(self, name):
+        return getattr(self.ch, name)
 
 
 @pytest.fixture(scope="module", params=CHANNELS)

@@ -8,9 +8,13 @@ request (batch of one) run through the same vectorized code.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
+
+from funnelrec.core.errors import DataError
 
 PAD = -1  # item index of an empty slot in a candidate batch
 
@@ -72,3 +76,46 @@ class MergedCandidates:
     def channels_of(self, pos: int) -> list[str]:
         mask = int(self.sources[pos])
         return [c for i, c in enumerate(self.channels) if mask >> i & 1]
+
+
+class ExposureSet(Protocol):
+    """What a user was already shown: membership of int64 item keys (a Bloom filter's view)."""
+
+    def contains(self, keys: np.ndarray) -> np.ndarray: ...
+
+
+class KeySet:
+    """An exact `ExposureSet` over known item keys (offline replays, tests)."""
+
+    def __init__(self, keys: Sequence[int] | np.ndarray) -> None:
+        self.keys = np.unique(np.asarray(keys, dtype=np.int64))
+
+    def contains(self, keys: np.ndarray) -> np.ndarray:
+        return np.isin(np.asarray(keys, dtype=np.int64), self.keys)
+
+
+@dataclass(frozen=True)
+class RequestState:
+    """The online state of one request batch, passed *into* `Funnel.run` as a value (one entry
+    per user of the batch, aligned with `users`; None = nothing for that user). The funnel only
+    reads it: no callback into the service, nothing fitted changes during a request.
+
+    history:  fresh item indices consumed since the fit (triggers of the CF channels, match
+              features; never recalled again)
+    exclude:  item indices never to return (offline: the user's train + valid items; online:
+              a client's `exclude` list, items already bought …)
+    exposure: the items already shown to the user (per-user exposure filter view over item
+              keys): removed between merge and pre-rank, like `exclude`
+    cached:   the user's previous ranked (items, scores), read by the cache channel
+    """
+
+    history: Sequence[np.ndarray | None] | None = None
+    exclude: Sequence[np.ndarray | None] | None = None
+    exposure: Sequence[ExposureSet | None] | None = None
+    cached: Sequence[tuple[np.ndarray, np.ndarray] | None] | None = None
+
+    def check(self, n_users: int) -> None:
+        for name in ("history", "exclude", "exposure", "cached"):
+            v = getattr(self, name)
+            if v is not None and len(v) != n_users:
+                raise DataError(f"request state {name!r} has {len(v)} rows for {n_users} users")

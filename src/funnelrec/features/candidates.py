@@ -241,3 +241,81 @@ class HistoryMatch:
             HB = np.asarray(Hu @ self.ridge_)  # (U', I)
             cols.append(HB[inv, i])
         return np.column_stack(cols).astype(np.float32)
+
+
+class RankFeatures:
+    """The fine ranker's input for (user, candidate) pairs, one definition for training and serving.
+
+    dense  = standardize([recall-source features (`candidate_features`) | `HistoryMatch` features])
+    sparse = the user's and the item's FID rows of a `FeatureEncoder` over static id/attribute
+             columns (an unknown user, u < 0, gets row 0 — "no value" — in every user field)
+
+    fit(dataset, train, match) stores the encoder and the match features of the training history;
+    `raw(...)` gives the unscaled dense block of merged candidates, `random_pairs(...)` that of
+    random catalogue items (no recall source: only popularity, activity and the match block),
+    `set_scale(X)` fixes the standardization from the training rows, `batch(u, items, X)` builds
+    the model input dict.
+    """
+
+    def __init__(self, user_columns: tuple[str, ...], item_columns: tuple[str, ...], include_ids: bool = True,
+                 multi_width: int = 3) -> None:
+        self.user_columns = tuple(user_columns)
+        self.item_columns = tuple(item_columns)
+        self.include_ids = include_ids
+        self.multi_width = multi_width
+
+    def fit(self, train, match: HistoryMatch) -> RankFeatures:
+        """`train`: the `TrainData` the funnel was fitted on; `match`: its fitted `HistoryMatch`."""
+        from funnelrec.data.dataset import TrainData
+        from funnelrec.features.encoder import FeatureEncoder, FeatureEncoderConfig
+
+        # static id/attribute fields; the label column is a constant (no count or match features here)
+        cfg = FeatureEncoderConfig(user_columns=self.user_columns, item_columns=self.item_columns,
+                                   include_ids=self.include_ids, multi_width=self.multi_width,
+                                   label_column="_pos", label_threshold=None)
+        const = TrainData(train.dataset, train.interactions.with_columns(pl.lit(1.0).alias("_pos")))
+        self.encoder_ = FeatureEncoder(cfg).fit(const)
+        self.match_ = match
+        return self
+
+    def raw(self, merged: list[MergedCandidates], users: np.ndarray, item_log_pop: np.ndarray,
+            user_log_act: np.ndarray, match: HistoryMatch | None = None,
+            history: sp.csr_matrix | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(u (M,), items (M,), X (M, d) unscaled) of every user's candidates, stacked."""
+        match = match or self.match_
+        u, items, X = candidate_features(merged, np.asarray(users, dtype=np.int64), item_log_pop, user_log_act)
+        M = match.transform(u, items, history) if len(u) else np.empty((0, len(match.names_)), np.float32)
+        return u, items, np.hstack([X, M])
+
+    @staticmethod
+    def random_pairs(u: np.ndarray, items: np.ndarray, n_dense: int, item_log_pop: np.ndarray,
+                     user_log_act: np.ndarray, match: HistoryMatch) -> np.ndarray:
+        """(M, n_dense) unscaled features of random (u, item) pairs that no channel recalled."""
+        X = np.zeros((len(u), n_dense), np.float32)
+        n_rec = n_dense - len(match.names_)
+        X[:, n_rec - 3] = item_log_pop[items]  # the layout of `feature_names`: …, pop, activity, n_channels
+        X[:, n_rec - 2] = user_log_act[u]
+        X[:, n_rec:] = match.transform(u, items)
+        return X
+
+    def set_scale(self, X: np.ndarray) -> RankFeatures:
+        self.mean_ = X.mean(0)
+        self.std_ = X.std(0) + 1e-6
+        return self
+
+    def batch(self, u: np.ndarray, items: np.ndarray, X: np.ndarray) -> dict:
+        import torch
+
+        if not hasattr(self, "mean_"):
+            raise NotFittedError("RankFeatures: call fit() and set_scale() first")
+        u = np.asarray(u, dtype=np.int64)
+        known = u >= 0
+        b = self.encoder_.transform(np.where(known, u, 0), items)
+        if not known.all():
+            b["sparse"][torch.from_numpy(~known), : self.encoder_.user_rows_.shape[1]] = 0
+        b["dense"] = torch.from_numpy(((X - self.mean_) / self.std_).astype(np.float32))
+        return b
+
+    @property
+    def n_sparse_user(self) -> int:
+        return self.encoder_.user_rows_.shape[1]

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from funnelrec.core.config import from_dict, load_yaml
-from funnelrec.core.errors import ConfigError
+from funnelrec.core.errors import ConfigError, UnknownComponentError
+from funnelrec.train.candidate_ranker import CandidateRankerConfig
 
 
 @dataclass(frozen=True)
@@ -49,55 +50,8 @@ class RecallSpec:
     merge: MergeSpec = field(default_factory=MergeSpec)
 
 
-@dataclass(frozen=True)
-class RankSpec:
-    """The fine ranker (train/candidate_ranker.py): any RANKERS model over the FID fields of the
-    user/item plus the dense recall-source and history-match features."""
-
-    model: str = "lr"  # any RANKERS name: lr, fm, deepfm, dcnv2, mmoe, …
-    params: dict[str, Any] = field(default_factory=dict)  # the model's own config
-    tasks: list[str] = field(default_factory=lambda: ["ctr"])  # "ctr" (interacted), "like" (label ≥ like_threshold)
-    like_threshold: float = 4.0
-    epochs: int = 10
-    lr: float = 0.01
-    weight_decay: float = 0.0
-    batch_size: int = 1024
-    patience: int = 2
-    random_negatives: int = 2  # random catalogue items per positive, besides recall negatives
-    hard_negative_rate: float = 0.3  # share of the non-positive recall candidates kept as negatives
-    user_columns: list[str] = field(default_factory=lambda: ["age_band", "gender", "occupation"])
-    item_columns: list[str] = field(default_factory=lambda: ["release_year", "genres"])
-    include_ids: bool = True
-    match_columns: list[str] = field(default_factory=lambda: ["genres", "directors"])
-    ridge_lambda: float = 500.0  # item-to-item ridge match feature; 0 = off
-    label_folds: int = 0  # extra label sets carved from train (channels refit on the rest)
-    fold_fraction: float = 0.125  # share of each user's train rows a fold uses as labels
-    valid_fraction: float = 0.1  # label users held out for early stopping
-    seed: int = 2020
-
-    def __post_init__(self) -> None:
-        if self.label_folds < 0 or not 0 < self.fold_fraction < 1:
-            raise ConfigError("rank: label_folds ≥ 0 and 0 < fold_fraction < 1 required")
-
-    def like_value_column(self, labels: Any) -> str | None:
-        """The label column the "like" task thresholds (None when only "ctr" is asked)."""
-        if "like" not in self.tasks:
-            return None
-        if "rating" not in labels.columns:
-            raise ConfigError("rank.tasks has 'like' but the interactions have no 'rating' column")
-        return "rating"
-
-    def ranker_config(self) -> Any:
-        from funnelrec.train.candidate_ranker import CandidateRankerConfig
-
-        return CandidateRankerConfig(
-            model=self.model, params=dict(self.params), tasks=tuple(self.tasks), like_threshold=self.like_threshold,
-            epochs=self.epochs, lr=self.lr, weight_decay=self.weight_decay, batch_size=self.batch_size,
-            patience=self.patience, random_negatives=self.random_negatives,
-            hard_negative_rate=self.hard_negative_rate, user_columns=tuple(self.user_columns),
-            item_columns=tuple(self.item_columns), include_ids=self.include_ids,
-            match_columns=tuple(self.match_columns), ridge_lambda=self.ridge_lambda,
-            valid_fraction=self.valid_fraction, seed=self.seed)
+#: The fine ranker's section (`rank:`) is the ranker's own config, not a copy of it.
+RankSpec = CandidateRankerConfig
 
 
 @dataclass(frozen=True)
@@ -166,7 +120,33 @@ class FunnelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FunnelConfig:
-        return from_dict(cls, data, "funnel config")
+        cfg = from_dict(cls, data, "funnel config")
+        cfg.check_params()
+        return cfg
+
+    def check_params(self) -> None:
+        """Validate each channel's and the ranker's `params` against their registered config
+        classes, so that a typo fails when the YAML is read, naming its key path
+        ("funnel config: rank.params.embedding_dim: …"), not when the funnel is fitted."""
+        import funnelrec.recall  # noqa: F401  (registers every channel)
+        from funnelrec.core.registry import RANKERS, RECALL_CHANNELS, Registry
+        from funnelrec.models.ranking.common import load_all
+
+        def component(registry: Registry, name: str, key: str) -> Any:
+            try:
+                return registry.get(name)
+            except UnknownComponentError as e:
+                raise UnknownComponentError(f"funnel config: {key}: {e}") from None
+
+        for i, c in enumerate(self.recall.channels):
+            key = f"recall.channels[{i}].{'type' if c.type else 'name'}"
+            cfg_cls = getattr(component(RECALL_CHANNELS, c.kind, key), "config_class", None)
+            if cfg_cls is not None:
+                from_dict(cfg_cls, c.params, "funnel config", path=f"recall.channels[{i}].params")
+        load_all()
+        cfg_cls = getattr(component(RANKERS, self.rank.model, "rank.model"), "Config", None)
+        if cfg_cls is not None:
+            from_dict(cfg_cls, self.rank.params, "funnel config", path="rank.params")
 
     @classmethod
     def load(cls, path: str | Path) -> FunnelConfig:

@@ -1,44 +1,37 @@
-"""The funnel itself, HTTP-free: recall channels → snake merge → seen/exposure filter → rank →
-top-K. Offline evaluation and serving call this same object, so they cannot drift.
+"""The funnel itself, HTTP-free, serving only: one entry, `Funnel.run`, runs recall channels →
+snake merge → filter (exclude + exposure) → pre-rank → rank (score → fuse → re-rank) → top-K for
+a batch of users. Serving (pipeline/service.py), batch and offline evaluation (pipeline/offline.py)
+and the simulator all call it, so they cannot drift. Fitting lives in pipeline/builder.py
+(`FunnelBuilder`), which hands the fitted components to a `Funnel`.
 
-    funnel = Funnel(FunnelConfig()).fit(dataset, split.train, labels=split.valid)
-    funnel.recommend(user_id=196, k=10)           # one request, with attribution
-    funnel.recommend_batch(users, k=10)            # all users at once, for evaluation
+    funnel = FunnelBuilder(FunnelConfig()).fit(dataset, split.train, labels=split.valid)
+    [rec] = funnel.run(np.array([u]), k=10, state=RequestState(exposure=[seen_view]))
+    items, scores = funnel.recommend_batch(users, k=10, exclude=valid)   # offline: (U, k)
+
+Online state (fresh history, exclusions, exposure views, cached results) comes in as an explicit
+`RequestState` value; nothing a `Funnel` holds changes during a request. `with_components`
+returns a new funnel with some parts swapped (what a reload or the online learner publishes).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import polars as pl
 import scipy.sparse as sp
 
-from funnelrec.core.artifact import load_pickle, save_pickle
-from funnelrec.core.config import from_dict
-from funnelrec.core.errors import ConfigError, NotFittedError
-from funnelrec.core.registry import RANKERS, RECALL_CHANNELS
-from funnelrec.core.types import PAD, CandidateBatch, MergedCandidates
-from funnelrec.data.dataset import Dataset, TrainData, interactions_csr
+from funnelrec.core.errors import ArtifactError, ConfigError, DataError, NotFittedError
+from funnelrec.core.ids import item_keys
+from funnelrec.core.types import PAD, CandidateBatch, MergedCandidates, RequestState
+from funnelrec.data.dataset import Dataset
 from funnelrec.pipeline.config import ChannelSpec, FunnelConfig
+from funnelrec.pipeline.stages import category_matrix, filter_candidates, rank_stage, rerank
 from funnelrec.recall.base import RecallChannel, RecallContext
-from funnelrec.train.candidate_ranker import CandidateRanker, LabelSet
 
-_MAGIC = b"funnelrec-funnel-v1\n"
-
-
-def build_channel(spec: ChannelSpec) -> RecallChannel:
-    import funnelrec.recall  # noqa: F401  (registers every channel)
-
-    cls = RECALL_CHANNELS.get(spec.kind)
-    cfg_cls = getattr(cls, "config_class", None)
-    if cfg_cls is not None:
-        return cls(from_dict(cfg_cls, dict(spec.params), f"recall channel {spec.name!r} params"), name=spec.name)
-    return cls(name=spec.name, **spec.params)
+ARTIFACT_FORMAT = "funnelrec-artifact"
 
 
 @dataclass
@@ -56,122 +49,118 @@ class Recommendation:
     recall_channels: list[str] = field(default_factory=list)  # the C channel names of recall_scores
     task_scores: dict[str, np.ndarray] = field(default_factory=dict)  # each ranker task's logit (k,)
     prerank_scores: np.ndarray | None = None  # (k,) the pre-ranker's score, None without one
+    filtered: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # removed by the filter stage
     # `scores` is the fused score Σ_t w_t · task_scores[t] (merge order without a ranker)
 
 
+@dataclass(frozen=True)
+class FunnelStats:
+    """Fit-time facts every request reads: the training history (U, I) CSR, log(1 + item
+    popularity) and log(1 + user activity) over it (recall-source features)."""
+
+    history: sp.csr_matrix
+    item_log_pop: np.ndarray
+    user_log_act: np.ndarray
+
+    @classmethod
+    def of(cls, data: Any) -> FunnelStats:
+        """From `TrainData`: popularity counts every training event (repeats included)."""
+        h = data.csr
+        pop = np.bincount(data.interactions["item_idx"].to_numpy(), minlength=data.n_items)
+        return cls(h, np.log1p(pop).astype(np.float32), np.log1p(np.diff(h.indptr)).astype(np.float32))
+
+
 class Funnel:
-    def __init__(self, config: FunnelConfig | None = None) -> None:
-        self.config = config or FunnelConfig()
+    """Fitted components that plan and serve requests. Built by `FunnelBuilder.fit` or
+    `Funnel.load(dir)`; immutable in use (`with_components` makes a new one)."""
 
-    # ------------------------------------------------------------------ fitting
-    def fit(self, dataset: Dataset, train: pl.DataFrame, labels: pl.DataFrame | None = None,
-            progress: bool = False) -> Funnel:
-        """Fit every channel on `train`; train the ranker on the merged candidates of the users
-        in `labels` (interactions after/beside train, e.g. the validation split) as positives."""
-        cfg = self.config
-        if labels is not None:  # an unknown ranker name fails before anything is fitted
-            from funnelrec.models.ranking.common import load_all
-
-            load_all()
-            RANKERS.get(cfg.rank.model)
+    def __init__(self, config: FunnelConfig, dataset: Dataset, channels: dict[str, RecallChannel],
+                 stats: FunnelStats, ranker: Any = None, prerank: Any = None,
+                 fit_seconds: dict[str, float] | None = None) -> None:
+        missing = [c.name for c in config.recall.channels if c.name not in channels]
+        if missing:
+            raise ConfigError(f"funnel: configured channels {missing} have no fitted component")
+        self.config = config
         self.dataset_ = dataset
-        data = TrainData(dataset, train)
-        self.history_ = data.csr
-        n_items = dataset.n_items
-        pop = np.bincount(train["item_idx"].to_numpy(), minlength=n_items)
-        self.item_log_pop_ = np.log1p(pop).astype(np.float32)
-        self.user_log_act_ = np.log1p(np.diff(self.history_.indptr)).astype(np.float32)
-        self.channels_: dict[str, RecallChannel] = {}
-        self.fit_seconds_: dict[str, float] = {}
-        specs = cfg.recall.channels
-        it = specs
-        if progress:
-            from tqdm import tqdm
+        self.channels_ = dict(channels)
+        self.stats_ = stats
+        self.ranker_ = ranker
+        self.prerank_ = prerank
+        self.fit_seconds_ = dict(fit_seconds or {})
+        # everything a request reads is built here, never during a request
+        self.item_keys_ = item_keys(dataset.items["item_id"].to_numpy())
+        self.tasks_ = tuple(getattr(ranker, "tasks_", ()))
+        self.default_plan_ = build_plan(config, {}, self.tasks_)
+        self._categories: dict[str, sp.csr_matrix] = {}
+        if config.rerank.method != "none":
+            self._categories[config.rerank.column] = self._category_matrix(config.rerank.column)
 
-            it = tqdm(specs, desc="fitting recall channels", unit="channel")
-        for spec in it:
-            t0 = time.perf_counter()
-            self.channels_[spec.name] = build_channel(spec).fit(data)
-            self.fit_seconds_[spec.name] = time.perf_counter() - t0
-        self.ranker_ = None
-        self.prerank_ = None
-        if labels is not None and labels.height:
-            t0 = time.perf_counter()
-            self.ranker_ = self._fit_ranker(dataset, train, labels, progress)
-            self.fit_seconds_["ranker"] = time.perf_counter() - t0
-            if cfg.prerank.enabled:
-                from funnelrec.pipeline.stages import fit_prerank
+    # compatibility names of the fit-time statistics
+    @property
+    def history_(self) -> sp.csr_matrix:
+        return self.stats_.history
 
-                t0 = time.perf_counter()
-                self.prerank_ = fit_prerank(self, np.unique(labels["user_idx"].to_numpy()), cfg.prerank)
-                self.fit_seconds_["prerank"] = time.perf_counter() - t0
-        return self
+    @property
+    def item_log_pop_(self) -> np.ndarray:
+        return self.stats_.item_log_pop
 
-    def _label_set(self, channels: dict[str, RecallChannel], data: TrainData, labels: pl.DataFrame) -> LabelSet:
-        ds = data.dataset
-        users = np.unique(labels["user_idx"].to_numpy())
-        value = self.config.rank.like_value_column(labels)
-        positives = interactions_csr(labels, ds.n_users, ds.n_items, value=value)
-        if value is None:
-            positives.data[:] = 1.0
-        hist = data.csr
-        pop = np.log1p(np.bincount(data.interactions["item_idx"].to_numpy(), minlength=ds.n_items)).astype(np.float32)
-        act = np.log1p(np.diff(hist.indptr)).astype(np.float32)
-        merged = self.merge(self._recall_with(channels, users, None))
-        return LabelSet(merged, users, positives, hist, pop, act)
+    @property
+    def user_log_act_(self) -> np.ndarray:
+        return self.stats_.user_log_act
 
-    def _fit_ranker(self, dataset: Dataset, train: pl.DataFrame, labels: pl.DataFrame,
-                    progress: bool) -> CandidateRanker:
-        """The real label set (channels on train, labels) plus `rank.label_folds` folds carved from
-        train: each user's `fold_fraction` of train rows become labels, channels refit on the rest."""
-        rs = self.config.rank
-        sets = [self._label_set(self.channels_, TrainData(dataset, train), labels)]
-        for f in range(rs.label_folds):
-            rng = np.random.default_rng(rs.seed + 1 + f)
-            t = train.with_columns(pl.Series("_r", rng.random(train.height)))
-            t = t.with_columns(pl.col("_r").rank("ordinal").over("user_idx").alias("_k"),
-                               (pl.len().over("user_idx") * rs.fold_fraction).floor().alias("_m"))
-            fold_labels = t.filter(pl.col("_k") <= pl.col("_m")).drop("_r", "_k", "_m")
-            rest = t.filter(pl.col("_k") > pl.col("_m")).drop("_r", "_k", "_m")
-            data = TrainData(dataset, rest)
-            chans = {spec.name: build_channel(spec).fit(data) for spec in self.config.recall.channels}
-            sets.append(self._label_set(chans, data, fold_labels))
-        return CandidateRanker(rs.ranker_config()).fit(dataset, train, sets, progress=progress)
+    # ------------------------------------------------------------------ components
+    def components(self) -> dict[str, Any]:
+        """The parts an artifact saves and a reload can swap one by one."""
+        out: dict[str, Any] = {"dataset": self.dataset_, "stats": self.stats_}
+        out.update({f"channels/{n}": ch for n, ch in self.channels_.items()})
+        if self.ranker_ is not None:
+            out["ranker"] = self.ranker_
+        if self.prerank_ is not None:
+            out["prerank"] = self.prerank_
+        return out
+
+    @classmethod
+    def from_components(cls, config: FunnelConfig, parts: dict[str, Any]) -> Funnel:
+        channels = {k.split("/", 1)[1]: v for k, v in parts.items() if k.startswith("channels/")}
+        try:
+            return cls(config, parts["dataset"], channels, parts["stats"], parts.get("ranker"), parts.get("prerank"))
+        except KeyError as e:
+            raise ArtifactError(f"funnel artifact lacks the component {e.args[0]!r}") from None
+
+    def with_components(self, **parts: Any) -> Funnel:
+        """A new funnel with some components replaced (keys as in `components()`, "/" written
+        as "__": `with_components(ranker=r, channels__itemcf=ch)`); this one is unchanged."""
+        cur = self.components()
+        for k, v in parts.items():
+            name = k.replace("__", "/")
+            if name not in cur and name not in ("ranker", "prerank"):
+                raise ConfigError(f"unknown funnel component {name!r}; known: {', '.join(cur)}")
+            cur[name] = v
+        new = Funnel.from_components(self.config, cur)
+        new.fit_seconds_ = dict(self.fit_seconds_)
+        return new
 
     def _check(self) -> None:
-        if not hasattr(self, "channels_"):
-            raise NotFittedError("the funnel is not fitted; call fit() or Funnel.load()")
+        if not getattr(self, "channels_", None) and not self.config.recall.channels:
+            raise NotFittedError("the funnel has no channels")
+
+    # ------------------------------------------------------------------ planning
+    def plan(self, context: RecallContext | None = None) -> RequestPlan:
+        """The request plan under the experiment parameters in `context` (the default plan
+        without any; built per call otherwise — the service caches per assignment if it wants)."""
+        params = _experiment_params(context)
+        return build_plan(self.config, params, self.tasks_) if params else self.default_plan_
 
     # ------------------------------------------------------------------ stages
-    def plan(self, context: RecallContext | None = None) -> RequestPlan:
-        """The request plan under the experiment parameters in `context` (cached per parameter set)."""
-        params = _experiment_params(context)
-        cache = self.__dict__.setdefault("_plan_cache", {})
-        key = repr(sorted(params.items()))
-        plan = cache.get(key)
-        if plan is None:
-            tasks = tuple(getattr(getattr(self, "ranker_", None), "tasks_", ()))
-            plan = build_plan(self.config, params, tasks)
-            if len(cache) < 256:
-                cache[key] = plan
-        return plan
-
     def recall(self, users: np.ndarray, context: RecallContext | None = None,
                plan: RequestPlan | None = None) -> list[CandidateBatch]:
-        self._check()
-        return self._recall_with(self.channels_, users, context, (plan or self.plan(context)).channels)
-
-    def _recall_with(self, channels: dict[str, RecallChannel], users: np.ndarray, context: RecallContext | None,
-                     specs: tuple[ChannelSpec, ...] | None = None) -> list[CandidateBatch]:
         """One batch per channel in config order; a channel at n = 0 gives an empty batch, so the
         merged set keeps the channel layout the ranker's features expect."""
         users = np.asarray(users, dtype=np.int64)
         out = []
-        for spec in specs or self.config.recall.channels:
-            if spec.name not in channels:
-                continue
+        for spec in (plan or self.plan(context)).channels:
             if spec.n > 0:
-                out.append(channels[spec.name].recall(users, spec.n, context))
+                out.append(self.channels_[spec.name].recall(users, spec.n, context))
             else:
                 out.append(CandidateBatch(spec.name, np.full((len(users), 1), PAD, np.int64),
                                           np.full((len(users), 1), -np.inf, np.float32)))
@@ -180,61 +169,37 @@ class Funnel:
     def merge(self, batches: list[CandidateBatch], plan: RequestPlan | None = None) -> list[MergedCandidates]:
         from funnelrec.recall.merge import snake_merge
 
-        m = plan.merge if plan is not None else self.config.recall.merge
+        m = (plan or self.default_plan_).merge
         return snake_merge(batches, quotas=dict(m.quotas) or None, priority=list(m.priority) or None, total=m.total)
-
-    def candidates(self, users: np.ndarray, context: RecallContext | None = None,
-                   exclude: sp.csr_matrix | None = None) -> list[MergedCandidates]:
-        """Recall → merge → filter (items in `exclude[user]` removed; seen items never recalled)."""
-        users = np.asarray(users, dtype=np.int64)
-        # every channel answers every user (personalized channels give unknown or history-less users
-        # an empty row), so the merged set always has the full channel layout the ranker expects
-        plan = self.plan(context)
-        merged = self._attach(self.merge(self.recall(users, context, plan), plan), users)
-        if exclude is not None:
-            for row, (u, m) in enumerate(zip(users, merged)):
-                if u < 0 or len(m) == 0:
-                    continue
-                ex = exclude.indices[exclude.indptr[u] : exclude.indptr[u + 1]]
-                if ex.size:
-                    keep = ~np.isin(m.items, ex)
-                    merged[row] = m.subset(keep)
-        return merged
 
     def _attach(self, merged: list[MergedCandidates], users: np.ndarray) -> list[MergedCandidates]:
         """Recall-source features on the merged lists, before any cut (as in ranker training)."""
-        if getattr(self, "ranker_", None) is None and getattr(self, "prerank_", None) is None:
+        if self.ranker_ is None and self.prerank_ is None:
             return merged
         from funnelrec.features.candidates import attach_features
 
-        return attach_features(merged, users, self.item_log_pop_, self.user_log_act_)
+        return attach_features(merged, users, self.stats_.item_log_pop, self.stats_.user_log_act)
 
-    def rank(self, merged: list[MergedCandidates], users: np.ndarray) -> list[np.ndarray]:
-        """Scores for each user's candidates: the ranker's logit, or merge order without one."""
-        return [fused for fused, _ in self.rank_tasks(merged, users)]
+    def candidates(self, users: np.ndarray, context: RecallContext | None = None,
+                   state: RequestState | None = None, plan: RequestPlan | None = None) -> list[MergedCandidates]:
+        """Recall → merge → filter: the candidate sets the pre-ranker and ranker see."""
+        users = np.asarray(users, dtype=np.int64)
+        plan = plan or self.plan(context)
+        ctx = self._context(context, state, len(users))
+        merged = self._attach(self.merge(self.recall(users, ctx, plan), plan), users)
+        if state is not None:
+            merged, _ = filter_candidates(merged, self.item_keys_, state.exclude, state.exposure)
+        return merged
 
-    def rank_tasks(self, merged: list[MergedCandidates], users: np.ndarray,
-                   weights: dict[str, float] | None = None) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
-        """Per user: (fused score, {task: logit}) of its candidates. fused = Σ_t w_t · logit_t with
-        the config's fusion weights, overridden by `weights`; merge order without a ranker."""
-        if getattr(self, "ranker_", None) is None:
-            return [(-np.arange(len(m), dtype=np.float32), {}) for m in merged]
-        from funnelrec.pipeline.stages import fuse
-
-        w = {**self.config.fusion.weights, **(weights or {})}
-        tasks = self.ranker_.score_tasks(merged, users, self.item_log_pop_, self.user_log_act_)
-        return [(fuse(t, w), t) for t in tasks]
-
-    # ------------------------------------------------------------------ answers
     def prerank(self, merged: list[MergedCandidates], users: np.ndarray, keep: int | None = None
                 ) -> tuple[list[MergedCandidates], list[np.ndarray | None]]:
         """Cut each user's candidates to the pre-ranker's top `keep` (default `prerank.keep`;
         merge order kept); returns the cut sets and the kept items' pre-rank scores (None
         without a pre-ranker)."""
-        pre = getattr(self, "prerank_", None)
+        pre = self.prerank_
         if pre is None:
             return merged, [None] * len(merged)
-        scores = pre.score(users, merged, self.item_log_pop_, self.user_log_act_)
+        scores = pre.score(users, merged, self.stats_.item_log_pop, self.stats_.user_log_act)
         out, kept = [], []
         for m, s in zip(merged, scores):
             pos = pre.keep_positions(s, keep)
@@ -242,114 +207,170 @@ class Funnel:
             kept.append(s[pos])
         return out, kept
 
-    def final_order(self, m: MergedCandidates, fused: np.ndarray, k: int, rerank: Any = None) -> np.ndarray:
-        """Positions of the top k: fused order, then the diversity re-rank `rerank` (a
-        RerankSpec; default the config's — a request plan carries an experiment's override)."""
-        from funnelrec.pipeline.stages import cap_rerank, mmr_rerank
+    def rank_tasks(self, merged: list[MergedCandidates], users: np.ndarray,
+                   weights: dict[str, float] | None = None) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
+        """Per user: (fused score, {task: logit}) — the rank stage's scoring with the config's
+        fusion weights overridden by `weights`."""
+        w = {**self.config.fusion.weights, **(weights or {})}
+        return rank_stage(self.ranker_, merged, users, self.stats_.item_log_pop, self.stats_.user_log_act, w)
 
-        order = np.argsort(-fused, kind="stable")
-        rr = rerank or self.config.rerank
-        if rr.method == "none" or len(order) == 0:
-            return order[:k]
-        cats = self._categories(rr.column)
-        head = order[: rr.window]
-        if rr.method == "cap":
-            head = cap_rerank(head, m.items, cats, rr.max_per_category, k)
-        else:
-            head = mmr_rerank(head, m.items, fused, cats, rr.mmr_lambda, k)
-        return head[:k]
+    def final_order(self, m: MergedCandidates, fused: np.ndarray, k: int, spec: Any = None) -> np.ndarray:
+        spec = spec or self.config.rerank
+        cats = self._category_matrix(spec.column) if spec.method != "none" else None
+        return rerank(m, fused, k, spec, cats)
 
-    def _categories(self, column: str) -> sp.csr_matrix:
-        cache = self.__dict__.setdefault("_category_cache", {})
-        if column not in cache:
-            from funnelrec.pipeline.stages import category_matrix
+    def _category_matrix(self, column: str) -> sp.csr_matrix:
+        got = self._categories.get(column) if hasattr(self, "_categories") else None
+        if got is not None:
+            return got
+        items = self.dataset_.items
+        if column not in items.columns:
+            raise ConfigError(f"rerank.column {column!r} not in the items table: {', '.join(items.columns)}")
+        return category_matrix(items[column].to_list(), self.dataset_.n_items)
 
-            items = self.dataset_.items
-            if column not in items.columns:
-                raise ConfigError(f"rerank.column {column!r} not in the items table: {', '.join(items.columns)}")
-            cache[column] = category_matrix(items[column].to_list(), self.dataset_.n_items)
-        return cache[column]
+    @staticmethod
+    def _context(context: RecallContext | None, state: RequestState | None, n_users: int) -> RecallContext | None:
+        """The channels' view of the request: the caller's facts plus the request state (fresh
+        history as `extra["history"]`); a new object, the caller's is not changed."""
+        if state is None:
+            return context
+        state.check(n_users)
+        base = context or RecallContext()
+        extra = dict(base.extra)
+        if state.history is not None:
+            extra["history"] = [np.empty(0, np.int64) if h is None else h for h in state.history]
+        return RecallContext(time=base.time, region=base.region, extra=extra, state=state)
 
-    # ------------------------------------------------------------------ answers
-    def recommend_batch(self, users: np.ndarray, k: int, exclude: sp.csr_matrix | None = None,
-                        context: RecallContext | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(U, k) item indices (PAD-filled) and fused scores for many users: the offline path."""
-        users = np.asarray(users, dtype=np.int64)
-        plan = self.plan(context)
-        merged = self.candidates(users, context, exclude)
-        merged, _ = self.prerank(merged, users, plan.prerank_keep)
-        ranked = self.rank_tasks(merged, users, plan.fusion_weights)
-        items = np.full((len(users), k), PAD, np.int64)
-        out_s = np.full((len(users), k), -np.inf, np.float32)
-        for row, (m, (s, _)) in enumerate(zip(merged, ranked)):
-            top = self.final_order(m, s, k, plan.rerank)
-            items[row, : len(top)] = m.items[top]
-            out_s[row, : len(top)] = s[top]
-        return items, out_s
-
-    def recommend(self, user_id: Any = None, k: int | None = None, user_idx: int | None = None,
-                  context: RecallContext | None = None, debug: bool = False,
-                  exposure_filter: Callable[[np.ndarray], np.ndarray] | None = None) -> Recommendation:
-        """One request. An unknown user gets the non-personalized channels, flagged cold_start.
-
-        exposure_filter(items) → bool mask of items already exposed to this user (e.g. a
-        per-user Bloom filter); those are removed between merge and rank."""
-        self._check()
+    # ------------------------------------------------------------------ the one entry
+    def run(self, users: np.ndarray, k: int | None = None, *, context: RecallContext | None = None,
+            state: RequestState | None = None, plan: RequestPlan | None = None,
+            debug: bool = False) -> list[Recommendation]:
+        """Answer a batch of users (dense indices, -1 = unknown → the non-personalized channels,
+        flagged cold_start): recall → merge → filter → pre-rank → rank → fuse → re-rank → top k.
+        Serving passes a batch of one; offline evaluation all test users at once."""
         k = k or self.config.k
-        t = {}
+        users = np.asarray(users, dtype=np.int64).reshape(-1)
+        if len(users) and (users.max() >= self.dataset_.n_users or users.min() < -1):
+            raise DataError(f"user indices must be in [-1, {self.dataset_.n_users}); got {users.min()}..{users.max()}")
+        plan = plan or self.plan(context)
+        ctx = self._context(context, state, len(users))
+        t: dict[str, float] = {}
         t0 = time.perf_counter()
-        if user_idx is None:
-            user_idx = self.dataset_.user_ids.index(user_id) if user_id is not None else -1
-        users = np.array([user_idx], np.int64)
-        cold = user_idx < 0 or self.history_.indptr[user_idx + 1] == self.history_.indptr[user_idx]
-        plan = self.plan(context)
-        batches = self.recall(users, context, plan)
+        batches = self.recall(users, ctx, plan)
         t["recall"] = (time.perf_counter() - t0) * 1e3
         t1 = time.perf_counter()
         merged = self._attach(self.merge(batches, plan), users)
         t["merge"] = (time.perf_counter() - t1) * 1e3
-        removed = np.empty(0, np.int64)
-        if exposure_filter is not None and len(merged[0]):
+        n_merged = [len(m) for m in merged]
+        removed: list[np.ndarray] = [np.empty(0, np.int64)] * len(users)
+        if state is not None and (state.exclude is not None or state.exposure is not None):
             t1 = time.perf_counter()
-            exposed = np.asarray(exposure_filter(merged[0].items), dtype=bool)
-            removed = merged[0].items[exposed]
-            merged[0] = merged[0].subset(~exposed)
+            merged, removed = filter_candidates(merged, self.item_keys_, state.exclude, state.exposure)
             t["filter"] = (time.perf_counter() - t1) * 1e3
-        n_merged = len(merged[0])
-        pre_scores = None
-        if getattr(self, "prerank_", None) is not None:
+        pre_scores: list[np.ndarray | None] = [None] * len(users)
+        if self.prerank_ is not None:
             t1 = time.perf_counter()
-            merged, kept = self.prerank(merged, users, plan.prerank_keep)
-            pre_scores = kept[0]
+            merged, pre_scores = self.prerank(merged, users, plan.prerank_keep)
             t["prerank"] = (time.perf_counter() - t1) * 1e3
         t1 = time.perf_counter()
-        scores, tasks = self.rank_tasks(merged, users, plan.fusion_weights)[0]
+        ranked = self.rank_tasks(merged, users, plan.fusion_weights)
         t["rank"] = (time.perf_counter() - t1) * 1e3
-        m = merged[0]
         t1 = time.perf_counter()
-        top = self.final_order(m, scores, k, plan.rerank)
+        tops = [self.final_order(m, s, k, plan.rerank) for m, (s, _) in zip(merged, ranked)]
         t["rerank"] = (time.perf_counter() - t1) * 1e3
         t["total"] = (time.perf_counter() - t0) * 1e3
-        dbg = {}
-        if debug:
-            dbg = {"candidates": n_merged, "per_channel": {b.channel: int((b.items[0] != PAD).sum()) for b in batches},
-                   "filtered": removed.tolist(), "ranked": len(m)}
-        return Recommendation(
-            user_idx=int(user_idx), items=m.items[top], scores=scores[top],
-            channels=[m.channels_of(int(p)) for p in top], cold_start=bool(cold), timings_ms=t, debug=dbg,
-            recall_scores=m.scores[top], recall_channels=list(m.channels),
-            task_scores={name: v[top] for name, v in tasks.items()},
-            prerank_scores=None if pre_scores is None else pre_scores[top],
-        )
+        hist = self.stats_.history.indptr
+        fresh = None if state is None else state.history
+        out = []
+        for r, (u, m, (s, tasks), top) in enumerate(zip(users.tolist(), merged, ranked, tops)):
+            no_fresh = fresh is None or fresh[r] is None or len(fresh[r]) == 0
+            cold = no_fresh and (u < 0 or hist[u + 1] == hist[u])
+            dbg = {}
+            if debug:
+                dbg = {"candidates": n_merged[r], "ranked": len(m),
+                       "per_channel": {b.channel: int((b.items[r] != PAD).sum()) for b in batches}}
+            pre = pre_scores[r]
+            out.append(Recommendation(
+                user_idx=int(u), items=m.items[top], scores=s[top], channels=[m.channels_of(int(p)) for p in top],
+                cold_start=bool(cold), timings_ms=dict(t), debug=dbg, recall_scores=m.scores[top],
+                recall_channels=list(m.channels), task_scores={n: v[top] for n, v in tasks.items()},
+                prerank_scores=None if pre is None else pre[top], filtered=removed[r]))
+        return out
+
+    # ------------------------------------------------------------------ conveniences over run
+    def recommend(self, user_id: Any = None, k: int | None = None, user_idx: int | None = None,
+                  context: RecallContext | None = None, state: RequestState | None = None,
+                  debug: bool = False) -> Recommendation:
+        """One request by external `user_id` (or dense `user_idx`): `run` on a batch of one."""
+        if user_idx is None:
+            user_idx = self.dataset_.user_ids.index(user_id) if user_id is not None else -1
+        return self.run(np.array([user_idx], np.int64), k, context=context, state=state, debug=debug)[0]
+
+    def recommend_batch(self, users: np.ndarray, k: int, exclude: sp.csr_matrix | None = None,
+                        context: RecallContext | None = None,
+                        state: RequestState | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(U, k) item indices (PAD-filled) and fused scores for many users: `run` plus the
+        offline form of exclusion (a (n_users, I) CSR, e.g. each user's train + valid items)."""
+        users = np.asarray(users, dtype=np.int64)
+        if exclude is not None:
+            rows = [exclude.indices[exclude.indptr[u]: exclude.indptr[u + 1]] if u >= 0 else None
+                    for u in users.tolist()]
+            state = replace(state, exclude=rows) if state is not None else RequestState(exclude=rows)
+        recs = self.run(users, k, context=context, state=state)
+        items = np.full((len(users), k), PAD, np.int64)
+        scores = np.full((len(users), k), -np.inf, np.float32)
+        for r, rec in enumerate(recs):
+            items[r, : len(rec.items)] = rec.items
+            scores[r, : len(rec.items)] = rec.scores
+        return items, scores
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: str | Path) -> None:
-        self._check()
-        save_pickle(self, path, _MAGIC)
+    def save(self, path: str | Path) -> Path:
+        """Write the versioned artifact directory (pipeline/artifact.py): a manifest plus one
+        part per component, no pickle."""
+        from funnelrec.pipeline.artifact import save_artifact
+
+        return save_artifact(path, self.components(), config=_config_dict(self.config),
+                             schema=_schema_of(self.dataset_), meta={"fit_seconds": self.fit_seconds_})
 
     @staticmethod
-    def load(path: str | Path) -> Funnel:
-        return load_pickle(path, _MAGIC, Funnel, "funnel", hint="; train one with `funnelrec train`")
+    def load(path: str | Path, parts: list[str] | None = None, base: Funnel | None = None) -> Funnel:
+        """Load an artifact directory; with `parts` only those components are read and the rest
+        come from `base` (a reload that swaps one part)."""
+        from funnelrec.pipeline.artifact import load_artifact
+
+        manifest, comps = load_artifact(path, parts=parts)
+        if parts is not None:
+            if base is None:
+                raise ArtifactError("Funnel.load(parts=…) needs the funnel whose other parts it keeps (base=)")
+            merged = base.components()
+            merged.update(comps)
+            comps = merged
+        config = FunnelConfig.from_dict(manifest["config"])
+        funnel = Funnel.from_components(config, comps)
+        funnel.fit_seconds_ = dict(manifest.get("meta", {}).get("fit_seconds", {}))
+        return funnel
+
+
+def _config_dict(config: FunnelConfig) -> dict[str, Any]:
+    import dataclasses
+
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, list | tuple):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {str(k): plain(x) for k, x in v.items()}
+        return v
+
+    return plain(config)
+
+
+def _schema_of(dataset: Dataset) -> dict[str, Any]:
+    return {name: {c: str(t) for c, t in table.schema.items()}
+            for name, table in (("users", dataset.users), ("items", dataset.items),
+                                ("interactions", dataset.interactions))}
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,12 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from funnelrec.core.types import PAD, CandidateBatch
+from funnelrec.core.types import PAD, CandidateBatch, RequestState
 from funnelrec.data.dataset import Dataset, interactions_csr
 from funnelrec.data.splits import Split, random_split_by_user
 from funnelrec.eval.metrics import ranking_metrics
 from funnelrec.pipeline.config import FunnelConfig
+from funnelrec.pipeline.builder import FunnelBuilder
 from funnelrec.pipeline.funnel import Funnel
 
 
@@ -41,11 +42,37 @@ def drop_excluded(batch: CandidateBatch, exclude: sp.csr_matrix, users: np.ndarr
     return out
 
 
+def exclude_rows(exclude: sp.csr_matrix, users: np.ndarray) -> list[np.ndarray]:
+    """Per user of `users`, the item indices of its row of `exclude` (`RequestState.exclude`)."""
+    return [exclude.indices[exclude.indptr[u]: exclude.indptr[u + 1]] for u in np.asarray(users).tolist()]
+
+
+def prerank_recall(funnel: Funnel, pre, users: np.ndarray, top: int = 50) -> dict[str, float]:
+    """How much of the fine ranker's top-`top` survives the pre-ranker `pre`'s cut (mean over
+    users), next to a random cut of the same size and the merge-order cut."""
+    merged = funnel.candidates(users)
+    fused = [f for f, _ in funnel.rank_tasks(merged, users)]
+    pre_s = pre.score(users, merged, funnel.item_log_pop_, funnel.user_log_act_)
+    got, rnd, mrg = [], [], []
+    for f, p in zip(fused, pre_s):
+        n = len(f)
+        if n <= pre.keep:
+            continue
+        best = set(np.argsort(-f, kind="stable")[:top].tolist())
+        kept = set(pre.keep_positions(p).tolist())
+        got.append(len(best & kept) / len(best))
+        rnd.append(pre.keep / n)
+        mrg.append(len(best & set(range(pre.keep))) / len(best))
+    return {f"recall_of_fine_top{top}": float(np.mean(got)) if got else 1.0,
+            "random_cut": float(np.mean(rnd)) if rnd else 1.0,
+            "merge_order_cut": float(np.mean(mrg)) if mrg else 1.0, "requests": len(got)}
+
+
 def fit_on_protocol(dataset: Dataset, config: FunnelConfig | None = None, seed: int = 2020,
                     progress: bool = False) -> tuple[Funnel, Split]:
     """The funnel fitted on the protocol's train split, its ranker labelled by the valid split."""
     split = random_split_by_user(dataset.interactions, seed=seed)
-    return Funnel(config or FunnelConfig()).fit(dataset, split.train, labels=split.valid, progress=progress), split
+    return FunnelBuilder(config or FunnelConfig()).fit(dataset, split.train, labels=split.valid, progress=progress), split
 
 
 def evaluate_funnel(dataset: Dataset, config: FunnelConfig | None = None, seed: int = 2020,
@@ -73,7 +100,7 @@ def evaluate_funnel(dataset: Dataset, config: FunnelConfig | None = None, seed: 
             "recall@10": m["recall@10"], "ndcg@10": m["ndcg@10"], f"recall@{channel_k}": m[f"recall@{channel_k}"],
             f"recall@{total}": m[f"recall@{total}"],
         }
-    merged = funnel.candidates(users, exclude=valid)
+    merged = funnel.candidates(users, state=RequestState(exclude=exclude_rows(valid, users)))
     cand = np.full((len(users), total), PAD, np.int64)
     for r, m in enumerate(merged):
         cand[r, : len(m)] = m.items[:total]

@@ -2,17 +2,21 @@
 
 `RecommenderService` is what the HTTP layer (serving/) and the closed-loop simulator call:
 
-    svc = RecommenderService.from_artifact("artifacts/funnel.pkl", state_dir="state")
-    out = svc.recommend("196", k=10, context={"time": 1700000000, "device": "tv"})
+    svc = RecommenderService.from_artifact("artifacts/funnel", state_dir="state")
+    out = svc.recommend("196", k=10, context={"time": 1700000000, "device": "tv"}, exclude=["50"])
     svc.feedback(out.request_id, "196", [{"item_id": out.item_ids[0], "type": "impression", "ts": 1700000000}])
-    svc.reload("artifacts/funnel-v2.pkl")          # atomic swap
+    svc.reload("artifacts/funnel-v2")               # atomic swap of the whole funnel
+    svc.reload("artifacts/funnel-v3", parts=["ranker"])  # or of one component
 
 It holds
 - the current model: one immutable `LoadedFunnel` (funnel + precomputed id arrays). `reload`
   builds the new one off to the side and swaps one reference; a request reads the reference
   once at its start, so requests in flight finish on the old funnel.
 - the exposure store (per-user counting Bloom filters): impressions acknowledged by
-  `feedback` are filtered out of later answers between merge and rank;
+  `feedback` are filtered out of later answers between merge and pre-rank;
+- each request's online state is read once at its start and handed to `Funnel.run` as a
+  `RequestState` value (exposure view, previous results for the cache channel, the client's
+  `exclude` ids); the funnel calls nothing back and changes nothing it holds;
 - the durable `EventLog`: `feedback` returns only after its events are committed;
 - the result cache that feeds the "cache" recall channel (previous fine-ranked results);
 - the experiment platform (optional): each request's assignment is returned and logged with
@@ -42,10 +46,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import xxhash
 
 from funnelrec.core.errors import ArtifactRefused, ConfigError, DataError
-from funnelrec.core.types import PAD
+from funnelrec.core.ids import item_key, item_keys
+from funnelrec.core.types import PAD, RequestState
 from funnelrec.filter.results import (  # the result caches live in filter/; their names stay importable here
     MemoryResultCache,  # noqa: F401
     RedisResultCache,  # noqa: F401
@@ -60,31 +64,6 @@ from funnelrec.recall.base import RecallContext
 
 #: upper bounds (ms) of the latency histogram buckets, as Prometheus `le` labels
 LATENCY_BUCKETS_MS = (0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 25, 35, 50, 75, 100, 250, 500, 1000, 2500)
-
-
-# --------------------------------------------------------------------------------- item keys
-def item_key(item_id: Any) -> int:
-    """int64 key of one external item id: the id itself when it is an integer in int64 range (or
-    such an integer written canonically as a string), else the signed xxh64 of its string."""
-    if isinstance(item_id, bool):
-        raise DataError(f"item_id must be an int or str, got {item_id!r}")
-    s = str(item_id)
-    try:
-        v = int(item_id) if isinstance(item_id, int | np.integer) else int(s)
-        if -(1 << 63) <= v < (1 << 63) and str(v) == s:  # canonical: "012", "1_0", " 1" are hashed
-            return v
-    except ValueError:
-        pass
-    h = xxhash.xxh64_intdigest(s.encode())
-    return h - (1 << 64) if h >= 1 << 63 else h
-
-
-def item_keys(item_ids: np.ndarray) -> np.ndarray:
-    """(N,) int64 keys of an array of external item ids (see `item_key`)."""
-    a = np.asarray(item_ids)
-    if a.dtype.kind in "iu":
-        return a.astype(np.int64)
-    return np.fromiter((item_key(x) for x in a.tolist()), dtype=np.int64, count=a.size)
 
 
 # --------------------------------------------------------------------------------- config
@@ -174,24 +153,43 @@ class LoadedFunnel:
     item_keys: np.ndarray  # (I,) int64 keys by dense index
     key_order: np.ndarray  # argsort of item_keys, for key → dense index
     sorted_keys: np.ndarray  # item_keys[key_order], built once (a request must not gather all I)
-    cache_channels: tuple  # channels with put(user_idx, items, scores)
+    has_cache_channel: bool  # a "cache" channel reads the user's previous results
     loaded_at: float
 
     @classmethod
     def build(cls, funnel: Funnel, version: str) -> LoadedFunnel:
         funnel._check()
         ids = funnel.dataset_.items["item_id"].to_numpy()
-        keys = item_keys(ids)
-        caches = tuple(ch for ch in funnel.channels_.values() if callable(getattr(ch, "put", None)))
+        keys = funnel.item_keys_
+        has_cache = any(getattr(ch, "registered_name", "") == "cache" for ch in funnel.channels_.values())
         order = np.argsort(keys, kind="stable")
-        return cls(funnel, version, ids, keys, order, keys[order], caches, time.time())
+        return cls(funnel, version, ids, keys, order, keys[order], has_cache, time.time())
 
     def indices_of_keys(self, keys: np.ndarray) -> np.ndarray:
         """Dense indices of item keys; -1 where the key is not in this catalogue."""
         sorted_keys = self.sorted_keys
+        if len(sorted_keys) == 0:
+            return np.full(len(keys), -1, np.int64)
         pos = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
         found = sorted_keys[pos] == keys
         return np.where(found, self.key_order[pos], -1)
+
+    def indices_of_ids(self, item_ids: list) -> np.ndarray:
+        """Dense indices of external item ids (-1 = not in the catalogue)."""
+        return self.indices_of_keys(item_keys(np.asarray(item_ids, dtype=object))) if item_ids else np.empty(0, np.int64)
+
+
+class StoreExposure:
+    """A user's exposure-filter view at request time: `contains(keys)` asks the store (a Bloom
+    filter per user: false positives possible, no false negatives)."""
+
+    __slots__ = ("store", "user_key", "now")
+
+    def __init__(self, store: ExposureStore, user_key: str, now: int) -> None:
+        self.store, self.user_key, self.now = store, user_key, now
+
+    def contains(self, keys: np.ndarray) -> np.ndarray:
+        return self.store.filter(self.user_key, keys, self.now)
 
 
 @dataclass
@@ -246,8 +244,7 @@ def _check_experiments(platform: Any, funnel: Funnel) -> None:
     from funnelrec.experiments import ExperimentPlatform
     from funnelrec.pipeline.funnel import request_params
 
-    tasks = tuple(getattr(getattr(funnel, "ranker_", None), "tasks_", ()))
-    ExperimentPlatform(platform.config, request_params(funnel.config, tasks))
+    ExperimentPlatform(platform.config, request_params(funnel.config, funnel.tasks_))
 
 
 class RecommenderService:
@@ -295,25 +292,50 @@ class RecommenderService:
     def current(self) -> LoadedFunnel:
         return self._current
 
-    def reload(self, path: str | Path) -> str:
-        """Load the funnel at `path` and swap it in atomically; returns its version. Requests
-        that already started finish on the old funnel; a failed load leaves the old one serving."""
+    def reload(self, path: str | Path, parts: list[str] | None = None) -> str:
+        """Load the funnel artifact at `path` (all of it, or only `parts`, e.g. ["ranker"], the
+        rest kept from the serving funnel) and swap it in atomically; returns its version.
+        Requests that already started finish on the old funnel; a failed load leaves the old
+        one serving."""
         allowed = self.config.artifact_dir
         if allowed is not None and not Path(path).resolve().is_relative_to(Path(allowed).resolve()):
             raise ArtifactRefused(f"{path}: outside the artifact directory {allowed}; this server reloads only from there")
         with self._reload_lock:
-            funnel = Funnel.load(path)
+            funnel = Funnel.load(path, parts=parts, base=self._current.funnel if parts else None)
             if not self.config.experiments_fitted:
                 _check_experiments(self.experiments, funnel)  # the new funnel must run every experiment
-            loaded = LoadedFunnel.build(funnel, _version_of(path))
+            loaded = LoadedFunnel.build(funnel, _version_of(path, parts))
             self._current = loaded  # one reference assignment: atomic under the GIL
             self.metrics.reloads += 1
             return loaded.version
 
     # ------------------------------------------------------------------ requests
+    def request_state(self, cur: LoadedFunnel, uid: str, user_idx: int, now: int,
+                      exclude_ids: list | None = None) -> tuple[RequestState, dict[str, float]]:
+        """The online state of one request, read once at its start: the user's exposure view,
+        the previous results (for the cache channel) and the client's exclusions."""
+        timings: dict[str, float] = {}
+        cached = None
+        if cur.has_cache_channel and user_idx >= 0:
+            t1 = time.perf_counter()
+            got = self.results.get(uid)
+            if got is not None:
+                idx = cur.indices_of_keys(got[0])
+                keep = idx != PAD
+                cached = [(idx[keep], got[1][keep])]
+            timings["cache_read"] = (time.perf_counter() - t1) * 1e3
+        exclude = None
+        if exclude_ids:
+            idx = cur.indices_of_ids(list(exclude_ids))
+            exclude = [idx[idx >= 0]]
+        state = RequestState(exclude=exclude, exposure=[StoreExposure(self.exposure, uid, now)],
+                             cached=cached if cached is not None else ([None] if cur.has_cache_channel else None))
+        return state, timings
+
     def recommend(self, user_id: Any, k: int = 10, context: Mapping[str, Any] | None = None,
-                  debug: bool = False) -> ServedRecommendation:
-        """Recommend k items to `user_id` (external id; unknown → cold start)."""
+                  debug: bool = False, exclude: list | None = None) -> ServedRecommendation:
+        """Recommend k items to `user_id` (external id; unknown → cold start), never any of the
+        external item ids in `exclude`, nor what the user's exposure filter says was shown."""
         if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= self.config.max_k:
             raise DataError(f"k must be an int in [1, {self.config.max_k}], got {k!r}")
         t0 = time.perf_counter()
@@ -341,19 +363,12 @@ class RecommenderService:
         region = ctx.get("region")
         rctx = RecallContext(time=now, region=None if region is None else str(region), extra=extra)
         user_idx = f.dataset_.user_ids.index(user_id)
-        if cur.cache_channels and user_idx >= 0:
-            t1 = time.perf_counter()
-            self._warm_cache_channels(cur, uid, user_idx)
-            timings["cache_read"] = (time.perf_counter() - t1) * 1e3
-
+        state, st = self.request_state(cur, uid, user_idx, now, exclude)
+        timings.update(st)
         keys = cur.item_keys
-
-        def exposed(items: np.ndarray) -> np.ndarray:
-            return self.exposure.filter(uid, keys[items], now)
-
-        rec = f.recommend(user_idx=user_idx, k=int(k), context=rctx, debug=debug, exposure_filter=exposed)
+        rec = f.recommend(user_idx=user_idx, k=int(k), context=rctx, state=state, debug=debug)
         out_ids = cur.item_ids[rec.items].tolist()
-        filtered = cur.item_ids[np.asarray(rec.debug.get("filtered", []), np.int64)].tolist() if debug else []
+        filtered = cur.item_ids[rec.filtered].tolist() if debug else []
         if self.config.cache_n and user_idx >= 0 and len(rec.items):
             t1 = time.perf_counter()
             self.results.put(uid, keys[rec.items[: self.config.cache_n]], rec.scores[: self.config.cache_n])
@@ -369,15 +384,6 @@ class RecommenderService:
         if rec.cold_start:
             self.metrics.cold_start += 1
         return ServedRecommendation(request_id, uid, out_ids, rec, record, cur.version, filtered)
-
-    def _warm_cache_channels(self, cur: LoadedFunnel, uid: str, user_idx: int) -> None:
-        got = self.results.get(uid)
-        if got is None:
-            return
-        idx = cur.indices_of_keys(got[0])
-        keep = idx != PAD
-        for ch in cur.cache_channels:
-            ch.put(user_idx, idx[keep], got[1][keep])
 
     def feedback(self, request_id: str | None, user_id: Any, events: Iterable[Mapping[str, Any]]) -> dict[str, int]:
         """Append the events to the durable log (committed when this returns), then add the
@@ -420,9 +426,10 @@ class RecommenderService:
         self.results.close()
 
 
-def _version_of(path: str | Path) -> str:
+def _version_of(path: str | Path, parts: list[str] | None = None) -> str:
     p = Path(path)
     try:
-        return f"{p.name}@{int(p.stat().st_mtime)}"
+        v = f"{p.name}@{int(p.stat().st_mtime)}"
     except OSError:
-        return p.name
+        v = p.name
+    return v + (f"[{','.join(parts)}]" if parts else "")

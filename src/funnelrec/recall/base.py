@@ -21,7 +21,7 @@ import scipy.sparse as sp
 
 from funnelrec.core.artifact import load_pickle, save_pickle
 from funnelrec.core.errors import NotFittedError
-from funnelrec.core.types import PAD, CandidateBatch
+from funnelrec.core.types import PAD, CandidateBatch, RequestState
 from funnelrec.data.dataset import TrainData
 
 _MAGIC = b"funnelrec-channel-v1\n"
@@ -29,11 +29,14 @@ _MAGIC = b"funnelrec-channel-v1\n"
 
 @dataclass
 class RecallContext:
-    """Per-request facts a channel may use (region for geo, time for fresh, …)."""
+    """Per-request facts a channel may use (region for geo, time for fresh, …) and the request's
+    online state (`state.cached` for the cache channel; fresh history reaches channels as
+    `extra["history"]`, which `Funnel.run` fills from `state.history`)."""
 
     time: int | None = None
     region: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    state: RequestState | None = None
 
 
 class RecallChannel(ABC):

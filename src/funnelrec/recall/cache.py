@@ -1,8 +1,10 @@
-"""Cache recall: the user's previous fine-ranked results, fed back by the pipeline.
+"""Cache recall: the user's previous ranked results, handed in with the request.
 
-`put(user_idx, items, scores)` stores (replaces) the user's last ranked list (at most
-`max_items`, best first); recall returns it minus the items the user has seen since (training
-history + `context.extra["history"]`). The cache is pickled with the channel (`save`/`load`).
+The service keeps each user's last ranked list (the ranked-but-unshown tail included) in its
+result store and passes it as `RequestState.cached` (through `RecallContext.state`); the
+channel returns it minus the items the user has seen (training history + fresh history) and
+items outside the catalogue, best first. The channel itself holds only the fitted history:
+nothing it owns changes during a request, so a saved channel has no per-user cache in it.
 """
 
 from __future__ import annotations
@@ -38,34 +40,32 @@ class CacheRecall(RecallChannel):
 
     def fit(self, data: TrainData) -> CacheRecall:
         self.history_ = UserHistory(data.csr)
-        self.entries_: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.fitted_ = True
         return self
 
-    def put(self, user_idx: int, items: np.ndarray, scores: np.ndarray) -> None:
-        """Store a user's ranked result. Items outside the catalogue are dropped."""
-        items = np.asarray(items, np.int64).reshape(-1)
-        scores = np.asarray(scores, np.float32).reshape(-1)
-        if items.shape != scores.shape:
-            raise DataError(f"cache.put: {items.size} items but {scores.size} scores")
-        ok = (items >= 0) & (items < self.history_.n_items) & np.isfinite(scores)
-        items, scores = items[ok], scores[ok]
-        items, first = np.unique(items, return_index=True)
-        scores = scores[first]
-        order = np.lexsort((items, -scores))[: self.config.max_items]
-        self.entries_[int(user_idx)] = (items[order], scores[order])
-
     def _recall(self, users: np.ndarray, n: int, context: RecallContext | None) -> CandidateBatch:
-        _, seen = self.history_.rows(users, context)
         items = np.full((len(users), n), PAD, np.int64)
         scores = np.full((len(users), n), -np.inf, np.float32)
-        for r, u in enumerate(users.tolist()):
-            got = self.entries_.get(u) if u >= 0 else None
-            if got is None:
+        cached = None if context is None or context.state is None else context.state.cached
+        if cached is None:
+            return CandidateBatch(self.name, items, scores)
+        if len(cached) != len(users):
+            raise DataError(f"cache channel: request state has {len(cached)} cached rows for {len(users)} users")
+        _, seen = self.history_.rows(users, context)
+        n_items = self.history_.n_items
+        for r, got in enumerate(cached):
+            if got is None or users[r] < 0:
                 continue
-            it, sc = got
-            keep = ~np.isin(it, seen.idx[seen.ptr[r]:seen.ptr[r + 1]])
-            it, sc = it[keep][:n], sc[keep][:n]
-            items[r, : len(it)] = it
-            scores[r, : len(it)] = sc
+            it = np.asarray(got[0], np.int64).reshape(-1)
+            sc = np.asarray(got[1], np.float32).reshape(-1)
+            if it.shape != sc.shape:
+                raise DataError(f"cache channel: {it.size} cached items but {sc.size} scores")
+            ok = (it >= 0) & (it < n_items) & np.isfinite(sc)
+            ok &= ~np.isin(it, seen.idx[seen.ptr[r]:seen.ptr[r + 1]])
+            it, sc = it[ok], sc[ok]
+            it, first = np.unique(it, return_index=True)  # a repeated item keeps its first score
+            sc = sc[first]
+            order = np.lexsort((it, -sc))[: min(n, self.config.max_items)]
+            items[r, : len(order)] = it[order]
+            scores[r, : len(order)] = sc[order]
         return CandidateBatch(self.name, items, scores)

@@ -232,7 +232,7 @@ def create_app(service: RecommenderService | Funnel | None = None, artifact: str
         ctx = None
         if body.context is not None:
             ctx = {k: v for k, v in body.context.model_dump().items() if v is not None}
-        out = svc.recommend(body.user_id, k=body.k, context=ctx, debug=body.debug)
+        out = svc.recommend(body.user_id, k=body.k, context=ctx, debug=body.debug, exclude=body.exclude)
         return ORJSONResponse(out.to_dict(debug=body.debug))
 
     @app.get("/recommend", responses={200: {"model": RecommendResponse}})
@@ -252,7 +252,7 @@ def create_app(service: RecommenderService | Funnel | None = None, artifact: str
     @app.post("/admin/reload", responses={200: {"model": ReloadResponse}})
     async def reload(request: Request, body: ReloadRequest,
                x_admin_token: str | None = Header(None)) -> Response:
-        """Load the funnel saved at `artifact` and swap it in atomically; requests in flight
+        """Load the funnel artifact at `artifact` (or only its `parts`) and swap it in atomically; requests in flight
         finish on the old one. A failed load keeps the old one serving (4xx); a path outside the
         server's artifact directory is refused (403)."""
         if admin_token is not None and x_admin_token != admin_token:
@@ -260,7 +260,7 @@ def create_app(service: RecommenderService | Funnel | None = None, artifact: str
         svc: RecommenderService = request.app.state.service
         previous = svc.current.version
         try:
-            version = await in_io_pool(request, svc.reload, body.artifact)
+            version = await in_io_pool(request, svc.reload, body.artifact, body.parts)
             await in_io_pool(request, freeze_heap)
         except ArtifactRefused as e:
             return ORJSONResponse({"detail": str(e)}, status_code=403)

@@ -23,6 +23,7 @@ from pydantic import (
 
 MAX_K = 500
 MAX_EVENTS = 1000
+MAX_EXCLUDE = 10_000
 
 UserId = StrictStr | StrictInt
 ItemId = StrictStr | StrictInt
@@ -49,6 +50,8 @@ class RecommendRequest(_Strict):
     k: StrictInt = Field(10, ge=1, le=MAX_K)
     context: RecommendContext | None = None
     debug: StrictBool = False
+    # item ids never to return in this answer (in the cart, just bought …); unknown ids are ignored
+    exclude: list[ItemId] = Field(default_factory=list, max_length=MAX_EXCLUDE)
 
     @field_validator("user_id")
     @classmethod
@@ -80,6 +83,8 @@ class FeedbackRequest(_Strict):
 
 class ReloadRequest(_Strict):
     artifact: StrictStr = Field(..., min_length=1, max_length=4096)
+    # only these components of the artifact ("ranker", "channels/itemcf", …); the rest stay
+    parts: list[StrictStr] | None = Field(None, min_length=1, max_length=256)
 
 
 # ---- responses (documentation only: handlers return plain dicts through orjson) ----------

@@ -51,6 +51,7 @@ from funnelrec.experiments import ExperimentPlatform, ExperimentsConfig, apply_p
 from funnelrec.experiments.report import MetricSpec, Report, ReportConfig, build_report
 from funnelrec.filter import DAY, CountingBloomConfig, MemoryExposureStore
 from funnelrec.pipeline.config import FunnelConfig
+from funnelrec.pipeline.builder import FunnelBuilder
 from funnelrec.pipeline.funnel import Funnel
 from funnelrec.pipeline.service import RecommenderService, ServiceConfig
 from funnelrec.simulate.config import SimConfig
@@ -205,11 +206,11 @@ class Simulator:
     def _fit_funnel(self, fc: FunnelConfig, clicks: pl.DataFrame) -> Funnel:
         cfg = self.config
         if not cfg.train_ranker:
-            return Funnel(fc).fit(self.dataset, clicks)
+            return FunnelBuilder(fc).fit(self.dataset, clicks)
         cut = clicks["timestamp"].quantile(1.0 - cfg.label_fraction)
         train = clicks.filter(pl.col("timestamp") < cut)
         labels = clicks.filter(pl.col("timestamp") >= cut)
-        return Funnel(fc).fit(self.dataset, train, labels=labels)
+        return FunnelBuilder(fc).fit(self.dataset, train, labels=labels)
 
     def _service_for(self, params: dict[str, Any]) -> tuple[str, RecommenderService]:
         key = funnel_key(params)
@@ -230,7 +231,7 @@ class Simulator:
 
     def _refit(self, clicks: pl.DataFrame, day: int, tmp: Path) -> None:
         for key, svc in self.services.items():
-            path = tmp / f"{key}@day{day}.pkl"
+            path = tmp / f"{key}@day{day}"
             self._fit_funnel(self.funnel_configs[key], clicks).save(path)
             svc.reload(path)
 

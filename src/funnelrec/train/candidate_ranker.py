@@ -35,10 +35,10 @@ from funnelrec.core.errors import ConfigError, DataError, NotFittedError
 from funnelrec.core.types import PAD, MergedCandidates
 from funnelrec.data.dataset import Dataset, TrainData
 from funnelrec.eval.metrics import ranking_metrics
-from funnelrec.features.candidates import HistoryMatch, candidate_features
-from funnelrec.features.encoder import FeatureEncoder, FeatureEncoderConfig
-from funnelrec.models.ranking.base import FeatureSpec
+from funnelrec.features.candidates import HistoryMatch, RankFeatures
+from funnelrec.features.spec import FeatureSpec
 from funnelrec.models.ranking.common import build_ranker, load_all
+from funnelrec.models.ranking.fusion import fuse
 from funnelrec.train.trainer import Trainer, TrainerConfig
 
 TASK_LABELS = ("ctr", "like")  # ctr: interacted; like: label value ≥ like_threshold
@@ -46,6 +46,9 @@ TASK_LABELS = ("ctr", "like")  # ctr: interacted; like: label value ≥ like_thr
 
 @dataclass(frozen=True)
 class CandidateRankerConfig:
+    """The funnel's fine ranker: any RANKERS model over the FID fields of the user/item plus the
+    dense recall-source and history-match features (the YAML `rank:` section is this class)."""
+
     model: str = "lr"  # any RANKERS name
     params: dict[str, Any] = field(default_factory=dict)  # the model's own config
     tasks: tuple[str, ...] = ("ctr",)
@@ -62,10 +65,14 @@ class CandidateRankerConfig:
     include_ids: bool = True
     match_columns: tuple[str, ...] = ("genres", "directors")
     ridge_lambda: float = 500.0  # 0 = no item-to-item ridge match feature
-    valid_fraction: float = 0.1
+    label_folds: int = 0  # extra label sets carved from train (channels refit on the rest)
+    fold_fraction: float = 0.125  # share of each user's train rows a fold uses as labels
+    valid_fraction: float = 0.1  # label users held out for early stopping
     seed: int = 2020
 
     def __post_init__(self) -> None:
+        if self.label_folds < 0 or not 0 < self.fold_fraction < 1:
+            raise ConfigError("rank: label_folds ≥ 0 and 0 < fold_fraction < 1 required")
         bad = [t for t in self.tasks if t not in TASK_LABELS]
         if bad or not self.tasks:
             raise ConfigError(f"rank.tasks {list(self.tasks)}: each must be one of {', '.join(TASK_LABELS)}")
@@ -73,6 +80,14 @@ class CandidateRankerConfig:
             raise ConfigError("hard_negative_rate must be in [0, 1] and valid_fraction in (0, 1)")
         if self.random_negatives < 0:
             raise ConfigError(f"random_negatives must be ≥ 0, got {self.random_negatives}")
+
+    def like_value_column(self, labels: Any) -> str | None:
+        """The label column the "like" task thresholds (None when only "ctr" is asked)."""
+        if "like" not in self.tasks:
+            return None
+        if "rating" not in labels.columns:
+            raise ConfigError("rank.tasks has 'like' but the interactions have no 'rating' column")
+        return "rating"
 
 
 @dataclass
@@ -91,7 +106,10 @@ class LabelSet:
 
 
 class CandidateRanker:
-    """scikit-learn-style: fit(...) returns self; state ends in `_`."""
+    """The funnel's fine ranker, scikit-learn-style: fit(...) returns self; state ends in `_`.
+
+    Features come from `RankFeatures` (features/candidates.py), samples are built here, the model
+    is any RANKERS name trained by the one `Trainer`; scoring is one forward pass per batch."""
 
     def __init__(self, config: CandidateRankerConfig | None = None) -> None:
         self.config = config or CandidateRankerConfig()
@@ -100,24 +118,17 @@ class CandidateRanker:
 
         RANKERS.get(self.config.model)  # unknown name → UnknownComponentError listing the known
 
-    # ------------------------------------------------------------------ features
-    def _dense(self, s: LabelSet, merged: list[MergedCandidates], users: np.ndarray,
-               history: sp.csr_matrix | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        u, items, X = candidate_features(merged, users, s.item_log_pop, s.user_log_act)
-        M = s.match.transform(u, items, history) if len(u) else np.empty((0, len(s.match.names_)), np.float32)
-        return u, items, np.hstack([X, M])
+    # ------------------------------------------------------------------ samples
+    def _dense(self, s: LabelSet, merged: list[MergedCandidates], users: np.ndarray) -> tuple[np.ndarray, ...]:
+        return self.features_.raw(merged, users, s.item_log_pop, s.user_log_act, s.match)
 
     def _random(self, s: LabelSet, n: int, rng: np.random.Generator):
+        """Easy negatives: random (label user, catalogue item) pairs outside history and labels."""
         ru = rng.choice(s.users, size=n)
         ri = rng.integers(0, s.positives.shape[1], size=n)
         seen = np.asarray(s.history[ru, ri]).ravel() + np.asarray(s.positives[ru, ri]).ravel()
         ru, ri = ru[seen == 0], ri[seen == 0]
-        X = np.zeros((len(ru), self.n_dense_), np.float32)
-        n_rec = X.shape[1] - len(s.match.names_)
-        X[:, n_rec - 3] = s.item_log_pop[ri]
-        X[:, n_rec - 2] = s.user_log_act[ru]
-        X[:, n_rec:] = s.match.transform(ru, ri)
-        return ru, ri, X
+        return ru, ri, self.features_.random_pairs(ru, ri, self.n_dense_, s.item_log_pop, s.user_log_act, s.match)
 
     def _labels(self, pos: sp.csr_matrix, u: np.ndarray, items: np.ndarray) -> dict[str, np.ndarray]:
         v = np.asarray(pos[u, items]).ravel() if len(u) else np.empty(0)
@@ -127,37 +138,21 @@ class CandidateRanker:
         return out
 
     def batch(self, u: np.ndarray, items: np.ndarray, X: np.ndarray) -> dict[str, torch.Tensor]:
-        """Model input for pairs (u, items) with raw dense features X (M, d). An unknown user
-        (u < 0, the cold-start path) gets row 0 — "no value" — in every user field, not some
-        other user's profile."""
-        u = np.asarray(u, dtype=np.int64)
-        known = u >= 0
-        b = self.encoder_.transform(np.where(known, u, 0), items)
-        if not known.all():
-            b["sparse"][torch.from_numpy(~known), : self.encoder_.user_rows_.shape[1]] = 0
-        b["dense"] = torch.from_numpy(((X - self.mean_) / self.std_).astype(np.float32))
-        return b
+        """Model input for pairs (u, items) with raw dense features X (M, d) (see `RankFeatures.batch`)."""
+        return self.features_.batch(u, items, X)
 
-    # ------------------------------------------------------------------ fit
-    def fit(self, dataset: Dataset, train: pl.DataFrame, sets: list[LabelSet],
-            progress: bool = False) -> CandidateRanker:
-        """Train on the label sets (sets[0] = the real one; its users give the validation slice)."""
+    @property
+    def encoder_(self):
+        return self.features_.encoder_
+
+    @property
+    def match_(self):
+        return self.features_.match_
+
+    def _samples(self, sets: list[LabelSet], valid_users: np.ndarray, rng: np.random.Generator):
+        """(u, items, X, {task: y}) of every label set: positives, a share of the hard (recall)
+        negatives, random easy negatives; the validation users of sets[0] are left out."""
         cfg = self.config
-        rng = np.random.default_rng(cfg.seed)
-        if not sets:
-            raise DataError("ranker training: no label set")
-        for s in sets:
-            if s.match is None:
-                s.match = HistoryMatch(cfg.match_columns, cfg.ridge_lambda).fit(s.history, dataset.items)
-        self.match_ = sets[0].match
-        # static id/attribute fields; the label column is a constant (no count or match features here)
-        enc_cfg = FeatureEncoderConfig(user_columns=cfg.user_columns, item_columns=cfg.item_columns,
-                                       include_ids=cfg.include_ids, multi_width=3,
-                                       label_column="_pos", label_threshold=None)
-        self.encoder_ = FeatureEncoder(enc_cfg).fit(TrainData(dataset, train.with_columns(pl.lit(1.0).alias("_pos"))))
-        main = sets[0]
-        n_valid = max(1, int(round(len(main.users) * cfg.valid_fraction)))
-        valid_users = np.sort(rng.choice(main.users, size=n_valid, replace=False))
         parts = []
         for k, s in enumerate(sets):
             users = s.users if k else np.setdiff1d(s.users, valid_users)
@@ -179,10 +174,28 @@ class CandidateRanker:
         items = np.concatenate([p[1] for p in parts])
         X = np.vstack([p[2] for p in parts])
         y = {t: np.concatenate([p[3][t] for p in parts]) for t in cfg.tasks}
+        return u, items, X, y
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, dataset: Dataset, train: pl.DataFrame, sets: list[LabelSet],
+            progress: bool = False) -> CandidateRanker:
+        """Train on the label sets (sets[0] = the real one; its users give the validation slice)."""
+        cfg = self.config
+        rng = np.random.default_rng(cfg.seed)
+        if not sets:
+            raise DataError("ranker training: no label set")
+        for s in sets:
+            if s.match is None:
+                s.match = HistoryMatch(cfg.match_columns, cfg.ridge_lambda).fit(s.history, dataset.items)
+        self.features_ = RankFeatures(cfg.user_columns, cfg.item_columns, cfg.include_ids).fit(
+            TrainData(dataset, train), sets[0].match)
+        main = sets[0]
+        n_valid = max(1, int(round(len(main.users) * cfg.valid_fraction)))
+        valid_users = np.sort(rng.choice(main.users, size=n_valid, replace=False))
+        u, items, X, y = self._samples(sets, valid_users, rng)
         if y[cfg.tasks[0]].sum() == 0:
             raise DataError("ranker training: no positive among the recall candidates — check the label split")
-        self.mean_ = X.mean(0)
-        self.std_ = X.std(0) + 1e-6
+        self.features_.set_scale(X)
         train_t = self.batch(u, items, X)
         for t in cfg.tasks:
             train_t[f"label_{t}"] = torch.from_numpy(y[t])
@@ -191,7 +204,6 @@ class CandidateRanker:
                                  tasks=tuple(cfg.tasks), field_names=es.field_names)
         self.model_ = build_ranker(cfg.model, self.spec_, dict(cfg.params))
         self.tasks_ = tuple(cfg.tasks)
-        self.weights_ = {t: 1.0 for t in self.tasks_}
         bce = torch.nn.BCEWithLogitsLoss()
 
         def loss_fn(model, b):
@@ -210,7 +222,7 @@ class CandidateRanker:
         def validate(model) -> float:
             if len(vu) == 0:
                 return 0.0
-            s = self._fuse({t: v.numpy() for t, v in model(vb).items()}, self.weights_)
+            s = fuse({t: v.numpy() for t, v in model(vb).items()})  # equal task weights
             top = _topk_rows(vmerged, np.split(s, np.cumsum(vsizes)[:-1]), 10)
             return ranking_metrics(top, vpos, (10,), rows=main.users[vrows])["ndcg@10"]
 
@@ -218,21 +230,18 @@ class CandidateRanker:
                                         weight_decay=cfg.weight_decay, seed=cfg.seed, patience=cfg.patience,
                                         progress=progress))
         self.train_result_ = trainer.fit(self.model_, loss_fn, train_t, validate=validate)
+        self.model_.eval()
         self.n_examples_ = len(u)
         return self
 
     # ------------------------------------------------------------------ scoring
-    @staticmethod
-    def _fuse(tasks: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarray:
-        return sum(float(weights.get(t, 0.0)) * v for t, v in tasks.items())
-
     def score_tasks(self, merged: list[MergedCandidates], users: np.ndarray, item_log_pop: np.ndarray,
                     user_log_act: np.ndarray, history: sp.csr_matrix | None = None) -> list[dict[str, np.ndarray]]:
         """Per user: {task: logits of its candidates} — one forward pass for the whole batch."""
         if not hasattr(self, "model_"):
             raise NotFittedError("the funnel ranker is not fitted")
-        s = LabelSet(merged, users, None, None, item_log_pop, user_log_act, self.match_)  # type: ignore[arg-type]
-        u, items, X = self._dense(s, merged, np.asarray(users, dtype=np.int64), history)
+        u, items, X = self.features_.raw(merged, np.asarray(users, dtype=np.int64), item_log_pop, user_log_act,
+                                         history=history)
         sizes = np.cumsum([len(m) for m in merged])[:-1]
         if len(items) == 0:
             return [{t: np.empty(0, np.float32) for t in self.tasks_} for _ in merged]
@@ -240,12 +249,6 @@ class CandidateRanker:
             out = {t: v.numpy() for t, v in self.model_(self.batch(u, items, X)).items()}
         split = {t: np.split(v, sizes) for t, v in out.items()}
         return [{t: split[t][r] for t in self.tasks_} for r in range(len(merged))]
-
-    def score(self, merged: list[MergedCandidates], users: np.ndarray, item_log_pop: np.ndarray,
-              user_log_act: np.ndarray, history: sp.csr_matrix | None = None) -> list[np.ndarray]:
-        """Fused logits (equal task weights) for each user's candidates."""
-        return [self._fuse(t, self.weights_) for t in self.score_tasks(merged, users, item_log_pop,
-                                                                       user_log_act, history)]
 
 
 def _topk_rows(merged: list[MergedCandidates], scores: list[np.ndarray], k: int) -> np.ndarray:
