@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from sklearn.metrics import log_loss, ndcg_score, roc_auc_score
+from sklearn.metrics import ndcg_score, roc_auc_score
 
 from funnelrec.eval.metrics import (
     auc,
@@ -23,19 +23,55 @@ def scored():
     return u, y, s
 
 
-def test_auc_matches_sklearn_with_ties(scored):
+def _pairwise_auc(y, s, w=None):
+    """P(score of a positive > score of a negative) + ½ P(tie), by counting all pairs."""
+    w = np.ones(len(y)) if w is None else np.asarray(w, float)
+    pos, neg = y == 1, y == 0
+    gt = (s[pos][:, None] > s[neg][None, :]) + 0.5 * (s[pos][:, None] == s[neg][None, :])
+    ww = w[pos][:, None] * w[neg][None, :]
+    return (gt * ww).sum() / ww.sum()
+
+
+def test_auc_hand_computed_with_a_tie():
+    # positives 0.5, 0.9, 0.2 against negatives 0.1, 0.5: 1 + ½ + 1 + 1 + 1 + 0 = 4.5 of 6 pairs
+    assert auc([0, 0, 1, 1, 1], [0.1, 0.5, 0.5, 0.9, 0.2]) == pytest.approx(0.75)
+
+
+def test_auc_equals_the_pair_count_with_ties(scored):
     _, y, s = scored
-    assert auc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    assert auc(y, s) == pytest.approx(_pairwise_auc(y, s), abs=1e-12)
 
 
-def test_auc_single_class_is_nan():
-    assert np.isnan(auc([1, 1, 1], [0.1, 0.2, 0.3]))
-
-
-def test_logloss_matches_sklearn(scored):
+def test_weighted_auc_counts_weighted_pairs_and_equals_repeated_rows(scored):
     _, y, s = scored
-    p = np.clip(s, 0.01, 0.99)
-    assert logloss(y, p) == pytest.approx(log_loss(y, p), rel=1e-12)
+    w = np.random.default_rng(3).integers(1, 4, y.size)
+    assert auc(y, s, sample_weight=w) == pytest.approx(_pairwise_auc(y, s, w), abs=1e-12)
+    assert auc(y, s, sample_weight=w) == pytest.approx(auc(np.repeat(y, w), np.repeat(s, w)), abs=1e-12)
+
+
+def test_auc_binarises_labels_at_one_half():
+    assert auc([0.0, 0.2, 0.9, 1.0], [0.1, 0.2, 0.3, 0.4]) == 1.0
+
+
+@pytest.mark.filterwarnings("error")  # NaN by design, without scikit-learn's warning per group
+@pytest.mark.parametrize("y", [[1, 1, 1], [0, 0, 0]])
+def test_auc_single_class_is_nan(y):
+    assert np.isnan(auc(y, [0.1, 0.2, 0.3]))
+
+
+def test_auc_length_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="y_true has 2 values, y_score 3"):
+        auc([0, 1], [0.1, 0.2, 0.3])
+
+
+def test_logloss_hand_computed_and_clipped():
+    assert logloss([1, 0], [0.9, 0.2]) == pytest.approx(-(np.log(0.9) + np.log(0.8)) / 2, rel=1e-12)
+    # a certain miss is clipped to eps instead of +inf; one class alone is a valid input
+    assert logloss([1], [0.0]) == pytest.approx(-np.log(1e-7), rel=1e-9)
+    assert logloss([1, 1], [0.5, 0.5], sample_weight=[1, 3]) == pytest.approx(np.log(2))
+    w = np.array([1.0, 3.0])
+    assert logloss([1, 0], [0.9, 0.2], sample_weight=w) == pytest.approx(
+        -(np.log(0.9) + 3 * np.log(0.8)) / 4, rel=1e-12)
 
 
 @pytest.mark.parametrize("weight", ["impressions", "uniform"])
