@@ -1,8 +1,9 @@
-"""A tiny world (40 users × 30 items) with every attribute the channels read, fitted fast."""
+"""A tiny world (40 users × 30 items) with every attribute the recall channels read, fitted fast.
+
+In tests/ (on sys.path through tests/conftest.py): tests/recall and tests/contracts both use it."""
 
 import numpy as np
 import polars as pl
-import pytest
 
 from funnelrec.data.dataset import Dataset, TrainData
 from funnelrec.data.schema import Schema
@@ -42,7 +43,3 @@ def make_world(seed: int = 0, n_users: int = 40, n_items: int = 30, n_inter: int
     ds = Dataset.build("tiny", inter, schema, users=users, items=items)
     return TrainData(ds, ds.interactions)
 
-
-@pytest.fixture(scope="session")
-def world() -> TrainData:
-    return make_world()
