@@ -93,6 +93,17 @@ def test_every_config_checks_its_activations_and_embedding_dim(name):
     cfg_cls(**SMALL[name])  # and the small config itself passes
 
 
+@pytest.mark.parametrize(("name", "key", "bad", "message"), [
+    ("dien", "aux_loss_weight", -0.5, "DIENConfig.aux_loss_weight must be ≥ 0, got -0.5"),
+    ("sim", "top_k", 0, "SIMConfig.top_k must be ≥ 1, got 0"),
+    ("mmoe", "gate_dropout", 1.0, r"MMoEConfig.gate_dropout must be in \[0, 1\), got 1.0"),
+    ("star", "hidden", (), "STARConfig.hidden needs at least one width"),
+])
+def test_config_bounds_name_the_field(name, key, bad, message):
+    with pytest.raises(ConfigError, match=message):
+        RANKERS.get(name).Config(**{**SMALL[name], key: bad})
+
+
 def test_dien_aux_loss_only_in_training_and_differentiable():
     model = build("dien")
     out = model.train()(toy_batch(SPEC, batch_size=16))

@@ -32,25 +32,24 @@ class FactorizationMachine(nn.Module):
         return out.sum(dim=1) if self.reduce_sum else out
 
 
-class InnerProducts(nn.Module):
+class FieldPairs(nn.Module):
+    """Base of the pairwise layers: the P = F(F−1)/2 field pairs (i, j), i<j in row-major
+    order, as buffers `i`, `j` (P,) int64 (not saved: they follow from n_fields)."""
+
     def __init__(self, n_fields: int) -> None:
         super().__init__()
         i, j = torch.triu_indices(n_fields, n_fields, offset=1)
         self.register_buffer("i", i, persistent=False)
         self.register_buffer("j", j, persistent=False)
 
+
+class InnerProducts(FieldPairs):
     def forward(self, v: torch.Tensor) -> torch.Tensor:
         """v (B, F, D) → (B, F(F−1)/2) of ⟨v_i, v_j⟩ in row-major (i<j) order."""
         return (v[:, self.i] * v[:, self.j]).sum(-1)
 
 
-class FieldAwareFM(nn.Module):
-    def __init__(self, n_fields: int) -> None:
-        super().__init__()
-        i, j = torch.triu_indices(n_fields, n_fields, offset=1)
-        self.register_buffer("i", i, persistent=False)
-        self.register_buffer("j", j, persistent=False)
-
+class FieldAwareFM(FieldPairs):
     def forward(self, v: torch.Tensor) -> torch.Tensor:
         """v (B, F, F, D): v[:, i, f] = feature i's vector for field f → (B,)."""
         a = v[:, self.i, self.j]  # v_{i, f_j}: (B, P, D)

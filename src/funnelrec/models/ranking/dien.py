@@ -26,16 +26,9 @@ from dataclasses import dataclass
 
 import torch
 
-from funnelrec.core.errors import ConfigError
 from funnelrec.core.registry import RANKERS
 from funnelrec.models.ranking.base import FeatureSpec
-from funnelrec.models.ranking.din import (
-    CheckedConfig,
-    SharedTableRanker,
-    behaviour_inputs,
-    require,
-    sequence_keys,
-)
+from funnelrec.models.ranking.din import CheckedConfig, SequenceRanker
 from funnelrec.nn.attention import AUGRU, BilinearAttention, feedforward
 from funnelrec.nn.sequence import InterestExtractor, compact_sequence, gather_steps, interest_auxiliary_loss
 
@@ -49,29 +42,24 @@ class DIENConfig(CheckedConfig):
     use_category: bool = True
     aux_loss_weight: float = 1.0  # α in L = L_ctr + α·L_aux; 0 disables the auxiliary loss
 
-    def check(self) -> None:
-        if self.aux_loss_weight < 0:
-            raise ConfigError(f"DIENConfig.aux_loss_weight must be ≥ 0, got {self.aux_loss_weight}")
+    at_least = {"aux_loss_weight": 0}
 
 
 @RANKERS.register("dien")
-class DIEN(SharedTableRanker):
+class DIEN(SequenceRanker):
     Config = DIENConfig
-    needs_sequence = True
 
     def __init__(self, spec: FeatureSpec, config: DIENConfig | None = None) -> None:
         super().__init__(spec, config)
-        cfg = self.config
-        de = 2 * cfg.embedding_dim if cfg.use_category else cfg.embedding_dim
+        de = self.item_dim
         self.extractor = InterestExtractor(de, de)
         self.attention = BilinearAttention(de, de)
         self.evolution = AUGRU(de, de)
+        cfg = self.config
         self.mlp = feedforward(self.input_width + 3 * de, cfg.mlp_hidden, cfg.activation, cfg.dropout, 1)
-        self._keys = sequence_keys(cfg.use_category)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        require(batch, self._keys, "DIEN")
-        keys, query, mask = behaviour_inputs(self.embedding, batch, self.config.use_category)
+        keys, query, mask = self.behaviours(batch)
         order = compact_sequence(mask)
         keys, mask = gather_steps(keys, order), gather_steps(mask, order)
         states = self.extractor(keys, mask)

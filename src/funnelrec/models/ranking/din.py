@@ -9,8 +9,8 @@ candidate, then an MLP scores [field embeddings, dense, candidate, pooled intere
 
 Also home of what the sequence, multi-task and multi-domain models share: the input helpers,
 `CheckedConfig` (the checks every config repeats), `SharedTableRanker` (config + the one shared
-embedding table, the input x = [E(sparse) flattened, dense]) and `SharedBottomRanker` (x → an
-expert network → one tower per task).
+embedding table, the input x = [E(sparse) flattened, dense]), `SequenceRanker` (+ the behaviour
+sequence) and `SharedBottomRanker` (x → an expert network → one tower per task).
 
     >>> import torch
     >>> spec = FeatureSpec(n_embeddings=50, n_fields=3, n_dense=2, seq_len=5)
@@ -114,19 +114,23 @@ def check_sequence_spec(spec: FeatureSpec, model: str) -> None:
 class CheckedConfig:
     """Mixin for the rankers' frozen config dataclasses: the checks they all repeat, by field name.
 
-    After construction every field named `*activation` must name a known activation and
-    `embedding_dim` (when present) must be ≥ 1; then the config's own `check()` runs. Adds no
-    fields, so the dataclass's fields, their order and `from_dict` stay as declared.
+    After construction every field named `*activation` must name a known activation, and each
+    field in `at_least` (`embedding_dim` ≥ 1 always, plus the config's own entries) must be at
+    least its bound; then the config's own `check()` runs. Adds no dataclass fields, so the
+    fields, their order and `from_dict` stay as declared.
     """
+
+    at_least: ClassVar[dict[str, float]] = {}
 
     def __post_init__(self) -> None:
         name = type(self).__name__
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
             if f.name.endswith("activation"):
                 check_activation(getattr(self, f.name), f"{name}.{f.name}")
-        dim = getattr(self, "embedding_dim", 1)
-        if dim < 1:
-            raise ConfigError(f"{name}.embedding_dim must be ≥ 1, got {dim}")
+        for key, low in {"embedding_dim": 1, **self.at_least}.items():
+            value = getattr(self, key, low)
+            if value < low:
+                raise ConfigError(f"{name}.{key} must be ≥ {low}, got {value}")
         self.check()
 
     def check(self) -> None:
@@ -139,16 +143,13 @@ class SharedTableRanker(RankingModel):
     Sets `self.config` (`Config()` when None), then builds the table of `config.embedding_dim`:
     subclasses build their layers after it, so they draw their initial weights after the
     table's. The field input is x = [E(sparse) flattened, dense], (B, F·D + Dn): `inputs(batch)`,
-    of width `input_width`. `needs_sequence`: the spec must carry behaviours (seq_len ≥ 1).
+    of width `input_width`.
     """
 
     Config: ClassVar[type]
-    needs_sequence: ClassVar[bool] = False
 
     def __init__(self, spec: FeatureSpec, config: object | None = None) -> None:
         super().__init__(spec)
-        if self.needs_sequence:
-            check_sequence_spec(spec, type(self).__name__)
         self.config = config or self.Config()
         self.embedding = shared_embedding(spec, self.config.embedding_dim)
 
@@ -160,6 +161,26 @@ class SharedTableRanker(RankingModel):
         """[E(sparse) flattened, dense] (B, F·D + Dn); DataError when "sparse" is missing."""
         require(batch, ("sparse",), type(self).__name__)
         return field_inputs(self.embedding, batch, self.spec)
+
+
+class SequenceRanker(SharedTableRanker):
+    """A ranker on the user's behaviour sequence (DIN, DIEN, SIM); the spec must carry one.
+
+    An item is [E(item), E(category)], De = 2D, or E(item) alone (De = D) when the config has
+    `use_category` False: `item_dim` = De. `behaviours(batch)` → keys (B, L, De), target query
+    (B, De), mask (B, L), with a DataError naming the first missing batch key.
+    """
+
+    def __init__(self, spec: FeatureSpec, config: object | None = None) -> None:
+        check_sequence_spec(spec, type(self).__name__)
+        super().__init__(spec, config)
+        self.use_category = getattr(self.config, "use_category", True)
+        self.item_dim = (2 if self.use_category else 1) * self.config.embedding_dim
+        self._keys = sequence_keys(self.use_category)
+
+    def behaviours(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        require(batch, self._keys, type(self).__name__)
+        return behaviour_inputs(self.embedding, batch, self.use_category)
 
 
 def task_logits(towers: experts.ParallelMLP, ys: list[torch.Tensor], tasks: tuple[str, ...]) -> dict[str, torch.Tensor]:
@@ -210,26 +231,32 @@ class DINConfig(CheckedConfig):
 
 
 @RANKERS.register("din")
-class DIN(SharedTableRanker):
+class DIN(SequenceRanker):
+    """Target attention over `behaviours(batch)`, then the MLP over [x, q, v, *extra_features]
+    (SIM subclasses it: the same attention over the behaviours its search keeps)."""
+
     Config = DINConfig
-    needs_sequence = True
+    n_extra_features: ClassVar[int] = 0
 
     def __init__(self, spec: FeatureSpec, config: DINConfig | None = None) -> None:
         super().__init__(spec, config)
-        cfg = self.config
-        de = 2 * cfg.embedding_dim if cfg.use_category else cfg.embedding_dim
+        de, cfg = self.item_dim, self.config
         self.attention = DINAttention(de, cfg.attention_hidden, cfg.attention_activation)
-        self.mlp = feedforward(self.input_width + 2 * de, cfg.mlp_hidden, cfg.activation, cfg.dropout, 1)
-        self._keys = sequence_keys(cfg.use_category)
+        width = self.input_width + 2 * de + self.n_extra_features
+        self.mlp = feedforward(width, cfg.mlp_hidden, cfg.activation, cfg.dropout, 1)
+
+    def extra_features(self, mask: torch.Tensor, interest: torch.Tensor) -> list[torch.Tensor]:
+        """Further MLP inputs, n_extra_features columns in all (none for DIN)."""
+        return []
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        require(batch, self._keys, "DIN")
-        keys, query, mask = behaviour_inputs(self.embedding, batch, self.config.use_category)
+        keys, query, mask = self.behaviours(batch)
         interest = self.attention(query, keys, mask)
-        x = torch.cat([self.inputs(batch), query, interest], dim=1)
+        x = torch.cat([self.inputs(batch), query, interest, *self.extra_features(mask, interest)], dim=1)
         return {"ctr": self.mlp(x).squeeze(-1)}
 
     def attention_weights(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(B, L) unnormalized attention weights of the candidate on each behaviour."""
-        keys, query, mask = behaviour_inputs(self.embedding, batch, self.config.use_category)
+        """(B, L) unnormalized attention weights of the candidate on each behaviour (SIM: (B, K), on
+        the searched ones)."""
+        keys, query, mask = self.behaviours(batch)
         return self.attention.weights(query, keys, mask)

@@ -22,11 +22,9 @@ from dataclasses import dataclass
 
 import torch
 
-from funnelrec.core.errors import ConfigError
 from funnelrec.core.registry import RANKERS
-from funnelrec.models.ranking.base import FeatureSpec
-from funnelrec.models.ranking.din import CheckedConfig, SharedTableRanker, require, sequence_keys
-from funnelrec.nn.attention import DINAttention, feedforward
+from funnelrec.models.ranking.base import FeatureSpec  # noqa: F401 (the doctest)
+from funnelrec.models.ranking.din import DIN, CheckedConfig, require
 from funnelrec.nn.sequence import gather_steps, hard_search
 
 
@@ -40,36 +38,30 @@ class SIMConfig(CheckedConfig):
     activation: str = "prelu"
     dropout: float = 0.0
 
-    def check(self) -> None:
-        if self.top_k < 1:
-            raise ConfigError(f"SIMConfig.top_k must be ≥ 1, got {self.top_k}")
+    at_least = {"top_k": 1}
 
 
 @RANKERS.register("sim")
-class SIM(SharedTableRanker):
-    Config = SIMConfig
-    needs_sequence = True
+class SIM(DIN):
+    """DIN over the behaviours the hard search keeps, plus log(1 + #found) as an MLP input."""
 
-    def __init__(self, spec: FeatureSpec, config: SIMConfig | None = None) -> None:
-        super().__init__(spec, config)
-        cfg = self.config
-        D = cfg.embedding_dim
-        self.attention = DINAttention(2 * D, cfg.attention_hidden, cfg.attention_activation)
-        self.mlp = feedforward(self.input_width + 4 * D + 1, cfg.mlp_hidden, cfg.activation, cfg.dropout, 1)
-        self._keys = sequence_keys(True)
+    Config = SIMConfig
+    n_extra_features = 1
 
     def search(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Hard search: positions (B, K) of the retrieved behaviours and their mask (B, K)."""
         mask = batch["seq_mask"].bool()
         return hard_search(batch["seq_cat"], mask, batch["target_cat"], self.config.top_k)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def behaviours(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The searched behaviours: keys (B, K, 2D), target query (B, 2D), found mask (B, K)."""
         require(batch, self._keys, "SIM")
         idx, found = self.search(batch)
         seq, seq_cat = gather_steps(batch["seq"], idx), gather_steps(batch["seq_cat"], idx)
         keys = torch.cat([self.embedding(seq), self.embedding(seq_cat)], dim=-1)
         query = torch.cat([self.embedding(batch["target"]), self.embedding(batch["target_cat"])], dim=-1)
-        interest = self.attention(query, keys, found)
-        n_found = torch.log1p(found.sum(1, keepdim=True).to(interest.dtype))
-        x = torch.cat([self.inputs(batch), query, interest, n_found], dim=1)
-        return {"ctr": self.mlp(x).squeeze(-1)}
+        return keys, query, found
+
+    def extra_features(self, mask: torch.Tensor, interest: torch.Tensor) -> list[torch.Tensor]:
+        """log(1 + #found) (B, 1): how much of the history matched the candidate's category."""
+        return [torch.log1p(mask.sum(1, keepdim=True).to(interest.dtype))]
