@@ -488,6 +488,16 @@ class VectorIndex:
         self.set_params(**{k: v for k, v in params.items() if k not in _BUILD_PARAMS})
         return self
 
+    # the artifact directory (core/persist.py) stores an index as this same directory format:
+    # faiss's/hnswlib's own file + the factory string, never pickled
+    def __persist_save__(self, directory: Path) -> dict:
+        self.save(directory)
+        return {}
+
+    @classmethod
+    def __persist_load__(cls, directory: Path, state: dict) -> VectorIndex:
+        return cls.load(directory, mmap=False, verify=False)  # the artifact has checked every file's sha256
+
     # ------------------------------------------------------------ helpers
     def memory_bytes(self) -> int:
         """Bytes of the serialized index plus the Rerank fp32 vectors (≈ resident memory)."""

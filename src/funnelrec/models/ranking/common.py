@@ -17,6 +17,7 @@ the CLI, evaluation and tests build a ranking model from YAML.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import pkgutil
 from typing import Any
@@ -26,6 +27,7 @@ from torch import nn
 
 from funnelrec.core.config import from_dict
 from funnelrec.core.errors import ConfigError, DataError
+from funnelrec.core.persist import record_build
 from funnelrec.core.registry import RANKERS
 from funnelrec.models.ranking.base import FeatureSpec, RankingModel
 from funnelrec.nn.embedding import DenseFields, FieldEmbedding
@@ -75,10 +77,21 @@ def load_all() -> None:
 
 
 def build_ranker(name: str, spec: FeatureSpec, config: dict[str, Any] | None = None) -> RankingModel:
-    """Build registered model `name` from a plain dict config (unknown keys are errors)."""
+    """Build registered model `name` from a plain dict config (unknown keys are errors).
+
+    The model remembers (name, spec, its full resolved config as a dict), so an artifact
+    rebuilds it through this function — the registry — and loads only its weights
+    (core/persist.py); later changes of a config default do not change a saved model."""
     load_all()
     cls = RANKERS.get(name)
     cfg_cls = getattr(cls, "Config", None)
     if cfg_cls is None:
-        return cls(spec)
-    return cls(spec, from_dict(cfg_cls, config or {}, f"{name} config"))
+        return record_build(cls(spec), build_ranker, name, spec, dict(config or {}))
+    cfg = from_dict(cfg_cls, config or {}, f"{name} config")
+    return record_build(cls(spec, cfg), build_ranker, name, spec, _plain(cfg))
+
+
+def _plain(cfg: Any) -> dict[str, Any]:
+    """A config dataclass as the dict `from_dict` reads back into the same config."""
+    return {f.name: getattr(cfg, f.name) if not dataclasses.is_dataclass(getattr(cfg, f.name))
+            else _plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if f.init}

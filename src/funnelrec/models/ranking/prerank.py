@@ -24,6 +24,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from funnelrec.core.persist import record_init
+
 
 class _Tower(nn.Module):
     def __init__(self, emb: nn.Embedding, dim: int, hidden: tuple[int, ...]) -> None:
@@ -48,6 +50,8 @@ class TwoTowerPrerank(nn.Module):
     def __init__(self, n_embeddings: int, dim: int = 32, hidden: tuple[int, ...] = (64,), emb_dim: int = 32,
                  n_dense: int = 0) -> None:
         super().__init__()
+        # rebuilt from these on load (core/persist.py): an artifact holds its weights, not the object
+        record_init(self, n_embeddings, dim, tuple(hidden), emb_dim, n_dense)
         self.dense = nn.Linear(n_dense, 1, bias=False) if n_dense else None
         self.user_emb = nn.Embedding(n_embeddings, emb_dim, padding_idx=0)
         self.item_emb = nn.Embedding(n_embeddings, emb_dim, padding_idx=0)

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from funnelrec.core.errors import ConfigError
+from funnelrec.core.persist import record_init
 from funnelrec.core.registry import RECALL_MODELS
 
 
@@ -162,6 +163,7 @@ class TwoTowerModel(nn.Module):
         super().__init__()
         self.spec = spec
         self.config = cfg = config or TwoTowerConfig()
+        record_init(self, spec, cfg, sparse_grad=sparse_grad)  # rebuilt from these on load (core/persist.py)
         D = cfg.embedding_dim
         self.item_id = nn.Embedding(spec.n_items + 1, D, padding_idx=0)  # row = item + 1
         self.item_attr = nn.Embedding(spec.n_attr_rows, D, padding_idx=0)
