@@ -195,7 +195,7 @@ class SharedBottomRanker(SharedTableRanker):
         y^1, …, y^T = experts(x)          (B, H) each
         logit^t     = Tower_t(y^t)        (B,) per task t of spec.tasks
 
-    A subclass builds the expert network in `build_experts(input_width, T)`: a module returning
+    A subclass builds the expert network in `build_experts(config, input_width, T)`: a module returning
     T tensors (B, H), with attribute `out_dim` = H. It is stored under the name `expert_net`
     (the prefix of its state_dict keys). The towers (config.tower_hidden, config.activation,
     one logit each) run as one ParallelMLP, built after the experts.
@@ -207,11 +207,11 @@ class SharedBottomRanker(SharedTableRanker):
     def __init__(self, spec: FeatureSpec, config: object | None = None) -> None:
         super().__init__(spec, config)
         T, cfg = len(spec.tasks), self.config
-        net = self.build_experts(self.input_width, T)
+        net = self.build_experts(cfg, self.input_width, T)
         self.add_module(self.expert_net, net)
         self.towers = experts.ParallelMLP(T, net.out_dim, cfg.tower_hidden, cfg.activation, out_dim=1)
 
-    def build_experts(self, input_width: int, n_tasks: int) -> nn.Module:  # pragma: no cover
+    def build_experts(self, cfg: object, input_width: int, n_tasks: int) -> nn.Module:  # pragma: no cover
         raise NotImplementedError
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

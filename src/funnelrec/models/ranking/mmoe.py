@@ -46,6 +46,5 @@ class MMoE(SharedBottomRanker):
     Config = MMoEConfig
     expert_net = "mmoe"
 
-    def build_experts(self, input_width: int, n_tasks: int) -> experts.MMoE:
-        cfg = self.config
+    def build_experts(self, cfg: MMoEConfig, input_width: int, n_tasks: int) -> experts.MMoE:
         return experts.MMoE(input_width, cfg.n_experts, n_tasks, cfg.expert_hidden, cfg.gate_dropout, cfg.activation)

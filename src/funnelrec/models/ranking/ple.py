@@ -42,7 +42,6 @@ class PLE(SharedBottomRanker):
     Config = PLEConfig
     expert_net = "ple"
 
-    def build_experts(self, input_width: int, n_tasks: int) -> experts.PLE:
-        cfg = self.config
+    def build_experts(self, cfg: PLEConfig, input_width: int, n_tasks: int) -> experts.PLE:
         return experts.PLE(input_width, n_tasks, cfg.n_layers, cfg.n_specific, cfg.n_shared, cfg.expert_hidden,
                            cfg.activation)
