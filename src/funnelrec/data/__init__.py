@@ -1,7 +1,9 @@
-"""The dataset contract and its loaders. Importing this package registers the loaders."""
+"""The dataset contract and its loaders. Importing this package registers the loaders in
+`DATASETS` (movielens-100k, synthetic, tabular), so `DATASETS.names()` lists every one."""
 
 import inspect
 
+from funnelrec.data import movielens, synthetic, tabular  # noqa: F401  (each registers its loader)
 from funnelrec.data.dataset import Dataset, IdMap, TrainData
 from funnelrec.data.schema import Schema
 
@@ -9,10 +11,9 @@ __all__ = ["Dataset", "IdMap", "Schema", "TrainData", "load_dataset"]
 
 
 def load_dataset(name: str, **kwargs):
-    """Load a registered dataset by name ('movielens-100k', 'synthetic', 'tabular')."""
+    """Load a registered dataset by name (one of `DATASETS.names()`)."""
     from funnelrec.core.errors import ConfigError
     from funnelrec.core.registry import DATASETS
-    from funnelrec.data import movielens, synthetic, tabular  # noqa: F401  (register)
 
     loader = DATASETS.get(name)
     try:  # a misspelt option is the user's error, named in one line (not a TypeError trace)
