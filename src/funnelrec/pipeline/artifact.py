@@ -1,0 +1,325 @@
+"""The funnel artifact: a versioned directory of components, each saved and loaded on its own,
+none of it pickle (core/persist.py writes each part; loading reads data, imports only
+``funnelrec.*`` classes and rebuilds models through their registries).
+
+    artifact/
+      manifest.json        format, format_version 2, created (UTC), funnelrec version, the
+                           funnel config, the data's schema, and per component: its directory,
+                           class, files {relative path: sha256} and total bytes
+      dataset/             one `save_state` directory per component: state.json + data files
+      stats/
+      channels/itemcf/     component "channels/itemcf"
+      ranker/
+      prerank/
+
+    save_artifact("artifact", funnel.components(), config=config_dict, schema=schema)
+    manifest, parts = load_artifact("artifact", parts=["ranker"])   # reads only ranker/
+    save_component("artifact", "ranker", new_ranker)                  # swaps one part in place
+
+Writes are atomic: the artifact is built in ``<dir>.tmp-<pid>`` and renamed, so a crash never
+leaves half an artifact under the real name. A format-1 artifact (one pickled ``Funnel`` file)
+is refused with the way out: re-train, or `convert_pickle_artifact` (unpickles — offline, only
+for files you trust).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from funnelrec.core.errors import ArtifactError
+from funnelrec.core.persist import STATE_FILE, class_path, load_state, record_build, record_init, save_state
+
+FORMAT = "funnelrec-artifact"
+FORMAT_VERSION = 2
+MANIFEST = "manifest.json"
+PICKLE_MAGIC = b"funnelrec-funnel-v1\n"  # format 1: the whole Funnel pickled behind this header
+
+
+def format1_error(path: Path) -> ArtifactError:
+    return ArtifactError(
+        f"{path} is a format-1 pickled funnel; this version loads only artifact directories (no pickle on the "
+        f"serve path): re-train with `funnelrec train`, or convert it once with `funnelrec artifact convert OLD NEW` "
+        f"(unpickles: only for files you trust)")
+
+
+def component_dir(name: str) -> str:
+    """The directory (relative, "/"-separated) of component `name`: each "/"-part of the name
+    becomes one directory level, percent-quoted to [A-Za-z0-9_.-] ("channels/item cf" →
+    "channels/item%20cf")."""
+    if not isinstance(name, str) or not name:
+        raise ArtifactError(f"component name must be a non-empty string, got {name!r}")
+    parts = name.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise ArtifactError(f"component name {name!r}: empty, '.' or '..' path parts are not allowed")
+    out = "/".join(quote(p, safe="") for p in parts)
+    if out == MANIFEST:
+        raise ArtifactError(f"component name {name!r} is reserved")
+    return out
+
+
+def plain_data(v: Any, where: str = "config") -> Any:
+    """A config (dataclasses, tuples, nested) as plain JSON data: dicts, lists, scalars."""
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return {f.name: plain_data(getattr(v, f.name), f"{where}.{f.name}") for f in dataclasses.fields(v)}
+    if isinstance(v, list | tuple):
+        return [plain_data(x, f"{where}[{i}]") for i, x in enumerate(v)]
+    if isinstance(v, dict):
+        return {str(k): plain_data(x, f"{where}.{k}") for k, x in v.items()}
+    if v is None or isinstance(v, bool | int | float | str):
+        return v
+    raise ArtifactError(f"{where}: {type(v).__name__} is not plain config data (dict, list, str, number, bool)")
+
+
+def dataset_schema(dataset: Any) -> dict[str, dict[str, str]]:
+    """{table: {column: polars dtype}} of a dataset's users, items and interactions."""
+    return {name: {c: str(t) for c, t in getattr(dataset, name).schema.items()}
+            for name in ("users", "items", "interactions") if hasattr(dataset, name)}
+
+
+def _version() -> str:
+    import funnelrec
+
+    return getattr(funnelrec, "__version__", "unknown")
+
+
+def _write_part(root: Path, name: str, obj: Any, rel: str | None = None) -> dict:
+    rel = rel or component_dir(name)
+    files = save_state(obj, root / rel)
+    return {"path": rel, "class": class_path(obj), "files": files,
+            "bytes": sum((root / rel / f).stat().st_size for f in files)}
+
+
+def _is_artifact_dir(p: Path) -> bool:
+    return p.is_dir() and (p / MANIFEST).is_file()
+
+
+def save_artifact(directory: str | Path, components: dict[str, Any], config: Any,
+                  schema: dict | None = None, meta: dict | None = None) -> Path:
+    """Write `components` ({name: object}) as an artifact directory; returns its path.
+    `config`: the funnel config (plain dict or dataclass); `schema`: the data's schema
+    ({table: {column: dtype}}; default: taken from a "dataset" component); `meta`: any
+    plain JSON facts (fit times, …). An existing artifact at `directory` is replaced whole."""
+    directory = Path(directory)
+    if directory.exists() and not _is_artifact_dir(directory):
+        raise ArtifactError(f"{directory}: exists and is not a funnelrec artifact directory; "
+                            f"remove it or choose another path")
+    dirs = {name: component_dir(name) for name in components}
+    for a, da in dirs.items():
+        for b, db in dirs.items():
+            if a != b and db.startswith(da + "/"):
+                raise ArtifactError(f"component {b!r} would sit inside component {a!r}; rename one")
+    if schema is None and "dataset" in components:
+        schema = dataset_schema(components["dataset"])
+    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION,
+                "created": datetime.now(UTC).isoformat(timespec="seconds"), "funnelrec": _version(),
+                "config": plain_data(config), "schema": plain_data(schema or {}, "schema"),
+                "meta": plain_data(meta or {}, "meta"), "components": {}}
+    tmp = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        for name, obj in components.items():
+            manifest["components"][name] = _write_part(tmp, name, obj, dirs[name])
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, allow_nan=False))
+        _swap_in(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def _swap_in(tmp: Path, target: Path) -> None:
+    """Rename `tmp` to `target`; an existing `target` is moved aside first and removed after."""
+    if not target.exists():
+        os.rename(tmp, target)
+        return
+    old = target.with_name(f"{target.name}.old-{os.getpid()}")
+    shutil.rmtree(old, ignore_errors=True)
+    os.rename(target, old)
+    os.rename(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def read_manifest(directory: str | Path) -> dict:
+    """The artifact's manifest, checked: format, version, and each component's path inside it."""
+    directory = Path(directory)
+    if directory.is_file():
+        with open(directory, "rb") as f:
+            head = f.read(len(PICKLE_MAGIC))
+        if head == PICKLE_MAGIC:
+            raise format1_error(directory)
+        raise ArtifactError(f"{directory}: a file, not a funnelrec artifact directory")
+    if not directory.exists():
+        raise ArtifactError(f"{directory}: funnel artifact not found; train one with `funnelrec train`")
+    p = directory / MANIFEST
+    try:
+        m = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise ArtifactError(f"{p}: file missing (not a funnelrec artifact directory)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{p}: corrupt ({e})") from None
+    if not isinstance(m, dict) or m.get("format") != FORMAT:
+        raise ArtifactError(f"{p}: not a {FORMAT} manifest (format={m.get('format') if isinstance(m, dict) else None!r})")
+    v = m.get("format_version")
+    if v != FORMAT_VERSION:
+        newer = isinstance(v, int) and v > FORMAT_VERSION
+        raise ArtifactError(f"{p}: format version {v!r}; this funnelrec reads version {FORMAT_VERSION}"
+                            + (" (written by a newer funnelrec: upgrade)" if newer else ""))
+    comps = m.get("components")
+    if not isinstance(comps, dict):
+        raise ArtifactError(f"{p}: corrupt (no components)")
+    root = directory.resolve()
+    for name, e in comps.items():
+        if not (isinstance(e, dict) and isinstance(e.get("path"), str) and isinstance(e.get("files"), dict)):
+            raise ArtifactError(f"{p}: component {name!r}: corrupt entry")
+        if not (root / e["path"]).resolve().is_relative_to(root):
+            raise ArtifactError(f"{p}: component {name!r}: path {e['path']!r} leaves the artifact directory")
+    return m
+
+
+def load_artifact(directory: str | Path, parts: list[str] | None = None, verify: bool = True,
+                  mmap: bool = False) -> tuple[dict, dict[str, Any]]:
+    """(manifest, {name: object}) of the components in `parts` (default: all); the others are
+    not read. verify: check the sha256 of every file of each loaded part against the manifest.
+    mmap: memory-map the parts' arrays read-only (shared between the workers of a machine)."""
+    directory = Path(directory)
+    m = read_manifest(directory)
+    comps = m["components"]
+    names = list(comps) if parts is None else list(parts)
+    unknown = [n for n in names if n not in comps]
+    if unknown:
+        raise ArtifactError(f"{directory}: no component {', '.join(map(repr, unknown))}; "
+                            f"components: {', '.join(comps)}")
+    out = {}
+    for n in names:
+        e = comps[n]
+        out[n] = load_state(directory / e["path"], verify=verify, checksums=e["files"] if verify else None, mmap=mmap)
+    return m, out
+
+
+def save_component(directory: str | Path, name: str, obj: Any) -> dict:
+    """Write (or replace) component `name` of an existing artifact: the part is written beside
+    the old one, then the manifest is replaced atomically, then the old part removed. Returns
+    the component's manifest entry. A reader that read the old manifest and is still reading
+    the old part can meet a missing file (a clear ArtifactError; reading again succeeds)."""
+    directory = Path(directory)
+    m = read_manifest(directory)
+    rel = component_dir(name)
+    old = m["components"].get(name, {}).get("path")
+    # a fresh directory name each time: the old part stays intact until the manifest moves on
+    k = 1
+    while (directory / f"{rel}.v{k}").exists():
+        k += 1
+    new_rel = f"{rel}.v{k}" if old is not None else rel
+    for other, e in m["components"].items():
+        p = e["path"]
+        if other != name and (p == new_rel or p.startswith(new_rel + "/") or new_rel.startswith(p + "/")):
+            raise ArtifactError(f"component {name!r} would overlap component {other!r}; rename one")
+    try:
+        entry = _write_part(directory, name, obj, new_rel)
+    except BaseException:
+        shutil.rmtree(directory / new_rel, ignore_errors=True)
+        raise
+    m["components"][name] = entry
+    tmp = directory / f"{MANIFEST}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(m, indent=1, allow_nan=False))
+    os.replace(tmp, directory / MANIFEST)
+    if old is not None and old != new_rel:
+        shutil.rmtree(directory / old, ignore_errors=True)
+    return entry
+
+
+# ---------------------------------------------------------------- format 1 → 2 (offline, trusted files only)
+def convert_pickle_artifact(old: str | Path, new: str | Path) -> Path:
+    """Rewrite a format-1 pickled funnel as an artifact directory. This UNPICKLES `old` (runs
+    whatever code it names): use it once, offline, on files you trust. Classes of the pickle
+    must still exist under their old names."""
+    from funnelrec.core.artifact import load_pickle
+
+    old, new = Path(old), Path(new)
+    funnel = load_pickle(old, PICKLE_MAGIC, object, "funnel", hint="")
+    components = legacy_components(funnel)
+    for name, obj in components.items():
+        _record_legacy_modules(obj, name)
+    config = getattr(funnel, "config", None)
+    dataset = components.get("dataset")
+    meta = {"converted_from": str(old), "fit_seconds": dict(funnel.__dict__.get("fit_seconds_", {}))}
+    return save_artifact(new, components, config=plain_data(config), schema=dataset_schema(dataset), meta=meta)
+
+
+def legacy_components(funnel: Any) -> dict[str, Any]:
+    """The components of an unpickled format-1 funnel: `components()` where the funnel has
+    it, else read from its attributes (dataset_, history_ + item_log_pop_ + user_log_act_ →
+    stats, channels_, ranker_, prerank_)."""
+    d = funnel.__dict__
+    if "stats_" in d and callable(getattr(funnel, "components", None)):
+        return funnel.components()
+    missing = [k for k in ("dataset_", "channels_", "history_", "item_log_pop_", "user_log_act_") if k not in d]
+    if missing:
+        raise ArtifactError(f"the pickled funnel lacks {', '.join(missing)} (not fitted, or not a funnel)")
+    from funnelrec.pipeline.funnel import FunnelStats
+
+    out: dict[str, Any] = {"dataset": d["dataset_"],
+                           "stats": FunnelStats(d["history_"], d["item_log_pop_"], d["user_log_act_"])}
+    out.update({f"channels/{n}": ch for n, ch in d["channels_"].items()})
+    for k in ("ranker", "prerank"):
+        if d.get(k + "_") is not None:
+            out[k] = d[k + "_"]
+    return out
+
+
+def _record_legacy_modules(obj: Any, where: str, seen: set[int] | None = None) -> None:
+    """Give every nn.Module in `obj`'s tree that was built before constructor records existed
+    the record it would have got (ranking models through build_ranker, the two towers by their
+    sizes); anything else is left for save_state to name."""
+    import torch
+
+    seen = set() if seen is None else seen
+    if id(obj) in seen or isinstance(obj, str | bytes | int | float | torch.Tensor) or obj is None:
+        return
+    seen.add(id(obj))
+    if isinstance(obj, torch.nn.Module):
+        if "_persist_init_" not in obj.__dict__:
+            _infer_record(obj)
+        return
+    if isinstance(obj, dict):
+        vals = list(obj.values())
+    elif isinstance(obj, list | tuple | set | frozenset):
+        vals = list(obj)
+    else:
+        vals = list(getattr(obj, "__dict__", {}).values())
+    for v in vals:
+        _record_legacy_modules(v, where, seen)
+
+
+def _infer_record(m: Any) -> None:
+    from torch import nn
+
+    from funnelrec.core.registry import RANKERS
+    from funnelrec.models.ranking.common import _plain, build_ranker, load_all
+    from funnelrec.models.ranking.prerank import TwoTowerPrerank
+    from funnelrec.models.recall.two_tower import TwoTowerModel
+
+    load_all()
+    name = getattr(type(m), "registered_name", None)
+    if name in RANKERS and RANKERS.get(name) is type(m) and hasattr(m, "spec"):
+        cfg = getattr(m, "config", None)
+        record_build(m, build_ranker, name, m.spec, _plain(cfg) if dataclasses.is_dataclass(cfg) else {})
+    elif type(m) is TwoTowerModel:
+        record_init(m, m.spec, m.config, sparse_grad=bool(m.item_id.sparse))
+    elif type(m) is TwoTowerPrerank:
+        linears = [x for x in m.user_tower.mlp if isinstance(x, nn.Linear)]
+        record_init(m, m.user_emb.num_embeddings, linears[-1].out_features,
+                    tuple(x.out_features for x in linears[:-1]), m.user_emb.embedding_dim,
+                    0 if m.dense is None else m.dense.in_features)
+
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "STATE_FILE", "component_dir", "convert_pickle_artifact", "dataset_schema",
+           "legacy_components", "load_artifact", "plain_data", "read_manifest", "save_artifact", "save_component"]
