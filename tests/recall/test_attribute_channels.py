@@ -123,19 +123,38 @@ def test_geo_recall_by_region_and_context():
 
 
 def test_author_recall_prefers_consumed_authors(world):
+    """n_authors = 1, no expansion: score(u, i) = share of u's history by its top director ×
+    pop(i)/max pop, over that director's unseen items — computed here from the raw rows (each
+    tiny-world item has one director). Users whose top director is tied get items of one of the
+    tied directors."""
     from funnelrec.recall.author import AuthorConfig, AuthorRecall
 
+    n = 5
     ch = AuthorRecall(AuthorConfig(k_similar=0, n_authors=1)).fit(world)
-    b = ch.recall(np.arange(world.n_users), 5)
-    fwd = ch.forward_
-    H = world.csr
+    b = ch.recall(np.arange(world.n_users), n)
+    items = world.dataset.items.sort("item_idx")
+    director = np.array([d[0] for d in items["directors"].to_list()])
+    inter = world.interactions
+    u_idx, i_idx = inter["user_idx"].to_numpy(), inter["item_idx"].to_numpy()
+    pop = np.bincount(i_idx, minlength=world.n_items).astype(float)
+    pop /= pop.max()
+    checked_exact = 0
     for u in range(world.n_users):
+        hist = i_idx[u_idx == u]
+        names, counts = np.unique(director[hist], return_counts=True)
+        top = names[counts == counts.max()]
+        unseen = np.setdiff1d(np.arange(world.n_items), hist)
         got = b.items[u][b.items[u] != PAD]
-        if len(got) == 0:
-            continue
-        counts = np.asarray((H[u] @ fwd.matrix).todense()).ravel()
-        top = np.flatnonzero(counts == counts.max())
-        assert all(fwd.matrix[i, top].sum() > 0 for i in got)
+        candidates = unseen[np.isin(director[unseen], top)]
+        assert len(got) == min(n, len(candidates)) or len(top) > 1, u  # never an empty row by accident
+        assert np.isin(director[got], top).all() and np.isin(got, unseen).all(), u
+        if len(top) == 1:
+            share = counts.max() / len(hist)
+            want = sorted(candidates.tolist(), key=lambda i: (-pop[i], i))[:n]
+            assert got.tolist() == want, u
+            np.testing.assert_allclose(b.scores[u][: len(want)], share * pop[want], rtol=1e-5)
+            checked_exact += 1
+    assert checked_exact >= 15  # 18 of the 40 tiny-world users have one top director
 
 
 def test_cache_recalls_the_request_state_minus_seen(world):
