@@ -1,27 +1,53 @@
-"""Estimators against statsmodels/scipy, closed forms, and small simulations."""
+"""Estimators against hand-computed cases, closed forms, scipy/statsmodels where our code does
+not call them, and seeded simulations (a wrong formula changes a false-positive rate)."""
 
 import math
 
 import numpy as np
 import pytest
 from scipy import stats as sps
-from statsmodels.stats.multitest import multipletests
-from statsmodels.stats.power import NormalIndPower
-from statsmodels.stats.proportion import confint_proportions_2indep, proportions_ztest
+from statsmodels.stats.proportion import confint_proportions_2indep
 
 from funnelrec.core.errors import DataError
 from funnelrec.experiments import stats as st
 
 
+def _normal_two_sided_p(z):
+    return math.erfc(abs(z) / math.sqrt(2))
+
+
 @pytest.mark.parametrize("xa,na,xb,nb", [(100, 1000, 130, 1000), (40, 500, 31, 700), (5, 60, 9, 45)])
-def test_two_proportion_ztest_matches_statsmodels(xa, na, xb, nb):
+def test_two_proportion_ztest_hand_computed(xa, na, xb, nb):
     r = st.two_proportion_ztest(xa, na, xb, nb)
-    z, p = proportions_ztest([xb, xa], [nb, na])
+    pooled = (xa + xb) / (na + nb)
+    z = (xb / nb - xa / na) / math.sqrt(pooled * (1 - pooled) * (1 / na + 1 / nb))
     assert r.statistic == pytest.approx(z, rel=1e-10)
-    assert r.p_value == pytest.approx(p, rel=1e-10)
+    assert r.p_value == pytest.approx(_normal_two_sided_p(z), rel=1e-10)
+    # the CI is ours (unpooled Wald); statsmodels computes it independently
     lo, hi = confint_proportions_2indep(xb, nb, xa, na, method="wald", compare="diff")
     assert r.abs_ci == pytest.approx((lo, hi), rel=1e-9)
     assert r.abs_lift == pytest.approx(xb / nb - xa / na)
+
+
+def test_two_proportion_ztest_first_case_by_hand():
+    # p̄ = 230/2000 = 0.115, se = sqrt(0.115·0.885·2/1000) = 0.0142671, z = 0.03/se = 2.10274
+    r = st.two_proportion_ztest(100, 1000, 130, 1000)
+    assert r.statistic == pytest.approx(2.10274, abs=1e-5)
+    assert r.p_value == pytest.approx(0.035485, abs=1e-5)
+
+
+def test_ztest_false_positive_rate_under_h0():
+    rng = np.random.default_rng(11)
+    n, rate = 3000, 0.08
+    xa, xb = rng.binomial(n, rate, 2000), rng.binomial(n, rate, 2000)
+    p = np.array([st.two_proportion_ztest(a, n, b, n).p_value for a, b in zip(xa, xb)])
+    assert 0.03 <= (p < 0.05).mean() <= 0.07
+    assert 0.07 <= (p < 0.10).mean() <= 0.13  # and the p-value is uniform further out, not just at 5 %
+
+
+def test_ztest_with_no_success_in_either_arm_tests_nothing():
+    r = st.two_proportion_ztest(0, 100, 0, 120)
+    assert (r.statistic, r.p_value, r.abs_lift) == (0.0, 1.0, 0.0)
 
 
 def test_welch_matches_scipy():
@@ -34,6 +60,20 @@ def test_welch_matches_scipy():
     assert r.df == pytest.approx(ref.df, rel=1e-10)
     ci = ref.confidence_interval(0.95)
     assert r.abs_ci == pytest.approx((ci.low, ci.high), rel=1e-9)
+
+
+def test_welch_false_positive_rate_under_h0_with_unequal_variances():
+    # pooled-variance t would be off here (small arm with the large sd); Welch holds its level
+    rng = np.random.default_rng(12)
+    p = np.array([st.welch_ttest(rng.normal(0, 1, 200), rng.normal(0, 4, 20)).p_value for _ in range(2000)])
+    assert 0.03 <= (p < 0.05).mean() <= 0.07
+
+
+def test_welch_on_constant_arms():
+    same = st.welch_ttest([2.0, 2.0, 2.0], [2.0, 2.0])
+    assert (same.statistic, same.p_value, same.df) == (0.0, 1.0, 3.0)
+    differ = st.welch_ttest([0.0, 0.0], [1.0, 1.0])
+    assert differ.statistic == math.inf and differ.p_value == 0.0
 
 
 def test_relative_ci_is_delta_method():
@@ -94,27 +134,58 @@ def test_srm_matches_scipy_chisquare():
     assert st.srm_check([5200, 4800], [1, 1]).mismatch  # p ≈ 6e-5
 
 
-def test_benjamini_hochberg_matches_statsmodels():
-    rng = np.random.default_rng(4)
-    p = np.concatenate([rng.uniform(size=30), rng.uniform(0, 0.002, 10), [0.01, 0.01, 0.04]])
-    rej, q = st.benjamini_hochberg(p, 0.05)
-    ref_rej, ref_q, _, _ = multipletests(p, alpha=0.05, method="fdr_bh")
-    np.testing.assert_allclose(q, ref_q, rtol=1e-12)
-    np.testing.assert_array_equal(rej, ref_rej)
+def test_benjamini_hochberg_hand_computed():
+    # sorted p: 0.005, 0.01, 0.03, 0.04 (m = 4) → m/j·p = 0.02, 0.02, 0.04, 0.04; running min from
+    # the top leaves them; 0.6 (rank 5 of m = 5) → 0.6 and every earlier q ≤ its successor
+    p = [0.01, 0.04, 0.6, 0.03, 0.005]
+    rej, q = st.benjamini_hochberg(p, 0.045)
+    np.testing.assert_allclose(q, [0.025, 0.05, 0.6, 0.05, 0.025], rtol=1e-12)
+    np.testing.assert_array_equal(rej, [True, False, False, False, True])
+    # the step-up: a large p-value cannot raise the q of a smaller one above its own
+    _, q2 = st.benjamini_hochberg([0.04, 0.041], 0.05)
+    np.testing.assert_allclose(q2, [0.041, 0.041])
 
 
-def test_power_and_sample_size_match_statsmodels():
-    ref = NormalIndPower()
-    h = st.cohens_h(0.10, 0.12)
-    assert st.power_two_proportions(0.10, 0.12, 2000, 3000) == pytest.approx(ref.power(h, 3000, 0.05, ratio=2000 / 3000))
-    assert st.sample_size_two_proportions(0.10, 0.12, power=0.9) == pytest.approx(ref.solve_power(h, None, 0.05, 0.9), rel=1e-6)
-    assert st.power_means(0.2, 2.0, 500) == pytest.approx(ref.power(0.1, 500, 0.05))
-    assert st.sample_size_means(0.1, 1.0, ratio=2) == pytest.approx(ref.solve_power(0.1, None, 0.05, 0.8, ratio=2), rel=1e-6)
+def test_benjamini_hochberg_controls_fdr_by_simulation():
+    # 2,000 families of 20 tests, 15 null (uniform p) and 5 with a real effect: the share of false
+    # discoveries among discoveries averages ≤ α·m0/m = 0.0375; no correction gives far more
+    rng = np.random.default_rng(13)
+    fdp, fdp_raw = [], []
+    for _ in range(2000):
+        z = np.r_[rng.normal(0, 1, 15), rng.normal(3, 1, 5)]
+        p = 2 * sps.norm.sf(np.abs(z))
+        rej, _ = st.benjamini_hochberg(p, 0.05)
+        fdp.append(rej[:15].sum() / max(rej.sum(), 1))
+        raw = p < 0.05
+        fdp_raw.append(raw[:15].sum() / max(raw.sum(), 1))
+    assert 0.025 <= np.mean(fdp) <= 0.05
+    assert np.mean(fdp_raw) > 0.09
+
+
+def test_power_closed_forms():
+    z = sps.norm.ppf(0.975)
+
+    def power(e, na, nb):
+        s = abs(e) * math.sqrt(1 / (1 / na + 1 / nb))
+        return sps.norm.sf(z - s) + sps.norm.cdf(-z - s)
+
+    h = 2 * math.asin(math.sqrt(0.12)) - 2 * math.asin(math.sqrt(0.10))
+    assert st.cohens_h(0.10, 0.12) == pytest.approx(h, rel=1e-12)
+    assert st.power_two_proportions(0.10, 0.12, 2000, 3000) == pytest.approx(power(h, 2000, 3000), rel=1e-9)
+    assert st.power_means(0.2, 2.0, 500) == pytest.approx(power(0.1, 500, 500), rel=1e-9)
+    # the solved n reaches the power, and is close to (z_{α/2} + z_β)²·(1 + 1/ratio)/h² (one tail)
+    n = st.sample_size_two_proportions(0.10, 0.12, power=0.9)
+    assert power(h, n, n) == pytest.approx(0.9, abs=1e-6)
+    assert n == pytest.approx((z + sps.norm.ppf(0.9)) ** 2 * 2 / h**2, rel=1e-3)
+    n = st.sample_size_means(0.1, 1.0, ratio=2)
+    assert power(0.1, n, 2 * n) == pytest.approx(0.8, abs=1e-6)
     # the MDE is the effect whose power is the target
     mde = st.mde_two_proportions(0.10, 5000)
-    assert st.power_two_proportions(0.10, 0.10 + mde, 5000) == pytest.approx(0.8, abs=1e-6)
+    assert st.power_two_proportions(0.10, 0.10 + mde, 5000) == pytest.approx(0.8, abs=1e-9)
     d = st.mde_means(3.0, 1000, 1000)
-    assert d == pytest.approx((sps.norm.ppf(0.975) + sps.norm.ppf(0.8)) * 3.0 * math.sqrt(2 / 1000), rel=1e-3)
+    assert d == pytest.approx((z + sps.norm.ppf(0.8)) * 3.0 * math.sqrt(2 / 1000), rel=1e-3)
+    with pytest.raises(DataError, match="no sample size reaches power"):
+        st.sample_size_means(1e-12, 1.0)
 
 
 def test_msprt_hand_value_and_monotone():
@@ -171,3 +242,39 @@ def test_bad_input_raises_data_error():
         st.power_means(0.1, 1.0, 0)
     with pytest.raises(DataError, match="arm sizes must be > 0"):
         st.mde_means(1.0, -5)
+
+
+def test_statistics_registry_holds_what_reports_pick():
+    from funnelrec.core.errors import UnknownComponentError
+    from funnelrec.core.registry import STATISTICS
+
+    assert {"z", "welch", "delta", "cuped", "msprt", "bh"} <= set(STATISTICS.names())
+    a, b = np.array([0.0, 1.0, 1.0, 0.0]), np.array([1.0, 1.0, 1.0, 0.0])
+    assert STATISTICS.get("z")((a,), (b,), 0.05) == st.two_proportion_ztest(2, 4, 3, 4)
+    with pytest.raises(DataError, match="0/1"):
+        STATISTICS.get("z")((a + 0.5,), (b,), 0.05)
+    with pytest.raises(UnknownComponentError, match="known: .*welch"):
+        STATISTICS.get("t-test")
+
+
+def test_report_picks_a_metrics_test_by_name():
+    import polars as pl
+
+    from funnelrec.experiments.report import MetricSpec, ReportConfig, build_report
+
+    rng = np.random.default_rng(14)
+    conv = rng.integers(0, 2, 400).astype(float)
+    df = pl.DataFrame({"user_id": np.arange(400), "variant": np.where(np.arange(400) < 200, "control", "b"),
+                       "clicked": conv})
+    rep = build_report(df, ReportConfig(metrics=(MetricSpec("z", kind="proportion", column="clicked"),
+                                                 MetricSpec("w", kind="proportion", column="clicked", test="welch"))))
+    assert rep.results[("z", "b")] == st.two_proportion_ztest(conv[:200].sum(), 200, conv[200:].sum(), 200)
+    welch = st.welch_ttest(conv[:200], conv[200:])
+    assert rep.results[("w", "b")].df == pytest.approx(welch.df, rel=1e-12)  # Student t: a df, unlike z
+    assert rep.results[("w", "b")].p_value == pytest.approx(welch.p_value, rel=1e-12)
+    with pytest.raises(ValueError, match="'delta' takes numerator, denominator per user"):
+        MetricSpec("x", test="delta")
+    with pytest.raises(ValueError, match="'msprt' is a sequential statistic"):
+        MetricSpec("x", test="msprt")
+    with pytest.raises(ValueError, match="multiple_testing: 'msprt' is not"):
+        ReportConfig(metrics=(MetricSpec("x"),), multiple_testing="msprt")

@@ -4,9 +4,14 @@ Input: a polars table with one row per user (or per user and day) carrying `user
 `variant`, the metric columns, optionally a `day` column and pre-period covariate columns.
 Rows of one user are aggregated first (users are the randomisation unit):
 
-- kind "mean":       per-user sum of `column`; Welch t-test, CUPED when `covariate` is set;
-- kind "proportion": per-user max of a 0/1 `column` (did the user convert); two-proportion z-test;
-- kind "ratio":      per-user sums of `numerator` and `denominator`; delta-method z-test.
+- kind "mean":       per-user sum of `column`; Welch t-test ("welch"), CUPED ("cuped") when
+                      `covariate` is set;
+- kind "proportion": per-user max of a 0/1 `column` (did the user convert); two-proportion z-test ("z");
+- kind "ratio":      per-user sums of `numerator` and `denominator`; delta-method z-test ("delta").
+
+The names are entries of `stats.STATISTICS`; a metric may pick another test whose inputs fit
+(`MetricSpec(test="welch")` on a proportion), and the config picks the sequential test
+(`sequential_test`, "msprt") and the multiple-testing correction (`multiple_testing`, "bh").
 
 A row's `value` is the arm's estimate the test uses (the CUPED-adjusted mean when a covariate is
 set). Every treatment arm is compared with the control arm; p-values are adjusted over all
@@ -36,8 +41,9 @@ import numpy as np
 import polars as pl
 
 from funnelrec.core.errors import DataError
+from funnelrec.core.registry import STATISTICS
 from funnelrec.experiments import stats
-from funnelrec.experiments.stats import SRMResult, TestResult
+from funnelrec.experiments.stats import SRMResult, Statistic, TestResult
 
 __all__ = ["MetricSpec", "ReportConfig", "ReportRow", "Report", "build_report", "analyze_metric"]
 
@@ -53,6 +59,7 @@ class MetricSpec:
     denominator: str | None = None
     covariate: str | None = None  # pre-period column for CUPED (kind "mean" only)
     higher_is_better: bool = True
+    test: str | None = None  # a two-sample entry of STATISTICS; default by kind (module doc)
 
     def __post_init__(self) -> None:
         if self.kind == "ratio" and not (self.numerator and self.denominator):
@@ -61,12 +68,37 @@ class MetricSpec:
             raise ValueError(f"metric {self.name!r}: numerator/denominator are for kind 'ratio'")
         if self.covariate and self.kind != "mean":
             raise ValueError(f"metric {self.name!r}: CUPED covariate is supported for kind 'mean' only")
+        stat = self.statistic  # an unknown name raises here, listing the known ones
+        if stat.role != "two_sample":
+            raise ValueError(f"metric {self.name!r}: test {self.test_name!r} is a {stat.role} statistic, not a two-sample test")
+        if stat.inputs != self.inputs:
+            raise ValueError(f"metric {self.name!r}: test {self.test_name!r} takes {', '.join(stat.inputs)} per user, "
+                             f"the metric gives {', '.join(self.inputs)}")
+        if stat.binary and self.kind != "proportion":
+            raise ValueError(f"metric {self.name!r}: test {self.test_name!r} needs kind 'proportion'")
 
     @property
     def columns(self) -> list[str]:
         if self.kind == "ratio":
             return [self.numerator, self.denominator]  # type: ignore[list-item]
         return [self.column or self.name]
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """What the metric hands its test per user, in order (see `stats.Statistic`)."""
+        if self.kind == "ratio":
+            return ("numerator", "denominator")
+        return ("value", "covariate") if self.covariate else ("value",)
+
+    @property
+    def test_name(self) -> str:
+        if self.test:
+            return self.test
+        return {"proportion": "z", "ratio": "delta"}.get(self.kind, "cuped" if self.covariate else "welch")
+
+    @property
+    def statistic(self) -> Statistic:
+        return STATISTICS.get(self.test_name)
 
 
 @dataclass(frozen=True)
@@ -80,6 +112,8 @@ class ReportConfig:
     alpha: float = 0.05
     srm_alpha: float = 0.001
     msprt_tau: float = 0.05
+    sequential_test: str = "msprt"  # STATISTICS entry of role "sequential" for the daily looks
+    multiple_testing: str = "bh"  # STATISTICS entry of role "multiple_testing" over (metric, arm)
     title: str = "Experiment report"
 
     def __post_init__(self) -> None:
@@ -93,6 +127,10 @@ class ReportConfig:
                 raise ValueError(f"{key} must be in (0, 1), got {getattr(self, key)}")
         if self.msprt_tau <= 0:
             raise ValueError(f"msprt_tau must be > 0, got {self.msprt_tau}")
+        for key, role in (("sequential_test", "sequential"), ("multiple_testing", "multiple_testing")):
+            name = getattr(self, key)
+            if STATISTICS.get(name).role != role:
+                raise ValueError(f"{key}: {name!r} is not a {role} statistic")
 
 
 @dataclass(frozen=True)
@@ -143,23 +181,15 @@ def _cumulative_per_user(df: pl.DataFrame, cfg: ReportConfig, days: list) -> lis
 
 def analyze_metric(per_user: pl.DataFrame, metric: MetricSpec, control: str, treatment: str, *,
                    variant_column: str = "variant", alpha: float = 0.05) -> TestResult:
-    """The test of `metric` for one arm against control on per-user rows (see module doc)."""
+    """The test of `metric` for one arm against control on per-user rows: `metric.statistic`
+    (STATISTICS) on the arms' columns, covariate last (see module doc)."""
+    cols = [*metric.columns, *([metric.covariate] if metric.covariate else [])]
     a = per_user.filter(pl.col(variant_column) == control)
     b = per_user.filter(pl.col(variant_column) == treatment)
-    if metric.kind == "proportion":
-        col = metric.columns[0]
-        xa, xb = a[col].to_numpy(), b[col].to_numpy()
-        if not (np.isin(xa, (0.0, 1.0)).all() and np.isin(xb, (0.0, 1.0)).all()):
-            raise DataError(f"proportion metric {metric.name!r}: column {col!r} must be 0/1 per user")
-        return stats.two_proportion_ztest(int(xa.sum()), xa.size, int(xb.sum()), xb.size, alpha=alpha)
-    if metric.kind == "ratio":
-        n, d = metric.columns
-        return stats.delta_method_ratio_test(a[n].to_numpy(), a[d].to_numpy(), b[n].to_numpy(), b[d].to_numpy(), alpha=alpha)
-    col = metric.columns[0]
-    if metric.covariate:
-        c = metric.covariate
-        return stats.cuped_ttest(a[col].to_numpy(), a[c].to_numpy(), b[col].to_numpy(), b[c].to_numpy(), alpha=alpha)
-    return stats.welch_ttest(a[col].to_numpy(), b[col].to_numpy(), alpha=alpha)
+    try:
+        return metric.statistic(tuple(a[c].to_numpy() for c in cols), tuple(b[c].to_numpy() for c in cols), alpha)
+    except DataError as e:
+        raise DataError(f"metric {metric.name!r} ({metric.test_name}, columns {', '.join(cols)}): {e}") from e
 
 
 def _fmt(x: float | None, pct: bool = False) -> str:
@@ -357,19 +387,20 @@ def build_report(df: pl.DataFrame, config: ReportConfig) -> Report:
     for m in cfg.metrics:
         for v in variants[1:]:
             results[(m.name, v)] = analyze_metric(per_user, m, cfg.control, v, variant_column=cfg.variant_column, alpha=cfg.alpha)
-    _, q = stats.benjamini_hochberg([r.p_value for r in results.values()], cfg.alpha)
+    _, q = STATISTICS.get(cfg.multiple_testing)([r.p_value for r in results.values()], cfg.alpha)
     qv = dict(zip(results, q.tolist()))
 
     daily: dict[tuple[str, str], pl.DataFrame] = {}
     if has_days:
+        sequential = STATISTICS.get(cfg.sequential_test)
         for (mname, v), final in results.items():
             m = next(x for x in cfg.metrics if x.name == mname)
             tau2 = (cfg.msprt_tau * abs(final.control)) ** 2 or 1e-12
             rs = [_early_look(pu, m, cfg, v) for pu in per_day]
             diffs = np.array([r.abs_lift for r in rs])
             var = np.array([r.diff_variance for r in rs])  # 0 where a look had too little data
-            pav = stats.msprt_pvalues(diffs, var, tau2)
-            cis = np.array([stats.msprt_confidence_interval(d, s, tau2, cfg.alpha) for d, s in zip(diffs, var)])
+            pav = sequential(diffs, var, tau2)
+            cis = np.array([sequential.interval(d, s, tau2, cfg.alpha) for d, s in zip(diffs, var)])
             # a confidence sequence: intersect the intervals of all looks so far
             lo, hi = np.maximum.accumulate(cis[:, 0]), np.minimum.accumulate(cis[:, 1])
             ctrl = np.array([r.control for r in rs])

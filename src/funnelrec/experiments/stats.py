@@ -1,4 +1,6 @@
-"""A/B statistics: estimators written here, distributions from scipy.stats.
+"""A/B statistics. The textbook tests come from statsmodels (two-proportion z, Welch,
+Benjamini–Hochberg, normal power); what it lacks is written here: the delta method for ratio
+metrics, CUPED, the sample-ratio check and mSPRT always-valid p-values.
 
 Every two-arm test compares a treatment arm (B) with a control arm (A) and returns a
 `TestResult` whose lift is B − A (absolute) and B / A − 1 (relative), each with a confidence
@@ -9,28 +11,41 @@ interval, so a positive lift always means "treatment is higher".
     (0.03, 0.0355)
 
 Estimators
-- two-proportion z-test (pooled variance under H0, unpooled Wald CI);
-- Welch t-test on per-user values (Welch–Satterthwaite degrees of freedom);
+- two-proportion z-test (pooled variance under H0, unpooled Wald CI; statsmodels);
+- Welch t-test on per-user values (Welch–Satterthwaite degrees of freedom; statsmodels);
 - delta method for ratio metrics R = ΣN / ΣD aggregated per user;
 - CUPED: Y' = Y − θ (X − X̄) with θ = cov(X, Y) / var(X) on a pre-period covariate X;
 - sample-ratio mismatch: χ² goodness of fit of arm sizes against configured shares;
 - mSPRT always-valid p-values (normal mixture, mixing variance τ²; Johari, Pekelis & Walsh 2017);
-- Benjamini–Hochberg false-discovery-rate control;
-- power, sample size and minimum detectable effect for proportions (Cohen's h) and means.
+- Benjamini–Hochberg false-discovery-rate control (statsmodels);
+- power, sample size and minimum detectable effect for proportions (Cohen's h) and means
+  (statsmodels' NormalIndPower).
+
+`STATISTICS` names the tests an experiment report picks: "z", "welch", "delta", "cuped"
+(two-sample), "msprt" (sequential) and "bh" (multiple testing); see `Statistic`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 from scipy import optimize, special, stats
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.power import NormalIndPower
+from statsmodels.stats.proportion import proportion_effectsize, proportions_ztest
+from statsmodels.stats.weightstats import CompareMeans, DescrStatsW
 
 from funnelrec.core.errors import DataError
+from funnelrec.core.registry import STATISTICS
 
 __all__ = [
+    "STATISTICS",
+    "Statistic",
     "TestResult",
     "SRMResult",
     "difference_test",
@@ -103,6 +118,24 @@ def _relative(ma: float, va: float, mb: float, vb: float, crit: float) -> tuple[
     return rel, (rel - crit * se, rel + crit * se)
 
 
+def _result(control: float, var_control: float, treatment: float, var_treatment: float, *, statistic: float,
+            p_value: float, se: float, abs_ci: tuple[float, float], crit: float, df: float | None) -> TestResult:
+    rel, rel_ci = _relative(control, var_control, treatment, var_treatment, crit)
+    return TestResult(
+        control=float(control),
+        treatment=float(treatment),
+        abs_lift=float(treatment - control),
+        abs_ci=(float(abs_ci[0]), float(abs_ci[1])),
+        rel_lift=rel,
+        rel_ci=rel_ci,
+        statistic=float(statistic),
+        p_value=float(p_value),
+        se=float(se),
+        diff_variance=float(var_control + var_treatment),
+        df=None if df is None else float(df),
+    )
+
+
 def difference_test(
     control: float,
     var_control: float,
@@ -116,7 +149,8 @@ def difference_test(
     """Test B − A = 0 for two independent estimates with variances `var_*` (of the estimates).
 
     statistic = (B − A) / se with se = sqrt(var_A + var_B) (or `null_se`); two-sided p from
-    N(0, 1), or from Student t with `df` degrees of freedom when given.
+    N(0, 1), or from Student t with `df` degrees of freedom when given. se = 0 (no variation)
+    gives statistic 0 and p = 1 when B = A, ±inf and p = 0 otherwise.
     """
     diff = treatment - control
     se_alt = math.sqrt(var_control + var_treatment)
@@ -124,20 +158,8 @@ def difference_test(
     stat = diff / se if se > 0 else (0.0 if diff == 0 else math.copysign(math.inf, diff))
     p = float(2 * (special.ndtr(-abs(stat)) if df is None else special.stdtr(df, -abs(stat))))
     crit = _critical(alpha, df)
-    rel, rel_ci = _relative(control, var_control, treatment, var_treatment, crit)
-    return TestResult(
-        control=float(control),
-        treatment=float(treatment),
-        abs_lift=float(diff),
-        abs_ci=(diff - crit * se_alt, diff + crit * se_alt),
-        rel_lift=rel,
-        rel_ci=rel_ci,
-        statistic=float(stat),
-        p_value=p,
-        se=float(se),
-        diff_variance=float(var_control + var_treatment),
-        df=df,
-    )
+    return _result(control, var_control, treatment, var_treatment, statistic=stat, p_value=p, se=se,
+                   abs_ci=(diff - crit * se_alt, diff + crit * se_alt), crit=crit, df=df)
 
 
 def two_proportion_ztest(
@@ -148,19 +170,26 @@ def two_proportion_ztest(
     *,
     alpha: float = 0.05,
 ) -> TestResult:
-    """z = (p_B − p_A) / sqrt(p̄(1 − p̄)(1/n_A + 1/n_B)), p̄ = (x_A + x_B)/(n_A + n_B).
+    """z = (p_B − p_A) / sqrt(p̄(1 − p̄)(1/n_A + 1/n_B)), p̄ = (x_A + x_B)/(n_A + n_B)
+    (statsmodels' `proportions_ztest`).
 
-    The CI of the difference uses the unpooled variance p(1 − p)/n of each arm.
+    The CI of the difference uses the unpooled variance p(1 − p)/n of each arm. With p̄ = 0 or 1
+    (no arm has a success, or every user converted) there is nothing to test: z = 0, p = 1.
     """
     for x, n, arm in ((successes_control, n_control, "control"), (successes_treatment, n_treatment, "treatment")):
         if n <= 0 or not 0 <= x <= n:
             raise DataError(f"{arm}: need 0 <= successes <= n and n > 0, got {x} of {n}")
     pa, pb = successes_control / n_control, successes_treatment / n_treatment
+    va, vb = pa * (1 - pa) / n_control, pb * (1 - pb) / n_treatment
     pooled = (successes_control + successes_treatment) / (n_control + n_treatment)
+    if pooled in (0.0, 1.0):
+        return difference_test(pa, va, pb, vb, null_se=0.0, alpha=alpha)
+    z, p = proportions_ztest([successes_treatment, successes_control], [n_treatment, n_control])
     null_se = math.sqrt(pooled * (1 - pooled) * (1 / n_control + 1 / n_treatment))
-    return difference_test(
-        pa, pa * (1 - pa) / n_control, pb, pb * (1 - pb) / n_treatment, null_se=null_se, alpha=alpha
-    )
+    crit = _critical(alpha, None)
+    half = crit * math.sqrt(va + vb)
+    return _result(pa, va, pb, vb, statistic=z, p_value=p, se=null_se, abs_ci=(pb - pa - half, pb - pa + half),
+                   crit=crit, df=None)
 
 
 def _as_1d(x: Sequence[float] | np.ndarray, name: str, min_len: int = 2) -> np.ndarray:
@@ -173,16 +202,22 @@ def _as_1d(x: Sequence[float] | np.ndarray, name: str, min_len: int = 2) -> np.n
 
 
 def welch_ttest(control: Sequence[float] | np.ndarray, treatment: Sequence[float] | np.ndarray, *, alpha: float = 0.05) -> TestResult:
-    """Welch's t-test on per-user values.
+    """Welch's t-test on per-user values (statsmodels' `CompareMeans.ttest_ind(usevar="unequal")`).
 
     t = (Ȳ_B − Ȳ_A) / sqrt(s²_A/n_A + s²_B/n_B);
     df = (s²_A/n_A + s²_B/n_B)² / ((s²_A/n_A)²/(n_A − 1) + (s²_B/n_B)²/(n_B − 1)).
+    Both arms constant (s² = 0, e.g. a metric nobody has triggered yet): t = 0 and p = 1 when the
+    means agree, ±inf and p = 0 otherwise, with df = n_A + n_B − 2.
     """
     a, b = _as_1d(control, "control"), _as_1d(treatment, "treatment")
     va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
-    denom = va**2 / (a.size - 1) + vb**2 / (b.size - 1)
-    df = (va + vb) ** 2 / denom if denom > 0 else float(a.size + b.size - 2)
-    return difference_test(float(a.mean()), va, float(b.mean()), vb, df=float(df), alpha=alpha)
+    if va + vb == 0:
+        return difference_test(float(a.mean()), 0.0, float(b.mean()), 0.0, df=float(a.size + b.size - 2), alpha=alpha)
+    cm = CompareMeans(DescrStatsW(b), DescrStatsW(a))
+    t, p, df = cm.ttest_ind(usevar="unequal")
+    lo, hi = cm.tconfint_diff(alpha=alpha, usevar="unequal")
+    return _result(float(a.mean()), va, float(b.mean()), vb, statistic=t, p_value=p, se=math.sqrt(va + vb),
+                   abs_ci=(lo, hi), crit=_critical(alpha, df), df=df)
 
 
 def ratio_mean_and_variance(numerator: Sequence[float] | np.ndarray, denominator: Sequence[float] | np.ndarray) -> tuple[float, float]:
@@ -298,20 +333,19 @@ def msprt_confidence_interval(diff: float, variance: float, tau2: float, alpha: 
 
 
 def benjamini_hochberg(pvalues: Sequence[float] | np.ndarray, alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
-    """q_(i) = min_{j ≥ i} (m / j) · p_(j) over the sorted p-values; reject where q ≤ α.
+    """q_(i) = min_{j ≥ i} (m / j) · p_(j) over the sorted p-values; reject where q ≤ α
+    (statsmodels' `multipletests(method="fdr_bh")`).
 
     Returns (reject: bool (m,), q-values: float (m,)) in the input order.
     """
     p = np.asarray(pvalues, dtype=np.float64).ravel()
     if np.any((p < 0) | (p > 1)) or np.any(np.isnan(p)):
         raise DataError("Benjamini-Hochberg: p-values must lie in [0, 1]")
-    m = p.size
-    order = np.argsort(p)
-    scaled = p[order] * m / np.arange(1, m + 1)
-    q_sorted = np.minimum(np.minimum.accumulate(scaled[::-1])[::-1], 1.0)
-    q = np.empty(m)
-    q[order] = q_sorted
-    return q <= alpha, q
+    _critical(alpha, None)
+    if p.size == 0:
+        return np.zeros(0, dtype=bool), np.zeros(0)
+    reject, q, _, _ = multipletests(p, alpha=alpha, method="fdr_bh")
+    return reject, q
 
 
 # ---- power and minimum detectable effect -------------------------------------------------
@@ -322,17 +356,38 @@ def cohens_h(p_control: float, p_treatment: float) -> float:
     for name, p in (("p_control", p_control), ("p_treatment", p_treatment)):
         if not 0.0 <= p <= 1.0:
             raise DataError(f"{name} must be a proportion in [0, 1], got {p}")
-    return 2 * math.asin(math.sqrt(p_treatment)) - 2 * math.asin(math.sqrt(p_control))
+    return float(proportion_effectsize(p_treatment, p_control))
+
+
+_POWER = NormalIndPower()
 
 
 def _normal_power(effect: float, n_control: float, n_treatment: float, alpha: float) -> float:
     """Two-sided power of a z-test on a standardised effect: Φ(|e|·√ñ − z) + Φ(−|e|·√ñ − z),
-    ñ = 1 / (1/n_A + 1/n_B) (both rejection tails, as statsmodels' NormalIndPower)."""
+    ñ = 1 / (1/n_A + 1/n_B) (both rejection tails; statsmodels' NormalIndPower)."""
     if not (n_control > 0 and n_treatment > 0):
         raise DataError(f"arm sizes must be > 0, got n_control={n_control}, n_treatment={n_treatment}")
-    crit = _critical(alpha, None)
-    shift = abs(effect) * math.sqrt(1 / (1 / n_control + 1 / n_treatment))
-    return float(stats.norm.sf(crit - shift) + stats.norm.cdf(-crit - shift))
+    return float(_POWER.power(effect, n_control, alpha, ratio=n_treatment / n_control))
+
+
+def _solve(what: str, **kwargs: Any) -> float:
+    """NormalIndPower.solve_power for the sample size (nobs1=None); a root it cannot find (an
+    effect too small for any n) is a DataError, not NaN."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # statsmodels warns, then returns NaN: we raise instead
+        x = float(np.squeeze(_POWER.solve_power(**kwargs)))
+    if not (math.isfinite(x) and x > 0):
+        raise DataError(f"no {what} reaches power {kwargs['power']} at alpha {kwargs['alpha']}")
+    return x
+
+
+def _solve_effect(n_control: float, n_treatment: float, alpha: float, power: float, top: float) -> float:
+    """The standardised effect whose power is `power`, by brentq to 1e-12 on statsmodels' power
+    curve: solve_power(effect_size=None) stops at ~1e-5 in power, visible in an MDE table."""
+    if _normal_power(top, n_control, n_treatment, alpha) < power:
+        raise DataError(f"no effect below {top} reaches power {power} with these sample sizes")
+    return float(optimize.brentq(lambda e: _normal_power(e, n_control, n_treatment, alpha) - power, 1e-12, top,
+                                 xtol=1e-14))
 
 
 def _check_power_args(alpha: float, power: float | None = None, ratio: float = 1.0) -> None:
@@ -349,30 +404,23 @@ def power_two_proportions(p_control: float, p_treatment: float, n_control: float
     return _normal_power(cohens_h(p_control, p_treatment), n_control, n_treatment or n_control, alpha)
 
 
-def _solve_n(power_at: callable, power: float) -> float:  # type: ignore[valid-type]
-    hi = 1.0
-    while power_at(hi) < power:
-        hi *= 2
-        if hi > 1e15:
-            raise DataError("the effect is too small to detect with any sample size")
-    return float(optimize.brentq(lambda n: power_at(n) - power, 1e-9 if hi == 1 else hi / 2, hi, xtol=1e-10))
-
-
 def sample_size_two_proportions(p_control: float, p_treatment: float, *, alpha: float = 0.05, power: float = 0.8, ratio: float = 1.0) -> float:
     """Users in the control arm (treatment arm = ratio × control) to reach `power`."""
     _check_power_args(alpha, power, ratio)
     h = cohens_h(p_control, p_treatment)
     if h == 0:
         raise DataError("p_control equals p_treatment: nothing to detect")
-    return _solve_n(lambda n: _normal_power(h, n, ratio * n, alpha), power)
+    return _solve("sample size", effect_size=abs(h), nobs1=None, alpha=alpha, power=power, ratio=ratio)
 
 
 def mde_two_proportions(p_control: float, n_control: float, n_treatment: float | None = None, *, alpha: float = 0.05, power: float = 0.8) -> float:
     """Smallest absolute increase p_B − p_A detectable with `power` (upward direction)."""
     _check_power_args(alpha, power)
     cohens_h(p_control, p_control)  # validates p_control
+    if not n_control > 0:
+        raise DataError(f"arm sizes must be > 0, got n_control={n_control}")
     nb = n_treatment or n_control
-    h = float(optimize.brentq(lambda e: _normal_power(e, n_control, nb, alpha) - power, 1e-12, math.pi))
+    h = _solve_effect(n_control, nb, alpha, power, math.pi)
     top = math.asin(math.sqrt(p_control)) + h / 2
     if top >= math.pi / 2:
         raise DataError("no detectable increase below p = 1 with these sample sizes")
@@ -392,7 +440,7 @@ def sample_size_means(delta: float, sd: float, *, alpha: float = 0.05, power: fl
     _check_power_args(alpha, power, ratio)
     if delta == 0 or sd <= 0:
         raise DataError("need delta != 0 and sd > 0")
-    return _solve_n(lambda n: _normal_power(delta / sd, n, ratio * n, alpha), power)
+    return _solve("sample size", effect_size=abs(delta) / sd, nobs1=None, alpha=alpha, power=power, ratio=ratio)
 
 
 def mde_means(sd: float, n_control: float, n_treatment: float | None = None, *, alpha: float = 0.05, power: float = 0.8) -> float:
@@ -400,6 +448,50 @@ def mde_means(sd: float, n_control: float, n_treatment: float | None = None, *, 
     _check_power_args(alpha, power)
     if sd <= 0:
         raise DataError(f"sd must be > 0, got {sd}")
+    if not n_control > 0 or (n_treatment is not None and not n_treatment > 0):
+        raise DataError(f"arm sizes must be > 0, got n_control={n_control}, n_treatment={n_treatment}")
     nb = n_treatment or n_control
-    d = float(optimize.brentq(lambda e: _normal_power(e, n_control, nb, alpha) - power, 1e-12, 1e3))
-    return d * sd
+    return _solve_effect(n_control, nb, alpha, power, 1e3) * sd
+
+
+# ---- the tests a report picks by name ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Statistic:
+    """One entry of `STATISTICS`.
+
+    role "two_sample": `run(control, treatment, alpha)` → TestResult, where control and
+        treatment are tuples of per-user arrays, one per name in `inputs`
+        ("value", "covariate", "numerator", "denominator");
+    role "sequential": `run(diffs, variances, tau2)` → always-valid p-values per look, and
+        `interval(diff, variance, tau2, alpha)` → the always-valid CI at one look;
+    role "multiple_testing": `run(pvalues, alpha)` → (reject, q-values).
+    """
+
+    role: Literal["two_sample", "sequential", "multiple_testing"]
+    run: Callable[..., Any]
+    inputs: tuple[str, ...] = ()
+    binary: bool = False  # two-sample tests of 0/1 values per user (the z-test)
+    interval: Callable[..., tuple[float, float]] | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.run(*args, **kwargs)
+
+
+def _z_on_users(control: tuple[np.ndarray, ...], treatment: tuple[np.ndarray, ...], alpha: float) -> TestResult:
+    xa, xb = (np.asarray(c[0], dtype=np.float64) for c in (control, treatment))
+    if not (np.isin(xa, (0.0, 1.0)).all() and np.isin(xb, (0.0, 1.0)).all()):
+        raise DataError("the z-test needs 0/1 values per user")
+    return two_proportion_ztest(int(xa.sum()), xa.size, int(xb.sum()), xb.size, alpha=alpha)
+
+
+STATISTICS.register("z")(Statistic("two_sample", _z_on_users, ("value",), binary=True))
+STATISTICS.register("welch")(Statistic("two_sample", lambda a, b, alpha: welch_ttest(a[0], b[0], alpha=alpha), ("value",)))
+STATISTICS.register("delta")(Statistic(
+    "two_sample", lambda a, b, alpha: delta_method_ratio_test(a[0], a[1], b[0], b[1], alpha=alpha),
+    ("numerator", "denominator")))
+STATISTICS.register("cuped")(Statistic(
+    "two_sample", lambda a, b, alpha: cuped_ttest(a[0], a[1], b[0], b[1], alpha=alpha), ("value", "covariate")))
+STATISTICS.register("msprt")(Statistic("sequential", msprt_pvalues, interval=msprt_confidence_interval))
+STATISTICS.register("bh")(Statistic("multiple_testing", benjamini_hochberg))
