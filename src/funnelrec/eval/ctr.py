@@ -86,6 +86,21 @@ def load_ctr_config(model: str) -> dict[str, Any]:
     return load_yaml(p) if p.exists() else {}
 
 
+def parse_ctr_config(model: str, raw: dict[str, Any]) -> CTRConfig:
+    """The strict CTRConfig of `model`, its sections checked too before any data is read:
+    `features` against FeatureEncoderConfig, `trainer` against TrainerConfig, `model` against
+    the ranker's own config, each error naming its key path ("ctr config of deepfm: model.…")."""
+    where = f"ctr config of {model}"
+    cfg = from_dict(CTRConfig, raw, where)
+    from_dict(FeatureEncoderConfig, {**RECBOLE_FEATURES, **cfg.features}, where, path="features")
+    from_dict(TrainerConfig, cfg.trainer, where, path="trainer")
+    load_all()
+    cfg_cls = getattr(RANKERS.get(model), "Config", None)
+    if cfg_cls is not None:
+        from_dict(cfg_cls, cfg.model, where, path="model")
+    return cfg
+
+
 @torch.inference_mode()
 def predict(model: torch.nn.Module, batch: dict[str, torch.Tensor], task: str = "ctr",
             batch_size: int = 8192) -> np.ndarray:
@@ -124,12 +139,13 @@ def domain_codes(dataset: Dataset, column: str) -> tuple[np.ndarray, list[str]]:
 def _prepare(dataset: Dataset, model: str, config: dict | None, seed: int):
     """Strict config, global split, train-only features: (cfg, split, encoder, tensors, prep s)."""
     raw = load_ctr_config(model) if config is None else config
-    cfg = from_dict(CTRConfig, raw, f"ctr config of {model}")
+    cfg = parse_ctr_config(model, raw)
     if "rating" not in dataset.interactions.columns:
         raise DataError(f"dataset {dataset.name!r} has no 'rating' column for the CTR protocol")
     t0 = time.perf_counter()
     split = random_split_global(dataset.interactions, seed=seed)
-    feats = from_dict(FeatureEncoderConfig, {**RECBOLE_FEATURES, **cfg.features}, "features")
+    feats = from_dict(FeatureEncoderConfig, {**RECBOLE_FEATURES, **cfg.features}, f"ctr config of {model}",
+                      path="features")
     enc = FeatureEncoder(feats).fit(TrainData(dataset, split.train))
     tensors = tuple(enc.encode(p) for p in (split.train, split.valid, split.test))
     return cfg, split, enc, tensors, time.perf_counter() - t0

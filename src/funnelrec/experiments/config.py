@@ -209,4 +209,4 @@ class ExperimentsConfig:
 
 def load_experiments_config(path: str | Path) -> ExperimentsConfig:
     """Read and type-check the YAML file; cross-object checks happen in ExperimentPlatform."""
-    return from_dict(ExperimentsConfig, load_yaml(path))
+    return from_dict(ExperimentsConfig, load_yaml(path), "experiments config")

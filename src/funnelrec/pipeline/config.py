@@ -119,15 +119,17 @@ class FunnelConfig:
             raise ConfigError("k must be ≥ 1")
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> FunnelConfig:
-        cfg = from_dict(cls, data, "funnel config")
-        cfg.check_params()
+    def from_dict(cls, data: dict[str, Any], where: str = "funnel config", *, path: str = "") -> FunnelConfig:
+        """Strict (core/config.py); `where`/`path` name a funnel config nested in another one."""
+        cfg = from_dict(cls, data, where, path=path)
+        cfg.check_params(where, path)
         return cfg
 
-    def check_params(self) -> None:
+    def check_params(self, where: str = "funnel config", path: str = "") -> None:
         """Validate each channel's and the ranker's `params` against their registered config
         classes, so that a typo fails when the YAML is read, naming its key path
         ("funnel config: rank.params.embedding_dim: …"), not when the funnel is fitted."""
+        at = f"{path}." if path else ""
         import funnelrec.recall  # noqa: F401  (registers every channel)
         from funnelrec.core.registry import RANKERS, RECALL_CHANNELS, Registry
         from funnelrec.models.ranking.common import load_all
@@ -136,17 +138,17 @@ class FunnelConfig:
             try:
                 return registry.get(name)
             except UnknownComponentError as e:
-                raise UnknownComponentError(f"funnel config: {key}: {e}") from None
+                raise UnknownComponentError(f"{where}: {at}{key}: {e}") from None
 
         for i, c in enumerate(self.recall.channels):
             key = f"recall.channels[{i}].{'type' if c.type else 'name'}"
             cfg_cls = getattr(component(RECALL_CHANNELS, c.kind, key), "config_class", None)
             if cfg_cls is not None:
-                from_dict(cfg_cls, c.params, "funnel config", path=f"recall.channels[{i}].params")
+                from_dict(cfg_cls, c.params, where, path=f"{at}recall.channels[{i}].params")
         load_all()
         cfg_cls = getattr(component(RANKERS, self.rank.model, "rank.model"), "Config", None)
         if cfg_cls is not None:
-            from_dict(cfg_cls, self.rank.params, "funnel config", path="rank.params")
+            from_dict(cfg_cls, self.rank.params, where, path=f"{at}rank.params")
 
     @classmethod
     def load(cls, path: str | Path) -> FunnelConfig:

@@ -125,7 +125,15 @@ class SimConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SimConfig:
-        return from_dict(cls, data, "simulation config")
+        """Strict: the `funnel` and `experiments` sections are checked as a FunnelConfig and an
+        ExperimentsConfig here, so a typo in them fails before the world is generated."""
+        from funnelrec.experiments.config import ExperimentsConfig
+        from funnelrec.pipeline.config import FunnelConfig
+
+        cfg = from_dict(cls, data, "simulation config")
+        FunnelConfig.from_dict(cfg.funnel, "simulation config", path="funnel")
+        from_dict(ExperimentsConfig, cfg.experiments, "simulation config", path="experiments")
+        return cfg
 
     def replace(self, **changes: Any) -> SimConfig:
         import dataclasses
