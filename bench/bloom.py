@@ -1,7 +1,7 @@
 """Exposure-filter benchmark: prints one JSON object.
 
 - hashing 1,000 ids: per-id xxhash.xxh3_64 calls vs the numpy splitmix64 the filters use;
-- `contains` on 1,000 candidates (median / p99 over --calls calls): in-memory BloomFilter,
+- `contains` on 1,000 candidates (median / p99 over --calls calls): in-memory
   CountingBloomFilter (one slice, and a 7-day window of 8 daily slices), and through the
   memory / SQLite / Redis exposure stores (per-user filters, DEFAULT_EXPOSURE_CONFIG);
 - store `add` latency (one call = one user's --add-size exposures, committed);
@@ -30,7 +30,6 @@ import xxhash
 from funnelrec.filter import (
     DAY,
     DEFAULT_EXPOSURE_CONFIG,
-    BloomFilter,
     CountingBloomFilter,
     MemoryExposureStore,
     RedisExposureStore,
@@ -67,8 +66,6 @@ def bench_filters(calls: int, rng) -> dict:
     cap, p = DEFAULT_EXPOSURE_CONFIG.capacity, DEFAULT_EXPOSURE_CONFIG.fp_rate
     items = rng.choice(1 << 40, size=cap, replace=False)
     cands = rng.integers(0, 1 << 40, 1000)
-    bf = BloomFilter(cap, p)
-    bf.add(items)
     cb = CountingBloomFilter(cap, p)
     cb.add(items)
     cw = CountingBloomFilter(cap, p, window_s=7 * DAY)
@@ -76,11 +73,9 @@ def bench_filters(calls: int, rng) -> dict:
         cw.add(items[d * cap // 8 : (d + 1) * cap // 8], ts=T0 + d * DAY)
     now = T0 + 7 * DAY
     return {
-        "config": {"capacity": cap, "fp_rate": p, "m": bf.m, "k": bf.k},
-        "bloom_contains_1000": timed(lambda: bf.contains(cands), calls),
+        "config": {"capacity": cap, "fp_rate": p, "m": cb.m, "k": cb.k},
         "counting_contains_1000": timed(lambda: cb.contains(cands), calls),
         "counting_window_8_slices_contains_1000": timed(lambda: cw.contains(cands, now), calls),
-        "bloom_add_1000": timed(lambda: BloomFilter(cap, p).add(cands), max(50, calls // 4)),
         "counting_add_1000": timed(lambda: CountingBloomFilter(cap, p).add(cands), max(50, calls // 4)),
     }
 
@@ -171,17 +166,13 @@ def bench_fpr(capacity: int, probes: int, rng) -> list[dict]:
     items = rng.choice(1 << 40, size=capacity, replace=False)
     probe = rng.integers(1 << 41, 1 << 62, size=probes)
     for p in (0.1, 0.05, 0.01, 0.001):
-        bf = BloomFilter(capacity, p)
-        bf.add(items)
         cw = CountingBloomFilter(capacity, p, window_s=7 * DAY)
         for d in range(7):
             cw.add(items[d * capacity // 7 : (d + 1) * capacity // 7], ts=T0 + d * DAY)
-        assert bf.contains(items).all() and cw.contains(items, T0 + 6 * DAY).all()
-        fb = float(bf.contains(probe).mean())
+        assert cw.contains(items, T0 + 6 * DAY).all()
         fc = float(cw.contains(probe, T0 + 6 * DAY).mean())
         rows.append({
-            "fp_rate": p, "m": bf.m, "k": bf.k, "theory": round(expected_fp_rate(bf.m, bf.k, capacity), 6),
-            "bloom": round(fb, 6), "bloom_rel_err": round(fb / p - 1, 4),
+            "fp_rate": p, "m": cw.m, "k": cw.k, "theory": round(expected_fp_rate(cw.m, cw.k, capacity), 6),
             "counting_7_slices": round(fc, 6), "counting_rel_err": round(fc / p - 1, 4),
             "sampling_sd_rel": round(float(np.sqrt((1 - p) / (p * probes))), 4),
         })
@@ -194,7 +185,6 @@ def memory_per_user() -> dict:
     cb.add(np.arange(10), ts=T0)
     return {
         "config": {"capacity": cfg.capacity, "fp_rate": cfg.fp_rate, "window_days": cfg.window_s // DAY},
-        "plain_bloom_bytes": BloomFilter(cfg.capacity, cfg.fp_rate).nbytes,
         "counting_slice_bytes": cb.nbytes,
         "slice_blob_bytes": len(cb.slice_to_bytes(cb.slice_ids[0])),
         "union_cache_bytes": (cb.m + 7) // 8,

@@ -1,9 +1,8 @@
-"""Exposure filtering: Bloom and counting Bloom filters, per-user exposure stores, and the
+"""Exposure filtering: counting Bloom filters with a time window, per-user exposure stores, and the
 result caches that share the stores' key-value backends."""
 
 from funnelrec.filter.bloom import (
     DAY,
-    BloomFilter,
     CountingBloomConfig,
     CountingBloomFilter,
     bloom_positions,
@@ -29,7 +28,6 @@ from funnelrec.filter.store import (
 __all__ = [
     "DAY",
     "DEFAULT_EXPOSURE_CONFIG",
-    "BloomFilter",
     "CountingBloomConfig",
     "CountingBloomFilter",
     "ExposureStore",

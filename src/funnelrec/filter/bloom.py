@@ -1,5 +1,6 @@
-"""Bloom filters over int64 ids, vectorized with numpy: a plain one and a counting one with a
-time window (exposure filtering: "has this user already been shown this item?").
+"""Counting Bloom filters over int64 ids with a time window, vectorized with numpy (exposure
+filtering: "has this user already been shown this item?"). There is no plain Bloom filter here:
+nothing needs one that cannot be removed from or expired (rbloom is the library to reach for).
 
 Sizing, for capacity n and target false-positive rate p at n insertions:
 
@@ -18,11 +19,11 @@ computed with numpy over the whole int64 array at once — per-id `xxhash.xxh3_6
 so m is limited to 2^32 (512 MiB of bits; capacity ~450 M at p = 1%). A batch of N ids is one
 (k, N) position matrix and one gather (docs/BENCHMARKS.md has the latencies).
 
-    >>> bf = BloomFilter(capacity=1000, fp_rate=0.01)
-    >>> (bf.m, bf.k)
+    >>> cb = CountingBloomFilter(capacity=1000, fp_rate=0.01)
+    >>> (cb.m, cb.k)
     (9586, 7)
-    >>> bf.add(np.array([3, 5, 8]))
-    >>> bf.contains(np.array([3, 4, 5])).tolist()
+    >>> cb.add(np.array([3, 5, 8]))
+    >>> cb.contains(np.array([3, 4, 5])).tolist()
     [True, False, True]
 """
 
@@ -45,12 +46,9 @@ _LOW32 = np.uint64(0xFFFFFFFF)
 _MAX_M = 1 << 32
 DAY = 86_400
 
-_BLOOM_MAGIC = b"FRBF"
 _COUNTING_MAGIC = b"FRCB"
 _SLICE_MAGIC = b"FRCS"
 _VERSION = 1
-# magic, version, capacity, fp_rate, seed, m, k, count, payload_len
-_BLOOM_HEADER = struct.Struct("<4sHQdQQIQQ")
 # magic, version, capacity, fp_rate, window_s (-1: none), slice_s, seed, n_slices
 _COUNTING_HEADER = struct.Struct("<4sHQdqqQQ")
 # magic, version, m, k, seed, slice_id, count, payload_len
@@ -164,81 +162,6 @@ def _test_bits(bits: np.ndarray, pos: np.ndarray) -> np.ndarray:
     b >>= (pos & np.uint64(7)).astype(np.uint8)
     b &= 1
     return np.logical_and.reduce(b, axis=0).astype(bool, copy=False)
-
-
-# ---------------------------------------------------------------------------------------------
-# plain Bloom filter
-
-
-class BloomFilter:
-    """Bloom filter over int64 ids; m bits packed 8 per byte in a uint8 array of ceil(m/8) bytes.
-
-    `add(ids)` sets the k bits of every id; `contains(ids)` → (N,) bool, True where all k bits
-    are set: never False for an added id, True for an absent one with probability ≈ fp_rate
-    once `capacity` ids are in.
-    """
-
-    def __init__(self, capacity: int, fp_rate: float, seed: int = 0) -> None:
-        self.capacity = int(capacity) if isinstance(capacity, int | np.integer) else capacity
-        self.fp_rate = fp_rate
-        self.seed = seed
-        self.m, self.k = bloom_size(capacity, fp_rate)
-        self.count = 0  # ids added, with repeats
-        self._bits = np.zeros((self.m + 7) // 8, dtype=np.uint8)
-
-    @property
-    def nbytes(self) -> int:
-        return self._bits.nbytes
-
-    def add(self, ids: np.ndarray) -> None:
-        ids = _as_ids(ids)
-        if ids.size == 0:
-            return
-        _set_bits(self._bits, bloom_positions(ids, self.m, self.k, self.seed))
-        self.count += ids.size
-
-    def contains(self, ids: np.ndarray) -> np.ndarray:
-        return _test_bits(self._bits, bloom_positions(_as_ids(ids), self.m, self.k, self.seed))
-
-    def __contains__(self, item_id: int) -> bool:
-        return bool(self.contains(np.array([item_id], dtype=np.int64))[0])
-
-    def fill_ratio(self) -> float:
-        """Fraction X/m of bits set."""
-        return int(np.unpackbits(self._bits).sum()) / self.m
-
-    def estimated_count(self) -> float:
-        """Distinct ids added, estimated from the fill: n̂ = -(m/k) ln(1 - X/m)."""
-        x = self.fill_ratio()
-        return math.inf if x >= 1.0 else -self.m / self.k * math.log1p(-x)
-
-    def to_bytes(self) -> bytes:
-        """Header (magic, version, capacity, fp_rate, seed, m, k, count) + bits + xxh3 checksum."""
-        body = _BLOOM_HEADER.pack(
-            _BLOOM_MAGIC, _VERSION, self.capacity, float(self.fp_rate), self.seed,
-            self.m, self.k, self.count, self._bits.nbytes,
-        ) + self._bits.tobytes()
-        return body + _CHECKSUM.pack(_checksum(body))
-
-    @classmethod
-    def from_bytes(cls, blob: bytes) -> BloomFilter:
-        header, body = _open_blob(blob, _BLOOM_HEADER, _BLOOM_MAGIC, "Bloom filter blob")
-        _, _, capacity, fp_rate, seed, m, k, count, payload_len = header
-        try:
-            bf = cls(capacity, fp_rate, seed)
-        except ConfigError as e:
-            raise ArtifactError(f"Bloom filter blob has an invalid header: {e}") from None
-        if (bf.m, bf.k) != (m, k) or payload_len != bf._bits.nbytes:
-            raise ArtifactError(
-                f"Bloom filter blob header (m={m}, k={k}, {payload_len} bytes) does not match "
-                f"capacity {capacity} at fp_rate {fp_rate}"
-            )
-        payload = body[_BLOOM_HEADER.size :]
-        if len(payload) != payload_len:
-            raise ArtifactError(f"Bloom filter blob payload has {len(payload)} bytes, header says {payload_len}")
-        bf._bits = np.frombuffer(payload, dtype=np.uint8).copy()
-        bf.count = count
-        return bf
 
 
 # ---------------------------------------------------------------------------------------------
