@@ -20,7 +20,7 @@ from typing import Any
 
 import polars as pl
 
-from funnelrec.core.config import load_yaml
+from funnelrec.core.config import from_dict, load_yaml
 from funnelrec.core.errors import ConfigError, DataError
 
 KINDS = ("categorical", "numeric", "multi", "sequence", "label", "time")
@@ -52,18 +52,8 @@ class Schema:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "schema") -> Schema:
-        for key in data:
-            if key not in TABLES:
-                raise ConfigError(f"unknown key {key!r} in {where}; known: {', '.join(TABLES)}")
-        tables = {}
-        for t in TABLES:
-            cols = data.get(t, {} if t == "interactions" else None)
-            if cols is None:
-                continue
-            if not isinstance(cols, dict):
-                raise ConfigError(f"{where}.{t}: expected a mapping column → kind")
-            tables[t] = {str(k): str(v) for k, v in cols.items()}
-        return cls(**tables)
+        """Strict (core/config.py): tables are mappings column → kind; unknown tables are errors."""
+        return from_dict(cls, data, where)
 
     @classmethod
     def load(cls, path: str | Path) -> Schema:
