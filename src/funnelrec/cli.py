@@ -164,6 +164,23 @@ def demo(serve_: bool = typer.Option(True, "--serve/--no-serve", help="serve aft
         uvicorn.run(create_app(service), host="127.0.0.1", port=port, log_level="warning")
 
 
+artifact_app = typer.Typer(no_args_is_help=True, help="Funnel artifact directories.")
+app.add_typer(artifact_app, name="artifact")
+
+
+@artifact_app.command("convert")
+def artifact_convert(old: Path = typer.Argument(..., help="a format-1 funnel file (one pickle)"),
+                     new: Path = typer.Argument(..., help="the artifact directory to write")) -> None:
+    """Rewrite a format-1 pickled funnel as an artifact directory, once, offline. This UNPICKLES
+    OLD, which can run any code it names: only for files you trust."""
+    from funnelrec.pipeline.artifact import convert_pickle_artifact, read_manifest
+
+    out = convert_pickle_artifact(old, new)
+    parts = read_manifest(out)["components"]
+    size = sum(e["bytes"] for e in parts.values())
+    typer.echo(f"wrote {out}/ ({size / 1e6:.1f} MB, {len(parts)} components: {', '.join(parts)})")
+
+
 def _register_subcommands() -> None:
     from funnelrec.cli_experiments import register
 

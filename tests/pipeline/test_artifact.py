@@ -277,3 +277,18 @@ def test_every_ranker_round_trips_as_the_funnels_ranker(name, tiny, tmp_path):
     assert (a[0] >= 0).all()
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[1], b[1])
+
+
+def test_the_cli_converts_a_format1_file(funnel, tmp_path):
+    from typer.testing import CliRunner
+
+    from funnelrec.cli import app
+    from funnelrec.core.artifact import save_pickle
+
+    save_pickle(funnel, tmp_path / "old.pkl", PICKLE_MAGIC)
+    res = CliRunner().invoke(app, ["artifact", "convert", str(tmp_path / "old.pkl"), str(tmp_path / "new")])
+    assert res.exit_code == 0, res.output
+    assert "components: dataset, stats, channels/itemcf" in res.output
+    manifest, parts = load_artifact(tmp_path / "new", parts=["ranker"])
+    assert manifest["meta"]["converted_from"] == str(tmp_path / "old.pkl")
+    np.testing.assert_array_equal(_answers(funnel.with_components(ranker=parts["ranker"]))[1], _answers(funnel)[1])
