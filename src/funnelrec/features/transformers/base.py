@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 import numpy as np
 import polars as pl
 
-from funnelrec.core.errors import DataError, NotFittedError
+from funnelrec.core.errors import ConfigError, DataError, NotFittedError
 from funnelrec.data.dataset import TrainData
 from funnelrec.features.fid import PAD_FID, FidVocab
 
@@ -90,6 +90,13 @@ def as_samples(user_idx, item_idx, ts, n_users: int, n_items: int):
     if ts is not None:
         ts = np.broadcast_to(np.asarray(ts, dtype=np.int64), u.shape)
     return u, i, ts
+
+
+def require_known(values, known: tuple[str, ...], what: str) -> None:
+    """ConfigError naming the values of a config list that are not among `known` (and listing those)."""
+    bad = [v for v in values if v not in known]
+    if bad:
+        raise ConfigError(f"unknown {what} {bad}; known: {', '.join(known)}")
 
 
 def require_ts(ts, what: str) -> np.ndarray:
@@ -213,4 +220,4 @@ def stack_dense(cols: list[np.ndarray], n: int) -> np.ndarray:
 
 
 __all__ = ["PAD_FID", "FeatureColumns", "FeatureTransformer", "FitContext", "as_samples", "binary_labels",
-           "entity_side", "numeric_column", "require_ts", "stack_dense", "value_lists"]
+           "entity_side", "numeric_column", "require_known", "require_ts", "stack_dense", "value_lists"]

@@ -30,6 +30,7 @@ from funnelrec.features.transformers.base import (
     FitContext,
     entity_side,
     numeric_column,
+    require_known,
     stack_dense,
 )
 from funnelrec.features.transforms import CdfNormalizer, QuantileBucketizer
@@ -128,9 +129,7 @@ class CountFeaturesConfig:
     smoothing: float = 10.0  # m, the pseudo-count pulling rates/means to the global value
 
     def __post_init__(self) -> None:
-        bad = [c for c in self.features if c not in COUNT_FEATURES]
-        if bad:
-            raise ConfigError(f"unknown count features {bad}; known: {', '.join(COUNT_FEATURES)}")
+        require_known(self.features, COUNT_FEATURES, "count features")
 
 
 @FEATURE_TRANSFORMERS.register("counts")

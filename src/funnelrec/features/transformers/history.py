@@ -31,6 +31,7 @@ from funnelrec.features.sequences import UserHistory
 from funnelrec.features.transformers.base import (
     FeatureTransformer,
     FitContext,
+    require_known,
     require_ts,
     stack_dense,
     value_lists,
@@ -154,9 +155,7 @@ class TimeFeaturesConfig:
     features: tuple[str, ...] = ()  # subset of TIME_FEATURES
 
     def __post_init__(self) -> None:
-        bad = [c for c in self.features if c not in TIME_FEATURES]
-        if bad:
-            raise ConfigError(f"unknown time features {bad}; known: {', '.join(TIME_FEATURES)}")
+        require_known(self.features, TIME_FEATURES, "time features")
 
 
 @FEATURE_TRANSFORMERS.register("time")

@@ -21,7 +21,7 @@ from funnelrec.core.errors import ConfigError
 from funnelrec.core.registry import FEATURE_TRANSFORMERS
 from funnelrec.data.dataset import TrainData
 from funnelrec.features.fid import PAD_FID, hash_values, make_fid, mix64
-from funnelrec.features.transformers.base import FeatureTransformer, FitContext, require_ts
+from funnelrec.features.transformers.base import FeatureTransformer, FitContext, require_known, require_ts
 
 CONTEXT_FEATURES = ("hour", "weekday")
 
@@ -69,9 +69,7 @@ class ContextFeaturesConfig:
     features: tuple[str, ...] = ()  # subset of CONTEXT_FEATURES
 
     def __post_init__(self) -> None:
-        bad = [c for c in self.features if c not in CONTEXT_FEATURES]
-        if bad:
-            raise ConfigError(f"unknown context features {bad}; known: {', '.join(CONTEXT_FEATURES)}")
+        require_known(self.features, CONTEXT_FEATURES, "context features")
 
 
 @FEATURE_TRANSFORMERS.register("context")

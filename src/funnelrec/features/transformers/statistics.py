@@ -20,12 +20,19 @@ from funnelrec.core.registry import FEATURE_TRANSFORMERS
 from funnelrec.data.dataset import TrainData
 from funnelrec.features.cf import NeighborhoodCF
 from funnelrec.features.target import TargetEncoder
-from funnelrec.features.transformers.base import FeatureTransformer, FitContext, entity_side, stack_dense
+from funnelrec.features.transformers.base import (
+    FeatureTransformer,
+    FitContext,
+    entity_side,
+    require_known,
+    stack_dense,
+)
 from funnelrec.features.transforms import CdfNormalizer, log1p_transform
 
 CF_FEATURES = ("itemcf_label", "itemcf_rating", "usercf_label", "usercf_rating",
                "itemcf_centered_label", "itemcf_centered_rating", "usercf_centered_label", "usercf_centered_rating")
 MAX_KEY_CODES = 50_000_000
+TARGET_VALUES = ("label", "rating")
 
 
 def entity_codes(dataset, col: str) -> tuple[str, np.ndarray, int]:
@@ -56,9 +63,7 @@ class TargetEncodingFeaturesConfig:
     counts: bool = False  # also log1p(Σ N'[c]) of each key
 
     def __post_init__(self) -> None:
-        bad = [v for v in self.values if v not in ("label", "rating")]
-        if bad:
-            raise ConfigError(f"unknown target values {bad}; known: label, rating")
+        require_known(self.values, TARGET_VALUES, "target values")
         if any(len(k) == 0 for k in self.keys):
             raise ConfigError("target_keys: every key needs ≥ 1 column")
 
@@ -133,9 +138,7 @@ class NeighborhoodCFFeaturesConfig:
     folds: int = 5  # out-of-fold stacking of the centred similarities (≥ 2)
 
     def __post_init__(self) -> None:
-        bad = [c for c in self.features if c not in CF_FEATURES]
-        if bad:
-            raise ConfigError(f"unknown cf features {bad}; known: {', '.join(CF_FEATURES)}")
+        require_known(self.features, CF_FEATURES, "cf features")
 
 
 @FEATURE_TRANSFORMERS.register("neighborhood_cf")
