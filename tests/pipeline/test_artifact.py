@@ -292,3 +292,14 @@ def test_the_cli_converts_a_format1_file(funnel, tmp_path):
     manifest, parts = load_artifact(tmp_path / "new", parts=["ranker"])
     assert manifest["meta"]["converted_from"] == str(tmp_path / "old.pkl")
     np.testing.assert_array_equal(_answers(funnel.with_components(ranker=parts["ranker"]))[1], _answers(funnel)[1])
+
+
+def test_memory_mapped_parts_answer_the_same(funnel, tmp_path):
+    """mmap=True maps the .npy arrays read-only (one page-cache copy for all workers; sparse
+    matrices are read into memory): nothing a request runs writes into them, same answers."""
+    path = _save(funnel, tmp_path / "art")
+    manifest, parts = load_artifact(path, mmap=True)
+    assert isinstance(parts["stats"].item_log_pop, np.memmap)
+    assert not parts["stats"].item_log_pop.flags.writeable
+    again = Funnel.from_components(FunnelConfig.from_dict(manifest["config"]), parts)
+    np.testing.assert_array_equal(_answers(funnel)[1], _answers(again)[1])
