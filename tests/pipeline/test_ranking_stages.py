@@ -50,8 +50,30 @@ def test_ranker_is_swappable_by_config(ml100k, ml100k_split, model, cls):
     assert f.ranker_.spec_.n_dense == 3 * 2 + 4 + 2
     assert "user_id" in f.ranker_.spec_.field_names and "genres" in f.ranker_.spec_.field_names
     _valid_answers(f, ml100k.n_users)
-    # a trained ranker beats chance on its held-out label users
-    assert f.ranker_.train_result_.best_score > 0.05
+    # the trained ranker improves the answer on the test split (never seen in fitting), NDCG@10
+    # by hand: over the same funnel ranked by merge order (no labels → no ranker; measured
+    # 0.175 vs 0.217 for lr and fm) and over hand-computed most-popular-unseen (0.122)
+    test = ml100k_split.test
+    users = np.unique(test["user_idx"].to_numpy())[::3]
+    tu, ti = test["user_idx"].to_numpy(), test["item_idx"].to_numpy()
+
+    def ndcg10(items):
+        out = []
+        for row, u in zip(items, users):
+            relevant = ti[tu == u]
+            dcg = (np.isin(row, relevant) / np.log2(np.arange(2, 12))).sum()
+            out.append(dcg / (1 / np.log2(np.arange(2, 2 + min(10, len(relevant))))).sum())
+        return float(np.mean(out))
+
+    ranked = ndcg10(f.recommend_batch(users, 10)[0])
+    merge_order = ndcg10(Funnel(_cfg()).fit(ml100k, ml100k_split.train).recommend_batch(users, 10)[0])
+    tr = ml100k_split.train
+    counts = np.bincount(tr["item_idx"].to_numpy(), minlength=ml100k.n_items)
+    by_pop = np.lexsort((np.arange(ml100k.n_items), -counts))
+    seen = tr.group_by("user_idx").agg("item_idx").sort("user_idx")
+    seen = dict(zip(seen["user_idx"].to_list(), seen["item_idx"].to_list()))
+    hot = [[i for i in by_pop[:400] if i not in set(seen.get(u, []))][:10] for u in users]
+    assert ranked > 1.1 * merge_order and ranked > 1.4 * ndcg10(np.array(hot)), (ranked, merge_order)
 
 
 def test_unknown_ranker_lists_known_before_fitting(ml100k, ml100k_split):
