@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import shutil
 import time
 import uuid
 from pathlib import Path
@@ -146,7 +147,7 @@ def test_reload_swaps_version_and_a_bad_artifact_keeps_the_old_one(fitted_funnel
         assert httpx.post(f"{base}/admin/reload", json={"artifact": str(a)}).status_code == 403
         r = httpx.post(f"{base}/admin/reload", json={"artifact": str(a)}, headers={"x-admin-token": "s3cret"})
         assert r.status_code == 200 and r.json() == {"model_version": svc.current.version, "previous": "initial"}
-        assert svc.current.version.startswith("funnel-a.pkl@")
+        assert svc.current.version.startswith("funnel-a@")
         bad = httpx.post(f"{base}/admin/reload", json={"artifact": str(tmp_path / "nope.pkl")},
                          headers={"x-admin-token": "s3cret"})
         assert bad.status_code == 404 and "not found" in bad.json()["detail"]
@@ -154,18 +155,18 @@ def test_reload_swaps_version_and_a_bad_artifact_keeps_the_old_one(fitted_funnel
         junk = httpx.post(f"{base}/admin/reload", json={"artifact": str(tmp_path / "junk.pkl")},
                           headers={"x-admin-token": "s3cret"})
         assert junk.status_code == 400
-        assert httpx.post(f"{base}/recommend", json={"user_id": "1"}).json()["model_version"].startswith("funnel-a.pkl@")
+        assert httpx.post(f"{base}/recommend", json={"user_id": "1"}).json()["model_version"].startswith("funnel-a@")
     svc.close()
 
 
 def test_reload_refuses_paths_outside_the_artifact_directory(funnel_artifacts, serve, tmp_path):
     """A server started from an artifact reloads only from that artifact's directory: a reload
-    request must not make it unpickle an arbitrary file."""
+    request must not make it read an arbitrary place on the disk."""
     a, b = funnel_artifacts
     svc = RecommenderService.from_artifact(a, state_dir=tmp_path / "state")
     assert svc.config.artifact_dir == str(a.resolve().parent)
-    elsewhere = tmp_path / "elsewhere.pkl"
-    elsewhere.write_bytes(a.read_bytes())  # a valid funnel, but in the wrong place
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(a, elsewhere)  # a valid funnel, but in the wrong place
     before = svc.current.version
     with serve(create_app(svc)) as base:
         r = httpx.post(f"{base}/admin/reload", json={"artifact": str(elsewhere)})
@@ -174,7 +175,14 @@ def test_reload_refuses_paths_outside_the_artifact_directory(funnel_artifacts, s
         assert httpx.post(f"{base}/admin/reload", json={"artifact": str(sneaky)}).status_code == 403
         assert svc.current.version == before and svc.metrics.reloads == 0
         ok = httpx.post(f"{base}/admin/reload", json={"artifact": str(b)})
-        assert ok.status_code == 200 and svc.current.version.startswith("funnel-b.pkl@")
+        assert ok.status_code == 200 and svc.current.version.startswith("funnel-b@")
+        # one component: the ranker of artifact a, every other part kept from the serving funnel
+        channels = svc.current.funnel.channels_
+        part = httpx.post(f"{base}/admin/reload", json={"artifact": str(a), "parts": ["ranker"]})
+        assert part.status_code == 200 and part.json()["model_version"].endswith("[ranker]")
+        assert svc.current.funnel.channels_ == channels and svc.current.funnel.ranker_ is not None
+        unknown = httpx.post(f"{base}/admin/reload", json={"artifact": str(a), "parts": ["nosuch"]})
+        assert unknown.status_code == 400 and "nosuch" in unknown.json()["detail"]
     svc.close()
 
 
