@@ -71,6 +71,12 @@ class Dataset:
     def item_ids(self) -> IdMap:
         return IdMap(self.items["item_id"].to_numpy())
 
+    def catalogue(self) -> Dataset:
+        """The users and items tables, schema and id maps without the interactions (an empty
+        table of the same columns) or the loader's extras: what a served funnel keeps — its
+        history lives in the fitted components, and a 3M-row log has no place in an artifact."""
+        return Dataset(self.name, self.interactions.clear(), self.users, self.items, self.schema, {})
+
     @classmethod
     def build(
         cls,

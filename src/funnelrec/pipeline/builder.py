@@ -134,7 +134,7 @@ class FunnelBuilder:
         seconds: dict[str, float] = {}
         channels = self.fit_channels(data, progress, seconds)
         stats = FunnelStats.of(data)
-        funnel = Funnel(cfg, dataset, channels, stats, fit_seconds=seconds)
+        funnel = Funnel(cfg, dataset.catalogue(), channels, stats, fit_seconds=seconds)
         if labels is None or not labels.height:
             return funnel
         t0 = time.perf_counter()
