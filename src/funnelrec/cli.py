@@ -173,7 +173,8 @@ def artifact_convert(old: Path = typer.Argument(..., help="a format-1 funnel fil
                      new: Path = typer.Argument(..., help="the artifact directory to write")) -> None:
     """Rewrite a format-1 pickled funnel as an artifact directory, once, offline. This UNPICKLES
     OLD, which can run any code it names: only for files you trust."""
-    from funnelrec.pipeline.artifact import convert_pickle_artifact, read_manifest
+    from funnelrec.pipeline.artifact import read_manifest
+    from funnelrec.pipeline.convert import convert_pickle_artifact
 
     out = convert_pickle_artifact(old, new)
     parts = read_manifest(out)["components"]

@@ -20,7 +20,6 @@ from funnelrec.data.dataset import TrainData
 from funnelrec.pipeline.artifact import (
     PICKLE_MAGIC,
     component_dir,
-    convert_pickle_artifact,
     load_artifact,
     read_manifest,
     save_artifact,
@@ -28,6 +27,7 @@ from funnelrec.pipeline.artifact import (
 )
 from funnelrec.pipeline.builder import FunnelBuilder, build_channel
 from funnelrec.pipeline.config import ChannelSpec, FunnelConfig
+from funnelrec.pipeline.convert import convert_pickle_artifact
 from funnelrec.pipeline.funnel import Funnel
 from funnelrec.recall.base import RecallContext
 
@@ -134,7 +134,7 @@ def test_a_format1_pickle_gets_the_way_out(funnel, tmp_path):
     try:
         save_pickle(funnel, old, PICKLE_MAGIC)
     finally:
-        from funnelrec.pipeline.artifact import _infer_record
+        from funnelrec.pipeline.convert import _infer_record
 
         _infer_record(funnel.ranker_.model_)
         _infer_record(funnel.prerank_.model_)
