@@ -8,8 +8,8 @@ import pytest
 from funnelrec.core.errors import ArtifactError, ConfigError, UnknownComponentError
 from funnelrec.core.types import PAD
 from funnelrec.data.dataset import interactions_csr
-from funnelrec.pipeline.config import FunnelConfig
 from funnelrec.pipeline.builder import build_channel
+from funnelrec.pipeline.config import FunnelConfig
 from funnelrec.pipeline.funnel import Funnel
 from funnelrec.pipeline.offline import drop_excluded, evaluate_funnel
 

@@ -7,8 +7,8 @@ import scipy.sparse as sp
 
 from funnelrec.core.errors import UnknownComponentError
 from funnelrec.core.types import PAD
-from funnelrec.pipeline.config import FunnelConfig
 from funnelrec.pipeline.builder import FunnelBuilder as Funnel
+from funnelrec.pipeline.config import FunnelConfig
 from funnelrec.pipeline.offline import prerank_recall
 from funnelrec.pipeline.stages import cap_rerank, category_matrix, fuse, mmr_rerank
 from funnelrec.recall.base import RecallContext

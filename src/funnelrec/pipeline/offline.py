@@ -19,8 +19,8 @@ from funnelrec.core.types import PAD, CandidateBatch, RequestState
 from funnelrec.data.dataset import Dataset, interactions_csr
 from funnelrec.data.splits import Split, random_split_by_user
 from funnelrec.eval.metrics import ranking_metrics
-from funnelrec.pipeline.config import FunnelConfig
 from funnelrec.pipeline.builder import FunnelBuilder
+from funnelrec.pipeline.config import FunnelConfig
 from funnelrec.pipeline.funnel import Funnel
 
 
