@@ -121,11 +121,11 @@ def test_fixed_seed_gives_identical_items_and_scores(fitted, world):
 
 
 def test_save_load_round_trip(fitted, world, tmp_path):
-    # TODO(issue #15): through the artifact directory (core/persist.py save_state/load_state)
-    # once channels save by their own save(); today RecallChannel.save is the pickle format
+    # the channel's own save() writes the state directory a funnel artifact holds (no pickle)
     name, ch = fitted
-    path = tmp_path / f"{name}.bin"
+    path = tmp_path / name
     ch.save(path)
+    assert (path / "state.json").is_file() and not list(path.rglob("*.pkl"))
     back = RecallChannel.load(path)
     users = np.arange(world.n_users)
     a, c = _recall(name, ch, world, users), _recall(name, back, world, users)

@@ -103,8 +103,8 @@ def test_ann_index_round_trips(world, tmp_path, factory):
     _, _, train, _ = world
     ch = VectorRecall(_cfg(epochs=1, index_factory=factory)).fit(train)
     assert ch.index_.factory == factory
-    ch.save(tmp_path / "v.bin")
-    back = RecallChannel.load(tmp_path / "v.bin")
+    ch.save(tmp_path / "v")
+    back = RecallChannel.load(tmp_path / "v")
     users = np.arange(train.n_users)
     np.testing.assert_array_equal(ch.recall(users, 10).items, back.recall(users, 10).items)
 
@@ -229,8 +229,8 @@ def test_index_params_reach_the_index_and_survive_save_load(world, tmp_path):
     assert ch.index_.index.params_ == {"nprobe": 4}
     users = np.arange(ds.n_users)
     full = ch.recall(users, 10).items
-    ch.save(tmp_path / "v.pkl")
-    back = VectorRecall.load(tmp_path / "v.pkl")
+    ch.save(tmp_path / "v")
+    back = VectorRecall.load(tmp_path / "v")
     assert back.index_.index.params_ == {"nprobe": 4}
     np.testing.assert_array_equal(back.recall(users, 10).items, full)
     # nprobe 4 of 4 lists is exhaustive: the same answer as the exact Flat index

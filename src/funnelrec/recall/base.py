@@ -19,13 +19,9 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from funnelrec.core.artifact import load_pickle, save_pickle
-from funnelrec.core.errors import NotFittedError
+from funnelrec.core.errors import ArtifactError, NotFittedError
 from funnelrec.core.types import PAD, CandidateBatch, RequestState
 from funnelrec.data.dataset import TrainData
-
-_MAGIC = b"funnelrec-channel-v1\n"
-
 
 @dataclass
 class RecallContext:
@@ -62,11 +58,20 @@ class RecallChannel(ABC):
         return self._recall(users, int(n), context)
 
     def save(self, path: str | Path) -> None:
-        save_pickle(self, path, _MAGIC)
+        """Write the fitted channel as a state directory (core/persist.py: arrays and tables as
+        files, no pickle) — the same format as its part of a funnel artifact."""
+        from funnelrec.core.persist import save_state
+
+        save_state(self, path)
 
     @staticmethod
     def load(path: str | Path) -> RecallChannel:
-        return load_pickle(path, _MAGIC, RecallChannel, "recall-channel")
+        from funnelrec.core.persist import load_state
+
+        obj = load_state(path)
+        if not isinstance(obj, RecallChannel):
+            raise ArtifactError(f"{path}: holds a {type(obj).__name__}, not a recall channel")
+        return obj
 
 
 def topn_dense(scores: np.ndarray, n: int, channel: str, exclude: sp.csr_matrix | None = None,
