@@ -93,3 +93,22 @@ def test_state_dict_round_trip_gives_identical_outputs(name, cfg, problem):
     got = _outputs(fresh, test)
     for k in want:
         torch.testing.assert_close(got[k], want[k], rtol=0, atol=0, msg=f"{name}: task {k}")
+
+
+@pytest.mark.parametrize(("name", "cfg"), CASES, ids=IDS)
+def test_artifact_round_trip_gives_identical_outputs(name, cfg, problem, tmp_path):
+    """Through core/persist.py (the artifact directory's per-component format, no pickle):
+    the model is rebuilt through the registry (build_ranker's constructor record) and its
+    weights and extra state (gbdt_lr's trees) restored."""
+    from funnelrec.core.persist import load_state, save_state
+
+    spec, train, test = problem
+    model = _trained(name, require_case(name, cfg), spec, train)
+    want = _outputs(model, test)
+    save_state(model, tmp_path / "ranker")
+    back = load_state(tmp_path / "ranker")
+    assert type(back) is type(model) and back is not model
+    got = _outputs(back.eval(), test)
+    assert got.keys() == want.keys()
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=0, atol=0, msg=f"{name}: task {k}")

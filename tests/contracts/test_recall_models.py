@@ -123,3 +123,18 @@ def test_state_dict_round_trip_gives_identical_vectors(name):
     got = _vectors(fresh, users, items)
     torch.testing.assert_close(got[0], want[0], rtol=0, atol=0)
     torch.testing.assert_close(got[1], want[1], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", RECALL_MODELS.names())
+def test_artifact_round_trip_gives_identical_vectors(name, tmp_path):
+    """Through core/persist.py (no pickle): rebuilt from its constructor record, weights restored."""
+    from funnelrec.core.persist import load_state, save_state
+
+    model, users, items = _trained(name, seed=3)
+    want = _vectors(model, users, items)
+    save_state(model, tmp_path / "model")
+    back = load_state(tmp_path / "model").eval()
+    assert type(back) is type(model)
+    got = _vectors(back, users, items)
+    torch.testing.assert_close(got[0], want[0], rtol=0, atol=0)
+    torch.testing.assert_close(got[1], want[1], rtol=0, atol=0)
