@@ -14,8 +14,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 SRC = Path(__file__).resolve().parents[1] / "src"
 ROOT = "funnelrec"
 
@@ -239,8 +237,6 @@ def test_no_cycle_even_through_annotation_imports():
     assert not cycles, "import cycles counting TYPE_CHECKING imports:\n" + "\n".join(_describe(c, g) for c in cycles)
 
 
-@pytest.mark.xfail(strict=True, reason="issue #15: features/encoder.py imports models.ranking.base (FeatureSpec "
-                   "moves below models/)")
 def test_features_and_serving_respect_the_package_layering():
     bad = layering_violations(import_graph())
     assert not bad, "imports against the layering of docs/ARCHITECTURE.md:\n" + "\n".join(bad)
