@@ -123,3 +123,12 @@ def pytest_configure(config):
     import os
 
     os.environ.setdefault("FUNNELREC_THREADS", "1")
+
+
+@pytest.fixture(scope="session")
+def world():
+    """The tiny world of tests/tiny_world.py (40 users × 30 items, every attribute the recall
+    channels read); tests/recall and tests/contracts use it, modules may define their own."""
+    from tiny_world import make_world
+
+    return make_world()
