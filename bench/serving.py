@@ -213,7 +213,7 @@ def build_funnel(spec: dict, workdir: Path) -> tuple[Path, dict, list]:
             "ranker": cfg.rank.model, "label_users": int(labels["user_idx"].n_unique()),
             "data_s": round(t_data, 1), "fit_s": round(t_fit, 1),
             "fit_seconds": {k: round(v, 2) for k, v in funnel.fit_seconds_.items()},
-            "artifact_mb": round(path.stat().st_size / 2**20, 1)}
+            "artifact_mb": round(sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20, 1)}
     return path, info, ds.users["user_id"].to_list()
 
 
