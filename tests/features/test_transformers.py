@@ -1,4 +1,4 @@
-"""Each feature transformer on a world small enough to compute every value by hand.
+"""Each feature transformer on a world small enough to compute every value by hand (`world`, conftest.py).
 
 Users (index: id, gender, age): 0: 1 M 20 · 1: 2 F 30 · 2: 3 M 40 · 3: 4 F 50 (no events).
 Items (index: id, genres, publish_time): 0: 10 [a, b] 0 · 1: 20 [b] 1 y · 2: 30 [c] null.
@@ -12,14 +12,12 @@ so ȳ = 4/6 and r̄ = 21/6.
 from datetime import UTC, datetime
 
 import numpy as np
-import polars as pl
 import pytest
 import xxhash
 
 from funnelrec.core.errors import ConfigError, DataError, NotFittedError, UnknownComponentError
 from funnelrec.core.registry import FEATURE_TRANSFORMERS
-from funnelrec.data.dataset import Dataset, TrainData
-from funnelrec.data.schema import Schema
+from funnelrec.data.dataset import TrainData
 from funnelrec.features.encoder import FeatureEncoder, FeatureEncoderConfig
 from funnelrec.features.fid import FidVocab, slot_of
 from funnelrec.features.transformers import (
@@ -51,22 +49,6 @@ from funnelrec.features.transformers import (
 
 YEAR = 365.25 * 86400
 M64 = (1 << 64) - 1
-
-
-@pytest.fixture(scope="module")
-def world() -> TrainData:
-    users = pl.DataFrame({"user_id": [1, 2, 3, 4], "gender": ["M", "F", "M", "F"], "age": [20, 30, 40, 50]})
-    items = pl.DataFrame({"item_id": [10, 20, 30], "genres": [["a", "b"], ["b"], ["c"]],
-                          "publish_time": [0, int(YEAR), None]})
-    inter = pl.DataFrame({"user_id": [1, 1, 1, 2, 2, 3], "item_id": [10, 20, 30, 10, 20, 30],
-                          "timestamp": [100, 200, 300, 150, 250, 50], "rating": [5.0, 2.0, 4.0, 4.0, 5.0, 1.0]})
-    schema = Schema(interactions={"user_id": "categorical", "item_id": "categorical", "timestamp": "time",
-                                  "rating": "label"},
-                    users={"user_id": "categorical", "gender": "categorical", "age": "numeric"},
-                    items={"item_id": "categorical", "genres": "multi", "publish_time": "time"})
-    ds = Dataset.build("hand", inter, schema, users=users, items=items)
-    assert ds.users["user_id"].to_list() == [1, 2, 3, 4] and ds.items["item_id"].to_list() == [10, 20, 30]
-    return TrainData(ds, ds.interactions)
 
 
 def ctx(train: TrainData) -> FitContext:
