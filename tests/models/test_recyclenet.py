@@ -27,7 +27,7 @@ def _hand_recursion(net, x, p, passes):
         l1, l2 = g.net[0], g.net[2]
         return 2 * torch.sigmoid(torch.relu(c @ l1.weight.T + l1.bias) @ l2.weight.T + l2.bias)
 
-    h = torch.zeros(x.shape[0], 4)
+    h = torch.zeros(x.shape[0], net.layers[-1].out_features)
     for _ in range(passes):
         c = torch.cat([p, h], 1)
         a = x * gate(net.input_gate, c)
@@ -177,9 +177,39 @@ def test_raw_dense_shrinks_fields_and_feeds_the_mlp(name):
 
 
 def test_recyclenet_gate_columns_follow_pooled_fields():
+    """Fields (user_id, g, g, item_id) with g pooled: F' = 3 + 2 dense, and the gate input p is
+    [e_user ; e_item] — the pooled columns 0 and 2, not the raw columns 0 and 3. The whole logit is
+    rebuilt by hand: V = [e_u, mean of g's non-padding rows, e_i, x_j · v_j], x = flatten V,
+    logit = Σ_f w[row_f] + a·dense + b + w_out · h_{T−1}(x, p) (the recursion written out above)."""
     spec, batch = make_ctr_problem(n=8)
     spec = replace(spec, field_names=("user_id", "g", "g", "item_id"), pool_multi=True)
-    m = build_ranker("recyclenet", spec, {"embedding_dim": 4, "hidden": [8], "gate_fields": ["user_id", "item_id"]})
+    torch.manual_seed(0)
+    m = build_ranker("recyclenet", spec, {"embedding_dim": 4, "hidden": [8], "gate_fields": ["user_id", "item_id"],
+                                          "gate_hidden": 6}).eval()
     assert m.embed.n_fields == 3 + spec.n_dense  # user_id, pooled g, item_id + dense fields
     assert m.gate_cols.tolist() == [0, 2]
-    assert m(batch)["ctr"].shape == (8,)
+    sparse = batch["sparse"].clone()
+    sparse[:3, 2] = 0  # one g value missing: those rows pool over one embedding, not two
+    batch = dict(batch, sparse=sparse)
+    E = m.embed.embedding.embedding.weight
+    with torch.no_grad():  # unit-scale weights, so a wrong gate column moves the logit visibly
+        E.normal_()
+        E[0].zero_()
+        m.embed.dense.weight.normal_()
+        m.linear.weight.weight.normal_()
+    with torch.inference_mode():
+        e = E[sparse]  # (8, 4, D)
+        n_g = (sparse[:, 1:3] > 0).sum(1, keepdim=True).clamp_min(1)
+        pooled_g = (e[:, 1] + e[:, 2]) / n_g
+        dense_fields = batch["dense"].unsqueeze(-1) * m.embed.dense.weight  # (8, 2, D)
+        V = torch.cat([torch.stack([e[:, 0], pooled_g, e[:, 3]], 1), dense_fields], 1)
+        lin = m.linear.weight.weight[sparse].sum((1, 2)) + batch["dense"] @ m.linear.dense.weight[0] + m.linear.bias
+
+        def logit(p):
+            h = _hand_recursion(m.tower, V.flatten(1), p, m.config.n_recycles)
+            return lin + h @ m.out.weight[0] + m.out.bias
+
+        want = logit(torch.cat([e[:, 0], e[:, 3]], 1))
+        torch.testing.assert_close(m(batch)["ctr"], want, rtol=1e-4, atol=1e-5)
+        # the check is sensitive to the gate: p taken from the pooled g column gives another logit
+        assert (logit(torch.cat([e[:, 0], pooled_g], 1)) - want).abs().max() > 1e-2
