@@ -104,13 +104,59 @@ def test_config_bounds_name_the_field(name, key, bad, message):
         RANKERS.get(name).Config(**{**SMALL[name], key: bad})
 
 
-def test_dien_aux_loss_only_in_training_and_differentiable():
+def _hand_dien_aux_loss(model, batch):
+    """DIEN's auxiliary loss written out from the docstrings, with its own GRU loop (PyTorch's
+    gate order r, z, n in weight_ih / weight_hh):
+        e_t = [E(seq_t) ; E(seq_cat_t)], real steps moved first (order kept);
+        r = σ(W_ir e + b_ir + W_hr h + b_hr), z = σ(W_iz e + b_iz + W_hz h + b_hz),
+        n = tanh(W_in e + b_in + r ⊙ (W_hn h + b_hn)), h_t = (1 − z) ⊙ n + z ⊙ h_{t−1};
+        negative of row b = the compacted sequence of row b − 1 (the batch rolled by one);
+        L = α · mean_{t: t, t+1 real in both} [softplus(−h_t·e_{t+1}) + softplus(h_t·ê_{t+1})]."""
+    E, gru = model.embedding.weight, model.extractor.gru
+    Wi, Wh, bi, bh = gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0, gru.bias_hh_l0
+    H = Wh.shape[1]
+    seqs, states = [], []
+    for b in range(len(batch["seq"])):
+        real = batch["seq_mask"][b].nonzero().flatten().tolist()
+        e = torch.cat([E[batch["seq"][b, real]], E[batch["seq_cat"][b, real]]], 1)  # (n_b, De)
+        h, hs = Wh.new_zeros(H), []
+        for x in e:
+            gi, gh = Wi @ x + bi, Wh @ h + bh
+            r, z = torch.sigmoid(gi[:H] + gh[:H]), torch.sigmoid(gi[H:2 * H] + gh[H:2 * H])
+            n = torch.tanh(gi[2 * H:] + r * gh[2 * H:])
+            h = (1 - z) * n + z * h
+            hs.append(h)
+        seqs.append(e)
+        states.append(hs)
+    terms = []
+    for b in range(len(seqs)):
+        neg = seqs[b - 1]  # b = 0 takes the last row, as roll(1) does
+        for t in range(min(len(seqs[b]), len(neg)) - 1):
+            h = states[b][t]
+            terms.append(torch.nn.functional.softplus(-h @ seqs[b][t + 1]) + torch.nn.functional.softplus(h @ neg[t + 1]))
+    return model.config.aux_loss_weight * torch.stack(terms).mean()
+
+
+def test_dien_aux_loss_equals_the_hand_written_formula_and_its_gradient():
+    model = build("dien", aux_loss_weight=0.7).double()
+    with torch.no_grad():  # unit-scale embeddings: h·e terms far from 0, so the loss is not ≈ 2·log 2
+        model.embedding.weight.normal_()
+    batch = toy_batch(SPEC, batch_size=5, seed=3)
+    out = model.train()(batch)
+    want = _hand_dien_aux_loss(model, batch)
+    assert abs(float(want.detach()) / model.config.aux_loss_weight - 2 * np.log(2)) > 0.05  # the weights matter
+    torch.testing.assert_close(out["aux_loss"], want)
+    # the same gradient into the GRU and the embedding table as the hand formula's
+    params = [model.extractor.gru.weight_hh_l0, model.extractor.gru.weight_ih_l0, model.embedding.weight]
+    got = torch.autograd.grad(out["aux_loss"], params)
+    for g, w in zip(got, torch.autograd.grad(want, params), strict=True):
+        torch.testing.assert_close(g, w)
+    assert "aux_loss" not in model.eval()(batch)
+    assert "aux_loss" not in build("dien", aux_loss_weight=0.0).train()(batch)
+
+
+def test_shared_bce_loss_adds_dien_aux_loss():
     model = build("dien")
-    out = model.train()(toy_batch(SPEC, batch_size=16))
-    assert out["aux_loss"].dim() == 0 and float(out["aux_loss"].detach()) > 0
-    out["aux_loss"].backward()
-    assert model.extractor.gru.weight_hh_l0.grad.abs().sum() > 0
-    assert "aux_loss" not in model.eval()(toy_batch(SPEC))
     # the shared loss adds it: bce_loss = BCE(ctr) + aux_loss (same batch, same negatives)
     batch = {**toy_batch(SPEC, batch_size=16), "label": torch.ones(16)}
     torch.manual_seed(0)
