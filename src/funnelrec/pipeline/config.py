@@ -20,6 +20,7 @@ from typing import Any
 
 from funnelrec.core.config import from_dict, load_yaml
 from funnelrec.core.errors import ConfigError, UnknownComponentError
+from funnelrec.recall.merge import MergeConfig
 from funnelrec.train.candidate_ranker import CandidateRankerConfig
 
 
@@ -35,11 +36,9 @@ class ChannelSpec:
         return self.type or self.name
 
 
-@dataclass(frozen=True)
-class MergeSpec:
-    total: int = 500
-    quotas: dict[str, int] = field(default_factory=dict)
-    priority: list[str] = field(default_factory=list)
+#: The merge section (`recall.merge:`) is the merge's own config (recall/merge.py: total,
+#: quotas, priority, and the MERGE_STRATEGIES name), not a copy of it.
+MergeSpec = MergeConfig
 
 
 @dataclass(frozen=True)

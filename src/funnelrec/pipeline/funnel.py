@@ -167,10 +167,10 @@ class Funnel:
         return out
 
     def merge(self, batches: list[CandidateBatch], plan: RequestPlan | None = None) -> list[MergedCandidates]:
-        from funnelrec.recall.merge import snake_merge
+        """The plan's merge (`recall.merge.strategy`, a MERGE_STRATEGIES name; "snake" by default)."""
+        from funnelrec.recall.merge import merge_with_config
 
-        m = (plan or self.default_plan_).merge
-        return snake_merge(batches, quotas=dict(m.quotas) or None, priority=list(m.priority) or None, total=m.total)
+        return merge_with_config(batches, (plan or self.default_plan_).merge)
 
     def _attach(self, merged: list[MergedCandidates], users: np.ndarray) -> list[MergedCandidates]:
         """Recall-source features on the merged lists, before any cut (as in ranker training)."""
