@@ -79,10 +79,22 @@ def test_bilinear_and_senet():
     pairs = list(itertools.combinations(range(3), 2))
     for p, (i, j) in enumerate(pairs):
         torch.testing.assert_close(out[:, p], (v[:, i] @ bi.W[p]) * v[:, j])
+    for kind in ("all", "each"):  # W shared by all pairs, or W_i of the pair's first field
+        bi = BilinearInteraction(3, 4, kind)
+        out = bi(v)
+        for p, (i, j) in enumerate(pairs):
+            torch.testing.assert_close(out[:, p], (v[:, i] @ bi.W[0 if kind == "all" else i]) * v[:, j])
+    # SENet: z_f = mean_d v_{f,d}, a = ReLU(W2 ReLU(W1 z)), v'_f = a_f · v_f (the docstring, by hand)
     se = SENet(3, reduction=1)
-    a = se.excite(v.mean(-1))
-    torch.testing.assert_close(se(v), v * a[:, :, None])
-    assert (a >= 0).all()
+    W1, W2 = se.excite[0].weight, se.excite[2].weight
+    with torch.no_grad():
+        a = torch.relu(torch.relu(v.mean(-1) @ W1.T) @ W2.T)
+        torch.testing.assert_close(se(v), v * a[:, :, None])
+        # a field whose excitation is cut by the outer ReLU is zeroed, not passed through
+        W2[0].fill_(-1.0)
+        W1.abs_()
+        pos = v.abs() + 0.1  # z > 0 → W1 z > 0 → a_0 = ReLU(−Σ …) = 0
+        torch.testing.assert_close(se(pos)[:, 0], torch.zeros(2, 4))
 
 
 def test_embedding_padding_and_linear_term():

@@ -207,9 +207,12 @@ def test_partitioned_norm_uses_each_samples_domain_parameters():
 
 def test_gate_nu_range_and_epnet_stop_gradient():
     torch.manual_seed(7)
-    g = GateNU(3, 5)
-    d = g(torch.randn(100, 3) * 10).detach()
-    assert float(d.min()) > 0 and float(d.max()) < 2
+    g = GateNU(3, 5, hidden=4)
+    x = torch.randn(100, 3) * 10
+    d = g(x).detach()
+    l1, l2 = g.net[0], g.net[2]  # δ = γ · σ(W2 ReLU(W1 x + b1) + b2), γ = 2
+    torch.testing.assert_close(d, 2 * torch.sigmoid(torch.relu(x @ l1.weight.T + l1.bias) @ l2.weight.T + l2.bias))
+    assert float(d.min()) < 0.2 and float(d.max()) > 1.8  # large inputs reach both ends of (0, γ)
     ep = EPNet(general_dim=4, domain_dim=2)
     e = torch.randn(3, 4, requires_grad=True)
     dom = torch.randn(3, 2)
