@@ -26,7 +26,13 @@ def test_context_history_counts_as_seen_and_as_trigger(world):
     ch = RECALL_CHANNELS.build("itemcf").fit(world)
     b = ch.recall(np.array([-1]), N, RecallContext(extra={"history": [np.array([0, 1])]}))
     got = b.items[0][b.items[0] != PAD]
-    assert len(got) > 0 and not np.isin(got, [0, 1]).any()
+    # itemCF's target-mode score of that history, densely: score(s) = sim_k(s → 0) + sim_k(s → 1)
+    # (neighbours_ itself is checked against the similarity's definition in test_recall_correctness)
+    score = ch.neighbours_.toarray().astype(np.float64)[:, [0, 1]].sum(1)
+    score[[0, 1]] = 0  # the fresh history counts as seen
+    want = [i for i in np.lexsort((np.arange(len(score)), -score)) if score[i] > 0][:N]
+    assert got.tolist() == want and len(want) > 2
+    np.testing.assert_allclose(b.scores[0][: len(got)], score[want], rtol=1e-5)
     # every recalled item co-occurs with item 0 or 1 in some training user's history
     H = world.csr.toarray() > 0
     co = (H[:, [0]] | H[:, [1]]) & H
