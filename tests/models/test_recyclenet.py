@@ -176,6 +176,25 @@ def test_raw_dense_shrinks_fields_and_feeds_the_mlp(name):
         raw({"sparse": batch["sparse"]})
 
 
+def test_recyclenet_raw_dense_is_appended_to_the_tower_input():
+    """`dense_as_fields: false`: x = [flatten E(sparse) ; dense], p = e_user (the default gate
+    field), logit = Σ_f w[row_f] + a·dense + b + w_out · h_{T−1}(x, p), rebuilt by hand."""
+    spec, batch = make_ctr_problem(n=8)
+    torch.manual_seed(0)
+    m = build_ranker("recyclenet", spec, {"embedding_dim": 3, "hidden": [6], "gate_hidden": 5,
+                                          "dense_as_fields": False}).eval()
+    E = m.embed.embedding.embedding.weight
+    with torch.no_grad():
+        E.normal_()
+        E[0].zero_()
+        m.linear.dense.weight.normal_()
+    with torch.inference_mode():
+        e, dense = E[batch["sparse"]], batch["dense"]
+        lin = m.linear.weight.weight[batch["sparse"]].sum((1, 2)) + dense @ m.linear.dense.weight[0] + m.linear.bias
+        h = _hand_recursion(m.tower, torch.cat([e.flatten(1), dense], 1), e[:, 0], m.config.n_recycles)
+        torch.testing.assert_close(m(batch)["ctr"], lin + h @ m.out.weight[0] + m.out.bias, rtol=1e-4, atol=1e-5)
+
+
 def test_recyclenet_gate_columns_follow_pooled_fields():
     """Fields (user_id, g, g, item_id) with g pooled: F' = 3 + 2 dense, and the gate input p is
     [e_user ; e_item] — the pooled columns 0 and 2, not the raw columns 0 and 3. The whole logit is
