@@ -231,7 +231,7 @@ def test_ranker_sees_recall_features_of_the_full_merged_list(multitask_funnel):
 def test_unknown_user_is_ranked_without_another_users_profile(multitask_funnel):
     f = multitask_funnel
     r = f.ranker_
-    n_user_fields = r.encoder_.user_rows_.shape[1]
+    n_user_fields = r.user_rows_.shape[1]
     items = np.array([3, 7])
     X = np.zeros((2, r.n_dense_), np.float32)
     cold = r.batch(np.array([-1, -1]), items, X)["sparse"]

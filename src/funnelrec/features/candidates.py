@@ -265,7 +265,11 @@ class RankFeatures:
         self.multi_width = multi_width
 
     def fit(self, train, match: HistoryMatch) -> RankFeatures:
-        """`train`: the `TrainData` the funnel was fitted on; `match`: its fitted `HistoryMatch`."""
+        """`train`: the `TrainData` the funnel was fitted on; `match`: its fitted `HistoryMatch`.
+
+        Only the encoder's output is kept — the users' and items' embedding-row tables and the
+        batch layout — since static fields are all a request gathers; the FID vocabulary (a hash
+        table as large as the catalogue) stays with the fit."""
         from funnelrec.data.dataset import TrainData
         from funnelrec.features.encoder import FeatureEncoder, FeatureEncoderConfig
 
@@ -274,7 +278,10 @@ class RankFeatures:
                                    include_ids=self.include_ids, multi_width=self.multi_width,
                                    label_column="_pos", label_threshold=None)
         const = TrainData(train.dataset, train.interactions.with_columns(pl.lit(1.0).alias("_pos")))
-        self.encoder_ = FeatureEncoder(cfg).fit(const)
+        enc = FeatureEncoder(cfg).fit(const)
+        self.user_rows_ = np.ascontiguousarray(enc.user_rows_)  # (n_users, F_u) embedding rows
+        self.item_rows_ = np.ascontiguousarray(enc.item_rows_)  # (n_items, F_i)
+        self.spec_ = enc.spec  # n_embeddings, n_fields = F_u + F_i, field names
         self.match_ = match
         return self
 
@@ -309,13 +316,15 @@ class RankFeatures:
         if not hasattr(self, "mean_"):
             raise NotFittedError("RankFeatures: call fit() and set_scale() first")
         u = np.asarray(u, dtype=np.int64)
+        i = np.asarray(items, dtype=np.int64)
         known = u >= 0
-        b = self.encoder_.transform(np.where(known, u, 0), items)
+        user = self.user_rows_[np.where(known, u, 0)]
         if not known.all():
-            b["sparse"][torch.from_numpy(~known), : self.encoder_.user_rows_.shape[1]] = 0
-        b["dense"] = torch.from_numpy(((X - self.mean_) / self.std_).astype(np.float32))
-        return b
+            user[~known] = 0
+        sparse = np.concatenate([user, self.item_rows_[i]], axis=1)
+        return {"sparse": torch.from_numpy(np.ascontiguousarray(sparse)),
+                "dense": torch.from_numpy(((X - self.mean_) / self.std_).astype(np.float32))}
 
     @property
     def n_sparse_user(self) -> int:
-        return self.encoder_.user_rows_.shape[1]
+        return self.user_rows_.shape[1]

@@ -115,9 +115,9 @@ class FunnelBuilder:
         u = np.repeat(users, [len(m) for m in merged])
         items = np.concatenate([m.items for m in merged])
         _, _, X = candidate_features(merged, users, funnel.item_log_pop_, funnel.user_log_act_)
-        enc = funnel.ranker_.encoder_
+        r = funnel.ranker_
         pr = PreRanker(spec.keep, spec.dim, tuple(spec.hidden), spec.epochs, spec.lr, spec.batch_size, spec.seed)
-        return pr.fit(enc.user_rows_, enc.item_rows_, enc.vocab_.n_rows, u, items, np.concatenate(fused), X)
+        return pr.fit(r.user_rows_, r.item_rows_, r.spec_.n_embeddings, u, items, np.concatenate(fused), X)
 
     # ------------------------------------------------------------------ the whole funnel
     def fit(self, dataset: Dataset, train: pl.DataFrame, labels: pl.DataFrame | None = None,

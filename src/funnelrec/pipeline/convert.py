@@ -12,6 +12,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from funnelrec.core.errors import ArtifactError
 from funnelrec.core.persist import record_build, record_init
 from funnelrec.pipeline.artifact import PICKLE_MAGIC, dataset_schema, plain_data, save_artifact
@@ -22,17 +24,74 @@ def convert_pickle_artifact(old: str | Path, new: str | Path) -> Path:
     """Rewrite a format-1 pickled funnel as an artifact directory. This UNPICKLES `old` (runs
     whatever code it names): use it once, offline, on files you trust. Classes of the pickle
     must still exist under their old names."""
-    from funnelrec.core.artifact import load_pickle
-
     old, new = Path(old), Path(new)
-    funnel = load_pickle(old, PICKLE_MAGIC, object, "funnel", hint="")
+    funnel = _unpickle_format1(old)
     components = legacy_components(funnel)
     for name, obj in components.items():
+        _migrate_session2(obj)
         _record_legacy_modules(obj, name)
     config = getattr(funnel, "config", None)
     dataset = components.get("dataset")
     meta = {"converted_from": str(old), "fit_seconds": dict(funnel.__dict__.get("fit_seconds_", {}))}
     return save_artifact(new, components, config=plain_data(config), schema=dataset_schema(dataset), meta=meta)
+
+
+#: classes that moved since format 1 was written: old import path → new
+MOVED = {("funnelrec.pipeline.stages", "PreRanker"): ("funnelrec.train.prerank", "PreRanker")}
+
+
+def _unpickle_format1(path: Path) -> Any:
+    """The pickled funnel, with the classes that moved found at their new homes."""
+    import importlib
+    import pickle
+
+    class _Unpickler(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            module, name = MOVED.get((module, name), (module, name))
+            if module.startswith("funnelrec.") or module == "funnelrec":
+                return getattr(importlib.import_module(module), name)
+            return super().find_class(module, name)
+
+    try:
+        with open(path, "rb") as f:
+            if f.read(len(PICKLE_MAGIC)) != PICKLE_MAGIC:
+                raise ArtifactError(f"{path}: not a format-1 funnelrec funnel file")
+            return _Unpickler(f).load()
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: funnel file not found") from None
+    except (pickle.UnpicklingError, EOFError, AttributeError, ValueError, ImportError) as e:
+        raise ArtifactError(f"{path}: cannot convert this pickled funnel ({e}); re-train it with `funnelrec train`") from None
+
+
+def _migrate_session2(obj: Any) -> None:
+    """Format-1 funnels from before session 3 hold a `CandidateRanker` whose features were its
+    own attributes (encoder_, match_, mean_, std_): give it the `RankFeatures` it has now, built
+    from the same fitted tables (the same numbers: static fields are embedding-row gathers)."""
+    from funnelrec.features.candidates import RankFeatures
+    from funnelrec.train.candidate_ranker import CandidateRanker
+
+    if not isinstance(obj, CandidateRanker) or "features_" in obj.__dict__:
+        return
+    d = obj.__dict__
+    missing = [k for k in ("encoder_", "match_", "mean_", "std_") if k not in d]
+    if missing:
+        raise ArtifactError(f"the pickled ranker lacks {', '.join(missing)}; re-train it with `funnelrec train`")
+    enc = d.pop("encoder_")
+    cfg = obj.config
+    rf = RankFeatures(tuple(cfg.user_columns), tuple(cfg.item_columns), bool(cfg.include_ids))
+    rf.user_rows_ = np.ascontiguousarray(enc.user_rows_)
+    rf.item_rows_ = np.ascontiguousarray(enc.item_rows_)
+    rf.spec_ = d.get("spec_")
+    rf.match_ = d.pop("match_")
+    rf.mean_, rf.std_ = d.pop("mean_"), d.pop("std_")
+    d.pop("weights_", None)  # the old per-ranker fusion weights: fusion is the funnel's, one `fuse`
+    d["features_"] = rf
+    # a config pickled before fields were added reads them from the class defaults: store them
+    import dataclasses
+
+    if dataclasses.is_dataclass(cfg):
+        fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+        obj.config = type(cfg)(**fields)
 
 
 def legacy_components(funnel: Any) -> dict[str, Any]:
@@ -45,7 +104,8 @@ def legacy_components(funnel: Any) -> dict[str, Any]:
     missing = [k for k in ("dataset_", "channels_", "history_", "item_log_pop_", "user_log_act_") if k not in d]
     if missing:
         raise ArtifactError(f"the pickled funnel lacks {', '.join(missing)} (not fitted, or not a funnel)")
-    out: dict[str, Any] = {"dataset": d["dataset_"],
+    ds = d["dataset_"]
+    out: dict[str, Any] = {"dataset": ds.catalogue() if hasattr(ds, "catalogue") else ds,
                            "stats": FunnelStats(d["history_"], d["item_log_pop_"], d["user_log_act_"])}
     out.update({f"channels/{n}": ch for n, ch in d["channels_"].items()})
     for k in ("ranker", "prerank"):

@@ -142,8 +142,12 @@ class CandidateRanker:
         return self.features_.batch(u, items, X)
 
     @property
-    def encoder_(self):
-        return self.features_.encoder_
+    def user_rows_(self) -> np.ndarray:
+        return self.features_.user_rows_
+
+    @property
+    def item_rows_(self) -> np.ndarray:
+        return self.features_.item_rows_
 
     @property
     def match_(self):
@@ -199,7 +203,7 @@ class CandidateRanker:
         train_t = self.batch(u, items, X)
         for t in cfg.tasks:
             train_t[f"label_{t}"] = torch.from_numpy(y[t])
-        es = self.encoder_.spec
+        es = self.features_.spec_
         self.spec_ = FeatureSpec(n_embeddings=es.n_embeddings, n_fields=es.n_fields, n_dense=self.n_dense_,
                                  tasks=tuple(cfg.tasks), field_names=es.field_names)
         self.model_ = build_ranker(cfg.model, self.spec_, dict(cfg.params))
