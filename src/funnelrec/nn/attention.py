@@ -145,9 +145,10 @@ class BilinearAttention(nn.Module):
 
     states: (B, L, H), target: (B, D), mask: (B, L) → (B, L).
 
-        >>> BilinearAttention(4, 6)(torch.randn(2, 3, 4), torch.randn(2, 6),
-        ...                         torch.ones(2, 3, dtype=torch.bool)).sum(1)
-        tensor([1.0000, 1.0000], grad_fn=<SumBackward1>)
+        >>> a = BilinearAttention(4, 6)(torch.randn(2, 3, 4), torch.randn(2, 6),
+        ...                             torch.tensor([[True, True, False], [False, False, False]]))
+        >>> a.shape, torch.allclose(a.sum(1), torch.tensor([1.0, 0.0])), bool(a[0, 2] == 0)
+        (torch.Size([2, 3]), True, True)
     """
 
     def __init__(self, state_dim: int, target_dim: int) -> None:
