@@ -116,3 +116,17 @@ def build_case(name: str, cfg: dict, spec: FeatureSpec, train: dict[str, torch.T
     if hasattr(model, "prepare"):
         model.prepare(train)
     return model
+
+
+def ctr_loss(model, batch):
+    """Σ over the model's task heads of BCE against label_<task> (or the single "label")."""
+    import torch.nn.functional as F
+
+    out = model(batch)
+    return sum(F.binary_cross_entropy_with_logits(v, batch.get(f"label_{k}", batch["label"])) for k, v in out.items())
+
+
+def split_ctr_problem(n: int, n_train: int):
+    """(spec, train, test) of `make_ctr_problem(n)`: its first n_train rows and the rest."""
+    spec, batch = make_ctr_problem(n=n)
+    return spec, {k: v[:n_train] for k, v in batch.items()}, {k: v[n_train:] for k, v in batch.items()}

@@ -7,30 +7,31 @@ import io
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from funnelrec.core.registry import RANKERS
 from funnelrec.train.trainer import Trainer, TrainerConfig
-from zoo_cases import CONFIGS, build_case, case_ids, make_ctr_problem, require_case, zoo_cases
+from zoo_cases import (
+    CONFIGS,
+    build_case,
+    case_ids,
+    ctr_loss,
+    require_case,
+    split_ctr_problem,
+    zoo_cases,
+)
 
 CASES = zoo_cases()
 IDS = case_ids(CASES)
 
 
-def _loss(model, batch):
-    out = model(batch)
-    return sum(F.binary_cross_entropy_with_logits(v, batch.get(f"label_{k}", batch["label"])) for k, v in out.items())
-
-
 @pytest.fixture(scope="module")
 def problem():
-    spec, batch = make_ctr_problem(n=800)
-    return spec, {k: v[:600] for k, v in batch.items()}, {k: v[600:] for k, v in batch.items()}
+    return split_ctr_problem(800, 600)
 
 
 def _trained(name, cfg, spec, train, seed=7):
     model = build_case(name, cfg, spec, train, seed=seed)
-    Trainer(TrainerConfig(epochs=1, batch_size=128, lr=1e-2, seed=seed, num_threads=1)).fit(model, _loss, train)
+    Trainer(TrainerConfig(epochs=1, batch_size=128, lr=1e-2, seed=seed, num_threads=1)).fit(model, ctr_loss, train)
     return model.eval()
 
 

@@ -13,14 +13,20 @@ import polars as pl
 import pytest
 import scipy.sparse as sp
 import torch
-import torch.nn.functional as F
 
 from funnelrec.core import persist
 from funnelrec.core.errors import ArtifactError
 from funnelrec.models.ranking.prerank import TwoTowerPrerank
 from funnelrec.pipeline.config import ChannelSpec, MergeSpec
 from funnelrec.train.trainer import Trainer, TrainerConfig
-from zoo_cases import build_case, case_ids, make_ctr_problem, require_case, zoo_cases
+from zoo_cases import (
+    build_case,
+    case_ids,
+    ctr_loss,
+    require_case,
+    split_ctr_problem,
+    zoo_cases,
+)
 
 
 def assert_same(a, b, where="root"):
@@ -210,15 +216,9 @@ def test_bad_state_files_are_one_line_errors_naming_the_file(tmp_path):
 CASES = zoo_cases()
 
 
-def _loss(model, batch):
-    out = model(batch)
-    return sum(F.binary_cross_entropy_with_logits(v, batch.get(f"label_{k}", batch["label"])) for k, v in out.items())
-
-
 @pytest.fixture(scope="module")
 def problem():
-    spec, batch = make_ctr_problem(n=600)
-    return spec, {k: v[:500] for k, v in batch.items()}, {k: v[500:] for k, v in batch.items()}
+    return split_ctr_problem(600, 500)
 
 
 @pytest.mark.parametrize(("name", "cfg"), CASES, ids=case_ids(CASES))
@@ -228,7 +228,7 @@ def test_every_ranker_is_rebuilt_through_the_registry_bit_identically(name, cfg,
     bit — the rebuilt model's own random init is fully overwritten."""
     spec, train, test = problem
     model = build_case(name, require_case(name, cfg), spec, train, seed=3)
-    Trainer(TrainerConfig(epochs=1, batch_size=128, lr=1e-2, seed=3, num_threads=1)).fit(model, _loss, train)
+    Trainer(TrainerConfig(epochs=1, batch_size=128, lr=1e-2, seed=3, num_threads=1)).fit(model, ctr_loss, train)
     model.eval()
     with torch.inference_mode():
         want = model(test)

@@ -5,26 +5,27 @@ tests/contracts/test_rankers.py."""
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from sklearn.metrics import log_loss, roc_auc_score
 
 from funnelrec.core.errors import ConfigError, UnknownComponentError
 from funnelrec.models.ranking.common import build_ranker
 from funnelrec.train.trainer import Trainer, TrainerConfig
-from zoo_cases import build_case, case_ids, make_ctr_problem, require_case, zoo_cases  # tests/ is on sys.path
+from zoo_cases import (  # tests/ is on sys.path
+    build_case,
+    case_ids,
+    ctr_loss,
+    make_ctr_problem,
+    require_case,
+    split_ctr_problem,
+    zoo_cases,
+)
 
 CASES = zoo_cases()
 
 
-def _loss(model, batch):
-    out = model(batch)
-    return sum(F.binary_cross_entropy_with_logits(v, batch.get(f"label_{k}", batch["label"])) for k, v in out.items())
-
-
 @pytest.fixture(scope="module")
 def problem():
-    spec, batch = make_ctr_problem()
-    return spec, {k: v[:2400] for k, v in batch.items()}, {k: v[2400:] for k, v in batch.items()}
+    return split_ctr_problem(3000, 2400)
 
 
 @pytest.mark.parametrize(("name", "cfg"), CASES, ids=case_ids(CASES))
@@ -33,7 +34,7 @@ def test_learns_the_planted_signal(name, cfg, problem):
     below the base rate's, for the click task of every model."""
     spec, train, test = problem
     model = build_case(name, require_case(name, cfg), spec, train)
-    Trainer(TrainerConfig(epochs=6, batch_size=256, lr=1e-2, seed=0, num_threads=1)).fit(model, _loss, train)
+    Trainer(TrainerConfig(epochs=6, batch_size=256, lr=1e-2, seed=0, num_threads=1)).fit(model, ctr_loss, train)
     with torch.inference_mode():
         out = model(test)
     click = "ctr" if "ctr" in out else next(iter(out))

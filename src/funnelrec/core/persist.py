@@ -725,17 +725,24 @@ _DECODERS = {
 }
 
 
-def read_state_header(directory: str | Path) -> dict:
-    """state.json of a state directory, checked for format and version (the tree not decoded)."""
-    directory = Path(directory)
-    p = directory / STATE_FILE
+def read_json(p: Path, what: str) -> dict:
+    """The JSON object in file `p` (the header of `what`), one clear error per failure."""
     try:
-        state = json.loads(p.read_text())
+        obj = json.loads(p.read_text())
     except FileNotFoundError:
-        raise ArtifactError(f"{p}: file missing (not a saved state directory)") from None
+        raise ArtifactError(f"{p}: file missing (not {what})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ArtifactError(f"{p}: corrupt ({e})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+    if not isinstance(obj, dict):
+        raise ArtifactError(f"{p}: corrupt (not a JSON object)")
+    return obj
+
+
+def read_state_header(directory: str | Path) -> dict:
+    """state.json of a state directory, checked for format and version (the tree not decoded)."""
+    p = Path(directory) / STATE_FILE
+    state = read_json(p, "a saved state directory")
+    if state.get("format") != FORMAT:
         raise ArtifactError(f"{p}: not a {FORMAT} file")
     v = state.get("format_version")
     if not isinstance(v, int) or v > FORMAT_VERSION:

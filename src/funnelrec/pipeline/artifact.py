@@ -34,7 +34,7 @@ from typing import Any
 from urllib.parse import quote
 
 from funnelrec.core.errors import ArtifactError
-from funnelrec.core.persist import STATE_FILE, class_path, load_state, save_state
+from funnelrec.core.persist import STATE_FILE, class_path, load_state, read_json, save_state
 
 FORMAT = "funnelrec-artifact"
 FORMAT_VERSION = 2
@@ -159,14 +159,9 @@ def read_manifest(directory: str | Path) -> dict:
     if not directory.exists():
         raise ArtifactError(f"{directory}: funnel artifact not found; train one with `funnelrec train`")
     p = directory / MANIFEST
-    try:
-        m = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise ArtifactError(f"{p}: file missing (not a funnelrec artifact directory)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ArtifactError(f"{p}: corrupt ({e})") from None
-    if not isinstance(m, dict) or m.get("format") != FORMAT:
-        raise ArtifactError(f"{p}: not a {FORMAT} manifest (format={m.get('format') if isinstance(m, dict) else None!r})")
+    m = read_json(p, "a funnelrec artifact directory")
+    if m.get("format") != FORMAT:
+        raise ArtifactError(f"{p}: not a {FORMAT} manifest (format={m.get('format')!r})")
     v = m.get("format_version")
     if v != FORMAT_VERSION:
         newer = isinstance(v, int) and v > FORMAT_VERSION
