@@ -104,6 +104,82 @@ def test_approximate_backend_recall(data, built, factory, params, min_recall):
         np.testing.assert_allclose(scores, np.einsum("qkd,qd->qk", x[ids], q), rtol=1e-5, atol=1e-4)
 
 
+def _numpy_rerank(x, q, candidates, k, metric="ip", exclude=None):
+    """Exact fp64 re-score of each query's candidate ids, minus its excluded ids; top k, best first."""
+    ids, scores = [], []
+    for r in range(len(q)):
+        c = candidates[r][candidates[r] >= 0]
+        if exclude is not None:
+            c = c[~np.isin(c, exclude[r])]
+        diff = x[c].astype(np.float64)
+        s = diff @ q[r] if metric == "ip" else -((diff - q[r]) ** 2).sum(1)
+        order = np.argsort(-s, kind="stable")[:k]
+        ids.append(c[order])
+        scores.append(s[order])
+    return np.array(scores), np.array(ids)
+
+
+def _assert_same_ranking(ids, scores, ref_ids, ref_scores):
+    """Equal ids, except where two candidates' exact scores tie within float32 rounding."""
+    np.testing.assert_allclose(scores, ref_scores, rtol=1e-5, atol=1e-4)
+    differ = ids != ref_ids
+    assert differ.sum() <= 2, f"{differ.sum()} positions differ"
+    np.testing.assert_allclose(scores[differ], ref_scores[differ], rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize(("base", "params", "metric", "k"), [
+    ("SQ8", {}, "ip", K),
+    ("IVF32,PQ16x4fs", {"nprobe": 4}, "ip", K),
+    ("IVF32,PQ16x4fs", {"nprobe": 4}, "l2", K),
+    ("LSHrt", {}, "ip", K),  # Hamming base, inner-product re-score
+    ("SQ8", {}, "ip", 60),  # k above k': the base's top k are re-scored
+])
+def test_rerank_equals_numpy_rerank_of_the_base_candidates(data, base, params, metric, k):
+    """Rerank<k'> = an exact numpy re-score of the base index's own top max(k, k') (+ the
+    excluded count) candidates, whichever code does the re-score."""
+    x, q = data
+    rerank = 40
+    index = VectorIndex(f"{base},Rerank{rerank}", D, metric).add(x).set_params(**params)
+    base_index = faiss.downcast_index(index.backend_.index.base_index)  # the trained base alone
+    fetch = max(k, rerank)
+    _, cand = base_index.search(q, fetch)
+    ref_s, ref_ids = _numpy_rerank(x, q, cand, k, metric)
+    scores, ids = index.search(q, k)
+    _assert_same_ranking(ids, scores, ref_ids, ref_s)
+    assert _recall(ids, _brute(x, q, K, metric)[1][:, :k]) >= _recall(cand[:, :k], _brute(x, q, K, metric)[1][:, :k])
+
+    excl = [cand[r, : r % 5 * 2] for r in range(NQ)]  # up to 8 of each query's own candidates
+    _, cand = base_index.search(q, fetch + max(len(e) for e in excl))
+    ref_s, ref_ids = _numpy_rerank(x, q, cand, k, metric, excl)
+    scores, ids = index.search(q, k, exclude=excl)
+    _assert_same_ranking(ids, scores, ref_ids, ref_s)
+
+
+def test_rerank_index_saved_before_rflat_still_loads(data, tmp_path):
+    """The pre-2026-12 layout (base index.faiss + fp32 vectors.npy) loads into the RFlat index."""
+    from funnelrec.index.vector import FORMAT, _xxh64
+
+    x, q = data
+    new = VectorIndex("SQ8,Rerank40", D).add(x)
+    path = tmp_path / "old"
+    path.mkdir()
+    faiss.write_index(new.backend_.index.base_index, str(path / "index.faiss"))
+    np.save(path / "vectors.npy", x)
+    files = {f: {"bytes": (path / f).stat().st_size, "xxh64": _xxh64(path / f)} for f in ("index.faiss", "vectors.npy")}
+    meta = {"format": FORMAT, "factory": "SQ8,Rerank40", "dim": D, "metric": "ip", "ntotal": N, "params": {},
+            "files": files}
+    (path / "index.json").write_text(json.dumps(meta))
+    for mmap in (True, False):
+        old = VectorIndex.load(path, mmap=mmap)
+        for got, want in zip(old.search(q, K, exclude=[[0]] * NQ), new.search(q, K, exclude=[[0]] * NQ)):
+            np.testing.assert_array_equal(got, want)
+    (path / "vectors.npy").unlink()
+    del meta["files"]["vectors.npy"]
+    (path / "index.json").write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match="no IndexRefineFlat"):
+        VectorIndex.load(path)
+
+
 def test_nprobe_trades_recall(data):
     x, q = data
     _, truth = _brute(x, q, K)
@@ -133,9 +209,11 @@ def test_save_load_round_trip_gives_identical_results(data, built, tmp_path, fac
 
 def test_mmap_loaded_index_is_read_only(data, tmp_path):
     x, _ = data
-    VectorIndex("SQ8,Rerank40", D).add(x).save(tmp_path / "i")
+    path = VectorIndex("SQ8,Rerank40", D).add(x).save(tmp_path / "i")
+    # Rerank is faiss's IndexRefineFlat: the fp32 copy lives in faiss's own file, no side file
+    assert sorted(p.name for p in path.iterdir()) == ["index.faiss", "index.json"]
     loaded = VectorIndex.load(tmp_path / "i", mmap=True)
-    assert isinstance(loaded.vectors_, np.memmap)
+    assert isinstance(loaded.backend_.index, faiss.IndexRefineFlat) and loaded.backend_.read_only
     with pytest.raises(ArtifactError, match="read-only"):
         loaded.add(x[:3])
     writable = VectorIndex.load(tmp_path / "i", mmap=False).add(x[:3])
@@ -180,6 +258,8 @@ def test_bad_factory_and_params():
         VectorIndex("Bogus12", D)
     with pytest.raises(ConfigError, match="last"):
         VectorIndex("Rerank10,Flat", D)
+    with pytest.raises(ConfigError, match="faiss base"):
+        VectorIndex("HNSWLIB16,Rerank10", D)
     with pytest.raises(ConfigError, match="metric"):
         VectorIndex("Flat", D, metric="cosine")
     with pytest.raises(ConfigError, match="nprobe"):
@@ -222,7 +302,7 @@ def test_corrupt_files_raise_artifact_error(data, tmp_path, damage):
     elif damage == "garbage_json":
         (path / "index.json").write_text("{not json")
     else:
-        (path / "vectors.npy").unlink()
+        f.unlink()
     with pytest.raises(ArtifactError):
         VectorIndex.load(path)
 

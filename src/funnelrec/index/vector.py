@@ -3,8 +3,11 @@
 The factory string is faiss's ``index_factory`` language, plus two additions of ours:
 
 - a trailing ``,Rerank<k'>`` stage: the base index scans approximately (e.g. ``SQ8``: INT8 codes,
-  a quarter of the fp32 memory), its top ``k'`` are re-scored exactly against the fp32 vectors,
-  kept as a memory-mapped ``.npy`` next to the index: ``"SQ8,Rerank40"``, ``"IVF1024,PQ32x4fs,Rerank100"``;
+  a quarter of the fp32 memory), its top ``max(k, k')`` are re-scored exactly against the fp32
+  vectors: ``"SQ8,Rerank40"``, ``"IVF1024,PQ32x4fs,Rerank100"``. It is faiss's ``IndexRefineFlat``
+  (``"<base>,RFlat"``) searched with ``k_factor = 1`` for ``max(k, k') + |excluded|`` results, so
+  k' stays a candidate *count* (faiss's own ``k_factor`` multiplies k: a recall stage asking for
+  k = 500 would re-score 500·k' candidates);
 - ``HNSWLIB<M>``: an hnswlib graph (optional dependency ``hnswlib``) instead of faiss's HNSW.
 
     >>> import numpy as np
@@ -26,9 +29,23 @@ Conventions (shared by every backend):
   ``k + max |exclude_q|`` from the base index, so an exact index stays exact under exclusion.
 
 On disk an index is a directory: ``index.json`` (format, factory, dim, metric, ntotal, search
-params, byte size + xxh64 of every file), ``index.faiss`` / ``index.hnswlib`` and, for Rerank,
-``vectors.npy``. ``load(mmap=True)`` maps faiss codes read-only (``IO_FLAG_MMAP_IFC``), so the
-serving workers of one machine share one copy in the page cache.
+params, byte size + xxh64 of every file) and ``index.faiss`` / ``index.hnswlib`` (faiss's file
+holds the RFlat fp32 copy too; a Rerank index saved before 2026-12 as base + ``vectors.npy``
+still loads, wrapped into an IndexRefineFlat in RAM). ``load(mmap=True)`` maps faiss codes,
+the RFlat copy included, read-only (``IO_FLAG_MMAP_IFC``), so the serving workers of one machine
+share one copy in the page cache.
+
+Why faiss's RFlat and not our numpy re-rank over a memory-mapped ``vectors.npy`` (used until
+2026-12): bench/ann_refine.py, 200k x 64 i.i.d. gaussian, 1,000 queries, inner product, one
+search thread, the same trained base for both, 2 shared cores (2026-12-02). Recall@10 is
+identical (SQ8 + 40: 1.000; IVF1024,PQ32x4fs nprobe 16 + 100: 0.253 on this structureless
+data). RFlat is faster where the re-rank is a visible part of the query: IVF-PQ single-query
+12,360–17,459 vs 8,358–8,459 QPS, batch 20,174–24,859 vs 8,053–15,288 QPS; on SQ8 the 200k
+INT8 scan dominates and both are 350–610 QPS within the machine's noise. Memory is the same:
+loaded into RAM both add 61.0 MB private RSS (SQ8); memory-mapped both add 0 MB private and map
+the same ~62.7 MB of file pages once searched, because faiss maps the RFlat copy with
+``IO_FLAG_MMAP_IFC`` as well, so the mmap copy gives no saving RFlat lacks (and the served
+funnel loads its indexes with ``mmap=False``, recall/vector.py). Load time 0.3–54 ms for all.
 """
 
 from __future__ import annotations
@@ -52,6 +69,7 @@ METRICS = ("ip", "l2")
 _RERANK = re.compile(r"^(?P<base>.+),Rerank(?P<k>\d+)$")
 _HNSWLIB = re.compile(r"^HNSWLIB(?P<M>\d+)$")
 _BUILD_PARAMS = ("efConstruction",)
+_LEGACY_VECTORS = "vectors.npy"  # the fp32 copy of a Rerank index saved before 2026-12 (read, never written)
 _TRAIN_SAMPLE = 262_144  # k-means/PQ training sample cap: faiss samples ≤256·nlist anyway
 
 
@@ -74,6 +92,11 @@ def parse_factory(factory: str) -> tuple[str, str, int]:
     if "Rerank" in base:
         raise ConfigError(f"vector index factory {factory!r}: Rerank<k'> must be the last component")
     engine = "hnswlib" if _HNSWLIB.match(base) else "faiss"
+    if engine == "hnswlib" and rerank:
+        raise ConfigError(
+            f"vector index factory {factory!r}: Rerank<k'> is faiss's IndexRefineFlat and needs a faiss base "
+            "index; HNSWLIB already scores with the exact fp32 vectors"
+        )
     return engine, base, rerank
 
 
@@ -86,16 +109,33 @@ class FaissBackend:
 
     def __init__(self, factory: str, dim: int, metric: str) -> None:
         self.factory = factory
+        base, refine = (factory[: -len(",RFlat")], True) if factory.endswith(",RFlat") else (factory, False)
+        faiss_metric = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
         # faiss's LSH compares sign bits by Hamming distance and only accepts the L2 flag.
-        faiss_metric = (
-            faiss.METRIC_L2 if metric == "l2" or factory.startswith("LSH") else faiss.METRIC_INNER_PRODUCT
-        )
+        base_metric = faiss.METRIC_L2 if base.startswith("LSH") else faiss_metric
         try:
-            self.index = faiss.index_factory(dim, factory, faiss_metric)
+            index = faiss.index_factory(dim, base, base_metric)
         except RuntimeError as e:
             reason = str(e).strip().splitlines()[-1][-160:]
             raise ConfigError(f"unknown or invalid vector index factory {factory!r} ({reason})") from None
+        if refine:
+            # IndexRefineFlat re-scores with its own metric_type: the user's metric, also above LSH
+            rflat = faiss.IndexRefineFlat(index)
+            index.this.disown()
+            rflat.own_fields = True
+            rflat.metric_type = faiss_metric
+            faiss.downcast_index(rflat.refine_index).metric_type = faiss_metric
+            index = rflat
+        self.index = index
+        self._init_search_params()
         self.read_only = False
+
+    def _init_search_params(self) -> None:
+        # k_factor 1: search(q, k') re-scores exactly the base index's top k' (VectorIndex asks
+        # for k' = max(k, Rerank k') + excluded), whatever k_factor the file holds
+        self.search_params = (
+            faiss.IndexRefineSearchParameters(k_factor=1.0) if isinstance(self.index, faiss.IndexRefine) else None
+        )
 
     # -- build
     @property
@@ -140,7 +180,7 @@ class FaissBackend:
             raise ConfigError(f"vector index {self.factory!r} has no search parameter {name!r}") from None
 
     def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        D, I = self.index.search(q, k)
+        D, I = self.index.search(q, k, params=self.search_params)
         if self.index.metric_type == faiss.METRIC_L2:
             np.negative(D, out=D)
         return D, I
@@ -161,6 +201,7 @@ class FaissBackend:
                 raise
             self.index = faiss.read_index(str(path))  # index type without mmap support
             mmap = False
+        self._init_search_params()
         self.read_only = mmap
         return self
 
@@ -169,7 +210,7 @@ def _find_hnsw(index: Any) -> Any:
     index = faiss.downcast_index(index)
     if hasattr(index, "hnsw"):
         return index.hnsw
-    inner = getattr(index, "index", None)  # IDMap / PreTransform wrappers
+    inner = getattr(index, "index", None) or getattr(index, "base_index", None)  # IDMap / PreTransform / Refine
     return _find_hnsw(inner) if inner is not None else None
 
 
@@ -270,9 +311,8 @@ class VectorIndex:
         self.metric = metric
         engine, base, rerank = parse_factory(factory)
         self.engine_, self.base_factory_, self.rerank_k_ = engine, base, rerank
-        self.backend_ = VECTOR_INDEXES.get(engine)(base, self.dim, metric)
+        self.backend_ = VECTOR_INDEXES.get(engine)(f"{base},RFlat" if rerank else base, self.dim, metric)
         self.params_: dict[str, int] = {}
-        self.vectors_: np.ndarray | None = None  # fp32 (N, D) for Rerank; memory-mapped after load
 
     # ------------------------------------------------------------ build
     @property
@@ -297,8 +337,6 @@ class VectorIndex:
         if not self.is_trained:
             self.backend_.train(x)
         self.backend_.add(x, None)
-        if self.rerank_k_:
-            self.vectors_ = x.copy() if self.vectors_ is None else np.concatenate([self.vectors_, x])
         return self
 
     def add_with_ids(self, vectors: np.ndarray, ids: np.ndarray) -> VectorIndex:
@@ -307,7 +345,7 @@ class VectorIndex:
         ids = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
         if len(ids) != len(x):
             raise ConfigError(f"add_with_ids: {len(x)} vectors but {len(ids)} ids")
-        if self.rerank_k_:
+        if self.rerank_k_:  # faiss's IndexRefine has no add_with_ids
             raise ConfigError(f"vector index {self.factory!r}: Rerank needs dense ids, use add()")
         self._writable()
         if not self.is_trained:
@@ -363,12 +401,14 @@ class VectorIndex:
         n_excl = 0
         if exclude is not None:
             excl_rows, excl_ids, n_excl = _exclusions(exclude, len(q))
+        # Rerank k': faiss's IndexRefineFlat re-scores the base index's top `fetch` exactly and
+        # returns them sorted, so every backend's answer arrives best first
         fetch = min(max(k, self.rerank_k_) + n_excl, n)
         scores, ids = self.backend_.search(q, fetch)
-        if fetch == k and not self.rerank_k_ and ids[:, -1].min() >= 0:
-            return scores, ids  # no re-rank, no exclusion, no padding: the backend's answer as is
-        if self.rerank_k_:
-            scores = self._rerank(q, ids)
+        if not n_excl and fetch >= k and ids[:, k - 1].min() >= 0:
+            if fetch == k:  # no re-rank, no exclusion, no padding: the backend's answer as is
+                return scores, ids
+            return np.ascontiguousarray(scores[:, :k]), np.ascontiguousarray(ids[:, :k])
         invalid = ids < 0
         if n_excl:
             # one int64 key per (row, id) pair: row·base + id, with base above every id
@@ -379,7 +419,7 @@ class VectorIndex:
         if any_invalid:
             scores = np.where(invalid, np.float32(-np.inf), scores)
             ids = np.where(invalid, -1, ids)
-        if self.rerank_k_ or any_invalid:
+        if any_invalid:
             order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
             scores = np.take_along_axis(scores, order, 1)
             ids = np.take_along_axis(ids, order, 1)
@@ -391,28 +431,16 @@ class VectorIndex:
             ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
         return np.ascontiguousarray(scores, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64)
 
-    def _rerank(self, q: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        """Exact fp32 similarity of each fetched id: ⟨q, x⟩ or -‖q − x‖², shape (Q, k')."""
-        assert self.vectors_ is not None
-        xs = np.asarray(self.vectors_)[np.maximum(ids, 0)]  # (Q, k', D); -1 slots are masked by the caller
-        if self.metric == "ip":
-            s = np.matmul(xs, q[:, :, None])[:, :, 0]
-        else:
-            s = -np.square(xs - q[:, None, :]).sum(axis=2)
-        return s.astype(np.float32, copy=False)
-
     # ------------------------------------------------------------ io
     def save(self, path: str | Path) -> Path:
-        """Write the index directory (index.json + engine file [+ vectors.npy]); returns path."""
+        """Write the index directory (index.json + the engine's own file); returns path."""
         if self.ntotal == 0:
             raise NotFittedError(f"vector index {self.factory!r} is empty; nothing to save")
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         files = [self.backend_.file_name]
         self.backend_.save(path / self.backend_.file_name)
-        if self.rerank_k_:
-            np.save(path / "vectors.npy", np.ascontiguousarray(self.vectors_, dtype=np.float32))
-            files.append("vectors.npy")
+        (path / _LEGACY_VECTORS).unlink(missing_ok=True)  # a stale copy from an older save here
         meta = {
             "format": FORMAT,
             "factory": self.factory,
@@ -431,8 +459,8 @@ class VectorIndex:
     ) -> VectorIndex:
         """Read an index directory written by `save`.
 
-        mmap: map faiss codes and the Rerank vectors read-only (shared between processes); a
-        memory-mapped index cannot `add`. expected_dim: raise ArtifactError if the stored dim
+        mmap: map faiss's codes (SQ/PQ codes, the RFlat fp32 copy) read-only, shared between
+        processes; a memory-mapped index cannot `add`. expected_dim: raise ArtifactError if the stored dim
         differs. verify: check each file's xxh64 (size is always checked).
         """
         path = Path(path)
@@ -471,22 +499,37 @@ class VectorIndex:
         if getattr(self.backend_, "index", None) is not None and self.engine_ == "faiss":
             if self.backend_.index.d != self.dim:
                 raise ArtifactError(f"{f}: faiss index dim {self.backend_.index.d} != index.json dim {self.dim}")
-        self.vectors_ = None
-        if self.rerank_k_:
-            try:
-                self.vectors_ = np.load(path / "vectors.npy", mmap_mode="r" if mmap else None)
-            except (ValueError, OSError) as e:
-                raise ArtifactError(f"{path}/vectors.npy: corrupt ({e})") from None
-            if self.vectors_.shape != (self.ntotal, self.dim) or self.vectors_.dtype != np.float32:
-                raise ArtifactError(
-                    f"{path}/vectors.npy: shape {self.vectors_.shape} {self.vectors_.dtype}, "
-                    f"expected ({self.ntotal}, {self.dim}) float32"
-                )
+        if self.rerank_k_ and not isinstance(self.backend_.index, faiss.IndexRefine):
+            self._wrap_legacy_rerank(path)
         params = meta.get("params", {})
         # efConstruction shaped the stored graph already; only search-time knobs are re-applied
         self.params_ = {k: v for k, v in params.items() if k in _BUILD_PARAMS}
         self.set_params(**{k: v for k, v in params.items() if k not in _BUILD_PARAMS})
         return self
+
+    def _wrap_legacy_rerank(self, path: Path) -> None:
+        """An index saved before Rerank became IndexRefineFlat: base ``index.faiss`` + fp32
+        ``vectors.npy``. Wrap the two into the IndexRefineFlat the factory now builds (in RAM)."""
+        f = path / _LEGACY_VECTORS
+        if not f.exists():
+            raise ArtifactError(
+                f"{path}/index.faiss: factory {self.factory!r} has a Rerank stage but the file holds no "
+                f"IndexRefineFlat and there is no {_LEGACY_VECTORS}; rebuild and save the index"
+            )
+        try:
+            vectors = np.load(f)
+        except (ValueError, OSError) as e:
+            raise ArtifactError(f"{f}: corrupt ({e})") from None
+        if vectors.shape != (self.ntotal, self.dim) or vectors.dtype != np.float32:
+            raise ArtifactError(f"{f}: shape {vectors.shape} {vectors.dtype}, expected ({self.ntotal}, {self.dim}) float32")
+        base = self.backend_.index
+        rflat = faiss.IndexRefineFlat(base, faiss.swig_ptr(np.ascontiguousarray(vectors)))
+        base.this.disown()
+        rflat.own_fields = True
+        rflat.metric_type = faiss.METRIC_L2 if self.metric == "l2" else faiss.METRIC_INNER_PRODUCT
+        faiss.downcast_index(rflat.refine_index).metric_type = rflat.metric_type
+        self.backend_.index = rflat
+        self.backend_._init_search_params()
 
     # the artifact directory (core/persist.py) stores an index as this same directory format:
     # faiss's/hnswlib's own file + the factory string, never pickled
@@ -500,12 +543,10 @@ class VectorIndex:
 
     # ------------------------------------------------------------ helpers
     def memory_bytes(self) -> int:
-        """Bytes of the serialized index plus the Rerank fp32 vectors (≈ resident memory)."""
+        """Bytes of the serialized index, the RFlat fp32 copy included (≈ resident memory)."""
         if self.engine_ == "faiss":
-            codes = faiss.serialize_index(self.backend_.index).nbytes
-        else:
-            codes = self.ntotal * (self.dim * 4 + self.backend_.M * 2 * 4 + 16)
-        return int(codes + (self.vectors_.nbytes if self.vectors_ is not None else 0))
+            return int(faiss.serialize_index(self.backend_.index).nbytes)
+        return int(self.ntotal * (self.dim * 4 + self.backend_.M * 2 * 4 + 16))
 
     def _as_matrix(self, x: np.ndarray, what: str) -> np.ndarray:
         x = np.asarray(x)
