@@ -172,7 +172,8 @@ def main() -> None:
         reranks = [int(v) for v in a.rerank.split(",")]
         for factory in filter(None, a.ivf.split(";")):
             ivf = ours(factory, [{"nprobe": p, "rerank": r} for p in nprobes for r in reranks])
-            raw = ivf.backend_.index  # the same IVF index without re-rank (the faiss backend alone)
+            # the same IVF index without re-rank: the base inside faiss's IndexRefineFlat
+            raw = faiss.downcast_index(ivf.backend_.index.base_index)
             for p in (nprobes[0], nprobes[-1]):
                 faiss.ParameterSpace().set_index_parameter(raw, "nprobe", p)
                 m = measure(lambda qq, r=raw: r.search(qq, k)[1], q, truth, a.nq)

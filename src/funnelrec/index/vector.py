@@ -131,11 +131,10 @@ class FaissBackend:
         self.read_only = False
 
     def _init_search_params(self) -> None:
-        # k_factor 1: search(q, k') re-scores exactly the base index's top k' (VectorIndex asks
-        # for k' = max(k, Rerank k') + excluded), whatever k_factor the file holds
-        self.search_params = (
-            faiss.IndexRefineSearchParameters(k_factor=1.0) if isinstance(self.index, faiss.IndexRefine) else None
-        )
+        # IndexRefine search parameters by (k, k_base), created once each: faiss releases the GIL
+        # while it searches, so one shared object whose k_factor we reassigned could race
+        self.refine = isinstance(self.index, faiss.IndexRefine)
+        self._refine_params: dict[tuple[int, int], Any] = {}
 
     # -- build
     @property
@@ -179,8 +178,20 @@ class FaissBackend:
         except RuntimeError:
             raise ConfigError(f"vector index {self.factory!r} has no search parameter {name!r}") from None
 
-    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        D, I = self.index.search(q, k, params=self.search_params)
+    def search(self, q: np.ndarray, k: int, k_base: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top k; an IndexRefine re-scores the base index's top ``k_base ≥ k`` (default k) exactly,
+        whatever k_factor its file holds."""
+        if self.refine:
+            key = (k, k if k_base is None else k_base)
+            params = self._refine_params.get(key)
+            if params is None:
+                if len(self._refine_params) > 1024:  # per-request exclusion counts vary: keep it bounded
+                    self._refine_params = {}
+                # faiss fetches idx_t(k · k_factor) from the base: +0.5 keeps float rounding off k_base - 1
+                params = self._refine_params[key] = faiss.IndexRefineSearchParameters(k_factor=(key[1] + 0.5) / k)
+            D, I = self.index.search(q, k, params=params)
+        else:
+            D, I = self.index.search(q, k)
         if self.index.metric_type == faiss.METRIC_L2:
             np.negative(D, out=D)
         return D, I
@@ -266,7 +277,7 @@ class HnswlibBackend:
         else:
             raise ConfigError(f"vector index {self.factory!r} has no search parameter {name!r}")
 
-    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, q: np.ndarray, k: int, k_base: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         kk = min(k, self.ntotal)
         labels, dist = self.index.knn_query(q, k=kk)
         # hnswlib 'ip' distance is 1 - <q, x>; 'l2' is the squared distance.
@@ -401,14 +412,15 @@ class VectorIndex:
         n_excl = 0
         if exclude is not None:
             excl_rows, excl_ids, n_excl = _exclusions(exclude, len(q))
-        # Rerank k': faiss's IndexRefineFlat re-scores the base index's top `fetch` exactly and
-        # returns them sorted, so every backend's answer arrives best first
         fetch = min(max(k, self.rerank_k_) + n_excl, n)
-        scores, ids = self.backend_.search(q, fetch)
-        if not n_excl and fetch >= k and ids[:, k - 1].min() >= 0:
-            if fetch == k:  # no re-rank, no exclusion, no padding: the backend's answer as is
-                return scores, ids
-            return np.ascontiguousarray(scores[:, :k]), np.ascontiguousarray(ids[:, :k])
+        if self.rerank_k_:
+            # faiss's IndexRefineFlat re-scores the base index's top `fetch` exactly and returns
+            # the best k + n_excl of them: enough for k after the exclusion
+            scores, ids = self.backend_.search(q, min(k + n_excl, fetch), k_base=fetch)
+        else:
+            scores, ids = self.backend_.search(q, fetch)
+        if not n_excl and ids.shape[1] == k and ids[:, -1].min() >= 0:
+            return scores, ids  # no exclusion, no padding: the backend's answer as is
         invalid = ids < 0
         if n_excl:
             # one int64 key per (row, id) pair: row·base + id, with base above every id
@@ -419,7 +431,6 @@ class VectorIndex:
         if any_invalid:
             scores = np.where(invalid, np.float32(-np.inf), scores)
             ids = np.where(invalid, -1, ids)
-        if any_invalid:
             order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
             scores = np.take_along_axis(scores, order, 1)
             ids = np.take_along_axis(ids, order, 1)
