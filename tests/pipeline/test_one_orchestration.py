@@ -93,9 +93,10 @@ def test_offline_batch_applies_the_same_exposure_and_exclusion_as_the_service(ca
     for r, uid in enumerate(uids):
         assert ids[items[r]].tolist() == served[uid].item_ids
         np.testing.assert_allclose(scores[r], served[uid].rec.scores, rtol=1e-5)
-    # and the filter mattered: without it the batch answer brings the shown items back
-    bare, _ = f.recommend_batch(users, 10, context=RecallContext(time=NOW), state=RequestState(cached=cached))
-    assert any(set(ids[bare[r]].tolist()) & set(first[uid][:6]) for r, uid in enumerate(uids))
+    # and the filter mattered: with the first requests' state (nothing cached, nothing shown) the
+    # batch path gives exactly the first answers, shown and excluded items included
+    bare, _ = f.recommend_batch(users, 10, context=RecallContext(time=NOW), state=RequestState(cached=[None] * 3))
+    assert [ids[bare[r]].tolist() for r in range(len(uids))] == [first[uid] for uid in uids]
     svc.close()
 
 
@@ -162,3 +163,28 @@ def test_with_components_swaps_one_part_and_leaves_the_original(cache_funnel, ml
     assert _digest(f) == before
     with pytest.raises(ConfigError, match="unknown funnel component"):
         f.with_components(channels__nosuch=ch)
+
+
+def test_parts_that_do_not_fit_the_served_funnel_are_refused(cache_funnel, ml100k, ml100k_split, tmp_path):
+    """A ranker (or pre-ranker) reads 3 recall-source columns per channel in channel order: a
+    ranker fitted on another channel list must be refused when the funnel is built, not give
+    wrong scores or errors at request time; a partial reload keeps the served config."""
+    from funnelrec.pipeline.funnel import Funnel
+
+    f = cache_funnel
+    other_cfg = FunnelConfig.from_dict({
+        "recall": {"channels": [{"name": "hot", "n": 40}, {"name": "itemcf", "n": 80}, {"name": "cache", "n": 20}],
+                   "merge": {"total": 100}},
+        "rank": {"epochs": 1}, "k": 7})
+    other = FunnelBuilder(other_cfg).fit(ml100k, ml100k_split.train, labels=ml100k_split.valid)
+    with pytest.raises(ConfigError, match=r"fitted on channels \['hot', 'itemcf', 'cache'\]"):
+        f.with_components(ranker=other.ranker_)
+    other.save(tmp_path / "other")
+    with pytest.raises(ConfigError, match="fitted on channels"):
+        Funnel.load(tmp_path / "other", parts=["ranker"], base=f)
+    # a channel part fits (same kind, same catalogue): the served config (k, channel order) stays
+    g = Funnel.load(tmp_path / "other", parts=["channels/hot"], base=f)
+    assert g.config is f.config and g.config.k != 7 and g.ranker_ is f.ranker_
+    assert [c.name for c in g.config.recall.channels] == ["itemcf", "hot", "cache"]
+    with pytest.raises(ConfigError, match="configured as 'hot'"):
+        f.with_components(channels__hot=f.channels_["itemcf"])

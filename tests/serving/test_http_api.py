@@ -286,3 +286,27 @@ def test_every_response_names_its_worker_process(url):
     for r in (httpx.get(f"{url}/health"), httpx.post(f"{url}/recommend", json={"user_id": "196", "k": 3}),
               httpx.post(f"{url}/recommend", json={"user_id": "196", "k": -1})):
         assert r.headers["x-funnelrec-worker"] == str(os.getpid())  # served in-thread by this process
+
+
+def test_lone_surrogates_are_422_not_500(fitted_funnel, serve):
+    """JSON may carry "\\ud800" (a lone UTF-16 surrogate) that no UTF-8 store or response holds:
+    every field that takes an id or text refuses it with a 422 naming the field."""
+    svc = RecommenderService(fitted_funnel)
+    bodies = {
+        "/recommend": ['{"user_id": "\\ud800"}', '{"user_id": "1", "exclude": ["\\ud800"]}',
+                       '{"user_id": "1", "context": {"device": "\\ud800"}}',
+                       '{"user_id": "1", "context": {"other": "\\ud800"}}'],
+        "/feedback": ['{"user_id": "1", "events": [{"item_id": "\\ud800", "type": "click"}]}',
+                      '{"user_id": "\\ud800", "events": [{"item_id": 1, "type": "click"}]}',
+                      '{"request_id": "\\ud800", "user_id": "1", "events": [{"item_id": 1, "type": "click"}]}'],
+    }
+    with serve(create_app(svc)) as base:
+        for path, items in bodies.items():
+            for body in items:
+                r = httpx.post(f"{base}{path}", content=body, headers={"content-type": "application/json"})
+                assert r.status_code == 422, (path, body, r.status_code, r.text)
+                assert "surrogate" in r.text
+        assert svc.events.read().height == 0  # nothing half-written
+        ok = httpx.post(f"{base}/recommend", json={"user_id": "1", "exclude": [1, "2"]})
+        assert ok.status_code == 200
+    svc.close()

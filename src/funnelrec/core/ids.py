@@ -27,7 +27,10 @@ def item_key(item_id: Any) -> int:
             return v
     except ValueError:
         pass
-    h = xxhash.xxh64_intdigest(s.encode())
+    try:
+        h = xxhash.xxh64_intdigest(s.encode())
+    except UnicodeEncodeError:
+        raise DataError(f"item_id {s!r} is not valid Unicode text (a lone surrogate)") from None
     return h - (1 << 64) if h >= 1 << 63 else h
 
 

@@ -542,6 +542,8 @@ class _Reader:
             p = self.path(v, where)
             try:
                 a = np.load(p, allow_pickle=False, mmap_mode="r" if self.mmap else None)
+            except FileNotFoundError:
+                raise ArtifactError(f"{p}: file missing (removed while it was read? load again)") from None
             except (ValueError, OSError) as e:
                 raise ArtifactError(f"{p}: corrupt array file ({e})") from None
         else:
@@ -577,6 +579,8 @@ class _Reader:
                     m.row, m.col = row, col  # ditto
                 else:
                     raise ValueError(f"format {fmt!r}")
+        except FileNotFoundError:
+            raise ArtifactError(f"{p}: file missing (removed while it was read? load again)") from None
         except (ValueError, OSError, KeyError) as e:
             raise ArtifactError(f"{p}: corrupt sparse matrix file ({e})") from None
         return self.remember(ref, m)

@@ -100,8 +100,9 @@ class RequestState:
     per user of the batch, aligned with `users`; None = nothing for that user). The funnel only
     reads it: no callback into the service, nothing fitted changes during a request.
 
-    history:  fresh item indices consumed since the fit (triggers of the CF channels, match
-              features; never recalled again)
+    history:  fresh item indices consumed since the fit (triggers of the CF, EASE and vector
+              channels; never recalled again; the ranker's match features still read the fit-time
+              history — issue #10)
     exclude:  item indices never to return (offline: the user's train + valid items; online:
               a client's `exclude` list, items already bought …)
     exposure: the items already shown to the user (per-user exposure filter view over item

@@ -15,7 +15,7 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
-from funnelrec.core.errors import DataError, NotFittedError
+from funnelrec.core.errors import ConfigError, DataError, NotFittedError
 from funnelrec.core.sparse import take_rows
 from funnelrec.core.types import MergedCandidates
 
@@ -315,6 +315,9 @@ class RankFeatures:
 
         if not hasattr(self, "mean_"):
             raise NotFittedError("RankFeatures: call fit() and set_scale() first")
+        if X.shape[1] != len(self.mean_):
+            raise ConfigError(f"ranker features: {X.shape[1]} dense columns for a ranker fitted on {len(self.mean_)} "
+                              "(the channel list or match columns changed since it was fitted)")
         u = np.asarray(u, dtype=np.int64)
         i = np.asarray(items, dtype=np.int64)
         known = u >= 0

@@ -25,9 +25,13 @@ is refused with the way out: re-train, or `pipeline/convert.py: convert_pickle_a
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import os
 import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -128,6 +132,7 @@ def save_artifact(directory: str | Path, components: dict[str, Any], config: Any
         for name, obj in components.items():
             manifest["components"][name] = _write_part(tmp, name, obj, dirs[name])
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, allow_nan=False))
+        (tmp / LOCK).touch()  # from the start, so that every reader takes it (see artifact_lock)
         _swap_in(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -179,6 +184,31 @@ def read_manifest(directory: str | Path) -> dict:
     return m
 
 
+LOCK = ".lock"
+
+
+@contextmanager
+def artifact_lock(directory: Path, exclusive: bool) -> Iterator[None]:
+    """flock on `<artifact>/.lock`: `save_component` holds it exclusively for its whole
+    read-manifest → write part → replace manifest → remove old part sequence (two publishers —
+    the learner's ranker, a job's channel — would otherwise each keep only their own update);
+    readers hold it shared, so a part is never removed under them. A read-only artifact with no
+    lock file is read without one (nobody can be writing it)."""
+    p = directory / LOCK
+    try:
+        fd = os.open(p, os.O_RDWR | os.O_CREAT if exclusive else os.O_RDONLY)
+    except OSError:
+        if exclusive:
+            raise ArtifactError(f"{p}: cannot lock the artifact for writing") from None
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def load_artifact(directory: str | Path, parts: list[str] | None = None, verify: bool = True,
                   mmap: bool = False) -> tuple[dict, dict[str, Any]]:
     """(manifest, {name: object}) of the components in `parts` (default: all); the others are
@@ -186,8 +216,14 @@ def load_artifact(directory: str | Path, parts: list[str] | None = None, verify:
     mmap: memory-map the parts' arrays read-only (shared between the workers of a machine)."""
     directory = Path(directory)
     m = read_manifest(directory)
+    with artifact_lock(directory, exclusive=False):
+        m = read_manifest(directory)  # again under the lock: the parts it names stay while we read
+        return m, _load_parts(directory, m, parts, verify, mmap)
+
+
+def _load_parts(directory: Path, m: dict, parts: list[str] | None, verify: bool, mmap: bool) -> dict[str, Any]:
     comps = m["components"]
-    names = list(comps) if parts is None else list(parts)
+    names = list(comps) if parts is None else list(dict.fromkeys(parts))
     unknown = [n for n in names if n not in comps]
     if unknown:
         raise ArtifactError(f"{directory}: no component {', '.join(map(repr, unknown))}; "
@@ -196,7 +232,7 @@ def load_artifact(directory: str | Path, parts: list[str] | None = None, verify:
     for n in names:
         e = comps[n]
         out[n] = load_state(directory / e["path"], verify=verify, checksums=e["files"] if verify else None, mmap=mmap)
-    return m, out
+    return out
 
 
 def save_component(directory: str | Path, name: str, obj: Any) -> dict:
@@ -205,6 +241,12 @@ def save_component(directory: str | Path, name: str, obj: Any) -> dict:
     the component's manifest entry. A reader that read the old manifest and is still reading
     the old part can meet a missing file (a clear ArtifactError; reading again succeeds)."""
     directory = Path(directory)
+    read_manifest(directory)  # a clear error before any lock file is created
+    with artifact_lock(directory, exclusive=True):
+        return _save_component_locked(directory, name, obj)
+
+
+def _save_component_locked(directory: Path, name: str, obj: Any) -> dict:
     m = read_manifest(directory)
     rel = component_dir(name)
     old = m["components"].get(name, {}).get("path")
@@ -223,7 +265,7 @@ def save_component(directory: str | Path, name: str, obj: Any) -> dict:
         shutil.rmtree(directory / new_rel, ignore_errors=True)
         raise
     m["components"][name] = entry
-    tmp = directory / f"{MANIFEST}.tmp-{os.getpid()}"
+    tmp = directory / f"{MANIFEST}.tmp-{os.getpid()}-{uuid.uuid4().hex}"
     tmp.write_text(json.dumps(m, indent=1, allow_nan=False))
     os.replace(tmp, directory / MANIFEST)
     if old is not None and old != new_rel:

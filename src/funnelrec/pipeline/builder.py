@@ -24,6 +24,7 @@ import numpy as np
 import polars as pl
 
 from funnelrec.core.config import from_dict
+from funnelrec.core.errors import ConfigError
 from funnelrec.core.registry import RANKERS, RECALL_CHANNELS
 from funnelrec.data.dataset import Dataset, TrainData, interactions_csr
 from funnelrec.features.candidates import candidate_features
@@ -55,7 +56,8 @@ class FunnelBuilder:
     def fit_channel(self, name: str, data: TrainData) -> RecallChannel:
         spec = next((c for c in self.config.recall.channels if c.name == name), None)
         if spec is None:
-            raise KeyError(f"no channel {name!r} in the config; configured: {[c.name for c in self.config.recall.channels]}")
+            raise ConfigError(f"no channel {name!r} in the funnel config; configured: "
+                              f"{', '.join(c.name for c in self.config.recall.channels)}")
         return build_channel(spec).fit(data)
 
     def fit_channels(self, data: TrainData, progress: bool = False,
@@ -117,7 +119,9 @@ class FunnelBuilder:
         _, _, X = candidate_features(merged, users, funnel.item_log_pop_, funnel.user_log_act_)
         r = funnel.ranker_
         pr = PreRanker(spec.keep, spec.dim, tuple(spec.hidden), spec.epochs, spec.lr, spec.batch_size, spec.seed)
-        return pr.fit(r.user_rows_, r.item_rows_, r.spec_.n_embeddings, u, items, np.concatenate(fused), X)
+        pr.fit(r.user_rows_, r.item_rows_, r.spec_.n_embeddings, u, items, np.concatenate(fused), X)
+        pr.channel_names_ = tuple(next((m.channels for m in merged), ()))  # its dense block's layout
+        return pr
 
     # ------------------------------------------------------------------ the whole funnel
     def fit(self, dataset: Dataset, train: pl.DataFrame, labels: pl.DataFrame | None = None,

@@ -77,9 +77,7 @@ class Funnel:
     def __init__(self, config: FunnelConfig, dataset: Dataset, channels: dict[str, RecallChannel],
                  stats: FunnelStats, ranker: Any = None, prerank: Any = None,
                  fit_seconds: dict[str, float] | None = None) -> None:
-        missing = [c.name for c in config.recall.channels if c.name not in channels]
-        if missing:
-            raise ConfigError(f"funnel: configured channels {missing} have no fitted component")
+        _check_components(config, dataset, channels, stats, ranker, prerank)
         self.config = config
         self.dataset_ = dataset
         self.channels_ = dict(channels)
@@ -248,7 +246,9 @@ class Funnel:
         """Answer a batch of users (dense indices, -1 = unknown → the non-personalized channels,
         flagged cold_start): recall → merge → filter → pre-rank → rank → fuse → re-rank → top k.
         Serving passes a batch of one; offline evaluation all test users at once."""
-        k = k or self.config.k
+        k = self.config.k if k is None else k
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+            raise DataError(f"k must be an integer ≥ 1, got {k!r}")
         users = np.asarray(users, dtype=np.int64).reshape(-1)
         if len(users) and (users.max() >= self.dataset_.n_users or users.min() < -1):
             raise DataError(f"user indices must be in [-1, {self.dataset_.n_users}); got {users.min()}..{users.max()}")
@@ -315,6 +315,10 @@ class Funnel:
         if exclude is not None:
             rows = [exclude.indices[exclude.indptr[u]: exclude.indptr[u + 1]] if u >= 0 else None
                     for u in users.tolist()]
+            if state is not None and state.exclude is not None:  # both given: each row excludes the union
+                state.check(len(users))
+                rows = [r if e is None else (np.asarray(e, np.int64) if r is None else np.union1d(r, e))
+                        for r, e in zip(rows, state.exclude)]
             state = replace(state, exclude=rows) if state is not None else RequestState(exclude=rows)
         recs = self.run(users, k, context=context, state=state)
         items = np.full((len(users), k), PAD, np.int64)
@@ -330,7 +334,7 @@ class Funnel:
         part per component, no pickle."""
         from funnelrec.pipeline.artifact import save_artifact
 
-        return save_artifact(path, self.components(), config=_config_dict(self.config),
+        return save_artifact(Path(path).resolve(), self.components(), config=_config_dict(self.config),
                              schema=_schema_of(self.dataset_), meta={"fit_seconds": self.fit_seconds_})
 
     @staticmethod
@@ -340,16 +344,49 @@ class Funnel:
         from funnelrec.pipeline.artifact import load_artifact
 
         manifest, comps = load_artifact(path, parts=parts)
+        config = FunnelConfig.from_dict(manifest["config"])
         if parts is not None:
+            # the served funnel's config stays (its channel list, merge, fusion, k); the parts must
+            # fit it — checked when the new funnel is built
             if base is None:
                 raise ArtifactError("Funnel.load(parts=…) needs the funnel whose other parts it keeps (base=)")
             merged = base.components()
             merged.update(comps)
-            comps = merged
-        config = FunnelConfig.from_dict(manifest["config"])
+            comps, config = merged, base.config
         funnel = Funnel.from_components(config, comps)
         funnel.fit_seconds_ = dict(manifest.get("meta", {}).get("fit_seconds", {}))
         return funnel
+
+
+def _check_components(config: FunnelConfig, dataset: Dataset, channels: dict[str, RecallChannel],
+                      stats: FunnelStats, ranker: Any, prerank: Any) -> None:
+    """Parts that do not fit together are refused when the funnel is built (a reload that swaps
+    one part, `with_components`), not discovered as wrong scores or errors at request time."""
+    names = [c.name for c in config.recall.channels]
+    missing = [n for n in names if n not in channels]
+    if missing:
+        raise ConfigError(f"funnel: configured channels {missing} have no fitted component")
+    for spec in config.recall.channels:
+        kind = getattr(channels[spec.name], "registered_name", spec.kind)
+        if kind != spec.kind:
+            raise ConfigError(f"funnel: channel {spec.name!r} is configured as {spec.kind!r} but the component "
+                              f"is a {kind!r} channel")
+    shapes = {"stats.history": stats.history.shape, "stats.item_log_pop": (dataset.n_users, len(stats.item_log_pop)),
+              "stats.user_log_act": (len(stats.user_log_act), dataset.n_items)}
+    for what, shape in shapes.items():
+        if tuple(shape) != (dataset.n_users, dataset.n_items):
+            raise ConfigError(f"funnel: {what} is for {shape[0]} users × {shape[1]} items, the catalogue has "
+                              f"{dataset.n_users} × {dataset.n_items}")
+    for what, part in (("ranker", ranker), ("prerank", prerank)):
+        fitted = getattr(part, "channel_names_", None)  # None: fitted before the layout was recorded
+        if fitted is not None and list(fitted) != names:
+            raise ConfigError(f"funnel: the {what} was fitted on channels {list(fitted)} in that order, the funnel "
+                              f"runs {names}; its recall-source features would be misread — refit or reload it too")
+    rows = getattr(ranker, "features_", None)
+    if rows is not None and hasattr(rows, "user_rows_") and (
+            rows.user_rows_.shape[0] != dataset.n_users or rows.item_rows_.shape[0] != dataset.n_items):
+        raise ConfigError(f"funnel: the ranker was fitted on {rows.user_rows_.shape[0]} users × "
+                          f"{rows.item_rows_.shape[0]} items, the catalogue has {dataset.n_users} × {dataset.n_items}")
 
 
 def _config_dict(config: FunnelConfig) -> dict[str, Any]:

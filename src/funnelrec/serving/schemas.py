@@ -8,9 +8,10 @@ whose `detail[i].loc` names the field.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -25,8 +26,19 @@ MAX_K = 500
 MAX_EVENTS = 1000
 MAX_EXCLUDE = 10_000
 
-UserId = StrictStr | StrictInt
-ItemId = StrictStr | StrictInt
+def _utf8(v: str) -> str:
+    """A JSON string may carry a lone UTF-16 surrogate ("\ud800"), which no UTF-8 store, hash or
+    response can hold: refused here (422) rather than failing deep inside (500)."""
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("not valid Unicode text (a lone surrogate such as \\ud800)") from None
+    return v
+
+
+Utf8Str = Annotated[StrictStr, AfterValidator(_utf8)]
+UserId = Utf8Str | StrictInt
+ItemId = Utf8Str | StrictInt
 
 
 class _Strict(BaseModel):
@@ -38,11 +50,11 @@ class RecommendContext(BaseModel):
     keys are passed to the recall channels as `RecallContext.extra` (scalar values only)."""
 
     model_config = ConfigDict(extra="allow")
-    __pydantic_extra__: dict[str, StrictStr | StrictInt | StrictFloat | StrictBool]
+    __pydantic_extra__: dict[str, Utf8Str | StrictInt | StrictFloat | StrictBool]
 
     time: StrictInt | None = Field(None, ge=0)
-    device: StrictStr | None = Field(None, max_length=64)
-    region: StrictStr | StrictInt | None = None
+    device: Utf8Str | None = Field(None, max_length=64)
+    region: Utf8Str | StrictInt | None = None
 
 
 class RecommendRequest(_Strict):
@@ -76,15 +88,15 @@ class Event(_Strict):
 
 
 class FeedbackRequest(_Strict):
-    request_id: StrictStr | None = Field(None, max_length=64)
+    request_id: Utf8Str | None = Field(None, max_length=64)
     user_id: UserId
     events: list[Event] = Field(..., min_length=1, max_length=MAX_EVENTS)
 
 
 class ReloadRequest(_Strict):
-    artifact: StrictStr = Field(..., min_length=1, max_length=4096)
+    artifact: Utf8Str = Field(..., min_length=1, max_length=4096)
     # only these components of the artifact ("ranker", "channels/itemcf", …); the rest stay
-    parts: list[StrictStr] | None = Field(None, min_length=1, max_length=256)
+    parts: list[Utf8Str] | None = Field(None, min_length=1, max_length=256)
 
 
 # ---- responses (documentation only: handlers return plain dicts through orjson) ----------

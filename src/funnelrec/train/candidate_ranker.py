@@ -222,6 +222,8 @@ class CandidateRanker:
         vsizes = np.array([len(m) for m in vmerged])
         vpos = sp.csr_matrix(main.positives != 0, dtype=np.float32)
         self.valid_users_ = valid_users
+        # the dense block's layout: 3 recall-source columns per channel, in this order
+        self.channel_names_ = tuple(next((m.channels for m in main.merged), ()))
 
         def validate(model) -> float:
             if len(vu) == 0:
