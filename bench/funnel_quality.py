@@ -15,8 +15,7 @@ import time
 from funnelrec.core.config import load_yaml
 from funnelrec.data import load_dataset
 from funnelrec.pipeline.config import FunnelConfig
-from funnelrec.pipeline.offline import evaluate_funnel, fit_on_protocol
-from funnelrec.pipeline.offline import prerank_recall
+from funnelrec.pipeline.offline import evaluate_funnel, fit_on_protocol, prerank_recall
 
 CONFIG = "configs/funnel/ml100k.yaml"
 RANKER_PARAMS = {

@@ -185,8 +185,8 @@ def build_funnel(spec: dict, workdir: Path) -> tuple[Path, dict, list]:
 
     from funnelrec.data import load_dataset
     from funnelrec.data.splits import random_split_by_user
-    from funnelrec.pipeline.config import FunnelConfig
     from funnelrec.pipeline.builder import FunnelBuilder
+    from funnelrec.pipeline.config import FunnelConfig
     from funnelrec.train.trainer import setup_torch
 
     setup_torch(1)  # a second spinning torch thread is slower on this loaded 2-core machine

@@ -23,6 +23,7 @@ from funnelrec.core.errors import ArtifactError, NotFittedError
 from funnelrec.core.types import PAD, CandidateBatch, RequestState
 from funnelrec.data.dataset import TrainData
 
+
 @dataclass
 class RecallContext:
     """Per-request facts a channel may use (region for geo, time for fresh, …) and the request's

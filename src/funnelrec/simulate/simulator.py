@@ -50,8 +50,8 @@ from funnelrec.data.dataset import Dataset
 from funnelrec.experiments import ExperimentPlatform, ExperimentsConfig, apply_params, flatten_params
 from funnelrec.experiments.report import MetricSpec, Report, ReportConfig, build_report
 from funnelrec.filter import DAY, CountingBloomConfig, MemoryExposureStore
-from funnelrec.pipeline.config import FunnelConfig
 from funnelrec.pipeline.builder import FunnelBuilder
+from funnelrec.pipeline.config import FunnelConfig
 from funnelrec.pipeline.funnel import Funnel
 from funnelrec.pipeline.service import RecommenderService, ServiceConfig
 from funnelrec.simulate.config import SimConfig
