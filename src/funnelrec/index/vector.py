@@ -36,16 +36,19 @@ the RFlat copy included, read-only (``IO_FLAG_MMAP_IFC``), so the serving worker
 share one copy in the page cache.
 
 Why faiss's RFlat and not our numpy re-rank over a memory-mapped ``vectors.npy`` (used until
-2026-12): bench/ann_refine.py, 200k x 64 i.i.d. gaussian, 1,000 queries, inner product, one
-search thread, the same trained base for both, 2 shared cores (2026-12-02). Recall@10 is
-identical (SQ8 + 40: 1.000; IVF1024,PQ32x4fs nprobe 16 + 100: 0.253 on this structureless
-data). RFlat is faster where the re-rank is a visible part of the query: IVF-PQ single-query
-12,360–17,459 vs 8,358–8,459 QPS, batch 20,174–24,859 vs 8,053–15,288 QPS; on SQ8 the 200k
-INT8 scan dominates and both are 350–610 QPS within the machine's noise. Memory is the same:
-loaded into RAM both add 61.0 MB private RSS (SQ8); memory-mapped both add 0 MB private and map
-the same ~62.7 MB of file pages once searched, because faiss maps the RFlat copy with
-``IO_FLAG_MMAP_IFC`` as well, so the mmap copy gives no saving RFlat lacks (and the served
-funnel loads its indexes with ``mmap=False``, recall/vector.py). Load time 0.3–54 ms for all.
+2026-12): bench/ann_refine.py, 200k x 64 (i.i.d. gaussian, and bench/ann.py's mixture), 1,000
+queries, inner product, one search thread, the same trained base for both, 2 shared cores
+(2026-12-02, 5 runs). Recall@10 is identical: SQ8 + 40 1.000 (also at 1M); IVF1024,PQ32x4fs
+nprobe 16 + 100 0.9913 (mixture), 0.2529 (structureless gaussian). Batch QPS is 2-3x higher
+with RFlat on IVF-PQ (20,137-29,603 vs 7,421-17,297: faiss gathers and scores in C++, numpy
+builds a (Q, k', D) copy); single-query IVF-PQ 11,487-19,398 vs 8,228-14,195, within the shared
+machine's noise to 1.5x. On SQ8 the INT8 scan dominates: 437-615 vs 361-556 QPS at 200k,
+54-104 vs 88-95 at 1M (noise). Memory is the same: loaded into RAM both add 61.0 MB private
+RSS (SQ8, 200k; 305.2 MB at 1M); memory-mapped both add 0 MB private and map the same 62.7 MB
+(306.8 MB at 1M) of shared file pages once searched, because faiss maps the RFlat copy with
+``IO_FLAG_MMAP_IFC`` too, so the mmap copy saves nothing RFlat lacks (and the served funnel
+loads its indexes with ``mmap=False``, recall/vector.py). Load: < 10 ms mmapped, 20-150 ms in
+RAM at 200k, 0.5-0.8 s at 1M, for both.
 """
 
 from __future__ import annotations
