@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import shutil
 import time
 import uuid
@@ -15,11 +14,18 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from funnelrec.core.errors import DataError
 from funnelrec.experiments import ExperimentPlatform
 from funnelrec.pipeline.eventlog import EventLog, FeedbackEvent
-from funnelrec.pipeline.service import LatencyHistogram, RecommenderService, ServiceConfig, item_key
+from funnelrec.pipeline.service import (
+    LATENCY_BUCKETS_MS,
+    LatencyHistogram,
+    RecommenderService,
+    ServiceConfig,
+    item_key,
+)
 from funnelrec.serving.app import create_app
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "configs" / "experiments.yaml"
@@ -39,12 +45,22 @@ def url(service, serve):
         yield base
 
 
+def _samples(text: str) -> dict[tuple[str, frozenset], float]:
+    """The exposition text read by prometheus_client's own parser: (sample name, labels) → value."""
+    out: dict[tuple[str, frozenset], float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            key = (s.name, frozenset(s.labels.items()))
+            assert key not in out, f"{s.name}{s.labels} appears twice"
+            out[key] = s.value
+    return out
+
+
 def _metric(text: str, name: str, **labels: str) -> float:
-    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    pat = re.escape(name) + (re.escape("{" + want + "}") if labels else "") + r" (\S+)$"
-    hits = [float(m.group(1)) for m in re.finditer(pat, text, re.M)]
-    assert len(hits) == 1, f"{name}{{{want}}} appears {len(hits)} times"
-    return hits[0]
+    key = (name, frozenset(labels.items()))
+    samples = _samples(text)
+    assert key in samples, f"{name}{labels} is not in /metrics"
+    return samples[key]
 
 
 def test_post_recommend_answers_with_attribution_and_assignment(url, ml100k_split):
@@ -115,10 +131,10 @@ def test_feedback_impressions_are_filtered_and_logged_with_the_assignment(url, s
 
 
 def test_metrics_count_requests_and_stage_latencies(url):
-    before = httpx.get(f"{url}/metrics").text
-    n200 = _metric(before, "funnelrec_http_requests_total", method="POST", path="/recommend", status="200") \
-        if 'path="/recommend",status="200"' in before else 0
-    rank_before = _metric(before, "funnelrec_stage_latency_ms_count", stage="rank")
+    before = _samples(httpx.get(f"{url}/metrics").text)  # a series appears with its first observation
+    n200 = before.get(("funnelrec_http_requests_total",
+                       frozenset({"method": "POST", "path": "/recommend", "status": "200"}.items())), 0)
+    rank_before = before.get(("funnelrec_stage_latency_ms_count", frozenset({"stage": "rank"}.items())), 0)
     for _ in range(3):
         assert httpx.post(f"{url}/recommend", json={"user_id": "1", "k": 3}).status_code == 200
     assert httpx.post(f"{url}/recommend", json={"user_id": "1", "k": -3}).status_code == 422
@@ -128,7 +144,10 @@ def test_metrics_count_requests_and_stage_latencies(url):
     assert _metric(text, "funnelrec_http_requests_total", method="POST", path="/recommend", status="200") == n200 + 3
     assert _metric(text, "funnelrec_http_requests_total", method="POST", path="/recommend", status="422") >= 1
     assert _metric(text, "funnelrec_stage_latency_ms_count", stage="rank") == rank_before + 3
-    buckets = [float(v) for v in re.findall(r'^funnelrec_stage_latency_ms_bucket\{stage="rank",le="[^"]+"\} (\S+)$', text, re.M)]
+    rank = {dict(labels)["le"]: v for (name, labels), v in _samples(text).items()
+            if name == "funnelrec_stage_latency_ms_bucket" and dict(labels)["stage"] == "rank"}
+    assert len(rank) == len(LATENCY_BUCKETS_MS) + 1 and "+Inf" in rank  # cumulative: non-decreasing in le
+    buckets = [rank[le] for le in sorted(rank, key=float)]
     assert buckets == sorted(buckets) and buckets[-1] == _metric(text, "funnelrec_stage_latency_ms_count", stage="rank")
 
 

@@ -1,4 +1,4 @@
-"""`python -m funnelrec.serving --artifact funnel.pkl --state-dir state --port 8000`: the server
+"""`python -m funnelrec.serving --artifact artifacts/funnel --state-dir state --port 8000`: the server
 (what the reliability tests kill with SIGKILL and the load benchmark measures).
 `funnelrec serve` is the user-facing command; this entry point takes the same settings.
 
@@ -6,7 +6,9 @@
 the production layout, one worker per core (a request is CPU-bound Python and runs on its
 worker's event loop). Workers share state through the SQLite files of `--state-dir` or Redis,
 so one of the two is required; each worker uses `--threads` torch threads (default 1: a second
-spinning thread per worker costs more than it gives on a loaded machine).
+spinning thread per worker costs more than it gives on a loaded machine). /metrics sums every
+worker's counts: the launcher points $PROMETHEUS_MULTIPROC_DIR at a fresh temporary directory
+(under $TMPDIR) for the workers' metric files and removes it when they have stopped.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
+import tempfile
 
 _ENV = "FUNNELREC_SERVE_ARGS"
 
@@ -55,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     from funnelrec.core.errors import FunnelrecError
     from funnelrec.pipeline.service import RecommenderService
     from funnelrec.serving.app import create_app
+    from funnelrec.serving.metrics import MULTIPROC_ENV
     from funnelrec.train.trainer import setup_torch
 
     if args.workers < 1:
@@ -69,8 +74,15 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         os.environ[_ENV] = json.dumps({k: getattr(args, k) for k in (
             "artifact", "state_dir", "redis_url", "experiments", "max_in_flight", "threads", "eventlog_sync")})
-        uvicorn.run("funnelrec.serving.__main__:app_from_env", factory=True, workers=args.workers,
-                    host=args.host, port=args.port, log_level="warning", access_log=False)
+        # fresh per run: files left by an earlier run would be summed into this one's counters.
+        # The workers are spawned (fresh interpreters), so they import prometheus_client with it set.
+        metrics_dir = os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="funnelrec-metrics-")
+        try:
+            uvicorn.run("funnelrec.serving.__main__:app_from_env", factory=True, workers=args.workers,
+                        host=args.host, port=args.port, log_level="warning", access_log=False)
+        finally:
+            del os.environ[MULTIPROC_ENV]
+            shutil.rmtree(metrics_dir, ignore_errors=True)
         return 0
 
     setup_torch(args.threads)

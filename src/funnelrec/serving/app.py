@@ -188,7 +188,8 @@ def create_app(service: RecommenderService | Funnel | None = None, artifact: str
         app.state.io_pool = ThreadPoolExecutor(io_threads, thread_name_prefix="funnelrec-io")
         freeze_heap()
         try:
-            yield
+            with prom.instrument(svc, http):  # the service's counts also feed /metrics (all workers')
+                yield
         finally:
             app.state.io_pool.shutdown(wait=True)
             if own:
@@ -219,7 +220,7 @@ def create_app(service: RecommenderService | Funnel | None = None, artifact: str
 
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:
-        return Response(prom.render(request.app.state.service, http), media_type=prom.CONTENT_TYPE)
+        return Response(prom.render(http), media_type=prom.CONTENT_TYPE)
 
     async def in_io_pool(request: Request, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(request.app.state.io_pool, fn, *args)

@@ -1,105 +1,201 @@
-"""Prometheus text exposition (format 0.0.4), written by hand: HTTP request counts and latency,
-rejections (overload 503, body too large 413), server errors, in-flight gauge, and the
-service's per-stage latency histograms and feedback-event counters.
+"""/metrics through prometheus_client: HTTP request counts and latency, rejections (overload 503,
+body too large 413), server errors, the in-flight gauge, and — mirrored from the service's own
+`ServiceMetrics` — per-stage latency histograms, feedback-event counters, cold starts, reloads
+and the served model version.
 
-    funnelrec_http_requests_total{method="POST",path="/recommend",status="200"} 42
-    funnelrec_stage_latency_ms_bucket{stage="rank",le="1"} 40
+    funnelrec_http_requests_total{method="POST",path="/recommend",status="200"} 42.0
+    funnelrec_stage_latency_ms_bucket{stage="rank",le="1.0"} 40.0
+
+One process: the series live in the app's own `CollectorRegistry` (one per app, so several apps
+can run in one process, as the tests do).
+Several uvicorn workers (`python -m funnelrec.serving --workers N`): the launcher points
+$PROMETHEUS_MULTIPROC_DIR at a fresh directory before the workers start (prometheus_client picks
+its value store when it is imported); each worker writes its values to mmap files there, and
+/metrics — whichever worker answers — sums the files of every worker (`MultiProcessCollector`):
+- counters and histograms: the sum over every worker that ever ran (a restarted worker's counts
+  stay, so a counter never goes backwards);
+- `funnelrec_http_in_flight`: the sum over the live workers (`livesum`);
+- `funnelrec_model_info{version}`: 1 for each version that some live worker serves (`livemax`;
+  /admin/reload reaches one worker, so two versions can be served at once).
+A worker that stops cleanly takes its live gauges with it (`mark_process_dead` at the end of its
+lifespan); one killed with SIGKILL leaves its last in-flight value in the sum until the
+directory is wiped (the launcher makes a fresh one per run).
 """
 
 from __future__ import annotations
 
-import threading
-from collections import defaultdict
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 
-from funnelrec.pipeline.service import LatencyHistogram, RecommenderService
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+from funnelrec.pipeline.eventlog import EVENT_TYPES
+from funnelrec.pipeline.service import (
+    LATENCY_BUCKETS_MS,
+    LatencyHistogram,
+    RecommenderService,
+    ServiceMetrics,
+)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+#: set → every worker's values go to mmap files in this directory and /metrics sums them
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+REJECT_REASONS = ("overload", "too_large")
 
 
-def _esc(v: str) -> str:
-    return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _labels(**kv: str) -> str:
-    return "{" + ",".join(f'{k}="{_esc(str(v))}"' for k, v in kv.items()) + "}"
-
-
-def _num(x: float) -> str:
-    return repr(float(x)) if isinstance(x, float) else str(x)
+def multiprocess_dir() -> str | None:
+    return os.environ.get(MULTIPROC_ENV)
 
 
 class HttpMetrics:
-    """Counters kept by the HTTP middleware (thread-safe)."""
+    """The Prometheus series of one app, in its own registry: the HTTP middleware's counts (thread-
+    safe) and the service's, which `instrument` mirrors here."""
 
     def __init__(self) -> None:
-        self.requests: dict[tuple[str, str, str], int] = defaultdict(int)
-        self.latency: dict[str, LatencyHistogram] = {}
-        self.rejected: dict[str, int] = defaultdict(int)
-        self.errors: dict[str, int] = defaultdict(int)
-        self.in_flight = 0
-        self._lock = threading.Lock()
+        r = self.registry = CollectorRegistry()
+        ms = LATENCY_BUCKETS_MS
+        self.requests = Counter("funnelrec_http_requests", "HTTP requests by method, route and status.",
+                                ("method", "path", "status"), registry=r)
+        self.errors = Counter("funnelrec_http_errors", "Responses with status >= 500, by route.", ("path",),
+                              registry=r)
+        self.rejected = Counter("funnelrec_http_rejected",
+                                "Requests refused before the handler (overload, too_large).", ("reason",), registry=r)
+        self._in_flight_gauge = Gauge("funnelrec_http_in_flight", "Requests being served now.", registry=r,
+                                      multiprocess_mode="livesum")
+        self.latency = Histogram("funnelrec_http_request_latency_ms",
+                                 "End-to-end handler latency in milliseconds.", ("path",), buckets=ms, registry=r)
+        self.stage_latency = Histogram("funnelrec_stage_latency_ms", "Latency of each funnel stage in milliseconds.",
+                                       ("stage",), buckets=ms, registry=r)
+        self.feedback_events = Counter("funnelrec_feedback_events",
+                                       "Feedback events appended to the event log, by type.", ("type",), registry=r)
+        self.cold_start = Counter("funnelrec_cold_start", "Requests answered with the cold-start funnel.",
+                                  registry=r)
+        self.reloads = Counter("funnelrec_model_reloads", "Successful /admin/reload swaps.", registry=r)
+        self.model_info = Gauge("funnelrec_model_info", "1 for each model version being served.", ("version",),
+                                registry=r, multiprocess_mode="livemax")
+        # zeros from the start: an alert on rate() needs the series before the first event
+        for reason in REJECT_REASONS:
+            self.rejected.labels(reason)
+        for t in EVENT_TYPES:
+            self.feedback_events.labels(t)
+        self._in_flight = 0
+
+    @property
+    def in_flight(self) -> int:
+        """Admitted /recommend and /feedback requests of this process (the admission bound is per
+        worker: each runs its own event loop)."""
+        return self._in_flight
+
+    @in_flight.setter
+    def in_flight(self, n: int) -> None:
+        self._in_flight = n
+        self._in_flight_gauge.set(n)
 
     def observe(self, method: str, path: str, status: int, ms: float) -> None:
-        with self._lock:
-            self.requests[(method, path, str(status))] += 1
-            if status >= 500:
-                self.errors[path] += 1
-            h = self.latency.get(path)
-            if h is None:
-                h = self.latency[path] = LatencyHistogram()
-        h.observe(ms)
+        self.requests.labels(method, path, str(status)).inc()
+        if status >= 500:
+            self.errors.labels(path).inc()
+        self.latency.labels(path).observe(ms)
 
     def reject(self, reason: str) -> None:
-        with self._lock:
-            self.rejected[reason] += 1
+        self.rejected.labels(reason).inc()
 
 
-def _histogram(lines: list[str], name: str, label: str, hists: dict[str, LatencyHistogram]) -> None:
-    lines.append(f"# TYPE {name} histogram")
-    for key in sorted(hists):
-        h = hists[key]
-        counts, total, n = h.snapshot()
-        for le, c in zip([*map(_num, h.buckets), "+Inf"], counts):
-            lines.append(f"{name}_bucket{_labels(**{label: key, 'le': le})} {c}")
-        lines.append(f"{name}_sum{_labels(**{label: key})} {_num(total)}")
-        lines.append(f"{name}_count{_labels(**{label: key})} {n}")
+class _MirroredServiceMetrics:
+    """Stands in for a service's `ServiceMetrics`: every count still lands in that object (which
+    the service and its callers read), and is also added to the app's Prometheus series. The
+    service assigns `cold_start += 1` and `reloads += 1`; the setters turn those into increments."""
+
+    def __init__(self, inner: ServiceMetrics, service: RecommenderService, prom: HttpMetrics) -> None:
+        self._inner = inner
+        self._service = service
+        self._prom = prom
+        self._version = service.current.version
+        prom.model_info.labels(self._version).set(1)
+
+    @property
+    def stages(self) -> dict[str, LatencyHistogram]:
+        return self._inner.stages
+
+    @property
+    def events(self) -> dict[str, int]:
+        return self._inner.events
+
+    def observe_stages(self, timings_ms: Mapping[str, float]) -> None:
+        self._inner.observe_stages(timings_ms)
+        h = self._prom.stage_latency
+        for stage, ms in timings_ms.items():
+            h.labels(stage).observe(ms)
+
+    def count_events(self, types: Iterable[str]) -> None:
+        types = list(types)
+        self._inner.count_events(types)
+        c = self._prom.feedback_events
+        for t in types:
+            c.labels(t).inc()
+
+    @property
+    def cold_start(self) -> int:
+        return self._inner.cold_start
+
+    @cold_start.setter
+    def cold_start(self, n: int) -> None:
+        delta, self._inner.cold_start = n - self._inner.cold_start, n
+        if delta > 0:
+            self._prom.cold_start.inc(delta)
+
+    @property
+    def reloads(self) -> int:
+        return self._inner.reloads
+
+    @reloads.setter
+    def reloads(self, n: int) -> None:
+        delta, self._inner.reloads = n - self._inner.reloads, n
+        if delta > 0:
+            self._prom.reloads.inc(delta)
+        # the service counts a reload right after swapping the funnel in: `current` is the new one
+        new = self._service.current.version
+        if new != self._version:
+            info = self._prom.model_info
+            if multiprocess_dir():
+                info.labels(self._version).set(0)  # label removal is not implemented across processes
+            else:
+                info.remove(self._version)
+            info.labels(new).set(1)
+            self._version = new
 
 
-def render(service: RecommenderService, http: HttpMetrics) -> str:
-    lines: list[str] = []
-    lines.append("# HELP funnelrec_http_requests_total HTTP requests by method, route and status.")
-    lines.append("# TYPE funnelrec_http_requests_total counter")
-    with http._lock:
-        requests = dict(http.requests)
-        rejected = dict(http.rejected)
-        errors = dict(http.errors)
-        latency = dict(http.latency)
-    for (method, path, status), n in sorted(requests.items()):
-        lines.append(f"funnelrec_http_requests_total{_labels(method=method, path=path, status=status)} {n}")
-    lines.append("# HELP funnelrec_http_errors_total Responses with status >= 500, by route.")
-    lines.append("# TYPE funnelrec_http_errors_total counter")
-    for path, n in sorted(errors.items()):
-        lines.append(f"funnelrec_http_errors_total{_labels(path=path)} {n}")
-    lines.append("# HELP funnelrec_http_rejected_total Requests refused before the handler (overload, too_large).")
-    lines.append("# TYPE funnelrec_http_rejected_total counter")
-    for reason, n in sorted(rejected.items()):
-        lines.append(f"funnelrec_http_rejected_total{_labels(reason=reason)} {n}")
-    lines.append("# HELP funnelrec_http_in_flight Requests being served now.")
-    lines.append("# TYPE funnelrec_http_in_flight gauge")
-    lines.append(f"funnelrec_http_in_flight {http.in_flight}")
-    lines.append("# HELP funnelrec_http_request_latency_ms End-to-end handler latency in milliseconds.")
-    _histogram(lines, "funnelrec_http_request_latency_ms", "path", latency)
-    m = service.metrics
-    lines.append("# HELP funnelrec_stage_latency_ms Latency of each funnel stage in milliseconds.")
-    _histogram(lines, "funnelrec_stage_latency_ms", "stage", dict(m.stages))
-    lines.append("# HELP funnelrec_feedback_events_total Feedback events appended to the event log, by type.")
-    lines.append("# TYPE funnelrec_feedback_events_total counter")
-    for t, n in sorted(m.events.items()):
-        lines.append(f"funnelrec_feedback_events_total{_labels(type=t)} {n}")
-    lines.append("# TYPE funnelrec_cold_start_total counter")
-    lines.append(f"funnelrec_cold_start_total {m.cold_start}")
-    lines.append("# TYPE funnelrec_model_reloads_total counter")
-    lines.append(f"funnelrec_model_reloads_total {m.reloads}")
-    lines.append("# TYPE funnelrec_model_info gauge")
-    lines.append(f"funnelrec_model_info{_labels(version=service.current.version)} 1")
-    return "\n".join(lines) + "\n"
+@contextmanager
+def instrument(service: RecommenderService, prom: HttpMetrics) -> Iterator[None]:
+    """While the app runs (its lifespan), mirror `service.metrics` into `prom`'s series; afterwards
+    give the service its own `ServiceMetrics` back and, across workers, drop this process's live
+    gauges."""
+    inner = service.metrics
+    mirror = _MirroredServiceMetrics(inner, service, prom)
+    service.metrics = mirror  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        if service.metrics is mirror:
+            service.metrics = inner
+        if multiprocess_dir():
+            multiprocess.mark_process_dead(os.getpid())
+
+
+def render(prom: HttpMetrics) -> bytes:
+    """The exposition text (`CONTENT_TYPE`): summed over the workers' files when
+    $PROMETHEUS_MULTIPROC_DIR is set, else this app's registry."""
+    if multiprocess_dir():
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
+    return generate_latest(prom.registry)
