@@ -150,12 +150,16 @@ def _function_path(fn: Any, where: str) -> str:
 
 
 # ---------------------------------------------------------------- checksums
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
+def file_digest(path: Path, h: Any) -> str:
+    """Hex digest of a file's bytes by hasher `h` (hashlib.sha256(), xxhash.xxh64() …), read in 4 MB chunks."""
     with open(path, "rb") as f:
         while chunk := f.read(1 << 22):
             h.update(chunk)
     return h.hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    return file_digest(path, hashlib.sha256())
 
 
 def _safe_name(where: str) -> str:

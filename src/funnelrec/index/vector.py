@@ -606,8 +606,6 @@ def _exclusions(exclude: Any, n_queries: int) -> tuple[np.ndarray, np.ndarray, i
 
 
 def _xxh64(path: Path) -> str:
-    h = xxhash.xxh64()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
+    from funnelrec.core.persist import file_digest
+
+    return file_digest(path, xxhash.xxh64())
