@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from funnelrec.core.errors import ArtifactError, ConfigError, DataError, NotFittedError
+from funnelrec.core.errors import ArtifactError, ConfigError, DataError
 from funnelrec.core.ids import item_keys
 from funnelrec.core.types import PAD, CandidateBatch, MergedCandidates, RequestState
 from funnelrec.data.dataset import Dataset
@@ -88,10 +88,10 @@ class Funnel:
         # everything a request reads is built here, never during a request
         self.item_keys_ = item_keys(dataset.items["item_id"].to_numpy())
         self.tasks_ = tuple(getattr(ranker, "tasks_", ()))
-        self.default_plan_ = build_plan(config, {}, self.tasks_)
         self._categories: dict[str, sp.csr_matrix] = {}
         if config.rerank.method != "none":
             self._categories[config.rerank.column] = self._category_matrix(config.rerank.column)
+        self.default_plan_ = self.plan_for({})
 
     # compatibility names of the fit-time statistics
     @property
@@ -138,16 +138,22 @@ class Funnel:
         new.fit_seconds_ = dict(self.fit_seconds_)
         return new
 
-    def _check(self) -> None:
-        if not getattr(self, "channels_", None) and not self.config.recall.channels:
-            raise NotFittedError("the funnel has no channels")
-
     # ------------------------------------------------------------------ planning
     def plan(self, context: RecallContext | None = None) -> RequestPlan:
-        """The request plan under the experiment parameters in `context` (the default plan
-        without any; built per call otherwise — the service caches per assignment if it wants)."""
+        """The request plan under the experiment parameters in `context` (the default plan,
+        built with the funnel, without any)."""
         params = _experiment_params(context)
-        return build_plan(self.config, params, self.tasks_) if params else self.default_plan_
+        return self.plan_for(params) if params else self.default_plan_
+
+    def plan_for(self, params: dict[str, Any]) -> RequestPlan:
+        """A new plan for experiment parameters `params`, with the re-rank category matrix its
+        `rerank.column` needs (the config's own is shared). Derived from the config and the
+        catalogue alone: a caller that sees the same parameters often (the service, per
+        experiment variant) keeps the plan instead of asking again."""
+        plan = build_plan(self.config, params, self.tasks_)
+        if plan.rerank.method == "none":
+            return plan
+        return replace(plan, categories=self._category_matrix(plan.rerank.column))
 
     # ------------------------------------------------------------------ stages
     def recall(self, users: np.ndarray, context: RecallContext | None = None,
@@ -212,13 +218,14 @@ class Funnel:
         w = {**self.config.fusion.weights, **(weights or {})}
         return rank_stage(self.ranker_, merged, users, self.stats_.item_log_pop, self.stats_.user_log_act, w)
 
-    def final_order(self, m: MergedCandidates, fused: np.ndarray, k: int, spec: Any = None) -> np.ndarray:
-        spec = spec or self.config.rerank
-        cats = self._category_matrix(spec.column) if spec.method != "none" else None
-        return rerank(m, fused, k, spec, cats)
+    def final_order(self, m: MergedCandidates, fused: np.ndarray, k: int, plan: RequestPlan | None = None) -> np.ndarray:
+        """Positions of the top k: fused order, then the plan's re-ranker."""
+        plan = plan or self.default_plan_
+        return rerank(m, fused, k, plan.rerank, plan.categories)
 
     def _category_matrix(self, column: str) -> sp.csr_matrix:
-        got = self._categories.get(column) if hasattr(self, "_categories") else None
+        """The (I, V) item × value matrix of a re-rank column (the config's column: built once)."""
+        got = self._categories.get(column)
         if got is not None:
             return got
         items = self.dataset_.items
@@ -276,7 +283,7 @@ class Funnel:
         ranked = self.rank_tasks(merged, users, plan.fusion_weights)
         t["rank"] = (time.perf_counter() - t1) * 1e3
         t1 = time.perf_counter()
-        tops = [self.final_order(m, s, k, plan.rerank) for m, (s, _) in zip(merged, ranked)]
+        tops = [self.final_order(m, s, k, plan) for m, (s, _) in zip(merged, ranked)]
         t["rerank"] = (time.perf_counter() - t1) * 1e3
         t["total"] = (time.perf_counter() - t0) * 1e3
         hist = self.stats_.history.indptr
@@ -300,11 +307,11 @@ class Funnel:
     # ------------------------------------------------------------------ conveniences over run
     def recommend(self, user_id: Any = None, k: int | None = None, user_idx: int | None = None,
                   context: RecallContext | None = None, state: RequestState | None = None,
-                  debug: bool = False) -> Recommendation:
+                  plan: RequestPlan | None = None, debug: bool = False) -> Recommendation:
         """One request by external `user_id` (or dense `user_idx`): `run` on a batch of one."""
         if user_idx is None:
             user_idx = self.dataset_.user_ids.index(user_id) if user_id is not None else -1
-        return self.run(np.array([user_idx], np.int64), k, context=context, state=state, debug=debug)[0]
+        return self.run(np.array([user_idx], np.int64), k, context=context, state=state, plan=plan, debug=debug)[0]
 
     def recommend_batch(self, users: np.ndarray, k: int, exclude: sp.csr_matrix | None = None,
                         context: RecallContext | None = None,
@@ -371,12 +378,10 @@ def _check_components(config: FunnelConfig, dataset: Dataset, channels: dict[str
         if kind != spec.kind:
             raise ConfigError(f"funnel: channel {spec.name!r} is configured as {spec.kind!r} but the component "
                               f"is a {kind!r} channel")
-    shapes = {"stats.history": stats.history.shape, "stats.item_log_pop": (dataset.n_users, len(stats.item_log_pop)),
-              "stats.user_log_act": (len(stats.user_log_act), dataset.n_items)}
-    for what, shape in shapes.items():
-        if tuple(shape) != (dataset.n_users, dataset.n_items):
-            raise ConfigError(f"funnel: {what} is for {shape[0]} users × {shape[1]} items, the catalogue has "
-                              f"{dataset.n_users} × {dataset.n_items}")
+    if (stats.history.shape != (dataset.n_users, dataset.n_items) or len(stats.item_log_pop) != dataset.n_items
+            or len(stats.user_log_act) != dataset.n_users):
+        raise ConfigError(f"funnel: the fit-time stats are for {stats.history.shape[0]} users × "
+                          f"{stats.history.shape[1]} items, the catalogue has {dataset.n_users} × {dataset.n_items}")
     for what, part in (("ranker", ranker), ("prerank", prerank)):
         fitted = getattr(part, "channel_names_", None)  # None: fitted before the layout was recorded
         if fitted is not None and list(fitted) != names:
@@ -420,6 +425,7 @@ class RequestPlan:
     prerank_keep: int | None
     fusion_weights: dict[str, float]
     rerank: Any  # RerankSpec
+    categories: sp.csr_matrix | None = None  # (I, V) item × value matrix of rerank.column (Funnel.plan_for)
 
 
 def request_params(config: FunnelConfig, tasks: tuple[str, ...] = ()) -> set[str]:

@@ -155,10 +155,23 @@ class LoadedFunnel:
     sorted_keys: np.ndarray  # item_keys[key_order], built once (a request must not gather all I)
     has_cache_channel: bool  # a "cache" channel reads the user's previous results
     loaded_at: float
+    plans: dict = field(default_factory=dict)  # experiment parameters → this funnel's RequestPlan
+
+    def plan(self, params: dict[str, Any]) -> Any:
+        """The funnel's plan for an assignment's parameters, built once per parameter set (a layer
+        has a handful of variants; at most 256 kept) instead of once per request."""
+        if not params:
+            return self.funnel.default_plan_
+        key = repr(sorted(params.items()))
+        got = self.plans.get(key)
+        if got is None:
+            got = self.funnel.plan_for(params)
+            if len(self.plans) < 256:
+                got = self.plans.setdefault(key, got)
+        return got
 
     @classmethod
     def build(cls, funnel: Funnel, version: str) -> LoadedFunnel:
-        funnel._check()
         ids = funnel.dataset_.items["item_id"].to_numpy()
         keys = funnel.item_keys_
         has_cache = any(getattr(ch, "registered_name", "") == "cache" for ch in funnel.channels_.values())
@@ -315,7 +328,7 @@ class RecommenderService:
         """The online state of one request, read once at its start: the user's exposure view,
         the previous results (for the cache channel) and the client's exclusions."""
         timings: dict[str, float] = {}
-        cached = None
+        cached = [None] if cur.has_cache_channel else None
         if cur.has_cache_channel and user_idx >= 0:
             t1 = time.perf_counter()
             got = self.results.get(uid)
@@ -328,8 +341,7 @@ class RecommenderService:
         if exclude_ids:
             idx = cur.indices_of_ids(list(exclude_ids))
             exclude = [idx[idx >= 0]]
-        state = RequestState(exclude=exclude, exposure=[StoreExposure(self.exposure, uid, now)],
-                             cached=cached if cached is not None else ([None] if cur.has_cache_channel else None))
+        state = RequestState(exclude=exclude, exposure=[StoreExposure(self.exposure, uid, now)], cached=cached)
         return state, timings
 
     def recommend(self, user_id: Any, k: int = 10, context: Mapping[str, Any] | None = None,
@@ -352,6 +364,7 @@ class RecommenderService:
         now = int(now)
         timings: dict[str, float] = {}
         record: dict[str, Any] = {}
+        plan = None
         extra = {k_: v for k_, v in ctx.items() if k_ not in ("time", "region")}
         if self.experiments is not None:
             t1 = time.perf_counter()
@@ -359,6 +372,7 @@ class RecommenderService:
             record = a.record
             if not self.config.experiments_fitted:
                 extra["experiment_params"] = a.params
+                plan = cur.plan(a.params)
             timings["experiments"] = (time.perf_counter() - t1) * 1e3
         region = ctx.get("region")
         rctx = RecallContext(time=now, region=None if region is None else str(region), extra=extra)
@@ -366,7 +380,7 @@ class RecommenderService:
         state, st = self.request_state(cur, uid, user_idx, now, exclude)
         timings.update(st)
         keys = cur.item_keys
-        rec = f.recommend(user_idx=user_idx, k=int(k), context=rctx, state=state, debug=debug)
+        rec = f.recommend(user_idx=user_idx, k=int(k), context=rctx, state=state, plan=plan, debug=debug)
         out_ids = cur.item_ids[rec.items].tolist()
         filtered = cur.item_ids[rec.filtered].tolist() if debug else []
         if self.config.cache_n and user_idx >= 0 and len(rec.items):
