@@ -244,7 +244,7 @@ def test_event_log_round_trip_and_reopen(tmp_path):
     assert df["ts"].to_list() == [100, 101] and df["experiments"][1] == '{"rank": {"experiment": null}}'
     assert again.read(since_seq=1)["item_id"].to_list() == ["abc"]
     with pytest.raises(DataError, match="event type"):
-        FeedbackEvent("r", "u", "1", "purchase", 1.0, 0)
+        FeedbackEvent("r", "u", "1", "buy", 1.0, 0)
     again.close()
 
 

@@ -147,7 +147,7 @@ MALFORMED = [
     ("text/plain", "/recommend", {"content": b"user_id=1", "headers": {"content-type": "text/plain"}}),
     ("10 MB body", "/recommend", {"content": b"x" * (10 << 20), "headers": {"content-type": "application/json"}}),
     ("10 MB chunked", "/recommend", {"content": iter([b" " * (1 << 20)] * 10), "headers": {"content-type": "application/json"}}),
-    ("event bad type", "/feedback", {"json": {"user_id": "1", "events": [{"item_id": 1, "type": "purchase"}]}}),
+    ("event bad type", "/feedback", {"json": {"user_id": "1", "events": [{"item_id": 1, "type": "buy"}]}}),
     ("events empty", "/feedback", {"json": {"user_id": "1", "events": []}}),
     ("events missing", "/feedback", {"json": {"user_id": "1"}}),
     ("event unknown field", "/feedback", {"json": {"user_id": "1", "events": [{"item_id": 1, "type": "click", "x": 1}]}}),

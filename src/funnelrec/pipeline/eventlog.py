@@ -33,8 +33,12 @@ import polars as pl
 
 from funnelrec.core.errors import ArtifactError, ConfigError, DataError, FunnelrecError
 
-#: the kinds of feedback the funnel understands
-EVENT_TYPES = ("impression", "click", "like", "watch_time")
+#: the kinds of feedback the funnel understands. "impression" is exposure only (never a negative
+#: for recall); "follow"/"unfollow" carry an author id in `item_id` (the follow graph, #16)
+EVENT_TYPES = ("impression", "click", "like", "watch_time", "cart", "purchase", "follow", "unfollow")
+#: the events that enter a user's real-time history (a consumption of the item); watch_time only
+#: when its value (seconds watched) is > 0
+POSITIVE_TYPES = ("click", "like", "watch_time", "cart", "purchase")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (

@@ -75,7 +75,7 @@ class RecommendRequest(_Strict):
 
 class Event(_Strict):
     item_id: ItemId
-    type: Literal["impression", "click", "like", "watch_time"]
+    type: Literal["impression", "click", "like", "watch_time", "cart", "purchase", "follow", "unfollow"]
     value: StrictFloat | StrictInt = 1.0
     ts: StrictInt | None = Field(None, ge=0)
 
