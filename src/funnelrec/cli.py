@@ -184,8 +184,10 @@ def artifact_convert(old: Path = typer.Argument(..., help="a format-1 funnel fil
 
 def _register_subcommands() -> None:
     from funnelrec.cli_experiments import register
+    from funnelrec.cli_online import register as register_online
 
     register(app)  # `funnelrec simulate`, `funnelrec experiments report`
+    register_online(app)  # `funnelrec learn`, `replay`, `catalogue`
 
 
 _register_subcommands()
