@@ -51,6 +51,22 @@ class Recommendation:
     prerank_scores: np.ndarray | None = None  # (k,) the pre-ranker's score, None without one
     filtered: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # removed by the filter stage
     # `scores` is the fused score Σ_t w_t · task_scores[t] (merge order without a ranker)
+    fusion_weights: dict[str, float] = field(default_factory=dict)  # the w_t this request used
+    # (k,) each returned item's 0-based position in the fused order before the re-ranker (its
+    # final position is its index here); computed only with `debug` (explain answers)
+    fused_positions: np.ndarray | None = None
+
+
+def _fused_positions(fused: np.ndarray, top: np.ndarray) -> np.ndarray:
+    """0-based position of each candidate `top[j]` in the fused order (descending score, ties by
+    candidate position — the order `rerank` starts from): #{q : s_q > s_p} + #{q < p : s_q = s_p}."""
+    s = np.asarray(fused)
+    p = np.asarray(top, dtype=np.int64)
+    if len(p) == 0:
+        return np.empty(0, np.int64)
+    sp_ = s[p][:, None]
+    earlier = np.arange(len(s))[None, :] < p[:, None]
+    return ((s[None, :] > sp_) | ((s[None, :] == sp_) & earlier)).sum(1).astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -280,6 +296,7 @@ class Funnel:
             merged, pre_scores = self.prerank(merged, users, plan.prerank_keep)
             t["prerank"] = (time.perf_counter() - t1) * 1e3
         t1 = time.perf_counter()
+        weights = {**self.config.fusion.weights, **(plan.fusion_weights or {})}
         ranked = self.rank_tasks(merged, users, plan.fusion_weights)
         t["rank"] = (time.perf_counter() - t1) * 1e3
         t1 = time.perf_counter()
@@ -297,11 +314,13 @@ class Funnel:
                 dbg = {"candidates": n_merged[r], "ranked": len(m),
                        "per_channel": {b.channel: int((b.items[r] != PAD).sum()) for b in batches}}
             pre = pre_scores[r]
+            fused_pos = _fused_positions(s, top) if debug else None
             out.append(Recommendation(
                 user_idx=int(u), items=m.items[top], scores=s[top], channels=[m.channels_of(int(p)) for p in top],
                 cold_start=bool(cold), timings_ms=dict(t), debug=dbg, recall_scores=m.scores[top],
                 recall_channels=list(m.channels), task_scores={n: v[top] for n, v in tasks.items()},
-                prerank_scores=None if pre is None else pre[top], filtered=removed[r]))
+                prerank_scores=None if pre is None else pre[top], filtered=removed[r],
+                fusion_weights={t: float(weights.get(t, 1.0)) for t in tasks}, fused_positions=fused_pos))
         return out
 
     # ------------------------------------------------------------------ conveniences over run

@@ -217,18 +217,28 @@ class ServedRecommendation:
     model_version: str
     filtered_ids: list = field(default_factory=list)
 
-    def to_dict(self, debug: bool = False) -> dict[str, Any]:
-        """The JSON-able answer; with debug also what the exposure filter removed and the
-        candidate counts (per-stage times are always included)."""
+    def to_dict(self, debug: bool = False, explain: bool = False) -> dict[str, Any]:
+        """The JSON-able answer (per-stage times are always included). `explain` adds, per item,
+        how it was scored — the pre-rank score, each task's score, the fused score, its position
+        in the fused order before the re-ranker and after it — and the fusion weights used;
+        `debug` adds that too, plus what the exposure filter removed and the candidate counts."""
         rec = self.rec
         names = rec.recall_channels
         rscores = rec.recall_scores
+        explain = (explain or debug) and rec.fused_positions is not None
+        tasks = {t: v.tolist() for t, v in rec.task_scores.items()} if explain else {}
+        pre = rec.prerank_scores.tolist() if explain and rec.prerank_scores is not None else None
         items = []
         for pos, (iid, s, ch) in enumerate(zip(self.item_ids, rec.scores.tolist(), rec.channels)):
             it: dict[str, Any] = {"item_id": iid, "score": s, "channels": ch}
             if rscores is not None:
                 row = rscores[pos]
                 it["recall_scores"] = {c: float(row[j]) for j, c in enumerate(names) if not np.isnan(row[j])}
+            if explain:
+                it["explain"] = {"prerank_score": None if pre is None else pre[pos],
+                                 "task_scores": {t: v[pos] for t, v in tasks.items()},
+                                 "fused_score": s, "position_before_rerank": int(rec.fused_positions[pos]),
+                                 "position": pos}
             items.append(it)
         out: dict[str, Any] = {
             "request_id": self.request_id,
@@ -240,6 +250,8 @@ class ServedRecommendation:
             "model_version": self.model_version,
             "timings_ms": rec.timings_ms,
         }
+        if explain:
+            out["fusion_weights"] = dict(rec.fusion_weights)
         if debug:
             out["debug"] = {
                 "filtered": self.filtered_ids,
@@ -345,7 +357,7 @@ class RecommenderService:
         return state, timings
 
     def recommend(self, user_id: Any, k: int = 10, context: Mapping[str, Any] | None = None,
-                  debug: bool = False, exclude: list | None = None) -> ServedRecommendation:
+                  debug: bool = False, exclude: list | None = None, explain: bool = False) -> ServedRecommendation:
         """Recommend k items to `user_id` (external id; unknown → cold start), never any of the
         external item ids in `exclude`, nor what the user's exposure filter says was shown."""
         if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= self.config.max_k:
@@ -380,7 +392,7 @@ class RecommenderService:
         state, st = self.request_state(cur, uid, user_idx, now, exclude)
         timings.update(st)
         keys = cur.item_keys
-        rec = f.recommend(user_idx=user_idx, k=int(k), context=rctx, state=state, plan=plan, debug=debug)
+        rec = f.recommend(user_idx=user_idx, k=int(k), context=rctx, state=state, plan=plan, debug=debug or explain)
         out_ids = cur.item_ids[rec.items].tolist()
         filtered = cur.item_ids[rec.filtered].tolist() if debug else []
         if self.config.cache_n and user_idx >= 0 and len(rec.items):

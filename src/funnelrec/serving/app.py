@@ -233,14 +233,15 @@ def create_app(service: RecommenderService | Funnel | None = None, artifact: str
         ctx = None
         if body.context is not None:
             ctx = {k: v for k, v in body.context.model_dump().items() if v is not None}
-        out = svc.recommend(body.user_id, k=body.k, context=ctx, debug=body.debug, exclude=body.exclude)
-        return ORJSONResponse(out.to_dict(debug=body.debug))
+        out = svc.recommend(body.user_id, k=body.k, context=ctx, debug=body.debug, exclude=body.exclude,
+                            explain=body.explain)
+        return ORJSONResponse(out.to_dict(debug=body.debug, explain=body.explain))
 
     @app.get("/recommend", responses={200: {"model": RecommendResponse}})
     async def recommend_get(request: Request, user_id: str = Query(..., min_length=1, max_length=128),
-                      k: int = Query(10, ge=1, le=MAX_K)) -> Response:
-        out = request.app.state.service.recommend(user_id, k=k)
-        return ORJSONResponse(out.to_dict())
+                      k: int = Query(10, ge=1, le=MAX_K), explain: bool = Query(False)) -> Response:
+        out = request.app.state.service.recommend(user_id, k=k, explain=explain)
+        return ORJSONResponse(out.to_dict(explain=explain))
 
     @app.post("/feedback", responses={200: {"model": FeedbackResponse}})
     async def feedback(request: Request, body: FeedbackRequest) -> dict[str, int]:

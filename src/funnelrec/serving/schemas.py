@@ -62,6 +62,8 @@ class RecommendRequest(_Strict):
     k: StrictInt = Field(10, ge=1, le=MAX_K)
     context: RecommendContext | None = None
     debug: StrictBool = False
+    # per item: pre-rank score, each task's score, fused score, position before/after re-rank
+    explain: StrictBool = False
     # item ids never to return in this answer (in the cart, just bought …); unknown ids are ignored
     exclude: list[ItemId] = Field(default_factory=list, max_length=MAX_EXCLUDE)
 
@@ -100,11 +102,22 @@ class ReloadRequest(_Strict):
 
 
 # ---- responses (documentation only: handlers return plain dicts through orjson) ----------
+class ItemExplanation(BaseModel):
+    """How one answer item was scored (`explain=true` or `debug=true`)."""
+
+    prerank_score: float | None = Field(None, description="the pre-ranker's score; null without a pre-ranker")
+    task_scores: dict[str, float] = Field(default_factory=dict, description="each ranker task's score (logit)")
+    fused_score: float = Field(..., description="Σ_t fusion_weights[t] · task_scores[t]")
+    position_before_rerank: int = Field(..., description="0-based position in the fused order")
+    position: int = Field(..., description="0-based position in the answer, after the re-ranker")
+
+
 class RecommendedItem(BaseModel):
     item_id: Any
     score: float
     channels: list[str]
     recall_scores: dict[str, float] = {}
+    explain: ItemExplanation | None = None
 
 
 class RecommendResponse(BaseModel):
@@ -116,6 +129,7 @@ class RecommendResponse(BaseModel):
     experiments: dict[str, dict[str, str | None]]
     model_version: str
     timings_ms: dict[str, float]
+    fusion_weights: dict[str, float] | None = Field(None, description="the task weights used (explain/debug)")
     debug: dict[str, Any] | None = None
 
 
