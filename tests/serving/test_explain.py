@@ -83,3 +83,11 @@ def test_explain_shows_what_the_reranker_moved(urls, ml100k):
                 counts[g] = counts.get(g, 0) + 1
         assert max(counts.values()) <= 2  # the cap holds in the answer
     assert moved >= 1  # with at most 2 per genre some fused items are skipped for at least one user
+
+
+def test_the_explain_schema_is_in_openapi(urls):
+    spec = httpx.get(f"{urls[0]}/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    props = schemas["ItemExplanation"]["properties"]
+    assert {"prerank_score", "task_scores", "fused_score", "position_before_rerank", "position"} <= set(props)
+    assert "explain" in schemas["RecommendRequest"]["properties"]
