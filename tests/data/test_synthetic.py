@@ -199,3 +199,96 @@ def test_dense_ids_fast_path_equals_the_join_path(world_ds):
     bad = raw["interactions"].with_columns(pl.col("item_id") + 1)
     with pytest.raises(DataError, match=r"dense_ids: interactions\.item_id must be integers in 0\.\.199"):
         Dataset.build("s", bad, SCHEMA, users=raw["users"], items=raw["items"], dense_ids=True)
+
+
+# ------------------------------------------------------------------ preference drift
+# sha256 over every column of the three tables and the two vector tables, taken before the drift
+# knobs existed (see _world_digest): drift off by default must leave the world bit-identical
+DIGEST_SEED3 = "8ee839af68ef317f2fee34872f3a347e64cced7e332f2ef6ce79821cc53a6cab"
+DRIFT = {"n_users": 300, "n_items": 200, "n_interactions": 20_000, "seed": 3, "days": 20}
+
+
+def _world_digest(cfg):
+    import hashlib
+
+    from funnelrec.data.synthetic import generate_world
+
+    world, inter, users, items = generate_world(cfg)
+    h = hashlib.sha256()
+    for df in (inter, users, items):
+        for c in df.columns:
+            s = df[c].list.join(",") if df[c].dtype.is_nested() else df[c]
+            h.update(c.encode())
+            h.update(s.str.join("|").item().encode() if s.dtype == pl.String else s.to_numpy().tobytes())
+    h.update(world.user_vectors.tobytes())
+    h.update(world.item_vectors.tobytes())
+    return h.hexdigest()
+
+
+def test_drift_off_by_default_is_bit_identical():
+    cfg = WorldConfig(**SIZE, seed=3)
+    assert cfg.drift_fraction == 0 and cfg.drift_time is None
+    assert _world_digest(cfg) == DIGEST_SEED3
+    assert _world_digest(WorldConfig(**SIZE, seed=3, drift_day=5)) == DIGEST_SEED3  # a day alone: no drift
+
+
+def test_drift_bad_knobs():
+    with pytest.raises(ConfigError, match="drift_fraction must be in"):
+        WorldConfig(drift_fraction=1.5, drift_day=3)
+    with pytest.raises(ConfigError, match="drift_day must be in 1..59"):
+        WorldConfig(drift_fraction=0.5, drift_day=60)
+    with pytest.raises(ConfigError, match="drift_day must be in"):
+        WorldConfig(drift_fraction=0.5)
+
+
+@pytest.fixture(scope="module")
+def drift_pair():
+    return load_synthetic(**DRIFT), load_synthetic(**DRIFT, drift_day=10, drift_fraction=0.5)
+
+
+def test_drift_changes_the_loved_tags_of_its_users_only(drift_pair):
+    base, ds = drift_pair
+    w0, w = base.extras["world"], ds.extras["world"]
+    np.testing.assert_array_equal(w.user_vectors, w0.user_vectors)  # the pre-drift truth is unchanged
+    assert len(w.drifted_users) == 150 and len(np.unique(w.drifted_users)) == 150
+    after = w.user_vectors_after_drift
+    still = np.setdiff1d(np.arange(300), w.drifted_users)
+    np.testing.assert_array_equal(after[still], w.user_vectors[still])
+    moved = w.drifted_users
+    # the new vectors have the old scale (per-coordinate RMS d^-1/4 over the population) but
+    # point elsewhere: cosine to the old vector well below 1 (old and new share only
+    # region/age/gender/noise)
+    rms = np.sqrt(np.mean(after[moved].astype(np.float64) ** 2))
+    assert 0.7 * 16 ** -0.25 < rms < 1.3 * 16 ** -0.25
+    a, b = after[moved], w.user_vectors[moved]
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert np.median(cos) < 0.8 and (cos < 0.999).all()
+
+
+def test_drift_log_equals_the_plain_log_before_the_drift_and_follows_the_new_taste_after(drift_pair):
+    base, ds = drift_pair
+    w = ds.extras["world"]
+    t_drift = w.config.drift_time
+    i0, i1 = base.interactions, ds.interactions
+    t = i1["timestamp"].to_numpy()
+    np.testing.assert_array_equal(t, i0["timestamp"].to_numpy())
+    np.testing.assert_array_equal(i1["user_idx"].to_numpy(), i0["user_idx"].to_numpy())
+    pre = t < t_drift
+    assert 0.3 < pre.mean() < 0.7
+    for col in ("item_idx", "click"):  # same draws, same vectors before the drift
+        np.testing.assert_array_equal(i1[col].to_numpy()[pre], i0[col].to_numpy()[pre])
+    u, it = i1["user_idx"].to_numpy(), i1["item_idx"].to_numpy()
+    post_moved = ~pre & np.isin(u, w.drifted_users)
+    post_still = ~pre & ~np.isin(u, w.drifted_users)
+    # users who did not drift see exactly what they saw without drift, even after it
+    np.testing.assert_array_equal(it[post_still], i0["item_idx"].to_numpy()[post_still])
+    # the drifted users' later exposures follow the new vectors, not the old ones
+    uu, ii = u[post_moved], it[post_moved]
+    s_new = (w.user_vectors_after_drift[uu] * w.item_vectors[ii]).sum(1)
+    s_old = (w.user_vectors[uu] * w.item_vectors[ii]).sum(1)
+    assert s_new.mean() > s_old.mean() + 0.15  # 0.66 vs 0.34 at this seed
+    # and before the drift, the old vectors explain their exposures better than the new ones
+    pm = pre & np.isin(u, w.drifted_users)
+    s_new_pre = (w.user_vectors_after_drift[u[pm]] * w.item_vectors[it[pm]]).sum(1)
+    s_old_pre = (w.user_vectors[u[pm]] * w.item_vectors[it[pm]]).sum(1)
+    assert s_old_pre.mean() > s_new_pre.mean() + 0.3  # 0.81 vs 0.25

@@ -47,6 +47,17 @@ shown item is drawn with probability softmax_k(β·s_uk + w_f·φ_k(t)) — so e
 normalized, i.e. it mixes popularity and preference. The same user may see an item twice.
 Labels come from `SyntheticWorld.sample_response`, the function a closed-loop simulator calls.
 
+Preference drift (off by default; `drift_fraction` > 0 turns it on). At time start +
+`drift_day` days, a `drift_fraction` share of the users (drawn by a generator of its own, so the
+rest of the world is drawn exactly as without drift) get two new favourite tags f1', f2' (from
+the tag popularity, neither of the old two), and their vector becomes
+
+    u'_raw = 1.0·(T[f1'] + T[f2'])/2 + (the same region, age, gender and noise terms)
+
+rescaled by the same factor as u_raw. Impressions from then on are drawn, and answered, with
+u' (`SyntheticWorld.user_vectors_after_drift`); `user_vectors` and the truth methods stay the
+pre-drift preferences. Before the drift time the log equals the log without drift.
+
 The interactions table is ordered by timestamp (so by timestamp within each user too);
 user_id = user_idx and item_id = item_idx.
 """
@@ -116,6 +127,8 @@ class WorldConfig:
     watch_weight: float = 1.0  # w_w
     watch_shape: float = 5.0  # k
     position_exponent: float = 0.6
+    drift_day: int = 0  # preference drift at start + drift_day days (with drift_fraction > 0)
+    drift_fraction: float = 0.0  # share of users whose favourite tags change then; 0 = no drift
 
     def __post_init__(self) -> None:
         for name in ("n_users", "n_items", "n_interactions", "dim", "n_tags", "n_regions", "days", "pool_size"):
@@ -132,10 +145,20 @@ class WorldConfig:
             raise ConfigError(f"WorldConfig.exploration must be in [0, 1], got {self.exploration}")
         if self.freshness_days <= 0 or self.watch_shape <= 0:
             raise ConfigError("WorldConfig.freshness_days and watch_shape must be > 0")
+        if not 0.0 <= self.drift_fraction <= 1.0:
+            raise ConfigError(f"WorldConfig.drift_fraction must be in [0, 1], got {self.drift_fraction}")
+        if self.drift_fraction > 0 and not 0 < self.drift_day < self.days:
+            raise ConfigError(f"WorldConfig.drift_day must be in 1..{self.days - 1} (days - 1) when drift_fraction "
+                              f"> 0, got {self.drift_day}")
 
     @property
     def end_time(self) -> int:
         return self.start_time + self.days * DAY
+
+    @property
+    def drift_time(self) -> int | None:
+        """Unix time of the preference drift; None without drift."""
+        return self.start_time + self.drift_day * DAY if self.drift_fraction > 0 else None
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -148,13 +171,18 @@ class SyntheticWorld:
     user_vectors: (U, d) float32, item_vectors: (N, d) float32, popularity: (N,) float64
     summing to 1, publish_time: (N,) int64 unix s, duration: (N,) float32 seconds,
     item_tags: (N, 3) int64 tag ids (−1 pads), item_author: (N,) int64, user_region: (U,) int64.
+    With preference drift: drifted_users (M,) int64 and user_vectors_after_drift (U, d) float32
+    (the drifted users' rows replaced), in force from `config.drift_time`; otherwise empty / None.
     Index arguments broadcast like numpy arrays: `true_preference(u[:, None], i[None, :])` is (U, N).
     """
 
     def __init__(self, config: WorldConfig, user_vectors: np.ndarray, item_vectors: np.ndarray,
                  popularity: np.ndarray, publish_time: np.ndarray, duration: np.ndarray,
-                 item_tags: np.ndarray, item_author: np.ndarray, user_region: np.ndarray) -> None:
+                 item_tags: np.ndarray, item_author: np.ndarray, user_region: np.ndarray,
+                 drifted_users: np.ndarray | None = None, user_vectors_after_drift: np.ndarray | None = None) -> None:
         self.config = config
+        self.drifted_users = np.empty(0, np.int64) if drifted_users is None else drifted_users
+        self.user_vectors_after_drift = user_vectors_after_drift
         self.user_vectors = user_vectors
         self.item_vectors = item_vectors
         self.popularity = popularity
@@ -361,6 +389,31 @@ def _choose_exposures(users, times, U, V, publish, prob, alias, r_pool, r_pick, 
     return out, out_s
 
 
+def _drift_users(c: WorldConfig, fav: np.ndarray, tags_e: np.ndarray, tag_pop: np.ndarray, u_raw: np.ndarray,
+                 user_vectors: np.ndarray, region_e: np.ndarray, age_e: np.ndarray, gender_e: np.ndarray,
+                 noise: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(drifted users (M,), the (U, d) vectors after the drift): M = round(drift_fraction·U) users
+    get two new favourite tags, neither of their old two (redrawn until so), and u'_raw with the
+    same region, age, gender and noise terms, scaled like u_raw (module doc). A generator of its
+    own (seeded by (seed, 1)) keeps the main stream as it is without drift."""
+    nu, d = u_raw.shape
+    drng = np.random.default_rng([c.seed, 1])
+    users = np.sort(drng.permutation(nu)[: int(round(c.drift_fraction * nu))]).astype(np.int64)
+    new = drng.choice(c.n_tags, (len(users), 2), p=tag_pop)
+    old = fav[users]
+    for _ in range(1000):
+        bad = (new[:, :, None] == old[:, None, :]).any(2)
+        if not bad.any():
+            break
+        new[bad] = drng.choice(c.n_tags, int(bad.sum()), p=tag_pop)
+    scale = d ** -0.25 / (np.sqrt(np.mean(u_raw.astype(np.float64) ** 2)) or 1.0)  # as _rescale(u_raw)
+    raw = (0.5 * (tags_e[new[:, 0]] + tags_e[new[:, 1]]) + 0.5 * region_e[users] + 0.3 * age_e[users]
+           + 0.2 * gender_e[users] + 0.5 * noise[users])
+    after = user_vectors.copy()
+    after[users] = (raw * scale).astype(np.float32)
+    return users, after
+
+
 def _list_column(values: list[str], codes: np.ndarray, lengths: np.ndarray) -> pl.Series:
     """A List[str] column from flat codes and per-row lengths, without Python lists per row."""
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
@@ -390,10 +443,15 @@ def generate_world(config: WorldConfig) -> tuple[SyntheticWorld, pl.DataFrame, p
     gender = rng.choice(len(GENDERS), nu, p=GENDER_SHARES)
     region = rng.choice(c.n_regions, nu, p=_zipf_weights(c.n_regions, 0.8, rng))
     fav = rng.choice(c.n_tags, (nu, 2), p=tag_pop)
+    noise = emb(nu)  # drawn where the expression below drew it: the main stream is unchanged
     u_raw = (0.5 * (tags_e[fav[:, 0]] + tags_e[fav[:, 1]]) + 0.5 * regions_e[region] + 0.3 * ages_e[age]
-             + 0.2 * genders_e[gender] + 0.5 * emb(nu))
+             + 0.2 * genders_e[gender] + 0.5 * noise)
     user_vectors = _rescale(u_raw, d)
-    del u_raw
+    drifted, after = None, None
+    if c.drift_fraction > 0:
+        drifted, after = _drift_users(c, fav, tags_e, tag_pop, u_raw, user_vectors, regions_e[region],
+                                      ages_e[age], genders_e[gender], noise)
+    del u_raw, noise
 
     # items
     home = rng.choice(c.n_tags, n_authors, p=tag_pop)
@@ -413,7 +471,8 @@ def generate_world(config: WorldConfig) -> tuple[SyntheticWorld, pl.DataFrame, p
     oldest = int(np.argmin(publish))
     publish[oldest] = min(publish[oldest], c.start_time)
     duration = np.clip(rng.lognormal(np.log(180.0), 0.7, ni), 10, 3600).astype(np.float32)
-    world = SyntheticWorld(c, user_vectors, item_vectors, popularity, publish, duration, item_tags, author, region)
+    world = SyntheticWorld(c, user_vectors, item_vectors, popularity, publish, duration, item_tags, author, region,
+                           drifted, after)
 
     # impressions in time order: sorted uniform times, each user's rows scattered over them
     weights = rng.lognormal(0.0, c.activity_sigma, nu)
@@ -422,6 +481,11 @@ def generate_world(config: WorldConfig) -> tuple[SyntheticWorld, pl.DataFrame, p
     rng.shuffle(users_col)
     times = rng.integers(c.start_time, c.end_time, c.n_interactions, dtype=np.int64)
     times.sort()
+    # with drift, row u + U of the stacked user matrix is user u after the drift
+    u_table, u_rows = user_vectors, users_col
+    if after is not None:
+        u_table = np.concatenate([user_vectors, after])
+        u_rows = users_col + nu * (times >= c.drift_time)
     by_pop = np.argsort(-popularity, kind="stable")  # internal item order for cache locality
     v_hot, publish_hot = np.ascontiguousarray(item_vectors[by_pop]), publish[by_pop]
     prob, alias = _alias_table((1.0 - c.exploration) * popularity[by_pop] + c.exploration / ni)
@@ -435,7 +499,7 @@ def generate_world(config: WorldConfig) -> tuple[SyntheticWorld, pl.DataFrame, p
         b = min(a + _CHUNK, c.n_interactions)
         r_pool = rng.random((b - a, c.pool_size))
         r_pick = rng.random(b - a)
-        row, s = _choose_exposures(users_col[a:b], times[a:b], user_vectors, v_hot, publish_hot, prob, alias,
+        row, s = _choose_exposures(u_rows[a:b], times[a:b], u_table, v_hot, publish_hot, prob, alias,
                                    r_pool, r_pick, fallback, float(c.exposure_temperature),
                                    float(c.freshness_weight), tau)
         it = by_pop[row]
@@ -443,6 +507,7 @@ def generate_world(config: WorldConfig) -> tuple[SyntheticWorld, pl.DataFrame, p
         resp = world._respond(s, it, times[a:b], rng)
         click[a:b], like[a:b], watch[a:b] = resp["click"], resp["like"], resp["watch_time"]
 
+    del u_rows, u_table
     inter = pl.DataFrame({"user_id": users_col, "item_id": items_col, "timestamp": times,
                           "click": click, "like": like, "watch_time": watch})
     del users_col, items_col, times, click, like, watch
