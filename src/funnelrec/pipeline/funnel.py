@@ -323,6 +323,47 @@ class Funnel:
                 fusion_weights={t: float(weights.get(t, 1.0)) for t in tasks}, fused_positions=fused_pos))
         return out
 
+    # ------------------------------------------------------------------ item-to-item
+    def similar_sources(self) -> list[str]:
+        """The channels that answer item-to-item (itemCF, Swing, EASE, vector: `similar_items`)."""
+        return [name for name, ch in self.channels_.items() if callable(getattr(ch, "similar_items", None))]
+
+    def similar(self, item_idx: int, k: int, channel: str | None = None,
+                exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
+        """The k items most similar to `item_idx`: each i2i channel's neighbours (or only
+        `channel`'s), interleaved channel by channel in config order and deduplicated — the first
+        channel to name an item gives its score; `exclude` (item indices) never returned.
+        Returns (items (≤k,), scores, the channels that named each item)."""
+        sources = self.similar_sources()
+        if channel is not None:
+            if channel not in sources:
+                raise DataError(f"channel {channel!r} has no item-to-item neighbours; "
+                                f"these do: {', '.join(sources) or 'none in this funnel'}")
+            sources = [channel]
+        if not sources:
+            raise ConfigError("this funnel has no item-to-item channel (itemcf, swing, ease or vector)")
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+            raise DataError(f"k must be an integer ≥ 1, got {k!r}")
+        banned = {int(item_idx), *(() if exclude is None else np.asarray(exclude).tolist())}
+        rows = []
+        for name in sources:
+            b = self.channels_[name].similar_items(np.array([item_idx], np.int64), k + len(banned))
+            it, sc = b.row(0)
+            rows.append((name, it.tolist(), sc.tolist()))
+        order: dict[int, tuple[float, list[str]]] = {}
+        for depth in range(max((len(r[1]) for r in rows), default=0)):
+            for name, its, scs in rows:
+                if depth < len(its) and its[depth] not in banned:
+                    got = order.get(its[depth])
+                    if got is None:
+                        if len(order) < k:
+                            order[its[depth]] = (scs[depth], [name])
+                    elif name not in got[1]:
+                        got[1].append(name)
+        items = np.fromiter(order, np.int64, len(order))
+        scores = np.array([v[0] for v in order.values()], np.float32)
+        return items, scores, [v[1] for v in order.values()]
+
     # ------------------------------------------------------------------ conveniences over run
     def recommend(self, user_id: Any = None, k: int | None = None, user_idx: int | None = None,
                   context: RecallContext | None = None, state: RequestState | None = None,

@@ -411,6 +411,22 @@ class RecommenderService:
             self.metrics.cold_start += 1
         return ServedRecommendation(request_id, uid, out_ids, rec, record, cur.version, filtered)
 
+    def similar(self, item_id: Any, k: int = 10, channel: str | None = None) -> dict[str, Any] | None:
+        """Item-to-item: the k items most similar to the external `item_id` from the funnel's
+        itemCF / Swing / EASE / vector neighbours (`Funnel.similar`); None when the item is not
+        in the catalogue."""
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= self.config.max_k:
+            raise DataError(f"k must be an int in [1, {self.config.max_k}], got {k!r}")
+        cur = self._current
+        idx = cur.funnel.dataset_.item_ids.index(item_id)
+        if idx < 0:
+            return None
+        items, scores, channels = cur.funnel.similar(idx, int(k), channel)
+        return {"item_id": cur.item_ids[[idx]].tolist()[0],
+                "items": [{"item_id": iid, "score": sc, "channels": ch}
+                          for iid, sc, ch in zip(cur.item_ids[items].tolist(), scores.tolist(), channels)],
+                "model_version": cur.version}
+
     def feedback(self, request_id: str | None, user_id: Any, events: Iterable[Mapping[str, Any]]) -> dict[str, int]:
         """Append the events to the durable log (committed when this returns), then add the
         impressions to the user's exposure filter. Each event: {item_id, type, value?, ts?}."""

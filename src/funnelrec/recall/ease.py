@@ -58,3 +58,13 @@ class EASERecall(RecallChannel):
         H, seen = self.history_.matrix(users, context)
         scores = np.asarray(H @ self.B_, dtype=np.float32)  # (U, I)
         return topn_dense(scores, n, self.name, exclude=seen)
+
+    def similar_items(self, items: np.ndarray, n: int) -> CandidateBatch:
+        """Top-n neighbours of each item (i2i): row i of B (the item-item weights; diag(B) = 0,
+        so an item is never its own neighbour); only positive weights; an index outside the
+        fitted catalogue gets an empty row."""
+        items = np.asarray(items, dtype=np.int64).reshape(-1)
+        ok = (items >= 0) & (items < self.B_.shape[0])
+        scores = np.where(ok[:, None], self.B_[np.where(ok, items, 0)], -np.inf).astype(np.float32)
+        scores[np.arange(len(items)), np.where(ok, items, 0)] = -np.inf
+        return topn_dense(scores, n, self.name)

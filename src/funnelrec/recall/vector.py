@@ -26,6 +26,7 @@ dense (fused) Adam. Off: one dense Adam over every parameter, i.e. all
 
 from __future__ import annotations
 
+import copy
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ from funnelrec.core.types import PAD, CandidateBatch
 from funnelrec.data.dataset import TrainData, interactions_csr
 from funnelrec.index import VectorIndex
 from funnelrec.models.recall.two_tower import TwoTowerConfig, TwoTowerModel, TwoTowerSpec
+from funnelrec.recall.attributes import ForwardIndex
 from funnelrec.recall.base import RecallChannel, RecallContext
 from funnelrec.train.retrieval_losses import LOSSES, bpr_loss, pointwise_bce_loss, sampled_softmax_loss
 from funnelrec.train.row_sparse_adam import RowSparseAdam
@@ -406,9 +408,64 @@ class VectorRecall(RecallChannel):
             return None
         if len(extra) != n_rows:
             raise DataError(f"context history has {len(extra)} rows for {n_rows} users")
-        I = len(self.item_vectors_)
+        # the user tower embeds history items by the fitted item rows: items added since the fit
+        # (`extend_items`) and out-of-catalogue ones are ignored
+        I = self.features_.item_attrs.shape[0]
         arrays = [np.asarray(h, np.int64).reshape(-1) for h in extra]
-        return [a[(a >= 0) & (a < I)] for a in arrays]  # out-of-catalogue items are ignored
+        return [a[(a >= 0) & (a < I)] for a in arrays]
+
+    def similar_items(self, items: np.ndarray, n: int) -> CandidateBatch:
+        """Top-n neighbours of each item by its vector (i2i): (len(items), n), inner product as score."""
+        return _similar_by_vector(self, items, n)
+
+    # ---------------------------------------------------------------- live catalogue (issue #10)
+    def attribute_vectors(self, items: pl.DataFrame, rows: np.ndarray) -> np.ndarray:
+        """(len(rows), D) vectors of catalogue rows `rows` from their attributes alone — for items
+        the towers were not trained on. Over the channel's `item_columns`, V = the row's values
+        that at least one fitted item holds, c_v = the mean vector of the fitted items holding v:
+
+            v = normalize( (1/|V|) Σ_{v ∈ V} c_v )        (no known value: the mean of all items)
+        """
+        I_fit = self.features_.item_attrs.shape[0]
+        X = self.item_vectors_[:I_fit].astype(np.float64)
+        sums, count = np.zeros((len(rows), X.shape[1])), np.zeros(len(rows))
+        fitted = items.slice(0, I_fit)
+        for col in self.config.item_columns:
+            if col not in items.columns:
+                continue
+            fwd = ForwardIndex.from_column(fitted, col)  # (I_fit, V) fitted items × values
+            size = np.asarray(fwd.matrix.sum(0)).ravel()
+            centroids = (fwd.matrix.T @ X) / np.maximum(size, 1)[:, None]  # (V, D)
+            mine = ForwardIndex.from_column(items[np.asarray(rows, np.int64)], col)
+            if not len(fwd.vocab):
+                continue
+            code = np.minimum(np.searchsorted(fwd.vocab, mine.vocab), len(fwd.vocab) - 1)
+            known = fwd.vocab[code] == mine.vocab
+            m = sp.coo_matrix(mine.matrix)
+            ok = known[m.col]
+            np.add.at(sums, m.row[ok], centroids[code[m.col[ok]]])
+            np.add.at(count, m.row[ok], 1.0)
+        mean_all = X.mean(0) if len(X) else np.zeros(X.shape[1])
+        v = np.where(count[:, None] > 0, sums / np.maximum(count, 1)[:, None], mean_all)
+        return (v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+    def extend_items(self, items: pl.DataFrame, changed: np.ndarray) -> VectorRecall:
+        """A copy over the catalogue `items` (fitted rows first, new ones appended): each new item
+        gets `attribute_vectors` and is added to a copy of the index (fitted items keep the
+        vectors the tower learned, their attributes changed or not). This channel is unchanged."""
+        I_old, I_new = len(self.item_vectors_), items.height
+        if I_new == I_old:
+            return self
+        new = copy.copy(self)
+        vecs = self.attribute_vectors(items, np.arange(I_old, I_new))
+        new.item_vectors_ = np.concatenate([self.item_vectors_, vecs])
+        new.index_ = copy.deepcopy(self.index_)  # its pickled files: the served index stays as it is
+        new.index_.add(vecs)
+        keys = self.seen_.keys
+        new.seen_ = copy.copy(self.seen_)
+        new.seen_.n_items = I_new
+        new.seen_.keys = (keys // I_old) * I_new + keys % I_old  # u·I + i over the wider catalogue
+        return new
 
     def _recall(self, users: np.ndarray, n: int, context: RecallContext | None) -> CandidateBatch:
         B, I = len(users), len(self.item_vectors_)
@@ -445,6 +502,30 @@ class VectorRecall(RecallChannel):
         items[rows, :m] = np.where(valid, sel_i, PAD)
         scores[rows, :m] = np.where(valid, sel_s, -np.inf)
         return CandidateBatch(self.name, items, scores)
+
+
+def _similar_by_vector(channel: VectorRecall, items: np.ndarray, n: int) -> CandidateBatch:
+    """Top-n items by inner product with each item's own vector (i2i over the channel's index),
+    the item itself left out; exact re-score as in `_recall`."""
+    items = np.asarray(items, dtype=np.int64).reshape(-1)
+    V = channel.item_vectors_
+    out_i = np.full((len(items), n), PAD, np.int64)
+    out_s = np.full((len(items), n), -np.inf, np.float32)
+    ok = (items >= 0) & (items < len(V))
+    rows = np.nonzero(ok)[0]
+    if len(rows) == 0 or n <= 0:
+        return CandidateBatch(channel.name, out_i, out_s)
+    q = V[items[rows]]
+    _, ids = channel.index_.search(q, min(len(V), n + 1))
+    ids = ids.astype(np.int64)
+    safe = np.where(ids >= 0, ids, 0)
+    s = np.where((ids >= 0) & (ids != items[rows, None]), (V[safe] * q[:, None, :]).sum(-1), -np.inf)
+    top = _order_rows(s.astype(np.float32), ids)[:, :n]
+    sel_i, sel_s = np.take_along_axis(ids, top, 1), np.take_along_axis(s, top, 1).astype(np.float32)
+    valid = np.isfinite(sel_s)
+    out_i[rows, : top.shape[1]] = np.where(valid, sel_i, PAD)
+    out_s[rows, : top.shape[1]] = np.where(valid, sel_s, -np.inf)
+    return CandidateBatch(channel.name, out_i, out_s)
 
 
 def _rows_csr(lists: list[np.ndarray], n_items: int) -> sp.csr_matrix:

@@ -3,6 +3,7 @@
     POST /recommend      {user_id, k, context: {time, device, region, …}, debug}
     GET  /recommend      ?user_id=&k=
     POST /feedback       {request_id, user_id, events: [{item_id, type, value, ts}]}
+    GET  /similar        ?item_id=&k=&channel=   (item-to-item neighbours)
     GET  /health, GET /metrics (Prometheus), POST /admin/reload {artifact}, /docs (OpenAPI)
 
 The service loads in the app's lifespan (never at import); handlers validate, call the service,
@@ -53,6 +54,7 @@ from funnelrec.serving.schemas import (
     RecommendResponse,
     ReloadRequest,
     ReloadResponse,
+    SimilarResponse,
 )
 
 MAX_BODY_BYTES = 1 << 20
@@ -106,7 +108,7 @@ class GuardMiddleware:
             return
         t0 = time.perf_counter()
         path, method = scope["path"], scope["method"]
-        route = path if path in ("/recommend", "/feedback", "/health", "/metrics", "/admin/reload") else "other"
+        route = path if path in ("/recommend", "/feedback", "/similar", "/health", "/metrics", "/admin/reload") else "other"
         http = self.http
         status = {"code": 500, "started": False}
 
@@ -242,6 +244,18 @@ def create_app(service: RecommenderService | Funnel | None = None, artifact: str
                       k: int = Query(10, ge=1, le=MAX_K), explain: bool = Query(False)) -> Response:
         out = request.app.state.service.recommend(user_id, k=k, explain=explain)
         return ORJSONResponse(out.to_dict(explain=explain))
+
+    @app.get("/similar", responses={200: {"model": SimilarResponse}, 404: {"description": "unknown item_id"}})
+    async def similar(request: Request, item_id: str = Query(..., min_length=1, max_length=128),
+                      k: int = Query(10, ge=1, le=MAX_K),
+                      channel: str | None = Query(None, min_length=1, max_length=64)) -> Response:
+        """Item-to-item: the items most similar to `item_id` from the itemCF / Swing / EASE /
+        vector channels' neighbours (or only `channel`'s), deduplicated, with the channels that
+        named each."""
+        out = request.app.state.service.similar(item_id, k=k, channel=channel)
+        if out is None:
+            return ORJSONResponse({"detail": f"item_id {item_id!r} is not in the catalogue"}, status_code=404)
+        return ORJSONResponse(out)
 
     @app.post("/feedback", responses={200: {"model": FeedbackResponse}})
     async def feedback(request: Request, body: FeedbackRequest) -> dict[str, int]:

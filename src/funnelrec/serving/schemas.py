@@ -133,6 +133,18 @@ class RecommendResponse(BaseModel):
     debug: dict[str, Any] | None = None
 
 
+class SimilarItem(BaseModel):
+    item_id: Any
+    score: float = Field(..., description="the similarity in the first channel that named the item")
+    channels: list[str]
+
+
+class SimilarResponse(BaseModel):
+    item_id: Any
+    items: list[SimilarItem]
+    model_version: str
+
+
 class FeedbackResponse(BaseModel):
     logged: int
     impressions: int
