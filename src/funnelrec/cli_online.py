@@ -4,9 +4,191 @@ a user-caused error prints one `error: …` line and exits 2."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 
 def register(app: typer.Typer) -> None:
     """Add the online commands to `app` (each command's module is imported only when it runs)."""
+    _register_replay(app)
+    _register_catalogue(app)
     return None
+
+
+def _register_catalogue(app: typer.Typer) -> None:
+    """`funnelrec catalogue upsert|delete|hide --items FILE --url URL`: the live catalogue of a
+    running server, over its HTTP API (POST /items, DELETE /items/{id}, POST /items/{id}/hide)."""
+    catalogue = typer.Typer(help="Change a running server's live catalogue (items: upsert, delete, hide).")
+    app.add_typer(catalogue, name="catalogue")
+    items_opt = typer.Option(..., "--items", help="CSV or Parquet file: item_id, optional expires_at (unix s), "
+                                                 "the rest item-table columns")
+    url_opt = typer.Option("http://127.0.0.1:8000", "--url", help="the server's base URL")
+    token_opt = typer.Option(None, "--token", envvar="FUNNELREC_ADMIN_TOKEN", help="X-Admin-Token, when the "
+                                                                                "server has one")
+    multi_opt = typer.Option("", "--multi", help="CSV columns holding several values split by --sep, e.g. genres")
+
+    @catalogue.command("upsert")
+    def upsert_cmd(items: Path = items_opt, url: str = url_opt, token: str | None = token_opt,
+                   multi: str = multi_opt, sep: str = typer.Option("|", "--sep")) -> None:
+        """Upsert every row of the file (new items are recommendable on the next request)."""
+        rows = _catalogue_rows(items, [c for c in multi.split(",") if c], sep)
+        out = _catalogue_call(url, token, "POST", "/items", {"items": rows})
+        typer.echo(f"upserted {out.get('upserted')} items; catalogue version {out.get('catalogue_version')}")
+
+    @catalogue.command("delete")
+    def delete_cmd(items: Path = items_opt, url: str = url_opt, token: str | None = token_opt) -> None:
+        """Delete the file's item_ids: they are never recommended again."""
+        out: dict = {}
+        ids = [r["item_id"] for r in _catalogue_rows(items, [], "|")]
+        for i in ids:
+            out = _catalogue_call(url, token, "DELETE", f"/items/{_quote(i)}", None)
+        typer.echo(f"deleted {len(ids)} items; catalogue version {out.get('catalogue_version')}")
+
+    @catalogue.command("hide")
+    def hide_cmd(items: Path = items_opt, url: str = url_opt, token: str | None = token_opt,
+                 unhide: bool = typer.Option(False, "--unhide", help="show the items again")) -> None:
+        """Hide (or --unhide) the file's item_ids."""
+        out: dict = {}
+        ids = [r["item_id"] for r in _catalogue_rows(items, [], "|")]
+        for i in ids:
+            out = _catalogue_call(url, token, "POST", f"/items/{_quote(i)}/{'unhide' if unhide else 'hide'}", None)
+        typer.echo(f"{'unhid' if unhide else 'hid'} {len(ids)} items; catalogue version {out.get('catalogue_version')}")
+
+
+def _quote(item_id: object) -> str:
+    from urllib.parse import quote
+
+    return quote(str(item_id), safe="")
+
+
+def _catalogue_rows(path: Path, multi: list[str], sep: str) -> list[dict]:
+    """{item_id, attributes, expires_at?} per row of a CSV / Parquet file (DataError naming the file)."""
+    import math
+
+    import polars as pl
+
+    from funnelrec.core.errors import DataError
+
+    try:
+        df = pl.read_parquet(path) if path.suffix.lower() in (".parquet", ".pq") else pl.read_csv(path)
+    except (OSError, pl.exceptions.PolarsError) as e:
+        raise DataError(f"--items {path}: cannot read it as {'Parquet' if path.suffix == '.parquet' else 'CSV'}: "
+                        f"{str(e).splitlines()[0][:160]}") from None
+    if "item_id" not in df.columns:
+        raise DataError(f"--items {path}: no item_id column (it has {', '.join(df.columns)})")
+    missing = [c for c in multi if c not in df.columns]
+    if missing:
+        raise DataError(f"--items {path}: --multi names columns {missing} it does not have")
+    rows = []
+    for r in df.to_dicts():
+        attrs = {c: (v.split(sep) if c in multi and isinstance(v, str) else v)
+                 for c, v in r.items() if c not in ("item_id", "expires_at") and v is not None}
+        row = {"item_id": r["item_id"], "attributes": attrs}
+        exp = r.get("expires_at")
+        if exp is not None and not (isinstance(exp, float) and math.isnan(exp)):
+            row["expires_at"] = exp
+        rows.append(row)
+    return rows
+
+
+def _catalogue_call(url: str, token: str | None, method: str, route: str, body: dict | None) -> dict:
+    """One HTTP call; a refused one (4xx/5xx, unreachable server) is a FunnelrecError with its detail."""
+    import httpx
+
+    from funnelrec.core.errors import FunnelrecError
+
+    headers = {"X-Admin-Token": token} if token else {}
+    try:
+        r = httpx.request(method, url.rstrip("/") + route, json=body, headers=headers, timeout=60.0)
+    except httpx.HTTPError as e:
+        raise FunnelrecError(f"--url {url}: {type(e).__name__}: {e}") from None
+    if r.status_code >= 400:
+        try:
+            detail = r.json().get("detail")
+        except ValueError:
+            detail = r.text[:200]
+        raise FunnelrecError(f"{method} {route}: HTTP {r.status_code}: {detail}")
+    return r.json()
+
+
+def _default_funnel():
+    """The funnel `funnelrec train` fits by default (configs/funnel/ml100k.yaml of the source
+    checkout: generic channels and an LR ranker), else FunnelConfig()'s defaults. Read here, not
+    imported from cli.py, which imports this module."""
+    from funnelrec.pipeline.config import FunnelConfig
+
+    path = Path(__file__).resolve().parents[2] / "configs" / "funnel" / "ml100k.yaml"
+    return FunnelConfig.load(path) if path.exists() else FunnelConfig()
+
+
+def _register_replay(app: typer.Typer) -> None:
+    @app.command("replay")
+    def replay_cmd(dataset: str = typer.Option("movielens-100k", help="dataset name"),
+                   path: Path | None = typer.Option(None, help="local folder with the dataset files"),
+                   mode: str = typer.Option("all", help="static | realtime | online | all"),
+                   days: int | None = typer.Option(None, help="replay at most this many days after the cut"),
+                   config: Path | None = typer.Option(None, help="replay YAML: replay:, funnel:, dataset: sections"),
+                   server: str | None = typer.Option(None, help="drive a running server at this URL instead "
+                                                                "(static / realtime)"),
+                   as_json: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:
+        """Replay the dataset's later half day by day through the service (fitted on the first half):
+        NDCG@k and AUC per mode, and each mode − static with its bootstrap CI."""
+        import dataclasses
+        import json
+
+        import polars as pl
+
+        from funnelrec.core.errors import ConfigError
+        from funnelrec.data import load_dataset
+        from funnelrec.online.replay import (
+            MODES,
+            HttpReplayClient,
+            ReplayPending,
+            fit_for_replay,
+            load_replay_file,
+            replay,
+            summarize,
+        )
+
+        modes = list(MODES) if mode == "all" else [mode]
+        if any(m not in MODES for m in modes):
+            raise ConfigError(f"--mode must be one of {', '.join(MODES)} or all, got {mode!r}")
+        cfg, funnel_cfg, ds_kwargs = load_replay_file(config)
+        if days is not None:
+            cfg = dataclasses.replace(cfg, days=days)  # validated by ReplayConfig
+        funnel_cfg = funnel_cfg or _default_funnel()
+        ds = load_dataset(dataset, **({"path": path} if path is not None else {}), **ds_kwargs)
+        fitted = fit_for_replay(ds, funnel_cfg, cfg, progress=not as_json)
+        records, pending = [], {}
+        for m in modes:
+            client = HttpReplayClient(server) if server else None
+            try:
+                records.append(replay(fitted, m, cfg, client=client, progress=not as_json))
+            except ReplayPending as e:
+                if len(modes) == 1:
+                    raise
+                pending[m] = str(e)
+            finally:
+                if client is not None:
+                    client.close()
+        summary = summarize(pl.concat(records), cfg) if records else {"modes": {}, "differences": {}}
+        summary.update({"dataset": dataset, "cut_time": fitted.cut_time, "fit_seconds": round(fitted.fit_seconds, 1),
+                        "pending": pending})
+        if as_json:
+            typer.echo(json.dumps(summary))
+            return
+        k = cfg.k
+        typer.echo(f"\nreplay · {dataset} · fit on {fitted.fit_rows.height} rows before {fitted.cut_time}, "
+                   f"{fitted.replay_rows['day'].n_unique()} days replayed")
+        typer.echo(f"{'mode':<10}{'NDCG@' + str(k):>10}{'AUC':>10}{'user-days':>11}")
+        for m, v in summary["modes"].items():
+            auc = "" if v["auc"] is None else f"{v['auc']:.4f}"
+            typer.echo(f"{m:<10}{v[f'ndcg@{k}']:>10.4f}{auc:>10}{v['user_days']:>11}")
+        for name, d in summary["differences"].items():
+            for metric, r in d.items():
+                lo, hi = r[f"ci{round(cfg.confidence * 100)}"]
+                typer.echo(f"{name} {metric}: {r['mean']:+.4f}  {round(cfg.confidence * 100)} % CI [{lo:+.4f}, "
+                           f"{hi:+.4f}] over {r['user_days']} user-days")
+        for m, why in pending.items():
+            typer.echo(f"{m}: pending — {why}")

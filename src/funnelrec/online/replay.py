@@ -1,0 +1,476 @@
+"""Replay a dataset's interactions in time order through the service: measures the online loop.
+
+    cfg = ReplayConfig(like_column="rating", like_threshold=4.0)
+    fitted = fit_for_replay(dataset, FunnelConfig.load("configs/funnel/ml100k.yaml"), cfg)
+    records = {m: replay(fitted, m, cfg) for m in ("static", "realtime", "online")}
+    print(summarize(pl.concat(records.values()), cfg))
+
+Protocol. The interactions are the dataset's rows (with `click_column`, only the rows where it
+is > 0: a log of impressions keeps its clicks). Time is cut at the day boundary nearest to
+t_min + `fit_fraction`·(t_max − t_min); the funnel is fitted on the rows before the cut (its
+ranker's labels: the last `label_fraction` of them by time, data/splits.py:temporal_split; 0 =
+no ranker). Then for each UTC day d after the cut (day = ts // `day_seconds`), for each user
+active on day d, in the order of their first interaction that day:
+
+1. request k' = max(k, `auc_k`) items at context time = the start of day d, excluding the items
+   the user interacted with since the cut (the fit-time ones the channels exclude themselves);
+   the first k are the answer shown;
+2. send the k shown items as impressions (ts = the start of the day);
+3. modes realtime and online: send the user's real interactions of that day as clicks (their
+   own ts), and a like for each whose `like_column` ≥ `like_threshold` (both from the config;
+   no like without them). Mode static sends impressions only: the exposure filter is its only
+   online state;
+4. at the end of the day (mode online) the learner runs once (`OnlineLearner.run_once`) and the
+   service reloads the version it published.
+
+Metrics of a (user, day) request, against R = the items the user interacted with that day,
+minus every item they interacted with before (fit-time or replayed); user-days with R empty are
+not scored:
+
+    NDCG@k = Σ_{p<k} [a_p ∈ R] / log2(p + 2)  /  Σ_{p < min(|R|, k)} 1 / log2(p + 2)
+    AUC    = P(s⁺ > s⁻) + ½·P(s⁺ = s⁻) over the k' returned candidates' served scores s (the
+             fused ranker score), positives = those in R; undefined (NaN) without both classes.
+
+`summarize` gives per-mode means, per-day means, and each mode − static difference paired over
+the user-days both scored, with a percentile bootstrap 95 % CI (`bootstrap_ci`: resample the
+user-days with replacement, mean of each resample, the 2.5 / 97.5 % quantiles).
+
+The replay drives a `RecommenderService` in-process (default) or a running server over HTTP
+(`HttpReplayClient`): the same requests and events either way. Online learning over HTTP is the
+server's own learner (`funnelrec learn` beside `serve`), so mode online runs in-process only.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import polars as pl
+
+from funnelrec.core.errors import ConfigError, DataError, FunnelrecError
+from funnelrec.data.dataset import Dataset
+from funnelrec.data.splits import temporal_split
+
+MODES = ("static", "realtime", "online")
+DAY = 86_400
+
+
+class ReplayPending(FunnelrecError):
+    """A mode needs a piece of the online loop that this installation does not have yet."""
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """The replay's knobs (module doc). `learn` is handed to the online learner as its config."""
+
+    k: int = 10
+    auc_k: int = 50  # candidates scored per request for the AUC; the first k are shown
+    fit_fraction: float = 0.5  # of the time span, before the cut
+    label_fraction: float = 0.1  # the last share of the fit rows by time: the ranker's labels (0 = no ranker)
+    day_seconds: int = DAY
+    days: int | None = None  # replay at most this many days after the cut
+    click_column: str | None = None  # None: every row is an interaction; else the rows where it is > 0
+    like_column: str | None = None
+    like_threshold: float | None = None
+    bootstrap_resamples: int = 2000
+    confidence: float = 0.95
+    seed: int = 0
+    learn: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.k < 1 or self.auc_k < 1:
+            raise ConfigError(f"replay: k and auc_k must be ≥ 1, got {self.k}, {self.auc_k}")
+        if not 0.0 < self.fit_fraction < 1.0:
+            raise ConfigError(f"replay: fit_fraction must be in (0, 1), got {self.fit_fraction}")
+        if not 0.0 <= self.label_fraction < 1.0:
+            raise ConfigError(f"replay: label_fraction must be in [0, 1), got {self.label_fraction}")
+        if self.day_seconds < 1:
+            raise ConfigError(f"replay: day_seconds must be ≥ 1, got {self.day_seconds}")
+        if self.days is not None and self.days < 1:
+            raise ConfigError(f"replay: days must be ≥ 1, got {self.days}")
+        if (self.like_column is None) != (self.like_threshold is None):
+            raise ConfigError("replay: like_column and like_threshold go together (a like is like_column ≥ "
+                              "like_threshold); give both or neither")
+        if self.bootstrap_resamples < 100:
+            raise ConfigError(f"replay: bootstrap_resamples must be ≥ 100, got {self.bootstrap_resamples}")
+        if not 0.0 < self.confidence < 1.0:
+            raise ConfigError(f"replay: confidence must be in (0, 1), got {self.confidence}")
+
+
+# --------------------------------------------------------------------------------- metrics
+def ndcg_at_k(ranked: Sequence[Any], relevant: set, k: int) -> float:
+    """Binary NDCG@k of one answer (module doc); NaN when `relevant` is empty."""
+    if not relevant:
+        return math.nan
+    dcg = sum(1.0 / math.log2(p + 2) for p, item in enumerate(list(ranked)[:k]) if item in relevant)
+    ideal = sum(1.0 / math.log2(p + 2) for p in range(min(len(relevant), k)))
+    return dcg / ideal
+
+
+def pairwise_auc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """P(s⁺ > s⁻) + ½·P(s⁺ = s⁻) by midranks (Mann–Whitney U / (n⁺·n⁻)); NaN without both classes."""
+    s = np.asarray(scores, np.float64)
+    y = np.asarray(positive, bool)
+    n_pos = int(y.sum())
+    n_neg = len(y) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    from scipy.stats import rankdata
+
+    r = rankdata(s)  # midranks: ties count ½
+    return float((r[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def bootstrap_ci(x: np.ndarray, n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0,
+                 chunk: int = 256) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean of `x` (n,): `n_resamples` resamples of n values with
+    replacement, the (1 ∓ confidence)/2 quantiles of their means. Drawn `chunk` resamples at a
+    time, so memory is chunk·n, not n_resamples·n."""
+    x = np.asarray(x, np.float64)
+    x = x[~np.isnan(x)]
+    if len(x) < 2:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_resamples)
+    for a in range(0, n_resamples, chunk):
+        b = min(a + chunk, n_resamples)
+        means[a:b] = x[rng.integers(0, len(x), (b - a, len(x)))].mean(1)
+    alpha = (1.0 - confidence) / 2
+    lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
+    return float(lo), float(hi)
+
+
+# --------------------------------------------------------------------------------- clients
+@dataclass
+class Answer:
+    request_id: str | None
+    item_ids: list  # external ids, best first
+    scores: np.ndarray  # the served (fused) score of each
+
+
+class ReplayClient(Protocol):
+    def recommend(self, user_id: Any, k: int, time: int, exclude: list) -> Answer: ...
+
+    def feedback(self, request_id: str | None, user_id: Any, events: list[dict[str, Any]]) -> None: ...
+
+
+class ServiceClient:
+    """A `RecommenderService` in this process."""
+
+    def __init__(self, service: Any) -> None:
+        self.service = service
+
+    def recommend(self, user_id: Any, k: int, time: int, exclude: list) -> Answer:
+        out = self.service.recommend(user_id, k=k, context={"time": int(time)}, exclude=exclude or None)
+        return Answer(out.request_id, list(out.item_ids), np.asarray(out.rec.scores, np.float64))
+
+    def feedback(self, request_id: str | None, user_id: Any, events: list[dict[str, Any]]) -> None:
+        if events:
+            self.service.feedback(request_id, user_id, events)
+
+
+class HttpReplayClient:
+    """A running server (`funnelrec serve`) at `base_url`: POST /recommend and /feedback."""
+
+    MAX_EVENTS = 1000  # per /feedback body (serving/schemas.py)
+
+    def __init__(self, base_url: str, timeout: float = 30.0) -> None:
+        import httpx
+
+        self.http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout)
+
+    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        import httpx
+
+        try:
+            r = self.http.post(path, json=body)
+        except httpx.HTTPError as e:
+            raise DataError(f"replay over HTTP: {path} at {self.http.base_url}: {e}") from None
+        if r.status_code != 200:
+            raise DataError(f"replay over HTTP: {path} answered {r.status_code}: {r.text[:300]}")
+        return r.json()
+
+    def recommend(self, user_id: Any, k: int, time: int, exclude: list) -> Answer:
+        got = self._post("/recommend", {"user_id": user_id, "k": k, "context": {"time": int(time)},
+                                        "exclude": list(exclude)})
+        items = got["items"]
+        return Answer(got.get("request_id"), [it["item_id"] for it in items],
+                      np.asarray([it["score"] for it in items], np.float64))
+
+    def feedback(self, request_id: str | None, user_id: Any, events: list[dict[str, Any]]) -> None:
+        for a in range(0, len(events), self.MAX_EVENTS):
+            self._post("/feedback", {"request_id": request_id, "user_id": user_id,
+                                     "events": events[a: a + self.MAX_EVENTS]})
+
+    def close(self) -> None:
+        self.http.close()
+
+
+# --------------------------------------------------------------------------------- fitting
+@dataclass
+class FittedReplay:
+    """A funnel fitted on the rows before the cut, and the rows to replay after it."""
+
+    dataset: Dataset
+    funnel_config: Any
+    funnel: Any
+    fit_rows: pl.DataFrame
+    replay_rows: pl.DataFrame  # with a "day" column (ts // day_seconds), in time order
+    cut_time: int
+    first_day: int  # day number of the data's first row: days are reported as day − first_day
+    fit_seconds: float
+
+
+def interactions_of(dataset: Dataset, cfg: ReplayConfig) -> pl.DataFrame:
+    """The rows that count as interactions (module doc), in time order."""
+    inter = dataset.interactions
+    for col in (cfg.click_column, cfg.like_column):
+        if col is not None and col not in inter.columns:
+            raise ConfigError(f"replay: column {col!r} is not in the interactions table "
+                              f"({', '.join(inter.columns)}); fix replay.click_column / like_column")
+    if cfg.click_column is not None:
+        inter = inter.filter(pl.col(cfg.click_column) > 0)
+    if inter.height == 0:
+        raise DataError(f"replay: {dataset.name} has no interactions"
+                        + (f" with {cfg.click_column} > 0" if cfg.click_column else ""))
+    return inter.sort("timestamp", maintain_order=True)
+
+
+def cut_time(inter: pl.DataFrame, cfg: ReplayConfig) -> int:
+    """The day boundary nearest to t_min + fit_fraction·(t_max − t_min)."""
+    t = inter["timestamp"]
+    lo, hi = int(t.min()), int(t.max())
+    D = cfg.day_seconds
+    return int(round((lo + cfg.fit_fraction * (hi - lo)) / D)) * D
+
+
+def fit_for_replay(dataset: Dataset, funnel_config: Any, cfg: ReplayConfig, progress: bool = False) -> FittedReplay:
+    """Cut the time line and fit the funnel on the rows before the cut (module doc)."""
+    from funnelrec.pipeline.builder import FunnelBuilder
+
+    inter = interactions_of(dataset, cfg)
+    cut = cut_time(inter, cfg)
+    fit_rows = inter.filter(pl.col("timestamp") < cut)
+    rest = inter.filter(pl.col("timestamp") >= cut)
+    if fit_rows.height == 0 or rest.height == 0:
+        raise DataError(f"replay: the cut at {cut} leaves {fit_rows.height} rows to fit and {rest.height} to "
+                        f"replay; change replay.fit_fraction")
+    D = cfg.day_seconds
+    rest = rest.with_columns((pl.col("timestamp") // D).alias("day"))
+    if cfg.days is not None:
+        rest = rest.filter(pl.col("day") < cut // D + cfg.days)
+    t0 = time.perf_counter()
+    labels = None
+    train = fit_rows
+    if cfg.label_fraction > 0:
+        sp = temporal_split(fit_rows, (1.0 - cfg.label_fraction, cfg.label_fraction, 0.0))
+        train, labels = sp.train, sp.valid
+    funnel = FunnelBuilder(funnel_config).fit(dataset, train, labels=labels, progress=progress)
+    return FittedReplay(dataset, funnel_config, funnel, fit_rows, rest, cut, int(inter["timestamp"].min()) // D,
+                        time.perf_counter() - t0)
+
+
+# --------------------------------------------------------------------------------- the replay
+def _make_online(fitted: FittedReplay, cfg: ReplayConfig, workdir: Path) -> tuple[Any, Callable[[], None]]:
+    """An in-process service over an artifact directory and state directory that the online
+    learner reads and publishes to, and the end-of-day step: learn once, reload what it published."""
+    try:
+        from funnelrec.online.learner import OnlineLearner  # noqa: F401
+    except ImportError as e:
+        raise ReplayPending(f"replay mode online needs funnelrec.online.learner.OnlineLearner ({e}); "
+                            "run static or realtime") from None
+    from funnelrec.online import learner as learner_mod
+    from funnelrec.pipeline.service import RecommenderService
+
+    art = workdir / "artifacts"
+    first = art / "v0"
+    fitted.funnel.save(first)
+    service = RecommenderService.from_artifact(first, state_dir=workdir / "state")
+    build = getattr(learner_mod, "replay_learner", None)
+    if build is None:
+        raise ReplayPending("replay mode online: funnelrec.online.learner has no replay_learner(service, "
+                            "artifact_dir, config) hook yet; run static or realtime")
+    learner = build(service, art, dict(cfg.learn))
+
+    def end_of_day() -> None:
+        published = learner.run_once()
+        if published:
+            service.reload(published)
+
+    return service, end_of_day
+
+
+def replay(fitted: FittedReplay, mode: str, cfg: ReplayConfig, client: ReplayClient | None = None,
+           workdir: str | Path | None = None, progress: bool = False) -> pl.DataFrame:
+    """Replay `fitted.replay_rows` in `mode`; one row per scored user-day:
+    mode, day (since the data's first day), user_id, ndcg, auc, n_relevant. `client`: drive
+    that (e.g. `HttpReplayClient`) instead of a fresh in-process service."""
+    if mode not in MODES:
+        raise ConfigError(f"replay mode must be one of {', '.join(MODES)}, got {mode!r}")
+    end_of_day: Callable[[], None] | None = None
+    service = None
+    tmp = None
+    if client is None:
+        if mode == "online":
+            tmp = tempfile.TemporaryDirectory(prefix="funnelrec-replay-") if workdir is None else None
+            service, end_of_day = _make_online(fitted, cfg, Path(workdir or tmp.name))
+        else:
+            from funnelrec.pipeline.service import RecommenderService
+
+            service = RecommenderService(fitted.funnel)
+        client = ServiceClient(service)
+    elif mode == "online":
+        raise ConfigError("replay mode online runs in-process only (over HTTP the server's own `funnelrec learn` "
+                          "updates it); drop the server URL or run static / realtime")
+    try:
+        return _run(fitted, mode, cfg, client, end_of_day, progress)
+    finally:
+        if service is not None:
+            service.close()
+        if tmp is not None:
+            tmp.cleanup()
+
+
+def _run(fitted: FittedReplay, mode: str, cfg: ReplayConfig, client: ReplayClient,
+         end_of_day: Callable[[], None] | None, progress: bool) -> pl.DataFrame:
+    D = cfg.day_seconds
+    # each user's items so far: fit-time rows, then every replayed day's
+    seen: dict[Any, set] = {}
+    for u, items in fitted.fit_rows.group_by("user_id", maintain_order=True).agg(pl.col("item_id")).iter_rows():
+        seen[u] = set(items)
+    since_cut: dict[Any, list] = {}
+    cols = ["user_id", "item_id", "timestamp"] + ([cfg.like_column] if cfg.like_column else [])
+    rows = fitted.replay_rows
+    k_req = max(cfg.k, cfg.auc_k)
+    out: dict[str, list] = {"day": [], "user_id": [], "ndcg": [], "auc": [], "n_relevant": []}
+    days = rows.partition_by("day", maintain_order=True, as_dict=True)
+    it = days.items()
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(it, desc=f"replay {mode}", unit="day")
+    for (day,), day_rows in it:
+        start = int(day) * D
+        for user_rows in day_rows.select(cols).partition_by("user_id", maintain_order=True):
+            uid = user_rows["user_id"][0]
+            items = user_rows["item_id"].to_list()
+            before = seen.setdefault(uid, set())
+            mine = since_cut.setdefault(uid, [])
+            ans = client.recommend(uid, k_req, start, mine)
+            shown = ans.item_ids[: cfg.k]
+            relevant = set(items) - before
+            if relevant:
+                out["day"].append(int(day) - fitted.first_day)
+                out["user_id"].append(str(uid))
+                out["ndcg"].append(ndcg_at_k(shown, relevant, cfg.k))
+                out["auc"].append(pairwise_auc(ans.scores, np.array([i in relevant for i in ans.item_ids], bool)))
+                out["n_relevant"].append(len(relevant))
+            events = [{"item_id": i, "type": "impression", "ts": start} for i in shown]
+            if mode != "static":
+                ts = user_rows["timestamp"].to_list()
+                events += [{"item_id": i, "type": "click", "ts": int(t)} for i, t in zip(items, ts)]
+                if cfg.like_column is not None:
+                    liked = user_rows[cfg.like_column].to_numpy() >= cfg.like_threshold
+                    events += [{"item_id": i, "type": "like", "ts": int(t)}
+                               for i, t, y in zip(items, ts, liked) if y]
+            client.feedback(ans.request_id, uid, events)
+            for i in items:
+                if i not in before:
+                    before.add(i)
+                    mine.append(i)
+        if end_of_day is not None:
+            end_of_day()
+    return pl.DataFrame({"mode": [mode] * len(out["day"]), **out},
+                        schema={"mode": pl.String, "day": pl.Int64, "user_id": pl.String, "ndcg": pl.Float64,
+                                "auc": pl.Float64, "n_relevant": pl.Int64})
+
+
+# --------------------------------------------------------------------------------- summary
+def summarize(records: pl.DataFrame, cfg: ReplayConfig, baseline: str = "static") -> dict[str, Any]:
+    """Per-mode means (NDCG@k over the scored user-days, AUC over those where it is defined),
+    per-day NDCG@k and AUC means, and each mode − `baseline` paired over user-days with its
+    bootstrap CI (module doc)."""
+    k = cfg.k
+    modes = [m for m in MODES if m in set(records["mode"].to_list())]
+    out: dict[str, Any] = {"modes": {}, "per_day": {}, "differences": {}}
+    for m in modes:
+        r = records.filter(pl.col("mode") == m)
+        auc = r["auc"].drop_nans().drop_nulls()
+        out["modes"][m] = {f"ndcg@{k}": float(r["ndcg"].mean()), "auc": float(auc.mean()) if len(auc) else None,
+                           "user_days": r.height, "auc_user_days": len(auc)}
+        daily = r.group_by("day").agg(pl.col("ndcg").mean(), pl.col("auc").fill_nan(None).mean(),
+                                      pl.len().alias("users")).sort("day")
+        out["per_day"][m] = {"day": daily["day"].to_list(), f"ndcg@{k}": daily["ndcg"].to_list(),
+                             "auc": daily["auc"].to_list(), "users": daily["users"].to_list()}
+    if baseline not in modes:
+        return out
+    base = records.filter(pl.col("mode") == baseline).select("day", "user_id", "ndcg", "auc")
+    for m in modes:
+        if m == baseline:
+            continue
+        pair = records.filter(pl.col("mode") == m).join(base, on=["day", "user_id"], suffix="_base")
+        diff: dict[str, Any] = {}
+        for metric, name in (("ndcg", f"ndcg@{k}"), ("auc", "auc")):
+            d = (pair[metric] - pair[f"{metric}_base"]).to_numpy()
+            d = d[~np.isnan(d)]
+            lo, hi = bootstrap_ci(d, cfg.bootstrap_resamples, cfg.confidence, cfg.seed)
+            diff[name] = {"mean": float(d.mean()) if len(d) else None, f"ci{round(cfg.confidence * 100)}": [lo, hi],
+                          "user_days": int(len(d))}
+        out["differences"][f"{m}-{baseline}"] = diff
+    return out
+
+
+def recovery(per_day: dict[str, list], drift_day: int, first_day: int, metric: str, within: int = 3,
+             share: float = 0.9) -> dict[str, Any]:
+    """Recovery after a drift at `drift_day` (days since the data's first day): pre = the mean
+    daily `metric` over the replayed days before it; recovered = some day in drift_day + 1 ..
+    drift_day + within (the days after 1..within end-of-day updates) has a daily mean ≥ share·pre;
+    trough = the drift day's value. `first_day`: the first replayed day."""
+    days, vals = per_day["day"], per_day[metric]
+    pre = [v for d, v in zip(days, vals) if first_day <= d < drift_day and v is not None]
+    if not pre:
+        raise DataError(f"recovery: no replayed day before the drift day {drift_day}")
+    pre_mean = float(np.mean(pre))
+    after = [(d, v) for d, v in zip(days, vals) if drift_day < d <= drift_day + within]
+    first = next((d for d, v in after if v is not None and v >= share * pre_mean), None)
+    trough = next((v for d, v in zip(days, vals) if d == drift_day), None)
+    return {"pre_drift": pre_mean, "threshold": share * pre_mean, "trough": trough,
+            "days_to_recover": None if first is None else first - drift_day,
+            f"recovered_within_{within}_days": first is not None}
+
+
+# --------------------------------------------------------------------------------- from a file
+@dataclass(frozen=True)
+class ReplayFile:
+    """A replay YAML: `replay:` (ReplayConfig keys), `funnel:` (a funnel config mapping, or the
+    path of a funnel YAML, relative to this file), `dataset:` (keyword arguments of the dataset
+    loader, e.g. a synthetic world's knobs)."""
+
+    replay: dict[str, Any] = field(default_factory=dict)
+    funnel: Any = None
+    dataset: dict[str, Any] = field(default_factory=dict)
+
+
+def load_replay_file(path: str | Path | None) -> tuple[ReplayConfig, Any, dict[str, Any]]:
+    """(ReplayConfig, FunnelConfig or None = the caller's default, dataset kwargs) from a replay YAML."""
+    from funnelrec.core.config import from_dict, load_yaml
+    from funnelrec.pipeline.config import FunnelConfig
+
+    if path is None:
+        return ReplayConfig(), None, {}
+    path = Path(path)
+    f = from_dict(ReplayFile, load_yaml(path), f"replay config {path}")
+    cfg = from_dict(ReplayConfig, f.replay, f"replay config {path}", path="replay")
+    funnel = None
+    if isinstance(f.funnel, str):
+        fp = Path(f.funnel) if Path(f.funnel).is_absolute() else path.parent / f.funnel
+        funnel = FunnelConfig.load(fp)
+    elif f.funnel is not None:
+        funnel = FunnelConfig.from_dict(f.funnel, f"replay config {path}", path="funnel")
+    return cfg, funnel, dict(f.dataset)
