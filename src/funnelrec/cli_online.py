@@ -130,7 +130,10 @@ def _register_replay(app: typer.Typer) -> None:
                    days: int | None = typer.Option(None, help="replay at most this many days after the cut"),
                    config: Path | None = typer.Option(None, help="replay YAML: replay:, funnel:, dataset: sections"),
                    server: str | None = typer.Option(None, help="drive a running server at this URL instead "
-                                                                "(static / realtime)"),
+                                                                "(static / realtime); it must serve the funnel "
+                                                                "fitted on the same cut (--save)"),
+                   save: Path | None = typer.Option(None, help="also save the funnel fitted before the cut here "
+                                                               "(for `funnelrec serve --artifact`)"),
                    as_json: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:
         """Replay the dataset's later half day by day through the service (fitted on the first half):
         NDCG@k and AUC per mode, and each mode − static with its bootstrap CI."""
@@ -160,6 +163,8 @@ def _register_replay(app: typer.Typer) -> None:
         funnel_cfg = funnel_cfg or _default_funnel()
         ds = load_dataset(dataset, **({"path": path} if path is not None else {}), **ds_kwargs)
         fitted = fit_for_replay(ds, funnel_cfg, cfg, progress=not as_json)
+        if save is not None:
+            fitted.funnel.save(save)
         records, pending = [], {}
         for m in modes:
             client = HttpReplayClient(server) if server else None

@@ -263,8 +263,13 @@ def test_cli_replay_json_and_errors(tmp_path):
                    "label_fraction: 0, bootstrap_resamples: 200}\n"
                    "funnel: {recall: {channels: [{name: itemcf, n: 30}, {name: hot, n: 30}], merge: {total: 40}}}\n"
                    "dataset: {n_users: 60, n_items: 40, n_interactions: 3000, days: 8, seed: 2}\n")
-    p = cli("--dataset", "synthetic", "--mode", "all", "--days", "2", "--config", str(cfg), "--json")
+    p = cli("--dataset", "synthetic", "--mode", "all", "--days", "2", "--config", str(cfg), "--json",
+            "--save", str(tmp_path / "art"))
     assert p.returncode == 0, p.stderr
+    from funnelrec.pipeline.funnel import Funnel
+
+    saved = Funnel.load(tmp_path / "art")  # the funnel fitted before the cut, for `serve --artifact`
+    assert saved.ranker_ is None and [c.name for c in saved.config.recall.channels] == ["itemcf", "hot"]
     out = json.loads(p.stdout)
     assert set(out["modes"]) | set(out["pending"]) == {"static", "realtime", "online"}
     assert len(out["per_day"]["static"]["day"]) == 2  # --days 2
