@@ -60,6 +60,11 @@ _POLARS_SCHEMA = {
 }
 
 
+#: the largest event time accepted, in unix seconds (the year 5138): a larger value is a
+#: millisecond timestamp or garbage, and beyond 2^63 SQLite cannot even store it
+MAX_TS = 100_000_000_000
+
+
 @dataclass(frozen=True)
 class FeedbackEvent:
     """One user action on one item. Ids are kept as strings (the external ids, whatever their
@@ -76,6 +81,13 @@ class FeedbackEvent:
     def __post_init__(self) -> None:
         if self.type not in EVENT_TYPES:
             raise DataError(f"event type must be one of {', '.join(EVENT_TYPES)}, got {self.type!r}")
+        if not 0 <= self.ts <= MAX_TS:
+            hint = " (milliseconds? ts is unix seconds)" if MAX_TS < self.ts < MAX_TS * 10_000 else ""
+            raise DataError(f"event ts must be unix seconds in [0, {MAX_TS}], got {self.ts}{hint}")
+        if self.value != self.value or self.value in (float("inf"), float("-inf")):
+            raise DataError(f"event value must be a finite number, got {self.value}")
+        if self.type == "watch_time" and self.value < 0:
+            raise DataError(f"watch_time value (seconds watched) must be ≥ 0, got {self.value}")
 
 
 class EventLog:
