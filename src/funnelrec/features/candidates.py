@@ -242,6 +242,28 @@ class HistoryMatch:
             cols.append(HB[inv, i])
         return np.column_stack(cols).astype(np.float32)
 
+    def extend_items(self, items: pl.DataFrame) -> HistoryMatch:
+        """A copy over the catalogue `items` (the fitted items first, new ones appended, changed
+        attributes read anew). count_a only asks which items share a value, so the value matrices
+        are rebuilt from the table; nobody's history holds a new item; ridge(u, i) = 0 for one
+        (B has zero rows and columns for it until the next fit). This object is unchanged."""
+        import copy
+
+        new = copy.copy(self)
+        I_old, I_new = self.history_.shape[1], items.height
+        new.attrs_ = {}
+        for c in self.columns:
+            col = items[c]
+            vals = col.to_list() if isinstance(col.dtype, pl.List) else [[v] if v is not None else [] for v in col.to_list()]
+            new.attrs_[c] = _multi_hot(vals, I_new)
+        H = self.history_
+        new.history_ = sp.csr_matrix((H.data, H.indices, H.indptr), shape=(H.shape[0], I_new))
+        if self.ridge_ is not None and I_new > I_old:
+            B = np.zeros((I_new, I_new), np.float32)
+            B[:I_old, :I_old] = self.ridge_
+            new.ridge_ = B
+        return new
+
 
 class RankFeatures:
     """The fine ranker's input for (user, candidate) pairs, one definition for training and serving.
@@ -304,6 +326,46 @@ class RankFeatures:
         X[:, n_rec - 2] = user_log_act[u]
         X[:, n_rec:] = match.transform(u, items)
         return X
+
+    def extend_items(self, fitted: pl.DataFrame, items: pl.DataFrame, changed: np.ndarray) -> RankFeatures:
+        """A copy whose item rows cover the catalogue `items` (the `fitted` items table first,
+        new rows appended). The FID vocabulary is not kept, so each attribute field's value →
+        embedding-row map is read off the fitted items (value v of column c sat in row r of
+        item_rows_); a new or `changed` item gets the learned row of each of its values, row 0
+        ("no value") for a value no fitted item had, and, a new item, row 0 in the item_id
+        field (its id has no learned row until the vocabulary grows). This object is unchanged."""
+        import copy
+
+        new = copy.copy(self)
+        F_u = self.user_rows_.shape[1]
+        names = list(self.spec_.field_names[F_u:F_u + self.item_rows_.shape[1]])
+        I_old, I_new = self.item_rows_.shape[0], items.height
+        rows = np.zeros((I_new, len(names)), self.item_rows_.dtype)
+        rows[:I_old] = self.item_rows_
+        todo = np.union1d(np.asarray(changed, np.int64), np.arange(I_old, I_new))
+        if len(todo):
+            rows[todo[todo >= I_old]] = 0
+            for c in dict.fromkeys(names):
+                if c == "item_id" or c not in items.columns or c not in fitted.columns:
+                    continue
+                cols = [j for j, n in enumerate(names) if n == c]
+                learned: dict = {}
+                old_vals = fitted[c].to_list()
+                for r, vs in enumerate(old_vals):
+                    vs = vs if isinstance(vs, list) else [vs]
+                    for p, v in enumerate(vs[: len(cols)]):
+                        if v is not None:
+                            learned.setdefault(v, self.item_rows_[r, cols[p]])
+                new_vals = items[c].to_list()
+                for r in todo.tolist():
+                    vs = new_vals[r] if isinstance(new_vals[r], list) else [new_vals[r]]
+                    vs = [v for v in vs if v is not None]
+                    rows[r, cols] = 0
+                    for p, v in enumerate(vs[: len(cols)]):
+                        rows[r, cols[p]] = learned.get(v, 0)
+        new.item_rows_ = np.ascontiguousarray(rows)
+        new.match_ = self.match_.extend_items(items)
+        return new
 
     def set_scale(self, X: np.ndarray) -> RankFeatures:
         self.mean_ = X.mean(0)

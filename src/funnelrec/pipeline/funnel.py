@@ -154,6 +154,59 @@ class Funnel:
         new.fit_seconds_ = dict(self.fit_seconds_)
         return new
 
+    def with_items(self, items: Any) -> Funnel:
+        """A new funnel whose catalogue has the rows of `items` (a polars frame: item_id plus any
+        of the items table's columns) upserted: an unknown id is appended as the next dense index
+        (the fitted ones keep theirs), a known one has the given non-null values replaced. Every
+        component that has `extend_items` is extended (fresh/tag/author indexes, vector index,
+        the ranker's item rows, the pre-ranker's item table); the others (itemCF, Swing, EASE,
+        hot, …) keep their fitted items and never recall a new one until they are refitted or
+        updated. The training history gets empty columns, item_log_pop 0. This one is unchanged."""
+        import copy
+
+        import polars as pl
+
+        ds, I_old = self.dataset_, self.dataset_.n_items
+        table = ds.items
+        if not isinstance(items, pl.DataFrame) or "item_id" not in items.columns:
+            raise DataError("with_items: items must be a polars DataFrame with an item_id column")
+        bad = [c for c in items.columns if c not in table.columns or c == "item_idx"]
+        if bad:
+            raise DataError(f"item columns {bad} are not in the catalogue; it has: "
+                            f"{', '.join(c for c in table.columns if c != 'item_idx')}")
+        try:
+            rows = items.select(pl.col(c).cast(table.schema[c], strict=True) for c in items.columns)
+        except (pl.exceptions.PolarsError, TypeError, ValueError) as e:
+            raise DataError(f"items do not fit the catalogue's column types {dict(table.schema)}: "
+                            f"{str(e).splitlines()[0][:200]}") from None
+        rows = rows.unique("item_id", keep="last", maintain_order=True)
+        idx = ds.item_ids.indices(rows["item_id"].to_list())
+        known = rows.filter(pl.Series(idx >= 0)).with_columns(pl.Series("item_idx", idx[idx >= 0], pl.Int64))
+        fresh = rows.filter(pl.Series(idx < 0))
+        full = table.update(known, on="item_idx", how="left") if known.height else table
+        if fresh.height:
+            fresh = fresh.with_columns(pl.Series("item_idx", np.arange(I_old, I_old + fresh.height), pl.Int64))
+            fresh = fresh.select(pl.col(c) if c in fresh.columns else pl.lit(None, table.schema[c]).alias(c)
+                                 for c in table.columns)
+            full = pl.concat([full, fresh.select(pl.col(c).cast(table.schema[c]) for c in table.columns)])
+        changed = np.sort(np.concatenate([idx[idx >= 0], np.arange(I_old, full.height)])).astype(np.int64)
+        dataset = Dataset(ds.name, ds.interactions, ds.users, full, ds.schema, ds.extras)
+        H = self.stats_.history
+        stats = FunnelStats(sp.csr_matrix((H.data, H.indices, H.indptr), shape=(H.shape[0], full.height)),
+                            np.concatenate([self.stats_.item_log_pop, np.zeros(full.height - I_old, np.float32)]),
+                            self.stats_.user_log_act)
+        channels = {n: ch.extend_items(full, changed) if hasattr(ch, "extend_items") else ch
+                    for n, ch in self.channels_.items()}
+        ranker, prerank = self.ranker_, self.prerank_
+        if hasattr(getattr(ranker, "features_", None), "extend_items"):
+            ranker = copy.copy(ranker)
+            ranker.features_ = self.ranker_.features_.extend_items(table, full, changed)
+        if hasattr(prerank, "extend_items") and ranker is not None and hasattr(ranker, "item_rows_"):
+            prerank = prerank.extend_items(ranker.item_rows_)
+        new = Funnel(self.config, dataset, channels, stats, ranker, prerank)
+        new.fit_seconds_ = dict(self.fit_seconds_)
+        return new
+
     # ------------------------------------------------------------------ planning
     def plan(self, context: RecallContext | None = None) -> RequestPlan:
         """The request plan under the experiment parameters in `context` (the default plan,

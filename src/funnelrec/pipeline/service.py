@@ -58,6 +58,7 @@ from funnelrec.filter.results import (  # the result caches live in filter/; the
     build_state_stores,
 )
 from funnelrec.filter.store import ExposureStore
+from funnelrec.online.catalogue import Catalogue, CatalogueRules, UnknownEntity, item_frame, open_catalogue
 from funnelrec.pipeline.eventlog import EVENT_TYPES, EventLog, FeedbackEvent
 from funnelrec.pipeline.funnel import Funnel, Recommendation
 from funnelrec.recall.base import RecallContext
@@ -296,6 +297,11 @@ class RecommenderService:
         backend = "redis" if cfg.redis_url else "sqlite" if state is not None else "memory"
         self.exposure, self.results = build_state_stores(backend, state_dir=state, redis_url=cfg.redis_url,
                                                          prefix=cfg.redis_prefix)
+        # the live catalogue (online/catalogue.py) in the same backend, and this worker's view of it
+        self.catalogue: Catalogue = open_catalogue(backend, state_dir=state, redis_url=cfg.redis_url,
+                                                   prefix=cfg.redis_prefix)
+        self._live: LiveCatalogue | None = None
+        self._live_lock = threading.Lock()
 
     @classmethod
     def from_artifact(cls, path: str | Path, state_dir: str | Path | None = None, redis_url: str | None = None,
@@ -357,13 +363,17 @@ class RecommenderService:
         return state, timings
 
     def recommend(self, user_id: Any, k: int = 10, context: Mapping[str, Any] | None = None,
-                  debug: bool = False, exclude: list | None = None, explain: bool = False) -> ServedRecommendation:
+                  debug: bool = False, exclude: list | None = None, explain: bool = False,
+                  filters: Mapping[str, list] | None = None) -> ServedRecommendation:
         """Recommend k items to `user_id` (external id; unknown → cold start), never any of the
-        external item ids in `exclude`, nor what the user's exposure filter says was shown."""
+        external item ids in `exclude`, nor what the user's exposure filter says was shown, nor a
+        hidden, deleted or expired item; with `filters` ({column: [values]}) only items with any
+        of the listed values of each named column."""
         if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= self.config.max_k:
             raise DataError(f"k must be an int in [1, {self.config.max_k}], got {k!r}")
         t0 = time.perf_counter()
         cur = self._current  # read once: the whole request runs on this funnel
+        cur, live = self.live_catalogue(cur)  # … with the live catalogue's items (one version read)
         f = cur.funnel
         uid = str(user_id)
         request_id = uuid.uuid4().hex
@@ -388,8 +398,9 @@ class RecommenderService:
             timings["experiments"] = (time.perf_counter() - t1) * 1e3
         region = ctx.get("region")
         rctx = RecallContext(time=now, region=None if region is None else str(region), extra=extra)
-        user_idx = f.dataset_.user_ids.index(user_id)
+        user_idx = -1 if uid in live.deleted_users else f.dataset_.user_ids.index(user_id)
         state, st = self.request_state(cur, uid, user_idx, now, exclude)
+        state = live.restrict(state, cur, now, filters)  # hidden / deleted / expired items, attribute filters
         timings.update(st)
         keys = cur.item_keys
         rec = f.recommend(user_idx=user_idx, k=int(k), context=rctx, state=state, plan=plan, debug=debug or explain)
@@ -445,8 +456,8 @@ class RecommenderService:
                 ts = e.get("ts")
                 evs.append(FeedbackEvent(rid, uid, str(e["item_id"]), str(e["type"]), float(e.get("value", 1.0)),
                                          now if ts is None else int(ts), exp_json))
-            except (KeyError, TypeError, ValueError) as err:
-                raise DataError(f"events[{i}]: {err!r}") from None
+            except (KeyError, TypeError, ValueError, OverflowError) as err:
+                raise DataError(f"events[{i}]: {err}") from None
         self.events.append(evs)  # durable before anything else
         impressions: dict[int, list[int]] = {}
         for e in evs:
@@ -457,15 +468,166 @@ class RecommenderService:
         self.metrics.count_events(e.type for e in evs)
         return {"logged": len(evs), "impressions": sum(len(v) for v in impressions.values())}
 
+    # ------------------------------------------------------------------ live catalogue (issue #10)
+    def live_catalogue(self, cur: LoadedFunnel) -> tuple[LoadedFunnel, LiveCatalogue]:
+        """`cur` with the live catalogue applied, and its rules. One version read per call; the
+        overlay (`Funnel.with_items` over every upserted item, the rules) is rebuilt only when
+        the catalogue's version or the served funnel changed — by the first request after it."""
+        version = self.catalogue.version()
+        live = self._live
+        if live is None or live.version != version or live.base is not cur:
+            with self._live_lock:
+                live = self._live
+                if live is None or live.version != version or live.base is not cur:
+                    live = self._live = LiveCatalogue.build(cur, self.catalogue)
+        return live.loaded, live
+
+    def upsert_items(self, rows: list[Mapping[str, Any]], now: int | None = None) -> dict[str, int]:
+        """Upsert items ({item_id, attributes?, expires_at?}; online/catalogue.py); attributes are
+        checked against the items table first (a bad column or value is a DataError naming it)."""
+        now = int(time.time()) if now is None else int(now)
+        table = self._current.funnel.dataset_.items
+        item_frame([{"item_id": r.get("item_id"), **dict(r.get("attributes") or {})} for r in rows], table)
+        return {"catalogue_version": self.catalogue.upsert_items(rows, now), "upserted": len(rows)}
+
+    def _check_item(self, item_id: Any) -> None:
+        cur, live = self.live_catalogue(self._current)
+        if cur.funnel.dataset_.item_ids.index(item_id) < 0 and str(item_id) not in live.item_ids:
+            raise UnknownEntity(f"item {item_id!r} is not in the catalogue")
+
+    def delete_item(self, item_id: Any) -> dict[str, int]:
+        self._check_item(item_id)
+        return {"catalogue_version": self.catalogue.delete_item(item_id, time.time())}
+
+    def hide_item(self, item_id: Any, hidden: bool = True) -> dict[str, int]:
+        self._check_item(item_id)
+        return {"catalogue_version": self.catalogue.hide_item(item_id, time.time(), hidden)}
+
+    def upsert_users(self, rows: list[Mapping[str, Any]]) -> dict[str, int]:
+        return {"catalogue_version": self.catalogue.upsert_users(rows), "upserted": len(rows)}
+
+    def delete_user(self, user_id: Any) -> dict[str, int]:
+        _, live = self.live_catalogue(self._current)
+        if self._current.funnel.dataset_.user_ids.index(user_id) < 0 and str(user_id) not in live.user_ids:
+            raise UnknownEntity(f"user {user_id!r} is not in the catalogue")
+        return {"catalogue_version": self.catalogue.delete_user(user_id)}
+
     def health(self) -> dict[str, Any]:
         cur = self._current
         return {"status": "ok", "model_version": cur.version, "loaded_at": cur.loaded_at,
                 "n_items": int(len(cur.item_ids)), "n_users": int(cur.funnel.dataset_.n_users)}
 
     def close(self) -> None:
+        self.catalogue.close()
         self.events.close()
         self.exposure.close()
         self.results.close()
+
+
+class LiveCatalogue:
+    """One worker's view of the live catalogue at `version` over the served funnel `base`:
+    `loaded` (base with every upserted item appended or updated, `Funnel.with_items`), the
+    rules (hidden / deleted / expired item keys), the deleted users. Built once per change."""
+
+    def __init__(self, base: LoadedFunnel, loaded: LoadedFunnel, version: int, rules: CatalogueRules,
+                 deleted_users: frozenset[str], item_ids: frozenset[str], user_ids: frozenset[str]) -> None:
+        self.base, self.loaded, self.version, self.rules = base, loaded, version, rules
+        self.deleted_users, self.item_ids, self.user_ids = deleted_users, item_ids, user_ids
+        self._columns: dict[str, Any] = {}  # column → ForwardIndex over loaded's items (attribute filters)
+
+    @classmethod
+    def build(cls, base: LoadedFunnel, catalogue: Catalogue) -> LiveCatalogue:
+        snap = catalogue.snapshot()
+        rows = snap.item_rows()
+        loaded = base
+        if rows:
+            ds = base.funnel.dataset_
+            frame = item_frame(rows, ds.items)
+            # a new item without a value in a time column (publish time) was published when upserted
+            times = [c for c, kind in ds.schema.items.items() if kind == "time" and c in ds.items.columns]
+            if times:
+                import polars as pl
+
+                frame = frame.with_columns(
+                    pl.Series("_new", [ds.item_ids.index(r["item_id"]) < 0 for r in rows]),
+                    pl.Series("_created", [int(snap.items[str(r["item_id"])]["created_at"]) for r in rows]))
+                frame = frame.with_columns(
+                    pl.when(pl.col("_new") & (pl.col(c).is_null() if c in frame.columns else pl.lit(True)))
+                    .then(pl.col("_created").cast(ds.items.schema[c]))
+                    .otherwise(pl.col(c) if c in frame.columns else pl.lit(None, ds.items.schema[c])).alias(c)
+                    for c in times).drop("_new", "_created")
+            loaded = LoadedFunnel.build(base.funnel.with_items(frame), f"{base.version}+catalogue@{snap.version}")
+        return cls(base, loaded, snap.version, snap.rules(), snap.deleted_users(),
+                   frozenset(k for k, r in snap.items.items() if not r.get("deleted")), frozenset(snap.users))
+
+    def _forward(self, column: str) -> Any:
+        got = self._columns.get(column)
+        if got is None:
+            from funnelrec.recall.attributes import ForwardIndex
+
+            got = self._columns.setdefault(column, ForwardIndex.from_column(self.loaded.funnel.dataset_.items, column))
+        return got
+
+    def attribute_filter(self, filters: Mapping[str, list] | None) -> Any:
+        """A function dense item indices (C,) → (C,) bool: the item has any listed value of each
+        named column (None without filters). An unknown column is a DataError naming it."""
+        if not filters:
+            return None
+        items = self.loaded.funnel.dataset_.items
+        known = [c for c in items.columns if c != "item_idx"]
+        checks = []
+        for column, values in filters.items():
+            if column not in known:
+                raise DataError(f"filters: unknown item column {column!r}; the catalogue has: {', '.join(known)}")
+            if not isinstance(values, list | tuple):
+                raise DataError(f"filters.{column} must be a list of values, got {type(values).__name__}")
+            fwd = self._forward(column)
+            codes = np.array(sorted({fwd.code(str(v)) for v in values} - {-1}), np.int64)
+            checks.append((fwd.matrix, codes))
+
+        def allowed(idx: np.ndarray) -> np.ndarray:
+            ok = np.ones(len(idx), bool)
+            for m, codes in checks:
+                lo, hi = m.indptr[idx], m.indptr[idx + 1]  # O(C + their values): no catalogue-wide pass
+                lens = hi - lo
+                cols = m.indices[np.repeat(lo, lens) + (np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens))]
+                hit = np.zeros(len(idx), bool)
+                hit[np.repeat(np.arange(len(idx)), lens)[np.isin(cols, codes)]] = True
+                ok &= hit
+            return ok
+
+        return allowed
+
+    def restrict(self, state: RequestState, cur: LoadedFunnel, now: int, filters: Mapping[str, list] | None
+                 ) -> RequestState:
+        """`state` whose exposure views also remove what the rules block at `now` and what fails
+        the attribute filters — the funnel's filter stage applies them with the exposure filter."""
+        allowed = self.attribute_filter(filters)
+        if not len(self.rules) and allowed is None:
+            return state
+        from dataclasses import replace as _replace
+
+        views = [CatalogueExposure(v, self.rules, now, cur, allowed) for v in (state.exposure or [None])]
+        return _replace(state, exposure=views)
+
+
+class CatalogueExposure:
+    """An exposure view that also contains every item the catalogue keeps out of this answer:
+    `contains(keys)` = shown ∨ blocked(key, now) ∨ ¬allowed(item). O(candidates)."""
+
+    __slots__ = ("view", "rules", "now", "cur", "allowed")
+
+    def __init__(self, view: Any, rules: CatalogueRules, now: int, cur: LoadedFunnel, allowed: Any) -> None:
+        self.view, self.rules, self.now, self.cur, self.allowed = view, rules, now, cur, allowed
+
+    def contains(self, keys: np.ndarray) -> np.ndarray:
+        keys = np.asarray(keys, np.int64)
+        out = self.rules.blocked(keys, self.now)
+        if self.view is not None:
+            out |= np.asarray(self.view.contains(keys), bool)
+        if self.allowed is not None and len(keys):
+            out |= ~self.allowed(self.cur.indices_of_keys(keys))
+        return out
 
 
 def _version_of(path: str | Path, parts: list[str] | None = None) -> str:

@@ -72,6 +72,23 @@ class AuthorRecall(AttributeRecall):
         width = max(1, min(A, self.n_values_kept_ * int(np.diff(E.indptr).max(initial=1))))
         return E, width
 
+    def _index_limit(self) -> int:
+        return self.config.items_per_author
+
+    def extend_items(self, items, changed: np.ndarray) -> AuthorRecall:
+        """`AttributeRecall.extend_items`, with the author similarities renumbered into the
+        widened vocabulary (a new author has no similar authors until the next fit)."""
+        new = super().extend_items(items, changed)
+        old, vocab = self.forward_.vocab.astype(str), new.forward_.vocab
+        if self.similar_ is not None and len(vocab) != len(old):
+            code = np.searchsorted(vocab, old)
+            s = sp.coo_matrix(self.similar_)
+            new.similar_ = sp.csr_matrix((s.data, (code[s.row], code[s.col])), shape=(len(vocab), len(vocab)),
+                                         dtype=self.similar_.dtype)
+            new.similar_.sort_indices()
+            new.expansion_ = new._build_expansion()
+        return new
+
     def _expansion(self) -> tuple[sp.csr_matrix, int]:
         got = self.__dict__.get("expansion_")
         return got if isinstance(got, tuple) else self._build_expansion()  # a channel saved before it existed

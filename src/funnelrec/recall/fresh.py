@@ -11,6 +11,7 @@ published since. Global mode is not personalized (cold start); tag mode is.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +22,7 @@ from funnelrec.core.types import CandidateBatch
 from funnelrec.data.dataset import TrainData
 from funnelrec.recall._common import UserHistory, take_unseen_rows
 from funnelrec.recall.base import RecallContext
-from funnelrec.recall.tag import AttributeRecall
+from funnelrec.recall.tag import AttributeRecall, widened_history
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,37 @@ class FreshRecall(AttributeRecall):
         indptr = np.array([0, len(items)], np.int64)
         return take_unseen_rows(indptr, items, scores, np.zeros(len(users), np.int64), seen, n,
                                 self.history_.n_items, self.name)
+
+    def _index_limit(self) -> int:
+        return self.config.max_items
+
+    def _new_item_score(self, scores: np.ndarray) -> float:
+        return 1.0  # by-tag index scores are freshness at the fit's `now`: a new item is the freshest
+
+    def _order_items(self) -> np.ndarray:
+        """The global list (see `fit`): the `max_items` newest items published by `now_`, and
+        every item dated after it, newest first."""
+        pub = self.publish_
+        known = np.isfinite(pub)
+        past = known & (pub <= self.now_)
+        order = np.lexsort((np.arange(len(pub)), -np.where(known, pub, -np.inf)))  # newest first
+        order = order[known[order]]
+        return order[~past[order] | (np.cumsum(past[order]) <= self.config.max_items)].astype(np.int64)
+
+    def extend_items(self, items, changed: np.ndarray) -> FreshRecall:
+        """A copy over the catalogue `items` (fitted items first, new ones appended): publish
+        times re-read for every item (a changed or new item with one enters the global list at
+        once: fresh(i, t) = exp(−(t − publish_i)/τ)); with `by_user_tags` the tag index as in
+        `AttributeRecall.extend_items`. This channel is not changed."""
+        cfg = self.config
+        if self.config.by_user_tags:
+            new = super().extend_items(items, changed)
+        else:
+            new = copy.copy(self)
+            new.history_ = widened_history(self.history_, items.height)
+        new.publish_ = items[cfg.time_column].cast(float).fill_null(float("nan")).to_numpy().astype(np.float64)
+        new.items_ = new._order_items()
+        return new
 
     def _freshness(self, publish: np.ndarray, t: float) -> np.ndarray:
         """exp(−(t − publish)/τ) for items published by t; very old items stay ranked (> 0)."""

@@ -8,9 +8,11 @@ pop is the time-decayed popularity of the hot channel; each tag's list keeps `it
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
+import polars as pl
 import scipy.sparse as sp
 
 from funnelrec.core.errors import ConfigError
@@ -67,6 +69,60 @@ class AttributeRecall(RecallChannel):
         H, seen = self.history_.rows(users, context)
         return spmm_topn(self._user_weights(H), self.value_items_, n, self.name, exclude=seen)
 
+    # ---------------------------------------------------------------- live catalogue (issue #10)
+    def _index_limit(self) -> int:
+        """`max_per_value` of the inverted index (the subclass's items-per-value config)."""
+        return 0
+
+    def _new_item_score(self, scores: np.ndarray) -> float:
+        """The index score of an item the fit never saw: the median positive score of the fitted
+        items (it counts as a typical item until its popularity is counted by the next update)."""
+        pos = scores[scores > 0]
+        return float(np.median(pos)) if len(pos) else 1.0
+
+    def extend_items(self, items: pl.DataFrame, changed: np.ndarray) -> AttributeRecall:
+        """A copy over the catalogue `items` (rows = dense indices; the fitted items first, new
+        ones appended) whose items `changed` have new attribute values: the forward index is
+        rebuilt, each fitted item keeps its index score, a new item gets `_new_item_score`.
+        The vocabulary keeps every fitted value (codes of user weights stay comparable).
+        This channel is not changed (requests in flight read it)."""
+        new = copy.copy(self)
+        I_old, I_new = self.history_.n_items, items.height
+        fwd = ForwardIndex.from_column(items, self.forward_.column)
+        new.forward_ = widened_forward(fwd, self.forward_.vocab)
+        score = np.zeros(I_new, np.float64)
+        score[self.inverted_.items] = self.inverted_.scores  # an item's score is the same in every list
+        if I_new > I_old:
+            score[I_old:] = self._new_item_score(score[:I_old])
+        new.inverted_ = InvertedIndex.build(new.forward_, score, self._index_limit())
+        new.value_items_ = new.inverted_.matrix(I_new)
+        new.history_ = widened_history(self.history_, I_new)
+        return new
+
+
+def widened_forward(fwd: ForwardIndex, keep_vocab: np.ndarray) -> ForwardIndex:
+    """`fwd` over the sorted union of its vocabulary and `keep_vocab` (its matrix's columns
+    renumbered), so that every value of `keep_vocab` keeps a code."""
+    vocab = np.union1d(keep_vocab.astype(str), fwd.vocab.astype(str))
+    if len(vocab) == len(fwd.vocab):
+        return fwd
+    m = fwd.matrix.tocsr(copy=True)
+    m.indices = np.searchsorted(vocab, fwd.vocab.astype(str))[m.indices].astype(m.indices.dtype)
+    m = sp.csr_matrix((m.data, m.indices, m.indptr), shape=(m.shape[0], len(vocab)))
+    m.sort_indices()
+    return ForwardIndex(fwd.column, vocab, m)
+
+
+def widened_history(h: UserHistory, n_items: int) -> UserHistory:
+    """The same histories over `n_items` ≥ h.n_items columns (new items: nobody has seen them)."""
+    if n_items == h.n_items:
+        return h
+    shape = (h.n_users, n_items)
+    seen = sp.csr_matrix((h.seen.data, h.seen.indices, h.seen.indptr), shape=shape)
+    weights = None if h.weights is h.seen else sp.csr_matrix((h.weights.data, h.weights.indices,
+                                                              h.weights.indptr), shape=shape)
+    return UserHistory(seen, weights)
+
 
 @RECALL_CHANNELS.register("tag")
 class TagRecall(AttributeRecall):
@@ -75,6 +131,9 @@ class TagRecall(AttributeRecall):
     def __init__(self, config: TagConfig | None = None, name: str | None = None) -> None:
         super().__init__(name)
         self.config = config or TagConfig()
+
+    def _index_limit(self) -> int:
+        return self.config.items_per_tag
 
     def fit(self, data: TrainData) -> TagRecall:
         cfg = self.config

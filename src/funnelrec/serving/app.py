@@ -43,18 +43,22 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
 from funnelrec.core.errors import ArtifactError, ArtifactRefused, DataError, FunnelrecError
+from funnelrec.online.catalogue import UnknownEntity
 from funnelrec.pipeline.funnel import Funnel
 from funnelrec.pipeline.service import RecommenderService, ServiceConfig
 from funnelrec.serving import metrics as prom
 from funnelrec.serving.schemas import (
     MAX_K,
+    CatalogueResponse,
     FeedbackRequest,
     FeedbackResponse,
+    ItemsUpsertRequest,
     RecommendRequest,
     RecommendResponse,
     ReloadRequest,
     ReloadResponse,
     SimilarResponse,
+    UsersUpsertRequest,
 )
 
 MAX_BODY_BYTES = 1 << 20
@@ -235,8 +239,8 @@ def create_app(service: RecommenderService | Funnel | None = None, artifact: str
         ctx = None
         if body.context is not None:
             ctx = {k: v for k, v in body.context.model_dump().items() if v is not None}
-        out = svc.recommend(body.user_id, k=body.k, context=ctx, debug=body.debug, exclude=body.exclude,
-                            explain=body.explain)
+        out = svc.recommend(body.user_id, k=body.k, context=ctx, debug=body.debug,
+                            exclude=[*body.exclude, *body.exclude_ids], explain=body.explain, filters=body.filters)
         return ORJSONResponse(out.to_dict(debug=body.debug, explain=body.explain))
 
     @app.get("/recommend", responses={200: {"model": RecommendResponse}})
@@ -283,5 +287,46 @@ def create_app(service: RecommenderService | Funnel | None = None, artifact: str
         except ArtifactError as e:
             return ORJSONResponse({"detail": str(e)}, status_code=404 if "not found" in str(e) else 400)
         return ORJSONResponse({"model_version": version, "previous": previous})
+
+    # ---- the live catalogue (issue #10): gated by the admin token like /admin/reload
+    async def catalogue_call(request: Request, token: str | None, fn: Any, *args: Any) -> Response:
+        if admin_token is not None and token != admin_token:
+            return ORJSONResponse({"detail": "missing or wrong X-Admin-Token"}, status_code=403)
+        try:
+            return ORJSONResponse(await in_io_pool(request, fn, *args))
+        except UnknownEntity as e:
+            return ORJSONResponse({"detail": str(e)}, status_code=404)
+
+    @app.post("/items", responses={200: {"model": CatalogueResponse}})
+    async def upsert_items(request: Request, body: ItemsUpsertRequest,
+                           x_admin_token: str | None = Header(None)) -> Response:
+        """Upsert items (attributes: item-table columns; `expires_at`: unix s). A new item is
+        recommendable on the next request (fresh, tag, author and vector channels)."""
+        rows = [e.model_dump(exclude_unset=True) for e in body.items]
+        return await catalogue_call(request, x_admin_token, request.app.state.service.upsert_items, rows)
+
+    @app.delete("/items/{item_id}", responses={200: {"model": CatalogueResponse}})
+    async def delete_item(request: Request, item_id: str, x_admin_token: str | None = Header(None)) -> Response:
+        """The item is never recommended again (404 for an id the catalogue does not know)."""
+        return await catalogue_call(request, x_admin_token, request.app.state.service.delete_item, item_id)
+
+    @app.post("/items/{item_id}/hide", responses={200: {"model": CatalogueResponse}})
+    async def hide_item(request: Request, item_id: str, x_admin_token: str | None = Header(None)) -> Response:
+        return await catalogue_call(request, x_admin_token, request.app.state.service.hide_item, item_id, True)
+
+    @app.post("/items/{item_id}/unhide", responses={200: {"model": CatalogueResponse}})
+    async def unhide_item(request: Request, item_id: str, x_admin_token: str | None = Header(None)) -> Response:
+        return await catalogue_call(request, x_admin_token, request.app.state.service.hide_item, item_id, False)
+
+    @app.post("/users", responses={200: {"model": CatalogueResponse}})
+    async def upsert_users(request: Request, body: UsersUpsertRequest,
+                           x_admin_token: str | None = Header(None)) -> Response:
+        rows = [u.model_dump() for u in body.users]
+        return await catalogue_call(request, x_admin_token, request.app.state.service.upsert_users, rows)
+
+    @app.delete("/users/{user_id}", responses={200: {"model": CatalogueResponse}})
+    async def delete_user(request: Request, user_id: str, x_admin_token: str | None = Header(None)) -> Response:
+        """The user is served as an unknown user (non-personalized) from now on."""
+        return await catalogue_call(request, x_admin_token, request.app.state.service.delete_user, user_id)
 
     return app

@@ -22,6 +22,8 @@ from pydantic import (
     field_validator,
 )
 
+from funnelrec.pipeline.eventlog import MAX_TS
+
 MAX_K = 500
 MAX_EVENTS = 1000
 MAX_EXCLUDE = 10_000
@@ -52,7 +54,7 @@ class RecommendContext(BaseModel):
     model_config = ConfigDict(extra="allow")
     __pydantic_extra__: dict[str, Utf8Str | StrictInt | StrictFloat | StrictBool]
 
-    time: StrictInt | None = Field(None, ge=0)
+    time: StrictInt | None = Field(None, ge=0, le=MAX_TS, description="unix seconds (not milliseconds)")
     device: Utf8Str | None = Field(None, max_length=64)
     region: Utf8Str | StrictInt | None = None
 
@@ -66,6 +68,9 @@ class RecommendRequest(_Strict):
     explain: StrictBool = False
     # item ids never to return in this answer (in the cart, just bought …); unknown ids are ignored
     exclude: list[ItemId] = Field(default_factory=list, max_length=MAX_EXCLUDE)
+    exclude_ids: list[ItemId] = Field(default_factory=list, max_length=MAX_EXCLUDE)  # the same as `exclude`
+    # only items with any of the listed values of each named item column ({"genres": ["Drama"]})
+    filters: dict[Utf8Str, list[Utf8Str | StrictInt]] | None = Field(None, max_length=32)
 
     @field_validator("user_id")
     @classmethod
@@ -79,13 +84,17 @@ class Event(_Strict):
     item_id: ItemId
     type: Literal["impression", "click", "like", "watch_time", "cart", "purchase", "follow", "unfollow"]
     value: StrictFloat | StrictInt = 1.0
-    ts: StrictInt | None = Field(None, ge=0)
+    ts: StrictInt | None = Field(None, ge=0, le=MAX_TS, description="unix seconds (not milliseconds)")
 
     @field_validator("value")
     @classmethod
     def _finite(cls, v: float) -> float:
-        if not math.isfinite(v):
-            raise ValueError("value must be finite")
+        try:
+            finite = math.isfinite(v)
+        except OverflowError:  # an int beyond any float (2**1100)
+            finite = False
+        if not finite:
+            raise ValueError("value must be a finite number")
         return v
 
 
@@ -93,6 +102,33 @@ class FeedbackRequest(_Strict):
     request_id: Utf8Str | None = Field(None, max_length=64)
     user_id: UserId
     events: list[Event] = Field(..., min_length=1, max_length=MAX_EVENTS)
+
+
+class ItemUpsert(_Strict):
+    """One item of the live catalogue: attributes are item-table columns (merged into the item's);
+    `expires_at` (unix s; null clears it) keeps it out of answers from then on."""
+
+    item_id: ItemId
+    attributes: dict[Utf8Str, Any] = Field(default_factory=dict, max_length=256)
+    expires_at: StrictInt | StrictFloat | None = None
+
+
+class ItemsUpsertRequest(_Strict):
+    items: list[ItemUpsert] = Field(..., min_length=1, max_length=10_000)
+
+
+class UserUpsert(_Strict):
+    user_id: UserId
+    attributes: dict[Utf8Str, Any] = Field(default_factory=dict, max_length=256)
+
+
+class UsersUpsertRequest(_Strict):
+    users: list[UserUpsert] = Field(..., min_length=1, max_length=10_000)
+
+
+class CatalogueResponse(BaseModel):
+    catalogue_version: int
+    upserted: int | None = None
 
 
 class ReloadRequest(_Strict):

@@ -60,6 +60,24 @@ class PreRanker:
         self.user_vectors_ = uv.numpy().astype(np.float32)  # (U + 1, d): row 0 unknown, row u + 1 user u
         return self
 
+    def extend_items(self, item_rows: np.ndarray) -> PreRanker:
+        """A copy over the catalogue's (I', F_i) embedding rows `item_rows` (the fitted items
+        first): items past the fitted ones get their cached vector and bias from the item tower
+        over their rows. This pre-ranker is unchanged."""
+        import copy
+
+        I_old = self.item_vectors_.shape[0]
+        if item_rows.shape[0] <= I_old:
+            return self
+        new = copy.copy(self)
+        rows = torch.from_numpy(np.ascontiguousarray(item_rows))
+        with torch.inference_mode():
+            v, b = self.model_.item_table(rows[I_old:])
+        new.item_rows_all_ = rows
+        new.item_vectors_ = np.concatenate([self.item_vectors_, v.numpy().astype(np.float32)])
+        new.item_bias_ = np.concatenate([self.item_bias_, b.numpy().astype(np.float32)])
+        return new
+
     def score(self, users: np.ndarray, merged: list[MergedCandidates], item_log_pop: np.ndarray,
               user_log_act: np.ndarray) -> list[np.ndarray]:
         """Pre-rank scores of each user's candidates: ⟨u, v_i⟩ + b_i (cached item table) + w · x_ui."""

@@ -1,0 +1,210 @@
+"""The live catalogue (issue #10 item 3) below HTTP: the store's semantics on every backend (real
+SQLite, real Redis), `Funnel.with_items` (old ids keep their indices, save/load round trip, the
+new item's vector and ranker rows by hand), and two services on one Redis seeing one catalogue."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from funnelrec.core.errors import DataError
+from funnelrec.core.ids import item_key
+from funnelrec.online.catalogue import MemoryCatalogue, RedisCatalogue, SQLiteCatalogue
+from funnelrec.pipeline.builder import FunnelBuilder
+from funnelrec.pipeline.config import FunnelConfig
+from funnelrec.pipeline.funnel import Funnel
+from funnelrec.pipeline.service import RecommenderService, ServiceConfig
+from funnelrec.recall.base import RecallContext
+from tiny_world import make_world
+
+DAY = 86400
+T = 1_000_000_000 + 200 * DAY  # after every timestamp of the tiny world
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def catalogue(request, tmp_path):
+    if request.param == "memory":
+        cat = MemoryCatalogue()
+    elif request.param == "sqlite":
+        cat = SQLiteCatalogue(tmp_path / "catalogue.db")
+    else:
+        url = request.getfixturevalue("redis_url")
+        cat = RedisCatalogue(url, prefix=f"test-cat-{tmp_path.name}:")
+    yield cat
+    cat.close()
+
+
+def test_store_semantics(catalogue):
+    assert catalogue.version() == 0
+    v1 = catalogue.upsert_items([{"item_id": 7, "attributes": {"genres": ["drama"], "directors": ["p1"]},
+                                  "expires_at": 500}], now=100)
+    v2 = catalogue.upsert_items([{"item_id": "7", "attributes": {"genres": ["comedy"]}}], now=200)  # 7 and "7": one item
+    v3 = catalogue.hide_item("x9", now=200)
+    v4 = catalogue.upsert_items([{"item_id": "s", "attributes": {}}], now=300)
+    v5 = catalogue.delete_item("s", now=300)
+    assert [v1, v2, v3, v4, v5] == [1, 2, 3, 4, 5] and catalogue.version() == 5
+    snap = catalogue.snapshot()
+    assert snap.version == 5
+    # attributes merged, expiry kept (the second upsert did not name it), created at the first upsert
+    assert snap.items["7"]["attributes"] == {"genres": ["comedy"], "directors": ["p1"]}
+    assert snap.items["7"]["expires_at"] == 500 and snap.items["7"]["created_at"] == 100
+    assert snap.item_rows() == [{"item_id": 7, "genres": ["comedy"], "directors": ["p1"]}]  # "s" is deleted
+    rules = snap.rules()
+    keys = np.array([item_key(7), item_key("x9"), item_key("s"), item_key(8)])
+    assert rules.blocked(keys, now=499).tolist() == [False, True, True, False]
+    assert rules.blocked(keys, now=500).tolist() == [True, True, True, False]  # expired at expires_at
+    catalogue.hide_item("x9", now=400, hidden=False)
+    catalogue.upsert_items([{"item_id": 7, "expires_at": None}], now=400)  # null clears the expiry
+    assert catalogue.snapshot().rules().blocked(keys, now=10**9).tolist() == [False, False, True, False]
+    catalogue.upsert_users([{"user_id": 3, "attributes": {"region": "2"}}])
+    catalogue.delete_user("4")
+    snap = catalogue.snapshot()
+    assert snap.deleted_users() == {"4"} and snap.users["3"]["attributes"] == {"region": "2"}
+    catalogue.upsert_users([{"user_id": "4"}])  # an upsert undoes a delete
+    assert catalogue.snapshot().deleted_users() == set()
+
+
+def test_store_refuses_bad_rows(catalogue):
+    with pytest.raises(DataError, match=r"items\[0\].expires_at"):
+        catalogue.upsert_items([{"item_id": 1, "expires_at": "soon"}], now=0)
+    with pytest.raises(DataError, match=r"unknown fields \['colour'\]"):
+        catalogue.upsert_items([{"item_id": 1, "colour": "red"}], now=0)
+    with pytest.raises(DataError, match="item_id"):
+        catalogue.upsert_items([{"attributes": {}}], now=0)
+    assert catalogue.version() == 0  # nothing was written
+
+
+# ------------------------------------------------------------------ Funnel.with_items
+VECTOR = {"epochs": 1, "item_columns": ["genres", "directors"], "user_columns": ["gender"], "batch_size": 64}
+
+
+@pytest.fixture(scope="module")
+def ranked_funnel():
+    from funnelrec.data.splits import random_split_by_user
+
+    world = make_world()
+    split = random_split_by_user(world.dataset.interactions, seed=1)
+    cfg = FunnelConfig.from_dict({
+        "recall": {"channels": [{"name": "itemcf", "n": 20}, {"name": "fresh", "n": 10}, {"name": "tag", "n": 10},
+                                {"name": "author", "n": 10}, {"name": "vector", "n": 10, "params": VECTOR}],
+                   "merge": {"total": 40}},
+        "rank": {"epochs": 1, "user_columns": ["gender"], "item_columns": ["release_year", "genres"],
+                 "match_columns": ["genres"], "ridge_lambda": 1.0},
+        "prerank": {"enabled": True, "keep": 20, "epochs": 1}})
+    return FunnelBuilder(cfg).fit(world.dataset, split.train, labels=split.valid)
+
+
+NEW_ITEMS = pl.DataFrame({"item_id": [1001, 1002], "release_year": ["1992", "2031"],
+                          "publish_time": [T - 3600, T - 7200],
+                          "genres": [["drama", "horror"], ["comedy"]], "directors": [["p1"], ["p9"]]})
+
+
+def test_with_items_appends_and_keeps_old_indices(ranked_funnel, tmp_path):
+    f = ranked_funnel
+    I = f.dataset_.n_items
+    g = f.with_items(NEW_ITEMS.vstack(pl.DataFrame({"item_id": [5], "release_year": [None], "publish_time": [None],
+                                                    "genres": [["action"]], "directors": [None]},
+                                                   schema=NEW_ITEMS.schema)))
+    old_ids = f.dataset_.items["item_id"].to_list()
+    assert g.dataset_.n_items == I + 2
+    assert g.dataset_.items["item_id"].to_list() == old_ids + [1001, 1002]
+    assert [g.dataset_.item_ids.index(i) for i in old_ids] == list(range(I))
+    assert g.dataset_.items.row(I, named=True)["genres"] == ["drama", "horror"]
+    # an existing item's given values replaced, the null ones kept
+    row5 = g.dataset_.items.row(f.dataset_.item_ids.index(5), named=True)
+    old5 = f.dataset_.items.row(f.dataset_.item_ids.index(5), named=True)
+    assert row5["genres"] == ["action"] and row5["directors"] == old5["directors"]
+    assert g.stats_.history.shape == (f.dataset_.n_users, I + 2) and g.item_log_pop_[I:].tolist() == [0.0, 0.0]
+    assert f.dataset_.n_items == I and len(f.channels_["vector"].item_vectors_) == I  # f is unchanged
+    # the extended funnel still saves and loads: the loaded one answers exactly as it does
+    ctx = RecallContext(time=T)
+    users = np.arange(8)
+    want = g.run(users, 10, context=ctx)
+    h = Funnel.load(g.save(tmp_path / "extended"))
+    assert h.dataset_.items["item_id"].to_list() == old_ids + [1001, 1002]
+    assert h.channels_["vector"].index_.index.ntotal == I + 2
+    got = h.run(users, 10, context=ctx)
+    for a, b in zip(want, got):
+        np.testing.assert_array_equal(a.items, b.items)
+        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5)
+    # the new items are candidates: global fresh list, by hand exp(−(t − publish)/τ), τ = 365 days
+    batch = g.channels_["fresh"].recall(np.array([0]), 10, ctx)
+    pos = {int(i): float(s) for i, s in zip(batch.items[0], batch.scores[0])}
+    assert pos[I] == pytest.approx(np.exp(-3600 / (365 * DAY)), rel=1e-6)
+    assert pos[I + 1] == pytest.approx(np.exp(-7200 / (365 * DAY)), rel=1e-6)
+
+
+def test_new_item_vector_is_the_category_mean(ranked_funnel):
+    f = ranked_funnel
+    g = f.with_items(NEW_ITEMS)
+    I = f.dataset_.n_items
+    X = f.channels_["vector"].item_vectors_.astype(np.float64)
+    items = f.dataset_.items
+    for r, row in enumerate(NEW_ITEMS.iter_rows(named=True)):
+        centroids = []
+        for col in VECTOR["item_columns"]:
+            for v in row[col] or []:
+                holders = [j for j, vs in enumerate(items[col].to_list()) if vs is not None and v in vs]
+                if holders:
+                    centroids.append(X[holders].mean(0))
+        want = np.mean(centroids, 0)
+        want /= np.linalg.norm(want)
+        np.testing.assert_allclose(g.channels_["vector"].item_vectors_[I + r], want, atol=1e-6)
+    # and the vector channel can return it: its index holds it at dense index I
+    ch = g.channels_["vector"]
+    _, ids = ch.index_.search(ch.item_vectors_[I:I + 1], 1)
+    assert int(ids[0, 0]) == I
+
+
+def test_new_item_ranker_rows_are_the_learned_value_rows(ranked_funnel):
+    f = ranked_funnel
+    g = f.with_items(NEW_ITEMS)
+    I = f.dataset_.n_items
+    rf, names = f.ranker_.features_, None
+    F_u = rf.user_rows_.shape[1]
+    names = list(rf.spec_.field_names[F_u:F_u + rf.item_rows_.shape[1]])
+    new_rows = g.ranker_.features_.item_rows_[I]
+    year_col = names.index("release_year")
+    j = f.dataset_.items["release_year"].to_list().index("1992")  # a fitted item of the same year
+    assert new_rows[year_col] == rf.item_rows_[j, year_col] != 0
+    assert new_rows[names.index("item_id")] == 0  # its id has no learned row yet
+    # a year no fitted item had → row 0 ("no value"), not another value's row
+    assert g.ranker_.features_.item_rows_[I + 1][year_col] == 0
+    # the first genre field of a new item = the row that genre has in first position somewhere
+    g0 = names.index("genres")
+    holders = [k for k, vs in enumerate(f.dataset_.items["genres"].to_list()) if vs and vs[0] == "drama"]
+    assert new_rows[g0] == rf.item_rows_[holders[0], g0] != 0
+    # the pre-ranker and the ranker score the new items (no index error, finite scores)
+    recs = g.run(np.arange(10), 40, context=RecallContext(time=T))
+    assert any(I in r.items.tolist() for r in recs) and all(np.isfinite(r.scores).all() for r in recs)
+
+
+def test_with_items_refuses_unknown_columns_and_types(ranked_funnel):
+    with pytest.raises(DataError, match=r"\['colour'\]"):
+        ranked_funnel.with_items(pl.DataFrame({"item_id": [1001], "colour": ["red"]}))
+    with pytest.raises(DataError, match="column types"):
+        ranked_funnel.with_items(pl.DataFrame({"item_id": ["not-an-int"]}))
+
+
+# ------------------------------------------------------------------ two services, one Redis
+def test_two_services_on_one_redis_share_the_catalogue(redis_url, tmp_path):
+    world = make_world()
+    cfg = FunnelConfig.from_dict({"recall": {"channels": [{"name": "fresh", "n": 40}], "merge": {"total": 40}}})
+    f = FunnelBuilder(cfg).fit(world.dataset, world.dataset.interactions)
+    scfg = ServiceConfig(redis_url=redis_url, redis_prefix=f"two-{tmp_path.name}:")
+    a, b = RecommenderService(f, scfg), RecommenderService(f, scfg)
+    try:
+        a.upsert_items([{"item_id": 5000, "attributes": {"genres": ["drama"], "publish_time": T - 60}}], now=T - 60)
+        got = b.recommend("1", k=40, context={"time": T})
+        assert got.item_ids[0] == 5000  # the freshest item, in the other replica's next answer
+        assert got.rec.recall_scores[0][0] == pytest.approx(np.exp(-60 / (365 * DAY)), rel=1e-6)
+        b.hide_item(5000)
+        assert 5000 not in a.recommend("1", k=40, context={"time": T}).item_ids
+        b.hide_item(5000, hidden=False)
+        a.delete_item(2)
+        out = b.recommend("1", k=40, context={"time": T}).item_ids
+        assert 5000 in out and 2 not in out
+    finally:
+        a.close()
+        b.close()
