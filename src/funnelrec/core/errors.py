@@ -29,3 +29,9 @@ class ArtifactError(FunnelrecError):
 class ArtifactRefused(ArtifactError):
     """An artifact path outside the directory a server may load from (a reload is not a way to
     make the server unpickle arbitrary files)."""
+
+
+class GuardrailRefused(FunnelrecError):
+    """An online update the guardrail would not publish: the candidate scores worse than the
+    served version on the held-out window by more than the configured margin (the message names
+    both figures and the margin)."""
