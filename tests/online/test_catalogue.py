@@ -208,3 +208,54 @@ def test_two_services_on_one_redis_share_the_catalogue(redis_url, tmp_path):
     finally:
         a.close()
         b.close()
+
+
+def test_extension_leaves_the_fitted_items_scores_alone():
+    """Items whose attribute values no user has (new tags, new authors that sort before and
+    among the old ones, so every old value's code shifts) change no user's candidates among
+    the fitted items: the tag, author (with similar-author expansion) and fresh-by-tag
+    channels give the same items with the same scores, and the new items only where a
+    user's profile reaches them (nowhere)."""
+    world = make_world()
+    cfg = FunnelConfig.from_dict({"recall": {"channels": [
+        {"name": "tag", "n": 30}, {"name": "author", "n": 30, "params": {"column": "authors", "k_similar": 3}},
+        {"name": "fresh", "n": 30, "params": {"by_user_tags": True}}], "merge": {"total": 90}}})
+    f = FunnelBuilder(cfg).fit(world.dataset, world.dataset.interactions)
+    new = pl.DataFrame({"item_id": [3001, 3002, 3003], "genres": [["aaa-new"], ["mmm-new"], ["aaa-new"]],
+                        "authors": [["a-new"], ["p35-new"], ["a-new"]], "publish_time": [T, T, T]})
+    g = f.with_items(new)
+    assert len(g.channels_["author"].forward_.vocab) == len(f.channels_["author"].forward_.vocab) + 2
+    users = np.arange(world.dataset.n_users)
+    for name in ("tag", "author", "fresh"):
+        a, b = f.channels_[name].recall(users, 30), g.channels_[name].recall(users, 30)
+        np.testing.assert_array_equal(a.items, b.items)
+        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6)
+    # fresh history holding new item 3001 (tag aaa-new): w(u, aaa-new) = 1, so the tag channel
+    # offers 3003 at 1 · prior, the prior = the median of the fitted items' pop / max pop > 0
+    I = f.dataset_.n_items
+    pop = np.bincount(world.interactions["item_idx"].to_numpy(), minlength=I).astype(float)
+    prior = np.median(pop[pop > 0] / pop.max())
+    got = g.channels_["tag"].recall(np.array([-1]), 5, RecallContext(extra={"history": [np.array([I])]}))
+    assert got.items[0].tolist() == [I + 2, -1, -1, -1, -1]
+    assert got.scores[0, 0] == pytest.approx(prior, rel=1e-6)
+
+
+def test_rows_the_served_funnel_cannot_hold_are_skipped_not_fatal():
+    """A catalogue row that no longer fits the served items table (a reload dropped a column)
+    is left out of the overlay and named; the other upserts and every rule still apply."""
+    from funnelrec.pipeline.service import LiveCatalogue, LoadedFunnel
+
+    world = make_world()
+    cfg = FunnelConfig.from_dict({"recall": {"channels": [{"name": "fresh", "n": 40}], "merge": {"total": 40}}})
+    f = FunnelBuilder(cfg).fit(world.dataset, world.dataset.interactions)
+    cat = MemoryCatalogue()
+    cat.upsert_items([{"item_id": 7001, "attributes": {"genres": ["drama"]}},
+                      {"item_id": 7002, "attributes": {"colour": "red"}}], now=T - 5)
+    cat.hide_item(3, now=T)
+    live = LiveCatalogue.build(LoadedFunnel.build(f, "v"), cat)
+    assert live.skipped == ["7002"]
+    ds = live.loaded.funnel.dataset_
+    assert ds.item_ids.index(7001) == f.dataset_.n_items and ds.item_ids.index(7002) == -1
+    # its publish time is its first upsert (the schema's time column was not given)
+    assert ds.items.row(ds.item_ids.index(7001), named=True)["publish_time"] == T - 5
+    assert live.rules.blocked(np.array([item_key(3), item_key(4)]), now=T).tolist() == [True, False]

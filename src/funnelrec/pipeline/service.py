@@ -19,23 +19,34 @@ It holds
   `exclude` ids); the funnel calls nothing back and changes nothing it holds;
 - the durable `EventLog`: `feedback` returns only after its events are committed;
 - the result cache that feeds the "cache" recall channel (previous fine-ranked results);
+- the real-time history (online/state.py): `feedback` appends each accepted consumption (click,
+  like, cart, purchase, watch_time > 0 s; never an impression) after the event log commit; the
+  next request reads it once and hands it to the funnel as `RequestState.history` — the triggers
+  of every history-reading channel and the ranker's match features (fit-time row ∪ fresh items);
+  an unknown user with fresh history is served personalised, not cold start;
 - the experiment platform (optional): each request's assignment is returned and logged with
   the feedback of that request;
-- per-stage latency histograms (`metrics`).
+- per-stage latency histograms (`metrics`);
+- the live catalogue (online/catalogue.py, same backend as the state): item upserts, deletes,
+  hides and expiry times, user deletes. A request reads its version once; on a change the
+  worker rebuilds a `LiveCatalogue` (the served funnel `with_items` every upserted item, the
+  hide/delete/expiry rules checked per candidate in the filter stage) and uses it from then on.
 
 State backends: nothing (in-memory; tests), `state_dir` (SQLite files: events.db, exposure.db,
-results.db — the embedded default, survives restarts), or `redis_url` (exposure filters and
-cached results in Redis, shared by many workers; the event log stays a local SQLite file).
+results.db, history.db — the embedded default, survives restarts), or `redis_url` (exposure
+filters, cached results and histories in Redis, shared by many workers; the event log stays a
+local SQLite file).
 
-Item keys: exposure filters and cached results are keyed by the item's *external* id, so they
-survive a reload that re-indexes the catalogue: an integer id is its own key, any other id is
-its xxh64 hash as int64 (`item_key`).
+Item keys: exposure filters, cached results and histories are keyed by the item's *external*
+id, so they survive a reload that re-indexes the catalogue: an integer id is its own key, any
+other id is its xxh64 hash as int64 (`item_key`).
 """
 
 from __future__ import annotations
 
 import bisect
 import json
+import logging
 import threading
 import time
 import uuid
@@ -59,9 +70,12 @@ from funnelrec.filter.results import (  # the result caches live in filter/; the
 )
 from funnelrec.filter.store import ExposureStore
 from funnelrec.online.catalogue import Catalogue, CatalogueRules, UnknownEntity, item_frame, open_catalogue
+from funnelrec.online.state import HistoryStore, build_history_store, enters_history
 from funnelrec.pipeline.eventlog import EVENT_TYPES, EventLog, FeedbackEvent
 from funnelrec.pipeline.funnel import Funnel, Recommendation
 from funnelrec.recall.base import RecallContext
+
+_log = logging.getLogger(__name__)
 
 #: upper bounds (ms) of the latency histogram buckets, as Prometheus `le` labels
 LATENCY_BUCKETS_MS = (0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 25, 35, 50, 75, 100, 250, 500, 1000, 2500)
@@ -76,6 +90,7 @@ class ServiceConfig:
     max_in_flight: int = 64  # requests admitted at once; more get 503 (enforced by the HTTP layer)
     max_k: int = 500
     cache_n: int = 50  # fine-ranked results kept per user for the cache channel
+    history_n: int = 200  # recent consumptions kept per user (real-time history, online/state.py)
     remembered_requests: int = 100_000  # request ids kept for attributing feedback to experiments
     eventlog_synchronous: str = "FULL"  # FULL: fsync per feedback call; NORMAL: survives SIGKILL only
     # /admin/reload loads only artifacts under this directory (pickles run code when loaded);
@@ -92,6 +107,8 @@ class ServiceConfig:
             raise ConfigError("max_k must be ≥ 1")
         if self.cache_n < 0:
             raise ConfigError("cache_n must be ≥ 0")
+        if isinstance(self.history_n, bool) or not isinstance(self.history_n, int) or self.history_n < 1:
+            raise ConfigError(f"history_n must be an int ≥ 1, got {self.history_n!r}")
 
 
 # --------------------------------------------------------------------------------- metrics
@@ -297,6 +314,10 @@ class RecommenderService:
         backend = "redis" if cfg.redis_url else "sqlite" if state is not None else "memory"
         self.exposure, self.results = build_state_stores(backend, state_dir=state, redis_url=cfg.redis_url,
                                                          prefix=cfg.redis_prefix)
+        # each user's recent consumptions (online/state.py), in the same backend: what a click
+        # changes in the next request of any worker
+        self.history: HistoryStore = build_history_store(backend, state_dir=state, redis_url=cfg.redis_url,
+                                                         prefix=cfg.redis_prefix, history_n=cfg.history_n)
         # the live catalogue (online/catalogue.py) in the same backend, and this worker's view of it
         self.catalogue: Catalogue = open_catalogue(backend, state_dir=state, redis_url=cfg.redis_url,
                                                    prefix=cfg.redis_prefix)
@@ -343,11 +364,16 @@ class RecommenderService:
     # ------------------------------------------------------------------ requests
     def request_state(self, cur: LoadedFunnel, uid: str, user_idx: int, now: int,
                       exclude_ids: list | None = None) -> tuple[RequestState, dict[str, float]]:
-        """The online state of one request, read once at its start: the user's exposure view,
-        the previous results (for the cache channel) and the client's exclusions."""
+        """The online state of one request, read once at its start: the user's real-time history
+        (`recent_items`), exposure view, previous results (for the cache channel; also for an
+        unknown user with fresh history) and the client's exclusions."""
         timings: dict[str, float] = {}
+        t1 = time.perf_counter()
+        fresh = self.recent_items(cur, uid)
+        history = None if fresh is None else [fresh]
+        timings["history_read"] = (time.perf_counter() - t1) * 1e3
         cached = [None] if cur.has_cache_channel else None
-        if cur.has_cache_channel and user_idx >= 0:
+        if cur.has_cache_channel and (user_idx >= 0 or history is not None):
             t1 = time.perf_counter()
             got = self.results.get(uid)
             if got is not None:
@@ -359,8 +385,22 @@ class RecommenderService:
         if exclude_ids:
             idx = cur.indices_of_ids(list(exclude_ids))
             exclude = [idx[idx >= 0]]
-        state = RequestState(exclude=exclude, exposure=[StoreExposure(self.exposure, uid, now)], cached=cached)
+        state = RequestState(history=history, exclude=exclude, exposure=[StoreExposure(self.exposure, uid, now)],
+                             cached=cached)
         return state, timings
+
+    def recent_items(self, cur: LoadedFunnel, uid: str) -> np.ndarray | None:
+        """The user's real-time history (one read of the history store) as dense item indices of
+        `cur`, oldest first, each item once at its latest consumption (the order the vector
+        tower reads); items outside `cur`'s catalogue are dropped. None when nothing is left."""
+        h = self.history.recent(uid)
+        if not len(h):
+            return None
+        idx = cur.indices_of_keys(h.keys)
+        rev = idx[idx >= 0][::-1]
+        _, last = np.unique(rev, return_index=True)  # first in the reversed order = latest consumption
+        idx = rev[np.sort(last)][::-1].astype(np.int64)
+        return idx if len(idx) else None
 
     def recommend(self, user_id: Any, k: int = 10, context: Mapping[str, Any] | None = None,
                   debug: bool = False, exclude: list | None = None, explain: bool = False,
@@ -406,7 +446,7 @@ class RecommenderService:
         rec = f.recommend(user_idx=user_idx, k=int(k), context=rctx, state=state, plan=plan, debug=debug or explain)
         out_ids = cur.item_ids[rec.items].tolist()
         filtered = cur.item_ids[rec.filtered].tolist() if debug else []
-        if self.config.cache_n and user_idx >= 0 and len(rec.items):
+        if self.config.cache_n and (user_idx >= 0 or state.history is not None) and len(rec.items):
             t1 = time.perf_counter()
             self.results.put(uid, keys[rec.items[: self.config.cache_n]], rec.scores[: self.config.cache_n])
             timings["cache_write"] = (time.perf_counter() - t1) * 1e3
@@ -465,6 +505,7 @@ class RecommenderService:
                 impressions.setdefault(e.ts, []).append(item_key(e.item_id))
         for ts, ks in impressions.items():
             self.exposure.add(uid, np.asarray(ks, np.int64), ts)
+        self._append_history(uid, evs)
         self.metrics.count_events(e.type for e in evs)
         return {"logged": len(evs), "impressions": sum(len(v) for v in impressions.values())}
 
@@ -512,6 +553,16 @@ class RecommenderService:
             raise UnknownEntity(f"user {user_id!r} is not in the catalogue")
         return {"catalogue_version": self.catalogue.delete_user(user_id)}
 
+    def _append_history(self, uid: str, evs: list[FeedbackEvent]) -> int:
+        """The consumptions of one accepted feedback call (`enters_history`: no impression, no
+        watch_time of 0 s) appended to the user's real-time history — after the event log
+        commit, so every history entry is a logged event. Returns how many."""
+        pos = [e for e in evs if enters_history(e.type, e.value)]
+        if pos:
+            self.history.append(uid, np.fromiter((item_key(e.item_id) for e in pos), np.int64, len(pos)),
+                                np.fromiter((e.ts for e in pos), np.int64, len(pos)), [e.type for e in pos])
+        return len(pos)
+
     def health(self) -> dict[str, Any]:
         cur = self._current
         return {"status": "ok", "model_version": cur.version, "loaded_at": cur.loaded_at,
@@ -522,6 +573,7 @@ class RecommenderService:
         self.events.close()
         self.exposure.close()
         self.results.close()
+        self.history.close()
 
 
 class LiveCatalogue:
@@ -533,32 +585,53 @@ class LiveCatalogue:
                  deleted_users: frozenset[str], item_ids: frozenset[str], user_ids: frozenset[str]) -> None:
         self.base, self.loaded, self.version, self.rules = base, loaded, version, rules
         self.deleted_users, self.item_ids, self.user_ids = deleted_users, item_ids, user_ids
+        self.skipped: list[str] = []  # upserted items the served funnel cannot hold (logged)
         self._columns: dict[str, Any] = {}  # column → ForwardIndex over loaded's items (attribute filters)
 
     @classmethod
     def build(cls, base: LoadedFunnel, catalogue: Catalogue) -> LiveCatalogue:
         snap = catalogue.snapshot()
         rows = snap.item_rows()
-        loaded = base
+        loaded, skipped = base, []
         if rows:
-            ds = base.funnel.dataset_
-            frame = item_frame(rows, ds.items)
-            # a new item without a value in a time column (publish time) was published when upserted
-            times = [c for c, kind in ds.schema.items.items() if kind == "time" and c in ds.items.columns]
-            if times:
-                import polars as pl
-
-                frame = frame.with_columns(
-                    pl.Series("_new", [ds.item_ids.index(r["item_id"]) < 0 for r in rows]),
-                    pl.Series("_created", [int(snap.items[str(r["item_id"])]["created_at"]) for r in rows]))
-                frame = frame.with_columns(
-                    pl.when(pl.col("_new") & (pl.col(c).is_null() if c in frame.columns else pl.lit(True)))
-                    .then(pl.col("_created").cast(ds.items.schema[c]))
-                    .otherwise(pl.col(c) if c in frame.columns else pl.lit(None, ds.items.schema[c])).alias(c)
-                    for c in times).drop("_new", "_created")
-            loaded = LoadedFunnel.build(base.funnel.with_items(frame), f"{base.version}+catalogue@{snap.version}")
-        return cls(base, loaded, snap.version, snap.rules(), snap.deleted_users(),
+            try:
+                loaded = cls._extend(base, rows, snap)
+            except DataError:
+                # rows the served funnel's items table cannot hold (a reload changed its columns):
+                # served without them, each named in the log, rather than failing every request
+                ok = []
+                for r in rows:
+                    try:
+                        item_frame([r], base.funnel.dataset_.items)
+                        ok.append(r)
+                    except DataError as e:
+                        skipped.append(str(r["item_id"]))
+                        _log.warning("live catalogue: item %r not served: %s", r["item_id"], e)
+                loaded = cls._extend(base, ok, snap) if ok else base
+        live = cls(base, loaded, snap.version, snap.rules(), snap.deleted_users(),
                    frozenset(k for k, r in snap.items.items() if not r.get("deleted")), frozenset(snap.users))
+        live.skipped = skipped
+        return live
+
+    @staticmethod
+    def _extend(base: LoadedFunnel, rows: list[dict], snap: Any) -> LoadedFunnel:
+        """`base` with `rows` upserted (`Funnel.with_items`); a new item without a value in a
+        time column (its publish time) was published when it was first upserted."""
+        ds = base.funnel.dataset_
+        frame = item_frame(rows, ds.items)
+        times = [c for c, kind in ds.schema.items.items() if kind == "time" and c in ds.items.columns]
+        if times:
+            import polars as pl
+
+            frame = frame.with_columns(
+                pl.Series("_new", [ds.item_ids.index(r["item_id"]) < 0 for r in rows]),
+                pl.Series("_created", [int(snap.items[str(r["item_id"])]["created_at"]) for r in rows]))
+            frame = frame.with_columns(
+                pl.when(pl.col("_new") & (pl.col(c).is_null() if c in frame.columns else pl.lit(True)))
+                .then(pl.col("_created").cast(ds.items.schema[c]))
+                .otherwise(pl.col(c) if c in frame.columns else pl.lit(None, ds.items.schema[c])).alias(c)
+                for c in times).drop("_new", "_created")
+        return LoadedFunnel.build(base.funnel.with_items(frame), f"{base.version}+catalogue@{snap.version}")
 
     def _forward(self, column: str) -> Any:
         got = self._columns.get(column)
