@@ -115,6 +115,9 @@ def test_with_items_appends_and_keeps_old_indices(ranked_funnel, tmp_path):
     row5 = g.dataset_.items.row(f.dataset_.item_ids.index(5), named=True)
     old5 = f.dataset_.items.row(f.dataset_.item_ids.index(5), named=True)
     assert row5["genres"] == ["action"] and row5["directors"] == old5["directors"]
+    i5 = f.dataset_.item_ids.index(5)
+    assert g.channels_["tag"].forward_.values(i5) == ["action"]  # the tag index reads the new attributes
+    assert f.channels_["tag"].forward_.values(i5) == sorted(old5["genres"])
     assert g.stats_.history.shape == (f.dataset_.n_users, I + 2) and g.item_log_pop_[I:].tolist() == [0.0, 0.0]
     assert f.dataset_.n_items == I and len(f.channels_["vector"].item_vectors_) == I  # f is unchanged
     # the extended funnel still saves and loads: the loaded one answers exactly as it does
@@ -188,11 +191,16 @@ def test_with_items_refuses_unknown_columns_and_types(ranked_funnel):
 
 
 # ------------------------------------------------------------------ two services, one Redis
-def test_two_services_on_one_redis_share_the_catalogue(redis_url, tmp_path):
+@pytest.mark.parametrize("backend", ["redis", "sqlite"])
+def test_two_services_on_one_backend_share_the_catalogue(backend, request, tmp_path):
+    """Two replicas on one Redis (or two workers on one state_dir) see one catalogue."""
     world = make_world()
     cfg = FunnelConfig.from_dict({"recall": {"channels": [{"name": "fresh", "n": 40}], "merge": {"total": 40}}})
     f = FunnelBuilder(cfg).fit(world.dataset, world.dataset.interactions)
-    scfg = ServiceConfig(redis_url=redis_url, redis_prefix=f"two-{tmp_path.name}:")
+    if backend == "redis":
+        scfg = ServiceConfig(redis_url=request.getfixturevalue("redis_url"), redis_prefix=f"two-{tmp_path.name}:")
+    else:
+        scfg = ServiceConfig(state_dir=str(tmp_path / "state"))
     a, b = RecommenderService(f, scfg), RecommenderService(f, scfg)
     try:
         a.upsert_items([{"item_id": 5000, "attributes": {"genres": ["drama"], "publish_time": T - 60}}], now=T - 60)

@@ -5,13 +5,17 @@ attribute filters, on a hand-built catalogue whose answers can be computed by ha
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
+from urllib.parse import quote
 
 import httpx
 import polars as pl
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from funnelrec.data.dataset import Dataset
 from funnelrec.data.schema import Schema
@@ -43,7 +47,7 @@ def expected_fresh(publish: int) -> float:
 
 
 @pytest.fixture(scope="module")
-def server(serve):
+def hand_funnel():
     schema = Schema(interactions={"user_id": "categorical", "item_id": "categorical", "timestamp": "time"},
                     users={"user_id": "categorical"},
                     items={"item_id": "categorical", "genres": "multi", "directors": "multi", "publish_time": "time"})
@@ -52,8 +56,12 @@ def server(serve):
         "recall": {"channels": [{"name": "fresh", "n": 20}, {"name": "tag", "n": 20},
                                 {"name": "author", "n": 20, "params": {"k_similar": 0}}],
                    "merge": {"total": 60}}})
-    funnel = FunnelBuilder(cfg).fit(ds, ds.interactions)  # no labels: no ranker, merge order
-    svc = RecommenderService(funnel)
+    return FunnelBuilder(cfg).fit(ds, ds.interactions)  # no labels: no ranker, merge order
+
+
+@pytest.fixture(scope="module")
+def server(serve, hand_funnel):
+    svc = RecommenderService(hand_funnel)
     with serve(create_app(svc, admin_token=TOKEN)) as url, httpx.Client(base_url=url, timeout=30) as client:
         yield client, svc
     svc.close()
@@ -187,3 +195,55 @@ def test_cli_upserts_hides_and_reports_errors_in_one_line(server, tmp_path):
         lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
         assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:"), p.stderr
     assert 202 not in ids(recommend(client))
+
+
+# ------------------------------------------------------------------ whatever a client sends: < 500
+TEXT = st.text(st.characters(codec=None, min_codepoint=0, max_codepoint=0x10FFFF), max_size=12)
+INTS = st.one_of(st.integers(-(2**70), 2**70), st.sampled_from([0, -1, 2**63, 2**64, T, 101]))
+SCALAR = st.one_of(st.none(), st.booleans(), INTS, st.floats(allow_subnormal=False), TEXT)
+JSON = st.recursive(SCALAR, lambda x: st.one_of(st.lists(x, max_size=3), st.dictionaries(TEXT, x, max_size=3)),
+                    max_leaves=8)
+COLUMN = st.one_of(st.sampled_from(["genres", "directors", "publish_time", "item_id", "item_idx", "colour"]), TEXT)
+ITEM = st.fixed_dictionaries({"item_id": st.one_of(INTS, TEXT, JSON)},
+                             optional={"attributes": st.one_of(st.dictionaries(COLUMN, JSON, max_size=3), JSON),
+                                       "expires_at": st.one_of(INTS, st.floats(allow_subnormal=False), JSON),
+                                       "other": JSON})
+FUZZ = settings(max_examples=150, deadline=None, derandomize=True,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+
+
+@pytest.fixture(scope="module")
+def sqlite_client(serve, hand_funnel, tmp_path_factory):
+    from funnelrec.pipeline.service import ServiceConfig
+
+    svc = RecommenderService(hand_funnel, ServiceConfig(state_dir=str(tmp_path_factory.mktemp("cat_fuzz"))))
+    with serve(create_app(svc)) as url, httpx.Client(base_url=url, timeout=30) as client:
+        yield client
+    svc.close()
+
+
+def _raw(body) -> bytes:
+    return json.dumps(body, ensure_ascii=True, allow_nan=True).encode()
+
+
+@FUZZ
+@given(body=st.one_of(JSON, st.fixed_dictionaries({"items": st.one_of(st.lists(ITEM, max_size=3), JSON)})))
+def test_item_bodies_never_5xx_and_the_server_keeps_answering(sqlite_client, body):
+    r = sqlite_client.post("/items", content=_raw(body), headers={"content-type": "application/json"})
+    assert r.status_code < 500, f"/items {r.status_code} for {_raw(body)[:300]!r}: {r.text[:300]}"
+    after = sqlite_client.post("/recommend", json={"user_id": "1", "k": 5, "context": {"time": T}})
+    assert after.status_code == 200, after.text  # whatever was accepted, the next answer is served
+
+
+@FUZZ
+@given(filters=st.one_of(JSON, st.dictionaries(COLUMN, st.one_of(st.lists(st.one_of(INTS, TEXT), max_size=3), JSON),
+                                               max_size=3)),
+       item=st.one_of(TEXT, INTS.map(str)))
+def test_filters_and_item_paths_never_5xx(sqlite_client, filters, item):
+    r = sqlite_client.post("/recommend", content=_raw({"user_id": "1", "filters": filters}),
+                           headers={"content-type": "application/json"})
+    assert r.status_code < 500, f"filters {filters!r}: {r.status_code} {r.text[:300]}"
+    path = "/items/" + quote(item.encode("utf-8", "surrogatepass"), safe="")
+    for method, route in (("DELETE", path), ("POST", path + "/hide"), ("POST", path + "/unhide")):
+        r = sqlite_client.request(method, route)
+        assert r.status_code < 500, f"{method} {route}: {r.status_code} {r.text[:300]}"
