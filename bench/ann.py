@@ -4,6 +4,7 @@ hnswlib as peers measured in the same run. One search thread (faiss omp, hnswlib
 
     .venv/bin/python bench/ann.py --n 100000          # quick
     .venv/bin/python bench/ann.py                     # 1M x 64, 1,000 queries (several minutes)
+    .venv/bin/python bench/ann.py --crossover         # KD-tree vs Flat vs HNSW32 at D = 8/16/32/64, N = 100k
 
 Data: a seeded gaussian mixture (--clusters centers ~ N(0, 1), unit-variance-scaled noise of
 --noise), queries drawn from the same mixture; metric inner product (two-tower scores).
@@ -87,6 +88,72 @@ class Timer:
         self.mem_mb = round(rss_anon_mb() - self.m0, 1)
 
 
+def crossover(a: argparse.Namespace) -> None:
+    """Where the exact KD-tree stops paying off: for each D in --dims, the same seeded mixture
+    (N = --n, default 100k here), recall@k and QPS (single query and batch, one search thread)
+    of KDTree (scipy cKDTree; inner product by the MIPS→L2 transform) next to Flat (faiss's
+    exact scan) and HNSW32 (efSearch 16 / 64 / 128), all in one run. `kdtree_vs_flat` is
+    KD-tree QPS / Flat QPS per D (> 1: the tree pays off); `stops_paying_off_at_dim` is the
+    first D where the KD-tree's single-query CPU QPS falls below Flat's, per metric (--metric
+    ip,l2: the two-tower score through the transform, and L2, the tree's native metric)."""
+    k = a.k
+    t_start = time.perf_counter()
+    dims = [int(d) for d in a.dims.split(",")]
+    rows: list[dict] = []
+    metrics = a.metric.split(",")
+    ratios: dict[str, dict[int, dict]] = {m: {} for m in metrics}
+    for metric, dim in [(m, d) for m in metrics for d in dims]:
+        x, q = make_data(a.n, dim, a.nq, a.clusters, a.noise, a.seed)
+        faiss.omp_set_num_threads(1)
+        flat = VectorIndex("Flat", dim, metric=metric).add(x)
+        w0 = time.perf_counter()
+        _, truth = flat.backend_.index.search(q, k)
+        truth_s = time.perf_counter() - w0
+        n_single = min(a.nq_slow, a.nq)
+
+        def add_row(name: str, params: dict, build_s: float | None, index: VectorIndex, m: dict, dim: int = dim,
+                    metric: str = metric) -> dict:
+            r = {"metric": metric, "dim": dim, "backend": name, "params": params, **m, "index_mb": round(index.memory_bytes() / 2**20, 1)}
+            if build_s is not None:
+                r["build_s"] = round(build_s, 2)
+            rows.append(r)
+            print(json.dumps(r), flush=True, file=__import__("sys").stderr)
+            return r
+
+        m = measure(lambda qq, f=flat: f.search(qq, k)[1], q, truth, n_single, batch=False)
+        m.update(qps_batch=round(a.nq / truth_s, 1), recall_batch=1.0)
+        r_flat = add_row("Flat", {}, None, flat, m)
+        flat = None
+        w0 = time.perf_counter()
+        kd = VectorIndex("KDTree", dim, metric=metric).add(x)
+        kd_build = time.perf_counter() - w0
+        r_kd = add_row("KDTree", {"leaf_size": 16}, kd_build, kd,
+                       measure(lambda qq, i=kd: i.search(qq, k)[1], q, truth, n_single))
+        kd = None
+        faiss.omp_set_num_threads(a.build_threads)
+        w0 = time.perf_counter()
+        h = VectorIndex("HNSW32", dim, metric=metric).set_params(efConstruction=a.ef_construction).add(x)
+        h_build = time.perf_counter() - w0
+        faiss.omp_set_num_threads(1)
+        for i, ef in enumerate((16, 64, 128)):
+            h.set_params(efSearch=ef)
+            add_row("HNSW32", {"efSearch": ef}, h_build if i == 0 else None, h,
+                    measure(lambda qq, i=h: i.search(qq, k)[1], q, truth, a.nq))
+        h = None
+        ratios[metric][dim] = {"single": round(r_kd["qps_single"] / r_flat["qps_single"], 2),
+                       "single_cpu": round(r_kd["qps_single_cpu"] / r_flat["qps_single_cpu"], 2),
+                       "batch": round(r_kd["qps_batch"] / r_flat["qps_batch"], 2)}
+    stops = {m: next((d for d in dims if ratios[m][d]["single_cpu"] < 1.0), None) for m in metrics}
+    print(json.dumps({
+        "bench": "ann_kdtree_crossover", "n": a.n, "dims": dims, "nq": a.nq, "nq_single_scan": min(a.nq_slow, a.nq),
+        "k": k, "metrics": metrics, "clusters": a.clusters, "noise": a.noise, "seed": a.seed,
+        "search_threads": 1, "build_threads": a.build_threads, "faiss": faiss.__version__,
+        "scipy": __import__("scipy").__version__, "cpus": os.cpu_count(), "load_avg_end": os.getloadavg(),
+        "total_s": round(time.perf_counter() - t_start, 1),
+        "kdtree_vs_flat_qps": ratios, "stops_paying_off_at_dim": stops, "rows": rows,
+    }))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=1_000_000)
@@ -104,7 +171,15 @@ def main() -> None:
     ap.add_argument("--truth-cache", default="/tmp/funnelrec-bench", help="'' disables")
     ap.add_argument("--ef-construction", type=int, default=40, help="all graphs (faiss's default is 40)")
     ap.add_argument("--skip", default="", help="comma list of groups to skip: flat,sq8,lsh,ivf,faiss_hnsw,hnswlib")
+    ap.add_argument("--crossover", action="store_true", help="KD-tree vs Flat vs HNSW32 over --dims (N default 100k)")
+    ap.add_argument("--dims", default="8,16,32,64", help="--crossover: comma list of dimensions")
+    ap.add_argument("--metric", default="ip,l2", help="--crossover: comma list of ip / l2")
     a = ap.parse_args()
+    if a.crossover:
+        if a.n == ap.get_default("n"):
+            a.n = 100_000
+        crossover(a)
+        return
     skip = set(filter(None, a.skip.split(",")))
     k = a.k
     t_start = time.perf_counter()

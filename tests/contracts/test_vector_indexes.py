@@ -33,6 +33,10 @@ FACTORIES: dict[str, list[tuple[str, dict[str, int], float]]] = {
     "hnswlib": [
         ("HNSWLIB16", {"efSearch": 64}, 0.9),
     ],
+    "kdtree": [
+        ("KDTree", {}, 1.0),  # exact: inner product by the MIPS→L2 transform
+        ("KDTree4", {"workers": 2}, 1.0),
+    ],
 }
 CASES = [(b, f, p, r) for b in VECTOR_INDEXES.names() for f, p, r in FACTORIES.get(b, [])]
 IDS = [f"{f}-{','.join(f'{k}={v}' for k, v in p.items())}" for _, f, p, _ in CASES]

@@ -1,5 +1,12 @@
-"""Vector indexes (faiss by factory string, hnswlib) for embedding recall."""
+"""Vector indexes (faiss by factory string, hnswlib, scipy's KD-tree) for embedding recall."""
 
-from funnelrec.index.vector import FaissBackend, HnswlibBackend, VectorIndex, parse_factory
+from funnelrec.index.vector import (
+    FaissBackend,
+    HnswlibBackend,
+    KDTreeBackend,
+    VectorIndex,
+    mips_augment,
+    parse_factory,
+)
 
-__all__ = ["FaissBackend", "HnswlibBackend", "VectorIndex", "parse_factory"]
+__all__ = ["FaissBackend", "HnswlibBackend", "KDTreeBackend", "VectorIndex", "mips_augment", "parse_factory"]

@@ -8,7 +8,9 @@ The factory string is faiss's ``index_factory`` language, plus two additions of 
   (``"<base>,RFlat"``) searched with ``k_factor = 1`` for ``max(k, k') + |excluded|`` results, so
   k' stays a candidate *count* (faiss's own ``k_factor`` multiplies k: a recall stage asking for
   k = 500 would re-score 500·k' candidates);
-- ``HNSWLIB<M>``: an hnswlib graph (optional dependency ``hnswlib``) instead of faiss's HNSW.
+- ``HNSWLIB<M>``: an hnswlib graph (optional dependency ``hnswlib``) instead of faiss's HNSW;
+- ``KDTree`` / ``KDTree<leaf size>``: scipy's ``cKDTree``, exact, with inner product by the MIPS→L2
+  transform (`KDTreeBackend`). It pays off only at low dimension (bench/ann.py ``--crossover``).
 
     >>> import numpy as np
     >>> x = np.random.default_rng(0).standard_normal((1000, 16), dtype=np.float32)
@@ -71,6 +73,7 @@ FORMAT = "funnelrec-vector-index-v1"
 METRICS = ("ip", "l2")
 _RERANK = re.compile(r"^(?P<base>.+),Rerank(?P<k>\d+)$")
 _HNSWLIB = re.compile(r"^HNSWLIB(?P<M>\d+)$")
+_KDTREE = re.compile(r"^KDTree(?P<leaf>\d+)?$")
 _BUILD_PARAMS = ("efConstruction",)
 _LEGACY_VECTORS = "vectors.npy"  # the fp32 copy of a Rerank index saved before 2026-12 (read, never written)
 _TRAIN_SAMPLE = 262_144  # k-means/PQ training sample cap: faiss samples ≤256·nlist anyway
@@ -94,11 +97,11 @@ def parse_factory(factory: str) -> tuple[str, str, int]:
             raise ConfigError(f"vector index factory {factory!r}: Rerank k' must be ≥ 1")
     if "Rerank" in base:
         raise ConfigError(f"vector index factory {factory!r}: Rerank<k'> must be the last component")
-    engine = "hnswlib" if _HNSWLIB.match(base) else "faiss"
-    if engine == "hnswlib" and rerank:
+    engine = "hnswlib" if _HNSWLIB.match(base) else "kdtree" if _KDTREE.match(base) else "faiss"
+    if engine != "faiss" and rerank:
         raise ConfigError(
             f"vector index factory {factory!r}: Rerank<k'> is faiss's IndexRefineFlat and needs a faiss base "
-            "index; HNSWLIB already scores with the exact fp32 vectors"
+            f"index; {base} already scores with the exact fp32 vectors"
         )
     return engine, base, rerank
 
@@ -304,13 +307,153 @@ class HnswlibBackend:
         return self
 
 
+@VECTOR_INDEXES.register("kdtree")
+class KDTreeBackend:
+    """``KDTree`` / ``KDTree<leaf size>``: scipy's ``cKDTree`` (leaf size 16 by default), exact.
+
+    A KD-tree answers L2 nearest-neighbour queries, so the L2 metric is native. Inner product
+    (maximum inner-product search, MIPS) is reduced to L2 by the transform of Bachrach et al.
+    (2014, "Speeding up the Xbox recommender system using a euclidean transformation for
+    inner-product spaces"): with ``M = max_i ‖x_i‖``,
+
+        x̃_i = [x_i, sqrt(M² − ‖x_i‖²)]   (items, D + 1)        q̃ = [q, 0]   (queries)
+
+        ‖q̃ − x̃_i‖² = ‖q‖² + ‖x_i‖² + (M² − ‖x_i‖²) − 2⟨q, x_i⟩ = ‖q‖² + M² − 2⟨q, x_i⟩
+
+    ``‖q‖² + M²`` is the same for every item of one query, so ascending ‖q̃ − x̃_i‖ is exactly
+    descending ⟨q, x_i⟩: the tree's exact L2 neighbours of q̃ are the exact MIPS answer. (Every
+    x̃_i has norm M, which is what lets L2 order all items alike; the extra coordinate is ≥ 0
+    because M bounds every norm.) The returned scores are recomputed from the stored vectors
+    (float64, then float32) and the k re-sorted by them, so ties and the float64 rounding of the
+    transformed distance cannot put a lower inner product first.
+
+    The tree is static: ``add`` appends to the stored vectors and rebuilds it (M may grow, and
+    cKDTree has no insert). On disk: ``index.kdtree.npz`` with the fp32 vectors and int64 ids
+    (``allow_pickle=False``); the tree is rebuilt on load — deterministic for the same vectors
+    and leaf size, a few hundred ms at 1M × 16. Nothing is memory-mapped (cKDTree keeps its
+    own float64 copy); ``mmap=True`` loads read-only like the faiss indexes.
+
+    Search knob: ``workers`` (cKDTree query threads, default 1; -1 = every core).
+    """
+
+    file_name = "index.kdtree.npz"
+    is_trained = True
+
+    def __init__(self, factory: str, dim: int, metric: str) -> None:
+        m = _KDTREE.match(factory)
+        if m is None:
+            raise ConfigError(f"unknown KD-tree factory {factory!r}; expected KDTree or KDTree<leaf size>")
+        self.factory, self.dim, self.metric = factory, dim, metric
+        self.leaf_size = int(m["leaf"]) if m["leaf"] else 16
+        if self.leaf_size < 1:
+            raise ConfigError(f"vector index factory {factory!r}: the KD-tree leaf size must be ≥ 1")
+        self.workers = 1
+        self.vectors = np.zeros((0, dim), np.float32)
+        self.ids = np.zeros(0, np.int64)
+        self.tree = None
+        self.read_only = False
+
+    def train(self, x: np.ndarray) -> None:
+        pass
+
+    def add(self, x: np.ndarray, ids: np.ndarray | None) -> None:
+        n0 = self.ntotal
+        if ids is None:
+            ids = np.arange(n0, n0 + len(x), dtype=np.int64)
+        self.vectors = np.ascontiguousarray(np.concatenate([self.vectors, x]), dtype=np.float32)
+        self.ids = np.concatenate([self.ids, np.asarray(ids, np.int64)])
+        self._build()
+
+    def _build(self) -> None:
+        from scipy.spatial import cKDTree
+
+        data = self.vectors.astype(np.float64)
+        if self.metric == "ip":
+            data = mips_augment(data)
+        # balanced median splits (scipy's default): the same vectors always give the same tree
+        self.tree = cKDTree(data, leafsize=self.leaf_size) if len(data) else None
+
+    @property
+    def ntotal(self) -> int:
+        return len(self.vectors)
+
+    def set_param(self, name: str, value: int) -> None:
+        if name != "workers":
+            raise ConfigError(f"vector index {self.factory!r} has no search parameter {name!r} (KD-tree: workers)")
+        if int(value) == 0 or int(value) < -1:
+            raise ConfigError(f"vector index {self.factory!r}: workers must be ≥ 1 or -1 (every core), got {value}")
+        self.workers = int(value)
+
+    def search(self, q: np.ndarray, k: int, k_base: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        n = self.ntotal
+        kk = min(k, n)
+        q64 = q.astype(np.float64)
+        tq = np.hstack([q64, np.zeros((len(q), 1))]) if self.metric == "ip" else q64  # q̃ = [q, 0]
+        _, pos = self.tree.query(tq, k=kk, workers=self.workers)
+        pos = np.asarray(pos, np.int64).reshape(len(q), kk)
+        x = self.vectors[pos].astype(np.float64)  # (Q, kk, D)
+        if self.metric == "ip":
+            s = np.einsum("qkd,qd->qk", x, q64)
+        else:
+            s = -np.square(x - q64[:, None, :]).sum(axis=2)
+        scores = s.astype(np.float32)
+        order = np.argsort(-scores, axis=1, kind="stable")
+        scores = np.take_along_axis(scores, order, 1)
+        ids = self.ids[np.take_along_axis(pos, order, 1)]
+        if kk < k:
+            scores = np.pad(scores, ((0, 0), (0, k - kk)), constant_values=-np.inf)
+            ids = np.pad(ids, ((0, 0), (0, k - kk)), constant_values=-1)
+        return np.ascontiguousarray(scores), np.ascontiguousarray(ids)
+
+    def save(self, path: Path) -> None:
+        with open(path, "wb") as f:
+            np.savez(f, vectors=self.vectors, ids=self.ids)
+
+    @classmethod
+    def load(cls, path: Path, factory: str, mmap: bool, dim: int, metric: str) -> KDTreeBackend:
+        self = cls(factory, dim, metric)
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                vectors, ids = z["vectors"], z["ids"]
+        except (ValueError, OSError, KeyError) as e:
+            raise ArtifactError(f"{path}: cannot read the KD-tree's vectors ({e})") from None
+        if vectors.ndim != 2 or vectors.shape[1] != dim or vectors.dtype != np.float32 or ids.shape != (len(vectors),):
+            raise ArtifactError(f"{path}: vectors {vectors.shape} {vectors.dtype}, ids {ids.shape}; expected (N, {dim}) float32, (N,)")
+        self.vectors, self.ids = np.ascontiguousarray(vectors), ids.astype(np.int64)
+        self._build()
+        self.read_only = mmap
+        return self
+
+    def memory_bytes(self) -> int:
+        # fp32 vectors + ids + cKDTree's float64 copy of the (augmented) data, its index
+        # permutation and ≈ 2N/leaf nodes of ~(2·(D+1)·8 + 64) bytes (bounding boxes included)
+        d_tree = self.dim + (self.metric == "ip")
+        n = self.ntotal
+        nodes = 2 * n // self.leaf_size + 1
+        return int(n * (self.dim * 4 + 8 + d_tree * 8 + 8) + nodes * (2 * d_tree * 8 + 64))
+
+
+def mips_augment(x: np.ndarray) -> np.ndarray:
+    """(N, D) → (N, D + 1): ``[x_i, sqrt(M² − ‖x_i‖²)]`` with ``M = max_i ‖x_i‖`` (MIPS → L2,
+    Bachrach et al. 2014; see `KDTreeBackend`). Queries get a 0 appended.
+
+    >>> mips_augment(np.array([[3.0, 4.0], [0.0, 1.0]]))
+    array([[3.        , 4.        , 0.        ],
+           [0.        , 1.        , 4.89897949]])
+    """
+    x = np.asarray(x, np.float64)
+    sq = np.einsum("nd,nd->n", x, x)
+    extra = np.sqrt(np.maximum(sq.max(initial=0.0) - sq, 0.0))  # ≥ 0: M² bounds every ‖x‖²
+    return np.hstack([x, extra[:, None]])
+
+
 # ---------------------------------------------------------------- the public index
 class VectorIndex:
     """A vector index built from one factory string (see the module docstring).
 
     Args:
         factory: e.g. ``"Flat"``, ``"IDMap,Flat"``, ``"IVF1024,PQ16"``, ``"IVF1024,PQ32x4fs"``,
-            ``"HNSW32"``, ``"LSHrt"``, ``"SQ8,Rerank40"``, ``"HNSWLIB32"``.
+            ``"HNSW32"``, ``"LSHrt"``, ``"SQ8,Rerank40"``, ``"HNSWLIB32"``, ``"KDTree"``.
         dim: vector dimension D.
         metric: ``"ip"`` (inner product, the two-tower score) or ``"l2"``.
     """
@@ -502,7 +645,7 @@ class VectorIndex:
         backend_cls = VECTOR_INDEXES.get(self.engine_)
         f = path / backend_cls.file_name
         try:
-            if self.engine_ == "hnswlib":
+            if self.engine_ in ("hnswlib", "kdtree"):  # files that do not record the dim and metric
                 self.backend_ = backend_cls.load(f, self.base_factory_, mmap, self.dim, self.metric)
             else:
                 self.backend_ = backend_cls.load(f, self.base_factory_, mmap)
@@ -560,6 +703,8 @@ class VectorIndex:
         """Bytes of the serialized index, the RFlat fp32 copy included (≈ resident memory)."""
         if self.engine_ == "faiss":
             return int(faiss.serialize_index(self.backend_.index).nbytes)
+        if self.engine_ == "kdtree":
+            return self.backend_.memory_bytes()
         return int(self.ntotal * (self.dim * 4 + self.backend_.M * 2 * 4 + 16))
 
     def _as_matrix(self, x: np.ndarray, what: str) -> np.ndarray:
