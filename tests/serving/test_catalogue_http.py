@@ -247,3 +247,25 @@ def test_filters_and_item_paths_never_5xx(sqlite_client, filters, item):
     for method, route in (("DELETE", path), ("POST", path + "/hide"), ("POST", path + "/unhide")):
         r = sqlite_client.request(method, route)
         assert r.status_code < 500, f"{method} {route}: {r.status_code} {r.text[:300]}"
+
+
+def test_two_worker_processes_see_one_catalogue(hand_funnel, port_factory, tmp_path):
+    """`--workers 2 --state-dir`: a hide and an upsert made through whichever worker answers are
+    seen by both on their next request (the catalogue lives in the shared SQLite file)."""
+    from test_workers import _two_workers
+
+    artifact = hand_funnel.save(tmp_path / "artifact")
+    with _two_workers(artifact, tmp_path / "state", port_factory()) as (base, _):
+        assert httpx.post(f"{base}/items/6/hide").status_code == 200
+        r = httpx.post(f"{base}/items", json={"items": [
+            {"item_id": 303, "attributes": {"genres": ["noir"], "directors": ["dX"], "publish_time": T - 1}}]})
+        assert r.status_code == 200, r.text
+        workers = set()
+        for n in range(200):  # a new connection each: the kernel spreads them over both workers
+            r = httpx.post(f"{base}/recommend", json={"user_id": "3", "k": 20, "context": {"time": T}})
+            workers.add(r.headers["x-funnelrec-worker"])
+            got = ids(r.json())
+            assert got[0] == 303 and 6 not in got, got
+            if len(workers) == 2 and n >= 15:
+                break
+        assert len(workers) == 2
