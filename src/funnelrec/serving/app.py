@@ -8,10 +8,12 @@
 
 The service loads in the app's lifespan (never at import); handlers validate, call the service,
 and map domain errors to status codes (FunnelrecError → 400, DataError → 422). In front of the
-routes one ASGI middleware
-- refuses a body over `max_body_bytes` with 413 (by Content-Length, or while streaming),
-- admits at most `max_in_flight` /recommend and /feedback requests at once and answers 503
-  (Retry-After: 1) beyond that, instead of queueing without bound,
+routes one ASGI middleware (serving/guard.py)
+- refuses a body over `max_body_bytes` with 413 (by Content-Length, or while streaming), after
+  draining it so that the client can read the answer,
+- reads the whole body (within `body_timeout_s`, else 408) before the request takes a slot,
+- admits at most `max_in_flight` /recommend, /feedback and /similar requests at once and answers
+  503 (Retry-After: 1) beyond that, instead of queueing without bound,
 - counts every response by route and status for /metrics.
 An unknown user gets the cold-start answer (non-personalized channels), `"cold_start": true`.
 
@@ -30,15 +32,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import os
-import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import orjson
-from fastapi import FastAPI, Header, HTTPException, Query, Request
+from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
@@ -47,6 +47,7 @@ from funnelrec.online.catalogue import UnknownEntity
 from funnelrec.pipeline.funnel import Funnel
 from funnelrec.pipeline.service import RecommenderService, ServiceConfig
 from funnelrec.serving import metrics as prom
+from funnelrec.serving.guard import GuardMiddleware
 from funnelrec.serving.schemas import (
     MAX_K,
     CatalogueResponse,
@@ -62,8 +63,6 @@ from funnelrec.serving.schemas import (
 )
 
 MAX_BODY_BYTES = 1 << 20
-_WORKER = str(os.getpid()).encode()
-_LIMITED = ("/recommend", "/feedback")
 
 
 def freeze_heap() -> None:
@@ -83,99 +82,16 @@ class ORJSONResponse(JSONResponse):
         return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-class _BodyTooLarge(HTTPException):
-    """Raised from `receive`: FastAPI re-raises HTTPExceptions from body reading (others become 400)."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, f"request body over {limit} bytes")
-
-
-class GuardMiddleware:
-    """Pure ASGI: body-size limit (413), in-flight bound (503), per-route counts and latency."""
-
-    def __init__(self, app: Any, http: prom.HttpMetrics, max_in_flight: int, max_body_bytes: int) -> None:
-        self.app = app
-        self.http = http
-        self.max_in_flight = max_in_flight
-        self.max_body_bytes = max_body_bytes
-
-    async def _reply(self, send: Any, status: int, detail: str, headers: list | None = None) -> None:
-        body = orjson.dumps({"detail": detail})
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                *(headers or [])]})
-        await send({"type": "http.response.body", "body": body})
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        t0 = time.perf_counter()
-        path, method = scope["path"], scope["method"]
-        route = path if path in ("/recommend", "/feedback", "/similar", "/health", "/metrics", "/admin/reload") else "other"
-        http = self.http
-        status = {"code": 500, "started": False}
-
-        async def send_wrapped(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-                status["started"] = True
-                # which worker process answered: lets a balancer (or the load benchmark) spread
-                # requests over the workers instead of over connections
-                message["headers"] = [*message.get("headers", ()), (b"x-funnelrec-worker", _WORKER)]
-            await send(message)
-
-        length = next((v for k, v in scope.get("headers", ()) if k == b"content-length"), None)
-        if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
-            http.reject("too_large")
-            await self._reply(send_wrapped, 413, f"request body over {self.max_body_bytes} bytes")
-            http.observe(method, route, 413, (time.perf_counter() - t0) * 1e3)
-            return
-        limited = path in _LIMITED
-        if limited and http.in_flight >= self.max_in_flight:
-            http.reject("overload")
-            await self._reply(send_wrapped, 503, f"overloaded: {self.max_in_flight} requests in flight",
-                              [(b"retry-after", b"1")])
-            http.observe(method, route, 503, (time.perf_counter() - t0) * 1e3)
-            return
-        seen = 0
-
-        async def receive_limited() -> dict:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_body_bytes:
-                    http.reject("too_large")
-                    raise _BodyTooLarge(self.max_body_bytes)
-            return message
-
-        if limited:
-            http.in_flight += 1  # the event loop runs this middleware: no lock needed
-        try:
-            if limited:
-                # let the other requests of this burst reach the admission check before this one
-                # runs its (blocking) handler, so a burst beyond the bound is refused, not queued
-                await asyncio.sleep(0)
-            await self.app(scope, receive_limited, send_wrapped)
-        except _BodyTooLarge:  # only when raised outside FastAPI's body reading
-            if not status["started"]:
-                await self._reply(send_wrapped, 413, f"request body over {self.max_body_bytes} bytes")
-        finally:
-            if limited:
-                http.in_flight -= 1
-            http.observe(method, route, status["code"], (time.perf_counter() - t0) * 1e3)
-
-
 def create_app(service: RecommenderService | Funnel | None = None, artifact: str | Path | None = None, *,
                state_dir: str | Path | None = None, redis_url: str | None = None,
                experiments: str | Path | None = None, config: ServiceConfig | None = None,
                admin_token: str | None = None, max_body_bytes: int = MAX_BODY_BYTES,
-               io_threads: int = 2) -> FastAPI:
+               io_threads: int = 2, body_timeout_s: float = 10.0) -> FastAPI:
     """The FastAPI app. Give a ready `RecommenderService` (or a fitted `Funnel`, served with
     in-memory state), or an `artifact` path loaded at start-up with the state in `state_dir` /
     `redis_url`. `admin_token`, when set, is required in the X-Admin-Token header of /admin/*.
-    `io_threads`: the pool that runs /feedback and /admin/reload (blocking I/O)."""
+    `io_threads`: the pool that runs /feedback and /admin/reload (blocking I/O); `body_timeout_s`:
+    the time a client has to send its whole body (408 beyond; serving/guard.py)."""
     if io_threads < 1:
         raise FunnelrecError(f"io_threads must be ≥ 1, got {io_threads}")
     if isinstance(service, Funnel):
@@ -202,7 +118,8 @@ def create_app(service: RecommenderService | Funnel | None = None, artifact: str
                 svc.close()
 
     app = FastAPI(title="funnelrec", version="0.1.0", lifespan=lifespan, default_response_class=ORJSONResponse)
-    app.add_middleware(GuardMiddleware, http=http, max_in_flight=cfg.max_in_flight, max_body_bytes=max_body_bytes)
+    app.add_middleware(GuardMiddleware, http=http, max_in_flight=cfg.max_in_flight, max_body_bytes=max_body_bytes,
+                       body_timeout_s=body_timeout_s)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> Response:
@@ -232,9 +149,15 @@ def create_app(service: RecommenderService | Funnel | None = None, artifact: str
         return await asyncio.get_running_loop().run_in_executor(request.app.state.io_pool, fn, *args)
 
     @app.post("/recommend", responses={200: {"model": RecommendResponse}})
-    async def recommend_post(request: Request, body: RecommendRequest) -> Response:
+    async def recommend_post(request: Request, body: RecommendRequest,
+                             x_admin_token: str | None = Header(None)) -> Response:
         """Top-k items for a user, with per-item attribution, the experiment assignment and
-        per-stage times; with `debug`, also what the exposure filter removed."""
+        per-stage times; with `explain`, how each item was scored; with `debug` (which shows the
+        user's exposure history: X-Admin-Token required when the server has a token), also what
+        the exposure filter removed."""
+        if body.debug and admin_token is not None and x_admin_token != admin_token:
+            return ORJSONResponse({"detail": "debug answers show a user's exposure history: "
+                                   "missing or wrong X-Admin-Token"}, status_code=403)
         svc: RecommenderService = request.app.state.service
         ctx = None
         if body.context is not None:
