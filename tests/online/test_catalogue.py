@@ -267,3 +267,22 @@ def test_rows_the_served_funnel_cannot_hold_are_skipped_not_fatal():
     # its publish time is its first upsert (the schema's time column was not given)
     assert ds.items.row(ds.item_ids.index(7001), named=True)["publish_time"] == T - 5
     assert live.rules.blocked(np.array([item_key(3), item_key(4)]), now=T).tolist() == [True, False]
+
+
+def test_a_new_item_in_fresh_history_is_never_recalled_again(ranked_funnel):
+    """A user who consumed a new item (real-time history) is not offered it again by any channel
+    that knows it, and the vector channel's user tower still runs (the item has no tower row)."""
+    from funnelrec.core.types import RequestState
+
+    g = ranked_funnel.with_items(NEW_ITEMS)
+    I = ranked_funnel.dataset_.n_items
+    users = np.array([0, 1, -1])
+    ctx = RecallContext(time=T, extra={"history": [np.array([0, I, I + 1])] * 3})
+    for name in ("fresh", "tag", "author", "vector"):
+        before = g.channels_[name].recall(users, 40, RecallContext(time=T))
+        after = g.channels_[name].recall(users, 40, ctx)
+        assert not {I, I + 1} & set(after.items.ravel().tolist()), name
+        if name in ("fresh", "vector"):  # without the history they do offer them
+            assert {I, I + 1} & set(before.items.ravel().tolist()), name
+    recs = g.run(users, 40, context=RecallContext(time=T), state=RequestState(history=[np.array([0, I, I + 1])] * 3))
+    assert all(not {I, I + 1} & set(r.items.tolist()) for r in recs)

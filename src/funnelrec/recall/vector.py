@@ -395,9 +395,12 @@ class VectorRecall(RecallChannel):
         if histories is not None:
             L = hist.shape[1]
             hist = hist.clone()
+            n_fit = self.features_.item_attrs.shape[0]  # the tower has rows for the fitted items only
             for r, h in enumerate(histories):
+                h = np.asarray(h, np.int64)
+                h = h[h < n_fit]  # items added since the fit (`extend_items`) do not enter the tower
                 if len(h):
-                    fresh = torch.as_tensor(np.asarray(h, np.int64)[::-1].copy())
+                    fresh = torch.as_tensor(h[::-1].copy())
                     hist[r] = torch.cat([fresh, hist[r][hist[r] != PAD], torch.full((L,), PAD)])[:L]
         with torch.inference_mode():
             return self.model_.user_tower(profile, hist).numpy().astype(np.float32)
@@ -408,11 +411,9 @@ class VectorRecall(RecallChannel):
             return None
         if len(extra) != n_rows:
             raise DataError(f"context history has {len(extra)} rows for {n_rows} users")
-        # the user tower embeds history items by the fitted item rows: items added since the fit
-        # (`extend_items`) and out-of-catalogue ones are ignored
-        I = self.features_.item_attrs.shape[0]
+        I = len(self.item_vectors_)
         arrays = [np.asarray(h, np.int64).reshape(-1) for h in extra]
-        return [a[(a >= 0) & (a < I)] for a in arrays]
+        return [a[(a >= 0) & (a < I)] for a in arrays]  # out-of-catalogue items are ignored
 
     def similar_items(self, items: np.ndarray, n: int) -> CandidateBatch:
         """Top-n neighbours of each item by its vector (i2i): (len(items), n), inner product as score."""
