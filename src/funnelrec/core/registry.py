@@ -72,6 +72,7 @@ RECALL_MODELS: Registry[Any] = Registry("recall model")
 VECTOR_INDEXES: Registry[Any] = Registry("vector index")
 EXPOSURE_STORES: Registry[Any] = Registry("exposure store")
 RESULT_CACHES: Registry[Any] = Registry("result cache")
+HISTORY_STORES: Registry[Any] = Registry("history store")  # online/state.py: real-time user history
 FEATURE_TRANSFORMERS: Registry[Any] = Registry("feature transformer")
 RERANKERS: Registry[Any] = Registry("re-ranker")
 STATISTICS: Registry[Any] = Registry("statistic")
