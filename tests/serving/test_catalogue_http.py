@@ -146,6 +146,8 @@ def test_catalogue_routes_need_the_admin_token_and_valid_rows(server):
     assert client.post("/items", json={"items": [{"item_id": 900}]}).status_code == 403
     assert client.delete("/items/1").status_code == 403
     assert client.post("/users", json={"users": [{"user_id": "9"}]}).status_code == 403
+    r = client.post("/users", headers=ADMIN, json={"users": [{"user_id": "9", "attributes": {"shoe_size": 44}}]})
+    assert r.status_code == 422 and "shoe_size" in r.json()["detail"]
     r = client.post("/items", headers=ADMIN, json={"items": [{"item_id": 900, "attributes": {"colour": "red"}}]})
     assert r.status_code == 422 and "colour" in r.json()["detail"]
     r = client.post("/items", headers=ADMIN, json={"items": [{"item_id": "abc"}]})  # the catalogue's ids are ints

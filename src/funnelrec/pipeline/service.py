@@ -90,6 +90,10 @@ class ServiceConfig:
     max_in_flight: int = 64  # requests admitted at once; more get 503 (enforced by the HTTP layer)
     max_k: int = 500
     cache_n: int = 50  # fine-ranked results kept per user for the cache channel
+    # which ones: "tail" = the ranked-but-unshown tail, positions k..k+cache_n-1 of the fused order
+    # minus what was shown (Recommendation.tail_items); "shown" = the k returned (before 2026-12:
+    # the exposure filter then removes them, kept for comparison: bench/cache_tail.py)
+    cache_keep: str = "tail"
     history_n: int = 200  # recent consumptions kept per user (real-time history, online/state.py)
     remembered_requests: int = 100_000  # request ids kept for attributing feedback to experiments
     eventlog_synchronous: str = "FULL"  # FULL: fsync per feedback call; NORMAL: survives SIGKILL only
@@ -107,6 +111,8 @@ class ServiceConfig:
             raise ConfigError("max_k must be ≥ 1")
         if self.cache_n < 0:
             raise ConfigError("cache_n must be ≥ 0")
+        if self.cache_keep not in ("tail", "shown"):
+            raise ConfigError(f"cache_keep must be 'tail' or 'shown', got {self.cache_keep!r}")
         if isinstance(self.history_n, bool) or not isinstance(self.history_n, int) or self.history_n < 1:
             raise ConfigError(f"history_n must be an int ≥ 1, got {self.history_n!r}")
 
@@ -430,6 +436,7 @@ class RecommenderService:
         extra = {k_: v for k_, v in ctx.items() if k_ not in ("time", "region")}
         if self.experiments is not None:
             t1 = time.perf_counter()
+            self.experiments.tick(self.events)  # scheduled ramps follow the platform's clock (no restart)
             a = self.experiments.assign(uid)
             record = a.record
             if not self.config.experiments_fitted:
@@ -443,12 +450,17 @@ class RecommenderService:
         state = live.restrict(state, cur, now, filters)  # hidden / deleted / expired items, attribute filters
         timings.update(st)
         keys = cur.item_keys
-        rec = f.recommend(user_idx=user_idx, k=int(k), context=rctx, state=state, plan=plan, debug=debug or explain)
+        tail = self.config.cache_n if self.config.cache_keep == "tail" else 0
+        rec = f.recommend(user_idx=user_idx, k=int(k), context=rctx, state=state, plan=plan, debug=debug or explain,
+                          tail=tail)
         out_ids = cur.item_ids[rec.items].tolist()
         filtered = cur.item_ids[rec.filtered].tolist() if debug else []
         if self.config.cache_n and (user_idx >= 0 or state.history is not None) and len(rec.items):
             t1 = time.perf_counter()
-            self.results.put(uid, keys[rec.items[: self.config.cache_n]], rec.scores[: self.config.cache_n])
+            if tail:  # the ranked-but-unshown tail (may be empty: then nothing stale stays cached)
+                self.results.put(uid, keys[rec.tail_items], rec.tail_scores)
+            else:
+                self.results.put(uid, keys[rec.items[: self.config.cache_n]], rec.scores[: self.config.cache_n])
             timings["cache_write"] = (time.perf_counter() - t1) * 1e3
         record_json = json.dumps(record, sort_keys=True) if record else None
         with self._requests_lock:
@@ -545,6 +557,13 @@ class RecommenderService:
         return {"catalogue_version": self.catalogue.hide_item(item_id, time.time(), hidden)}
 
     def upsert_users(self, rows: list[Mapping[str, Any]]) -> dict[str, int]:
+        """Upsert users ({user_id, attributes?}); attribute names must be users-table columns.
+        Stored for every replica; what serving reads of them today: an upsert undoes a delete."""
+        known = [c for c in self._current.funnel.dataset_.users.columns if c not in ("user_id", "user_idx")]
+        for i, r in enumerate(rows):
+            bad = [c for c in (r.get("attributes") or {}) if c not in known]
+            if bad:
+                raise DataError(f"users[{i}]: unknown user columns {bad}; the users table has: {', '.join(known)}")
         return {"catalogue_version": self.catalogue.upsert_users(rows), "upserted": len(rows)}
 
     def delete_user(self, user_id: Any) -> dict[str, int]:
@@ -563,10 +582,24 @@ class RecommenderService:
                                 np.fromiter((e.ts for e in pos), np.int64, len(pos)), [e.type for e in pos])
         return len(pos)
 
+    def warm_up(self, k: int = 10) -> float:
+        """Run the request path once (a known user with history, no state read or written), so
+        that the first client request does not pay for lazy set-up (numba caches, torch's first
+        call, page faults of mmapped parts); returns its ms. The HTTP app serves — and /health
+        says "ready" — only after it."""
+        f = self._current.funnel
+        t0 = time.perf_counter()
+        users = np.flatnonzero(np.diff(f.stats_.history.indptr) > 0)
+        f.recommend(user_idx=int(users[0]) if len(users) else -1, k=min(k, max(1, f.dataset_.n_items)))
+        self.warmed_up_ms = (time.perf_counter() - t0) * 1e3
+        return self.warmed_up_ms
+
     def health(self) -> dict[str, Any]:
         cur = self._current
-        return {"status": "ok", "model_version": cur.version, "loaded_at": cur.loaded_at,
-                "n_items": int(len(cur.item_ids)), "n_users": int(cur.funnel.dataset_.n_users)}
+        warm = getattr(self, "warmed_up_ms", None)
+        return {"status": "ok", "ready": warm is not None, "warm_up_ms": warm, "model_version": cur.version,
+                "loaded_at": cur.loaded_at, "n_items": int(len(cur.item_ids)),
+                "n_users": int(cur.funnel.dataset_.n_users)}
 
     def close(self) -> None:
         self.catalogue.close()
