@@ -5,6 +5,7 @@ subclasses; the main app prints them as one line and exits 2.
 
     funnelrec simulate --config configs/sim/ab_itemcf_vs_hot.yaml --days 7 --out runs/ab
     funnelrec experiments report --events runs/ab/user_days.parquet --config configs/sim/report.yaml --html r.html
+    funnelrec experiments status --config configs/experiments.yaml --log state/events.db
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ import typer
 
 from funnelrec.core.errors import ConfigError, DataError
 
-__all__ = ["experiments_app", "simulate", "report", "register", "load_report_config", "read_events"]
+__all__ = ["experiments_app", "simulate", "report", "status", "register", "load_report_config", "read_events"]
 
-experiments_app = typer.Typer(no_args_is_help=True, help="Experiment analysis: reports.")
+experiments_app = typer.Typer(no_args_is_help=True, help="Experiment analysis: reports, ramp status.")
 
 
 def read_events(path: Path):
@@ -78,6 +79,72 @@ def report(events: Path = typer.Option(..., help="per-user (or per-user-day) met
     typer.echo(rep.to_text())
     if html is not None:
         typer.echo(f"\nwrote {rep.to_html(html)}")
+
+
+@experiments_app.command("status")
+def status(config: Path = typer.Option(..., help="experiments YAML"),
+           log: Path | None = typer.Option(None, help="the service's feedback log (events.db) for the guardrails"),
+           now: str | None = typer.Option(None, help="ISO time to evaluate at (default: now)"),
+           started: str | None = typer.Option(None, help="ISO time the ramp offsets count from, for ramps "
+                                              "without ramp.start (default: --now: the service's start)")) -> None:
+    """Each ramp's steps (done / current / pending, percent, time) and its guardrails' state.
+
+    A scheduled ramp is replayed to `--now` as the service would: guardrails are looked at on
+    the whole log at that time (a rollback the service made earlier shows again while the data
+    still says worse)."""
+    import time
+
+    from funnelrec.experiments import ExperimentPlatform
+    from funnelrec.experiments.schedule import format_time, parse_at
+
+    def instant(text: str, what: str) -> float:
+        try:
+            kind, t = parse_at(text)
+        except ValueError as e:
+            raise ConfigError(f"{what}: {e}") from None
+        if kind != "time":
+            raise ConfigError(f"{what}: give an ISO time, got {text!r}")
+        return t
+
+    at = time.time() if now is None else instant(now, "--now")
+    anchor = at if started is None else instant(started, "--started")
+    if log is not None and not log.exists():
+        raise DataError(f"feedback log not found: {log}")
+    clock = [anchor]
+    platform = ExperimentPlatform.from_yaml(config, clock=lambda: clock[0])
+    clock[0] = at
+    import polars as pl
+
+    # the clock's step first (no data), then the guardrails' look at the whole log, as the
+    # service's tick at that step would have done
+    platform.tick(pl.DataFrame(schema={"user_id": pl.Utf8, "type": pl.Utf8, "value": pl.Float64,
+                                       "experiments": pl.Utf8}))
+    if log is not None:
+        platform.tick(log, force=True)
+    if not platform.ramps:
+        typer.echo("no experiment has a ramp")
+    for name, r in platform.ramps.items():
+        e = platform.experiment(name)
+        kind = "by the clock" if r.config.scheduled else "manual"
+        typer.echo(f"{name} (layer {e.layer}, ramp {kind}): {r.status}, {r.traffic:.4g} of the layer now "
+                   f"({r.traffic * 100:g}%) at {format_time(at)}")
+        for st in r.steps():
+            when = "-" if st["at"] is None else format_time(st["at"])
+            typer.echo(f"  step {st['step']}  {when:20}  {st['percent']:g}%  {st['state']}")
+        for g in r.config.guardrails:
+            looks = [lk for lk in r.looks if lk.metric == g.metric]
+            rule = f"{g.direction}, max_degradation {g.max_degradation or 0:g}, alpha {g.alpha or 0.05:g}"
+            if not r.config.scheduled:
+                typer.echo(f"  guardrail {g.metric} ({rule}): checked by whoever calls advance()")
+            elif log is None:
+                typer.echo(f"  guardrail {g.metric}: not checked (no --log; the steps are the clock's) ({rule})")
+                continue
+            elif not looks:
+                typer.echo(f"  guardrail {g.metric} ({rule}): no look yet")
+            for lk in looks:
+                typer.echo(f"  guardrail {lk.line()}")
+        for reason in r.failed:
+            typer.echo(f"  breach: {reason}")
 
 
 def simulate(config: Path = typer.Option(..., help="simulation YAML (configs/sim/*.yaml)"),

@@ -23,10 +23,13 @@ ranges and the buckets nobody owns are the layer's baseline. Parameters resolve 
 
 from __future__ import annotations
 
+import bisect
 import copy
 import difflib
 import math
-from collections.abc import Collection, Iterable, Mapping
+import threading
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -111,30 +114,100 @@ class Assignment:
 
 @dataclass(frozen=True)
 class RampDecision:
-    action: Literal["advanced", "completed", "stopped"]
+    action: Literal["advanced", "completed", "stopped", "held", "resumed"]
     step: int
     traffic: float
     failed: tuple[str, ...] = ()  # one line per failing guardrail
 
 
 class RampUp:
-    """Ramp-up controller of one experiment: traffic follows `schedule` step by step.
+    """Ramp-up controller of one experiment: traffic follows its steps (`config.fractions`).
 
-    `advance(results)` checks every guardrail on `results` (metric → an object with
-    `rel_lift` and `p_value`, e.g. stats.TestResult). All pass → next step (or "completed" at
-    the last); any fails → "stopped" and traffic drops to 0. Exposure is monotone: the
-    active buckets of each variant are a prefix of its range, so users in at 1 % stay in at 5 %.
+    Manual (`schedule`): `advance(results)` checks every guardrail on `results` (metric → an
+    object with `rel_lift` and `p_value`, e.g. stats.TestResult). All pass → next step (or
+    "completed" at the last); any fails → "stopped" and traffic drops to 0.
+
+    By the clock (`steps` with times; offsets from `start`, unix seconds): `tick(now, looks)`
+    moves to the last step whose time has passed — unless a guardrail look says the treatment
+    is worse: then it rolls back to 0 % for good ("stopped", `on_breach: rollback`) or keeps its
+    step until the looks clear ("holding", `on_breach: hold`). With guardrails, a step is taken
+    only on a look (`looks` not None). Before the first step's time the traffic is 0 ("pending").
+
+    Exposure is monotone either way: the active buckets of each variant are a prefix of its
+    range, so users in at 1 % stay in at 5 %.
     """
 
-    def __init__(self, experiment: str, config: RampConfig) -> None:
+    def __init__(self, experiment: str, config: RampConfig, start: float | None = None) -> None:
         self.experiment = experiment
         self.config = config
         self.step = config.step
-        self.status: Literal["running", "completed", "stopped"] = "running"
+        self.status: Literal["pending", "running", "holding", "completed", "stopped"] = "running"
+        self.times: tuple[float, ...] = ()  # unix seconds of each step (scheduled ramps)
+        self.failed: tuple[str, ...] = ()  # the last breach's reasons
+        self.looks: list = []  # the last guardrail looks (experiments.schedule.GuardLook)
+        if config.scheduled:
+            from funnelrec.experiments.schedule import format_time, parse_at
+
+            anchor = parse_at(config.start)[1] if config.start is not None else start
+            times = []
+            for st in config.steps:
+                kind, v = parse_at(st.at)
+                if kind == "offset" and anchor is None:
+                    raise ConfigError(f"ramp of {experiment!r}: step at {st.at!r} is an offset; give ramp.start")
+                times.append(v if kind == "time" else anchor + v)  # type: ignore[operator]
+            if any(b <= a for a, b in zip(times, times[1:])):
+                raise ConfigError(f"ramp of {experiment!r}: step times must increase, got "
+                                  f"{', '.join(format_time(t) for t in times)}")
+            self.times = tuple(times)
+            self.step, self.status = -1, "pending"
 
     @property
     def traffic(self) -> float:
-        return 0.0 if self.status == "stopped" else self.config.schedule[self.step]
+        if self.status in ("stopped", "pending"):
+            return 0.0
+        return self.config.fractions[self.step]
+
+    def due_step(self, now: float) -> int:
+        """The last step whose time is ≤ now (−1: none yet)."""
+        return bisect.bisect_right(self.times, now) - 1
+
+    def next_time(self) -> float:
+        """When the next step is due (inf: none left, or stopped)."""
+        if self.status == "stopped" or self.step + 1 >= len(self.times):
+            return math.inf
+        return self.times[self.step + 1]
+
+    def tick(self, now: float, looks: list | None = None) -> RampDecision | None:
+        """Apply the clock and (when given) this tick's guardrail looks; a decision when the
+        traffic or status changed, else None."""
+        if not self.config.scheduled:
+            raise ConfigError(f"ramp of {self.experiment!r} is manual (schedule); move it with advance()")
+        if self.status == "stopped":
+            return None
+        decision: RampDecision | None = None
+        if looks is not None:
+            self.looks = list(looks)
+            worse = tuple(lk.reason() for lk in looks if lk.worse)
+            if worse:
+                self.failed = worse
+                if self.config.on_breach == "rollback":
+                    self.status = "stopped"
+                    return RampDecision("stopped", self.step, 0.0, worse)
+                if self.status != "holding":
+                    self.status = "holding"
+                    decision = RampDecision("held", self.step, self.traffic, worse)
+            elif self.status == "holding":
+                self.status = "running" if self.step >= 0 else "pending"
+                decision = RampDecision("resumed", self.step, self.traffic)
+        if self.status == "holding" or (self.config.guardrails and looks is None):
+            return decision
+        due = self.due_step(now)
+        if due > self.step:
+            self.step = due
+            done = due == len(self.times) - 1
+            self.status = "completed" if done else "running"
+            decision = RampDecision("completed" if done else "advanced", self.step, self.traffic)
+        return decision
 
     @staticmethod
     def check(guardrail: GuardrailConfig, result: Any) -> str | None:
@@ -153,6 +226,8 @@ class RampUp:
         return None
 
     def advance(self, guardrail_results: Mapping[str, Any]) -> RampDecision:
+        if self.config.scheduled:
+            raise ConfigError(f"ramp of {self.experiment!r} follows the clock (steps with times); it moves by tick()")
         if self.status != "running":
             raise ConfigError(f"ramp of {self.experiment!r} is {self.status}; it cannot advance")
         failed = []
@@ -175,6 +250,21 @@ class RampUp:
         """Persist with the config (write `step` back to ramp.step)."""
         return {"experiment": self.experiment, "step": self.step, "status": self.status, "traffic": self.traffic}
 
+    def steps(self) -> list[dict[str, Any]]:
+        """Each step: index, time (scheduled; unix seconds) or None, percent, and its state —
+        "done" (passed), "current", "pending" (not reached), "rolled back" (the step that was
+        live when a breach stopped the ramp) or "held" (the current step while holding)."""
+        out = []
+        for i, frac in enumerate(self.config.fractions):
+            if i < self.step:
+                st = "done"
+            elif i == self.step:
+                st = {"stopped": "rolled back", "holding": "held"}.get(self.status, "current")
+            else:
+                st = "pending"
+            out.append({"step": i + 1, "at": self.times[i] if self.times else None, "percent": frac * 100, "state": st})
+        return out
+
 
 @dataclass(frozen=True)
 class _Arm:
@@ -190,11 +280,17 @@ class ExperimentPlatform:
 
     known_params: the pipeline config's flattened keys (see `flatten_params`); every override
     must be one of them. None skips that check (analysis-only use).
+    clock: unix seconds now (default `time.time`; tests pass a fake one). Scheduled ramps
+    count their offsets from the clock's time when the platform is built (unless they give
+    `start`), and move when `tick` is called (the service calls it on every request).
     """
 
-    def __init__(self, config: ExperimentsConfig, known_params: Collection[str] | None = None) -> None:
+    def __init__(self, config: ExperimentsConfig, known_params: Collection[str] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.known_params = None if known_params is None else frozenset(known_params)
+        self.clock = clock
+        self.built_at = float(clock())
         self._layers = {layer.name: layer for layer in config.layers}
         if len(self._layers) != len(config.layers):
             raise ConfigError("duplicate layer names in experiments config")
@@ -217,10 +313,59 @@ class ExperimentPlatform:
             if hi > n:
                 raise ConfigError(f"rollout {r.name!r}: holdout_buckets end {hi} exceeds n_buckets {n}")
             self._holdouts.append((r, lo, hi))
+        from funnelrec.experiments.schedule import RampOutcomes
+
+        self._scheduled = [r for r in self.ramps.values() if r.config.scheduled]
+        self.outcomes = RampOutcomes({r.experiment: {t for g in r.config.guardrails for t in g.events}
+                                      for r in self._scheduled if r.config.guardrails})
+        self._next_due = -math.inf if self._scheduled else math.inf  # the first tick always looks
+        self._next_check = -math.inf
+        self._tick_lock = threading.Lock()
 
     @classmethod
-    def from_yaml(cls, path: str | Path, known_params: Collection[str] | None = None) -> ExperimentPlatform:
-        return cls(load_experiments_config(path), known_params)
+    def from_yaml(cls, path: str | Path, known_params: Collection[str] | None = None,
+                  clock: Callable[[], float] = time.time) -> ExperimentPlatform:
+        return cls(load_experiments_config(path), known_params, clock)
+
+    # ---- scheduled ramps ----------------------------------------------------------------
+
+    def tick(self, events: Any = None, force: bool = False) -> list[RampDecision]:
+        """Move every scheduled ramp to where the clock says, checking guardrails on `events`
+        (the service's `EventLog`, read incrementally; or a polars table of the whole log; or a
+        path to the log's SQLite file) every `check_every` seconds and whenever a step is due.
+        Returns the decisions taken (usually none). Between due times this is one comparison;
+        concurrent callers do not wait — one ticks, the others go on with the current traffic.
+        Without `events`, a ramp with guardrails does not step (they cannot be checked).
+        `force`: look at the guardrails now, whatever `check_every` says."""
+        now = float(self.clock())
+        if force:
+            self._next_due = self._next_check = -math.inf
+        if now < self._next_due or not self._tick_lock.acquire(blocking=False):
+            return []
+        try:
+            from funnelrec.experiments.schedule import guardrail_look
+
+            guarded = [r for r in self._scheduled if r.config.guardrails and r.status != "stopped"]
+            step_due = any(r.next_time() <= now for r in guarded if r.status != "holding")  # holding: checks only
+            looks: dict[str, list] = {}
+            if guarded and events is not None and (now >= self._next_check or step_due):
+                self.outcomes.update(events)
+                for r in guarded:
+                    e = self.experiment(r.experiment)
+                    looks[r.experiment] = [
+                        guardrail_look(e.name, v.name, g, self.outcomes.per_user(e.name, e.control_variant, *g.events),
+                                       self.outcomes.per_user(e.name, v.name, *g.events), r.config.tau)
+                        for g in r.config.guardrails for v in e.variants if v.name != e.control_variant]
+                self._next_check = now + min(r.config.check_every for r in guarded)
+            decisions = [d for r in self._scheduled
+                         if (d := r.tick(now, looks.get(r.experiment) if r.config.guardrails else None)) is not None]
+            due = [r.next_time() for r in self._scheduled if r.status != "holding"]
+            if any(r.config.guardrails and r.status != "stopped" for r in self._scheduled) and events is not None:
+                due.append(self._next_check)
+            self._next_due = min(due, default=math.inf)
+            return decisions
+        finally:
+            self._tick_lock.release()
 
     # ---- validation and layout ----------------------------------------------------------
 
@@ -270,13 +415,13 @@ class ExperimentPlatform:
             self._full[e.name] = sum(b - a for a, b in spans) / n
             for v, (a, b) in zip(e.variants, spans):
                 self._arms[e.layer].append(_Arm(e.name, v.name, a, b, dict(v.params)))
-            if e.ramp.schedule:
-                if e.ramp.schedule[-1] > self._full[e.name] + 1e-9:
+            if e.ramp.fractions:
+                if e.ramp.fractions[-1] > self._full[e.name] + 1e-9:
                     raise ConfigError(
-                        f"experiment {e.name!r}: ramp ends at {e.ramp.schedule[-1]:.1%} but the experiment "
+                        f"experiment {e.name!r}: ramp ends at {e.ramp.fractions[-1]:.1%} but the experiment "
                         f"reserves only {self._full[e.name]:.1%} of layer {e.layer!r}"
                     )
-                self.ramps[e.name] = RampUp(e.name, e.ramp)
+                self.ramps[e.name] = RampUp(e.name, e.ramp, start=self.built_at)
 
     @staticmethod
     def _first_fit(taken: list[tuple[int, int, str]], size: int, n: int) -> int | None:

@@ -1,5 +1,14 @@
 """Experiment configuration: layers, experiments, variants, ramp-ups, rollouts with holdouts.
 
+A ramp-up is either manual (`ramp: {schedule: [0.01, 0.05], step: 0}`, moved by
+`RampUp.advance`) or scheduled by the clock:
+
+    ramp: [{at: "+0", percent: 1}, {at: "+2h", percent: 5}, {at: "2026-12-04T09:00:00Z", percent: 20}]
+    guardrail: {metric: ctr, max_degradation: 0.0, alpha: 0.05}
+
+(or the mapping form `ramp: {start: …, steps: […], guardrails: […], on_breach: hold}`);
+see `RampStepConfig` and `RampConfig`.
+
 Loaded strictly from YAML (unknown keys are errors) into frozen dataclasses; checks that need
 one object only live in `__post_init__`, checks across objects (overlapping bucket ranges,
 traffic over 100 %, unknown parameters) in `ExperimentPlatform` (assignment.py).
@@ -26,6 +35,7 @@ from funnelrec.core.config import from_dict, load_yaml
 __all__ = [
     "VariantConfig",
     "GuardrailConfig",
+    "RampStepConfig",
     "RampConfig",
     "ExperimentConfig",
     "LayerConfig",
@@ -67,12 +77,21 @@ class GuardrailConfig:
     Fails when the relative lift moves in the bad direction by more than `max_degradation`
     (a threshold, e.g. 0.02 = 2 %), or when it is significantly bad at level `alpha`
     (a statistical test; p-value from the result handed to `RampUp.advance`). At least one.
+
+    A scheduled ramp (steps with times) reads the metric from the feedback log instead: per
+    user, Σ value of the `numerator` events over the count of `denominator` events of the
+    experiment's requests (a ratio metric, delta method; "ctr" = click / impression), and it
+    trips when the always-valid (mSPRT) 1 − alpha interval of treatment − control lies entirely
+    beyond the threshold, i.e. below −max_degradation · control (higher_is_better; alpha
+    defaults to 0.05, max_degradation to 0). See `experiments.schedule.guardrail_look`.
     """
 
     metric: str
     direction: Literal["higher_is_better", "lower_is_better"] = "higher_is_better"
     max_degradation: float | None = None
     alpha: float | None = None
+    numerator: str | None = None  # event type summed per user (its value), e.g. "click"
+    denominator: str | None = None  # event type counted per user, e.g. "impression"
 
     def __post_init__(self) -> None:
         if self.max_degradation is None and self.alpha is None:
@@ -81,27 +100,93 @@ class GuardrailConfig:
             raise ValueError(f"guardrail {self.metric!r}: max_degradation must be >= 0")
         if self.alpha is not None and not 0 < self.alpha < 1:
             raise ValueError(f"guardrail {self.metric!r}: alpha must be in (0, 1)")
+        if (self.numerator is None) != (self.denominator is None):
+            raise ValueError(f"guardrail {self.metric!r}: set both numerator and denominator event types, or neither")
+
+    @property
+    def events(self) -> tuple[str, str]:
+        """(numerator, denominator) event types of the metric read from the feedback log;
+        "ctr" means (click, impression). Other metrics name theirs (see the fields)."""
+        if self.numerator is not None:
+            return self.numerator, self.denominator  # type: ignore[return-value]
+        if self.metric == "ctr":
+            return "click", "impression"
+        raise ValueError(f"guardrail {self.metric!r}: a scheduled ramp reads it from the feedback log; "
+                         "set numerator and denominator event types (e.g. click / impression)")
+
+
+@dataclass(frozen=True)
+class RampStepConfig:
+    """One step of a scheduled ramp: from time `at` on, `percent` % of the layer's users are in
+    the experiment (split over its variants by their shares). `at` is an ISO-8601 time
+    ("2026-12-04T09:00:00Z"; no zone = UTC) or an offset from the ramp's start: "+0", "+90s",
+    "+30m", "+2h", "+1d" (a bare number is seconds)."""
+
+    at: str
+    percent: float
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.percent <= 100.0:
+            raise ValueError(f"ramp step at {self.at!r}: percent must be in (0, 100], got {self.percent}")
+        from funnelrec.experiments.schedule import parse_at
+
+        parse_at(self.at)  # a malformed time raises here, naming it
 
 
 @dataclass(frozen=True)
 class RampConfig:
-    """Traffic steps as fractions of the layer (e.g. 0.01, 0.05, 0.2, 0.5); `step` is the
-    current one. An empty schedule means no ramp: the experiment runs at full traffic."""
+    """Traffic steps as fractions of the layer. Either manual — `schedule` (e.g. 0.01, 0.05, 0.2,
+    0.5) with `step` the current one, moved by `RampUp.advance` — or scheduled by the clock —
+    `steps` with times, offsets counted from `start` (ISO time; default: when the platform is
+    built). A scheduled ramp checks its guardrails on the feedback log every `check_every`
+    seconds and before each step; on a breach it rolls back to 0 % (`on_breach: rollback`, for
+    good) or holds its step until the test clears (`hold`). `tau` is the mSPRT mixing sd
+    relative to the control value. An empty ramp means the experiment runs at full traffic."""
 
     schedule: tuple[float, ...] = ()
     step: int = 0
     guardrails: tuple[GuardrailConfig, ...] = ()
+    steps: tuple[RampStepConfig, ...] = ()
+    start: str | None = None
+    on_breach: Literal["rollback", "hold"] = "rollback"
+    check_every: float = 60.0
+    tau: float = 0.05
 
     def __post_init__(self) -> None:
-        s = self.schedule
+        if self.steps and self.schedule:
+            raise ValueError("ramp: give schedule (manual) or steps (by the clock), not both")
+        s = self.fractions
         if any(not 0.0 < x <= 1.0 for x in s):
             raise ValueError(f"ramp schedule values must be in (0, 1], got {list(s)}")
         if any(b <= a for a, b in zip(s, s[1:])):
             raise ValueError(f"ramp schedule must increase strictly, got {list(s)}")
         if s and not 0 <= self.step < len(s):
             raise ValueError(f"ramp step {self.step} is outside the schedule of {len(s)} steps")
+        if self.steps and self.step:
+            raise ValueError("ramp: step is for a manual schedule; a scheduled ramp's step follows the clock")
         if not s and self.guardrails:
             raise ValueError("ramp guardrails without a schedule")
+        if self.start is not None:
+            from funnelrec.experiments.schedule import parse_at
+
+            if parse_at(self.start)[0] != "time":
+                raise ValueError(f"ramp start must be an ISO time, got {self.start!r}")
+        if self.check_every <= 0:
+            raise ValueError(f"ramp check_every must be > 0 seconds, got {self.check_every}")
+        if self.tau <= 0:
+            raise ValueError(f"ramp tau must be > 0, got {self.tau}")
+        if self.steps:
+            for g in self.guardrails:
+                g.events  # noqa: B018 — a metric the log cannot give raises here, naming it
+
+    @property
+    def fractions(self) -> tuple[float, ...]:
+        """The traffic of each step as a fraction of the layer."""
+        return tuple(st.percent / 100.0 for st in self.steps) if self.steps else self.schedule
+
+    @property
+    def scheduled(self) -> bool:
+        return bool(self.steps)
 
 
 @dataclass(frozen=True)
@@ -116,10 +201,21 @@ class ExperimentConfig:
     traffic: float | None = None
     buckets: tuple[int, ...] = ()
     control: str | None = None
-    ramp: RampConfig = field(default_factory=RampConfig)
+    ramp: RampConfig | tuple[Any, ...] = field(default_factory=RampConfig)  # a list: RampStepConfig mappings
+    guardrail: GuardrailConfig | None = None  # with the list form of `ramp` (steps by the clock)
     description: str = ""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.ramp, RampConfig):  # the list form: steps by the clock
+            # typed here, not by the field's type: a union would report the mapping branch's error
+            steps = tuple(st if isinstance(st, RampStepConfig) else
+                          from_dict(RampStepConfig, st, f"experiment {self.name!r}", path=f"ramp[{i}]")
+                          for i, st in enumerate(self.ramp))
+            guards = () if self.guardrail is None else (self.guardrail,)
+            object.__setattr__(self, "ramp", RampConfig(steps=steps, guardrails=guards))
+        elif self.guardrail is not None:
+            raise ValueError(f"experiment {self.name!r}: guardrail goes with `ramp: [steps]`; "
+                             "in the mapping form of ramp use ramp.guardrails")
         names = [v.name for v in self.variants]
         if len(names) < 2:
             raise ValueError(f"experiment {self.name!r}: needs at least 2 variants, got {len(names)}")
