@@ -100,9 +100,12 @@ class RequestState:
     per user of the batch, aligned with `users`; None = nothing for that user). The funnel only
     reads it: no callback into the service, nothing fitted changes during a request.
 
-    history:  fresh item indices consumed since the fit (triggers of the CF, EASE and vector
-              channels; never recalled again; the ranker's match features still read the fit-time
-              history — issue #10)
+    history:  fresh item indices consumed since the fit, oldest first (the service fills it from
+              its real-time history store, online/state.py): the triggers of every
+              history-reading channel (itemCF, Swing, EASE, userCF, vector, tag, author), seen
+              for every channel (never recalled again), and part of the ranker's match features
+              (fit-time row ∪ these items, `HistoryMatch.current_rows`); a user with fresh
+              history is not cold start, even one unknown at fit time (index -1)
     exclude:  item indices never to return (offline: the user's train + valid items; online:
               a client's `exclude` list, items already bought …)
     exposure: the items already shown to the user (per-user exposure filter view over item

@@ -9,6 +9,7 @@ industrial ranker gets from the recall stage (the "recall source" features).
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 
 import numba
 import numpy as np
@@ -242,6 +243,29 @@ class HistoryMatch:
             cols.append(HB[inv, i])
         return np.column_stack(cols).astype(np.float32)
 
+    def current_rows(self, users: np.ndarray, fresh: Sequence, history: sp.csr_matrix | None = None
+                     ) -> sp.csr_matrix:
+        """(B, I) CSR of the users' current histories: row r = row users[r] of `history` (default
+        the fitted one; empty for an unknown user, -1) ∪ the items of fresh[r] (None = none;
+        indices outside [0, I) dropped), entry max(weight, 1) — the rows `transform` reads with
+        users = arange(B). Only the batch's rows are built, never the (U, I) matrix."""
+        if not hasattr(self, "attrs_"):
+            raise NotFittedError("HistoryMatch is not fitted")
+        users = np.asarray(users, dtype=np.int64)
+        if len(fresh) != len(users):
+            raise DataError(f"fresh history has {len(fresh)} rows for {len(users)} users")
+        H = take_rows(sp.csr_matrix(self.history_ if history is None else history, dtype=np.float32), users)
+        arrays = [np.zeros(0, np.int64) if h is None else np.asarray(h, np.int64).reshape(-1) for h in fresh]
+        cols = np.concatenate(arrays) if arrays else np.zeros(0, np.int64)
+        rows = np.repeat(np.arange(len(users)), [len(a) for a in arrays])
+        ok = (cols >= 0) & (cols < H.shape[1])
+        X = sp.csr_matrix((np.ones(int(ok.sum()), np.float32), (rows[ok], cols[ok])), shape=H.shape)
+        X.sum_duplicates()
+        X.data[:] = 1.0
+        out = sp.csr_matrix(H.maximum(X), dtype=np.float32)
+        out.sort_indices()
+        return out
+
     def extend_items(self, items: pl.DataFrame) -> HistoryMatch:
         """A copy over the catalogue `items` (the fitted items first, new ones appended, changed
         attributes read anew). count_a only asks which items share a value, so the value matrices
@@ -309,11 +333,26 @@ class RankFeatures:
 
     def raw(self, merged: list[MergedCandidates], users: np.ndarray, item_log_pop: np.ndarray,
             user_log_act: np.ndarray, match: HistoryMatch | None = None,
-            history: sp.csr_matrix | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(u (M,), items (M,), X (M, d) unscaled) of every user's candidates, stacked."""
+            history: sp.csr_matrix | None = None, fresh: Sequence | None = None,
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(u (M,), items (M,), X (M, d) unscaled) of every user's candidates, stacked. The match
+        block reads `history` (U, I) by user index (default: the fitted one); with `fresh` (one
+        item-index array or None per merged set: items consumed since the fit) it reads
+        `match.current_rows` instead — row r = merged[r]'s user's fit-time row ∪ fresh[r],
+        built for the batch's rows only."""
         match = match or self.match_
-        u, items, X = candidate_features(merged, np.asarray(users, dtype=np.int64), item_log_pop, user_log_act)
-        M = match.transform(u, items, history) if len(u) else np.empty((0, len(match.names_)), np.float32)
+        users = np.asarray(users, dtype=np.int64)
+        u, items, X = candidate_features(merged, users, item_log_pop, user_log_act)
+        if not len(u):
+            return u, items, np.hstack([X, np.empty((0, len(match.names_)), np.float32)])
+        if fresh is not None and any(h is not None and len(h) for h in fresh):
+            if len(fresh) != len(merged):
+                raise DataError(f"fresh history has {len(fresh)} rows for {len(merged)} candidate sets")
+            rows = np.repeat(np.arange(len(merged), dtype=np.int64), [len(m) for m in merged])
+            # the batch row stands for the user: transform reads row `rows[m]` of the batch's rows
+            M = match.transform(rows, items, match.current_rows(users, fresh, history))
+        else:
+            M = match.transform(u, items, history)
         return u, items, np.hstack([X, M])
 
     @staticmethod

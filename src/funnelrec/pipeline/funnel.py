@@ -55,6 +55,11 @@ class Recommendation:
     # (k,) each returned item's 0-based position in the fused order before the re-ranker (its
     # final position is its index here); computed only with `debug` (explain answers)
     fused_positions: np.ndarray | None = None
+    # the ranked-but-unshown tail, computed only when `run(tail=n)` asks: positions k..k+n-1 of
+    # the fused order minus the items shown (`_ranked_tail`), and their fused scores; what the
+    # service keeps for the cache channel
+    tail_items: np.ndarray | None = None
+    tail_scores: np.ndarray | None = None
 
 
 def _fused_positions(fused: np.ndarray, top: np.ndarray) -> np.ndarray:
@@ -67,6 +72,16 @@ def _fused_positions(fused: np.ndarray, top: np.ndarray) -> np.ndarray:
     sp_ = s[p][:, None]
     earlier = np.arange(len(s))[None, :] < p[:, None]
     return ((s[None, :] > sp_) | ((s[None, :] == sp_) & earlier)).sum(1).astype(np.int64)
+
+
+def _ranked_tail(fused: np.ndarray, top: np.ndarray, k: int, n: int) -> np.ndarray:
+    """Candidate positions of the ranked-but-unshown tail: positions k..k+n-1 of the fused order
+    (descending fused score, ties by candidate position — the fine-ranked list the re-ranker
+    starts from) minus the shown `top` (a re-ranker may lift an item from below k into the
+    top k), in fused order. Items the re-ranker pushed out of the top k are not added back:
+    the tail is the slice of the ranked list, as the cache channel's contract says."""
+    order = np.argsort(-np.asarray(fused), kind="stable")[k : k + n]
+    return order[~np.isin(order, top)]
 
 
 @dataclass(frozen=True)
@@ -281,11 +296,15 @@ class Funnel:
         return out, kept
 
     def rank_tasks(self, merged: list[MergedCandidates], users: np.ndarray,
-                   weights: dict[str, float] | None = None) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
+                   weights: dict[str, float] | None = None, history: Any = None,
+                   ) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
         """Per user: (fused score, {task: logit}) — the rank stage's scoring with the config's
-        fusion weights overridden by `weights`."""
+        fusion weights overridden by `weights`. `history` (one item-index array or None per
+        user, `RequestState.history`): items consumed since the fit, which the ranker's match
+        features see on top of the fit-time history (`HistoryMatch.current_rows`)."""
         w = {**self.config.fusion.weights, **(weights or {})}
-        return rank_stage(self.ranker_, merged, users, self.stats_.item_log_pop, self.stats_.user_log_act, w)
+        return rank_stage(self.ranker_, merged, users, self.stats_.item_log_pop, self.stats_.user_log_act, w,
+                          fresh=history)
 
     def final_order(self, m: MergedCandidates, fused: np.ndarray, k: int, plan: RequestPlan | None = None) -> np.ndarray:
         """Positions of the top k: fused order, then the plan's re-ranker."""
@@ -318,13 +337,16 @@ class Funnel:
     # ------------------------------------------------------------------ the one entry
     def run(self, users: np.ndarray, k: int | None = None, *, context: RecallContext | None = None,
             state: RequestState | None = None, plan: RequestPlan | None = None,
-            debug: bool = False) -> list[Recommendation]:
+            debug: bool = False, tail: int = 0) -> list[Recommendation]:
         """Answer a batch of users (dense indices, -1 = unknown → the non-personalized channels,
         flagged cold_start): recall → merge → filter → pre-rank → rank → fuse → re-rank → top k.
-        Serving passes a batch of one; offline evaluation all test users at once."""
+        Serving passes a batch of one; offline evaluation all test users at once. `tail` = n > 0
+        also returns each answer's ranked-but-unshown tail (`Recommendation.tail_items`)."""
         k = self.config.k if k is None else k
         if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
             raise DataError(f"k must be an integer ≥ 1, got {k!r}")
+        if isinstance(tail, bool) or not isinstance(tail, int | np.integer) or tail < 0:
+            raise DataError(f"tail must be an integer ≥ 0, got {tail!r}")
         users = np.asarray(users, dtype=np.int64).reshape(-1)
         if len(users) and (users.max() >= self.dataset_.n_users or users.min() < -1):
             raise DataError(f"user indices must be in [-1, {self.dataset_.n_users}); got {users.min()}..{users.max()}")
@@ -350,7 +372,7 @@ class Funnel:
             t["prerank"] = (time.perf_counter() - t1) * 1e3
         t1 = time.perf_counter()
         weights = {**self.config.fusion.weights, **(plan.fusion_weights or {})}
-        ranked = self.rank_tasks(merged, users, plan.fusion_weights)
+        ranked = self.rank_tasks(merged, users, plan.fusion_weights, None if state is None else state.history)
         t["rank"] = (time.perf_counter() - t1) * 1e3
         t1 = time.perf_counter()
         tops = [self.final_order(m, s, k, plan) for m, (s, _) in zip(merged, ranked)]
@@ -368,12 +390,15 @@ class Funnel:
                        "per_channel": {b.channel: int((b.items[r] != PAD).sum()) for b in batches}}
             pre = pre_scores[r]
             fused_pos = _fused_positions(s, top) if debug else None
+            tail_pos = _ranked_tail(s, top, k, int(tail)) if tail else None
             out.append(Recommendation(
                 user_idx=int(u), items=m.items[top], scores=s[top], channels=[m.channels_of(int(p)) for p in top],
                 cold_start=bool(cold), timings_ms=dict(t), debug=dbg, recall_scores=m.scores[top],
                 recall_channels=list(m.channels), task_scores={n: v[top] for n, v in tasks.items()},
                 prerank_scores=None if pre is None else pre[top], filtered=removed[r],
-                fusion_weights={t: float(weights.get(t, 1.0)) for t in tasks}, fused_positions=fused_pos))
+                fusion_weights={t: float(weights.get(t, 1.0)) for t in tasks}, fused_positions=fused_pos,
+                tail_items=None if tail_pos is None else m.items[tail_pos],
+                tail_scores=None if tail_pos is None else s[tail_pos]))
         return out
 
     # ------------------------------------------------------------------ item-to-item
@@ -420,11 +445,12 @@ class Funnel:
     # ------------------------------------------------------------------ conveniences over run
     def recommend(self, user_id: Any = None, k: int | None = None, user_idx: int | None = None,
                   context: RecallContext | None = None, state: RequestState | None = None,
-                  plan: RequestPlan | None = None, debug: bool = False) -> Recommendation:
+                  plan: RequestPlan | None = None, debug: bool = False, tail: int = 0) -> Recommendation:
         """One request by external `user_id` (or dense `user_idx`): `run` on a batch of one."""
         if user_idx is None:
             user_idx = self.dataset_.user_ids.index(user_id) if user_id is not None else -1
-        return self.run(np.array([user_idx], np.int64), k, context=context, state=state, plan=plan, debug=debug)[0]
+        return self.run(np.array([user_idx], np.int64), k, context=context, state=state, plan=plan, debug=debug,
+                        tail=tail)[0]
 
     def recommend_batch(self, users: np.ndarray, k: int, exclude: sp.csr_matrix | None = None,
                         context: RecallContext | None = None,

@@ -48,11 +48,17 @@ def filter_candidates(merged: list[MergedCandidates], item_keys: np.ndarray,
 
 
 def rank_stage(ranker: Any, merged: list[MergedCandidates], users: np.ndarray, item_log_pop: np.ndarray,
-               user_log_act: np.ndarray, weights: dict[str, float]) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
-    """Per user: (fused score, {task: logit}) of its candidates; merge order without a ranker."""
+               user_log_act: np.ndarray, weights: dict[str, float], fresh: Sequence | None = None,
+               ) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """Per user: (fused score, {task: logit}) of its candidates; merge order without a ranker.
+    `fresh` (one item-index array or None per user): items consumed since the fit, which the
+    ranker's match features add to the fit-time history."""
     if ranker is None:
         return [(-np.arange(len(m), dtype=np.float32), {}) for m in merged]
-    tasks = ranker.score_tasks(merged, users, item_log_pop, user_log_act)
+    if fresh is None or not any(h is not None and len(h) for h in fresh):
+        tasks = ranker.score_tasks(merged, users, item_log_pop, user_log_act)
+    else:
+        tasks = ranker.score_tasks(merged, users, item_log_pop, user_log_act, fresh=fresh)
     return [(fuse(t, weights), t) for t in tasks]
 
 

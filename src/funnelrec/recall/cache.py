@@ -54,8 +54,8 @@ class CacheRecall(RecallChannel):
         _, seen = self.history_.rows(users, context)
         n_items = self.history_.n_items
         for r, got in enumerate(cached):
-            if got is None or users[r] < 0:
-                continue
+            if got is None or (users[r] < 0 and seen.ptr[r + 1] == seen.ptr[r]):
+                continue  # an unknown user is served from its cache only once it has fresh history
             it = np.asarray(got[0], np.int64).reshape(-1)
             sc = np.asarray(got[1], np.float32).reshape(-1)
             if it.shape != sc.shape:

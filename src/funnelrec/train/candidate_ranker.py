@@ -242,12 +242,15 @@ class CandidateRanker:
 
     # ------------------------------------------------------------------ scoring
     def score_tasks(self, merged: list[MergedCandidates], users: np.ndarray, item_log_pop: np.ndarray,
-                    user_log_act: np.ndarray, history: sp.csr_matrix | None = None) -> list[dict[str, np.ndarray]]:
-        """Per user: {task: logits of its candidates} — one forward pass for the whole batch."""
+                    user_log_act: np.ndarray, history: sp.csr_matrix | None = None,
+                    fresh: list | None = None) -> list[dict[str, np.ndarray]]:
+        """Per user: {task: logits of its candidates} — one forward pass for the whole batch. The
+        match features read `history` (by user index; default the fit-time one) plus each
+        user's `fresh` items consumed since (`RankFeatures.raw`)."""
         if not hasattr(self, "model_"):
             raise NotFittedError("the funnel ranker is not fitted")
         u, items, X = self.features_.raw(merged, np.asarray(users, dtype=np.int64), item_log_pop, user_log_act,
-                                         history=history)
+                                         history=history, fresh=fresh)
         sizes = np.cumsum([len(m) for m in merged])[:-1]
         if len(items) == 0:
             return [{t: np.empty(0, np.float32) for t in self.tasks_} for _ in merged]
