@@ -128,17 +128,23 @@ def serve(artifact: Path = typer.Option(DEFAULT_ARTIFACT, help="a funnel saved b
           state_dir: Path = typer.Option(Path("state"), help="event log, exposure filters, cached results"),
           redis_url: str | None = typer.Option(None, help="redis://host:port/db for state shared by workers"),
           experiments: Path | None = typer.Option(None, help="experiments YAML (layers, variants, rollouts)"),
-          admin_token: str | None = typer.Option(None, help="required in X-Admin-Token for /admin/*")) -> None:
-    """Serve a trained funnel over HTTP: POST/GET /recommend, POST /feedback, /health, /metrics,
-    POST /admin/reload, OpenAPI at /docs."""
-    import uvicorn
+          workers: int = typer.Option(1, help="worker processes on one port (one per core)"),
+          threads: int = typer.Option(1, help="torch threads per worker"),
+          max_in_flight: int = typer.Option(64, help="requests served at once; more get 503"),
+          admin_token_file: Path | None = typer.Option(
+              None, help="file with the X-Admin-Token of /admin/*, catalogue routes and debug "
+                         "(else $FUNNELREC_ADMIN_TOKEN); required off loopback")) -> None:
+    """Serve a trained funnel over HTTP: POST/GET /recommend, POST /feedback, GET /similar,
+    /health, /metrics, POST /admin/reload, OpenAPI at /docs."""
+    from funnelrec.serving.__main__ import ServeSettings, run
 
-    from funnelrec.pipeline.service import RecommenderService
-    from funnelrec.serving.app import create_app
-
-    service = RecommenderService.from_artifact(artifact, state_dir=state_dir, redis_url=redis_url,
-                                               experiments=experiments)
-    uvicorn.run(create_app(service, admin_token=admin_token), host=host, port=port, log_level="info")
+    code = run(ServeSettings(artifact=str(artifact), state_dir=str(state_dir), redis_url=redis_url,
+                             experiments=None if experiments is None else str(experiments), host=host, port=port,
+                             max_in_flight=max_in_flight, threads=threads, workers=workers,
+                             admin_token_file=None if admin_token_file is None else str(admin_token_file),
+                             log_level="info"))
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()

@@ -17,17 +17,19 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 
-def _serve(args: list[str]) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def _serve(args: list[str], env: dict | None = None) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.Popen([sys.executable, "-m", "funnelrec.serving", *args], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, start_new_session=True)  # own group: workers die with it
 
 
 @contextmanager
-def _two_workers(artifact: Path, state_dir: Path, port: int) -> Iterator[tuple[str, subprocess.Popen]]:
+def _two_workers(artifact: Path, state_dir: Path, port: int, args: tuple[str, ...] = (),
+                 env: dict | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
     """The 2-worker server, healthy; yields (base URL, launcher process); stopped with SIGTERM."""
     base = f"http://127.0.0.1:{port}"
-    proc = _serve(["--artifact", str(artifact), "--state-dir", str(state_dir), "--port", str(port), "--workers", "2"])
+    proc = _serve(["--artifact", str(artifact), "--state-dir", str(state_dir), "--port", str(port), "--workers", "2",
+                   *args], env)
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -115,3 +117,44 @@ def test_metrics_sum_over_both_workers_whichever_answers(funnel_artifacts, port_
         assert {f"counter_{w}.db" for w in answered} <= {f.name for f in metrics_dir.iterdir()}
     # the launcher removes the directory once its workers have stopped
     assert proc.returncode is not None and not metrics_dir.exists()
+
+
+def test_the_admin_token_guards_every_worker_and_never_shows_in_ps(funnel_artifacts, port_factory, tmp_path):
+    artifact, other = funnel_artifacts
+    token_file = tmp_path / "token"
+    token_file.write_text("t0ken-from-a-file\n")
+    with _two_workers(artifact, tmp_path / "state", port_factory(), ("--admin-token-file", str(token_file))) as (
+            base, proc):
+        answered: dict[str, list[int]] = {}
+        for _ in range(60):  # a new connection per request until both workers have refused
+            r = httpx.post(f"{base}/admin/reload", json={"artifact": str(other)})
+            answered.setdefault(r.headers["x-funnelrec-worker"], []).append(r.status_code)
+            if len(answered) == 2:
+                break
+        assert len(answered) == 2 and all(set(codes) == {403} for codes in answered.values()), answered
+        for w in answered:  # nor on any command line (ps shows those to every user)
+            assert b"t0ken" not in Path(f"/proc/{w}/cmdline").read_bytes()
+        assert b"t0ken" not in Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+        debug = httpx.post(f"{base}/recommend", json={"user_id": "196", "k": 3, "debug": True})
+        assert debug.status_code == 403
+        ok = httpx.post(f"{base}/recommend", json={"user_id": "196", "k": 3, "debug": True},
+                        headers={"X-Admin-Token": "t0ken-from-a-file"})
+        assert ok.status_code == 200 and "debug" in ok.json()
+
+
+def test_a_public_bind_without_a_token_and_a_non_artifact_are_one_line_errors(funnel_artifacts, tmp_path):
+    artifact, _ = funnel_artifacts
+    env = {k: v for k, v in os.environ.items() if k != "FUNNELREC_ADMIN_TOKEN"}
+    p = subprocess.run([sys.executable, "-m", "funnelrec.serving", "--artifact", str(artifact), "--host", "0.0.0.0"],
+                       env=env, capture_output=True, timeout=120)
+    err = p.stderr.decode().strip()
+    assert p.returncode == 2 and len(err.splitlines()) == 1 and "FUNNELREC_ADMIN_TOKEN" in err, err
+    (tmp_path / "not-an-artifact").mkdir()
+    p = subprocess.run([sys.executable, "-m", "funnelrec.cli", "serve", "--artifact", str(tmp_path / "not-an-artifact")],
+                       env=env, capture_output=True, timeout=120)
+    err = p.stderr.decode().strip()
+    assert p.returncode == 2 and len(err.splitlines()) == 1 and err.startswith("error: "), err
+    (tmp_path / "empty").write_text("")
+    p = subprocess.run([sys.executable, "-m", "funnelrec.serving", "--artifact", str(artifact),
+                        "--admin-token-file", str(tmp_path / "empty")], env=env, capture_output=True, timeout=120)
+    assert p.returncode == 2 and b"the file is empty" in p.stderr

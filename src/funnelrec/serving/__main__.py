@@ -1,6 +1,6 @@
 """`python -m funnelrec.serving --artifact artifacts/funnel --state-dir state --port 8000`: the server
-(what the reliability tests kill with SIGKILL and the load benchmark measures).
-`funnelrec serve` is the user-facing command; this entry point takes the same settings.
+(what the reliability tests kill with SIGKILL and the load benchmark measures). `funnelrec serve`
+is the user-facing command; both run `run(ServeSettings)` here, so they take the same settings.
 
 `--workers N` (N > 1) runs N uvicorn worker processes on one port, each loading the artifact —
 the production layout, one worker per core (a request is CPU-bound Python and runs on its
@@ -9,18 +9,79 @@ so one of the two is required; each worker uses `--threads` torch threads (defau
 spinning thread per worker costs more than it gives on a loaded machine). /metrics sums every
 worker's counts: the launcher points $PROMETHEUS_MULTIPROC_DIR at a fresh temporary directory
 (under $TMPDIR) for the workers' metric files and removes it when they have stopped.
+
+The admin token (X-Admin-Token of /admin/*, the catalogue routes and debug answers) comes from
+$FUNNELREC_ADMIN_TOKEN or `--admin-token-file` — never from the command line, where `ps` shows
+it to every user of the machine. It is the same in every mode (one worker or N), and required
+whenever the server binds to anything but a loopback address.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import shutil
 import sys
 import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 _ENV = "FUNNELREC_SERVE_ARGS"
+ADMIN_TOKEN_ENV = "FUNNELREC_ADMIN_TOKEN"
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    artifact: str
+    state_dir: str | None = None
+    redis_url: str | None = None
+    experiments: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_in_flight: int = 64
+    threads: int = 1
+    workers: int = 1
+    eventlog_sync: str = "FULL"
+    admin_token_file: str | None = None
+    log_level: str = "warning"
+
+
+class ServeError(Exception):
+    """A setting that cannot serve (the message is the one line to print; exit 2)."""
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def admin_token(settings: ServeSettings) -> str | None:
+    """The token from `admin_token_file` (its first line) or $FUNNELREC_ADMIN_TOKEN; None when
+    neither is set — refused off loopback."""
+    token = None
+    if settings.admin_token_file:
+        path = Path(settings.admin_token_file)
+        try:
+            text = path.read_text().strip()
+        except OSError as e:
+            raise ServeError(f"--admin-token-file {path}: {e.strerror or e}") from None
+        if not text:
+            raise ServeError(f"--admin-token-file {path}: the file is empty")
+        token = text.splitlines()[0].strip()
+    else:
+        token = os.environ.get(ADMIN_TOKEN_ENV) or None
+    if token is None and not is_loopback(settings.host):
+        raise ServeError(f"binding {settings.host} (not loopback) needs an admin token: set ${ADMIN_TOKEN_ENV} "
+                         "or --admin-token-file, or bind 127.0.0.1")
+    if token is not None and len(token) < 8:
+        raise ServeError("the admin token must be at least 8 characters")
+    return token
 
 
 def _service_config(args: dict):
@@ -30,18 +91,73 @@ def _service_config(args: dict):
 
 
 def app_from_env():
-    """uvicorn factory of each worker process: the settings come from $FUNNELREC_SERVE_ARGS."""
+    """uvicorn factory of each worker process: the settings come from $FUNNELREC_SERVE_ARGS, the
+    token from $FUNNELREC_ADMIN_TOKEN (set by the launcher; the environment is readable only by
+    the user running the server)."""
     from funnelrec.serving.app import create_app
     from funnelrec.train.trainer import setup_torch
 
     args = json.loads(os.environ[_ENV])
     setup_torch(args["threads"])
     return create_app(artifact=args["artifact"], state_dir=args["state_dir"], redis_url=args["redis_url"],
-                      experiments=args["experiments"], config=_service_config(args))
+                      experiments=args["experiments"], config=_service_config(args),
+                      admin_token=os.environ.get(ADMIN_TOKEN_ENV) or None)
+
+
+def run(s: ServeSettings) -> int:
+    """Serve until stopped; a bad setting is one `error: …` line and exit code 2."""
+    import uvicorn
+
+    from funnelrec.core.errors import FunnelrecError
+    from funnelrec.pipeline.artifact import read_manifest
+    from funnelrec.pipeline.service import RecommenderService
+    from funnelrec.serving.app import create_app
+    from funnelrec.serving.metrics import MULTIPROC_ENV
+    from funnelrec.train.trainer import setup_torch
+
+    try:
+        if s.workers < 1:
+            raise ServeError("--workers must be ≥ 1")
+        token = admin_token(s)
+        if not Path(s.artifact).exists():
+            raise ServeError(f"{s.artifact}: no funnel artifact there (train one: funnelrec train --out {s.artifact})")
+        read_manifest(s.artifact)  # a directory that is not an artifact fails here, in one line
+        if s.workers > 1 and not (s.state_dir or s.redis_url):
+            raise ServeError("--workers > 1 needs shared state: --state-dir or --redis-url")
+    except (ServeError, FunnelrecError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if s.workers > 1:
+        os.environ[_ENV] = json.dumps(asdict(s))
+        if token is not None:
+            os.environ[ADMIN_TOKEN_ENV] = token
+        # fresh per run: files left by an earlier run would be summed into this one's counters.
+        # The workers are spawned (fresh interpreters), so they import prometheus_client with it set.
+        metrics_dir = os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="funnelrec-metrics-")
+        try:
+            uvicorn.run("funnelrec.serving.__main__:app_from_env", factory=True, workers=s.workers,
+                        host=s.host, port=s.port, log_level=s.log_level, access_log=False)
+        finally:
+            del os.environ[MULTIPROC_ENV]
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+        return 0
+
+    setup_torch(s.threads)
+    try:
+        svc = RecommenderService.from_artifact(s.artifact, state_dir=s.state_dir, redis_url=s.redis_url,
+                                               experiments=s.experiments, config=_service_config(asdict(s)))
+    except FunnelrecError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    uvicorn.run(create_app(svc, admin_token=token), host=s.host, port=s.port, log_level=s.log_level,
+                access_log=False)
+    svc.close()
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m funnelrec.serving", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m funnelrec.serving", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--artifact", required=True, help="a funnel saved by Funnel.save / `funnelrec train`")
     p.add_argument("--state-dir", default=None, help="event log, exposure filters, cached results (SQLite)")
     p.add_argument("--redis-url", default=None, help="exposure filters and cached results in Redis")
@@ -52,50 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker process")
     p.add_argument("--workers", type=int, default=1, help="worker processes (one per core)")
     p.add_argument("--eventlog-sync", default="FULL", choices=["FULL", "NORMAL"])
-    args = p.parse_args(argv)
-
-    import uvicorn
-
-    from funnelrec.core.errors import FunnelrecError
-    from funnelrec.pipeline.service import RecommenderService
-    from funnelrec.serving.app import create_app
-    from funnelrec.serving.metrics import MULTIPROC_ENV
-    from funnelrec.train.trainer import setup_torch
-
-    if args.workers < 1:
-        print("error: --workers must be ≥ 1", file=sys.stderr)
-        return 2
-    if args.workers > 1:
-        if not (args.state_dir or args.redis_url):
-            print("error: --workers > 1 needs shared state: --state-dir or --redis-url", file=sys.stderr)
-            return 2
-        if not os.path.exists(args.artifact):
-            print(f"error: {args.artifact}: funnel file not found", file=sys.stderr)
-            return 2
-        os.environ[_ENV] = json.dumps({k: getattr(args, k) for k in (
-            "artifact", "state_dir", "redis_url", "experiments", "max_in_flight", "threads", "eventlog_sync")})
-        # fresh per run: files left by an earlier run would be summed into this one's counters.
-        # The workers are spawned (fresh interpreters), so they import prometheus_client with it set.
-        metrics_dir = os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="funnelrec-metrics-")
-        try:
-            uvicorn.run("funnelrec.serving.__main__:app_from_env", factory=True, workers=args.workers,
-                        host=args.host, port=args.port, log_level="warning", access_log=False)
-        finally:
-            del os.environ[MULTIPROC_ENV]
-            shutil.rmtree(metrics_dir, ignore_errors=True)
-        return 0
-
-    setup_torch(args.threads)
-    try:
-        svc = RecommenderService.from_artifact(
-            args.artifact, state_dir=args.state_dir, redis_url=args.redis_url, experiments=args.experiments,
-            config=_service_config(vars(args)))
-    except FunnelrecError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    uvicorn.run(create_app(svc), host=args.host, port=args.port, log_level="warning", access_log=False)
-    svc.close()
-    return 0
+    p.add_argument("--admin-token-file", default=None,
+                   help=f"file holding the admin token (else ${ADMIN_TOKEN_ENV}); required off loopback")
+    a = p.parse_args(argv)
+    return run(ServeSettings(**{k: v for k, v in vars(a).items()}))
 
 
 if __name__ == "__main__":
