@@ -1,0 +1,76 @@
+"""The publish guardrail: a new ranker version must not be worse than the served one.
+
+Both rankers score the same held-out window (the latest labelled samples, which the update did
+not train on), with the features the served funnel gives them (online/samples.py), and
+
+    refuse  ⇔  AUC(candidate) < AUC(served) − margin
+
+AUC over the task's label (ctr ← click by default), `funnelrec.eval.metrics.auc` (ties count ½).
+A window with one class only has no AUC: then nothing shows the candidate is not worse, so it is
+refused too (the message says why). Every verdict is logged with both figures.
+
+    guard = AUCGuardrail(margin=0.01)
+    verdict = guard.check(served_ranker, candidate_ranker, rank_samples(funnel, holdout))
+    # → {"served_auc": …, "candidate_auc": …, "margin": 0.01, "n": …} or GuardrailRefused
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from funnelrec.core.errors import ConfigError, GuardrailRefused
+from funnelrec.eval.metrics import auc
+from funnelrec.online.samples import TASK_COLUMNS, RankSamples
+
+log = logging.getLogger("funnelrec.online.guardrail")
+
+
+def ranker_logits(ranker: Any, samples: RankSamples, task: str = "ctr", batch_size: int = 8192) -> np.ndarray:
+    """(M,) the ranker's `task` logits of the samples (its own FID rows, the samples' dense block)."""
+    if task not in getattr(ranker, "tasks_", ()):
+        raise ConfigError(f"guardrail task {task!r}: the ranker has tasks {list(getattr(ranker, 'tasks_', ()))}")
+    out = []
+    with torch.inference_mode():
+        for s in range(0, len(samples), batch_size):
+            sl = slice(s, s + batch_size)
+            b = ranker.batch(samples.users[sl], samples.items[sl], samples.X[sl])
+            out.append(ranker.model_(b)[task].numpy())
+    return np.concatenate(out) if out else np.empty(0, np.float32)
+
+
+class AUCGuardrail:
+    """Refuse a candidate whose held-out AUC is below the served one's minus `margin`."""
+
+    def __init__(self, margin: float = 0.01, task: str = "ctr") -> None:
+        if not (isinstance(margin, int | float) and math.isfinite(margin) and margin >= 0):
+            raise ConfigError(f"guardrail margin must be a number ≥ 0, got {margin!r}")
+        if task not in TASK_COLUMNS:
+            raise ConfigError(f"guardrail task {task!r}: one of {', '.join(TASK_COLUMNS)}")
+        self.margin = float(margin)
+        self.task = task
+
+    def check(self, served: Any, candidate: Any, holdout: RankSamples) -> dict[str, float]:
+        """The verdict {served_auc, candidate_auc, margin, n}; GuardrailRefused when refused."""
+        y = holdout.labels[TASK_COLUMNS[self.task]]
+        n_pos = int((y > 0.5).sum())
+        if n_pos == 0 or n_pos == len(y):
+            msg = (f"guardrail: the held-out window has {len(y)} samples, {n_pos} with "
+                   f"{TASK_COLUMNS[self.task]}=1 — AUC undefined, the update is refused (widen the holdout window)")
+            log.warning(msg)
+            raise GuardrailRefused(msg)
+        a_served = auc(y, ranker_logits(served, holdout, self.task))
+        a_cand = auc(y, ranker_logits(candidate, holdout, self.task))
+        verdict = {"served_auc": a_served, "candidate_auc": a_cand, "margin": self.margin, "n": float(len(y))}
+        if a_cand < a_served - self.margin:
+            msg = (f"guardrail: candidate {self.task} AUC {a_cand:.4f} < served AUC {a_served:.4f} − margin "
+                   f"{self.margin:g} on {len(y)} held-out samples: refused")
+            log.warning(msg)
+            raise GuardrailRefused(msg)
+        log.info("guardrail: candidate %s AUC %.4f vs served %.4f (margin %g, %d samples): accepted",
+                 self.task, a_cand, a_served, self.margin, len(y))
+        return verdict
