@@ -286,3 +286,26 @@ def test_a_new_item_in_fresh_history_is_never_recalled_again(ranked_funnel):
             assert {I, I + 1} & set(before.items.ravel().tolist()), name
     recs = g.run(users, 40, context=RecallContext(time=T), state=RequestState(history=[np.array([0, I, I + 1])] * 3))
     assert all(not {I, I + 1} & set(r.items.tolist()) for r in recs)
+
+
+def test_ranker_features_of_fitted_items_are_unchanged_by_extension(ranked_funnel):
+    """The extended ranker sees the fitted items exactly as before: the same embedding rows and
+    the same match features (count_a, share_a, ridge) for every (user, fitted item) pair."""
+    f = ranked_funnel
+    g = f.with_items(NEW_ITEMS)
+    I = f.dataset_.n_items
+    np.testing.assert_array_equal(g.ranker_.features_.item_rows_[:I], f.ranker_.features_.item_rows_)
+    rng = np.random.default_rng(0)
+    u = rng.integers(0, f.dataset_.n_users, 300)
+    i = rng.integers(0, I, 300)
+    np.testing.assert_allclose(g.ranker_.features_.match_.transform(u, i), f.ranker_.features_.match_.transform(u, i),
+                               rtol=1e-6)
+    # a new item: counts over the same history, by hand for genres (history events sharing a value)
+    got = g.ranker_.features_.match_.transform(u[:20], np.full(20, I))
+    H = f.stats_.history
+    genres = f.dataset_.items["genres"].to_list()
+    for r, user in enumerate(u[:20].tolist()):
+        hist = H.indices[H.indptr[user]:H.indptr[user + 1]]
+        count = sum(len(set(genres[j] or []) & {"drama", "horror"}) for j in hist)
+        assert got[r, 0] == pytest.approx(np.log1p(count), rel=1e-6)
+        assert got[r, -1] == 0.0  # ridge(u, new item) = 0: B has no row for it yet

@@ -176,6 +176,25 @@ def _multi_hot(values: list[list], n_items: int) -> sp.csr_matrix:
     return sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(n_items, max(len(vocab), 1)))
 
 
+def _multi_hot_column(col: pl.Series) -> sp.csr_matrix:
+    """`_multi_hot` of a (list or scalar) column without a Python loop over its rows: the same
+    matrix up to the numbering of the values (a value repeated in a list counts twice, a null
+    element of a list is a value, a null list or scalar none)."""
+    n = col.len()
+    frame = pl.DataFrame({"r": np.arange(n), "v": col})
+    if isinstance(col.dtype, pl.List):
+        frame = frame.filter(pl.col("v").list.len().fill_null(0) > 0).explode("v")
+        null = frame["v"].is_null().to_numpy()
+    else:
+        frame = frame.filter(pl.col("v").is_not_null())
+        null = np.zeros(frame.height, bool)
+    rows = frame["r"].to_numpy().astype(np.int64)
+    # a null element is its own value, apart from every string
+    key = np.where(null, "\x00null", frame["v"].cast(pl.String).fill_null("").to_numpy().astype(str))
+    uniq, codes = np.unique(key, return_inverse=True)
+    return sp.csr_matrix((np.ones(len(rows), np.float32), (rows, codes.reshape(-1))), shape=(n, max(len(uniq), 1)))
+
+
 class HistoryMatch:
     """Match features between a user's history H_u (binary row of the training CSR) and a candidate i.
 
@@ -275,11 +294,7 @@ class HistoryMatch:
 
         new = copy.copy(self)
         I_old, I_new = self.history_.shape[1], items.height
-        new.attrs_ = {}
-        for c in self.columns:
-            col = items[c]
-            vals = col.to_list() if isinstance(col.dtype, pl.List) else [[v] if v is not None else [] for v in col.to_list()]
-            new.attrs_[c] = _multi_hot(vals, I_new)
+        new.attrs_ = {c: _multi_hot_column(items[c]) for c in self.columns}
         H = self.history_
         new.history_ = sp.csr_matrix((H.data, H.indices, H.indptr), shape=(H.shape[0], I_new))
         if self.ridge_ is not None and I_new > I_old:
@@ -287,6 +302,23 @@ class HistoryMatch:
             B[:I_old, :I_old] = self.ridge_
             new.ridge_ = B
         return new
+
+
+def _learned_rows(col: pl.Series, item_rows: np.ndarray, cols: list[int]) -> dict:
+    """value → the embedding row it has in the item rows: value v at position p of row r (the
+    first `len(cols)` values of a list column, as the encoder took them) sits in
+    item_rows[r, cols[p]]; the first occurrence wins (every occurrence has the same row)."""
+    frame = pl.DataFrame({"r": np.arange(col.len()), "v": col})
+    if isinstance(col.dtype, pl.List):
+        frame = (frame.filter(pl.col("v").list.len().fill_null(0) > 0)
+                 .with_columns(pl.col("v").list.head(len(cols)))
+                 .with_columns(pl.int_ranges(0, pl.col("v").list.len()).alias("p")).explode("v", "p"))
+    else:
+        frame = frame.with_columns(pl.lit(0, pl.Int64).alias("p"))
+    frame = frame.filter(pl.col("v").is_not_null()).unique("v", keep="first", maintain_order=True)
+    r, p = frame["r"].to_numpy().astype(np.int64), frame["p"].to_numpy().astype(np.int64)
+    rows = item_rows[r, np.asarray(cols, np.int64)[p]] if len(r) else np.zeros(0, item_rows.dtype)
+    return dict(zip(frame["v"].to_list(), rows.tolist()))
 
 
 class RankFeatures:
@@ -388,13 +420,7 @@ class RankFeatures:
                 if c == "item_id" or c not in items.columns or c not in fitted.columns:
                     continue
                 cols = [j for j, n in enumerate(names) if n == c]
-                learned: dict = {}
-                old_vals = fitted[c].to_list()
-                for r, vs in enumerate(old_vals):
-                    vs = vs if isinstance(vs, list) else [vs]
-                    for p, v in enumerate(vs[: len(cols)]):
-                        if v is not None:
-                            learned.setdefault(v, self.item_rows_[r, cols[p]])
+                learned = _learned_rows(fitted[c], self.item_rows_, cols)
                 new_vals = items[c].to_list()
                 for r in todo.tolist():
                     vs = new_vals[r] if isinstance(new_vals[r], list) else [new_vals[r]]
