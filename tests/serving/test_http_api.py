@@ -329,3 +329,28 @@ def test_lone_surrogates_are_422_not_500(fitted_funnel, serve):
         ok = httpx.post(f"{base}/recommend", json={"user_id": "1", "exclude": [1, "2"]})
         assert ok.status_code == 200
     svc.close()
+
+
+def test_an_event_id_is_stored_once_and_an_old_log_gains_the_column(tmp_path):
+    import sqlite3
+
+    log = EventLog(tmp_path / "ev.db")
+    a = FeedbackEvent("r1", "u1", "10", "click", 1.0, 100, event_id="e-1")
+    b = FeedbackEvent("r1", "u1", "11", "click", 1.0, 100, event_id="e-2")
+    anon = FeedbackEvent(None, "u1", "10", "click", 1.0, 100)  # no id: always stored
+    assert log.append_new([a, b, a, anon]) == [a, b, anon]  # a repeat inside one call too
+    assert log.append([a, anon]) == 1 and len(log) == 4
+    assert log.read()["event_id"].to_list() == ["e-1", "e-2", None, None]
+    log.close()
+    # a log written before event ids existed: the column and the unique index are added in place
+    old = tmp_path / "old.db"
+    db = sqlite3.connect(old)
+    db.execute("CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, request_id TEXT, user_id TEXT NOT NULL, "
+               "item_id TEXT NOT NULL, type TEXT NOT NULL, value REAL NOT NULL, ts INTEGER NOT NULL, "
+               "received_at REAL NOT NULL, experiments TEXT)")
+    db.execute("INSERT INTO events VALUES (1, 'r', 'u', 'i', 'click', 1.0, 5, 0.0, NULL)")
+    db.commit()
+    db.close()
+    again = EventLog(old)
+    assert again.append([a, a]) == 1 and again.read()["event_id"].to_list() == [None, "e-1"]
+    again.close()

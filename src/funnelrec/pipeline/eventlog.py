@@ -9,7 +9,10 @@ never be lost. The log is one SQLite file in WAL mode:
 - synchronous="NORMAL": the commit is written to the WAL file (in the OS page cache) but not
   fsynced; it survives SIGKILL of the server, not a power loss. Faster; opt-in.
 
-Rows are never updated or deleted (append-only); `seq` is the append order.
+Rows are never updated or deleted (append-only); `seq` is the append order. An event may carry
+an `event_id` (the client's idempotency key, or one the service derives from request id, item,
+type and ts): a repeat of a stored id is acknowledged but not stored again (a unique index), so a
+client retrying after a timeout never double-counts; events without an id are always stored.
 
     >>> import tempfile
     >>> tmp = tempfile.TemporaryDirectory()
@@ -17,7 +20,7 @@ Rows are never updated or deleted (append-only); `seq` is the append order.
     >>> log.append([FeedbackEvent("r1", "196", "242", "click", 1.0, 881250949)])
     1
     >>> log.read().columns
-    ['seq', 'request_id', 'user_id', 'item_id', 'type', 'value', 'ts', 'received_at', 'experiments']
+    ['seq', 'request_id', 'user_id', 'item_id', 'type', 'value', 'ts', 'received_at', 'experiments', 'event_id']
     >>> log.close(); tmp.cleanup()
 """
 
@@ -50,13 +53,16 @@ CREATE TABLE IF NOT EXISTS events (
     value       REAL NOT NULL,
     ts          INTEGER NOT NULL,
     received_at REAL NOT NULL,
-    experiments TEXT
+    experiments TEXT,
+    event_id    TEXT
 );
 """
+# an index, not a column constraint: a log written before event ids existed gets it too
+_EVENT_ID_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS events_event_id ON events (event_id)"
 
 _POLARS_SCHEMA = {
     "seq": pl.Int64, "request_id": pl.Utf8, "user_id": pl.Utf8, "item_id": pl.Utf8, "type": pl.Utf8,
-    "value": pl.Float64, "ts": pl.Int64, "received_at": pl.Float64, "experiments": pl.Utf8,
+    "value": pl.Float64, "ts": pl.Int64, "received_at": pl.Float64, "experiments": pl.Utf8, "event_id": pl.Utf8,
 }
 
 
@@ -77,6 +83,7 @@ class FeedbackEvent:
     value: float
     ts: int
     experiments: str | None = None
+    event_id: str | None = None  # idempotency key: a repeat is not stored twice
 
     def __post_init__(self) -> None:
         if self.type not in EVENT_TYPES:
@@ -108,6 +115,10 @@ class EventLog:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={synchronous}")
             self._db.executescript(_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(events)")}
+            if "event_id" not in columns:  # a log from before event ids: add the column in place
+                self._db.execute("ALTER TABLE events ADD COLUMN event_id TEXT")
+            self._db.execute(_EVENT_ID_INDEX)
         except sqlite3.DatabaseError as e:
             raise ArtifactError(f"event log {self.path} is not a usable SQLite database: {e}") from None
 
@@ -116,24 +127,33 @@ class EventLog:
             raise FunnelrecError(f"event log {self.path} is closed")
 
     def append(self, events: list[FeedbackEvent]) -> int:
-        """Append `events` in one transaction; durable when this returns. Returns the count."""
+        """Append `events` in one transaction; durable when this returns. Returns the count stored
+        (an event whose `event_id` is already in the log, or earlier in `events`, is not)."""
+        return len(self.append_new(events))
+
+    def append_new(self, events: list[FeedbackEvent]) -> list[FeedbackEvent]:
+        """`append`, returning the events actually stored (the repeats of a stored event id left out)."""
         if not events:
-            return 0
+            return []
         now = time.time()
-        rows = [(e.request_id, e.user_id, e.item_id, e.type, float(e.value), int(e.ts), now, e.experiments)
-                for e in events]
+        stored = []
         with self._lock:
             self._check_open()
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.executemany(
-                    "INSERT INTO events (request_id, user_id, item_id, type, value, ts, received_at, experiments) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                for e in events:
+                    cur = self._db.execute(
+                        "INSERT OR IGNORE INTO events (request_id, user_id, item_id, type, value, ts, received_at, "
+                        "experiments, event_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (e.request_id, e.user_id, e.item_id, e.type, float(e.value), int(e.ts), now, e.experiments,
+                         e.event_id))
+                    if cur.rowcount:
+                        stored.append(e)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-        return len(rows)
+        return stored
 
     def __len__(self) -> int:
         with self._lock:
@@ -146,7 +166,7 @@ class EventLog:
         with self._lock:
             self._check_open()
             rows = self._db.execute(
-                "SELECT seq, request_id, user_id, item_id, type, value, ts, received_at, experiments "
+                "SELECT seq, request_id, user_id, item_id, type, value, ts, received_at, experiments, event_id "
                 "FROM events WHERE seq > ? ORDER BY seq", (int(since_seq),)).fetchall()
         return pl.DataFrame(rows, schema=_POLARS_SCHEMA, orient="row")
 
