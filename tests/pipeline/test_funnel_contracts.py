@@ -82,12 +82,12 @@ def server(world, tmp_path_factory, serve):
     svc = RecommenderService.from_artifact(root / "first")
     with serve(create_app(svc)) as base:
         with httpx.Client(base_url=base, timeout=60) as client:
-            yield root, client
+            yield root, client, svc
     svc.close()
 
 
 def _served_funnel_contract(funnel: Funnel, name: str, server) -> None:
-    root, client = server
+    root, client, svc = server
     path = root / name
     funnel.save(path)
     loaded = Funnel.load(path)
@@ -109,10 +109,12 @@ def _served_funnel_contract(funnel: Funnel, name: str, server) -> None:
         uid = str(loaded.dataset_.user_ids.ids[u].item())
         # twice: the second answer's cache channel reads the first answer (the service's result store)
         first = client.post("/recommend", json={"user_id": uid, "k": 10, "context": {"time": NOW}}).json()
+        # what the first answer left in the service's result store: its ranked-but-unshown tail
+        keys, scores = svc.results.get(uid)
+        cached = [(svc.current.indices_of_keys(keys), scores)]
+        assert len(keys) and not set(cached[0][0].tolist()) & {index_of[it["item_id"]] for it in first["items"]}
         body = client.post("/recommend", json={"user_id": uid, "k": 10, "context": {"time": NOW}}).json()
         assert body["model_version"].startswith(name + "@")
-        cached = [(np.array([index_of[it["item_id"]] for it in first["items"]]),
-                   np.array([it["score"] for it in first["items"]], np.float32))]
         expect = loaded.run(np.array([u]), 10, context=RecallContext(time=NOW), state=RequestState(cached=cached))[0]
         assert [it["item_id"] for it in body["items"]] == ids[expect.items].tolist()
         np.testing.assert_allclose([it["score"] for it in body["items"]], expect.scores, rtol=1e-5, atol=1e-6)

@@ -73,10 +73,12 @@ def test_acknowledged_impressions_filter_on_this_and_every_later_worker(make_ser
 def test_fine_ranked_results_are_cached_for_the_cache_channel(make_service):
     svc = make_service(0)
     out = svc.recommend("42", k=20)
-    n = svc.config.cache_n
+    # the ranked-but-unshown tail (tests/pipeline/test_cache_tail.py checks it by hand)
     keys, scores = svc.results.get("42")
-    assert keys.tolist() == [item_key(i) for i in out.item_ids[:n]]
-    np.testing.assert_array_equal(scores, out.rec.scores[:n].astype(np.float32))
+    tail_ids = svc.current.item_ids[out.rec.tail_items].tolist()
+    assert 0 < len(tail_ids) <= svc.config.cache_n and not set(tail_ids) & set(out.item_ids)
+    assert keys.tolist() == [item_key(i) for i in tail_ids]
+    np.testing.assert_array_equal(scores, out.rec.tail_scores.astype(np.float32))
     assert svc.results.get("never-recommended") is None
     cold = svc.recommend("unknown-user-z", k=5)
     assert cold.rec.cold_start and svc.results.get("unknown-user-z") is None  # nothing personal to cache

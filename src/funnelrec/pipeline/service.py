@@ -70,6 +70,7 @@ from funnelrec.filter.results import (  # the result caches live in filter/; the
 )
 from funnelrec.filter.store import ExposureStore
 from funnelrec.online.catalogue import Catalogue, CatalogueRules, UnknownEntity, item_frame, open_catalogue
+from funnelrec.online.features import FeatureConfig, FeatureService, build_feature_service
 from funnelrec.online.state import HistoryStore, build_history_store, enters_history
 from funnelrec.pipeline.eventlog import EVENT_TYPES, EventLog, FeedbackEvent
 from funnelrec.pipeline.funnel import Funnel, Recommendation
@@ -103,6 +104,9 @@ class ServiceConfig:
     # True: each variant's parameters are already fitted into the funnel this service runs (the
     # simulator fits one funnel per variant): assignments are recorded, parameters not re-applied
     experiments_fitted: bool = False
+    # the feature service's definitions (online/features.py: windows, CTR prior, category column);
+    # None = FeatureConfig() (no recent categories: that column is dataset-specific)
+    features: FeatureConfig | None = None
 
     def __post_init__(self) -> None:
         if self.max_in_flight < 1:
@@ -329,6 +333,11 @@ class RecommenderService:
                                                    prefix=cfg.redis_prefix)
         self._live: LiveCatalogue | None = None
         self._live_lock = threading.Lock()
+        # windowed counters, recent categories, profiles (online/features.py) in the same backend;
+        # `feedback` updates them, training reads the same definitions from the event log
+        self.features: FeatureService = build_feature_service(
+            backend, cfg.features, state_dir=state, redis_url=cfg.redis_url, prefix=cfg.redis_prefix,
+            items=funnel.dataset_.items, users=funnel.dataset_.users)
 
     @classmethod
     def from_artifact(cls, path: str | Path, state_dir: str | Path | None = None, redis_url: str | None = None,
@@ -518,6 +527,7 @@ class RecommenderService:
         for ts, ks in impressions.items():
             self.exposure.add(uid, np.asarray(ks, np.int64), ts)
         self._append_history(uid, evs)
+        self._update_features(evs)
         self.metrics.count_events(e.type for e in evs)
         return {"logged": len(evs), "impressions": sum(len(v) for v in impressions.values())}
 
@@ -594,6 +604,38 @@ class RecommenderService:
         self.warmed_up_ms = (time.perf_counter() - t0) * 1e3
         return self.warmed_up_ms
 
+    # ------------------------------------------------------------------ feature service (issue #10)
+    def _update_features(self, evs: list[FeedbackEvent]) -> None:
+        """Count one accepted feedback call into the feature service — after the event log commit,
+        so the counters never hold an event the log (what training reads) does not."""
+        ds = self._current.funnel.dataset_
+        self.features.bind(ds.items, ds.users)
+        self.features.update(evs)
+
+    def item_features(self, item_id: Any, now: int | None = None) -> dict[str, Any] | None:
+        """The item's online features at `now` (default: the clock): window counts and smoothed
+        CTRs (online/features.py). None for an id neither in the catalogue (served or live) nor
+        seen in events."""
+        now = int(time.time()) if now is None else now
+        cur, live = self.live_catalogue(self._current)
+        known = cur.funnel.dataset_.item_ids.index(item_id) >= 0 or str(item_id) in live.item_ids
+        if not known and not self.features.seen_item(item_id):
+            return None
+        row = self.features.item_features([item_id], now).row(0, named=True)
+        return {"item_id": row.pop("item_id"), "now": now, "features": row}
+
+    def user_features(self, user_id: Any, now: int | None = None) -> dict[str, Any] | None:
+        """The user's online features at `now`: window counts, recent categories, profile. None
+        for an id neither in the catalogue nor seen in events."""
+        now = int(time.time()) if now is None else now
+        ds = self._current.funnel.dataset_
+        self.features.bind(ds.items, ds.users)
+        _, live = self.live_catalogue(self._current)
+        known = ds.user_ids.index(user_id) >= 0 or str(user_id) in live.user_ids
+        if not known and not self.features.seen_user(user_id):
+            return None
+        return self.features.user_features(user_id, now).to_dict()
+
     def health(self) -> dict[str, Any]:
         cur = self._current
         warm = getattr(self, "warmed_up_ms", None)
@@ -607,6 +649,7 @@ class RecommenderService:
         self.exposure.close()
         self.results.close()
         self.history.close()
+        self.features.close()
 
 
 class LiveCatalogue:

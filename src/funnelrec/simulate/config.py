@@ -112,6 +112,8 @@ class SimConfig:
     exposure_fp_rate: float = 0.01
     alpha: float = 0.05
     title: str = ""
+    # ServiceConfig overrides for every simulated service (e.g. {cache_n: 50, cache_keep: shown})
+    service: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.days < 1:
@@ -133,6 +135,9 @@ class SimConfig:
         cfg = from_dict(cls, data, "simulation config")
         FunnelConfig.from_dict(cfg.funnel, "simulation config", path="funnel")
         from_dict(ExperimentsConfig, cfg.experiments, "simulation config", path="experiments")
+        from funnelrec.pipeline.service import ServiceConfig
+
+        from_dict(ServiceConfig, dict(cfg.service), "simulation config", path="service")  # a typo fails here
         return cfg
 
     def replace(self, **changes: Any) -> SimConfig:

@@ -5,7 +5,9 @@ react by the world's ground truth; their feedback flows back into the service.
 One simulated day:
 
 1. arrivals: `users_per_day` distinct users, drawn with probability ∝ (1 + log activity)^power,
-   each making `requests_per_user` requests at uniform times of the day;
+   each making `requests_per_user` requests at uniform times of the day — one session per
+   (user, day): the impressions' `request` column r is the user's r-th request of that day in
+   time order, so r = 1 is a session's second request (served after the first one's feedback);
 2. assignment: `ExperimentPlatform.assign(user_id)` gives the variant's parameter overrides;
    the funnel built from default params + overrides serves the user (one fitted funnel and one
    `RecommenderService` per distinct parameter set, all sharing the one platform);
@@ -221,7 +223,9 @@ class Simulator:
             except FunnelrecError as e:
                 raise ConfigError(f"variant parameters {params} give an invalid funnel: {e}") from None
             funnel = self._fit_funnel(fc, self.log_clicks)
-            svc = RecommenderService(funnel, ServiceConfig(eventlog_synchronous="NORMAL", experiments_fitted=True),
+            service = from_dict(ServiceConfig, {"eventlog_synchronous": "NORMAL", **self.config.service,
+                                                "experiments_fitted": True}, "simulation config", path="service")
+            svc = RecommenderService(funnel, service,
                                      experiments=self.platform,
                                      version=f"{key}@day0")
             svc.exposure.close()
@@ -275,7 +279,9 @@ class Simulator:
             for day in it:
                 day_start = self.t0 + day * DAY
                 users = rng.choice(n_users, cfg.traffic.users_per_day, replace=False, p=self.arrival_p)
-                times = day_start + rng.integers(0, DAY, (len(users), cfg.traffic.requests_per_user))
+                # sorted per user: request r is the r-th of the user's day (the same draws, served in
+                # the same order; only the labels follow time)
+                times = np.sort(day_start + rng.integers(0, DAY, (len(users), cfg.traffic.requests_per_user)), axis=1)
                 order = np.argsort(times, axis=None, kind="stable")
                 req_user = np.repeat(users, cfg.traffic.requests_per_user)[order]
                 req_time = times.reshape(-1)[order]

@@ -1,0 +1,94 @@
+"""The cache channel keeps the ranked-but-unshown tail (#16 item 4): `Funnel.run(tail=n)` returns
+positions k..k+n-1 of the fused order minus what was shown, and the service stores exactly that
+for the user's next request. Checked on a funnel whose ranked order is known by construction."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from funnelrec.core.errors import ConfigError, DataError
+from funnelrec.core.types import RequestState
+from funnelrec.data.dataset import Dataset
+from funnelrec.data.schema import Schema
+from funnelrec.pipeline.builder import FunnelBuilder
+from funnelrec.pipeline.config import FunnelConfig
+from funnelrec.pipeline.funnel import _ranked_tail
+from funnelrec.pipeline.service import RecommenderService, ServiceConfig
+
+T = 1_700_000_000
+
+
+def test_ranked_tail_by_hand():
+    fused = np.array([0.9, 0.1, 0.5, 0.7, 0.3, 0.8], np.float32)
+    # fused order: positions 0 (.9), 5 (.8), 3 (.7), 2 (.5), 4 (.3), 1 (.1); a re-ranker showed
+    # [0, 3] (lifting 3 over 5). k = 2, n = 3: positions 2..4 = [3, 2, 4], minus shown {0, 3}
+    assert _ranked_tail(fused, np.array([0, 3]), 2, 3).tolist() == [2, 4]
+    assert _ranked_tail(fused, np.array([0, 5]), 2, 3).tolist() == [3, 2, 4]
+    assert _ranked_tail(fused, np.array([0, 5]), 2, 10).tolist() == [3, 2, 4, 1]  # shorter than n
+    assert _ranked_tail(fused, np.arange(6), 6, 3).tolist() == []
+
+
+@pytest.fixture(scope="module")
+def known_order_funnel():
+    """12 items; users 1..11, user u consumed items 1..12-u, so item j (j ≤ 11) has 12 − j
+    consumptions; the probe user 99 consumed only item 12. Hot by plain count (tau 0), no ranker:
+    the probe's fine-ranked list is items 1, 2, …, 11. Items 1-3 share category "a", capped at 2
+    in the top k by the re-ranker, so k = 3 shows 1, 2, 4."""
+    rows = [(u, j) for u in range(1, 12) for j in range(1, 13 - u)] + [(99, 12)]
+    inter = pl.DataFrame({"user_id": [r[0] for r in rows], "item_id": [r[1] for r in rows],
+                          "timestamp": [T] * len(rows)})
+    items = pl.DataFrame({"item_id": list(range(1, 13)), "cat": ["a", "a", "a"] + [f"c{j}" for j in range(4, 13)]})
+    schema = Schema(interactions={"user_id": "categorical", "item_id": "categorical", "timestamp": "time"},
+                    items={"item_id": "categorical", "cat": "categorical"})
+    ds = Dataset.build("known-order", inter, schema, items=items)
+    cfg = FunnelConfig.from_dict({
+        "recall": {"channels": [{"name": "hot", "n": 20, "params": {"tau_days": 0}}, {"name": "cache", "n": 20}],
+                   "merge": {"total": 40}},
+        "rerank": {"method": "cap", "column": "cat", "max_per_category": 2},
+        "k": 3})
+    funnel = FunnelBuilder(cfg).fit(ds, ds.interactions)
+    assert funnel.ranker_ is None
+    return funnel
+
+
+def _ids(funnel, idx) -> list[int]:
+    return funnel.dataset_.items["item_id"].to_numpy()[np.asarray(idx, np.int64)].tolist()
+
+
+def test_run_returns_the_ranked_tail_minus_shown(known_order_funnel):
+    f = known_order_funnel
+    u = f.dataset_.user_ids.index(99)
+    rec = f.run(np.array([u]), 3, state=RequestState(cached=[None]), tail=4)[0]
+    assert _ids(f, rec.items) == [1, 2, 4]
+    # positions 3..6 of the ranked list [1..11] are items 4, 5, 6, 7; item 4 was shown
+    assert _ids(f, rec.tail_items) == [5, 6, 7]
+    np.testing.assert_array_equal(rec.tail_scores, [-4, -5, -6])  # merge order without a ranker: −position
+    assert f.run(np.array([u]), 3)[0].tail_items is None  # computed only when asked
+    with pytest.raises(DataError, match="tail"):
+        f.run(np.array([u]), 3, tail=-1)
+
+
+# cache_n = 5: positions 3..7 of [1..11] are items 4..8, minus the shown 4; "shown" keeps the k returned
+@pytest.mark.parametrize("keep, expect", [("tail", [5, 6, 7, 8]), ("shown", [1, 2, 4])])
+def test_service_caches_the_tail_for_the_next_request(known_order_funnel, keep, expect):
+    svc = RecommenderService(known_order_funnel, ServiceConfig(cache_n=5, cache_keep=keep))
+    try:
+        first = svc.recommend(99, k=3, context={"time": T})
+        assert first.item_ids == [1, 2, 4]
+        keys, scores = svc.results.get("99")
+        assert keys.tolist() == expect  # integer item ids are their own keys
+        # the next request's cache channel reads exactly this list (minus the user's history)
+        state, _ = svc.request_state(svc.current, "99", known_order_funnel.dataset_.user_ids.index(99), T)
+        assert _ids(known_order_funnel, state.cached[0][0]) == expect
+        second = svc.recommend(99, k=3, context={"time": T}, debug=True)
+        cache_recalled = [i for i, ch in zip(second.item_ids, second.rec.channels) if "cache" in ch]
+        assert set(cache_recalled) <= set(expect)
+    finally:
+        svc.close()
+
+
+def test_cache_keep_is_checked():
+    with pytest.raises(ConfigError, match="cache_keep"):
+        ServiceConfig(cache_keep="top")
