@@ -169,6 +169,24 @@ def test_deleted_user_is_served_as_unknown(server):
     assert recommend(client, user="2")["cold_start"] is False
 
 
+def test_a_click_on_a_new_item_changes_the_next_answer(server):
+    """The loop with the real-time history: user 3 (comedy, drama) clicks an item upserted a
+    moment ago (noir by dX); the next answer no longer offers that item (consumed), and the tag
+    and author channels now reach the older noir / dX items through it."""
+    client, _ = server
+    before = {it["item_id"]: it["channels"] for it in recommend(client, user="3")["items"]}
+    assert "tag" not in before.get(1, []) and "author" not in before.get(1, [])
+    r = client.post("/items", headers=ADMIN, json={"items": [
+        {"item_id": 505, "attributes": {"genres": ["noir"], "directors": ["dX"], "publish_time": T - 30}}]})
+    assert r.status_code == 200, r.text
+    assert 505 in ids(recommend(client, user="3"))
+    r = client.post("/feedback", json={"user_id": "3", "events": [{"item_id": 505, "type": "click", "ts": T}]})
+    assert r.status_code == 200, r.text
+    after = {it["item_id"]: it["channels"] for it in recommend(client, user="3")["items"]}
+    assert 505 not in after
+    assert {"tag", "author"} <= set(after[1]) and {"tag", "author"} <= set(after[2])
+
+
 def test_cli_upserts_hides_and_reports_errors_in_one_line(server, tmp_path):
     from typer.testing import CliRunner
 
