@@ -71,6 +71,7 @@ from funnelrec.filter.results import (  # the result caches live in filter/; the
 from funnelrec.filter.store import ExposureStore
 from funnelrec.online.catalogue import Catalogue, CatalogueRules, UnknownEntity, item_frame, open_catalogue
 from funnelrec.online.features import FeatureConfig, FeatureService, build_feature_service
+from funnelrec.online.follows import FollowStore, build_follow_store
 from funnelrec.online.state import HistoryStore, build_history_store, enters_history
 from funnelrec.pipeline.eventlog import EVENT_TYPES, EventLog, FeedbackEvent
 from funnelrec.pipeline.funnel import Funnel, Recommendation
@@ -338,6 +339,9 @@ class RecommenderService:
         self.features: FeatureService = build_feature_service(
             backend, cfg.features, state_dir=state, redis_url=cfg.redis_url, prefix=cfg.redis_prefix,
             items=funnel.dataset_.items, users=funnel.dataset_.users)
+        # live follow / unfollow edges (online/follows.py) for the author channel, same backend
+        self.follows: FollowStore = build_follow_store(backend, state_dir=state, redis_url=cfg.redis_url,
+                                                       prefix=cfg.redis_prefix)
 
     @classmethod
     def from_artifact(cls, path: str | Path, state_dir: str | Path | None = None, redis_url: str | None = None,
@@ -401,8 +405,22 @@ class RecommenderService:
             idx = cur.indices_of_ids(list(exclude_ids))
             exclude = [idx[idx >= 0]]
         state = RequestState(history=history, exclude=exclude, exposure=[StoreExposure(self.exposure, uid, now)],
-                             cached=cached)
+                             cached=cached, follows=self.live_follows(cur, uid))
         return state, timings
+
+    def live_follows(self, cur: LoadedFunnel, uid: str) -> list | None:
+        """`RequestState.follows` of one user: the follow store's edges (author id → follows),
+        read only when the funnel has an author channel; None when there are none."""
+        if not any(getattr(ch, "registered_name", "") == "author" for ch in cur.funnel.channels_.values()):
+            return None
+        got = self.follows.get(uid)
+        return [got] if got else None
+
+    def _update_follows(self, uid: str, evs: list[FeedbackEvent]) -> None:
+        """follow / unfollow events (item_id = the author id) into the follow store."""
+        edges = [(e.item_id, e.type == "follow", e.ts) for e in evs if e.type in ("follow", "unfollow")]
+        if edges:
+            self.follows.update(uid, edges)
 
     def recent_items(self, cur: LoadedFunnel, uid: str) -> np.ndarray | None:
         """The user's real-time history (one read of the history store) as dense item indices of
@@ -528,6 +546,7 @@ class RecommenderService:
             self.exposure.add(uid, np.asarray(ks, np.int64), ts)
         self._append_history(uid, evs)
         self._update_features(evs)
+        self._update_follows(uid, evs)
         self.metrics.count_events(e.type for e in evs)
         return {"logged": len(evs), "impressions": sum(len(v) for v in impressions.values())}
 
@@ -650,6 +669,7 @@ class RecommenderService:
         self.results.close()
         self.history.close()
         self.features.close()
+        self.follows.close()
 
 
 class LiveCatalogue:

@@ -39,11 +39,13 @@ from typing import Any
 
 import orjson
 from fastapi import FastAPI, Header, Query, Request
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
 from funnelrec.core.errors import ArtifactError, ArtifactRefused, DataError, FunnelrecError
 from funnelrec.online.catalogue import UnknownEntity
+from funnelrec.pipeline.eventlog import MAX_TS
 from funnelrec.pipeline.funnel import Funnel
 from funnelrec.pipeline.service import RecommenderService, ServiceConfig
 from funnelrec.serving import metrics as prom
@@ -53,12 +55,14 @@ from funnelrec.serving.schemas import (
     CatalogueResponse,
     FeedbackRequest,
     FeedbackResponse,
+    ItemFeaturesResponse,
     ItemsUpsertRequest,
     RecommendRequest,
     RecommendResponse,
     ReloadRequest,
     ReloadResponse,
     SimilarResponse,
+    UserFeaturesResponse,
     UsersUpsertRequest,
 )
 
@@ -108,6 +112,7 @@ def create_app(service: RecommenderService | Funnel | None = None, artifact: str
             artifact, state_dir=state_dir, redis_url=redis_url, experiments=experiments, config=config)  # type: ignore[arg-type]
         app.state.service = svc
         app.state.io_pool = ThreadPoolExecutor(io_threads, thread_name_prefix="funnelrec-io")
+        svc.warm_up()  # before the first request: uvicorn accepts connections after the lifespan starts
         freeze_heap()
         try:
             with prom.instrument(svc, http):  # the service's counts also feed /metrics (all workers')
@@ -251,5 +256,28 @@ def create_app(service: RecommenderService | Funnel | None = None, artifact: str
     async def delete_user(request: Request, user_id: str, x_admin_token: str | None = Header(None)) -> Response:
         """The user is served as an unknown user (non-personalized) from now on."""
         return await catalogue_call(request, x_admin_token, request.app.state.service.delete_user, user_id)
+
+    # ---- the feature service (issue #10, online/features.py)
+    @app.get("/features/items/{item_id}", responses={200: {"model": ItemFeaturesResponse},
+                                                     404: {"description": "unknown item_id"}})
+    async def item_features(request: Request, item_id: str = PathParam(..., min_length=1, max_length=128),
+                            now: int | None = Query(None, ge=0, le=MAX_TS)) -> Response:
+        """The item's windowed counts and smoothed CTRs as of `now` (unix s; default: the clock)."""
+        out = request.app.state.service.item_features(item_id, now)
+        if out is None:
+            return ORJSONResponse({"detail": f"item_id {item_id!r} is neither in the catalogue nor in any event"},
+                                  status_code=404)
+        return ORJSONResponse(out)
+
+    @app.get("/features/users/{user_id}", responses={200: {"model": UserFeaturesResponse},
+                                                     404: {"description": "unknown user_id"}})
+    async def user_features(request: Request, user_id: str = PathParam(..., min_length=1, max_length=128),
+                            now: int | None = Query(None, ge=0, le=MAX_TS)) -> Response:
+        """The user's windowed counts, recent categories and profile as of `now`."""
+        out = request.app.state.service.user_features(user_id, now)
+        if out is None:
+            return ORJSONResponse({"detail": f"user_id {user_id!r} is neither in the catalogue nor in any event"},
+                                  status_code=404)
+        return ORJSONResponse(out)
 
     return app

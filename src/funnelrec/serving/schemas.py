@@ -189,3 +189,24 @@ class FeedbackResponse(BaseModel):
 class ReloadResponse(BaseModel):
     model_version: str
     previous: str
+
+
+class ItemFeaturesResponse(BaseModel):
+    """GET /features/items/{item_id} (online/features.py): `{type}_{window}` counts over the
+    complete buckets of each window before `now`, and `ctr_{window}` = (clicks + α·p0) /
+    (impressions + α)."""
+
+    item_id: str
+    now: int = Field(..., description="the time the features are as of (unix s)")
+    features: dict[str, float | int]
+
+
+class UserFeaturesResponse(BaseModel):
+    """GET /features/users/{user_id}: window counts, the last distinct values of the configured
+    item column among the user's consumptions (null when none is configured), the profile row."""
+
+    user_id: str
+    now: int
+    counts: dict[str, int]
+    recent_categories: list[str] | None
+    profile: dict[str, Any] | None
