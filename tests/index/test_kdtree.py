@@ -42,6 +42,13 @@ def test_kdtree_index_by_hand_inner_product_and_l2():
     np.testing.assert_array_equal(s[0], [-1, -2, -8, -13])
     s, i = VectorIndex("KDTree", 2).add(X4).search(Q1, 2, exclude=[[0]])
     assert i[0].tolist() == [2, 1]
+    # the query is scaled to norm M inside the tree (a positive factor): a short query keeps the
+    # order, and the scores are its own inner products
+    s, i = VectorIndex("KDTree", 2).add(X4).search(Q1 * 1e-3, 4)
+    assert i[0].tolist() == [0, 2, 1, 3]
+    np.testing.assert_allclose(s[0], [7e-3, 2e-3, 1e-3, -2e-3], rtol=1e-5)
+    s, i = VectorIndex("KDTree", 2).add(X4).search(np.zeros((1, 2), np.float32), 4)  # ‖q‖ = 0: every score 0
+    assert sorted(i[0].tolist()) == [0, 1, 2, 3] and (s == 0).all()
 
 
 @pytest.mark.parametrize("metric", ["ip", "l2"])

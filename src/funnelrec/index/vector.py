@@ -323,7 +323,12 @@ class KDTreeBackend:
     ``‖q‖² + M²`` is the same for every item of one query, so ascending ‖q̃ − x̃_i‖ is exactly
     descending ⟨q, x_i⟩: the tree's exact L2 neighbours of q̃ are the exact MIPS answer. (Every
     x̃_i has norm M, which is what lets L2 order all items alike; the extra coordinate is ≥ 0
-    because M bounds every norm.) The returned scores are recomputed from the stored vectors
+    because M bounds every norm.) The query is first scaled to norm M, q ← q · M / ‖q‖: a
+    positive factor multiplies every ⟨q, x_i⟩ alike, so the order is unchanged, but the k-th
+    neighbour's distance² becomes 2M² − 2·M·⟨q/‖q‖, x_(k)⟩ instead of ‖q‖² + M² − 2⟨q, x_(k)⟩ —
+    with a short q (‖q‖ ≪ M) the latter is ≈ M², a ball that meets almost every leaf. On
+    bench/ann.py's 100k mixture this made the tree 10× faster at D = 4, 2× at D = 8, 1× at 16.
+    The returned scores are recomputed from the stored vectors
     (float64, then float32) and the k re-sorted by them, so ties and the float64 rounding of the
     transformed distance cannot put a lower inner product first.
 
@@ -351,6 +356,7 @@ class KDTreeBackend:
         self.vectors = np.zeros((0, dim), np.float32)
         self.ids = np.zeros(0, np.int64)
         self.tree = None
+        self.max_norm = 0.0  # M of the MIPS transform (ip)
         self.read_only = False
 
     def train(self, x: np.ndarray) -> None:
@@ -370,6 +376,7 @@ class KDTreeBackend:
         data = self.vectors.astype(np.float64)
         if self.metric == "ip":
             data = mips_augment(data)
+            self.max_norm = float(np.sqrt(np.einsum("nd,nd->n", data, data).max(initial=0.0)))  # every ‖x̃‖ = M
         # balanced median splits (scipy's default): the same vectors always give the same tree
         self.tree = cKDTree(data, leafsize=self.leaf_size) if len(data) else None
 
@@ -388,7 +395,12 @@ class KDTreeBackend:
         n = self.ntotal
         kk = min(k, n)
         q64 = q.astype(np.float64)
-        tq = np.hstack([q64, np.zeros((len(q), 1))]) if self.metric == "ip" else q64  # q̃ = [q, 0]
+        if self.metric == "ip":
+            norm = np.linalg.norm(q64, axis=1, keepdims=True)
+            scale = np.divide(self.max_norm, norm, out=np.ones_like(norm), where=norm > 0)  # q · M/‖q‖
+            tq = np.hstack([q64 * scale, np.zeros((len(q), 1))])  # q̃ = [q, 0]
+        else:
+            tq = q64
         _, pos = self.tree.query(tq, k=kk, workers=self.workers)
         pos = np.asarray(pos, np.int64).reshape(len(q), kk)
         x = self.vectors[pos].astype(np.float64)  # (Q, kk, D)
