@@ -536,6 +536,7 @@ class RedisCounters(CounterBackend):
         except redis.RedisError as e:
             raise ConfigError(f"cannot reach Redis at {url}: {e}") from None
         self._script = self._client.register_script(_REDIS_APPLY)
+        self._parsed: dict[bytes, tuple[str, int, str]] = {}
         self.ttl_s = cfg.max_span() + max(b for _, _, b in cfg.windows) + cfg.lateness_s
 
     @classmethod
@@ -569,15 +570,21 @@ class RedisCounters(CounterBackend):
                 got = pipe.execute()
         except self._redis_mod.ResponseError as e:
             raise ArtifactError(f"feature store at {self.where}/{self.prefix}: {e}") from None
-        out = []
+        out, parsed = [], self._parsed
+        if len(parsed) > 1 << 16:  # field names repeat across entities (same buckets): parse each once
+            parsed.clear()
         for ent, h in zip(entities, got):
             d = {}
             for f, n in h.items():
-                try:
-                    w, b, t = f.decode().split(":")
-                    d[(w, int(b), t)] = int(n)
-                except ValueError:
-                    raise ArtifactError(f"feature hash {self.prefix + ent!r}: field {f!r} is not window:bucket:type") from None
+                key = parsed.get(f)
+                if key is None:
+                    try:
+                        w, b, t = f.decode().split(":")
+                        key = parsed[f] = (w, int(b), t)
+                    except ValueError:
+                        raise ArtifactError(f"feature hash {self.prefix + ent!r}: field {f!r} is not "
+                                            "window:bucket:type") from None
+                d[key] = int(n)
             out.append(d)
         return out
 
@@ -611,6 +618,7 @@ class FeatureService:
         self.config = config or FeatureConfig()
         self.backend = backend if backend is not None else MemoryCounters(self.config)
         self._catalogue = _Catalogue(self.config, items, users)
+        self._slots: tuple[tuple[int, ...], dict] | None = None
 
     def bind(self, items: pl.DataFrame | None, users: pl.DataFrame | None) -> None:
         """Read categories and profiles from these tables from now on (a no-op for the same ones:
@@ -661,14 +669,23 @@ class FeatureService:
     def _sums(self, entities: list[str], now: int) -> dict[tuple[str, str], np.ndarray]:
         cfg = self.config
         got = self.backend.counts(entities)
-        out = {(w, t): np.zeros(len(entities), np.int64) for w, _, _ in cfg.windows for t in cfg.count_types}
-        ranges = {w: (now // b - s // b, now // b) for w, s, b in cfg.windows}  # buckets [lo, hi)
+        cols = [(w, t) for w, _, _ in cfg.windows for t in cfg.count_types]
+        # (window, bucket, type) → column, for the buckets [⌊now/B⌋ − n, ⌊now/B⌋) of each window;
+        # the same for every `now` until a window moves to its next bucket, so built once per move
+        at = tuple(now // bs for _, _, bs in cfg.windows)
+        cached = self._slots
+        if cached is None or cached[0] != at:
+            cached = self._slots = (at, {(w, b, t): cols.index((w, t)) for w, s, bs in cfg.windows
+                                         for b in range(now // bs - s // bs, now // bs) for t in cfg.count_types})
+        slot = cached[1]
+        acc = np.zeros((len(entities), len(cols)), np.int64)
         for i, h in enumerate(got):
-            for (w, b, t), c in h.items():
-                r = ranges.get(w)
-                if r is not None and r[0] <= b < r[1] and (w, t) in out:
-                    out[(w, t)][i] += c
-        return out
+            row = acc[i]
+            for f, c in h.items():
+                j = slot.get(f)
+                if j is not None:
+                    row[j] += c
+        return {c: acc[:, j] for j, c in enumerate(cols)}
 
     def item_features(self, item_ids: Sequence[Any], now: int) -> pl.DataFrame:
         """The features of `item_ids` (external ids) at `now`: one row per id, in order."""
