@@ -356,3 +356,31 @@ def test_wide_and_deep_ranker_updates_both_parts_and_grows_every_table(world, tm
     back = load_state(tmp_path / "wd")
     s = rank_samples(fw, world["holdout"][:300])
     np.testing.assert_allclose(ranker_logits(back, s), ranker_logits(new, s), rtol=1e-5, atol=1e-6)
+
+
+def test_an_item_admitted_online_survives_the_next_catalogue_change_with_a_pre_ranker(world):
+    """A new catalogue item admitted by the ranker holds a row past the pre-ranker's table; the
+    next catalogue change (which re-extends the pre-ranker from the ranker's item rows) and the
+    requests after it still work."""
+    from funnelrec.pipeline.builder import FunnelBuilder
+    from funnelrec.pipeline.config import FunnelConfig
+
+    f = world["funnel"]
+    cfg = FunnelConfig.from_dict({**WORLD_CONFIG, "prerank": {"enabled": True, "keep": 100, "epochs": 1}})
+    fp = f.with_components(prerank=FunnelBuilder(cfg).fit_prerank(f, world["users"][:40]))
+    fn = fp.with_items(pl.DataFrame({"item_id": [900001], "genres": [["Drama"]]}))
+    col = list(f.ranker_.features_.spec_.field_names).index("item_id") - f.ranker_.user_rows_.shape[1]
+    new_idx = fn.dataset_.n_items - 1
+    assert fn.ranker_.item_rows_[new_idx, col] == 0
+    uid = f.dataset_.users["user_id"].cast(pl.Utf8).to_list()
+    clicks = _frame([(uid[u], "900001", world["cut"], "r", 1, 0, 0.0, 0) for u in world["users"][:6]])
+    ranker = RankerUpdater(RankerUpdateConfig(min_count=5)).update(fn, clicks, world["holdout"])["ranker"]
+    row = ranker.item_rows_[new_idx, col]
+    assert row >= f.ranker_.spec_.n_embeddings
+    more = pl.DataFrame({"item_id": [900001, 900002], "genres": [["Drama"], ["Comedy"]]})
+    # the published ranker in the overlaid funnel, then the next catalogue change: the admitted
+    # row stays, the pre-ranker is extended for 900002 only (it already covers 900001)
+    fn2 = fn.with_components(ranker=ranker).with_items(more)
+    assert fn2.ranker_.item_rows_[new_idx, col] == row and fn2.ranker_.item_rows_[new_idx + 1, col] == 0
+    recs = fn2.run(world["users"][:3], k=10)
+    assert all(len(r.items) == 10 for r in recs)
