@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numba
 import numpy as np
 
 from funnelrec.core.errors import ArtifactError, ConfigError, DataError
@@ -385,6 +386,21 @@ def open_catalogue(backend: str, *, state_dir: str | Path | None = None, redis_u
             raise ConfigError("the 'redis' catalogue needs redis_url")
         return RedisCatalogue(redis_url, prefix)
     raise ConfigError(f"unknown catalogue backend {backend!r}; known: memory, sqlite, redis")
+
+
+@numba.njit(cache=True, nogil=True)
+def rows_with_any(indptr, indices, rows, codes):
+    """(len(rows),) bool: row r of the CSR pattern (indptr, indices) holds any of `codes` (sorted
+    int64) — O(Σ |row| · log |codes|) over the given rows only, never the whole matrix."""
+    out = np.zeros(rows.size, np.bool_)
+    for k in range(rows.size):
+        r = rows[k]
+        for q in range(indptr[r], indptr[r + 1]):
+            pos = np.searchsorted(codes, indices[q])
+            if pos < codes.size and codes[pos] == indices[q]:
+                out[k] = True
+                break
+    return out
 
 
 class UnknownEntity(DataError):

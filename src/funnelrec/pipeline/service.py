@@ -69,7 +69,14 @@ from funnelrec.filter.results import (  # the result caches live in filter/; the
     build_state_stores,
 )
 from funnelrec.filter.store import ExposureStore
-from funnelrec.online.catalogue import Catalogue, CatalogueRules, UnknownEntity, item_frame, open_catalogue
+from funnelrec.online.catalogue import (
+    Catalogue,
+    CatalogueRules,
+    UnknownEntity,
+    item_frame,
+    open_catalogue,
+    rows_with_any,
+)
 from funnelrec.online.features import FeatureConfig, FeatureService, build_feature_service
 from funnelrec.online.follows import FollowStore, build_follow_store
 from funnelrec.online.state import HistoryStore, build_history_store, enters_history
@@ -755,14 +762,10 @@ class LiveCatalogue:
             checks.append((fwd.matrix, codes))
 
         def allowed(idx: np.ndarray) -> np.ndarray:
+            idx = np.ascontiguousarray(idx, np.int64)
             ok = np.ones(len(idx), bool)
-            for m, codes in checks:
-                lo, hi = m.indptr[idx], m.indptr[idx + 1]  # O(C + their values): no catalogue-wide pass
-                lens = hi - lo
-                cols = m.indices[np.repeat(lo, lens) + (np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens))]
-                hit = np.zeros(len(idx), bool)
-                hit[np.repeat(np.arange(len(idx)), lens)[np.isin(cols, codes)]] = True
-                ok &= hit
+            for m, codes in checks:  # O(C · values per item): no catalogue-wide pass
+                ok &= rows_with_any(m.indptr, m.indices, idx, codes)
             return ok
 
         return allowed
