@@ -8,7 +8,7 @@ request (batch of one) run through the same vectorized code.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -111,15 +111,19 @@ class RequestState:
     exposure: the items already shown to the user (per-user exposure filter view over item
               keys): removed between merge and pre-rank, like `exclude`
     cached:   the user's previous ranked (items, scores), read by the cache channel
+    follows:  the user's live follow edges since the fit, external author id → True (follows) /
+              False (unfollowed), read by the author channel on top of the fitted follows table
+              (the service fills it from its follow store, online/follows.py)
     """
 
     history: Sequence[np.ndarray | None] | None = None
     exclude: Sequence[np.ndarray | None] | None = None
     exposure: Sequence[ExposureSet | None] | None = None
     cached: Sequence[tuple[np.ndarray, np.ndarray] | None] | None = None
+    follows: Sequence[Mapping[str, bool] | None] | None = None
 
     def check(self, n_users: int) -> None:
-        for name in ("history", "exclude", "exposure", "cached"):
+        for name in ("history", "exclude", "exposure", "cached", "follows"):
             v = getattr(self, name)
             if v is not None and len(v) != n_users:
                 raise DataError(f"request state {name!r} has {len(v)} rows for {n_users} users")

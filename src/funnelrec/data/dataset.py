@@ -8,6 +8,7 @@ lets every later stage gather attributes by index instead of building dicts.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -54,6 +55,8 @@ class Dataset:
     items: pl.DataFrame
     schema: Schema
     extras: dict[str, Any] = field(default_factory=dict)
+    #: the optional follow graph (data/schema.py): user_id, author_id (str), ts, user_idx; None = none
+    follows: pl.DataFrame | None = None
 
     @property
     def n_users(self) -> int:
@@ -87,20 +90,23 @@ class Dataset:
         items: pl.DataFrame | None = None,
         extras: dict[str, Any] | None = None,
         dense_ids: bool = False,
+        follows: pl.DataFrame | None = None,
     ) -> Dataset:
         """Validate the three tables against `schema` and assign dense indices.
 
         Users/items that appear only in interactions get rows with nulls for their attributes.
         `dense_ids=True` is the fast path for generated data: the ids already are 0..n-1 (users
         and items tables given, row i holding id i); that is checked without joins and the
-        index columns are the id columns under their index names.
+        index columns are the id columns under their index names. `follows` (optional; columns
+        user_id, author_id, ts) gets `user_idx`; every user in it must be a known user.
         """
         schema.validate("interactions", interactions)
         for col in ("user_id", "item_id", "timestamp"):
             if interactions[col].null_count():
                 raise DataError(f"interactions: column {col!r} has {interactions[col].null_count()} nulls")
         if dense_ids:
-            return cls._build_dense(name, interactions, schema, users, items, extras)
+            ds = cls._build_dense(name, interactions, schema, users, items, extras)
+            return ds.with_follows(follows) if follows is not None else ds
         users = users if users is not None else interactions.select("user_id").unique(maintain_order=True)
         items = items if items is not None else interactions.select("item_id").unique(maintain_order=True)
         schema.validate("users", users)
@@ -110,7 +116,24 @@ class Dataset:
         inter = interactions.join(users.select("user_id", "user_idx"), on="user_id", how="left").join(
             items.select("item_id", "item_idx"), on="item_id", how="left"
         )
-        return cls(name=name, interactions=inter, users=users, items=items, schema=schema, extras=extras or {})
+        ds = cls(name=name, interactions=inter, users=users, items=items, schema=schema, extras=extras or {})
+        return ds.with_follows(follows) if follows is not None else ds
+
+    def with_follows(self, follows: pl.DataFrame) -> Dataset:
+        """This dataset with the follow graph `follows` (typed by `schema.validate_follows`, with
+        `user_idx`). A user the users table does not hold is a DataError naming it."""
+        from funnelrec.data.schema import validate_follows
+
+        f = validate_follows(follows)
+        try:
+            f = f.join(self.users.select("user_id", "user_idx"), on="user_id", how="left")
+        except pl.exceptions.PolarsError as e:
+            raise DataError(f"follows: user_id and the users table disagree on its type: {e}") from None
+        unknown = f.filter(pl.col("user_idx").is_null())
+        if unknown.height:
+            raise DataError(f"follows: {unknown.height} rows name users not in the data, e.g. user_id "
+                            f"{unknown['user_id'][0]!r}")
+        return dataclasses.replace(self, follows=f)
 
     @classmethod
     def _build_dense(cls, name: str, interactions: pl.DataFrame, schema: Schema, users: pl.DataFrame | None,

@@ -10,6 +10,17 @@ A schema types every column of the three tables of the data contract:
 
 Kinds: categorical (one token), numeric (a number), multi (a list of tokens), sequence (an
 ordered list), label (a training target), time (unix seconds).
+
+An optional fourth table, `follows` (the follow graph of platforms with creators), has fixed
+columns and needs no schema entry:
+
+    follows:
+      user_id: categorical   (the users table's ids)
+      author_id: categorical (a value of the items' author column, e.g. items.author; String)
+      ts: time               (unix seconds the user followed the author)
+
+One row per (user, author) edge that holds at the end of the data; the author channel reads it
+(recall/author.py). `validate_follows` checks it.
 """
 
 from __future__ import annotations
@@ -84,3 +95,23 @@ class Schema:
                 ok = isinstance(dt, pl.List)
             if not ok:
                 raise DataError(f"{table}: column {col!r} is {dt}, but the schema says {kind}")
+
+
+#: the columns of the optional follows table, in order (see the module doc)
+FOLLOWS_COLUMNS = ("user_id", "author_id", "ts")
+
+
+def validate_follows(df: pl.DataFrame) -> pl.DataFrame:
+    """The follows table typed: author_id as String, ts as Int64 unix seconds, one row per
+    (user_id, author_id) (the latest ts kept). DataError naming the first missing column, a
+    null or a mistyped ts."""
+    for col in FOLLOWS_COLUMNS:
+        if col not in df.columns:
+            raise DataError(f"follows: missing column {col!r} (the follows table has {', '.join(FOLLOWS_COLUMNS)})")
+        if df[col].null_count():
+            raise DataError(f"follows: column {col!r} has {df[col].null_count()} nulls")
+    ts = df.schema["ts"]
+    if not (ts.is_integer() or ts.is_float()):
+        raise DataError(f"follows: column 'ts' is {ts}, but it must be unix seconds")
+    out = df.select("user_id", pl.col("author_id").cast(pl.String), pl.col("ts").cast(pl.Int64))
+    return out.sort("ts").unique(["user_id", "author_id"], keep="last", maintain_order=True)

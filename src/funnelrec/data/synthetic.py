@@ -58,6 +58,14 @@ rescaled by the same factor as u_raw. Impressions from then on are drawn, and an
 u' (`SyntheticWorld.user_vectors_after_drift`); `user_vectors` and the truth methods stay the
 pre-drift preferences. Before the drift time the log equals the log without drift.
 
+Follows (off by default; `follows_per_user` > 0 turns them on). Each user follows
+n_u ~ Poisson(`follows_per_user`) distinct authors (at most the number of authors with items),
+drawn without replacement with probability ∝ exp(s(u, a)), where s(u, a) = u · ā_a and ā_a is the
+mean vector of author a's items — users follow the authors whose items they like (Gumbel top-n_u).
+Each edge's ts is uniform over [start − `backlog_days`, end). A generator of its own (seeded by
+(seed, 2)) draws them after everything else, so the rest of the world is bit-identical with or
+without follows; the table is `dataset.follows` (user_id, author_id, ts).
+
 The interactions table is ordered by timestamp (so by timestamp within each user too);
 user_id = user_idx and item_id = item_idx.
 """
@@ -129,6 +137,7 @@ class WorldConfig:
     position_exponent: float = 0.6
     drift_day: int = 0  # preference drift at start + drift_day days (with drift_fraction > 0)
     drift_fraction: float = 0.0  # share of users whose favourite tags change then; 0 = no drift
+    follows_per_user: float = 0.0  # mean authors a user follows (Poisson); 0 = no follows table
 
     def __post_init__(self) -> None:
         for name in ("n_users", "n_items", "n_interactions", "dim", "n_tags", "n_regions", "days", "pool_size"):
@@ -145,6 +154,8 @@ class WorldConfig:
             raise ConfigError(f"WorldConfig.exploration must be in [0, 1], got {self.exploration}")
         if self.freshness_days <= 0 or self.watch_shape <= 0:
             raise ConfigError("WorldConfig.freshness_days and watch_shape must be > 0")
+        if self.follows_per_user < 0:
+            raise ConfigError(f"WorldConfig.follows_per_user must be ≥ 0, got {self.follows_per_user}")
         if not 0.0 <= self.drift_fraction <= 1.0:
             raise ConfigError(f"WorldConfig.drift_fraction must be in [0, 1], got {self.drift_fraction}")
         if self.drift_fraction > 0 and not 0 < self.drift_day < self.days:
@@ -528,6 +539,31 @@ def generate_world(config: WorldConfig) -> tuple[SyntheticWorld, pl.DataFrame, p
     return world, inter, users, items
 
 
+def generate_follows(config: WorldConfig, world: SyntheticWorld) -> pl.DataFrame:
+    """The follow graph of the module doc: (user_id, author_id, ts), one row per edge."""
+    c = config
+    rng = np.random.default_rng((c.seed, 2))
+    n_authors = int(world.item_author.max()) + 1 if world.n_items else 0
+    counts = np.bincount(world.item_author, minlength=n_authors).astype(np.float64)
+    has = counts > 0
+    mean = np.zeros((n_authors, world.item_vectors.shape[1]), np.float64)
+    np.add.at(mean, world.item_author, world.item_vectors.astype(np.float64))
+    mean[has] /= counts[has, None]
+    k = np.minimum(rng.poisson(c.follows_per_user, world.n_users), int(has.sum()))
+    users, authors = [], []
+    for u in np.flatnonzero(k):
+        s = mean @ world.user_vectors[u].astype(np.float64)
+        key = np.where(has, s + rng.gumbel(size=n_authors), -np.inf)  # Gumbel top-k ~ sampling ∝ exp(s)
+        top = np.argpartition(-key, k[u] - 1)[: k[u]]
+        users.append(np.full(k[u], u, np.int64))
+        authors.append(np.sort(top))
+    u_col = np.concatenate(users) if users else np.zeros(0, np.int64)
+    a_col = np.concatenate(authors) if authors else np.zeros(0, np.int64)
+    ts = rng.integers(c.start_time - c.backlog_days * DAY, c.end_time, len(u_col), dtype=np.int64)
+    names = pl.Series([f"a{a:06d}" for a in range(max(n_authors, 1))])
+    return pl.DataFrame({"user_id": u_col, "author_id": names.gather(a_col), "ts": ts})
+
+
 @DATASETS.register("synthetic")
 def load_synthetic(n_users: int = 10_000, n_items: int = 2_000, n_interactions: int = 200_000, seed: int = 0,
                    **config) -> Dataset:
@@ -538,6 +574,7 @@ def load_synthetic(n_users: int = 10_000, n_items: int = 2_000, n_interactions: 
     cfg = from_dict(WorldConfig, {"n_users": n_users, "n_items": n_items, "n_interactions": n_interactions,
                                   "seed": seed, **config})
     world, inter, users, items = generate_world(cfg)
+    follows = generate_follows(cfg, world) if cfg.follows_per_user > 0 else None
     ds = Dataset.build("synthetic", inter, SCHEMA, users=users, items=items,
-                       extras={"world": world, "config": dataclasses.asdict(cfg)}, dense_ids=True)
+                       extras={"world": world, "config": dataclasses.asdict(cfg)}, dense_ids=True, follows=follows)
     return ds

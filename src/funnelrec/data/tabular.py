@@ -11,6 +11,9 @@ unix seconds (integers, floats, or ISO dates/datetimes read as UTC); multi/seque
 ('|'-separated in CSV, '' → []); categorical → String, except user_id/item_id, which become
 Int64 when every value in every table is a plain integer. Columns the schema does not declare
 are kept as read. Every problem raises one line naming the file, column and first bad value.
+
+An optional `follows` file (columns user_id, author_id, ts; data/schema.py) is the follow graph:
+user_id coerced like the other tables, author_id to String, ts like a time column.
 """
 
 from __future__ import annotations
@@ -131,8 +134,8 @@ def _coerce(df: pl.DataFrame, kinds: dict[str, str], file: Path, table: str, int
 
 @DATASETS.register("tabular")
 def load_tabular(interactions: str | Path, schema: str | Path, users: str | Path | None = None,
-                 items: str | Path | None = None, name: str = "tabular") -> Dataset:
-    """Load interactions (+ users, items) files typed by a schema YAML (see the module doc)."""
+                 items: str | Path | None = None, name: str = "tabular", follows: str | Path | None = None) -> Dataset:
+    """Load interactions (+ users, items, follows) files typed by a schema YAML (see the module doc)."""
     sch = Schema.load(schema)
     paths = {"interactions": interactions, "users": users, "items": items}
     for table in ("users", "items"):
@@ -145,4 +148,12 @@ def load_tabular(interactions: str | Path, schema: str | Path, users: str | Path
         cols = [df[id_col] for t, df in frames.items() if id_col in df.columns and id_col in getattr(sch, t)]
         ids[id_col] = all(_is_int_column(c) for c in cols)
     typed = {t: _coerce(df, getattr(sch, t), Path(paths[t]), t, ids) for t, df in frames.items()}
-    return Dataset.build(name, typed["interactions"], sch, users=typed.get("users"), items=typed.get("items"))
+    graph = None
+    if follows is not None:
+        kinds = {"user_id": "categorical", "author_id": "categorical", "ts": "time"}
+        raw = read_table(follows)
+        if "author_id" in raw.columns and raw["author_id"].dtype != pl.String:
+            raw = raw.with_columns(pl.col("author_id").cast(pl.String))
+        graph = _coerce(raw, kinds, Path(follows), "follows", ids)
+    return Dataset.build(name, typed["interactions"], sch, users=typed.get("users"), items=typed.get("items"),
+                         follows=graph)
