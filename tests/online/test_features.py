@@ -15,6 +15,7 @@ from funnelrec.online.features import (
     FeatureService,
     build_feature_service,
     offline_item_features,
+    offline_item_features_at,
     offline_user_features,
 )
 from funnelrec.pipeline.eventlog import EventLog, FeedbackEvent
@@ -133,6 +134,27 @@ def test_counts_at_past_times_match_plain_numpy_filters(backend):
             np.testing.assert_allclose(got[f"ctr_{w}"].to_numpy(), (clicks + 1.0) / (imps + 10.0), rtol=1e-15)
         assert got["impression_7d"].sum() > 100
     fs.close()
+
+
+def test_point_in_time_features_of_samples_equal_the_as_of_definition():
+    """`offline_item_features_at` (one searchsorted pass for all samples, each as of its own ts)
+    equals `offline_item_features` row by row — samples at bucket edges and items without events
+    included."""
+    evs = [e for e, _ in _events(2000, seed=9)]
+    table = pl.DataFrame([e.__dict__ for e in evs])
+    rng = np.random.default_rng(4)
+    items = [str(i) for i in rng.integers(0, 42, 60)] + ["x-1", "never", "40"]
+    ts = (T0 + rng.integers(0, 10 * DAY, len(items))).tolist()
+    ts[:10] = [t - t % 3600 for t in ts[:10]]  # exactly where the 1d window moves
+    ts[10:15] = [t - t % 21600 - 1 for t in ts[10:15]]  # one second before the 7d window moves
+    samples = pl.DataFrame({"item_id": items, "ts": ts})
+    got = offline_item_features_at(table, samples, CONFIG)
+    assert got["item_id"].to_list() == items and got["ts"].to_list() == ts
+    want = pl.concat([offline_item_features(table, [i], t, CONFIG) for i, t in zip(items, ts)])
+    assert_frame_equal(got.drop("ts"), want)
+    assert got["impression_7d"].sum() > 100 and got["click_1h"].sum() > 0
+    with pytest.raises(DataError, match="samples: missing column 'ts'"):
+        offline_item_features_at(table, samples.drop("ts"), CONFIG)
 
 
 def _ev(item: str, typ: str, ts: int, user: str = "u1", value: float = 1.0) -> FeedbackEvent:
