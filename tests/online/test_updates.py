@@ -284,6 +284,10 @@ def test_guardrail_refuses_a_corrupted_update_and_accepts_a_real_one(world, capl
     ones = dataclasses.replace(hold, labels={**hold.labels, "click": np.ones(len(hold), np.float32)})
     with pytest.raises(GuardrailRefused, match="AUC undefined"):
         guard.check(f.ranker_, f.ranker_, ones)
+    with pytest.raises(GuardrailRefused, match="0 recalled samples, 0 with click=1 — AUC undefined"):
+        RankerUpdater(guardrail=guard).update(f, world["samples"], world["holdout"].clear())
+    lenient = RankerUpdater(guardrail=AUCGuardrail(0.01, on_undefined="accept"))
+    assert "ranker" in lenient.update(f, world["samples"], world["holdout"].clear())
     with pytest.raises(ConfigError, match="margin"):
         AUCGuardrail(margin=-1)
 
@@ -384,3 +388,15 @@ def test_an_item_admitted_online_survives_the_next_catalogue_change_with_a_pre_r
     assert fn2.ranker_.item_rows_[new_idx, col] == row and fn2.ranker_.item_rows_[new_idx + 1, col] == 0
     recs = fn2.run(world["users"][:3], k=10)
     assert all(len(r.items) == 10 for r in recs)
+
+
+def test_configure_takes_the_learners_fid_and_interval_settings():
+    class LearnConfig:  # the attributes online/learner.py documents
+        min_count, ttl_s, interval_s = 7, 86400.0, 600.0
+
+    r = RankerUpdater().configure(LearnConfig())
+    assert (r.config.min_count, r.config.ttl) == (7, 86400.0)
+    assert (r.admission.min_count, r.admission.ttl) == (7, 86400.0)
+    assert VectorUpdater().configure(LearnConfig()).config.interval == 600.0
+    LearnConfig.min_count = 0
+    assert RankerUpdater().configure(LearnConfig()).admission is None

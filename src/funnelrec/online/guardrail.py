@@ -6,8 +6,9 @@ not train on), with the features the served funnel gives them (online/samples.py
     refuse  ⇔  AUC(candidate) < AUC(served) − margin
 
 AUC over the task's label (ctr ← click by default), `funnelrec.eval.metrics.auc` (ties count ½).
-A window with one class only has no AUC: then nothing shows the candidate is not worse, so it is
-refused too (the message says why). Every verdict is logged with both figures.
+A window with one class only (or none: the learner's first step) has no AUC: nothing shows the
+candidate is not worse, so by default it is refused too (the message says why);
+`on_undefined="accept"` publishes it instead (logged). Every verdict is logged with both figures.
 
     guard = AUCGuardrail(margin=0.01)
     verdict = guard.check(served_ranker, candidate_ranker, rank_samples(funnel, holdout))
@@ -46,21 +47,29 @@ def ranker_logits(ranker: Any, samples: RankSamples, task: str = "ctr", batch_si
 class AUCGuardrail:
     """Refuse a candidate whose held-out AUC is below the served one's minus `margin`."""
 
-    def __init__(self, margin: float = 0.01, task: str = "ctr") -> None:
+    def __init__(self, margin: float = 0.01, task: str = "ctr", on_undefined: str = "refuse") -> None:
         if not (isinstance(margin, int | float) and math.isfinite(margin) and margin >= 0):
             raise ConfigError(f"guardrail margin must be a number ≥ 0, got {margin!r}")
         if task not in TASK_COLUMNS:
             raise ConfigError(f"guardrail task {task!r}: one of {', '.join(TASK_COLUMNS)}")
+        if on_undefined not in ("refuse", "accept"):
+            raise ConfigError(f"guardrail on_undefined must be 'refuse' or 'accept', got {on_undefined!r}")
         self.margin = float(margin)
         self.task = task
+        self.on_undefined = on_undefined
 
     def check(self, served: Any, candidate: Any, holdout: RankSamples) -> dict[str, float]:
         """The verdict {served_auc, candidate_auc, margin, n}; GuardrailRefused when refused."""
         y = holdout.labels[TASK_COLUMNS[self.task]]
         n_pos = int((y > 0.5).sum())
         if n_pos == 0 or n_pos == len(y):
-            msg = (f"guardrail: the held-out window has {len(y)} samples, {n_pos} with "
-                   f"{TASK_COLUMNS[self.task]}=1 — AUC undefined, the update is refused (widen the holdout window)")
+            what = (f"guardrail: the held-out window has {len(y)} recalled samples, {n_pos} with "
+                    f"{TASK_COLUMNS[self.task]}=1 — AUC undefined")
+            if self.on_undefined == "accept":
+                log.warning("%s, the update is accepted unjudged (on_undefined=accept)", what)
+                return {"served_auc": float("nan"), "candidate_auc": float("nan"), "margin": self.margin,
+                        "n": float(len(y))}
+            msg = f"{what}, the update is refused (widen the holdout window, or on_undefined=accept)"
             log.warning(msg)
             raise GuardrailRefused(msg)
         a_served = auc(y, ranker_logits(served, holdout, self.task))

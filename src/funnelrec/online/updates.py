@@ -287,6 +287,16 @@ class RankerUpdater:
         self.admission = FidAdmission(c.min_count, c.ttl) if c.min_count > 0 else None
         self.last_report_: dict[str, Any] = {}
 
+    def configure(self, config: Any) -> RankerUpdater:
+        """Take the learner's FID settings (`LearnConfig.min_count`, `.ttl_s`; online/learner.py)
+        where it has them; returns self."""
+        c = self.config
+        min_count = getattr(config, "min_count", c.min_count)
+        ttl = getattr(config, "ttl_s", c.ttl)
+        self.config = dataclasses.replace(c, min_count=min_count, ttl=ttl)
+        self.admission = FidAdmission(min_count, ttl) if min_count > 0 else None
+        return self
+
     def update(self, funnel: Any, samples: pl.DataFrame, holdout: pl.DataFrame) -> dict[str, object]:
         cfg = self.config
         t0 = time.perf_counter()
@@ -369,6 +379,14 @@ class VectorUpdater:
         self.clock = clock
         self.name = f"channels/{self.config.channel}"
         self.last_report_: dict[str, Any] = {}
+
+    def configure(self, config: Any) -> VectorUpdater:
+        """Take the learner's refresh interval (`LearnConfig.interval_s` or `.interval`, seconds)
+        where it has one; returns self."""
+        interval = getattr(config, "interval_s", getattr(config, "interval", None))
+        if interval is not None:
+            self.config = dataclasses.replace(self.config, interval=float(interval))
+        return self
 
     def update(self, funnel: Any, samples: pl.DataFrame, holdout: pl.DataFrame) -> dict[str, object]:
         cfg = self.config
