@@ -341,6 +341,28 @@ class UserHistory:
         seen.sort_indices()
         return H, seen
 
+    def with_interactions(self, users: np.ndarray, items: np.ndarray, n_users: int | None = None,
+                          n_items: int | None = None) -> UserHistory:
+        """A new history over (max(n_users, U), max(n_items, I)) with the pairs (users[k], items[k])
+        added as seen (weight max(w, 1) where a weight matrix is kept: an online event carries no
+        rating). The online learner's incremental update (recall channels' `update`); this one
+        is unchanged."""
+        users = np.asarray(users, np.int64).reshape(-1)
+        items = np.asarray(items, np.int64).reshape(-1)
+        U = max(self.n_users, n_users or 0, int(users.max(initial=-1)) + 1)
+        I = max(self.n_items, n_items or 0, int(items.max(initial=-1)) + 1)
+        add = sp.csr_matrix((np.ones(len(users), np.float32), (users, items)), shape=(U, I))
+        add.sum_duplicates()
+        add.data[:] = 1.0
+
+        def grown(m: sp.csr_matrix) -> sp.csr_matrix:
+            ptr = np.concatenate([m.indptr, np.full(U - m.shape[0], m.indptr[-1], m.indptr.dtype)])
+            return sp.csr_matrix((m.data, m.indices, ptr), shape=(U, I))
+
+        seen = grown(self.seen).maximum(add).tocsr()
+        weights = None if self.weights is self.seen else grown(self.weights).maximum(add).tocsr()
+        return UserHistory(seen, weights)
+
     def extra_matrix(self, histories: Sequence, n_rows: int) -> sp.csr_matrix:
         if len(histories) != n_rows:
             raise DataError(f"context history has {len(histories)} rows for {n_rows} users")

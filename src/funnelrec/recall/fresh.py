@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from funnelrec.core.errors import ConfigError
+from funnelrec.core.errors import ConfigError, NotFittedError
 from funnelrec.core.registry import RECALL_CHANNELS
 from funnelrec.core.types import CandidateBatch
 from funnelrec.data.dataset import TrainData
@@ -109,6 +109,26 @@ class FreshRecall(AttributeRecall):
             new = copy.copy(self)
             new.history_ = widened_history(self.history_, items.height)
         new.publish_ = items[cfg.time_column].cast(float).fill_null(float("nan")).to_numpy().astype(np.float64)
+        new.items_ = new._order_items()
+        return new
+
+    def update(self, users: np.ndarray, items: np.ndarray, ts: np.ndarray,
+               n_users: int | None = None, n_items: int | None = None) -> FreshRecall:
+        """A copy advanced by the interactions (users[k], items[k], ts[k]): the present moves to
+        now' = max(now, max ts) — the global list becomes the `max_items` newest items published
+        by now' plus every item dated later, exactly as a fit whose latest timestamp is now' —
+        and the consumed items join the users' seen items (never recalled to them again). The
+        by-tag index keeps its fit-time freshness scores (a refit rebuilds it). Unchanged self."""
+        import copy
+
+        if not getattr(self, "fitted_", False):
+            raise NotFittedError(f"recall channel {self.name!r} is not fitted; update() needs fit() or load()")
+        ts = np.asarray(ts, np.int64).reshape(-1)
+        new = copy.copy(self)
+        new.history_ = self.history_.with_interactions(users, items, n_users, n_items)
+        if new.history_.n_items > len(self.publish_):
+            new.publish_ = np.concatenate([self.publish_, np.full(new.history_.n_items - len(self.publish_), np.nan)])
+        new.now_ = max(int(self.now_), int(ts.max(initial=self.now_)))
         new.items_ = new._order_items()
         return new
 

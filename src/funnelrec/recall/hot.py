@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from funnelrec.core.errors import ConfigError
+from funnelrec.core.errors import ConfigError, NotFittedError
 from funnelrec.core.registry import RECALL_CHANNELS
 from funnelrec.core.types import CandidateBatch
 from funnelrec.data.dataset import TrainData
@@ -66,10 +66,48 @@ class HotRecall(RecallChannel):
 
     def fit(self, data: TrainData) -> HotRecall:
         pop = train_popularity(data, self.config.tau_days)
+        self.popularity_ = pop  # (I,) hot(i) at now_, all items: what `update` decays and adds to
+        self.now_ = int(data.now)
         self.items_, self.scores_ = ranked_list(pop, self.config.max_items)
         self.history_ = UserHistory(data.csr)
         self.fitted_ = True
         return self
+
+    def update(self, users: np.ndarray, items: np.ndarray, ts: np.ndarray,
+               n_users: int | None = None, n_items: int | None = None) -> HotRecall:
+        """A copy with the interactions (users[k], items[k], ts[k]) counted, at the new present
+        now' = max(now, max ts):
+
+            hot'(i) = hot(i) · exp(−(now' − now)/τ) + Σ_{new (i, t)} exp(−(now' − t)/τ)
+
+        which equals `fit` on the training data plus these interactions (each old term
+        exp(−(now − t)/τ) times exp(−(now' − now)/τ) is exp(−(now' − t)/τ)); τ = 0 adds counts.
+        Touches only the popularity vector and the ranked list. A channel saved before
+        `popularity_` existed starts from its ranked list (exact when every item with a
+        positive score is in it). This channel is unchanged."""
+        import copy
+
+        if not getattr(self, "fitted_", False):
+            raise NotFittedError(f"recall channel {self.name!r} is not fitted; update() needs fit() or load()")
+        users = np.asarray(users, np.int64).reshape(-1)
+        items = np.asarray(items, np.int64).reshape(-1)
+        ts = np.asarray(ts, np.int64).reshape(-1)
+        history = self.history_.with_interactions(users, items, n_users, n_items)
+        I = history.n_items
+        pop = getattr(self, "popularity_", None)
+        if pop is None:
+            pop = np.zeros(self.history_.n_items)
+            pop[self.items_] = self.scores_
+        now = int(getattr(self, "now_", 0) or 0)
+        now_new = max(now, int(ts.max(initial=now)))
+        tau = self.config.tau_days * 86400.0
+        out = np.zeros(I)
+        out[: len(pop)] = pop * (np.exp(-(now_new - now) / tau) if tau > 0 else 1.0)
+        out += decayed_counts(items, ts, now_new, self.config.tau_days, I)
+        new = copy.copy(self)
+        new.popularity_, new.now_, new.history_ = out, now_new, history
+        new.items_, new.scores_ = ranked_list(out, self.config.max_items)
+        return new
 
     def _recall(self, users: np.ndarray, n: int, context: RecallContext | None) -> CandidateBatch:
         _, seen = self.history_.rows(users, context)

@@ -26,7 +26,7 @@ import numba
 import numpy as np
 import scipy.sparse as sp
 
-from funnelrec.core.errors import ConfigError
+from funnelrec.core.errors import ConfigError, NotFittedError
 from funnelrec.core.registry import RECALL_CHANNELS
 from funnelrec.core.types import CandidateBatch
 from funnelrec.data.dataset import TrainData
@@ -34,7 +34,6 @@ from funnelrec.recall._common import (
     UserHistory,
     cap_rows,
     csr_topn,
-    neighbours_to_csr,
     rating_matrix,
     select_topk,
     spmm_topn,
@@ -63,12 +62,15 @@ class ItemCFConfig:
 
 
 @numba.njit(parallel=True, cache=True)
-def _itemcf_kernel(iu_ptr, iu_idx, ui_ptr, ui_idx, user_w, k, jaccard, asym, shrink):
+def _itemcf_kernel(iu_ptr, iu_idx, ui_ptr, ui_idx, user_w, k, jaccard, asym, shrink, rows):
+    # rows: the items whose neighbour lists are computed (all of them in a fit; the ones an
+    # online update touched in `update`); output row r is item rows[r]
     n_items = iu_ptr.size - 1
-    n_chunks = 64 if n_items > 64 else max(n_items, 1)
-    chunk = (n_items + n_chunks - 1) // n_chunks
-    nbr = np.full((n_items, k), -1, np.int64)
-    sims = np.zeros((n_items, k), np.float32)
+    n_rows = rows.size
+    n_chunks = 64 if n_rows > 64 else max(n_rows, 1)
+    chunk = (n_rows + n_chunks - 1) // n_chunks
+    nbr = np.full((n_rows, k), -1, np.int64)
+    sims = np.zeros((n_rows, k), np.float32)
     deg = np.empty(n_items, np.float64)
     for i in range(n_items):
         deg[i] = iu_ptr[i + 1] - iu_ptr[i]
@@ -78,7 +80,8 @@ def _itemcf_kernel(iu_ptr, iu_idx, ui_ptr, ui_idx, user_w, k, jaccard, asym, shr
         acc = np.zeros(n_items, np.float64)
         cnt = np.zeros(n_items, np.int64)
         touched = np.empty(n_items, np.int64)
-        for i in range(c * chunk, min((c + 1) * chunk, n_items)):
+        for r in range(c * chunk, min((c + 1) * chunk, n_rows)):
+            i = rows[r]
             nt = 0
             for p in range(iu_ptr[i], iu_ptr[i + 1]):
                 u = iu_idx[p]
@@ -104,14 +107,15 @@ def _itemcf_kernel(iu_ptr, iu_idx, ui_ptr, ui_idx, user_w, k, jaccard, asym, shr
                     vals[t] = acc[j] / (pow_a[i] * pow_b[j] + shrink)
                 acc[j] = 0.0
                 cnt[j] = 0
-            select_topk(ids, vals, k, nbr[i], sims[i])
+            select_topk(ids, vals, k, nbr[r], sims[r])
     return nbr, sims
 
 
 def itemcf_neighbours(R: sp.csr_matrix, k: int, similarity: str = "cosine", user_damping: str = "none",
-                      shrink: float = 0.0, asymmetry: float = 0.5) -> sp.csr_matrix:
+                      shrink: float = 0.0, asymmetry: float = 0.5, rows: np.ndarray | None = None) -> sp.csr_matrix:
     """(I, I) CSR of each item's top-k neighbours by cosine/asymmetric cosine/Jaccard on the
-    binary (U, I) matrix R."""
+    binary (U, I) matrix R; with `rows` only those items' lists are computed (the other rows
+    empty) — each row depends on R alone, so a row computed here equals its row in a full fit."""
     R = sp.csr_matrix(R, dtype=np.float32)
     R.sort_indices()
     Rt = sp.csr_matrix(R.T)
@@ -122,10 +126,44 @@ def itemcf_neighbours(R: sp.csr_matrix, k: int, similarity: str = "cosine", user
     user_w = {"none": np.ones(R.shape[0]), "iuf": 1.0 / np.log1p(np.maximum(lens, 1.0)),
               "inverse": 1.0 / np.maximum(lens, 1.0)}[user_damping]
     asym = asymmetry if similarity == "asymmetric" else 0.5
+    rows = np.arange(R.shape[1], dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
     nbr, sims = _itemcf_kernel(Rt.indptr.astype(np.int64), Rt.indices.astype(np.int64),
                                R.indptr.astype(np.int64), R.indices.astype(np.int64), user_w,
-                               int(k), similarity == "jaccard", float(asym), float(shrink))
-    return neighbours_to_csr(nbr, sims, R.shape[1])
+                               int(k), similarity == "jaccard", float(asym), float(shrink), rows)
+    return rows_to_csr(rows, nbr, sims, R.shape[1])
+
+
+def rows_to_csr(rows: np.ndarray, nbr: np.ndarray, sims: np.ndarray, n_items: int) -> sp.csr_matrix:
+    """(len(rows), k) neighbour lists of the items `rows` → an (I, I) CSR with those rows filled."""
+    keep = (nbr >= 0) & (sims > 0)
+    r = np.nonzero(keep)[0]
+    out = sp.csr_matrix((sims[keep].astype(np.float32), (rows[r], nbr[keep])), shape=(n_items, n_items))
+    out.sort_indices()
+    return out
+
+
+def replace_rows(N: sp.csr_matrix, rows: np.ndarray, new: sp.csr_matrix) -> sp.csr_matrix:
+    """N (grown to new's shape) with the rows `rows` taken from `new` instead."""
+    n = new.shape[0]
+    N = sp.csr_matrix((N.data, N.indices, np.concatenate([N.indptr, np.full(n - N.shape[0], N.indptr[-1])])),
+                      shape=new.shape)
+    keep = np.ones(n, bool)
+    keep[rows] = False
+    out = sp.csr_matrix(sp.diags(keep.astype(np.float32)) @ N + new, dtype=np.float32)
+    out.eliminate_zeros()
+    out.sort_indices()
+    return out
+
+
+def touched_rows(R: sp.csr_matrix, items: np.ndarray) -> np.ndarray:
+    """The items that co-occur (share a user in R) with any of `items`, `items` included: the
+    rows of an item-item similarity whose value can change when `items` gain users."""
+    items = np.unique(np.asarray(items, np.int64))
+    if not len(items):
+        return items
+    Rc = sp.csc_matrix(R)
+    users = np.unique(Rc[:, items].indices)
+    return np.union1d(np.unique(sp.csr_matrix(R)[users].indices), items).astype(np.int64)
 
 
 def normalize_rows_max(m: sp.csr_matrix) -> sp.csr_matrix:
@@ -178,3 +216,40 @@ class ItemCFRecall(NeighbourRecall):
         self.history_ = self._fit_history(data, cfg.use_rating)
         self.fitted_ = True
         return self
+
+    def update(self, users: np.ndarray, items: np.ndarray, ts: np.ndarray | None = None,
+               n_users: int | None = None, n_items: int | None = None) -> ItemCFRecall:
+        """A copy with the consumptions (users[k], items[k]) (dense indices; ts unused) added to
+        the co-occurrence data, equal to a fit on the training data plus these pairs (the online
+        learner's incremental step). Only the rows a new pair can change are recomputed:
+        c(i, j), |U_i| and w_u change only for the users that gained an item, so the rows are
+        the items co-occurring with an item that gained a user (`touched_rows`). With
+        max_items_per_user > 0 and a user over the cap, the seeded sample is global, so every
+        row is recomputed. This channel is unchanged."""
+        import copy
+
+        if not getattr(self, "fitted_", False):
+            raise NotFittedError(f"recall channel {self.name!r} is not fitted; update() needs fit() or load()")
+        cfg = self.config
+        users = np.asarray(users, np.int64).reshape(-1)
+        items = np.asarray(items, np.int64).reshape(-1)
+        history = self.history_.with_interactions(users, items, n_users, n_items)
+        R = history.seen
+        capped = cfg.max_items_per_user > 0 and np.diff(R.indptr).max(initial=0) > cfg.max_items_per_user
+        Rf = cap_rows(R, cfg.max_items_per_user, cfg.seed)
+        if capped:
+            rows = np.arange(R.shape[1], dtype=np.int64)
+        else:
+            old = self.history_.seen
+            gained = sp.csr_matrix(R - sp.csr_matrix((old.data, old.indices, np.concatenate(
+                [old.indptr, np.full(R.shape[0] - old.shape[0], old.indptr[-1])])), shape=R.shape))
+            gained.eliminate_zeros()
+            rows = touched_rows(R, np.unique(gained.indices))
+        block = itemcf_neighbours(Rf, cfg.k, cfg.similarity, cfg.user_damping, cfg.shrink, cfg.asymmetry, rows=rows)
+        if cfg.normalize:
+            block = normalize_rows_max(block)
+        new = copy.copy(self)
+        new.neighbours_ = replace_rows(self.neighbours_, rows, block)
+        new.neighbours_t_ = sp.csr_matrix(new.neighbours_.T)
+        new.history_ = history
+        return new

@@ -24,11 +24,18 @@ import numba
 import numpy as np
 import scipy.sparse as sp
 
-from funnelrec.core.errors import ConfigError
+from funnelrec.core.errors import ConfigError, NotFittedError
 from funnelrec.core.registry import RECALL_CHANNELS
 from funnelrec.data.dataset import TrainData
 from funnelrec.recall._common import cap_rows, neighbours_to_csr, row_topk, select_topk
-from funnelrec.recall.itemcf import NeighbourRecall, itemcf_neighbours, normalize_rows_max
+from funnelrec.recall.itemcf import (
+    NeighbourRecall,
+    itemcf_neighbours,
+    normalize_rows_max,
+    replace_rows,
+    rows_to_csr,
+    touched_rows,
+)
 
 
 @dataclass(frozen=True)
@@ -50,15 +57,17 @@ class SwingConfig:
 
 
 @numba.njit(parallel=True, cache=True)
-def _swing_kernel(iu_ptr, iu_idx, ui_ptr, ui_idx, user_w, item_norm, alpha, k):
+def _swing_kernel(iu_ptr, iu_idx, ui_ptr, ui_idx, user_w, item_norm, alpha, k, rows):
+    # rows: the items whose lists are computed (all in a fit, the touched ones in `update`)
     n_items = iu_ptr.size - 1
-    n_chunks = 64 if n_items > 64 else max(n_items, 1)
-    chunk = (n_items + n_chunks - 1) // n_chunks
+    n_rows = rows.size
+    n_chunks = 64 if n_rows > 64 else max(n_rows, 1)
+    chunk = (n_rows + n_chunks - 1) // n_chunks
     max_len = 0
     for u in range(ui_ptr.size - 1):
         max_len = max(max_len, ui_ptr[u + 1] - ui_ptr[u])
-    nbr = np.full((n_items, k), -1, np.int64)
-    sims = np.zeros((n_items, k), np.float32)
+    nbr = np.full((n_rows, k), -1, np.int64)
+    sims = np.zeros((n_rows, k), np.float32)
     for c in numba.prange(n_chunks):
         acc = np.zeros(n_items, np.float64)
         seen = np.zeros(n_items, np.bool_)
@@ -66,7 +75,8 @@ def _swing_kernel(iu_ptr, iu_idx, ui_ptr, ui_idx, user_w, item_norm, alpha, k):
         stamp = np.zeros(n_items, np.int64)
         inter = np.empty(max_len + 1, np.int64)
         tick = 0
-        for i in range(c * chunk, min((c + 1) * chunk, n_items)):
+        for r in range(c * chunk, min((c + 1) * chunk, n_rows)):
+            i = rows[r]
             nt = 0
             s, e = iu_ptr[i], iu_ptr[i + 1]
             for a in range(s, e):
@@ -100,15 +110,16 @@ def _swing_kernel(iu_ptr, iu_idx, ui_ptr, ui_idx, user_w, item_norm, alpha, k):
                 vals[t] = acc[ids[t]] / (item_norm[i] * item_norm[ids[t]])
                 acc[ids[t]] = 0.0
                 seen[ids[t]] = False
-            select_topk(ids, vals, k, nbr[i], sims[i])
+            select_topk(ids, vals, k, nbr[r], sims[r])
     return nbr, sims
 
 
 def swing_neighbours(R: sp.csr_matrix, k: int, alpha: float = 1.0, user_weight_power: float = 0.5,
                      max_users_per_item: int = 0, max_items_per_user: int = 0, seed: int = 0,
-                     popularity_power: float = 0.0) -> sp.csr_matrix:
+                     popularity_power: float = 0.0, rows: np.ndarray | None = None) -> sp.csr_matrix:
     """(I, I) CSR of each item's top-k Swing neighbours on the binary (U, I) matrix R, each
-    similarity divided by (|U_i|·|U_j|)^popularity_power (full, uncapped counts)."""
+    similarity divided by (|U_i|·|U_j|)^popularity_power (full, uncapped counts); with `rows`
+    only those items' lists (the other rows empty, each row as in a full fit)."""
     item_norm = np.maximum(np.asarray(sp.csr_matrix(R).getnnz(axis=0), np.float64), 1.0) ** popularity_power
     R = cap_rows(sp.csr_matrix(R, dtype=np.float32), max_items_per_user, seed)
     R.sort_indices()
@@ -118,8 +129,11 @@ def swing_neighbours(R: sp.csr_matrix, k: int, alpha: float = 1.0, user_weight_p
     user_w = np.maximum(lens, 1.0) ** -user_weight_power
     nbr, sims = _swing_kernel(Rt.indptr.astype(np.int64), Rt.indices.astype(np.int64),
                               R.indptr.astype(np.int64), R.indices.astype(np.int64), user_w,
-                              item_norm, float(alpha), int(k))
-    return neighbours_to_csr(nbr, sims, R.shape[1])
+                              item_norm, float(alpha), int(k),
+                              np.arange(R.shape[1], dtype=np.int64) if rows is None else np.asarray(rows, np.int64))
+    if rows is None:
+        return neighbours_to_csr(nbr, sims, R.shape[1])
+    return rows_to_csr(np.asarray(rows, np.int64), nbr, sims, R.shape[1])
 
 
 @RECALL_CHANNELS.register("swing")
@@ -143,4 +157,55 @@ class SwingRecall(NeighbourRecall):
         self.neighbours_t_ = sp.csr_matrix(N.T)
         self.history_ = self._fit_history(data, cfg.use_rating)
         self.fitted_ = True
+        return self
+
+    def update(self, users: np.ndarray, items: np.ndarray, ts: np.ndarray | None = None,
+               n_users: int | None = None, n_items: int | None = None) -> SwingRecall:
+        """A copy with the consumptions (users[k], items[k]) added, equal to a fit on the training
+        data plus these pairs. Row i depends only on U_i and the item sets (and weights) of its
+        users, so the rows that change are the items of the users that gained one, ∪_{u∈T} I_u
+        (plus, with popularity_power > 0, every item co-occurring with one whose |U_i| grew).
+        When a cap is active (a user over max_items_per_user, an item over max_users_per_item)
+        or cosine_blend > 0, the seeded samples / the blend are global, so every row is
+        recomputed. This channel is unchanged."""
+        import copy
+
+        if not getattr(self, "fitted_", False):
+            raise NotFittedError(f"recall channel {self.name!r} is not fitted; update() needs fit() or load()")
+        cfg = self.config
+        history = self.history_.with_interactions(users, items, n_users, n_items)
+        R = history.seen
+        old = self.history_.seen
+        old = sp.csr_matrix((old.data, old.indices, np.concatenate(
+            [old.indptr, np.full(R.shape[0] - old.shape[0], old.indptr[-1])])), shape=R.shape)
+        gained = sp.csr_matrix(R - old)
+        gained.eliminate_zeros()
+        over = ((cfg.max_items_per_user > 0 and np.diff(R.indptr).max(initial=0) > cfg.max_items_per_user)
+                or (cfg.max_users_per_item > 0 and R.getnnz(axis=0).max(initial=0) > cfg.max_users_per_item))
+        new = copy.copy(self)
+        new.history_ = history
+        if over or cfg.cosine_blend > 0:
+            new.fit_matrix(R)
+            return new
+        T = np.unique(np.repeat(np.arange(R.shape[0]), np.diff(gained.indptr)))
+        rows = np.unique(R[T].indices).astype(np.int64)
+        if cfg.popularity_power:
+            rows = np.union1d(rows, touched_rows(R, np.unique(gained.indices)))
+        block = swing_neighbours(R, cfg.k, cfg.alpha, cfg.user_weight_power, cfg.max_users_per_item,
+                                 cfg.max_items_per_user, cfg.seed, cfg.popularity_power, rows=rows)
+        new.neighbours_ = replace_rows(self.neighbours_, rows, block)
+        new.neighbours_t_ = sp.csr_matrix(new.neighbours_.T)
+        return new
+
+    def fit_matrix(self, R: sp.csr_matrix) -> SwingRecall:
+        """The neighbour lists of a full fit on the binary (U, I) matrix R (the history stays)."""
+        cfg = self.config
+        N = swing_neighbours(R, cfg.k, cfg.alpha, cfg.user_weight_power, cfg.max_users_per_item,
+                             cfg.max_items_per_user, cfg.seed, cfg.popularity_power)
+        if cfg.cosine_blend > 0:
+            cos = itemcf_neighbours(R, cfg.k)
+            N = row_topk((1 - cfg.cosine_blend) * normalize_rows_max(N)
+                         + cfg.cosine_blend * normalize_rows_max(cos), cfg.k)
+        self.neighbours_ = N
+        self.neighbours_t_ = sp.csr_matrix(N.T)
         return self
