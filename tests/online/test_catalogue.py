@@ -309,3 +309,36 @@ def test_ranker_features_of_fitted_items_are_unchanged_by_extension(ranked_funne
         count = sum(len(set(genres[j] or []) & {"drama", "horror"}) for j in hist)
         assert got[r, 0] == pytest.approx(np.log1p(count), rel=1e-6)
         assert got[r, -1] == 0.0  # ridge(u, new item) = 0: B has no row for it yet
+
+
+def test_every_registered_channel_serves_an_extended_funnel():
+    """Over `RECALL_CHANNELS.names()` (a channel registered tomorrow is in it): the funnel with
+    new items answers with fresh history and cached results that hold new items; a channel with
+    `extend_items` knows the new rows, one without it never returns a new item (no neighbours
+    until it is refitted or updated) and never fails on one in a history."""
+    import funnelrec.recall  # noqa: F401  (registers every channel)
+    from funnelrec.core.registry import RECALL_CHANNELS
+    from funnelrec.core.types import RequestState
+
+    world = make_world()
+    params = {"vector": {"epochs": 1, "item_columns": ["genres"], "user_columns": ["gender"], "batch_size": 64}}
+    names = RECALL_CHANNELS.names()
+    chans = [{"name": n, "n": 10, **({"params": params[n]} if n in params else {})} for n in names]
+    f = FunnelBuilder(FunnelConfig.from_dict({"recall": {"channels": chans, "merge": {"total": 60}}})).fit(
+        world.dataset, world.dataset.interactions)
+    g = f.with_items(pl.DataFrame({"item_id": [901, 902], "genres": [["drama"], ["comedy"]],
+                                   "directors": [["p1"], ["p2"]], "publish_time": [T - 9, T - 8]}))
+    I = f.dataset_.n_items
+    users = np.array([0, 1, -1])
+    hist = [np.array([0, I])] * 3
+    cached = [(np.array([I + 1, 1]), np.array([2.0, 1.0], np.float32))] * 3
+    ctx = RecallContext(time=T, region="1", extra={"history": hist},
+                        state=RequestState(history=hist, cached=cached))
+    for name in names:
+        batch = g.channels_[name].recall(users, 10, ctx)
+        got = set(batch.items.ravel().tolist())
+        assert I not in got, name  # consumed (fresh history): never recalled again
+        if not hasattr(g.channels_[name], "extend_items"):
+            assert I + 1 not in got, name
+    recs = g.run(users, 20, context=RecallContext(time=T, region="1"), state=RequestState(history=hist, cached=cached))
+    assert any(I + 1 in r.items.tolist() for r in recs)  # the fresh channel offers the unconsumed one
