@@ -118,10 +118,13 @@ def test_feedback_impressions_are_filtered_and_logged_with_the_assignment(url, s
     events.append({"item_id": shown[1], "type": "watch_time", "value": 37.5, "ts": now})
     n_before = len(service.events)
     r = httpx.post(f"{url}/feedback", json={"request_id": first["request_id"], "user_id": "305", "events": events})
-    assert r.status_code == 200 and r.json() == {"logged": 5, "impressions": 3}
+    assert r.status_code == 200 and r.json() == {"logged": 5, "impressions": 3, "duplicates": 0}
     after = httpx.post(f"{url}/recommend", json={"user_id": "305", "k": 5, "debug": True}).json()
     assert not set(shown) & {it["item_id"] for it in after["items"]}
-    assert set(shown) <= set(after["debug"]["filtered"])
+    # the clicked and watched items are in the real-time history now: never recalled again; the
+    # one only shown is recalled and removed by the exposure filter
+    assert shown[2] in after["debug"]["filtered"]
+    assert not {shown[0], shown[1]} & set(after["debug"]["filtered"])
     log = service.events.read().tail(len(service.events) - n_before)
     assert log["type"].to_list() == ["impression"] * 3 + ["click", "watch_time"]
     assert log["item_id"].to_list() == [str(i) for i in shown] + [str(shown[0]), str(shown[1])]
@@ -354,3 +357,25 @@ def test_an_event_id_is_stored_once_and_an_old_log_gains_the_column(tmp_path):
     again = EventLog(old)
     assert again.append([a, a]) == 1 and again.read()["event_id"].to_list() == [None, "e-1"]
     again.close()
+
+
+def test_the_same_feedback_twice_is_stored_once(url, service):
+    now = int(time.time())
+    first = httpx.post(f"{url}/recommend", json={"user_id": "22", "k": 4}).json()
+    shown = [it["item_id"] for it in first["items"]]
+    body = {"request_id": first["request_id"], "user_id": "22",
+            "events": [{"item_id": i, "type": "impression", "ts": now} for i in shown]
+            + [{"item_id": shown[0], "type": "click", "ts": now, "event_id": "client-key-1"}]}
+    n0 = len(service.events)
+    later = now + 2 * 3600  # the windows count complete hourly buckets (online/features.py)
+    imps0 = service.item_features(shown[1], later)["features"]
+    assert httpx.post(f"{url}/feedback", json=body).json() == {"logged": 5, "impressions": 4, "duplicates": 0}
+    imps1 = service.item_features(shown[1], later)["features"]
+    again = httpx.post(f"{url}/feedback", json=body)  # a client retrying after a timeout
+    assert again.status_code == 200 and again.json() == {"logged": 0, "impressions": 0, "duplicates": 5}
+    assert len(service.events) == n0 + 5
+    assert service.item_features(shown[1], later)["features"] == imps1 != imps0  # counted once
+    assert imps1["impression_1d"] == imps0["impression_1d"] + 1
+    # a different client key for the same click is a new event
+    other = {**body, "events": [{**body["events"][-1], "event_id": "client-key-2"}]}
+    assert httpx.post(f"{url}/feedback", json=other).json()["logged"] == 1

@@ -526,7 +526,10 @@ class RecommenderService:
 
     def feedback(self, request_id: str | None, user_id: Any, events: Iterable[Mapping[str, Any]]) -> dict[str, int]:
         """Append the events to the durable log (committed when this returns), then add the
-        impressions to the user's exposure filter. Each event: {item_id, type, value?, ts?}."""
+        impressions to the user's exposure filter. Each event: {item_id, type, value?, ts?,
+        event_id?}. An event's id is the client's `event_id`, else — when the feedback names its
+        request — "request_id:item:type:ts"; a repeat of a logged id is acknowledged (counted in
+        "duplicates") but changes nothing: not the log, the exposure filter, history or counters."""
         uid = str(user_id)
         rid = None if request_id is None else str(request_id)
         exp_json = None
@@ -540,11 +543,16 @@ class RecommenderService:
         for i, e in enumerate(events):
             try:
                 ts = e.get("ts")
+                ts = now if ts is None else int(ts)
+                eid = e.get("event_id")
+                if eid is None and rid is not None:
+                    eid = f"{rid}:{e['item_id']}:{e['type']}:{ts}"
                 evs.append(FeedbackEvent(rid, uid, str(e["item_id"]), str(e["type"]), float(e.get("value", 1.0)),
-                                         now if ts is None else int(ts), exp_json))
+                                         ts, exp_json, None if eid is None else str(eid)))
             except (KeyError, TypeError, ValueError, OverflowError) as err:
                 raise DataError(f"events[{i}]: {err}") from None
-        self.events.append(evs)  # durable before anything else
+        n_sent = len(evs)
+        evs = self.events.append_new(evs)  # durable before anything else; repeats left out
         impressions: dict[int, list[int]] = {}
         for e in evs:
             if e.type == "impression":
@@ -555,7 +563,8 @@ class RecommenderService:
         self._update_features(evs)
         self._update_follows(uid, evs)
         self.metrics.count_events(e.type for e in evs)
-        return {"logged": len(evs), "impressions": sum(len(v) for v in impressions.values())}
+        return {"logged": len(evs), "impressions": sum(len(v) for v in impressions.values()),
+                "duplicates": n_sent - len(evs)}
 
     # ------------------------------------------------------------------ live catalogue (issue #10)
     def live_catalogue(self, cur: LoadedFunnel) -> tuple[LoadedFunnel, LiveCatalogue]:

@@ -85,6 +85,9 @@ class Event(_Strict):
     type: Literal["impression", "click", "like", "watch_time", "cart", "purchase", "follow", "unfollow"]
     value: StrictFloat | StrictInt = 1.0
     ts: StrictInt | None = Field(None, ge=0, le=MAX_TS, description="unix seconds (not milliseconds)")
+    # idempotency key: a retried event with the same id is acknowledged, not stored twice (default
+    # when the feedback has a request_id: request_id:item_id:type:ts)
+    event_id: Utf8Str | None = Field(None, min_length=1, max_length=128)
 
     @field_validator("value")
     @classmethod
@@ -184,6 +187,7 @@ class SimilarResponse(BaseModel):
 class FeedbackResponse(BaseModel):
     logged: int
     impressions: int
+    duplicates: int = Field(0, description="events whose event_id was already logged: acknowledged, not stored")
 
 
 class ReloadResponse(BaseModel):
