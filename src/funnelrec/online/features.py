@@ -415,6 +415,18 @@ class CounterBackend:
     def recent(self, user: str) -> list[tuple[str, int]]:
         raise NotImplementedError
 
+    def sums(self, entities: list[str], slot: dict[tuple[str, int, str], int], n_cols: int) -> np.ndarray:
+        """(E, n_cols) int64: per entity, Σ of its counters (window, bucket, type) into column
+        slot[…]; counters without a slot are not read."""
+        acc = np.zeros((len(entities), n_cols), np.int64)
+        for i, h in enumerate(self.counts(entities)):
+            row = acc[i]
+            for f, c in h.items():
+                j = slot.get(f)
+                if j is not None:
+                    row[j] += c
+        return acc
+
     def close(self) -> None:
         self._closed = True
 
@@ -559,6 +571,29 @@ return 0
 """
 
 
+# KEYS: the entities' hashes. ARGV: m, m field names, their m 1-based columns, the column count.
+# Returns the column sums of every key, flattened: HMGET reads only the windows' fields, and only
+# the sums travel (a client-side HGETALL of 200 items × ~300 fields spent ~40 ms parsing).
+_REDIS_SUMS = """
+local m = tonumber(ARGV[1])
+local ncol = tonumber(ARGV[2 * m + 2])
+local fields, cols = {}, {}
+for i = 1, m do fields[i] = ARGV[1 + i]; cols[i] = tonumber(ARGV[1 + m + i]) end
+local out = {}
+for k = 1, #KEYS do
+  local base = (k - 1) * ncol
+  for c = 1, ncol do out[base + c] = 0 end
+  for a = 1, m, 4000 do
+    local vals = redis.call('HMGET', KEYS[k], unpack(fields, a, math.min(a + 3999, m)))
+    for i = 1, #vals do
+      if vals[i] then local c = base + cols[a + i - 1]; out[c] = out[c] + tonumber(vals[i]) end
+    end
+  end
+end
+return out
+"""
+
+
 @FEATURE_BACKENDS.register("redis")
 class RedisCounters(CounterBackend):
     """Hashes and sorted sets in Redis (module doc): an update is one pipelined round trip (one
@@ -578,6 +613,8 @@ class RedisCounters(CounterBackend):
         except redis.RedisError as e:
             raise ConfigError(f"cannot reach Redis at {url}: {e}") from None
         self._script = self._client.register_script(_REDIS_APPLY)
+        self._sums = self._client.register_script(_REDIS_SUMS)
+        self._sum_args: tuple[dict, list] | None = None
         self._parsed: dict[bytes, tuple[str, int, str]] = {}
         self.ttl_s = cfg.max_span() + max(b for _, _, b in cfg.windows) + cfg.lateness_s
 
@@ -629,6 +666,22 @@ class RedisCounters(CounterBackend):
                 d[key] = int(n)
             out.append(d)
         return out
+
+    def sums(self, entities: list[str], slot: dict[tuple[str, int, str], int], n_cols: int) -> np.ndarray:
+        """One script call: the server sums each entity's window fields (HMGET), one integer per
+        column travels back. (A single-node Redis: the keys of one call need not share a slot.)"""
+        self._check_open()
+        if not entities:
+            return np.zeros((0, n_cols), np.int64)
+        args = self._sum_args
+        if args is None or args[0] is not slot:  # the slot table changes when a window moves a bucket
+            names = [f"{w}:{b}:{t}" for w, b, t in slot]
+            args = self._sum_args = (slot, [len(names), *names, *[j + 1 for j in slot.values()], n_cols])
+        try:
+            got = self._sums(keys=[self.prefix + e for e in entities], args=args[1])
+        except self._redis_mod.ResponseError as e:
+            raise ArtifactError(f"feature store at {self.where}/{self.prefix}: {e}") from None
+        return np.asarray(got, np.int64).reshape(len(entities), n_cols)
 
     def recent(self, user: str) -> list[tuple[str, int]]:
         self._check_open()
@@ -710,7 +763,6 @@ class FeatureService:
 
     def _sums(self, entities: list[str], now: int) -> dict[tuple[str, str], np.ndarray]:
         cfg = self.config
-        got = self.backend.counts(entities)
         cols = [(w, t) for w, _, _ in cfg.windows for t in cfg.count_types]
         # (window, bucket, type) → column, for the buckets [⌊now/B⌋ − n, ⌊now/B⌋) of each window;
         # the same for every `now` until a window moves to its next bucket, so built once per move
@@ -719,14 +771,7 @@ class FeatureService:
         if cached is None or cached[0] != at:
             cached = self._slots = (at, {(w, b, t): cols.index((w, t)) for w, s, bs in cfg.windows
                                          for b in range(now // bs - s // bs, now // bs) for t in cfg.count_types})
-        slot = cached[1]
-        acc = np.zeros((len(entities), len(cols)), np.int64)
-        for i, h in enumerate(got):
-            row = acc[i]
-            for f, c in h.items():
-                j = slot.get(f)
-                if j is not None:
-                    row[j] += c
+        acc = self.backend.sums(entities, cached[1], len(cols))
         return {c: acc[:, j] for j, c in enumerate(cols)}
 
     def item_features(self, item_ids: Sequence[Any], now: int) -> pl.DataFrame:
