@@ -46,14 +46,17 @@ def row(batch, r=0):
     return items.tolist(), scores.tolist()
 
 
-def test_similarity_is_the_cosine_of_follower_sets():
+def test_similarity_is_the_cosine_of_audiences_followers_and_readers():
     ch = channel(world(FOLLOWS), k_similar=2)
     A, B, C = (ch.forward_.code(a) for a in "ABC")
     sim = ch.similar_.toarray()
-    # F_A = {1, 2, 3}, F_B = {2, 3}, F_C = {4}: cos(A, B) = 2 / sqrt(3 · 2); C shares no follower
-    assert sim[A, B] == pytest.approx(2 / math.sqrt(6), rel=1e-6)
-    assert sim[B, A] == pytest.approx(2 / math.sqrt(6), rel=1e-6)
-    assert sim[A, C] == sim[C, A] == sim[B, C] == 0.0
+    # readers A = {0, 1, 3, 5}, B = {0, 1, 4}, C = {2, 5}; followers A = {1, 2, 3}, B = {2, 3}, C = {4}
+    # audiences P_A = {0, 1, 2, 3, 5}, P_B = {0, 1, 2, 3, 4}, P_C = {2, 4, 5}
+    assert sim[A, B] == pytest.approx(4 / math.sqrt(5 * 5), rel=1e-6)
+    assert sim[B, A] == pytest.approx(4 / 5, rel=1e-6)
+    assert sim[A, C] == pytest.approx(2 / math.sqrt(5 * 3), rel=1e-6)
+    assert sim[B, C] == pytest.approx(2 / math.sqrt(5 * 3), rel=1e-6)
+    assert np.all(np.diag(sim) == 0)
 
 
 def test_without_follows_similarity_is_co_consumption():
@@ -73,10 +76,18 @@ def test_followed_authors_fresh_items_come_first_then_consumption():
     items, scores = row(ch.recall(np.array([4]), 10))
     assert items == [8, 7, 6, 3, 4]
     assert scores[0] > scores[1] > scores[2] > scores[3]
-    # fresh(i) = (t_i − t_min + 1)/(t_max − t_min + 1), t = 100·i: the followed scores are
-    # max consumption score + 1 + fresh, spaced by 100/801
-    assert scores[0] - scores[1] == pytest.approx(100 / 801, rel=1e-4)
-    assert scores[2] == pytest.approx(scores[3] + 1 + 601 / 801, rel=1e-5)
+    # followed scores: max consumption score + 1 + (t_i − (now − D)) / D, D = 1 day, now = the last
+    # training time 10 009, t_i = 100·i; C's items also enter the consumption weights (γ = 1):
+    # w = a(B) + f(C) = 1 + 1, c = w · pop / max pop = 1/2 for items 3, 4 (one reader; max pop 2)
+    assert scores[3] == pytest.approx(0.5) and scores[4] == pytest.approx(0.5)
+    assert scores[0] - scores[1] == pytest.approx(100 / 86400, rel=1e-3)
+    assert scores[2] == pytest.approx(0.5 + 1 + (600 - (10_009 - 86400)) / 86400, rel=1e-6)
+    # a shorter window keeps only the items published in it: D = 10 009 − 650 s leaves 7 and 8
+    short = channel(world(FOLLOWS), k_similar=0, fresh_days=(10_009 - 650) / 86400)
+    assert row(short.recall(np.array([4]), 10))[0][:2] == [8, 7]
+    # an item published after the request time is not fresh yet
+    at = row(ch.recall(np.array([4]), 10, RecallContext(time=750)))[0]
+    assert at[:2] == [7, 6] and 8 in at[2:]  # 8 still comes by the consumption weights
 
 
 def test_users_without_follows_fall_back_to_consumption_exactly():
@@ -196,7 +207,8 @@ def test_service_feedback_follow_reaches_the_next_request():
     data = make_world()
     cfg = FunnelConfig.from_dict({"recall": {"channels": [{"name": "hot", "n": 10},
                                                           {"name": "author", "n": 30,
-                                                           "params": {"column": "authors", "k_similar": 0}}]}, "rank": {"epochs": 1}})
+                                                           "params": {"column": "authors", "k_similar": 0,
+                                                                      "fresh_days": 1000}}]}, "rank": {"epochs": 1}})
     f = FunnelBuilder(cfg).fit(data.dataset, data.interactions)
     svc = RecommenderService(f)
     uid, u = "3", f.dataset_.user_ids.index(3)
@@ -207,12 +219,14 @@ def test_service_feedback_follow_reaches_the_next_request():
     assert state.follows == [{"p5": True}]
     author = f.channels_["author"]
     got = author.recall(np.array([u]), 30, RecallContext(state=state)).items[0]
-    # p5 is an author of items k with k % 8 == 5 or (k + 3) % 8 == 5: those the user has not seen come first
+    # p5's items already published at the last training time, unseen by the user, come first, newest first
     items = data.dataset.items
-    by_p5 = {i for i, a in enumerate(items["authors"].to_list()) if "p5" in a}
+    now = int(data.interactions["timestamp"].max())
+    t = items["publish_time"].to_numpy()
     seen = set(data.interactions.filter(pl.col("user_idx") == u)["item_idx"].to_list())
-    first = [i for i in got.tolist() if i != PAD][: len(by_p5 - seen)]
-    assert set(first) == by_p5 - seen and len(first) > 0
+    want = sorted((i for i, a in enumerate(items["authors"].to_list()) if "p5" in a and t[i] <= now and i not in seen),
+                  key=lambda i: -t[i])
+    assert len(want) > 0 and got.tolist()[: len(want)] == want
     svc.feedback(None, uid, [{"item_id": "p5", "type": "unfollow", "ts": 101}])
     assert svc.request_state(cur, uid, u, 0)[0].follows == [{"p5": False}]
     svc.close()
