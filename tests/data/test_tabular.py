@@ -1,5 +1,7 @@
 """The CSV/Parquet loader: a round trip through files written here, and each one-line error."""
 
+import re
+
 import polars as pl
 import pytest
 
@@ -164,3 +166,39 @@ def test_unknown_extension(tmp_path):
     odd.write_text("x")
     with pytest.raises(DataError, match=r"unknown file type '\.xlsx'"):
         load_tabular(odd, schema, users=paths["users"], items=paths["items"])
+
+
+def _times(ds) -> list[int]:
+    return ds.interactions.sort("timestamp")["timestamp"].to_list()
+
+
+@pytest.mark.parametrize("scale", [1_000, 1_000_000, 1_000_000_000])
+def test_millisecond_microsecond_and_nanosecond_times_become_seconds(tmp_path, scale):
+    inter = re.sub(r"\b(1700000\d{3})\b", lambda m: str(int(m.group(1)) * scale), INTER)  # 1700000300 → …300000
+    paths, schema = _write(tmp_path, inter=inter)
+    ds = load_tabular(paths["interactions"], schema, users=paths["users"], items=paths["items"])
+    assert _times(ds) == [1700000100, 1700000200, 1700000300, 1700000400]
+    pq = tmp_path / "typed.parquet"  # typed integer times in Parquet too
+    pl.read_csv(paths["interactions"]).write_parquet(pq)
+    assert _times(load_tabular(pq, schema, users=paths["users"], items=paths["items"]))[0] == 1700000100
+
+
+@pytest.mark.parametrize("sep", [";", "\t", "|"])
+def test_a_csv_with_another_separator_is_sniffed(tmp_path, sep):
+    paths, schema = _write(tmp_path, inter=INTER.replace(",", sep))
+    ds = load_tabular(paths["interactions"], schema, users=paths["users"], items=paths["items"])
+    assert ds.interactions.height == 4 and _times(ds)[0] == 1700000100
+
+
+@pytest.mark.parametrize("inter", ["", "user_id,item_id,timestamp,click,watch_time\n"])
+def test_no_interactions_is_an_error(tmp_path, inter):
+    paths, schema = _write(tmp_path, inter=inter)
+    with pytest.raises(DataError, match="no interactions|empty file"):
+        load_tabular(paths["interactions"], schema, users=paths["users"], items=paths["items"])
+
+
+def test_load_dataset_passes_the_loaders_own_name(tmp_path):
+    paths, schema = _write(tmp_path)
+    ds = load_dataset("tabular", name="shop", interactions=paths["interactions"], schema=schema,
+                      users=paths["users"], items=paths["items"])
+    assert ds.name == "shop"

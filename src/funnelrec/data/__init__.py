@@ -10,8 +10,9 @@ from funnelrec.data.schema import Schema
 __all__ = ["Dataset", "IdMap", "Schema", "TrainData", "load_dataset"]
 
 
-def load_dataset(name: str, **kwargs):
-    """Load a registered dataset by name (one of `DATASETS.names()`)."""
+def load_dataset(name: str, /, **kwargs):
+    """Load a registered dataset by name (one of `DATASETS.names()`); `kwargs` go to its loader
+    (positional-only `name`, so a loader's own `name=` option passes through)."""
     from funnelrec.core.errors import ConfigError
     from funnelrec.core.registry import DATASETS
 

@@ -5,12 +5,16 @@
       u1,i9,1700000000,1                               timestamp: time, click: label}
                                         items: {item_id: categorical, tags: multi}
 
-The format follows the file extension (.csv, .tsv, .parquet/.pq). Columns are coerced to their
-schema kind: numeric/label → Int64 when every value is an integer else Float64; time → Int64
-unix seconds (integers, floats, or ISO dates/datetimes read as UTC); multi/sequence → list[str]
+The format follows the file extension (.csv, .tsv, .parquet/.pq); a .csv whose header holds no
+comma but a ';', tab or '|' is read with that separator (sniffed from the header line). Columns
+are coerced to their schema kind: numeric/label → Int64 when every value is an integer else
+Float64; time → Int64 unix seconds (integers, floats, or ISO dates/datetimes read as UTC; numbers
+in milliseconds, microseconds or nanoseconds — a median ≥ 1e11, 1e14, 1e17 — are scaled down to
+seconds); multi/sequence → list[str]
 ('|'-separated in CSV, '' → []); categorical → String, except user_id/item_id, which become
 Int64 when every value in every table is a plain integer. Columns the schema does not declare
-are kept as read. Every problem raises one line naming the file, column and first bad value.
+are kept as read. Every problem raises one line naming the file, column and first bad value;
+an interactions file without a single row is an error (there is nothing to fit).
 
 An optional `follows` file (columns user_id, author_id, ts; data/schema.py) is the follow graph:
 user_id coerced like the other tables, author_id to String, ts like a time column.
@@ -59,7 +63,9 @@ def read_table(path: str | Path) -> pl.DataFrame:
             raise DataError(f"{p}: malformed Parquet file ({str(e).splitlines()[0]})") from None
     if ext not in _SEPARATORS:
         raise DataError(f"{p}: unknown file type {ext!r}; known: .csv, .tsv, .parquet, .pq")
-    sep = _SEPARATORS[ext]
+    if p.stat().st_size == 0:
+        raise DataError(f"{p}: empty file (no header, no rows)")
+    sep = _sniff_separator(p, _SEPARATORS[ext])
     try:
         df = pl.read_csv(p, separator=sep, infer_schema=False)
     except (pl.exceptions.PolarsError, OSError) as e:
@@ -70,6 +76,28 @@ def read_table(path: str | Path) -> pl.DataFrame:
         if where:
             raise DataError(f"{p}: malformed CSV ({where})")
     return df
+
+
+def _sniff_separator(path: Path, default: str) -> str:
+    """`default`, unless the header line lacks it and holds exactly one of ; tab | (a European
+    CSV export, a TSV named .csv)."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        header = f.readline()
+    if default in header:
+        return default
+    found = [c for c in (";", "\t", "|") if c in header]
+    return found[0] if len(found) == 1 else default
+
+
+def _to_seconds(t: pl.Series) -> pl.Series:
+    """Unix times in s, ms, µs or ns (told apart by the median's magnitude) as seconds."""
+    med = t.drop_nulls().abs().median()
+    if med is None:
+        return t
+    for unit in (10**9, 10**6, 10**3):  # ns, µs, ms: a median beyond 1e17, 1e14, 1e11 (the year 5138 in s)
+        if med >= 1e8 * unit:
+            return t // unit
+    return t
 
 
 def _first_bad(raw: pl.Series, parsed: pl.Series) -> str:
@@ -101,8 +129,8 @@ def _coerce(df: pl.DataFrame, kinds: dict[str, str], file: Path, table: str, int
             if kind == "time":  # typed (Parquet) times become unix seconds like CSV ones
                 if isinstance(s.dtype, pl.Datetime | pl.Date):
                     out.append(s.cast(pl.Datetime("us")).dt.epoch("s").alias(col))
-                elif s.dtype.is_float():
-                    out.append(s.cast(pl.Int64).alias(col))
+                elif s.dtype.is_float() or s.dtype.is_integer():
+                    out.append(_to_seconds(s.cast(pl.Int64)).alias(col))
             continue  # other typed (Parquet) columns: Schema.validate checks the kind
         elif kind in ("numeric", "label"):
             raw = s.str.strip_chars()
@@ -125,8 +153,10 @@ def _coerce(df: pl.DataFrame, kinds: dict[str, str], file: Path, table: str, int
                     dt = rest.str.to_datetime(strict=False, time_zone="UTC")
                     raise DataError(f"{file}: column {col!r} is time (unix seconds or ISO date), "
                                     f"but holds {_first_bad(rest, dt)}") from None
-                parsed = parsed.fill_null(dt.dt.epoch("s"))
-            out.append(parsed.alias(col))
+                parsed = _to_seconds(parsed).fill_null(dt.dt.epoch("s"))
+                out.append(parsed.alias(col))
+                continue
+            out.append(_to_seconds(parsed).alias(col))
         elif kind in ("multi", "sequence"):
             out.append(s.fill_null("").str.split("|").list.eval(pl.element().filter(pl.element() != "")).alias(col))
     return df.with_columns(out) if out else df
@@ -147,6 +177,8 @@ def load_tabular(interactions: str | Path, schema: str | Path, users: str | Path
     for id_col in ("user_id", "item_id"):
         cols = [df[id_col] for t, df in frames.items() if id_col in df.columns and id_col in getattr(sch, t)]
         ids[id_col] = all(_is_int_column(c) for c in cols)
+    if frames["interactions"].height == 0:
+        raise DataError(f"{interactions}: no interactions (an empty file or a header only); nothing to fit")
     typed = {t: _coerce(df, getattr(sch, t), Path(paths[t]), t, ids) for t, df in frames.items()}
     graph = None
     if follows is not None:
