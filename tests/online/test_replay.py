@@ -88,7 +88,7 @@ def test_summarize_pairs_user_days_and_recovery():
         "mode": ["static"] * 3 + ["online"] * 3,
         "day": [1, 1, 2, 1, 1, 2], "user_id": ["a", "b", "a", "a", "b", "a"],
         "ndcg": [0.1, 0.2, 0.3, 0.4, 0.2, 0.6], "auc": [0.5, math.nan, 0.7, 0.6, 0.9, math.nan],
-        "n_relevant": [1, 1, 1, 1, 1, 1]})
+        "n_relevant": [1, 1, 1, 1, 1, 1], "model_version": ["v"] * 6})
     s = summarize(rec, cfg)
     assert s["modes"]["static"]["ndcg@10"] == pytest.approx(0.2)
     assert s["modes"]["static"]["auc"] == pytest.approx(0.6) and s["modes"]["static"]["auc_user_days"] == 2
@@ -188,6 +188,7 @@ def test_static_protocol_through_a_real_service(planted):
     # every user is active on each of the 4 replayed days, and every day brings new items
     assert rec.height == N_USERS * 4 and rec["day"].unique().sort().to_list() == [4, 5, 6, 7]
     assert (rec["n_relevant"] == np.where(rec["day"].to_numpy() == 4, 2, 5)).all()
+    assert set(rec["model_version"].to_list()) == {"initial"}  # static: the fitted funnel throughout
     # static: impressions only, k per user-day, at the start of the day
     assert set(log["type"].to_list()) == {"impression"}
     assert log.height == N_USERS * 4 * CFG.k

@@ -152,6 +152,7 @@ class Answer:
     request_id: str | None
     item_ids: list  # external ids, best first
     scores: np.ndarray  # the served (fused) score of each
+    model_version: str = ""
 
 
 class ReplayClient(Protocol):
@@ -168,7 +169,7 @@ class ServiceClient:
 
     def recommend(self, user_id: Any, k: int, time: int, exclude: list) -> Answer:
         out = self.service.recommend(user_id, k=k, context={"time": int(time)}, exclude=exclude or None)
-        return Answer(out.request_id, list(out.item_ids), np.asarray(out.rec.scores, np.float64))
+        return Answer(out.request_id, list(out.item_ids), np.asarray(out.rec.scores, np.float64), out.model_version)
 
     def feedback(self, request_id: str | None, user_id: Any, events: list[dict[str, Any]]) -> None:
         if events:
@@ -201,7 +202,7 @@ class HttpReplayClient:
                                         "exclude": list(exclude)})
         items = got["items"]
         return Answer(got.get("request_id"), [it["item_id"] for it in items],
-                      np.asarray([it["score"] for it in items], np.float64))
+                      np.asarray([it["score"] for it in items], np.float64), str(got.get("model_version", "")))
 
     def feedback(self, request_id: str | None, user_id: Any, events: list[dict[str, Any]]) -> None:
         for a in range(0, len(events), self.MAX_EVENTS):
@@ -309,7 +310,8 @@ def _make_online(fitted: FittedReplay, cfg: ReplayConfig, workdir: Path) -> tupl
 def replay(fitted: FittedReplay, mode: str, cfg: ReplayConfig, client: ReplayClient | None = None,
            workdir: str | Path | None = None, progress: bool = False) -> pl.DataFrame:
     """Replay `fitted.replay_rows` in `mode`; one row per scored user-day:
-    mode, day (since the data's first day), user_id, ndcg, auc, n_relevant. `client`: drive
+    mode, day (since the data's first day), user_id, ndcg, auc, n_relevant, model_version (of the
+    funnel that answered). `client`: drive
     that (e.g. `HttpReplayClient`) instead of a fresh in-process service."""
     if mode not in MODES:
         raise ConfigError(f"replay mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -348,7 +350,7 @@ def _run(fitted: FittedReplay, mode: str, cfg: ReplayConfig, client: ReplayClien
     cols = ["user_id", "item_id", "timestamp"] + ([cfg.like_column] if cfg.like_column else [])
     rows = fitted.replay_rows
     k_req = max(cfg.k, cfg.auc_k)
-    out: dict[str, list] = {"day": [], "user_id": [], "ndcg": [], "auc": [], "n_relevant": []}
+    out: dict[str, list] = {"day": [], "user_id": [], "ndcg": [], "auc": [], "n_relevant": [], "model_version": []}
     days = rows.partition_by("day", maintain_order=True, as_dict=True)
     it = days.items()
     if progress:
@@ -371,6 +373,7 @@ def _run(fitted: FittedReplay, mode: str, cfg: ReplayConfig, client: ReplayClien
                 out["ndcg"].append(ndcg_at_k(shown, relevant, cfg.k))
                 out["auc"].append(pairwise_auc(ans.scores, np.array([i in relevant for i in ans.item_ids], bool)))
                 out["n_relevant"].append(len(relevant))
+                out["model_version"].append(ans.model_version)
             events = [{"item_id": i, "type": "impression", "ts": start} for i in shown]
             if mode != "static":
                 ts = user_rows["timestamp"].to_list()
@@ -388,7 +391,7 @@ def _run(fitted: FittedReplay, mode: str, cfg: ReplayConfig, client: ReplayClien
             end_of_day()
     return pl.DataFrame({"mode": [mode] * len(out["day"]), **out},
                         schema={"mode": pl.String, "day": pl.Int64, "user_id": pl.String, "ndcg": pl.Float64,
-                                "auc": pl.Float64, "n_relevant": pl.Int64})
+                                "auc": pl.Float64, "n_relevant": pl.Int64, "model_version": pl.String})
 
 
 # --------------------------------------------------------------------------------- summary
