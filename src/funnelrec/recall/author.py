@@ -21,9 +21,9 @@ with fresh_days = 0 there is no followed-first list; follows still enter w.
 Similar authors: sim(x, y) = |P_x ∩ P_y| / sqrt(|P_x| · |P_y|), the cosine of the authors'
 audiences P_x = {u : f(u, x) = 1} ∪ {u : u consumed an item by x} (co-following and
 co-consumption; without follows, co-consumption alone), top `k_similar` per author, sim(x, x)
-not kept. (Co-following alone was tried: on the synthetic world it ranks worse than
-co-consumption — a click log follows popularity, which a follow graph drawn from taste lacks;
-the union is better than either, bench/follow_graph.py.)
+not kept. (Co-following alone was tried: on the synthetic world it ranks below co-consumption
+— its click log follows popularity, which a follow graph drawn from taste lacks — while the
+union ranks as well as co-consumption; docs/BENCHMARKS.md, session 4.)
 
 MovieLens-100k: `items.directors` (default) or `items.authors` (directors + actors), both from
 the Freebase knowledge graph; the synthetic world: `items.author`, with follows on request.
