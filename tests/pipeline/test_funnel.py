@@ -165,3 +165,15 @@ def test_service_refuses_experiments_the_funnel_cannot_run(fitted_funnel):
            "variants": [{"name": "c"}, {"name": "t", "params": {"rank.model": "deepfm"}}]}]}
     with pytest.raises(ConfigError, match="unknown parameter 'rank.model'"):
         RecommenderService(fitted_funnel, experiments=ExperimentPlatform(from_dict(ExperimentsConfig, exp)))
+
+
+def test_the_evaluate_table_quotes_recbole_only_for_movielens(capsys):
+    from funnelrec.cli import _print_table
+
+    m = {"recall@10": 0.2, "ndcg@10": 0.3}
+    report = {"protocol": "recbole-rs-811", "dataset": "shop", "users": 3, "channels": {"itemcf": m},
+              "merged": {**m, "size": 100}, "funnel": m}
+    _print_table(report)
+    assert "RecBole" not in capsys.readouterr().out
+    _print_table({**report, "dataset": "movielens-100k"})
+    assert "RecBole 1.2.1, same protocol" in capsys.readouterr().out
