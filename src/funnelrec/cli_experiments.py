@@ -133,7 +133,10 @@ def status(config: Path = typer.Option(..., help="experiments YAML"),
             typer.echo(f"  step {st['step']}  {when:20}  {st['percent']:g}%  {st['state']}")
         for g in r.config.guardrails:
             looks = [lk for lk in r.looks if lk.metric == g.metric]
-            rule = f"{g.direction}, max_degradation {g.max_degradation or 0:g}, alpha {g.alpha or 0.05:g}"
+            if r.config.scheduled:  # the always-valid look's defaults (experiments/schedule.py)
+                rule = f"{g.direction}, max_degradation {g.max_degradation or 0:g}, alpha {g.alpha or 0.05:g}"
+            else:
+                rule = f"{g.direction}, max_degradation {g.max_degradation}, alpha {g.alpha}"
             if not r.config.scheduled:
                 typer.echo(f"  guardrail {g.metric} ({rule}): checked by whoever calls advance()")
             elif log is None:
