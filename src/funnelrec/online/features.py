@@ -415,7 +415,7 @@ class CounterBackend:
     def recent(self, user: str) -> list[tuple[str, int]]:
         raise NotImplementedError
 
-    def sums(self, entities: list[str], slot: dict[tuple[str, int, str], int], n_cols: int) -> np.ndarray:
+    def sums(self, entities: list[str], now: int, slot: dict[tuple[str, int, str], int], n_cols: int) -> np.ndarray:
         """(E, n_cols) int64: per entity, Σ of its counters (window, bucket, type) into column
         slot[…]; counters without a slot are not read."""
         acc = np.zeros((len(entities), n_cols), np.int64)
@@ -552,42 +552,96 @@ class SQLiteCounters(CounterBackend):
         super().close()
 
 
-# KEYS[1] the entity's hash. ARGV: ttl, k, k × (field, Δ), bound, then (window, min bucket) pairs.
+# Rolling window totals. Besides its bucket fields `{w}:{b}:{type}`, an entity's hash may hold, per
+# window w, a head `#H:{w}` = h and totals `#T:{w}:{type}` = Σ of the buckets [h − n_w, h). A read
+# at hi = ⌊now/B_w⌋ uses them as they are (hi = h: n_types fields, not n_w · n_types), moves them
+# by the buckets that entered and left (h < hi < h + n_w), or recomputes them (no head, or a jump
+# of ≥ n_w); a read in the past (hi < h) sums the buckets and leaves the totals alone. A write adds
+# each increment to the totals too when its bucket lies inside [h − n_w, h) (a late event); a
+# bucket ≥ h is added when the head passes it. Pruning deletes a head whose window still counts a
+# pruned bucket, so a total is never moved past a bucket it can no longer subtract.
+
+# KEYS[1] the entity's hash. ARGV: ttl, k, k × (window, bucket, type, Δ), bound, then
+# (window, min bucket, n buckets) triples.
 _REDIS_APPLY = """
 local key = KEYS[1]
 local k = tonumber(ARGV[2])
-for i = 0, k - 1 do redis.call('HINCRBY', key, ARGV[3 + 2 * i], ARGV[4 + 2 * i]) end
-local j = 3 + 2 * k
+local j = 3 + 4 * k
+local mins, lens, heads = {}, {}, {}
+for a = j + 1, #ARGV, 3 do
+  local w = ARGV[a]
+  mins[w] = tonumber(ARGV[a + 1]); lens[w] = tonumber(ARGV[a + 2])
+  heads[w] = tonumber(redis.call('HGET', key, '#H:' .. w))
+end
+for i = 0, k - 1 do
+  local w, b, t, d = ARGV[3 + 4 * i], ARGV[4 + 4 * i], ARGV[5 + 4 * i], ARGV[6 + 4 * i]
+  redis.call('HINCRBY', key, w .. ':' .. b .. ':' .. t, d)
+  local h, nb = heads[w], tonumber(b)
+  if h and h - lens[w] <= nb and nb < h then redis.call('HINCRBY', key, '#T:' .. w .. ':' .. t, d) end
+end
 if redis.call('HLEN', key) > tonumber(ARGV[j]) then
-  local mins = {}
-  for a = j + 1, #ARGV, 2 do mins[ARGV[a]] = tonumber(ARGV[a + 1]) end
   for _, f in ipairs(redis.call('HKEYS', key)) do
-    local w, b = string.match(f, '^([^:]+):(%-?%d+):')
+    local w, b = string.match(f, '^([^:#]+):(%-?%d+):')
     if w and mins[w] and tonumber(b) < mins[w] then redis.call('HDEL', key, f) end
+  end
+  for w, h in pairs(heads) do
+    if h - lens[w] < mins[w] then redis.call('HDEL', key, '#H:' .. w) end
   end
 end
 redis.call('EXPIRE', key, ARGV[1])
 return 0
 """
 
-
-# KEYS: the entities' hashes. ARGV: m, m field names, their m 1-based columns, the column count.
-# Returns the column sums of every key, flattened: HMGET reads only the windows' fields, and only
-# the sums travel (a client-side HGETALL of 200 items × ~300 fields spent ~40 ms parsing).
+# KEYS: the entities' hashes. ARGV: nw, nt, nw × (window, n buckets, hi), nt types. Returns, per
+# key, per window, per type, the window's count (flattened): only the sums travel.
 _REDIS_SUMS = """
-local m = tonumber(ARGV[1])
-local ncol = tonumber(ARGV[2 * m + 2])
-local fields, cols = {}, {}
-for i = 1, m do fields[i] = ARGV[1 + i]; cols[i] = tonumber(ARGV[1 + m + i]) end
+local nw, nt = tonumber(ARGV[1]), tonumber(ARGV[2])
+local types = {}
+for t = 1, nt do types[t] = ARGV[2 + 3 * nw + t] end
+local function zeros() local z = {} for t = 1, nt do z[t] = 0 end return z end
+local function add_range(key, w, lo, hi, acc)
+  local names = {}
+  for b = lo, hi - 1 do
+    local bs = string.format('%d', b)
+    for t = 1, nt do names[#names + 1] = w .. ':' .. bs .. ':' .. types[t] end
+  end
+  for a = 1, #names, 4000 do
+    local vals = redis.call('HMGET', key, unpack(names, a, math.min(a + 3999, #names)))
+    for i = 1, #vals do
+      if vals[i] then local t = (a + i - 2) % nt + 1; acc[t] = acc[t] + tonumber(vals[i]) end
+    end
+  end
+end
 local out = {}
 for k = 1, #KEYS do
-  local base = (k - 1) * ncol
-  for c = 1, ncol do out[base + c] = 0 end
-  for a = 1, m, 4000 do
-    local vals = redis.call('HMGET', KEYS[k], unpack(fields, a, math.min(a + 3999, m)))
-    for i = 1, #vals do
-      if vals[i] then local c = base + cols[a + i - 1]; out[c] = out[c] + tonumber(vals[i]) end
+  local key = KEYS[k]
+  local exists = redis.call('EXISTS', key) == 1
+  for j = 1, nw do
+    local w = ARGV[3 * j]
+    local n, hi = tonumber(ARGV[3 * j + 1]), tonumber(ARGV[3 * j + 2])
+    local tot = zeros()
+    if exists then
+      local tnames = {}
+      for t = 1, nt do tnames[t] = '#T:' .. w .. ':' .. types[t] end
+      local h = tonumber(redis.call('HGET', key, '#H:' .. w))
+      if h and h <= hi and hi - h < n then
+        local vals = redis.call('HMGET', key, unpack(tnames))
+        for t = 1, nt do tot[t] = tonumber(vals[t]) or 0 end
+        if hi > h then
+          local sub = zeros()
+          add_range(key, w, h, hi, tot)
+          add_range(key, w, h - n, hi - n, sub)
+          for t = 1, nt do tot[t] = tot[t] - sub[t] end
+        end
+      else
+        add_range(key, w, hi - n, hi, tot)
+      end
+      if not h or hi > h then
+        for t = 1, nt do redis.call('HSET', key, tnames[t], string.format('%d', tot[t])) end
+        redis.call('HSET', key, '#H:' .. w, string.format('%d', hi))
+      end
     end
+    for t = 1, nt do out[#out + 1] = tot[t] end
   end
 end
 return out
@@ -598,7 +652,8 @@ return out
 class RedisCounters(CounterBackend):
     """Hashes and sorted sets in Redis (module doc): an update is one pipelined round trip (one
     script call per entity, ZADD GT + ZREMRANGEBYRANK + EXPIRE per user); a read of N items is one
-    pipelined round trip of N HGETALL."""
+    script call over rolling window totals (n_types fields per window and item while no window
+    moves a bucket)."""
 
     def __init__(self, cfg: FeatureConfig, url: str, prefix: str = "funnelrec:") -> None:
         super().__init__(cfg)
@@ -614,7 +669,6 @@ class RedisCounters(CounterBackend):
             raise ConfigError(f"cannot reach Redis at {url}: {e}") from None
         self._script = self._client.register_script(_REDIS_APPLY)
         self._sums = self._client.register_script(_REDIS_SUMS)
-        self._sum_args: tuple[dict, list] | None = None
         self._parsed: dict[bytes, tuple[str, int, str]] = {}
         self.ttl_s = cfg.max_span() + max(b for _, _, b in cfg.windows) + cfg.lateness_s
 
@@ -625,11 +679,14 @@ class RedisCounters(CounterBackend):
 
     def apply(self, increments: dict, recent: dict, min_buckets: dict[str, int]) -> None:
         self._check_open()
-        tail = [self.cfg.bucket_bound()] + [x for w, m in min_buckets.items() for x in (w, m)]
+        cfg = self.cfg
+        lens = {w: span // b for w, span, b in cfg.windows}
+        bound = cfg.bucket_bound() + len(cfg.windows) * (len(cfg.count_types) + 1)  # + heads and totals
+        tail = [bound] + [x for w, m in min_buckets.items() for x in (w, m, lens[w])]
         try:
             with self._client.pipeline(transaction=False) as pipe:
                 for ent, inc in increments.items():
-                    args = [self.ttl_s, len(inc)] + [x for (w, b, t), d in inc.items() for x in (f"{w}:{b}:{t}", d)]
+                    args = [self.ttl_s, len(inc)] + [x for (w, b, t), d in inc.items() for x in (w, b, t, d)]
                     self._script(keys=[self.prefix + ent], args=args + tail, client=pipe)
                 for user, vals in recent.items():
                     key = f"{self.prefix}recent:{user}"
@@ -655,6 +712,8 @@ class RedisCounters(CounterBackend):
         for ent, h in zip(entities, got):
             d = {}
             for f, n in h.items():
+                if f[:1] == b"#":  # a window head or total (see the scripts), not a bucket
+                    continue
                 key = parsed.get(f)
                 if key is None:
                     try:
@@ -667,18 +726,20 @@ class RedisCounters(CounterBackend):
             out.append(d)
         return out
 
-    def sums(self, entities: list[str], slot: dict[tuple[str, int, str], int], n_cols: int) -> np.ndarray:
-        """One script call: the server sums each entity's window fields (HMGET), one integer per
-        column travels back. (A single-node Redis: the keys of one call need not share a slot.)"""
+    def sums(self, entities: list[str], now: int, slot: dict[tuple[str, int, str], int], n_cols: int) -> np.ndarray:
+        """One script call: the server reads each entity's rolling window totals (moving them when
+        a window has moved on; see the scripts), one integer per column travels back. (A
+        single-node Redis: the keys of one call need not share a cluster slot.)"""
         self._check_open()
+        cfg = self.cfg
         if not entities:
             return np.zeros((0, n_cols), np.int64)
-        args = self._sum_args
-        if args is None or args[0] is not slot:  # the slot table changes when a window moves a bucket
-            names = [f"{w}:{b}:{t}" for w, b, t in slot]
-            args = self._sum_args = (slot, [len(names), *names, *[j + 1 for j in slot.values()], n_cols])
+        args = [len(cfg.windows), len(cfg.count_types)]
+        for w, span, b in cfg.windows:
+            args += [w, span // b, now // b]
+        args += list(cfg.count_types)
         try:
-            got = self._sums(keys=[self.prefix + e for e in entities], args=args[1])
+            got = self._sums(keys=[self.prefix + e for e in entities], args=args)
         except self._redis_mod.ResponseError as e:
             raise ArtifactError(f"feature store at {self.where}/{self.prefix}: {e}") from None
         return np.asarray(got, np.int64).reshape(len(entities), n_cols)
@@ -771,7 +832,7 @@ class FeatureService:
         if cached is None or cached[0] != at:
             cached = self._slots = (at, {(w, b, t): cols.index((w, t)) for w, s, bs in cfg.windows
                                          for b in range(now // bs - s // bs, now // bs) for t in cfg.count_types})
-        acc = self.backend.sums(entities, cached[1], len(cols))
+        acc = self.backend.sums(entities, now, cached[1], len(cols))
         return {c: acc[:, j] for j, c in enumerate(cols)}
 
     def item_features(self, item_ids: Sequence[Any], now: int) -> pl.DataFrame:
