@@ -342,3 +342,52 @@ def test_every_registered_channel_serves_an_extended_funnel():
             assert I + 1 not in got, name
     recs = g.run(users, 20, context=RecallContext(time=T, region="1"), state=RequestState(history=hist, cached=cached))
     assert any(I + 1 in r.items.tolist() for r in recs)  # the fresh channel offers the unconsumed one
+
+
+def test_with_users_gives_a_new_user_the_learned_profile_rows(ranked_funnel, tmp_path):
+    """A user upserted with attributes gets the next dense index, the learned rows of its values
+    in the ranker's user fields (row 0 in user_id) and a pre-rank vector from its profile: two new
+    users with one profile get one answer, another profile another; old users are unchanged."""
+    f = ranked_funnel
+    U = f.dataset_.n_users
+    g = f.with_users(pl.DataFrame({"user_id": [5001, 5002, 5003], "gender": ["F", "F", "M"]}))
+    assert g.dataset_.n_users == U + 3 and g.dataset_.user_ids.index(5001) == U
+    assert [g.dataset_.user_ids.index(u) for u in f.dataset_.users["user_id"].to_list()] == list(range(U))
+    rf = f.ranker_.features_
+    names = list(rf.spec_.field_names[: rf.user_rows_.shape[1]])
+    col = names.index("gender")
+    genders = f.dataset_.users["gender"].to_list()
+    rows = g.ranker_.features_.user_rows_
+    assert rows[U, col] == rf.user_rows_[genders.index("F"), col] != 0
+    assert rows[U + 2, col] == rf.user_rows_[genders.index("M"), col] != rows[U, col]
+    assert rows[U, names.index("user_id")] == 0
+    np.testing.assert_array_equal(rows[:U], rf.user_rows_)
+    np.testing.assert_array_equal(g.prerank_.user_vectors_[: U + 1], f.prerank_.user_vectors_)
+    ctx = RecallContext(time=T)
+    a, b, c = g.run(np.array([U, U + 1, U + 2]), 10, context=ctx)
+    np.testing.assert_array_equal(a.items, b.items)
+    np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6)
+    assert not np.allclose(a.task_scores["ctr"], c.task_scores["ctr"])  # the profile reaches the ranker
+    assert a.cold_start  # no history yet: the non-personalized channels recall for it
+    h = Funnel.load(g.save(tmp_path / "with-users"))
+    np.testing.assert_allclose(h.run(np.array([U]), 10, context=ctx)[0].scores, a.scores, rtol=1e-5, atol=1e-6)
+    with pytest.raises(DataError, match="shoe_size"):
+        f.with_users(pl.DataFrame({"user_id": [1], "shoe_size": [44]}))
+
+
+def test_the_service_serves_an_upserted_user_with_its_profile(ranked_funnel):
+    svc = RecommenderService(ranked_funnel)
+    try:
+        unknown = svc.recommend("5001", k=10, context={"time": T})
+        assert unknown.rec.user_idx == -1
+        svc.upsert_users([{"user_id": 5001, "attributes": {"gender": "F"}}])
+        known = svc.recommend("5001", k=10, context={"time": T})
+        U = ranked_funnel.dataset_.n_users
+        assert known.rec.user_idx == U  # the next dense index, on the next request
+        want = ranked_funnel.with_users(pl.DataFrame({"user_id": [5001], "gender": ["F"]})).run(
+            np.array([U]), 10, context=RecallContext(time=T))[0]
+        np.testing.assert_allclose(known.rec.task_scores["ctr"], want.task_scores["ctr"], rtol=1e-6)
+        svc.delete_user(5001)
+        assert svc.recommend("5001", k=10, context={"time": T}).rec.user_idx == -1
+    finally:
+        svc.close()

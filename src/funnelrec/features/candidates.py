@@ -432,6 +432,41 @@ class RankFeatures:
         new.match_ = self.match_.extend_items(items)
         return new
 
+    def extend_users(self, fitted: pl.DataFrame, users: pl.DataFrame, changed: np.ndarray) -> RankFeatures:
+        """`extend_items` for the user side: user rows over the users table `users` (the `fitted`
+        table first, new rows appended); a new or `changed` user gets the learned row of each of
+        its attribute values (row 0 for a value no fitted user had), a new one row 0 in the
+        user_id field. This object is unchanged."""
+        import copy
+
+        new = copy.copy(self)
+        F_u = self.user_rows_.shape[1]
+        names = list(self.spec_.field_names[:F_u])
+        U_old, U_new = self.user_rows_.shape[0], users.height
+        rows = np.zeros((U_new, F_u), self.user_rows_.dtype)
+        rows[:U_old] = self.user_rows_
+        todo = np.union1d(np.asarray(changed, np.int64), np.arange(U_old, U_new))
+        for c in dict.fromkeys(names):
+            if not len(todo) or c == "user_id" or c not in users.columns or c not in fitted.columns:
+                continue
+            cols = [j for j, n in enumerate(names) if n == c]
+            learned = _learned_rows(fitted[c], self.user_rows_, cols)
+            new_vals = users[c].to_list()
+            for r in todo.tolist():
+                vs = new_vals[r] if isinstance(new_vals[r], list) else [new_vals[r]]
+                vs = [v for v in vs if v is not None]
+                rows[r, cols] = 0
+                for p, v in enumerate(vs[: len(cols)]):
+                    rows[r, cols[p]] = learned.get(v, 0)
+        new.user_rows_ = np.ascontiguousarray(rows)
+        H = self.match_.history_
+        if H.shape[0] < U_new:  # a new user has no training history (the match features read it)
+            match = copy.copy(self.match_)
+            match.history_ = sp.csr_matrix((H.data, H.indices, np.concatenate(
+                [H.indptr, np.full(U_new - H.shape[0], H.indptr[-1], H.indptr.dtype)])), shape=(U_new, H.shape[1]))
+            new.match_ = match
+        return new
+
     def set_scale(self, X: np.ndarray) -> RankFeatures:
         self.mean_ = X.mean(0)
         self.std_ = X.std(0) + 1e-6
@@ -452,8 +487,15 @@ class RankFeatures:
         if not known.all():
             user[~known] = 0
         sparse = np.concatenate([user, self.item_rows_[i]], axis=1)
+        dense = (X - self.mean_) / self.std_
+        # a column constant over the training rows (std 0, e.g. the cache channel's, which recalls
+        # nothing while the ranker is fitted) taught the model nothing; its serving value would be
+        # blown up by 1/1e-6 into ±1e6 × an untrained weight: it enters as its training value, 0
+        constant = self.std_ < 2e-6  # std_ = std + 1e-6 (set_scale): a training std below 1e-6
+        if constant.any():
+            dense[:, constant] = 0.0
         return {"sparse": torch.from_numpy(np.ascontiguousarray(sparse)),
-                "dense": torch.from_numpy(((X - self.mean_) / self.std_).astype(np.float32))}
+                "dense": torch.from_numpy(dense.astype(np.float32))}
 
     @property
     def n_sparse_user(self) -> int:

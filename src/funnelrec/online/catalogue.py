@@ -122,6 +122,11 @@ class CatalogueSnapshot:
         live.sort(key=lambda r: (r.get("seq", 0)))
         return [{"item_id": r["id"], **r["attributes"]} for r in live]
 
+    def user_rows(self) -> list[dict[str, Any]]:
+        """{user_id, **attributes} of every live user upserted with attributes (`Funnel.with_users`)."""
+        return [{"user_id": r["id"], **r["attributes"]} for r in self.users.values()
+                if not r.get("deleted") and r.get("attributes")]
+
     def deleted_users(self) -> frozenset[str]:
         return frozenset(k for k, r in self.users.items() if r.get("deleted"))
 
@@ -410,13 +415,22 @@ class UnknownEntity(DataError):
 def item_frame(rows: list[Mapping[str, Any]], items: Any, where: str = "items") -> Any:
     """A polars frame of `rows` ({item_id, column: value}) typed as the items table `items`: a
     column the table lacks is a DataError naming it, a value of the wrong type one naming it too."""
+    return _typed_frame(rows, items, where, "item")
+
+
+def user_frame(rows: list[Mapping[str, Any]], users: Any, where: str = "users") -> Any:
+    """`item_frame` for rows ({user_id, column: value}) of the users table `users`."""
+    return _typed_frame(rows, users, where, "user")
+
+
+def _typed_frame(rows: list[Mapping[str, Any]], items: Any, where: str, entity: str) -> Any:
     import polars as pl
 
     cols = list(dict.fromkeys(c for r in rows for c in r))
-    bad = [c for c in cols if c not in items.columns or c == "item_idx"]
+    bad = [c for c in cols if c not in items.columns or c == f"{entity}_idx"]
     if bad:
-        raise DataError(f"{where}: unknown item columns {bad}; the catalogue has: "
-                        f"{', '.join(c for c in items.columns if c != 'item_idx')}")
+        raise DataError(f"{where}: unknown {entity} columns {bad}; the {entity}s table has: "
+                        f"{', '.join(c for c in items.columns if c != f'{entity}_idx')}")
     schema = {c: items.schema[c] for c in cols}
     lists = {c for c in cols if isinstance(schema[c], pl.List)}
     norm = []

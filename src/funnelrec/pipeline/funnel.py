@@ -222,6 +222,58 @@ class Funnel:
         new.fit_seconds_ = dict(self.fit_seconds_)
         return new
 
+    def with_users(self, users: Any) -> Funnel:
+        """A new funnel whose users table has the rows of `users` (a polars frame: user_id plus any
+        of the users table's columns) upserted, as `with_items` does for items: an unknown id is
+        appended as the next dense index, a known one has the given non-null values replaced.
+        A new user has no training history (empty row, log activity 0): the channels serve it as
+        an unknown user plus its real-time history; the ranker and pre-ranker read its profile
+        (the learned rows of its attribute values). This one is unchanged."""
+        import copy
+
+        import polars as pl
+
+        ds, U_old = self.dataset_, self.dataset_.n_users
+        table = ds.users
+        if not isinstance(users, pl.DataFrame) or "user_id" not in users.columns:
+            raise DataError("with_users: users must be a polars DataFrame with a user_id column")
+        bad = [c for c in users.columns if c not in table.columns or c == "user_idx"]
+        if bad:
+            raise DataError(f"user columns {bad} are not in the users table; it has: "
+                            f"{', '.join(c for c in table.columns if c != 'user_idx')}")
+        try:
+            rows = users.select(pl.col(c).cast(table.schema[c], strict=True) for c in users.columns)
+        except (pl.exceptions.PolarsError, TypeError, ValueError) as e:
+            raise DataError(f"users do not fit the users table's column types {dict(table.schema)}: "
+                            f"{str(e).splitlines()[0][:200]}") from None
+        rows = rows.unique("user_id", keep="last", maintain_order=True)
+        idx = ds.user_ids.indices(rows["user_id"].to_list())
+        known = rows.filter(pl.Series(idx >= 0)).with_columns(pl.Series("user_idx", idx[idx >= 0], pl.Int64))
+        fresh = rows.filter(pl.Series(idx < 0))
+        full = table.update(known, on="user_idx", how="left") if known.height else table
+        if fresh.height:
+            fresh = fresh.with_columns(pl.Series("user_idx", np.arange(U_old, U_old + fresh.height), pl.Int64))
+            fresh = fresh.select(pl.col(c) if c in fresh.columns else pl.lit(None, table.schema[c]).alias(c)
+                                 for c in table.columns)
+            full = pl.concat([full, fresh.select(pl.col(c).cast(table.schema[c]) for c in table.columns)])
+        changed = np.sort(np.concatenate([idx[idx >= 0], np.arange(U_old, full.height)])).astype(np.int64)
+        dataset = Dataset(ds.name, ds.interactions, full, ds.items, ds.schema, ds.extras)
+        H = self.stats_.history
+        n_new = full.height - U_old
+        stats = FunnelStats(
+            sp.csr_matrix((H.data, H.indices, np.concatenate([H.indptr, np.full(n_new, H.indptr[-1], H.indptr.dtype)])),
+                          shape=(full.height, H.shape[1])),
+            self.stats_.item_log_pop, np.concatenate([self.stats_.user_log_act, np.zeros(n_new, np.float32)]))
+        ranker, prerank = self.ranker_, self.prerank_
+        if hasattr(getattr(ranker, "features_", None), "extend_users"):
+            ranker = copy.copy(ranker)
+            ranker.features_ = self.ranker_.features_.extend_users(table, full, changed)
+        if hasattr(prerank, "extend_users") and ranker is not None and hasattr(ranker, "user_rows_"):
+            prerank = prerank.extend_users(ranker.user_rows_)
+        new = Funnel(self.config, dataset, self.channels_, stats, ranker, prerank)
+        new.fit_seconds_ = dict(self.fit_seconds_)
+        return new
+
     # ------------------------------------------------------------------ planning
     def plan(self, context: RecallContext | None = None) -> RequestPlan:
         """The request plan under the experiment parameters in `context` (the default plan,

@@ -76,6 +76,7 @@ from funnelrec.online.catalogue import (
     item_frame,
     open_catalogue,
     rows_with_any,
+    user_frame,
 )
 from funnelrec.online.features import FeatureConfig, FeatureService, build_feature_service
 from funnelrec.online.follows import FollowStore, build_follow_store
@@ -106,6 +107,10 @@ class ServiceConfig:
     history_n: int = 200  # recent consumptions kept per user (real-time history, online/state.py)
     remembered_requests: int = 100_000  # request ids kept for attributing feedback to experiments
     eventlog_synchronous: str = "FULL"  # FULL: fsync per feedback call; NORMAL: survives SIGKILL only
+    # an event more than this many seconds ahead of the server's clock is refused (422): one
+    # future-dated impression would otherwise move the exposure window past every slice the user
+    # has and wipe the filter. None = no bound (a simulation whose clock runs ahead of the wall's)
+    max_future_s: int | None = 300
     # /admin/reload loads only artifacts under this directory (pickles run code when loaded);
     # `from_artifact` sets it to the served artifact's directory; None = any path (in-process use)
     artifact_dir: str | None = None
@@ -115,6 +120,13 @@ class ServiceConfig:
     # the feature service's definitions (online/features.py: windows, CTR prior, category column);
     # None = FeatureConfig() (no recent categories: that column is dataset-specific)
     features: FeatureConfig | None = None
+    # the Redis Stream (key) every accepted feedback event is XADDed to when redis_url is set: the
+    # bus `funnelrec learn --redis` tails (online/source.py RedisStreamSource); None = no stream
+    redis_stream: str | None = "funnelrec:events"
+    # a served directory of the online learner (online/served.py): a poll thread reloads the
+    # version its CURRENT names, only the changed parts; None = no watch
+    watch_dir: str | None = None
+    watch_interval_s: float = 2.0
 
     def __post_init__(self) -> None:
         if self.max_in_flight < 1:
@@ -312,7 +324,8 @@ class RecommenderService:
     """The funnel behind an online API (see the module doc). Thread-safe."""
 
     def __init__(self, funnel: Funnel, config: ServiceConfig | None = None, experiments: Any = None,
-                 version: str = "initial") -> None:
+                 version: str = "initial",
+                 loaded_from: str | Path | None = None) -> None:
         self.config = config or ServiceConfig()
         self.experiments = experiments
         if not self.config.experiments_fitted:
@@ -341,6 +354,8 @@ class RecommenderService:
                                                    prefix=cfg.redis_prefix)
         self._live: LiveCatalogue | None = None
         self._live_lock = threading.Lock()
+        self._loaded_from = loaded_from  # the artifact directory this funnel came from (watch: what is loaded)
+        self._init_online_learning()
         # windowed counters, recent categories, profiles (online/features.py) in the same backend;
         # `feedback` updates them, training reads the same definitions from the event log
         self.features: FeatureService = build_feature_service(
@@ -363,7 +378,7 @@ class RecommenderService:
             from funnelrec.experiments import ExperimentPlatform
 
             platform = ExperimentPlatform.from_yaml(experiments)
-        return cls(Funnel.load(path), cfg, platform, version=_version_of(path))
+        return cls(Funnel.load(path), cfg, platform, version=_version_of(path), loaded_from=path)
 
     # ------------------------------------------------------------------ model swap
     @property
@@ -378,6 +393,9 @@ class RecommenderService:
         allowed = self.config.artifact_dir
         if allowed is not None and not Path(path).resolve().is_relative_to(Path(allowed).resolve()):
             raise ArtifactRefused(f"{path}: outside the artifact directory {allowed}; this server reloads only from there")
+        return self._swap_in(path, parts)
+
+    def _swap_in(self, path: str | Path, parts: list[str] | None) -> str:
         with self._reload_lock:
             funnel = Funnel.load(path, parts=parts, base=self._current.funnel if parts else None)
             if not self.config.experiments_fitted:
@@ -544,6 +562,9 @@ class RecommenderService:
             try:
                 ts = e.get("ts")
                 ts = now if ts is None else int(ts)
+                if self.config.max_future_s is not None and ts > now + self.config.max_future_s:
+                    raise DataError(f"events[{i}].ts = {ts} is {ts - now} s ahead of the server's clock "
+                                    f"(at most {self.config.max_future_s} s; ts is unix seconds)")
                 eid = e.get("event_id")
                 if eid is None and rid is not None:
                     eid = f"{rid}:{e['item_id']}:{e['type']}:{ts}"
@@ -553,6 +574,7 @@ class RecommenderService:
                 raise DataError(f"events[{i}]: {err}") from None
         n_sent = len(evs)
         evs = self.events.append_new(evs)  # durable before anything else; repeats left out
+        self._publish_stream(evs)
         impressions: dict[int, list[int]] = {}
         for e in evs:
             if e.type == "impression":
@@ -602,13 +624,11 @@ class RecommenderService:
         return {"catalogue_version": self.catalogue.hide_item(item_id, time.time(), hidden)}
 
     def upsert_users(self, rows: list[Mapping[str, Any]]) -> dict[str, int]:
-        """Upsert users ({user_id, attributes?}); attribute names must be users-table columns.
-        Stored for every replica; what serving reads of them today: an upsert undoes a delete."""
-        known = [c for c in self._current.funnel.dataset_.users.columns if c not in ("user_id", "user_idx")]
-        for i, r in enumerate(rows):
-            bad = [c for c in (r.get("attributes") or {}) if c not in known]
-            if bad:
-                raise DataError(f"users[{i}]: unknown user columns {bad}; the users table has: {', '.join(known)}")
+        """Upsert users ({user_id, attributes?}: users-table columns, checked like items'). A user
+        the fit never saw becomes known on the next request (`Funnel.with_users`): the ranker and
+        pre-ranker read its profile; an upsert undoes a delete."""
+        user_frame([{"user_id": r.get("user_id"), **dict(r.get("attributes") or {})} for r in rows],
+                   self._current.funnel.dataset_.users)
         return {"catalogue_version": self.catalogue.upsert_users(rows), "upserted": len(rows)}
 
     def delete_user(self, user_id: Any) -> dict[str, int]:
@@ -674,11 +694,18 @@ class RecommenderService:
     def health(self) -> dict[str, Any]:
         cur = self._current
         warm = getattr(self, "warmed_up_ms", None)
-        return {"status": "ok", "ready": warm is not None, "warm_up_ms": warm, "model_version": cur.version,
+        out = {"status": "ok", "ready": warm is not None, "warm_up_ms": warm, "model_version": cur.version,
                 "loaded_at": cur.loaded_at, "n_items": int(len(cur.item_ids)),
                 "n_users": int(cur.funnel.dataset_.n_users)}
+        if self._watcher is not None:
+            out["served"] = self._watcher.health()  # the learner's version, offset, lag
+        return out
 
     def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.stop()
+        if self._stream is not None:
+            self._stream.close()
         self.catalogue.close()
         self.events.close()
         self.exposure.close()
@@ -686,6 +713,43 @@ class RecommenderService:
         self.history.close()
         self.features.close()
         self.follows.close()
+
+
+    # ------------------------------------------------------------------ online learning (issue #10 item 4)
+    def _init_online_learning(self) -> None:
+        """The Redis Stream the feedback goes to (with redis_url) and the served-dir watch."""
+        from funnelrec.online.served import ServedWatcher
+
+        cfg = self.config
+        self._stream = None
+        if cfg.redis_url and cfg.redis_stream:
+            import redis
+
+            self._stream = redis.Redis.from_url(cfg.redis_url)
+        self._watcher = None
+        if cfg.watch_dir:
+            # the operator named this directory: its versions load whatever artifact_dir says
+            self._watcher = ServedWatcher(cfg.watch_dir, self._swap_in, cfg.watch_interval_s,
+                                          loaded=self._loaded_from).start()
+
+    def _publish_stream(self, evs: list[FeedbackEvent]) -> None:
+        """XADD the logged events to the Redis Stream (after the log commit: the log is the
+        durable record; a Redis failure is logged, the feedback stays accepted)."""
+        if self._stream is None or not evs:
+            return
+        import redis
+
+        from funnelrec.online.source import stream_fields
+
+        now = time.time()
+        try:
+            pipe = self._stream.pipeline(transaction=False)
+            for e in evs:
+                pipe.xadd(self.config.redis_stream, stream_fields(e, now))
+            pipe.execute()
+        except redis.RedisError as err:
+            _log.error("feedback: %d events logged but not added to stream %s: %s", len(evs),
+                       self.config.redis_stream, err)
 
 
 class LiveCatalogue:
@@ -720,6 +784,14 @@ class LiveCatalogue:
                         skipped.append(str(r["item_id"]))
                         _log.warning("live catalogue: item %r not served: %s", r["item_id"], e)
                 loaded = cls._extend(base, ok, snap) if ok else base
+        users = snap.user_rows()
+        if users:
+            try:
+                funnel = loaded.funnel.with_users(user_frame(users, loaded.funnel.dataset_.users))
+                loaded = LoadedFunnel.build(funnel, f"{base.version}+catalogue@{snap.version}")
+            except DataError as e:  # users the served table cannot hold: served as they were
+                skipped.append("users")
+                _log.warning("live catalogue: upserted users not served: %s", e)
         live = cls(base, loaded, snap.version, snap.rules(), snap.deleted_users(),
                    frozenset(k for k, r in snap.items.items() if not r.get("deleted")), frozenset(snap.users))
         live.skipped = skipped

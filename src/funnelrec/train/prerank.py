@@ -78,6 +78,32 @@ class PreRanker:
         new.item_bias_ = np.concatenate([self.item_bias_, b.numpy().astype(np.float32)])
         return new
 
+    def extend_users(self, user_rows: np.ndarray) -> PreRanker:
+        """A copy over the (U', F_u) embedding rows `user_rows` (the fitted users first): users past
+        the fitted ones, and every user whose rows changed, get their cached vector from the user
+        tower over their rows. This pre-ranker is unchanged."""
+        import copy
+
+        rows = torch.from_numpy(np.ascontiguousarray(user_rows))
+        old = self.user_rows_
+        if rows.shape == old.shape and torch.equal(rows, old):
+            return self
+        new = copy.copy(self)
+        stored = self.__dict__.get("user_vectors_")
+        new.user_rows_ = rows
+        if stored is not None:
+            n_old = old.shape[0]
+            redo = np.arange(n_old, rows.shape[0])
+            if n_old:
+                diff = (rows[:n_old] != old).any(1).numpy()
+                redo = np.concatenate([np.flatnonzero(diff), redo])
+            vecs = np.concatenate([stored, np.zeros((rows.shape[0] - n_old, stored.shape[1]), stored.dtype)])
+            if len(redo):
+                with torch.inference_mode():
+                    vecs[redo + 1] = self.model_.user_tower(rows[torch.from_numpy(redo)]).numpy()
+            new.user_vectors_ = vecs
+        return new
+
     def score(self, users: np.ndarray, merged: list[MergedCandidates], item_log_pop: np.ndarray,
               user_log_act: np.ndarray) -> list[np.ndarray]:
         """Pre-rank scores of each user's candidates: ⟨u, v_i⟩ + b_i (cached item table) + w · x_ui."""
