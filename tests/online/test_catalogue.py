@@ -391,3 +391,25 @@ def test_the_service_serves_an_upserted_user_with_its_profile(ranked_funnel):
         assert svc.recommend("5001", k=10, context={"time": T}).rec.user_idx == -1
     finally:
         svc.close()
+
+
+def test_with_users_feeds_the_new_profile_to_the_vector_tower(ranked_funnel):
+    """The vector channel's stored vector of a new user is the user tower over the profile codes
+    of its values (those of a fitted user with the same gender) and an empty history."""
+    import torch
+
+    from funnelrec.core.types import PAD
+
+    f = ranked_funnel
+    U = f.dataset_.n_users
+    g = f.with_users(pl.DataFrame({"user_id": [5001], "gender": ["M"]}))
+    ch, old = g.channels_["vector"], f.channels_["vector"]
+    j = f.dataset_.users["gender"].to_list().index("M")
+    profile = old.features_.profile[j:j + 1]
+    assert int(profile[0, 0]) != 0
+    with torch.inference_mode():
+        want = old.model_.user_tower(profile, torch.full((1, old.features_.hist.shape[1]), PAD)).numpy()
+    np.testing.assert_allclose(ch.user_vectors_[U], want[0], atol=1e-6)
+    np.testing.assert_array_equal(ch.user_vectors_[:U], old.user_vectors_)
+    assert (ch.recall(np.array([U]), 10).items[0] >= 0).all()  # known now: recalled from its profile
+    assert (old.recall(np.array([-1]), 10).items[0] < 0).all()  # an unknown user without history: nothing

@@ -227,7 +227,8 @@ class Funnel:
         of the users table's columns) upserted, as `with_items` does for items: an unknown id is
         appended as the next dense index, a known one has the given non-null values replaced.
         A new user has no training history (empty row, log activity 0): the channels serve it as
-        an unknown user plus its real-time history; the ranker and pre-ranker read its profile
+        an unknown user plus its real-time history, except those with `extend_users` (the vector
+        channel: its user tower reads the profile); the ranker and pre-ranker read its profile
         (the learned rows of its attribute values). This one is unchanged."""
         import copy
 
@@ -270,7 +271,9 @@ class Funnel:
             ranker.features_ = self.ranker_.features_.extend_users(table, full, changed)
         if hasattr(prerank, "extend_users") and ranker is not None and hasattr(ranker, "user_rows_"):
             prerank = prerank.extend_users(ranker.user_rows_)
-        new = Funnel(self.config, dataset, self.channels_, stats, ranker, prerank)
+        channels = {n: ch.extend_users(full, changed) if hasattr(ch, "extend_users") else ch
+                    for n, ch in self.channels_.items()}
+        new = Funnel(self.config, dataset, channels, stats, ranker, prerank)
         new.fit_seconds_ = dict(self.fit_seconds_)
         return new
 

@@ -468,6 +468,43 @@ class VectorRecall(RecallChannel):
         new.seen_.keys = (keys // I_old) * I_new + keys % I_old  # u·I + i over the wider catalogue
         return new
 
+    def extend_users(self, users: pl.DataFrame, changed: np.ndarray) -> VectorRecall:
+        """A copy over the users table `users` (the fitted users first, new ones appended): a new
+        or `changed` user's profile codes are read off the fitted users (value v of column c had
+        code k in some fitted user's profile; 0 for a value none had), a new one has no training
+        history; their stored user vectors are the user tower over that. This one is unchanged."""
+        import copy
+
+        feats = self.features_
+        U_old, U_new = feats.profile.shape[0], users.height
+        todo = np.union1d(np.asarray(changed, np.int64), np.arange(U_old, U_new))
+        if not len(todo):
+            return self
+        profile = np.zeros((U_new, feats.profile.shape[1]), np.int64)
+        profile[:U_old] = feats.profile.numpy()
+        for f, col in enumerate(self.config.user_columns):
+            if col not in users.columns:
+                continue
+            series = users[col].list.first() if isinstance(users.schema[col], pl.List) else users[col]
+            series = series.cast(pl.Utf8)  # the profile holds a list column's first value
+            learned: dict = {}
+            for v, code in zip(series.head(U_old).to_list(), profile[:U_old, f].tolist()):
+                if v is not None and code:
+                    learned.setdefault(v, code)
+            vals = series.to_list()
+            profile[todo, f] = [learned.get(vals[r], 0) for r in todo.tolist()]
+        hist = torch.cat([feats.hist, torch.full((U_new - U_old, feats.hist.shape[1]), PAD, dtype=feats.hist.dtype)])
+        new = copy.copy(self)
+        new.features_ = TwoTowerFeatures(feats.item_attrs, torch.from_numpy(profile), hist, feats.n_attr_rows,
+                                         feats.n_profile_rows)
+        new._seen_count = np.concatenate([self._seen_count, np.zeros(U_new - U_old, np.int64)])
+        stored = self.__dict__.get("user_vectors_")
+        if stored is not None:
+            vecs = np.concatenate([stored, np.zeros((U_new - U_old, stored.shape[1]), stored.dtype)])
+            vecs[todo] = new._tower(todo, None)
+            new.user_vectors_ = vecs
+        return new
+
     def _recall(self, users: np.ndarray, n: int, context: RecallContext | None) -> CandidateBatch:
         B, I = len(users), len(self.item_vectors_)
         items = np.full((B, n), PAD, np.int64)
