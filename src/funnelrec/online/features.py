@@ -612,34 +612,35 @@ local function add_range(key, w, lo, hi, acc)
     end
   end
 end
+-- one HMGET per key for every head and total: the whole read while no window moves
+local names = {}
+for j = 1, nw do names[j] = '#H:' .. ARGV[3 * j] end
+for j = 1, nw do for t = 1, nt do names[nw + (j - 1) * nt + t] = '#T:' .. ARGV[3 * j] .. ':' .. types[t] end end
 local out = {}
 for k = 1, #KEYS do
   local key = KEYS[k]
-  local exists = redis.call('EXISTS', key) == 1
+  local vals = redis.call('HMGET', key, unpack(names))
+  local exists = nil
   for j = 1, nw do
     local w = ARGV[3 * j]
     local n, hi = tonumber(ARGV[3 * j + 1]), tonumber(ARGV[3 * j + 2])
+    local h = tonumber(vals[j])
     local tot = zeros()
-    if exists then
-      local tnames = {}
-      for t = 1, nt do tnames[t] = '#T:' .. w .. ':' .. types[t] end
-      local h = tonumber(redis.call('HGET', key, '#H:' .. w))
-      if h and h <= hi and hi - h < n then
-        local vals = redis.call('HMGET', key, unpack(tnames))
-        for t = 1, nt do tot[t] = tonumber(vals[t]) or 0 end
-        if hi > h then
-          local sub = zeros()
-          add_range(key, w, h, hi, tot)
-          add_range(key, w, h - n, hi - n, sub)
-          for t = 1, nt do tot[t] = tot[t] - sub[t] end
-        end
-      else
-        add_range(key, w, hi - n, hi, tot)
+    if h and h <= hi and hi - h < n then
+      for t = 1, nt do tot[t] = tonumber(vals[nw + (j - 1) * nt + t]) or 0 end
+      if hi > h then
+        local sub = zeros()
+        add_range(key, w, h, hi, tot)
+        add_range(key, w, h - n, hi - n, sub)
+        for t = 1, nt do tot[t] = tot[t] - sub[t] end
       end
-      if not h or hi > h then
-        for t = 1, nt do redis.call('HSET', key, tnames[t], string.format('%d', tot[t])) end
-        redis.call('HSET', key, '#H:' .. w, string.format('%d', hi))
-      end
+    else
+      if exists == nil then exists = redis.call('EXISTS', key) == 1 end
+      if exists then add_range(key, w, hi - n, hi, tot) end
+    end
+    if (not h and exists) or (h and hi > h) then  -- never create a key (it would have no TTL)
+      for t = 1, nt do redis.call('HSET', key, names[nw + (j - 1) * nt + t], string.format('%d', tot[t])) end
+      redis.call('HSET', key, names[j], string.format('%d', hi))
     end
     for t = 1, nt do out[#out + 1] = tot[t] end
   end
