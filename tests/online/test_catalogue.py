@@ -413,3 +413,31 @@ def test_with_users_feeds_the_new_profile_to_the_vector_tower(ranked_funnel):
     np.testing.assert_array_equal(ch.user_vectors_[:U], old.user_vectors_)
     assert (ch.recall(np.array([U]), 10).items[0] >= 0).all()  # known now: recalled from its profile
     assert (old.recall(np.array([-1]), 10).items[0] < 0).all()  # an unknown user without history: nothing
+
+
+def test_similar_answers_a_new_item_and_never_a_hidden_one():
+    """/similar's service call on the live catalogue: a new item's neighbours are the vector
+    channel's nearest items to its category-mean vector (by hand: inner products over all item
+    vectors), and a hidden item is never among any item's neighbours."""
+    world = make_world()
+    cfg = FunnelConfig.from_dict({"recall": {"channels": [
+        {"name": "itemcf", "n": 10}, {"name": "vector", "n": 10, "params": VECTOR}], "merge": {"total": 20}}})
+    f = FunnelBuilder(cfg).fit(world.dataset, world.dataset.interactions)
+    svc = RecommenderService(f)
+    try:
+        svc.upsert_items([{"item_id": 777, "attributes": {"genres": ["drama"], "directors": ["p3"]}}])
+        cur, _ = svc.live_catalogue(svc.current)
+        V = cur.funnel.channels_["vector"].item_vectors_.astype(np.float64)
+        I = f.dataset_.n_items
+        s = V[:I] @ V[I]  # the new item against every fitted item (itemCF knows no neighbour of it)
+        want = cur.item_ids[np.argsort(-s, kind="stable")[:5]].tolist()
+        got = svc.similar(777, 5)
+        assert [it["item_id"] for it in got["items"]] == want
+        assert all(it["channels"] == ["vector"] for it in got["items"])
+        first = svc.similar(1, 5)["items"][0]["item_id"]
+        svc.hide_item(first)
+        for i in (1, 777, 3):
+            assert first not in [it["item_id"] for it in svc.similar(i, 5)["items"]]
+        assert len(svc.similar(1, 5)["items"]) == 5  # still k: the rules' room was asked for
+    finally:
+        svc.close()

@@ -532,11 +532,15 @@ class RecommenderService:
         in the catalogue."""
         if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= self.config.max_k:
             raise DataError(f"k must be an int in [1, {self.config.max_k}], got {k!r}")
-        cur = self._current
+        cur, live = self.live_catalogue(self._current)  # new items (vector neighbours) and the rules
         idx = cur.funnel.dataset_.item_ids.index(item_id)
         if idx < 0:
             return None
-        items, scores, channels = cur.funnel.similar(idx, int(k), channel)
+        extra = min(len(live.rules), self.config.max_k)  # room for neighbours the rules remove
+        items, scores, channels = cur.funnel.similar(idx, int(k) + extra, channel)
+        if len(live.rules):
+            keep = np.flatnonzero(~live.rules.blocked(cur.item_keys[items], time.time()))[: int(k)]
+            items, scores, channels = items[keep], scores[keep], [channels[i] for i in keep]
         return {"item_id": cur.item_ids[[idx]].tolist()[0],
                 "items": [{"item_id": iid, "score": sc, "channels": ch}
                           for iid, sc, ch in zip(cur.item_ids[items].tolist(), scores.tolist(), channels)],
