@@ -47,7 +47,8 @@ Backends (the same names as the other state stores, `FEATURE_BACKENDS`):
   recent(user, value, ts); an update is one transaction (UPSERT n = n + Δ, ts = max(ts, Δ));
 - "redis"  — one hash per entity `{prefix}features:{entity}` with fields `{window}:{bucket}:{type}`
   (HINCRBY; a Lua script adds a batch's increments, prunes old buckets once the hash grows past
-  its bound, and resets the key's TTL), one sorted set `{prefix}features:recent:{user}` (ZADD GT
+  its bound, and resets the key's TTL) plus rolling window totals `#H:{window}`, `#T:{window}:{type}`
+  (a read is one HMGET per item while no window moves a bucket; see `_REDIS_SUMS`), one sorted set `{prefix}features:recent:{user}` (ZADD GT
   score = ts, trimmed to `recent_n`). Every worker sees the same counters; an entity with no
   event for max span + lateness expires without a sweep.
 
