@@ -47,7 +47,7 @@ from funnelrec.pipeline.config import FunnelConfig
 ROOT = Path(__file__).resolve().parents[1]
 FUNNEL = ROOT / "configs" / "funnel" / "ml100k.yaml"  # generic channels + LR; nothing MovieLens-specific
 DRIFT_DAY = 15
-WORLD = {"n_users": 4000, "n_items": 1000, "n_interactions": 400_000, "days": 24, "seed": 0,
+WORLD = {"n_users": 3000, "n_items": 1000, "n_interactions": 300_000, "days": 24, "seed": 0,
          "drift_day": DRIFT_DAY, "drift_fraction": 1.0}
 
 
