@@ -266,6 +266,13 @@ def test_bad_now_and_events_are_data_errors():
         fs.item_features(["1"], now=1.5)
     with pytest.raises(DataError, match="missing columns"):
         fs.update(pl.DataFrame({"user_id": ["u"], "item_id": ["1"]}))
+    bad = pl.DataFrame({"user_id": ["u"], "item_id": ["1"], "type": ["click"], "value": [1.0], "ts": ["noon"]})
+    with pytest.raises(DataError, match=r"^event table: column 'ts' \(String\) cannot be read as Int64"):
+        fs.update(bad)
+    with pytest.raises(DataError, match="column 'item_id' has 1 nulls"):
+        offline_item_features(bad.with_columns(ts=pl.lit(5), item_id=pl.lit(None, pl.Utf8)), ["1"], 10)
+    with pytest.raises(DataError, match="event ts must be unix seconds ≥ 0, got -5"):
+        fs.update(bad.with_columns(ts=pl.lit(-5)))
 
 
 def test_old_buckets_are_pruned_and_answers_stay_exact(backend):

@@ -234,9 +234,16 @@ def _events_frame(events: pl.DataFrame | Iterable[Any]) -> pl.DataFrame:
         missing = [c for c in _EVENT_COLUMNS if c not in events.columns]
         if missing:
             raise DataError(f"event table: missing columns {missing} (the EventLog.read() schema)")
-        return events.select(pl.col("user_id").cast(pl.Utf8), pl.col("item_id").cast(pl.Utf8),
-                             pl.col("type").cast(pl.Utf8), pl.col("value").cast(pl.Float64),
-                             pl.col("ts").cast(pl.Int64))
+        dtypes = {"user_id": pl.Utf8, "item_id": pl.Utf8, "type": pl.Utf8, "value": pl.Float64, "ts": pl.Int64}
+        out = {}
+        for c, dt in dtypes.items():
+            try:
+                out[c] = events[c].cast(dt, strict=True)
+            except pl.exceptions.PolarsError:
+                raise DataError(f"event table: column {c!r} ({events.schema[c]}) cannot be read as {dt}") from None
+            if c in ("user_id", "item_id", "type", "ts") and out[c].null_count():
+                raise DataError(f"event table: column {c!r} has {out[c].null_count()} nulls")
+        return pl.DataFrame(out)
     rows = [(str(e.user_id), str(e.item_id), str(e.type), float(e.value), int(e.ts)) for e in events]
     return pl.DataFrame(rows, schema={"user_id": pl.Utf8, "item_id": pl.Utf8, "type": pl.Utf8,
                                       "value": pl.Float64, "ts": pl.Int64}, orient="row")
