@@ -102,8 +102,16 @@ def vs_control(drifted: dict, control: dict, drift_day: int, within: int = 3, sh
     base = dict(zip(control["day"], control["ndcg@10"]))
     ratio = {d: v / base[d] for d, v in zip(drifted["day"], drifted["ndcg@10"]) if base.get(d)}
     after = [d for d in sorted(ratio) if drift_day < d <= drift_day + within and ratio[d] >= share]
+    day_v = dict(zip(drifted["day"], drifted["ndcg@10"]))
+
+    def mean_share(lo: int, hi: int) -> float | None:  # Σ drifted / Σ no-drift over days lo..hi
+        ds = [d for d in ratio if lo <= d <= hi]
+        return sum(day_v[d] for d in ds) / sum(base[d] for d in ds) if ds else None
+
     return {"ratio": {str(d): r for d, r in ratio.items()}, "days_to_recover": after[0] - drift_day if after else None,
-            f"recovered_within_{within}_days": bool(after)}
+            f"recovered_within_{within}_days": bool(after),
+            f"share_days_{drift_day + 1}_{drift_day + within}": mean_share(drift_day + 1, drift_day + within),
+            f"share_days_{drift_day + within + 1}_end": mean_share(drift_day + within + 1, 10**9)}
 
 
 def main() -> None:
