@@ -14,6 +14,7 @@ from funnelrec.online.features import (
     FeatureConfig,
     FeatureService,
     build_feature_service,
+    interactions_as_events,
     offline_item_features,
     offline_item_features_at,
     offline_user_features,
@@ -187,6 +188,26 @@ def test_interleaved_late_events_and_queries_in_any_time_order(backend):
             assert fs.user_features("u1", q).counts == offline_user_features(table, "u1", q, cfg).counts
     assert nonzero > 60  # answers were mostly not all zero
     fs.close()
+
+
+def test_a_dataset_without_impressions_enters_as_clicks(world):
+    """The training log of a dataset (the tiny world's interactions): each row one click at its
+    timestamp; a sample's click_7d is the item's interactions in the 7 d before its bucket."""
+    inter = world.dataset.interactions
+    ev = interactions_as_events(inter)
+    assert ev.columns == ["user_id", "item_id", "type", "value", "ts"] and ev.height == inter.height
+    cfg = FeatureConfig(count_types=("impression", "click"))
+    s = inter.head(40).select(pl.col("item_id"), pl.col("timestamp").alias("ts"))
+    got = offline_item_features_at(ev, s, cfg)
+    ts, items = inter["timestamp"].to_numpy(), inter["item_id"].to_numpy()
+    for row in got.iter_rows(named=True):
+        hi = row["ts"] - row["ts"] % (6 * 3600)
+        want = int(((items == int(row["item_id"])) & (ts >= hi - 7 * DAY) & (ts < hi)).sum())
+        assert row["click_7d"] == want and row["impression_7d"] == 0
+        assert row["ctr_7d"] == pytest.approx((want + 20 * 0.05) / 20)  # no impressions: prior + clicks / α
+    assert got["click_7d"].sum() > 0
+    with pytest.raises(ConfigError, match="event_type must be one of"):
+        interactions_as_events(inter, "rating")
 
 
 def _ev(item: str, typ: str, ts: int, user: str = "u1", value: float = 1.0) -> FeedbackEvent:

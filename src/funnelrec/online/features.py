@@ -82,7 +82,7 @@ from funnelrec.filter.store import state_location
 from funnelrec.online.state import HISTORY_TYPES, enters_history
 
 __all__ = ["FeatureConfig", "FeatureService", "UserFeatures", "FEATURE_BACKENDS", "window_bounds",
-           "offline_item_features", "offline_item_features_at", "offline_user_features", "build_feature_service"]
+           "offline_item_features", "offline_item_features_at", "interactions_as_events", "offline_user_features", "build_feature_service"]
 
 HOUR, DAY = 3600, 86400
 #: (name, span s, bucket s): the windows of the issue — 1 h in 5-minute buckets, 1 d in hours, 7 d in 6 h
@@ -349,6 +349,23 @@ def offline_item_features_at(events: pl.DataFrame, samples: pl.DataFrame, config
             sums[(w, typ)] = (np.searchsorted(comp, base + hi) - np.searchsorted(comp, base + np.maximum(lo, 0)))
     cols = _count_columns(cfg, {k: v.astype(np.int64) for k, v in sums.items()}, len(ts))
     return _frame(samples["item_id"].to_list(), cols, cfg).insert_column(1, pl.Series("ts", ts, pl.Int64))
+
+
+def interactions_as_events(interactions: pl.DataFrame, event_type: str = "click") -> pl.DataFrame:
+    """A dataset's interactions table (user_id, item_id, timestamp) as an event table of
+    `event_type` events (value 1.0): how a training log without impressions (ml-100k's ratings)
+    enters the same definitions — every counter but `event_type`'s is 0 there, so a CTR feature
+    trained on it would only be the prior's rescaled click count (see the module doc)."""
+    from funnelrec.pipeline.eventlog import EVENT_TYPES
+
+    if event_type not in EVENT_TYPES:
+        raise ConfigError(f"event_type must be one of {', '.join(EVENT_TYPES)}, got {event_type!r}")
+    missing = [c for c in ("user_id", "item_id", "timestamp") if c not in interactions.columns]
+    if missing:
+        raise DataError(f"interactions: missing columns {missing}")
+    return interactions.select(pl.col("user_id").cast(pl.Utf8), pl.col("item_id").cast(pl.Utf8),
+                               pl.lit(event_type).alias("type"), pl.lit(1.0).alias("value"),
+                               pl.col("timestamp").cast(pl.Int64).alias("ts"))
 
 
 def _offline_sums(ev: pl.DataFrame, by: str, wanted: pl.Series, t: int, cfg: FeatureConfig
