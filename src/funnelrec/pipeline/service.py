@@ -758,8 +758,9 @@ class RecommenderService:
 
 class LiveCatalogue:
     """One worker's view of the live catalogue at `version` over the served funnel `base`:
-    `loaded` (base with every upserted item appended or updated, `Funnel.with_items`), the
-    rules (hidden / deleted / expired item keys), the deleted users. Built once per change."""
+    `loaded` (base with every upserted item and user appended or updated, `Funnel.with_items` /
+    `with_users`), the rules (hidden / deleted / expired item keys), the deleted users. Built
+    once per change; rows the served tables cannot hold are left out and listed in `skipped`."""
 
     def __init__(self, base: LoadedFunnel, loaded: LoadedFunnel, version: int, rules: CatalogueRules,
                  deleted_users: frozenset[str], item_ids: frozenset[str], user_ids: frozenset[str]) -> None:
@@ -787,7 +788,11 @@ class LiveCatalogue:
                     except DataError as e:
                         skipped.append(str(r["item_id"]))
                         _log.warning("live catalogue: item %r not served: %s", r["item_id"], e)
-                loaded = cls._extend(base, ok, snap) if ok else base
+                try:
+                    loaded = cls._extend(base, ok, snap) if ok else base
+                except DataError as e:  # rows that fit one by one but not together: none served
+                    skipped += [str(r["item_id"]) for r in ok]
+                    _log.warning("live catalogue: upserted items not served: %s", e)
         users = snap.user_rows()
         if users:
             try:
