@@ -10,13 +10,17 @@ and the same random draws (one seed: common random numbers), differing only in t
   previous request's fine-ranked list minus what was shown (ServiceConfig.cache_keep="tail").
 
 Each user makes two requests a day (one session, `request` 0 then 1, the second served after
-the first one's impression/click feedback). Per arm and request: CTR (clicks / impressions),
-expected CTR (mean of the world's click probability of each impression, position bias and
-fatigue included: the same quantity without the Bernoulli noise), and NDCG@k of the shown list
-with the world's true preference as graded gain against the ideal order of the whole catalogue's
-unseen items being out of reach, so against the ideal order *of the shown items* (it measures
-ordering) — reported as `ndcg_shown`. Differences are paired per (day, user) with a normal 95 %
-interval (the arms share every draw). Prints one JSON object.
+the first one's impression/click feedback). Per arm and request: CTR (clicks / impressions);
+expected CTR (the mean of the world's click probability of each impression, position bias and
+fatigue included: CTR without the Bernoulli noise, the figure to compare); and `ndcg_shown`, the
+NDCG of the shown order with the world's true preference as gain, over the ideal order *of the
+same k items* (it measures the ordering, not which items were picked). Differences are paired
+per (day, user) with a normal 95 % interval. The arms share the seed, so arrivals and request
+times are identical; the click draws drift apart once the lists differ (the number of draws
+depends on the clicks), so the paired CTR difference is noisier than the expected-CTR one.
+`none` also differs from the others in its ranker (fitted without the cache channel's recall
+features), so `tail − shown` is the comparison that isolates what the cache list holds.
+Prints one JSON object.
 
     .venv/bin/python bench/cache_tail.py                     # 3 days × 1,000 users, ~ minutes
     .venv/bin/python bench/cache_tail.py --days 5 --users 1500

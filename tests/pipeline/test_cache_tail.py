@@ -92,3 +92,18 @@ def test_service_caches_the_tail_for_the_next_request(known_order_funnel, keep, 
 def test_cache_keep_is_checked():
     with pytest.raises(ConfigError, match="cache_keep"):
         ServiceConfig(cache_keep="top")
+
+
+def test_a_ranker_feature_constant_in_training_enters_as_zero():
+    """The cache channel recalls nothing while the ranker is fitted, so its recall-source columns
+    are constant 0 there (std 0); at serving a cached item has recalled = 1, which the
+    standardization (x − mean) / (std + 1e-6) blew up to 1e6 × an untrained weight and the
+    item went to the top or the bottom of every list. Such a column now enters as 0."""
+    from funnelrec.features.candidates import RankFeatures
+
+    rf = RankFeatures((), ())
+    rf.user_rows_ = np.zeros((1, 1), np.int64)
+    rf.item_rows_ = np.zeros((2, 1), np.int64)
+    rf.set_scale(np.array([[1.0, 0.0], [3.0, 0.0]]))  # column 0: mean 2, std 1; column 1 constant
+    dense = rf.batch(np.array([0, 0]), np.array([0, 1]), np.array([[4.0, 1.0], [2.0, 0.0]]))["dense"].numpy()
+    np.testing.assert_allclose(dense, [[2.0 / (1 + 1e-6), 0.0], [0.0, 0.0]], rtol=1e-6)
