@@ -279,32 +279,41 @@ def fit_for_replay(dataset: Dataset, funnel_config: Any, cfg: ReplayConfig, prog
 
 # --------------------------------------------------------------------------------- the replay
 def _make_online(fitted: FittedReplay, cfg: ReplayConfig, workdir: Path) -> tuple[Any, Callable[[], None]]:
-    """An in-process service over an artifact directory and state directory that the online
-    learner reads and publishes to, and the end-of-day step: learn once, reload what it published."""
+    """An in-process service over a served directory (online/served.py: versions/vNNNNNN +
+    CURRENT) and a state directory, the learner tailing that service's event log and publishing
+    into the served directory, and the end-of-day step: one learner step, then the service
+    reloads CURRENT if it moved (only the parts that changed, `served.changed_parts`)."""
     try:
-        from funnelrec.online.learner import OnlineLearner  # noqa: F401
+        from funnelrec.online.learner import OnlineLearner
     except ImportError as e:
         raise ReplayPending(f"replay mode online needs funnelrec.online.learner.OnlineLearner ({e}); "
                             "run static or realtime") from None
-    from funnelrec.online import learner as learner_mod
+    from funnelrec.online.publish import Publisher
+    from funnelrec.online.served import changed_parts, current_dir
     from funnelrec.pipeline.service import RecommenderService
 
-    art = workdir / "artifacts"
-    first = art / "v0"
-    fitted.funnel.save(first)
-    service = RecommenderService.from_artifact(first, state_dir=workdir / "state")
-    build = getattr(learner_mod, "replay_learner", None)
-    if build is None:
-        raise ReplayPending("replay mode online: funnelrec.online.learner has no replay_learner(service, "
-                            "artifact_dir, config) hook yet; run static or realtime")
-    learner = build(service, art, dict(cfg.learn))
+    served = workdir / "served"
+    fitted.funnel.save(workdir / "fitted")
+    Publisher(served).init(workdir / "fitted")
+    loaded = current_dir(served)
+    service = RecommenderService.from_artifact(loaded, state_dir=workdir / "state")
+    learner = _learner(OnlineLearner, served, workdir / "state" / "events.db", dict(cfg.learn))
+    state = {"loaded": loaded}
 
     def end_of_day() -> None:
-        published = learner.run_once()
-        if published:
-            service.reload(published)
+        learner.run_once()
+        now = current_dir(served)
+        if now is not None and now != state["loaded"]:
+            service.reload(now, parts=changed_parts(state["loaded"], now))
+            state["loaded"] = now
 
     return service, end_of_day
+
+
+def _learner(cls: Any, served: Path, events: Path, learn: dict[str, Any]) -> Any:
+    """The online learner over the served directory and the service's event log (the learner's
+    constructor: online/learner.py)."""
+    raise ReplayPending("replay mode online: OnlineLearner's constructor is not wired here yet")
 
 
 def replay(fitted: FittedReplay, mode: str, cfg: ReplayConfig, client: ReplayClient | None = None,
