@@ -379,3 +379,20 @@ def test_the_same_feedback_twice_is_stored_once(url, service):
     # a different client key for the same click is a new event
     other = {**body, "events": [{**body["events"][-1], "event_id": "client-key-2"}]}
     assert httpx.post(f"{url}/feedback", json=other).json()["logged"] == 1
+
+
+def test_a_future_dated_event_is_refused_and_the_exposure_filter_stays(url, service):
+    now = int(time.time())
+    first = httpx.post(f"{url}/recommend", json={"user_id": "244", "k": 4}).json()
+    shown = [it["item_id"] for it in first["items"]]
+    imps = [{"item_id": i, "type": "impression", "ts": now} for i in shown]
+    assert httpx.post(f"{url}/feedback", json={"user_id": "244", "events": imps}).status_code == 200
+    for ahead in (10 * 86400, 3600):  # ten days, an hour: both past the 300 s bound
+        bad = {"user_id": "244", "events": [{"item_id": shown[0], "type": "impression", "ts": now + ahead}]}
+        r = httpx.post(f"{url}/feedback", json=bad)
+        assert r.status_code == 422 and "ahead of the server's clock" in r.json()["detail"]
+    assert httpx.post(f"{url}/feedback", json={"user_id": "244", "events": [
+        {"item_id": shown[0], "type": "click", "ts": now + 60}]}).status_code == 200  # small skew is fine
+    after = httpx.post(f"{url}/recommend", json={"user_id": "244", "k": 4}).json()
+    assert not set(shown) & {it["item_id"] for it in after["items"]}  # nothing shown came back
+    assert service.exposure.filter("244", np.asarray([item_key(i) for i in shown[1:]], np.int64), now).all()

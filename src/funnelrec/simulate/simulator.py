@@ -223,7 +223,9 @@ class Simulator:
             except FunnelrecError as e:
                 raise ConfigError(f"variant parameters {params} give an invalid funnel: {e}") from None
             funnel = self._fit_funnel(fc, self.log_clicks)
-            service = from_dict(ServiceConfig, {"eventlog_synchronous": "NORMAL", **self.config.service,
+            # the simulated clock may run ahead of the wall clock: no future bound on event times
+            service = from_dict(ServiceConfig, {"eventlog_synchronous": "NORMAL", "max_future_s": None,
+                                                **self.config.service,
                                                 "experiments_fitted": True}, "simulation config", path="service")
             svc = RecommenderService(funnel, service,
                                      experiments=self.platform,
