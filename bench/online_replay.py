@@ -80,19 +80,27 @@ SYNTHETIC_COLUMNS = {"user_columns": ["age_band", "gender", "region"], "item_col
 def run_case(ds, cfg: ReplayConfig, modes: list[str], funnel: FunnelConfig) -> tuple[dict, object]:
     t0 = time.perf_counter()
     fitted = fit_for_replay(ds, funnel, cfg)
-    records, pending, seconds = [], {}, {"fit": round(fitted.fit_seconds, 1)}
+    records, pending, seconds, learner = [], {}, {"fit": round(fitted.fit_seconds, 1)}, {}
     for m in modes:
         t1 = time.perf_counter()
+        steps: list = []
         try:
-            records.append(replay(fitted, m, cfg))
+            records.append(replay(fitted, m, cfg, learn_log=steps))
         except ReplayPending as e:
             pending[m] = str(e)
         seconds[m] = round(time.perf_counter() - t1, 1)
+        if steps:
+            learner[m] = {"steps": len(steps), "published": sum(r["published"] for r in steps),
+                          "parts": sorted({p for r in steps for p in r["parts"]}),
+                          "refused": sum(bool(r["refused"]) for r in steps),
+                          "refusals": [r["refused"] for r in steps if r["refused"]][:3],
+                          "samples": sum(r.get("samples", 0) for r in steps),
+                          "step_s_total": round(sum(r.get("step_s", 0.0) for r in steps), 1)}
     out = summarize(pl.concat(records), cfg) if records else {"modes": {}, "per_day": {}, "differences": {}}
     out.update({"fit_rows": fitted.fit_rows.height, "replay_rows": fitted.replay_rows.height,
                 "days_replayed": fitted.replay_rows["day"].n_unique(),
                 "first_replayed_day": int(fitted.cut_time // cfg.day_seconds - fitted.first_day),
-                "pending": pending, "seconds": {**seconds, "total": round(time.perf_counter() - t0, 1)}})
+                "pending": pending, "learner": learner, "seconds": {**seconds, "total": round(time.perf_counter() - t0, 1)}})
     return out, fitted
 
 

@@ -2,6 +2,7 @@
 scipy, the protocol through a real service (and the same answers over real HTTP), and a planted
 world where real-time history must beat the static funnel."""
 
+import importlib
 import importlib.util
 import json
 import math
@@ -275,3 +276,22 @@ def test_cli_replay_json_and_errors(tmp_path):
     assert set(out["modes"]) | set(out["pending"]) == {"static", "realtime", "online"}
     assert len(out["per_day"]["static"]["day"]) == 2  # --days 2
     assert out["modes"]["static"]["user_days"] > 0 and 0 <= out["modes"]["static"]["ndcg@5"] <= 1
+
+
+@pytest.mark.skipif(not hasattr(importlib.import_module("funnelrec.online.learner"), "OnlineLearner"),
+                    reason="the online learner (online/learner.py:OnlineLearner) has not landed")
+def test_online_learns_at_the_end_of_each_day_and_the_next_day_is_served_by_it(planted, tmp_path):
+    _, fitted = planted
+    log: list = []
+    rec = replay(fitted, "online", CFG, workdir=tmp_path, learn_log=log)
+    assert rec.height == N_USERS * 4  # the same user-days as the other modes
+    by_day = dict(rec.group_by("day").agg(pl.col("model_version").unique()).iter_rows())
+    assert all(len(v) == 1 for v in by_day.values())  # one version a day: reloads happen between days
+    names = [by_day[d][0].split("@")[0] for d in (4, 5, 6, 7)]
+    assert names == ["v000001", "v000002", "v000003", "v000004"]  # the fit, then one version per update
+    assert len(log) == 4 and all(r["published"] for r in log)
+    assert {"channels/itemcf", "channels/hot"} <= set(log[0]["parts"])  # co-occurrence / counter updates
+    # day d's step read the day's events: impressions (k per user) + clicks + likes
+    day4 = fitted.replay_rows.filter(pl.col("day") == BASE // DAY + 4)
+    assert log[0]["events"] == N_USERS * CFG.k + day4.height + int((day4["rating"] >= 4).sum())
+    assert (tmp_path / "served" / "CURRENT").read_text().strip() == "v000005"  # the last day's step too

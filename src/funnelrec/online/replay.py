@@ -297,31 +297,67 @@ def _make_online(fitted: FittedReplay, cfg: ReplayConfig, workdir: Path) -> tupl
     Publisher(served).init(workdir / "fitted")
     loaded = current_dir(served)
     service = RecommenderService.from_artifact(loaded, state_dir=workdir / "state")
-    learner = _learner(OnlineLearner, served, workdir / "state" / "events.db", dict(cfg.learn))
+    learner = _learner(OnlineLearner, served, workdir / "state" / "events.db", dict(cfg.learn), fitted.funnel,
+                       cfg.day_seconds)
     state = {"loaded": loaded}
+    steps: list[dict[str, Any]] = []
 
     def end_of_day() -> None:
-        learner.run_once()
+        while True:  # until caught up with the day's events
+            report = learner.run_once()
+            steps.append(report)
+            if report["events"] < learner.config.batch_limit:
+                break
         now = current_dir(served)
         if now is not None and now != state["loaded"]:
             service.reload(now, parts=changed_parts(state["loaded"], now))
             state["loaded"] = now
 
+    end_of_day.steps = steps  # type: ignore[attr-defined]  # each learner step's report
+    end_of_day.close = learner.close  # type: ignore[attr-defined]
     return service, end_of_day
 
 
-def _learner(cls: Any, served: Path, events: Path, learn: dict[str, Any]) -> Any:
-    """The online learner over the served directory and the service's event log (the learner's
-    constructor: online/learner.py)."""
-    raise ReplayPending("replay mode online: OnlineLearner's constructor is not wired here yet")
+def _learner(cls: Any, served: Path, events: Path, learn: dict[str, Any], funnel: Any, day_seconds: int) -> Any:
+    """OnlineLearner over the served directory and the service's event log. `learn` (the replay
+    config's `learn:`): LearnConfig keys, plus `ranker:` (RankerUpdateConfig keys) for the fine
+    ranker's update when the funnel has one, guarded by an AUCGuardrail at `guardrail_margin`
+    (`guardrail:` its other keys, e.g. on_undefined).
+    The label window defaults to one replayed day: the day's impressions (at its start) wait
+    for the day's clicks."""
+    from funnelrec.core.config import from_dict
+    from funnelrec.online.guardrail import AUCGuardrail
+    from funnelrec.online.learner import LearnConfig
+    from funnelrec.online.source import EventLogSource
+    from funnelrec.online.updates import RankerUpdateConfig, RankerUpdater
+
+    learn = dict(learn)
+    ranker = learn.pop("ranker", {})
+    guard = dict(learn.pop("guardrail", {}))  # AUCGuardrail keys other than margin (task, on_undefined)
+    learn.setdefault("label_window_s", day_seconds)
+    # LearnConfig's ttl_s = 0 means "never evict", which RankerUpdater.configure hands to
+    # FidAdmission as ttl 0, refused there (> 0 or None); ten years of event time is "never" here
+    learn.setdefault("ttl_s", 10 * 365 * DAY)
+    config = from_dict(LearnConfig, learn, "replay config", path="learn")
+    updaters = []
+    if funnel.ranker_ is not None:
+        rcfg = from_dict(RankerUpdateConfig, ranker, "replay config", path="learn.ranker")
+        try:
+            guardrail = AUCGuardrail(config.guardrail_margin, **guard)
+        except TypeError as e:
+            raise ConfigError(f"replay config: learn.guardrail: {e}") from None
+        updaters.append(RankerUpdater(rcfg, guardrail))
+    return cls(served, EventLogSource(events), config, updaters=updaters)
 
 
 def replay(fitted: FittedReplay, mode: str, cfg: ReplayConfig, client: ReplayClient | None = None,
-           workdir: str | Path | None = None, progress: bool = False) -> pl.DataFrame:
+           workdir: str | Path | None = None, progress: bool = False,
+           learn_log: list | None = None) -> pl.DataFrame:
     """Replay `fitted.replay_rows` in `mode`; one row per scored user-day:
     mode, day (since the data's first day), user_id, ndcg, auc, n_relevant, model_version (of the
     funnel that answered). `client`: drive
-    that (e.g. `HttpReplayClient`) instead of a fresh in-process service."""
+    that (e.g. `HttpReplayClient`) instead of a fresh in-process service. `learn_log`: a list that
+    gets each learner step's report (mode online)."""
     if mode not in MODES:
         raise ConfigError(f"replay mode must be one of {', '.join(MODES)}, got {mode!r}")
     end_of_day: Callable[[], None] | None = None
@@ -342,6 +378,10 @@ def replay(fitted: FittedReplay, mode: str, cfg: ReplayConfig, client: ReplayCli
     try:
         return _run(fitted, mode, cfg, client, end_of_day, progress)
     finally:
+        if end_of_day is not None:
+            end_of_day.close()  # type: ignore[attr-defined]
+            if learn_log is not None:
+                learn_log.extend(end_of_day.steps)  # type: ignore[attr-defined]
         if service is not None:
             service.close()
         if tmp is not None:
