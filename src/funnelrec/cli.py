@@ -135,7 +135,9 @@ def serve(artifact: Path = typer.Option(DEFAULT_ARTIFACT, help="a funnel saved b
           max_in_flight: int = typer.Option(64, help="requests served at once; more get 503"),
           admin_token_file: Path | None = typer.Option(
               None, help="file with the X-Admin-Token of /admin/*, catalogue routes and debug "
-                         "(else $FUNNELREC_ADMIN_TOKEN); required off loopback")) -> None:
+                         "(else $FUNNELREC_ADMIN_TOKEN); required off loopback"),
+          watch: Path | None = typer.Option(None, "--watch", help="a `funnelrec learn --served` directory: serve "
+                                                                  "its CURRENT version and reload new ones")) -> None:
     """Serve a trained funnel over HTTP: POST/GET /recommend, POST /feedback, GET /similar,
     /health, /metrics, POST /admin/reload, OpenAPI at /docs."""
     from funnelrec.serving.__main__ import ServeSettings, run
@@ -144,7 +146,7 @@ def serve(artifact: Path = typer.Option(DEFAULT_ARTIFACT, help="a funnel saved b
                              experiments=None if experiments is None else str(experiments), host=host, port=port,
                              max_in_flight=max_in_flight, threads=threads, workers=workers,
                              admin_token_file=None if admin_token_file is None else str(admin_token_file),
-                             log_level="info"))
+                             log_level="info", watch=None if watch is None else str(watch)))
     if code:
         raise typer.Exit(code)
 

@@ -12,6 +12,7 @@ import typer
 def register(app: typer.Typer) -> None:
     """Add the online commands to `app` (each command's module is imported only when it runs)."""
     _register_replay(app)
+    _register_learn(app)
     _register_catalogue(app)
     return None
 
@@ -197,3 +198,52 @@ def _register_replay(app: typer.Typer) -> None:
                            f"{hi:+.4f}] over {r['user_days']} user-days")
         for m, why in pending.items():
             typer.echo(f"{m}: pending — {why}")
+
+
+def _register_learn(app: typer.Typer) -> None:
+    """`funnelrec learn --served DIR [--state-dir DIR | --redis URL]`: the online learner
+    (online/learner.py) beside `serve --watch DIR`."""
+
+    @app.command("learn")
+    def learn_cmd(served: Path = typer.Option(..., "--served", help="the served directory (versions/, CURRENT)"),
+                  state_dir: Path | None = typer.Option(None, "--state-dir", help="the server's state dir (events.db)"),
+                  redis: str | None = typer.Option(None, "--redis", help="redis://… : tail the Redis Stream instead"),
+                  stream: str = typer.Option("funnelrec:events", "--stream", help="the Redis Stream key"),
+                  artifact: Path | None = typer.Option(None, "--artifact", help="first version, when DIR has none"),
+                  interval: float = typer.Option(60.0, "--interval", help="seconds between steps when caught up"),
+                  label_window: int = typer.Option(1800, "--label-window", help="label window (s, event time)"),
+                  batch: int = typer.Option(100_000, "--batch", help="events per step"),
+                  once: bool = typer.Option(False, "--once", help="one step, print its report, exit"),
+                  until_caught_up: bool = typer.Option(False, "--until-caught-up",
+                                                       help="steps until no event is left, then exit")) -> None:
+        """Tail the event log (or Redis Stream), join labels, update counts and models, publish versions."""
+        import json
+        import logging
+
+        from funnelrec.core.errors import ConfigError
+        from funnelrec.online.learner import LearnConfig, OnlineLearner
+        from funnelrec.online.publish import Publisher
+        from funnelrec.online.source import EventLogSource, RedisStreamSource
+
+        if (state_dir is None) == (redis is None):
+            raise ConfigError("learn: give exactly one of --state-dir DIR (the event log) or --redis URL (the stream)")
+        if artifact is not None:
+            Publisher(served).init(artifact)
+        source = RedisStreamSource(redis, stream) if redis else EventLogSource(state_dir / "events.db")  # type: ignore[operator]
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        learner = OnlineLearner(served, source, LearnConfig(interval_s=interval, label_window_s=label_window,
+                                                             batch_limit=batch))
+        try:
+            if once:
+                typer.echo(json.dumps(learner.run_once(), default=str))
+            elif until_caught_up:
+                while True:
+                    r = learner.run_once()
+                    if r["events"] == 0:
+                        break
+                typer.echo(json.dumps({"offset": learner.offset, "version": learner.version,
+                                       "events_seen": learner.events_seen}))
+            else:
+                learner.run_forever()
+        finally:
+            learner.close()

@@ -4,19 +4,35 @@ label join, offsets/quarantine/crash safety of `OnlineLearner`, the Redis Stream
 from __future__ import annotations
 
 import math
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
 import scipy.sparse as sp
-from tiny_world import make_world
 
 from funnelrec.data.dataset import Dataset, TrainData
 from funnelrec.data.schema import Schema
+from funnelrec.online.labels import LabelJoin
+from funnelrec.online.learner import LearnConfig, OnlineLearner
+from funnelrec.online.publish import Publisher
+from funnelrec.online.served import current_dir
+from funnelrec.online.source import EventLogSource, RedisStreamSource
+from funnelrec.pipeline.builder import FunnelBuilder
+from funnelrec.pipeline.config import FunnelConfig
+from funnelrec.pipeline.eventlog import EventLog, FeedbackEvent
+from funnelrec.pipeline.funnel import Funnel
 from funnelrec.recall.fresh import FreshConfig, FreshRecall
 from funnelrec.recall.hot import HotConfig, HotRecall
 from funnelrec.recall.itemcf import ItemCFConfig, ItemCFRecall
 from funnelrec.recall.swing import SwingConfig, SwingRecall
+from tiny_world import make_world
 
 
 def _split(data: TrainData, frac: float = 0.7) -> tuple[TrainData, pl.DataFrame]:
@@ -146,3 +162,205 @@ def test_fresh_update_moves_the_present():
     assert inc.now_ == full.now_
     np.testing.assert_array_equal(inc.items_, full.items_)
     np.testing.assert_array_equal(_dense(inc.history_.seen), _dense(full.history_.seen))
+
+
+# ---------------------------------------------------------------------------- the label join
+
+
+def _events(rows):
+    return pl.DataFrame(rows, schema={"user_id": pl.Utf8, "item_id": pl.Utf8, "type": pl.Utf8, "value": pl.Float64,
+                                      "ts": pl.Int64, "request_id": pl.Utf8}, orient="row")
+
+
+def test_label_join_delayed_click_inside_and_outside_the_window():
+    join = LabelJoin(window_s=100)
+    first = _events([("u1", "a", "impression", 1.0, 0, "r1"), ("u1", "b", "impression", 1.0, 0, "r1"),
+                     ("u2", "a", "impression", 1.0, 10, "r2"), ("u3", "c", "like", 1.0, 20, None),
+                     ("u1", "a", "click", 1.0, 50, "r1"), ("u1", "a", "watch_time", 30.0, 60, "r1")])
+    done, pending, wm = join.step(first, pl.DataFrame(schema=dict(zip(
+        ("user_id", "item_id", "ts", "request_id", "click", "like", "watch_time", "purchase"),
+        (pl.Utf8, pl.Utf8, pl.Int64, pl.Utf8, pl.Int8, pl.Int8, pl.Float64, pl.Int8)))))
+    assert wm == 60 and done.height == 0 and pending.height == 4  # no window has closed at t = 60
+    # a delayed click on b at t = 150 > 0 + 100: outside b's window → an organic sample of its own
+    second = _events([("u1", "b", "click", 1.0, 150, "r1"), ("u9", "z", "impression", 1.0, 300, "r9")])
+    done, pending, wm = join.step(second, pending, wm)
+    assert wm == 300
+    got = {(r["user_id"], r["item_id"], r["ts"]): (r["click"], r["like"], r["watch_time"], r["request_id"])
+           for r in done.iter_rows(named=True)}
+    assert got == {("u1", "a", 0): (1, 0, 30.0, "r1"),     # click at +50 and 30 s watched: inside
+                   ("u1", "b", 0): (0, 0, 0.0, "r1"),      # its click came too late: a negative
+                   ("u2", "a", 10): (0, 0, 0.0, "r2"),     # never clicked
+                   ("u3", "c", 20): (0, 1, 0.0, None),     # organic like
+                   ("u1", "b", 150): (1, 0, 0.0, "r1")}    # organic click (closed: 250 < 300)
+    assert pending.select("user_id", "item_id", "ts").rows() == [("u9", "z", 300)]
+
+
+def test_label_join_positive_joins_the_latest_open_impression():
+    join = LabelJoin(window_s=100)
+    ev = _events([("u", "a", "impression", 1.0, 0, "r1"), ("u", "a", "impression", 1.0, 40, "r2"),
+                  ("u", "a", "click", 1.0, 60, "r2"), ("x", "y", "impression", 1.0, 1000, None)])
+    done, _, _ = join.step(ev, pl.DataFrame(schema=dict(zip(
+        ("user_id", "item_id", "ts", "request_id", "click", "like", "watch_time", "purchase"),
+        (pl.Utf8, pl.Utf8, pl.Int64, pl.Utf8, pl.Int8, pl.Int8, pl.Float64, pl.Int8)))))
+    assert dict(zip(done["request_id"].to_list(), done["click"].to_list())) == {"r1": 0, "r2": 1}
+
+
+# ---------------------------------------------------------------------------- the learner
+
+
+LEARN_CONFIG = {"recall": {"channels": [{"name": "itemcf", "n": 20, "params": {"k": 10, "user_damping": "none",
+                                                                                  "similarity": "cosine"}},
+                                        {"name": "hot", "n": 10, "params": {"tau_days": 0}}],
+                           "merge": {"total": 25}}}
+
+
+@pytest.fixture(scope="module")
+def learn_world(tmp_path_factory):
+    """The tiny world fitted on its older 60 %; the newer 40 % are the stream (each a click after an
+    impression), saved as an artifact."""
+    data = make_world(seed=7)
+    head, tail = _split(data, 0.6)
+    funnel = FunnelBuilder(FunnelConfig.from_dict(LEARN_CONFIG)).fit(data.dataset, head.interactions)
+    art = tmp_path_factory.mktemp("learn") / "artifact"
+    funnel.save(art)
+    return data, head, tail, art
+
+
+def _stream(tail: pl.DataFrame) -> list[FeedbackEvent]:
+    out = []
+    for r in tail.iter_rows(named=True):
+        u, i, t = str(r["user_id"]), str(r["item_id"]), int(r["timestamp"])
+        out += [FeedbackEvent(f"q{t}", u, i, "impression", 1.0, t), FeedbackEvent(f"q{t}", u, i, "click", 1.0, t + 5)]
+    return out
+
+
+def _setup(tmp: Path, art: Path, events: list[FeedbackEvent]) -> tuple[Path, Path]:
+    served, state = tmp / "served", tmp / "state"
+    Publisher(served).init(art)
+    with EventLog(state / "events.db") as log:
+        log.append(events)
+    return served, state
+
+
+def _channels(served: Path) -> tuple:
+    f = Funnel.load(current_dir(served))
+    return f.channels_["itemcf"], f.channels_["hot"]
+
+
+def test_learner_counts_equal_a_refit_on_all_events(learn_world, tmp_path):
+    data, head, tail, art = learn_world
+    served, state = _setup(tmp_path, art, _stream(tail))
+    learner = OnlineLearner(served, EventLogSource(state / "events.db"), LearnConfig(batch_limit=50, label_window_s=60))
+    reports = []
+    while (r := learner.run_once())["events"]:
+        reports.append(r)
+    assert len(reports) == math.ceil(2 * tail.height / 50)
+    assert learner.offset == str(2 * tail.height) and learner.events_seen == 2 * tail.height
+    itemcf, hot = _channels(served)
+    full = FunnelBuilder(FunnelConfig.from_dict(LEARN_CONFIG)).fit(data.dataset, data.interactions)
+    np.testing.assert_array_equal(_dense(itemcf.neighbours_), _dense(full.channels_["itemcf"].neighbours_))
+    np.testing.assert_array_equal(hot.popularity_, np.bincount(data.interactions["item_idx"].to_numpy(),
+                                                               minlength=data.n_items))
+    assert sum(r["samples"] for r in reports) + learner.pending.height == tail.height  # one sample per impression
+    assert all(r["published"] for r in reports) and reports[-1]["parts"] == ["channels/hot", "channels/itemcf"]
+    learner.close()
+
+
+def test_malformed_events_are_quarantined_and_the_rest_learned(learn_world, tmp_path):
+    data, head, tail, art = learn_world
+    good = _stream(tail[:20])
+    served, state = _setup(tmp_path, art, good[:10])
+    db = sqlite3.connect(state / "events.db")  # written raw: what a buggy or hostile producer leaves
+    db.executemany("INSERT INTO events (request_id, user_id, item_id, type, value, ts, received_at) VALUES "
+                   "(?, ?, ?, ?, ?, ?, ?)", [(None, "1", "no-such-item", "click", 1.0, 1_000_000_000, 0.0),
+                                              (None, "1", "2", "teleport", 1.0, 1_000_000_000, 0.0),
+                                              (None, "1", "2", "click", "lots", 1_000_000_000, 0.0),
+                                              (None, "1", "2", "watch_time", -3.0, 1_000_000_000, 0.0)])
+    db.commit()
+    db.close()
+    with EventLog(state / "events.db") as log:
+        log.append(good[10:])
+    learner = OnlineLearner(served, EventLogSource(state / "events.db"), LearnConfig(batch_limit=1000))
+    r = learner.run_once()
+    assert r["events"] == 44 and r["quarantined"] == 4 and r["published"]
+    q = learner.quarantine()
+    assert q["offset"].to_list() == ["11", "12", "13", "14"]
+    msgs = q["message"].to_list()
+    assert "unknown item no-such-item" in msgs[0] and "unknown event type teleport" in msgs[1]
+    assert "finite number" in msgs[2] and "watch_time" in msgs[3]
+    _, hot = _channels(served)  # all 20 good clicks counted, none of the bad ones
+    base = np.bincount(head.interactions["item_idx"].to_numpy(), minlength=data.n_items)
+    assert hot.popularity_.sum() - base.sum() == 20
+    learner.close()
+
+
+def _learn_cmd(served: Path, state: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "funnelrec.cli", "learn", "--served", str(served), "--state-dir", str(state),
+            "--interval", "0", "--batch", "9", "--label-window", "60", *extra]
+
+
+def _learner_state(served: Path) -> dict:
+    db = sqlite3.connect(served / "learner.db")
+    try:
+        return dict(db.execute("SELECT key, value FROM state").fetchall())
+    finally:
+        db.close()
+
+
+def test_kill_9_mid_stream_then_restart_equals_one_uninterrupted_run(learn_world, tmp_path):
+    data, head, tail, art = learn_world
+    events = _stream(tail)
+    env = {**os.environ, "FUNNELREC_THREADS": "1"}
+    ref_served, ref_state = _setup(tmp_path / "ref", art, events)
+    subprocess.run(_learn_cmd(ref_served, ref_state, "--until-caught-up"), check=True, env=env, timeout=300,
+                   capture_output=True)
+    served, state = _setup(tmp_path / "killed", art, events)
+    proc = subprocess.Popen(_learn_cmd(served, state), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # kill it once a few steps are committed, mid-stream
+        if (served / "learner.db").exists() and int(_learner_state(served).get("steps", 0) or 0) >= 3:
+            break
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = int(_learner_state(served)["offset"])
+    assert 0 < killed_at < len(events)  # really mid-stream
+    out = subprocess.run(_learn_cmd(served, state, "--until-caught-up"), check=True, env=env, timeout=300,
+                         capture_output=True, text=True)
+    a, b = _learner_state(ref_served), _learner_state(served)
+    assert a["offset"] == b["offset"] == str(len(events))
+    assert a["events_seen"] == b["events_seen"] == str(len(events))  # nothing skipped or counted twice
+    (ia, ha), (ib, hb) = _channels(ref_served), _channels(served)
+    np.testing.assert_array_equal(ha.popularity_, hb.popularity_)
+    np.testing.assert_array_equal(_dense(ia.neighbours_), _dense(ib.neighbours_))
+    assert ha.popularity_.sum() == len(head.interactions) + tail.height
+    assert f'"events_seen": {len(events)}' in out.stdout
+
+
+def test_redis_stream_source_feeds_the_learner(learn_world, tmp_path, redis_url):
+    """The service XADDs every accepted feedback event; the learner tails the stream."""
+    from funnelrec.pipeline.service import RecommenderService, ServiceConfig
+
+    data, head, tail, art = learn_world
+    key = f"test:events:{tmp_path.name}"
+    svc = RecommenderService(Funnel.load(art), ServiceConfig(redis_url=redis_url, redis_stream=key,
+                                                             redis_prefix=f"t{tmp_path.name}:"))
+    events = _stream(tail[:15])
+    for e in events:
+        svc.feedback(e.request_id, e.user_id, [{"item_id": e.item_id, "type": e.type, "ts": e.ts}])
+    svc.close()
+    src = RedisStreamSource(redis_url, key)
+    first, off = src.read(src.start, 10)
+    rest, off2 = src.read(off, 100)
+    assert first.height == 10 and rest.height == 20 and src.backlog(off2) == 0 and src.backlog(off) == 20
+    assert first["offset"].to_list() == sorted(first["offset"].to_list(), key=lambda s: tuple(map(int, s.split("-"))))
+    assert list(zip(first["user_id"], first["item_id"], first["type"], first["ts"]))[:2] == [
+        (e.user_id, e.item_id, e.type, e.ts) for e in events[:2]]
+    served = tmp_path / "served"
+    Publisher(served).init(art)
+    learner = OnlineLearner(served, src, LearnConfig(batch_limit=100))
+    r = learner.run_once()
+    assert r["events"] == 30 and r["offset"] == off2 and r["quarantined"] == 0
+    _, hot = _channels(served)
+    assert hot.popularity_.sum() == len(head.interactions) + 15
+    learner.close()

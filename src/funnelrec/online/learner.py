@@ -27,22 +27,58 @@ admission/eviction live in online/updates.py and are passed in as `updaters=`):
 - `samples`: the labelled samples whose label window closed in this step, columns
   user_id, item_id, ts, request_id, click, like, watch_time, purchase (online/samples.py
   SAMPLE_COLUMNS; ids are the external string ids; organic positives have request_id null).
-- `holdout`: the latest labelled window not trained on (the samples of the previous step's
-  window are trained on now; `holdout` is the newest closed window, held out for the guardrail).
+- `holdout`: the latest labelled window not trained on: of the samples whose window closed in
+  this step, the newest `holdout_fraction` (by ts) are held out; they are trained on in the next
+  step (part of that step's `samples`), so every sample is trained on once and evaluated first.
 - returns {component name → new component} (e.g. {"ranker": new_ranker}); the learner calls
   `for u in updaters: parts |= u.update(funnel, samples, holdout)` and publishes the union
   (later updaters see `funnel.with_components(**parts)` of the earlier ones).
 - raises `funnelrec.core.errors.GuardrailRefused` with the reason: that updater's parts are not
   published this step (logged and shown in the step report); the rest still are.
-- `LearnConfig.min_count` / `LearnConfig.ttl_s` are handed to updaters that take them
-  (FID admission/eviction) by the learner at construction: `u.configure(config)` if defined.
+- `LearnConfig.min_count` / `ttl_s` / `guardrail_margin` reach updaters that take them: the
+  learner calls `u.configure(config)` once at construction when the updater defines it.
+- any other FunnelrecError of an updater is logged and reported like a refusal (the learner
+  goes on; the count updates of the step are still published).
+
+Durable state (served_dir/learner.db, one SQLite transaction per step, after the publish):
+the committed offset, the version that holds every event up to it, the watermark, the open
+samples (`pending`), the carried holdout, the counters (events seen, quarantined) and the
+quarantined events themselves. A restart loads that version and redoes the step after the
+offset: the same events in the same batches give the same result (a version published but not
+committed is left unused and pruned).
+
+Malformed events — unknown type, a ts outside [0, MAX_TS], a non-finite value, negative
+watch_time, an empty user id, an item the funnel's catalogue does not hold — are quarantined
+(table `quarantine`: offset, the event as JSON, the message; logged) and the rest is learned.
+Events of users outside the catalogue label samples but enter no co-occurrence or counter (the
+channels' histories are indexed by catalogue users); follow/unfollow are skipped here.
+
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+import json
+import logging
+import sqlite3
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
 
 import polars as pl
+
+from funnelrec.core.errors import ConfigError, FunnelrecError, GuardrailRefused
+from funnelrec.online.labels import PENDING_SCHEMA, LabelJoin, empty_samples
+from funnelrec.online.publish import Publisher
+from funnelrec.online.served import STATUS, current_version, version_dir, write_atomic
+from funnelrec.online.source import EventSource
+from funnelrec.pipeline.eventlog import EVENT_TYPES, MAX_TS, POSITIVE_TYPES
+from funnelrec.pipeline.funnel import Funnel
+
+_log = logging.getLogger(__name__)
+
+#: channels whose `update` the learner runs on each step's positives
+UPDATED_CHANNELS = ("ItemCFRecall", "SwingRecall", "HotRecall", "FreshRecall")
 
 
 class Updater(Protocol):
@@ -50,4 +86,237 @@ class Updater(Protocol):
 
     name: str
 
-    def update(self, funnel: object, samples: pl.DataFrame, holdout: pl.DataFrame) -> dict[str, object]: ...
+    def update(self, funnel: Funnel, samples: pl.DataFrame, holdout: pl.DataFrame) -> dict[str, object]: ...
+
+
+@dataclass(frozen=True)
+class LearnConfig:
+    interval_s: float = 60.0  # run_forever: pause between steps when caught up
+    label_window_s: int = 1800  # an impression waits this long (event time) for its positives
+    batch_limit: int = 100_000  # events read per step
+    min_count: int = 1  # FID admission (passed to updaters)
+    ttl_s: int = 0  # FID eviction after this long unseen; 0 = never (passed to updaters)
+    guardrail_margin: float = 0.01  # AUC margin (passed to updaters)
+    holdout_fraction: float = 0.2  # newest share of each step's closed samples held out
+    keep_versions: int = 5  # published versions kept in served_dir/versions
+    served_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.interval_s < 0 or self.batch_limit < 1 or self.keep_versions < 2:
+            raise ConfigError(f"LearnConfig: need interval_s ≥ 0, batch_limit ≥ 1, keep_versions ≥ 2; got {self}")
+        if not 0.0 <= self.holdout_fraction < 1.0:
+            raise ConfigError(f"LearnConfig: holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
+        LabelJoin(self.label_window_s)
+
+
+_DB = """
+CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS pending (user_id TEXT, item_id TEXT, ts INTEGER, request_id TEXT,
+    click INTEGER, like INTEGER, watch_time REAL, purchase INTEGER);
+CREATE TABLE IF NOT EXISTS holdout (user_id TEXT, item_id TEXT, ts INTEGER, request_id TEXT,
+    click INTEGER, like INTEGER, watch_time REAL, purchase INTEGER);
+CREATE TABLE IF NOT EXISTS quarantine (offset TEXT, event TEXT, message TEXT, at REAL);
+"""
+
+
+class OnlineLearner:
+    """Tails `source`, learns, publishes into `served_dir` (module doc)."""
+
+    def __init__(self, served_dir: str | Path | None, source: EventSource, config: LearnConfig | None = None,
+                 updaters: tuple[Updater, ...] | list[Updater] = ()) -> None:
+        self.config = config or LearnConfig()
+        served = served_dir if served_dir is not None else self.config.served_dir
+        if served is None:
+            raise ConfigError("OnlineLearner: no served directory (served_dir)")
+        self.served_dir = Path(served)
+        self.source = source
+        self.updaters = list(updaters)
+        for u in self.updaters:
+            if hasattr(u, "configure"):
+                u.configure(self.config)
+        self.join = LabelJoin(self.config.label_window_s)
+        self.publisher = Publisher(self.served_dir)
+        if current_version(self.served_dir) is None:
+            raise ConfigError(f"{self.served_dir}: no published version (CURRENT); start it from an artifact "
+                              f"(`funnelrec learn --artifact DIR`)")
+        self._db = sqlite3.connect(self.served_dir / "learner.db", isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_DB)
+        st = dict(self._db.execute("SELECT key, value FROM state").fetchall())
+        self.offset = st.get("offset", source.start)
+        self.version = st.get("version") or current_version(self.served_dir)
+        self.watermark = int(st["watermark"]) if st.get("watermark") else None
+        self.events_seen = int(st.get("events_seen", 0))
+        self.quarantined = int(st.get("quarantined", 0))
+        self.steps = int(st.get("steps", 0))
+        self.pending = self._table("pending")
+        self.holdout = self._table("holdout")
+        path = version_dir(self.served_dir, self.version)
+        self.funnel = Funnel.load(path)
+
+    def _table(self, name: str) -> pl.DataFrame:
+        rows = self._db.execute(f"SELECT * FROM {name}").fetchall()  # noqa: S608 - a fixed table name
+        return pl.DataFrame(rows, schema=PENDING_SCHEMA, orient="row") if rows else empty_samples()
+
+    # ------------------------------------------------------------------ checks
+    def check(self, events: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """(good events, bad events with a "message" column) — module doc lists the checks."""
+        known_items = self.funnel.dataset_.item_ids.indices(events["item_id"].fill_null("").to_list()) >= 0
+        value, ts, typ = pl.col("value"), pl.col("ts"), pl.col("type")
+        item_event = ~typ.is_in(["follow", "unfollow"])
+        msg = (pl.when(~typ.is_in(list(EVENT_TYPES)) | typ.is_null())
+               .then(pl.format("unknown event type {}; known: " + ", ".join(EVENT_TYPES), typ.fill_null("null")))
+               .when(ts.is_null() | (ts < 0) | (ts > MAX_TS))
+               .then(pl.format("event ts must be unix seconds in [0, {}], got {}", pl.lit(MAX_TS), ts.cast(pl.Utf8).fill_null("null")))
+               .when(value.is_null() | ~value.is_finite())
+               .then(pl.format("event value must be a finite number, got {}", value.cast(pl.Utf8).fill_null("null")))
+               .when((typ == "watch_time") & (value < 0))
+               .then(pl.format("watch_time value must be ≥ 0, got {}", value.cast(pl.Utf8)))
+               .when(pl.col("user_id").is_null() | (pl.col("user_id") == ""))
+               .then(pl.lit("event has no user_id"))
+               .when(item_event & ~pl.col("_known"))
+               .then(pl.format("unknown item {} (not in the served catalogue)", pl.col("item_id").fill_null("null")))
+               .otherwise(None))
+        checked = events.with_columns(pl.Series("_known", known_items)).with_columns(msg.alias("message"))
+        bad = checked.filter(pl.col("message").is_not_null()).drop("_known")
+        good = checked.filter(pl.col("message").is_null()).drop(["_known", "message"])
+        return good, bad
+
+    # ------------------------------------------------------------------ one step
+    def run_once(self) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        cfg = self.config
+        events, nxt = self.source.read(self.offset, cfg.batch_limit)
+        report: dict[str, Any] = {"events": events.height, "offset_before": self.offset, "offset": nxt,
+                                  "version_before": self.version, "published": False, "parts": [],
+                                  "refused": {}, "quarantined": 0, "samples": 0}
+        if not events.height:
+            self._write_status(report, t0, None)
+            return report
+        good, bad = self.check(events)
+        for r in bad.iter_rows(named=True):
+            _log.warning("quarantined event at offset %s: %s", r["offset"], r["message"])
+        items = good.filter(~pl.col("type").is_in(["follow", "unfollow"]))
+        closed, pending, watermark = self.join.step(items, self.pending, self.watermark)
+        funnel, parts = self.funnel, {}
+        parts.update(self._count_updates(funnel, items))
+        if parts:
+            funnel = funnel.with_components(**{k.replace("/", "__"): v for k, v in parts.items()})
+        train, holdout = self._split(closed)
+        if self.updaters and train.height:
+            for u in self.updaters:
+                try:
+                    got = u.update(funnel, train, holdout)
+                except GuardrailRefused as e:
+                    report["refused"][u.name] = str(e)
+                    _log.warning("update %s refused: %s", u.name, e)
+                    continue
+                except FunnelrecError as e:
+                    report["refused"][u.name] = f"{type(e).__name__}: {e}"
+                    _log.error("update %s failed: %s", u.name, e)
+                    continue
+                if got:
+                    parts.update(got)
+                    funnel = funnel.with_components(**{k.replace("/", "__"): v for k, v in got.items()})
+        version = self.version
+        if parts:
+            version = self.publisher.publish(self.version, parts)  # durable before the commit below
+        self._commit(nxt, version, watermark, pending, holdout if closed.height else self.holdout, events, bad)
+        self.funnel = funnel
+        report.update(version=version, published=bool(parts), parts=sorted(parts), quarantined=bad.height,
+                      samples=closed.height, trained=train.height, holdout=holdout.height, pending=pending.height,
+                      watermark=watermark)
+        self.publisher.prune(cfg.keep_versions, {version})
+        self._write_status(report, t0, events)
+        return report
+
+    def _count_updates(self, funnel: Funnel, events: pl.DataFrame) -> dict[str, Any]:
+        """New itemCF/Swing/hot/fresh channels from the step's positives of catalogue users."""
+        pos = events.filter(pl.col("type").is_in(list(POSITIVE_TYPES))
+                            & ((pl.col("type") != "watch_time") | (pl.col("value") > 0)))
+        if not pos.height:
+            return {}
+        ds = funnel.dataset_
+        u = ds.user_ids.indices(pos["user_id"].to_list())
+        i = ds.item_ids.indices(pos["item_id"].to_list())
+        ok = (u >= 0) & (i >= 0)
+        u, i, ts = u[ok], i[ok], pos["ts"].to_numpy()[ok]
+        if not len(u):
+            return {}
+        out = {}
+        for name, ch in funnel.channels_.items():
+            if type(ch).__name__ in UPDATED_CHANNELS:
+                out[f"channels/{name}"] = ch.update(u, i, ts, n_users=ds.n_users, n_items=ds.n_items)
+        return out
+
+    def _split(self, closed: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """(train = the carried holdout + the older closed samples, holdout = the newest share)."""
+        if not closed.height:
+            return empty_samples().head(0), self.holdout
+        n_hold = int(round(self.config.holdout_fraction * closed.height))
+        older, newest = closed.head(closed.height - n_hold), closed.tail(n_hold)
+        return pl.concat([self.holdout, older]), newest
+
+    def _commit(self, offset: str, version: str, watermark: int | None, pending: pl.DataFrame,
+                holdout: pl.DataFrame, events: pl.DataFrame, bad: pl.DataFrame) -> None:
+        """Everything a restart needs, in one transaction (after the version is durable)."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            state = {"offset": offset, "version": version, "watermark": "" if watermark is None else str(watermark),
+                     "events_seen": str(self.events_seen + events.height),
+                     "quarantined": str(self.quarantined + bad.height), "steps": str(self.steps + 1)}
+            db.executemany("INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)", list(state.items()))
+            for name, frame in (("pending", pending), ("holdout", holdout)):
+                db.execute(f"DELETE FROM {name}")  # noqa: S608 - a fixed table name
+                db.executemany(f"INSERT INTO {name} VALUES (?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+                               frame.select(list(PENDING_SCHEMA)).rows())
+            now = time.time()
+            db.executemany("INSERT INTO quarantine (offset, event, message, at) VALUES (?, ?, ?, ?)",
+                           [(r["offset"], json.dumps({k: v for k, v in r.items() if k not in ("offset", "message")},
+                                                     default=str), r["message"], now)
+                            for r in bad.iter_rows(named=True)])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self.offset, self.version, self.watermark = offset, version, watermark
+        self.events_seen += events.height
+        self.quarantined += bad.height
+        self.steps += 1
+        self.pending, self.holdout = pending, holdout
+
+    def quarantine(self) -> pl.DataFrame:
+        rows = self._db.execute("SELECT offset, event, message, at FROM quarantine ORDER BY rowid").fetchall()
+        return pl.DataFrame(rows, schema={"offset": pl.Utf8, "event": pl.Utf8, "message": pl.Utf8, "at": pl.Float64},
+                            orient="row")
+
+    def _write_status(self, report: dict[str, Any], t0: float, events: pl.DataFrame | None) -> None:
+        now = time.time()
+        lag_s = None
+        if events is not None and events.height and events["received_at"].is_not_null().any():
+            lag_s = now - float(events["received_at"].max())  # newest event read → its version served
+        status = {"version": self.version, "offset": self.offset, "events_seen": self.events_seen,
+                  "quarantined": self.quarantined, "lag_events": self.source.backlog(self.offset),
+                  "lag_s": lag_s, "updated_at": now, "step_s": time.perf_counter() - t0, "steps": self.steps,
+                  "config": asdict(self.config)}
+        report["step_s"] = status["step_s"]
+        write_atomic(self.served_dir / STATUS, json.dumps(status, default=str))
+
+    def run_forever(self, max_steps: int | None = None) -> None:
+        """Steps until interrupted: at once while a full batch came back, else after interval_s."""
+        n = 0
+        while max_steps is None or n < max_steps:
+            report = self.run_once()
+            n += 1
+            _log.info("learn step: %s", {k: report[k] for k in ("events", "offset", "published", "parts")})
+            if report["events"] < self.config.batch_limit:
+                time.sleep(self.config.interval_s)
+
+    def close(self) -> None:
+        self._db.close()
+        self.source.close()
+
+
+__all__ = ["LearnConfig", "OnlineLearner", "Updater"]

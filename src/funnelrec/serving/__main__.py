@@ -46,6 +46,7 @@ class ServeSettings:
     eventlog_sync: str = "FULL"
     admin_token_file: str | None = None
     log_level: str = "warning"
+    watch: str | None = None  # a `funnelrec learn --served` directory: serve its CURRENT, reload new ones
 
 
 class ServeError(Exception):
@@ -87,7 +88,8 @@ def admin_token(settings: ServeSettings) -> str | None:
 def _service_config(args: dict):
     from funnelrec.pipeline.service import ServiceConfig
 
-    return ServiceConfig(max_in_flight=args["max_in_flight"], eventlog_synchronous=args["eventlog_sync"])
+    return ServiceConfig(max_in_flight=args["max_in_flight"], eventlog_synchronous=args["eventlog_sync"],
+                         watch_dir=args.get("watch"))
 
 
 def app_from_env():
@@ -119,6 +121,13 @@ def run(s: ServeSettings) -> int:
         if s.workers < 1:
             raise ServeError("--workers must be ≥ 1")
         token = admin_token(s)
+        if s.watch:  # start on the learner's live version when it has one (every worker does)
+            from dataclasses import replace
+
+            from funnelrec.online.served import current_dir
+
+            live = current_dir(s.watch)
+            s = replace(s, artifact=str(live)) if live is not None else s
         if not Path(s.artifact).exists():
             raise ServeError(f"{s.artifact}: no funnel artifact there (train one: funnelrec train --out {s.artifact})")
         read_manifest(s.artifact)  # a directory that is not an artifact fails here, in one line
@@ -168,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker process")
     p.add_argument("--workers", type=int, default=1, help="worker processes (one per core)")
     p.add_argument("--eventlog-sync", default="FULL", choices=["FULL", "NORMAL"])
+    p.add_argument("--watch", default=None, help="a `funnelrec learn --served` directory to follow")
     p.add_argument("--admin-token-file", default=None,
                    help=f"file holding the admin token (else ${ADMIN_TOKEN_ENV}); required off loopback")
     a = p.parse_args(argv)
