@@ -364,3 +364,21 @@ def test_redis_stream_source_feeds_the_learner(learn_world, tmp_path, redis_url)
     _, hot = _channels(served)
     assert hot.popularity_.sum() == len(head.interactions) + 15
     learner.close()
+
+
+def test_learn_cli_errors_are_one_line_and_exit_2(learn_world, tmp_path):
+    _, _, _, art = learn_world
+    env = {**os.environ, "FUNNELREC_THREADS": "1"}
+    base = [sys.executable, "-m", "funnelrec.cli", "learn", "--served", str(tmp_path / "served")]
+    cases = [(base + ["--state-dir", str(tmp_path / "none")], "events.db"),  # no event log there
+             (base + ["--state-dir", str(tmp_path), "--redis", "redis://127.0.0.1:1/0"], "exactly one of"),
+             (base + ["--state-dir", str(tmp_path), "--artifact", str(tmp_path / "nope")], "nope")]
+    for cmd, needle in cases:
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], r.stderr
+    with EventLog(tmp_path / "state" / "events.db"):
+        pass
+    r = subprocess.run(base + ["--state-dir", str(tmp_path / "state"), "--once"], env=env, capture_output=True,
+                       text=True, timeout=120)  # a served dir with no version and no --artifact
+    assert r.returncode == 2 and "--artifact" in r.stderr.strip().splitlines()[-1]
