@@ -120,3 +120,54 @@ def test_watch_keeps_serving_through_a_broken_version(artifact, tmp_path):
     finally:
         svc.close()
     assert os.path.isdir(version_dir(served, "v000001"))
+
+
+def test_every_worker_of_a_multi_worker_server_picks_up_the_new_version(artifact, tmp_path, port_factory):
+    """`python -m funnelrec.serving --workers 2 --watch DIR`: each worker's own poll thread reloads;
+    /health over fresh connections (the kernel spreads them over both workers) all show it."""
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+
+    art, _ = artifact
+    served = tmp_path / "served"
+    pub = Publisher(served)
+    pub.init(art)
+    port = port_factory()
+    base = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "FUNNELREC_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "funnelrec.serving", "--artifact", str(art), "--watch", str(served),
+                             "--state-dir", str(tmp_path / "state"), "--port", str(port), "--workers", "2"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+
+    def versions(n: int) -> set:
+        return {httpx.get(f"{base}/health", timeout=5).json()["served"]["version"] for _ in range(n)}
+
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "server did not become healthy"
+            time.sleep(0.2)
+        time.sleep(1.0)  # the second worker up too
+        assert versions(20) == {"v000001"}
+        base_funnel = Funnel.load(version_dir(served, "v000001"))
+        pub.publish("v000001", {"channels/hot": _hot_with(base_funnel, 3, 50)})
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and versions(10) != {"v000002"}:
+            time.sleep(0.3)  # default watch interval: 2 s
+        assert versions(40) == {"v000002"}
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
