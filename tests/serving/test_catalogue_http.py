@@ -159,6 +159,9 @@ def test_deleted_user_is_served_as_unknown(server):
     client, _ = server
     assert recommend(client, user="2")["cold_start"] is False
     assert client.post("/users", headers=ADMIN, json={"users": [{"user_id": "2", "attributes": {}}]}).status_code == 200
+    # fresh history of the user: a deleted user's is not read either
+    assert client.post("/feedback", json={"user_id": "2", "events": [{"item_id": 1, "type": "click", "ts": T}]}
+                       ).status_code == 200
     assert client.delete("/users/2", headers=ADMIN).status_code == 200
     gone = recommend(client, user="2")
     assert gone["cold_start"] is True

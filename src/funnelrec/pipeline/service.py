@@ -52,7 +52,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -497,8 +497,11 @@ class RecommenderService:
             timings["experiments"] = (time.perf_counter() - t1) * 1e3
         region = ctx.get("region")
         rctx = RecallContext(time=now, region=None if region is None else str(region), extra=extra)
-        user_idx = -1 if uid in live.deleted_users else f.dataset_.user_ids.index(user_id)
+        deleted = uid in live.deleted_users
+        user_idx = -1 if deleted else f.dataset_.user_ids.index(user_id)
         state, st = self.request_state(cur, uid, user_idx, now, exclude)
+        if deleted:  # a deleted user is served as unknown: neither their history nor their cache
+            state = replace(state, history=None, cached=None if state.cached is None else [None])
         state = live.restrict(state, cur, now, filters)  # hidden / deleted / expired items, attribute filters
         timings.update(st)
         keys = cur.item_keys
