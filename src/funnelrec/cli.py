@@ -127,7 +127,8 @@ def evaluate_ctr_cmd(dataset: str = typer.Option("movielens-100k"), model: str =
 @app.command()
 def serve(artifact: Path = typer.Option(DEFAULT_ARTIFACT, help="a funnel saved by `funnelrec train`"),
           host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
-          state_dir: Path = typer.Option(Path("state"), help="event log, exposure filters, cached results"),
+          state_dir: Path = typer.Option(Path("state"), help="the online state (SQLite): event log, exposure "
+                                         "filters, cached results, history, counters, catalogue"),
           redis_url: str | None = typer.Option(None, help="redis://host:port/db for state shared by workers"),
           experiments: Path | None = typer.Option(None, help="experiments YAML (layers, variants, rollouts)"),
           workers: int = typer.Option(1, help="worker processes on one port (one per core)"),

@@ -168,8 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m funnelrec.serving", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--artifact", required=True, help="a funnel saved by Funnel.save / `funnelrec train`")
-    p.add_argument("--state-dir", default=None, help="event log, exposure filters, cached results (SQLite)")
-    p.add_argument("--redis-url", default=None, help="exposure filters and cached results in Redis")
+    p.add_argument("--state-dir", default=None, help="the online state in SQLite files: event log, exposure "
+                   "filters, cached results, real-time history, feature counters, live catalogue, follows")
+    p.add_argument("--redis-url", default=None, help="the online state in Redis, shared by workers and replicas "
+                   "(the event log stays a local SQLite file; feedback also goes to a Redis Stream)")
     p.add_argument("--experiments", default=None, help="experiments YAML")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
