@@ -209,6 +209,7 @@ def _register_learn(app: typer.Typer) -> None:
                   state_dir: Path | None = typer.Option(None, "--state-dir", help="the server's state dir (events.db)"),
                   redis: str | None = typer.Option(None, "--redis", help="redis://… : tail the Redis Stream instead"),
                   stream: str = typer.Option("funnelrec:events", "--stream", help="the Redis Stream key"),
+                  prefix: str = typer.Option("funnelrec:", "--redis-prefix", help="the server's Redis key prefix"),
                   artifact: Path | None = typer.Option(None, "--artifact", help="first version, when DIR has none"),
                   interval: float = typer.Option(60.0, "--interval", help="seconds between steps when caught up"),
                   label_window: int = typer.Option(1800, "--label-window", help="label window (s, event time)"),
@@ -231,8 +232,15 @@ def _register_learn(app: typer.Typer) -> None:
             Publisher(served).init(artifact)
         source = RedisStreamSource(redis, stream) if redis else EventLogSource(state_dir / "events.db")  # type: ignore[operator]
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        from funnelrec.online.catalogue import open_catalogue
+
+        # the server's live catalogue (same backend): events on items upserted through the API are
+        # learned (the item joins the published funnel) instead of quarantined as unknown
+        catalogue = (open_catalogue("redis", redis_url=redis, prefix=prefix) if redis
+                     else open_catalogue("sqlite", state_dir=state_dir)
+                     if (state_dir / "catalogue.db").exists() else None)  # type: ignore[operator]
         learner = OnlineLearner(served, source, LearnConfig(interval_s=interval, label_window_s=label_window,
-                                                             batch_limit=batch))
+                                                             batch_limit=batch), catalogue=catalogue)
         try:
             if once:
                 typer.echo(json.dumps(learner.run_once(), default=str))

@@ -318,8 +318,11 @@ def test_kill_9_mid_stream_then_restart_equals_one_uninterrupted_run(learn_world
     proc = subprocess.Popen(_learn_cmd(served, state), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # kill it once a few steps are committed, mid-stream
-        if (served / "learner.db").exists() and int(_learner_state(served).get("steps", 0) or 0) >= 3:
-            break
+        try:
+            if (served / "learner.db").exists() and int(_learner_state(served).get("steps", 0) or 0) >= 3:
+                break
+        except sqlite3.OperationalError:  # the learner is creating its tables
+            pass
         time.sleep(0.01)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -382,3 +385,32 @@ def test_learn_cli_errors_are_one_line_and_exit_2(learn_world, tmp_path):
     r = subprocess.run(base + ["--state-dir", str(tmp_path / "state"), "--once"], env=env, capture_output=True,
                        text=True, timeout=120)  # a served dir with no version and no --artifact
     assert r.returncode == 2 and "--artifact" in r.stderr.strip().splitlines()[-1]
+
+
+def test_an_item_upserted_through_the_catalogue_enters_itemcf_and_hot_at_the_next_step(learn_world, tmp_path):
+    from funnelrec.online.catalogue import open_catalogue
+
+    data, head, tail, art = learn_world
+    served, state = _setup(tmp_path, art, [])
+    cat = open_catalogue("sqlite", state_dir=state)
+    genres = data.dataset.items["genres"][0].to_list()
+    cat.upsert_items([{"item_id": 1001, "attributes": {"genres": genres}}], now=1_000_000_000)
+    users = [str(u) for u in data.dataset.users["user_id"][:3].to_list()]
+    with EventLog(state / "events.db") as log:
+        log.append([FeedbackEvent(None, u, "1001", "click", 1.0, 1_009_000_000) for u in users])
+    learner = OnlineLearner(served, EventLogSource(state / "events.db"), LearnConfig(), catalogue=cat)
+    r = learner.run_once()
+    assert r["quarantined"] == 0 and "dataset" in r["parts"] and "channels/itemcf" in r["parts"]
+    f = Funnel.load(current_dir(served))
+    idx = f.dataset_.item_ids.index(1001)
+    assert idx == data.n_items  # appended after the fitted items
+    itemcf, hot = f.channels_["itemcf"], f.channels_["hot"]
+    assert itemcf.neighbours_.shape == (idx + 1, idx + 1) and hot.popularity_[idx] == 3
+    got = set(itemcf.neighbours_[idx].indices)  # its neighbours: what its three users consumed
+    assert got and got <= set(np.unique(head.csr[data.dataset.user_ids.indices(users)].indices))
+    learner.close()
+    # without the catalogue the same event is an unknown item: quarantined
+    served2, state2 = _setup(tmp_path / "b", art, [FeedbackEvent(None, users[0], "1001", "click", 1.0, 1_009_000_000)])
+    bare = OnlineLearner(served2, EventLogSource(state2 / "events.db"), LearnConfig())
+    assert bare.run_once()["quarantined"] == 1
+    bare.close()

@@ -123,8 +123,9 @@ class OnlineLearner:
     """Tails `source`, learns, publishes into `served_dir` (module doc)."""
 
     def __init__(self, served_dir: str | Path | None, source: EventSource, config: LearnConfig | None = None,
-                 updaters: tuple[Updater, ...] | list[Updater] = ()) -> None:
+                 updaters: tuple[Updater, ...] | list[Updater] = (), catalogue: Any = None) -> None:
         self.config = config or LearnConfig()
+        self.catalogue = catalogue  # online/catalogue.py Catalogue of the server's state backend, optional
         served = served_dir if served_dir is not None else self.config.served_dir
         if served is None:
             raise ConfigError("OnlineLearner: no served directory (served_dir)")
@@ -160,9 +161,10 @@ class OnlineLearner:
         return pl.DataFrame(rows, schema=PENDING_SCHEMA, orient="row") if rows else empty_samples()
 
     # ------------------------------------------------------------------ checks
-    def check(self, events: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    def check(self, events: pl.DataFrame, funnel: Funnel | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
         """(good events, bad events with a "message" column) — module doc lists the checks."""
-        known_items = self.funnel.dataset_.item_ids.indices(events["item_id"].fill_null("").to_list()) >= 0
+        funnel = funnel or self.funnel
+        known_items = funnel.dataset_.item_ids.indices(events["item_id"].fill_null("").to_list()) >= 0
         value, ts, typ = pl.col("value"), pl.col("ts"), pl.col("type")
         item_event = ~typ.is_in(["follow", "unfollow"])
         msg = (pl.when(~typ.is_in(list(EVENT_TYPES)) | typ.is_null())
@@ -194,12 +196,14 @@ class OnlineLearner:
         if not events.height:
             self._write_status(report, t0, None)
             return report
-        good, bad = self.check(events)
+        funnel, parts = self.funnel, {}
+        if self.catalogue is not None:
+            funnel, parts = self._with_new_items(events)
+        good, bad = self.check(events, funnel)
         for r in bad.iter_rows(named=True):
             _log.warning("quarantined event at offset %s: %s", r["offset"], r["message"])
         items = good.filter(~pl.col("type").is_in(["follow", "unfollow"]))
         closed, pending, watermark = self.join.step(items, self.pending, self.watermark)
-        funnel, parts = self.funnel, {}
         parts.update(self._count_updates(funnel, items))
         if parts:
             funnel = funnel.with_components(**{k.replace("/", "__"): v for k, v in parts.items()})
@@ -230,6 +234,26 @@ class OnlineLearner:
         self.publisher.prune(cfg.keep_versions, {version})
         self._write_status(report, t0, events)
         return report
+
+    def _with_new_items(self, events: pl.DataFrame) -> tuple[Funnel, dict[str, Any]]:
+        """The funnel with the live catalogue's items that this batch's events name but the funnel
+        lacks (`Funnel.with_items`, as the server's live catalogue extends it), and the components
+        that changed by it — so an item upserted through the API enters itemCF/Swing/hot at the
+        next step instead of being quarantined as unknown. Attribute changes of known items stay
+        the server's live overlay (no new version for them)."""
+        from funnelrec.pipeline.service import LiveCatalogue, LoadedFunnel
+
+        ids = events["item_id"].drop_nulls().unique().to_list()
+        unknown = {i for i, k in zip(ids, self.funnel.dataset_.item_ids.indices(ids)) if k < 0}
+        if not unknown:
+            return self.funnel, {}
+        snap = self.catalogue.snapshot()
+        rows = [r for r in snap.item_rows() if str(r["item_id"]) in unknown]
+        if not rows:
+            return self.funnel, {}
+        new = LiveCatalogue._extend(LoadedFunnel.build(self.funnel, self.version), rows, snap).funnel
+        old = self.funnel.components()
+        return new, {k: v for k, v in new.components().items() if old.get(k) is not v}
 
     def _count_updates(self, funnel: Funnel, events: pl.DataFrame) -> dict[str, Any]:
         """New itemCF/Swing/hot/fresh channels from the step's positives of catalogue users."""
@@ -317,6 +341,8 @@ class OnlineLearner:
     def close(self) -> None:
         self._db.close()
         self.source.close()
+        if self.catalogue is not None:
+            self.catalogue.close()
 
 
 __all__ = ["LearnConfig", "OnlineLearner", "Updater"]
