@@ -48,7 +48,8 @@ offset: the same events in the same batches give the same result (a version publ
 committed is left unused and pruned).
 
 Malformed events — unknown type, a ts outside [0, MAX_TS], a non-finite value, negative
-watch_time, an empty user id, an item the funnel's catalogue does not hold — are quarantined
+watch_time, an empty user id, an item neither the funnel's catalogue nor the live catalogue
+(`catalogue=`, the server's online/catalogue.py backend) holds — are quarantined
 (table `quarantine`: offset, the event as JSON, the message; logged) and the rest is learned.
 Events of users outside the catalogue label samples but enter no co-occurrence or counter (the
 channels' histories are indexed by catalogue users); follow/unfollow are skipped here.
