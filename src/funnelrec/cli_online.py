@@ -214,6 +214,12 @@ def _register_learn(app: typer.Typer) -> None:
                   interval: float = typer.Option(60.0, "--interval", help="seconds between steps when caught up"),
                   label_window: int = typer.Option(1800, "--label-window", help="label window (s, event time)"),
                   batch: int = typer.Option(100_000, "--batch", help="events per step"),
+                  models: bool = typer.Option(True, "--models/--counts-only",
+                                              help="update the fine ranker too (FTRL + optimizer steps, FID "
+                                                   "admission), behind the AUC guardrail; or only the counts"),
+                  guardrail_margin: float = typer.Option(0.01, "--guardrail-margin",
+                                                         help="refuse a ranker whose held-out AUC is lower by more"),
+                  min_count: int = typer.Option(5, "--min-count", help="events before a new id gets its own row"),
                   once: bool = typer.Option(False, "--once", help="one step, print its report, exit"),
                   until_caught_up: bool = typer.Option(False, "--until-caught-up",
                                                        help="steps until no event is left, then exit")) -> None:
@@ -239,8 +245,16 @@ def _register_learn(app: typer.Typer) -> None:
         catalogue = (open_catalogue("redis", redis_url=redis, prefix=prefix) if redis
                      else open_catalogue("sqlite", state_dir=state_dir)
                      if (state_dir / "catalogue.db").exists() else None)  # type: ignore[operator]
+        updaters = []
+        if models:
+            from funnelrec.online.guardrail import AUCGuardrail
+            from funnelrec.online.updates import RankerUpdater
+
+            updaters.append(RankerUpdater(guardrail=AUCGuardrail(guardrail_margin)))
         learner = OnlineLearner(served, source, LearnConfig(interval_s=interval, label_window_s=label_window,
-                                                             batch_limit=batch), catalogue=catalogue)
+                                                             batch_limit=batch, min_count=min_count,
+                                                             guardrail_margin=guardrail_margin),
+                                catalogue=catalogue, updaters=updaters)
         try:
             if once:
                 typer.echo(json.dumps(learner.run_once(), default=str))

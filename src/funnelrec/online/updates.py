@@ -293,6 +293,7 @@ class RankerUpdater:
         c = self.config
         min_count = getattr(config, "min_count", c.min_count)
         ttl = getattr(config, "ttl_s", c.ttl)
+        ttl = None if ttl == 0 else ttl  # LearnConfig's 0 = never evict
         self.config = dataclasses.replace(c, min_count=min_count, ttl=ttl)
         self.admission = FidAdmission(min_count, ttl) if min_count > 0 else None
         return self
@@ -301,6 +302,9 @@ class RankerUpdater:
         cfg = self.config
         t0 = time.perf_counter()
         served = funnel.ranker_
+        if served is None:  # a funnel without a fine ranker: nothing to update
+            self.last_report_ = {"samples": 0, "skipped": "the funnel has no ranker"}
+            return {}
         train = rank_samples(funnel, samples, cfg.unrecalled)
         if len(train) == 0:
             self.last_report_ = {"samples": 0, "dropped": train.n_dropped}
