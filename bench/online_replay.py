@@ -127,17 +127,21 @@ def main() -> None:
     ap.add_argument("--cases", default="ml100k,drift,control")
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--resamples", type=int, default=2000)
+    ap.add_argument("--learn", default="{}", help="the replay's learn: section as JSON (LearnConfig keys, ranker:, "
+                                                  "guardrail:), e.g. '{\"label_window_s\": 100000000}'")
     args = ap.parse_args()
     modes = args.modes.split(",")
     out: dict = {"threads": os.environ.get("FUNNELREC_THREADS"), "load": os.getloadavg()[0]}
     t0 = time.perf_counter()
     if "ml100k" in args.cases:
-        cfg = ReplayConfig(like_column="rating", like_threshold=4.0, bootstrap_resamples=args.resamples)
+        cfg = ReplayConfig(like_column="rating", like_threshold=4.0, bootstrap_resamples=args.resamples,
+                           learn=json.loads(args.learn))
         res, _ = run_case(load_dataset("movielens-100k"), cfg, modes, funnel_config())
         out["movielens-100k"] = res
     if "drift" in args.cases:
         cfg = ReplayConfig(click_column="click", like_column="like", like_threshold=1.0,
-                           bootstrap_resamples=args.resamples)
+                           bootstrap_resamples=args.resamples,
+                           learn=json.loads(args.learn))
         res, fitted = run_case(load_dataset("synthetic", **WORLD), cfg, modes, funnel_config(SYNTHETIC_COLUMNS))
         first = res["first_replayed_day"]
         res["world"] = WORLD
@@ -146,7 +150,8 @@ def main() -> None:
         out["synthetic_drift"] = res
     if "control" in args.cases:  # the same world without the drift: what staleness alone costs
         cfg = ReplayConfig(click_column="click", like_column="like", like_threshold=1.0,
-                           bootstrap_resamples=args.resamples)
+                           bootstrap_resamples=args.resamples,
+                           learn=json.loads(args.learn))
         world = {**WORLD, "drift_fraction": 0.0}
         res, _ = run_case(load_dataset("synthetic", **world), cfg, modes, funnel_config(SYNTHETIC_COLUMNS))
         res["world"] = world
