@@ -110,7 +110,9 @@ def test_watch_keeps_serving_through_a_broken_version(artifact, tmp_path):
         watch_dir=str(served), watch_interval_s=0.05))
     try:
         (served / "versions" / "v000002").mkdir()
-        (served / "CURRENT").write_text("v000002\n")  # names a version with no manifest
+        tmp = served / "CURRENT.tmp"  # replaced atomically, as the publisher does (a plain write
+        tmp.write_text("v000002\n")   # can be read half-done: an empty name, another error)
+        os.replace(tmp, served / "CURRENT")  # names a version with no manifest
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and not svc.health()["served"]["error"]:
             time.sleep(0.02)
