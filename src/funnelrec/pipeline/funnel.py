@@ -62,6 +62,41 @@ class Recommendation:
     tail_scores: np.ndarray | None = None
 
 
+def _upsert_rows(table: Any, rows: Any, kind: str, ids: Any, caller: str, what: str) -> tuple[Any, np.ndarray]:
+    """`table` (the users or items table, dense index column `<kind>_idx`) with `rows` upserted:
+    a known `<kind>_id` has the given non-null values replaced, an unknown one is appended as the
+    next dense index (old ids keep theirs). Returns (the new table, the sorted dense indices of
+    the changed and added rows). A column the table lacks, or a value of another type, is a
+    DataError naming it."""
+    import polars as pl
+
+    id_col, idx_col = f"{kind}_id", f"{kind}_idx"
+    if not isinstance(rows, pl.DataFrame) or id_col not in rows.columns:
+        raise DataError(f"{caller}: {kind}s must be a polars DataFrame with the column {id_col}")
+    bad = [c for c in rows.columns if c not in table.columns or c == idx_col]
+    if bad:
+        raise DataError(f"{kind} columns {bad} are not in {what}; it has: "
+                        f"{', '.join(c for c in table.columns if c != idx_col)}")
+    try:
+        rows = rows.select(pl.col(c).cast(table.schema[c], strict=True) for c in rows.columns)
+    except (pl.exceptions.PolarsError, TypeError, ValueError) as e:
+        raise DataError(f"{kind}s do not fit {what}'s column types {dict(table.schema)}: "
+                        f"{str(e).splitlines()[0][:200]}") from None
+    rows = rows.unique(id_col, keep="last", maintain_order=True)
+    idx = ids.indices(rows[id_col].to_list())
+    n_old = table.height
+    known = rows.filter(pl.Series(idx >= 0)).with_columns(pl.Series(idx_col, idx[idx >= 0], pl.Int64))
+    fresh = rows.filter(pl.Series(idx < 0))
+    full = table.update(known, on=idx_col, how="left") if known.height else table
+    if fresh.height:
+        fresh = fresh.with_columns(pl.Series(idx_col, np.arange(n_old, n_old + fresh.height), pl.Int64))
+        fresh = fresh.select(pl.col(c) if c in fresh.columns else pl.lit(None, table.schema[c]).alias(c)
+                             for c in table.columns)
+        full = pl.concat([full, fresh.select(pl.col(c).cast(table.schema[c]) for c in table.columns)])
+    changed = np.sort(np.concatenate([idx[idx >= 0], np.arange(n_old, full.height)])).astype(np.int64)
+    return full, changed
+
+
 def _fused_positions(fused: np.ndarray, top: np.ndarray) -> np.ndarray:
     """0-based position of each candidate `top[j]` in the fused order (descending score, ties by
     candidate position — the order `rerank` starts from): #{q : s_q > s_p} + #{q < p : s_q = s_p}."""
@@ -179,32 +214,10 @@ class Funnel:
         updated. The training history gets empty columns, item_log_pop 0. This one is unchanged."""
         import copy
 
-        import polars as pl
 
         ds, I_old = self.dataset_, self.dataset_.n_items
         table = ds.items
-        if not isinstance(items, pl.DataFrame) or "item_id" not in items.columns:
-            raise DataError("with_items: items must be a polars DataFrame with an item_id column")
-        bad = [c for c in items.columns if c not in table.columns or c == "item_idx"]
-        if bad:
-            raise DataError(f"item columns {bad} are not in the catalogue; it has: "
-                            f"{', '.join(c for c in table.columns if c != 'item_idx')}")
-        try:
-            rows = items.select(pl.col(c).cast(table.schema[c], strict=True) for c in items.columns)
-        except (pl.exceptions.PolarsError, TypeError, ValueError) as e:
-            raise DataError(f"items do not fit the catalogue's column types {dict(table.schema)}: "
-                            f"{str(e).splitlines()[0][:200]}") from None
-        rows = rows.unique("item_id", keep="last", maintain_order=True)
-        idx = ds.item_ids.indices(rows["item_id"].to_list())
-        known = rows.filter(pl.Series(idx >= 0)).with_columns(pl.Series("item_idx", idx[idx >= 0], pl.Int64))
-        fresh = rows.filter(pl.Series(idx < 0))
-        full = table.update(known, on="item_idx", how="left") if known.height else table
-        if fresh.height:
-            fresh = fresh.with_columns(pl.Series("item_idx", np.arange(I_old, I_old + fresh.height), pl.Int64))
-            fresh = fresh.select(pl.col(c) if c in fresh.columns else pl.lit(None, table.schema[c]).alias(c)
-                                 for c in table.columns)
-            full = pl.concat([full, fresh.select(pl.col(c).cast(table.schema[c]) for c in table.columns)])
-        changed = np.sort(np.concatenate([idx[idx >= 0], np.arange(I_old, full.height)])).astype(np.int64)
+        full, changed = _upsert_rows(table, items, "item", ds.item_ids, "with_items", "the catalogue")
         dataset = Dataset(ds.name, ds.interactions, ds.users, full, ds.schema, ds.extras)
         H = self.stats_.history
         stats = FunnelStats(sp.csr_matrix((H.data, H.indices, H.indptr), shape=(H.shape[0], full.height)),
@@ -232,32 +245,10 @@ class Funnel:
         (the learned rows of its attribute values). This one is unchanged."""
         import copy
 
-        import polars as pl
 
         ds, U_old = self.dataset_, self.dataset_.n_users
         table = ds.users
-        if not isinstance(users, pl.DataFrame) or "user_id" not in users.columns:
-            raise DataError("with_users: users must be a polars DataFrame with a user_id column")
-        bad = [c for c in users.columns if c not in table.columns or c == "user_idx"]
-        if bad:
-            raise DataError(f"user columns {bad} are not in the users table; it has: "
-                            f"{', '.join(c for c in table.columns if c != 'user_idx')}")
-        try:
-            rows = users.select(pl.col(c).cast(table.schema[c], strict=True) for c in users.columns)
-        except (pl.exceptions.PolarsError, TypeError, ValueError) as e:
-            raise DataError(f"users do not fit the users table's column types {dict(table.schema)}: "
-                            f"{str(e).splitlines()[0][:200]}") from None
-        rows = rows.unique("user_id", keep="last", maintain_order=True)
-        idx = ds.user_ids.indices(rows["user_id"].to_list())
-        known = rows.filter(pl.Series(idx >= 0)).with_columns(pl.Series("user_idx", idx[idx >= 0], pl.Int64))
-        fresh = rows.filter(pl.Series(idx < 0))
-        full = table.update(known, on="user_idx", how="left") if known.height else table
-        if fresh.height:
-            fresh = fresh.with_columns(pl.Series("user_idx", np.arange(U_old, U_old + fresh.height), pl.Int64))
-            fresh = fresh.select(pl.col(c) if c in fresh.columns else pl.lit(None, table.schema[c]).alias(c)
-                                 for c in table.columns)
-            full = pl.concat([full, fresh.select(pl.col(c).cast(table.schema[c]) for c in table.columns)])
-        changed = np.sort(np.concatenate([idx[idx >= 0], np.arange(U_old, full.height)])).astype(np.int64)
+        full, changed = _upsert_rows(table, users, "user", ds.user_ids, "with_users", "the users table")
         dataset = Dataset(ds.name, ds.interactions, full, ds.items, ds.schema, ds.extras)
         H = self.stats_.history
         n_new = full.height - U_old
