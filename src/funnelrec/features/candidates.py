@@ -321,6 +321,31 @@ def _learned_rows(col: pl.Series, item_rows: np.ndarray, cols: list[int]) -> dic
     return dict(zip(frame["v"].to_list(), rows.tolist()))
 
 
+def _value_rows(old: np.ndarray, names: list[str], fitted: pl.DataFrame, table: pl.DataFrame,
+                changed: np.ndarray, id_col: str) -> np.ndarray:
+    """The (table.height, F) embedding-row table of `old` (rows of the `fitted` table) over the
+    grown `table` (fitted rows first, new ones appended): a new or `changed` row takes, per
+    attribute field of `names`, the learned row of its value (`_learned_rows`; 0 = a value no
+    fitted row had), and keeps 0 (a new row) or its own row in the `id_col` field."""
+    n_old = old.shape[0]
+    rows = np.zeros((table.height, len(names)), old.dtype)
+    rows[:n_old] = old
+    todo = np.union1d(np.asarray(changed, np.int64), np.arange(n_old, table.height))
+    for c in dict.fromkeys(names):
+        if not len(todo) or c == id_col or c not in table.columns or c not in fitted.columns:
+            continue
+        cols = [j for j, n in enumerate(names) if n == c]
+        learned = _learned_rows(fitted[c], old, cols)
+        values = table[c].to_list()
+        for r in todo.tolist():
+            vs = values[r] if isinstance(values[r], list) else [values[r]]
+            vs = [v for v in vs if v is not None]
+            rows[r, cols] = 0
+            for p, v in enumerate(vs[: len(cols)]):
+                rows[r, cols[p]] = learned.get(v, 0)
+    return np.ascontiguousarray(rows)
+
+
 class RankFeatures:
     """The fine ranker's input for (user, candidate) pairs, one definition for training and serving.
 
@@ -410,25 +435,7 @@ class RankFeatures:
         new = copy.copy(self)
         F_u = self.user_rows_.shape[1]
         names = list(self.spec_.field_names[F_u:F_u + self.item_rows_.shape[1]])
-        I_old, I_new = self.item_rows_.shape[0], items.height
-        rows = np.zeros((I_new, len(names)), self.item_rows_.dtype)
-        rows[:I_old] = self.item_rows_
-        todo = np.union1d(np.asarray(changed, np.int64), np.arange(I_old, I_new))
-        if len(todo):
-            rows[todo[todo >= I_old]] = 0
-            for c in dict.fromkeys(names):
-                if c == "item_id" or c not in items.columns or c not in fitted.columns:
-                    continue
-                cols = [j for j, n in enumerate(names) if n == c]
-                learned = _learned_rows(fitted[c], self.item_rows_, cols)
-                new_vals = items[c].to_list()
-                for r in todo.tolist():
-                    vs = new_vals[r] if isinstance(new_vals[r], list) else [new_vals[r]]
-                    vs = [v for v in vs if v is not None]
-                    rows[r, cols] = 0
-                    for p, v in enumerate(vs[: len(cols)]):
-                        rows[r, cols[p]] = learned.get(v, 0)
-        new.item_rows_ = np.ascontiguousarray(rows)
+        new.item_rows_ = _value_rows(self.item_rows_, names, fitted, items, changed, "item_id")
         new.match_ = self.match_.extend_items(items)
         return new
 
@@ -442,23 +449,8 @@ class RankFeatures:
         new = copy.copy(self)
         F_u = self.user_rows_.shape[1]
         names = list(self.spec_.field_names[:F_u])
-        U_old, U_new = self.user_rows_.shape[0], users.height
-        rows = np.zeros((U_new, F_u), self.user_rows_.dtype)
-        rows[:U_old] = self.user_rows_
-        todo = np.union1d(np.asarray(changed, np.int64), np.arange(U_old, U_new))
-        for c in dict.fromkeys(names):
-            if not len(todo) or c == "user_id" or c not in users.columns or c not in fitted.columns:
-                continue
-            cols = [j for j, n in enumerate(names) if n == c]
-            learned = _learned_rows(fitted[c], self.user_rows_, cols)
-            new_vals = users[c].to_list()
-            for r in todo.tolist():
-                vs = new_vals[r] if isinstance(new_vals[r], list) else [new_vals[r]]
-                vs = [v for v in vs if v is not None]
-                rows[r, cols] = 0
-                for p, v in enumerate(vs[: len(cols)]):
-                    rows[r, cols[p]] = learned.get(v, 0)
-        new.user_rows_ = np.ascontiguousarray(rows)
+        U_new = users.height
+        new.user_rows_ = _value_rows(self.user_rows_, names, fitted, users, changed, "user_id")
         H = self.match_.history_
         if H.shape[0] < U_new:  # a new user has no training history (the match features read it)
             match = copy.copy(self.match_)
