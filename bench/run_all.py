@@ -34,6 +34,15 @@ BENCHES: dict[str, tuple[str, list[str], list[str]]] = {
     "experiments_stats": ("experiments_stats.py", [], ["--sims", "200", "--users", "100000"]),
     "simulate": ("simulate.py", [], ["--quick"]),
     "serving": ("serving.py", [], ["--rates", "20", "--duration", "5"]),
+    # the loop (session 4)
+    "freshness": ("freshness.py", [], ["--clicks", "30"]),
+    "feature_service": ("feature_service.py", [], ["--events", "5000", "--lookups", "30"]),
+    "catalogue": ("catalogue.py", [], ["--requests", "30"]),
+    "online_update": ("online_update.py", [], []),
+    "online_updates": ("online_updates.py", [], ["--seeds", "0", "--users", "30", "--repeats", "1"]),
+    "online_replay": ("online_replay.py", [], ["--cases", "ml100k", "--resamples", "200"]),
+    "follow_graph": ("follow_graph.py", [], ["--users", "2000", "--items", "500", "--interactions", "40000"]),
+    "cache_tail": ("cache_tail.py", [], ["--days", "1", "--users", "200"]),
 }
 
 
