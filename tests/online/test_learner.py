@@ -294,6 +294,45 @@ def test_malformed_events_are_quarantined_and_the_rest_learned(learn_world, tmp_
     learner.close()
 
 
+def test_a_click_and_its_like_are_one_consumption_in_the_counts(learn_world, tmp_path):
+    """Hot (τ = 0: a plain count) gains 1 per consumed item, not 1 per positive event: the fit
+    counts one interaction row, and a liked click is one interaction."""
+    data, head, tail, art = learn_world
+    events = []
+    for e in _stream(tail[:20]):
+        events.append(e)
+        if e.type == "click":
+            events.append(FeedbackEvent(e.request_id, e.user_id, e.item_id, "like", 1.0, e.ts))
+    served, state = _setup(tmp_path, art, events)
+    learner = OnlineLearner(served, EventLogSource(state / "events.db"), LearnConfig(batch_limit=1000))
+    assert learner.run_once()["events"] == 60
+    _, hot = _channels(served)
+    base = np.bincount(head.interactions["item_idx"].to_numpy(), minlength=data.n_items)
+    want = base + np.bincount(tail[:20]["item_idx"].to_numpy(), minlength=data.n_items)
+    np.testing.assert_array_equal(hot.popularity_, want)
+    learner.close()
+
+
+def test_holdout_takes_its_share_of_impressions_when_positives_come_last():
+    """Impressions at the start of a day, their organic clicks later (the replay's order): the
+    newest 20 % of all samples would be clicks only (one class, no AUC); the holdout takes 20 %
+    of the impression samples and 20 % of the organic ones."""
+    from types import SimpleNamespace
+
+    from funnelrec.online.labels import PENDING_SCHEMA, empty_samples
+
+    imp = [(f"u{k}", f"i{k}", 0, f"r{k}", int(k % 4 == 0), 0, 0.0, 0) for k in range(20)]
+    org = [(f"u{k}", f"j{k}", 1000 + k, None, 1, 0, 0.0, 0) for k in range(10)]
+    closed = pl.DataFrame(imp + org, schema=PENDING_SCHEMA, orient="row")
+    me = SimpleNamespace(config=LearnConfig(holdout_fraction=0.2), holdout=empty_samples())
+    train, hold = OnlineLearner._split(me, closed)
+    assert hold["request_id"].is_not_null().sum() == 4 and hold["request_id"].is_null().sum() == 2
+    assert hold.filter(pl.col("request_id").is_not_null())["item_id"].to_list() == ["i16", "i17", "i18", "i19"]
+    assert hold.filter(pl.col("request_id").is_not_null())["click"].to_list() == [1, 0, 0, 0]  # both classes
+    assert train.height == 24 and set(train["item_id"]) | set(hold["item_id"]) == set(closed["item_id"])
+    assert train["ts"].is_sorted() and hold["ts"].is_sorted()
+
+
 def _learn_cmd(served: Path, state: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "funnelrec.cli", "learn", "--served", str(served), "--state-dir", str(state),
             "--interval", "0", "--batch", "9", "--label-window", "60", *extra]

@@ -213,6 +213,14 @@ def test_realtime_sends_clicks_and_likes_from_the_config(planted):
         (fitted.replay_rows["item_id"] % 2).sum())
     clicks = log.filter(pl.col("type") == "click")
     assert sorted(clicks["ts"].to_list()) == sorted(fitted.replay_rows["timestamp"].to_list())
+    # a click on a shown item carries that request's id; the others are organic (no request id),
+    # as the learner's contract marks positives no impression led to
+    shown = {(u, r, i) for u, r, i in log.filter(pl.col("type") == "impression")
+             .select("user_id", "request_id", "item_id").iter_rows()}
+    on_shown = [(u, r, i) in shown for u, r, i in clicks.select("user_id", "request_id", "item_id").iter_rows()]
+    organic = clicks["request_id"].is_null().to_list()
+    assert any(on_shown) and any(organic)
+    assert [not o for o in organic] == on_shown
 
 
 def test_http_replay_equals_in_process(planted, serve):

@@ -102,6 +102,64 @@ def test_unrecalled_clicks_take_the_random_pair_form(world):
     assert len(dropped) == int(s.recalled.sum()) and dropped.n_dropped["unrecalled"] == int(un.sum())
 
 
+def test_count_updates_do_not_leak_the_label_into_the_recall_block(world):
+    """The learner adds a step's clicks to itemCF's / hot's histories before the ranker update
+    sees the step's samples; a clicked impression must keep the recall row it was served with
+    (its item recalled by itemCF), not lose it because the click made the item "seen"."""
+    f, users, recs = world["funnel"], world["users"][:8], world["recs"][:8]
+    uid, iid = f.dataset_.users["user_id"].to_numpy(), f.dataset_.items["item_id"].to_numpy()
+    chans = list(f.candidates(users[:1])[0].channels)
+    col = 3 * chans.index("itemcf")  # "itemcf:recalled" (features/candidates.py:feature_names)
+    rows, cu, ci = [], [], []
+    for u, rec in zip(users, recs):
+        for p, i in enumerate(rec.items.tolist()[:10]):
+            click = int(p % 3 == 0)
+            rows.append((str(uid[u]), str(iid[i]), 0, "r", click, 0, 0.0, 0))
+            if click:
+                cu.append(u)
+                ci.append(i)
+    frame = _frame(rows)
+    before = rank_samples(f, frame)
+    assert before.recalled.all() and (before.X[:, col] == 1).sum() > len(cu) // 2
+    cu, ci = np.array(cu), np.array(ci)
+    ds = f.dataset_
+    updated = f.with_components(**{f"channels__{n}": f.channels_[n].update(cu, ci, np.zeros(len(cu), np.int64),
+                                                                            n_users=ds.n_users, n_items=ds.n_items)
+                                   for n in ("itemcf", "hot")})
+    assert updated.channels_["itemcf"].history_.seen[cu, ci].min() == 1  # the clicks are in its history now
+    after = rank_samples(updated, frame)
+    assert after.recalled.all()
+    clicked = before.labels["click"] == 1
+    # itemCF still recalls every clicked item it recalled when it was served (before the fix: none)
+    np.testing.assert_array_equal(after.X[clicked, col], before.X[clicked, col])
+    np.testing.assert_array_equal(after.X[~clicked, col], before.X[~clicked, col])
+
+
+def test_ranker_update_learns_from_impressions_not_organic_clicks(world):
+    """Samples no impression led to (request_id null) stay out of the ranker's training and
+    holdout by default (organic="drop"): with the served top-k as the only negatives, they teach
+    "shown ⇒ not clicked". organic="keep" trains on them."""
+    f, s, h = world["funnel"], world["samples"], world["holdout"]
+    uid, iid = f.dataset_.users["user_id"].to_numpy(), f.dataset_.items["item_id"].to_numpy()
+    shown = {(str(uid[u]), str(iid[i])) for u, rec in zip(world["users"], world["recs"]) for i in rec.items.tolist()}
+
+    def mark(frame: pl.DataFrame) -> pl.DataFrame:
+        was_shown = pl.Series([(u, i) in shown for u, i in zip(frame["user_id"], frame["item_id"])])
+        return frame.with_columns(pl.when(was_shown).then(pl.col("request_id")).otherwise(None).alias("request_id"))
+
+    s, h = mark(s), mark(h)
+    n_org = int(s["request_id"].is_null().sum())
+    assert 0 < n_org < s.height
+    up = RankerUpdater(RankerUpdateConfig(min_count=0))
+    up.update(f, s, h)
+    assert up.last_report_["samples"] == s.height - n_org and up.last_report_["organic_dropped"] == n_org
+    keep = RankerUpdater(RankerUpdateConfig(min_count=0, organic="keep"))
+    keep.update(f, s, h)
+    assert keep.last_report_["samples"] == s.height
+    with pytest.raises(ConfigError, match="organic"):
+        RankerUpdateConfig(organic="sometimes")
+
+
 def test_bad_samples_name_the_column(world):
     with pytest.raises(DataError, match="missing columns \\['click'\\]"):
         rank_samples(world["funnel"], world["samples"].drop("click"))

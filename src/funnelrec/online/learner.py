@@ -66,6 +66,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import polars as pl
 
 from funnelrec.core.errors import ConfigError, FunnelrecError, GuardrailRefused
@@ -269,6 +270,14 @@ class OnlineLearner:
         u, i, ts = u[ok], i[ok], pos["ts"].to_numpy()[ok]
         if not len(u):
             return {}
+        # one consumption per (user, item) a step, at its first ts: a click and the like (watch,
+        # purchase) of the same item are one interaction, as in the fit's interaction table —
+        # counted per event, hot/fresh would weigh a liked item twice
+        key = u.astype(np.int64) * max(ds.n_items, int(i.max()) + 1) + i
+        order = np.lexsort((ts, key))
+        first = order[np.r_[True, key[order][1:] != key[order][:-1]]]
+        first.sort()
+        u, i, ts = u[first], i[first], ts[first]
         out = {}
         for name, ch in funnel.channels_.items():
             if type(ch).__name__ in UPDATED_CHANNELS:
@@ -276,12 +285,24 @@ class OnlineLearner:
         return out
 
     def _split(self, closed: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-        """(train = the carried holdout + the older closed samples, holdout = the newest share)."""
+        """(train = the carried holdout + the older closed samples, holdout = the newest share),
+        the share taken of the impression samples (request_id set) and of the organic ones
+        (request_id null) each: positives arrive after the impressions they label, so the newest
+        share of all samples together can be organic clicks only — a holdout with one class,
+        where the guardrail (which judges impressions) has no AUC."""
         if not closed.height:
             return empty_samples().head(0), self.holdout
-        n_hold = int(round(self.config.holdout_fraction * closed.height))
-        older, newest = closed.head(closed.height - n_hold), closed.tail(n_hold)
-        return pl.concat([self.holdout, older]), newest
+        closed = closed.with_row_index("_pos")
+        older, newest = [], []
+        for part in (closed.filter(pl.col("request_id").is_not_null()), closed.filter(pl.col("request_id").is_null())):
+            n_hold = int(round(self.config.holdout_fraction * part.height))
+            older.append(part.head(part.height - n_hold))
+            newest.append(part.tail(n_hold))
+
+        def merged(frames: list[pl.DataFrame]) -> pl.DataFrame:  # back in the join's (ts, user, item) order
+            return pl.concat(frames).sort("_pos").drop("_pos")
+
+        return pl.concat([self.holdout, merged(older)]), merged(newest)
 
     def _commit(self, offset: str, version: str, watermark: int | None, pending: pl.DataFrame,
                 holdout: pl.DataFrame, events: pl.DataFrame, bad: pl.DataFrame) -> None:

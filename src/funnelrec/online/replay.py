@@ -18,8 +18,11 @@ active on day d, in the order of their first interaction that day:
 2. send the k shown items as impressions (ts = the start of the day);
 3. modes realtime and online: send the user's real interactions of that day as clicks (their
    own ts), and a like for each whose `like_column` ≥ `like_threshold` (both from the config;
-   no like without them). Mode static sends impressions only: the exposure filter is its only
-   online state;
+   no like without them). Those on a shown item go with the request's id (a click on the
+   answer); the others without one: the user found them elsewhere, and the learner's contract
+   (online/learner.py) marks such organic positives by a null request_id — the ranker's
+   update learns from impressions only. Mode static sends impressions only: the exposure
+   filter is its only online state;
 4. at the end of the day (mode online) the learner runs once (`OnlineLearner.run_once`) and the
    service reloads the version it published.
 
@@ -424,14 +427,19 @@ def _run(fitted: FittedReplay, mode: str, cfg: ReplayConfig, client: ReplayClien
                 out["n_relevant"].append(len(relevant))
                 out["model_version"].append(ans.model_version)
             events = [{"item_id": i, "type": "impression", "ts": start} for i in shown]
+            organic: list[dict[str, Any]] = []
             if mode != "static":
                 ts = user_rows["timestamp"].to_list()
-                events += [{"item_id": i, "type": "click", "ts": int(t)} for i, t in zip(items, ts)]
-                if cfg.like_column is not None:
-                    liked = user_rows[cfg.like_column].to_numpy() >= cfg.like_threshold
-                    events += [{"item_id": i, "type": "like", "ts": int(t)}
-                               for i, t, y in zip(items, ts, liked) if y]
+                liked = (user_rows[cfg.like_column].to_numpy() >= cfg.like_threshold if cfg.like_column is not None
+                         else np.zeros(len(items), bool))
+                on_shown = set(shown)
+                for i, t, y in zip(items, ts, liked):
+                    evs = [{"item_id": i, "type": "click", "ts": int(t)}]
+                    if y:
+                        evs.append({"item_id": i, "type": "like", "ts": int(t)})
+                    (events if i in on_shown else organic).extend(evs)
             client.feedback(ans.request_id, uid, events)
+            client.feedback(None, uid, organic)
             for i in items:
                 if i not in before:
                     before.add(i)

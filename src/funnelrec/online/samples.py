@@ -21,6 +21,9 @@ candidate at serving time (train/candidate_ranker.py, features/candidates.py:Ran
   random-pair form, `RankFeatures.random_pairs` — the form the ranker was trained on for its
   easy negatives: recall block zero but popularity and activity, then the match block.
   `unrecalled="drop"` leaves such samples out instead.
+- the recall runs over the channels' histories without the samples' own (user, item) pairs
+  (`without_own_pairs`): a count update may already have added the consumption that labels a
+  sample, which would exclude the item from its own recall (a label leak).
 - history-match block: `HistoryMatch.transform` of the served ranker over the fitted history
   (what `rank_stage` passes when serving).
 
@@ -108,7 +111,9 @@ def rank_samples(funnel: Any, frame: pl.DataFrame, unrecalled: str = "random_pai
     recalled = np.zeros(len(u), bool)
     if len(u):
         users = np.unique(u)
-        merged = funnel.candidates(users)  # recall → merge → attach_features, as Funnel.run does
+        # recall → merge → attach_features, as Funnel.run does, over histories without the
+        # samples' own (user, item) pairs (`without_own_pairs`)
+        merged = without_own_pairs(funnel, u, i).candidates(users)
         I = max(ds.n_items, 1)
         sizes = np.array([len(m) for m in merged], np.int64)
         cand_keys = np.repeat(np.arange(len(users), dtype=np.int64), sizes) * I + (
@@ -133,6 +138,62 @@ def rank_samples(funnel: Any, frame: pl.DataFrame, unrecalled: str = "random_pai
         out = RankSamples(u[m], i[m], X[m], recalled[m], ts[m], {k: v[m] for k, v in labels.items()},
                           {**dropped, "unrecalled": int((~m).sum())})
     return out
+
+
+def _minus_pairs(m: Any, pairs: Any) -> Any:
+    """m with the entries at the nonzeros of `pairs` removed (same shape)."""
+    import scipy.sparse as sp
+
+    out = sp.csr_matrix(m - m.multiply(pairs))
+    out.eliminate_zeros()
+    return out
+
+
+def without_own_pairs(funnel: Any, users: np.ndarray, items: np.ndarray) -> Any:
+    """`funnel` with the pairs (users[k], items[k]) taken out of every channel's seen history
+    (`history_`, a recall/_common.py UserHistory); the funnel itself is unchanged.
+
+    Why: the learner applies a step's count updates (itemCF/Swing/hot/fresh `update`, which add
+    the step's consumptions to the channel's history) before the model updaters run, and the
+    samples' labels are those consumptions. Recomputed over the updated histories, every clicked
+    sample item is "seen" and excluded from those channels' recall, while the shown-not-clicked
+    ones are not: the label leaks into the recall block (clicks lose their itemCF/Swing/hot
+    features, or fall to the random-pair form), the update learns "recalled ⇒ not clicked" and
+    the served ranking inverts. When the impression was served, its item was not excluded (it
+    was shown) and the consumption that labels it had not happened yet: a history without the
+    pair is the one the request saw for that item."""
+    import copy
+
+    import scipy.sparse as sp
+
+    from funnelrec.recall._common import UserHistory
+
+    users = np.asarray(users, np.int64)
+    items = np.asarray(items, np.int64)
+    parts: dict[str, Any] = {}
+    drop_cache: dict[int, UserHistory] = {}
+    for name, ch in funnel.channels_.items():
+        h = getattr(ch, "history_", None)
+        if not isinstance(h, UserHistory):
+            continue
+        if id(h) not in drop_cache:
+            U, I = h.seen.shape
+            ok = (users >= 0) & (users < U) & (items >= 0) & (items < I)
+            pairs = sp.csr_matrix((np.ones(int(ok.sum()), np.float32), (users[ok], items[ok])), shape=(U, I))
+            pairs.sum_duplicates()
+            pairs.data[:] = 1.0
+            hit = h.seen.multiply(pairs)
+            if hit.nnz == 0:
+                drop_cache[id(h)] = h
+            else:
+                seen = _minus_pairs(h.seen, pairs)
+                drop_cache[id(h)] = UserHistory(seen, None if h.weights is h.seen else _minus_pairs(h.weights, pairs))
+        nh = drop_cache[id(h)]
+        if nh is not h:
+            new = copy.copy(ch)
+            new.history_ = nh
+            parts[f"channels__{name}"] = new
+    return funnel.with_components(**parts) if parts else funnel
 
 
 def samples_from_interactions(funnel: Any, users: np.ndarray, rated: pl.DataFrame, k: int,

@@ -8,7 +8,8 @@ into new funnel components and never touches the served ones (a server may share
         def update(self, funnel, samples, holdout) -> dict[str, object]   # component → new object
 
 - `RankerUpdater` ("ranker"): a copy of the fine ranker (train/candidate_ranker.py) takes
-  `epochs` passes over the samples with the loss it was trained with (Σ_task BCE(logit_t, y_t);
+  `epochs` passes over the impression samples (organic positives, request_id null, are left out:
+  `RankerUpdateConfig.organic`) with the loss it was trained with (Σ_task BCE(logit_t, y_t);
   ctr ← click, like ← like) on the features the served ranker sees (online/samples.py). The LR /
   wide parameters (`wide_parameters()` where the model has them, else every `LinearTerm` —
   the whole model for "lr") step with FTRL-Proximal (train/ftrl.py), warm-started so that a zero
@@ -250,7 +251,8 @@ def copy_ranker(ranker: Any) -> Any:
 @dataclass(frozen=True)
 class RankerUpdateConfig:
     """`learn.ranker:`. epochs over each batch of samples; Adam `lr` for deep parts; FTRL
-    (alpha, beta, l1, l2) for LR/wide parts; `unrecalled` as in online/samples.py; FID admission
+    (alpha, beta, l1, l2) for LR/wide parts; `unrecalled` as in online/samples.py; `organic`:
+    "drop" (default) trains and judges on impression samples only (request_id not null); FID admission
     `min_count` (0 = off) and eviction `ttl` seconds (None = never)."""
 
     epochs: int = 1
@@ -261,6 +263,7 @@ class RankerUpdateConfig:
     ftrl_l1: float = 0.0
     ftrl_l2: float = 0.0
     unrecalled: str = "random_pairs"
+    organic: str = "drop"  # samples no impression led to (request_id null): "drop" from training and holdout, or "keep"
     min_count: int = 5
     ttl: float | None = None
     seed: int = 2020
@@ -268,6 +271,8 @@ class RankerUpdateConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
             raise ConfigError("learn.ranker: epochs ≥ 1, batch_size ≥ 1 and lr > 0 are required")
+        if self.organic not in ("drop", "keep"):
+            raise ConfigError(f"learn.ranker.organic must be 'drop' or 'keep', got {self.organic!r}")
         if self.min_count < 0:
             raise ConfigError(f"learn.ranker.min_count must be ≥ 0 (0 = no admission), got {self.min_count}")
 
@@ -305,13 +310,23 @@ class RankerUpdater:
         if served is None:  # a funnel without a fine ranker: nothing to update
             self.last_report_ = {"samples": 0, "skipped": "the funnel has no ranker"}
             return {}
+        n_organic = 0
+        if cfg.organic == "drop":
+            # the ranker models P(click | shown): its samples are impressions with their labels. An
+            # organic positive (found outside the recommendations) has no shown negatives beside
+            # it, only the served top-k do: mixed in, "was shown" (high recall scores and ranks)
+            # separates the labels and the update learns to push the served top down
+            samples = check_samples(samples)
+            n_organic = int(samples["request_id"].is_null().sum())
+            samples = samples.filter(pl.col("request_id").is_not_null())
+            holdout = check_samples(holdout, "holdout").filter(pl.col("request_id").is_not_null())
         train = rank_samples(funnel, samples, cfg.unrecalled)
         if len(train) == 0:
-            self.last_report_ = {"samples": 0, "dropped": train.n_dropped}
+            self.last_report_ = {"samples": 0, "dropped": train.n_dropped, "organic_dropped": n_organic}
             return {}
         cand = copy_ranker(served)
         report: dict[str, Any] = {"samples": len(train), "recalled": int(train.recalled.sum()),
-                                  "dropped": train.n_dropped}
+                                  "dropped": train.n_dropped, "organic_dropped": n_organic}
         if self.admission is not None:
             now = float(self.clock()) if self.clock is not None else float(train.ts.max())
             report["fid"] = self.admission.apply(cand, train, now)
