@@ -350,6 +350,32 @@ def test_guardrail_refuses_a_corrupted_update_and_accepts_a_real_one(world, capl
         AUCGuardrail(margin=-1)
 
 
+def test_guardrail_does_not_judge_a_window_with_few_positives(world):
+    """A window with 3 positives: its AUC is noise next to a 0.01 margin (sd ≈ 0.15), so even the
+    served ranker against itself is not judged (refused by default, the reason said); with 10 of
+    each class it is judged, and the served ranker is accepted against itself."""
+    f = world["funnel"]
+    hold = rank_samples(f, world["holdout"], unrecalled="drop")
+    y = hold.labels["click"]
+    pos, neg = np.flatnonzero(y > 0.5), np.flatnonzero(y < 0.5)
+    assert len(pos) >= 10 and len(neg) >= 30
+
+    def subset(idx: np.ndarray):
+        return dataclasses.replace(hold, users=hold.users[idx], items=hold.items[idx], X=hold.X[idx],
+                                   recalled=hold.recalled[idx], ts=hold.ts[idx],
+                                   labels={k: v[idx] for k, v in hold.labels.items()})
+
+    few = subset(np.concatenate([pos[:3], neg[:27]]))
+    guard = AUCGuardrail(margin=0.01)
+    with pytest.raises(GuardrailRefused, match="30 recalled samples, 3 with click=1 — fewer than min_per_class=10"):
+        guard.check(f.ranker_, f.ranker_, few)
+    enough = subset(np.concatenate([pos[:10], neg[:30]]))
+    assert guard.check(f.ranker_, f.ranker_, enough)["n"] == 40
+    assert AUCGuardrail(0.01, min_per_class=3).check(f.ranker_, f.ranker_, few)["n"] == 30
+    with pytest.raises(ConfigError, match="min_per_class"):
+        AUCGuardrail(0.01, min_per_class=0)
+
+
 # --------------------------------------------------------------------------- the vector channel
 def test_vector_updater_refreshes_every_interval_and_rebuilds_the_index(world):
     f = world["funnel"]
