@@ -29,8 +29,9 @@ def _load(dataset: str, path: Path | None):
     return load_dataset(dataset, path=path) if path is not None else load_dataset(dataset)
 
 
-# the tuned default funnel of the source checkout (src/funnelrec/cli.py → repo root)
-DEFAULT_FUNNEL = Path(__file__).resolve().parents[2] / "configs" / "funnel" / "ml100k.yaml"
+# the tuned default funnel of MovieLens-100k, shipped inside the package (src/funnelrec/configs;
+# the repo root's configs/ is a link to it): it resolves after a plain pip install too
+DEFAULT_FUNNEL = Path(__file__).resolve().parent / "configs" / "funnel" / "ml100k.yaml"
 
 
 def _config(config: Path | None):
@@ -199,6 +200,7 @@ def _register_subcommands() -> None:
 
     register(app)  # `funnelrec simulate`, `funnelrec experiments report`
     register_online(app)  # `funnelrec learn`, `replay`, `catalogue`
+    __import__("funnelrec.cli_deploy").cli_deploy.register(app)  # `funnelrec deploy nginx`
 
 
 _register_subcommands()

@@ -114,12 +114,12 @@ def _catalogue_call(url: str, token: str | None, method: str, route: str, body: 
 
 
 def _default_funnel():
-    """The funnel `funnelrec train` fits by default (configs/funnel/ml100k.yaml of the source
-    checkout: generic channels and an LR ranker), else FunnelConfig()'s defaults. Read here, not
-    imported from cli.py, which imports this module."""
+    """The funnel `funnelrec train` fits by default on MovieLens (configs/funnel/ml100k.yaml,
+    shipped inside the package: generic channels and an LR ranker), else FunnelConfig()'s
+    defaults. Read here, not imported from cli.py, which imports this module."""
     from funnelrec.pipeline.config import FunnelConfig
 
-    path = Path(__file__).resolve().parents[2] / "configs" / "funnel" / "ml100k.yaml"
+    path = Path(__file__).resolve().parent / "configs" / "funnel" / "ml100k.yaml"
     return FunnelConfig.load(path) if path.exists() else FunnelConfig()
 
 

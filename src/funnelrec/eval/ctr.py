@@ -76,8 +76,8 @@ class CTRConfig:
 
 
 def config_dir() -> Path:
-    """configs/ctr of the source checkout (src/funnelrec/eval/ctr.py → repo root)."""
-    return Path(__file__).resolve().parents[3] / "configs" / "ctr"
+    """configs/ctr, shipped inside the package (src/funnelrec/configs; the repo's configs/ links there)."""
+    return Path(__file__).resolve().parents[1] / "configs" / "ctr"
 
 
 def load_ctr_config(model: str) -> dict[str, Any]:
