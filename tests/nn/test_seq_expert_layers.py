@@ -180,29 +180,56 @@ def test_star_fc_is_shared_times_domain_weight():
     torch.testing.assert_close(fc(x, dom), want)
 
 
-def test_partitioned_norm_uses_each_samples_domain_parameters():
-    pn = PartitionedNorm(2, n_domains=2, eps=1e-5)
+def test_partitioned_norm_per_domain_statistics_hand_computed_two_domains():
+    """STAR's E_p/Var_p: each domain normalized by its own batch statistics in training, by its
+    own running statistics at inference; a hand-computed two-domain case."""
+    pn = PartitionedNorm(2, n_domains=2, eps=1e-5, momentum=0.1)
     with torch.no_grad():
         pn.gamma.copy_(torch.tensor([2.0, 1.0]))
         pn.beta.copy_(torch.tensor([0.0, 1.0]))
         pn.domain_gamma.copy_(torch.tensor([[1.0, 1.0], [3.0, -1.0]]))
         pn.domain_beta.copy_(torch.tensor([[0.0, 0.0], [10.0, 20.0]]))
-    z = torch.tensor([[1.0, 0.0], [3.0, 4.0], [5.0, 8.0]])
-    dom = torch.tensor([0, 1, 0])
+    # domain 0: rows 0, 2, 3;  domain 1: rows 1, 4
+    z = torch.tensor([[1.0, 0.0], [3.0, 4.0], [5.0, 8.0], [0.0, 1.0], [7.0, -2.0]])
+    dom = torch.tensor([0, 1, 0, 0, 1])
+    # by hand: domain 0 column 0: {1, 5, 0} mean 2, biased var (1 + 9 + 4)/3 = 14/3, unbiased 7;
+    #          column 1: {0, 8, 1} mean 3, biased var (9 + 25 + 4)/3 = 38/3, unbiased 19;
+    #          domain 1 column 0: {3, 7} mean 5, biased var 4, unbiased 8;
+    #          column 1: {4, −2} mean 1, biased var 9, unbiased 18
+    E = np.array([[2.0, 3.0], [5.0, 1.0]])
+    V = np.array([[14 / 3, 38 / 3], [4.0, 9.0]])
+    scale = np.array([[2.0, 1.0], [6.0, -1.0]])  # γ ⊙ γ_p
+    shift = np.array([[0.0, 1.0], [10.0, 21.0]])  # β + β_p
+    d = dom.numpy()
+    want = (z.numpy() - E[d]) / np.sqrt(V[d] + 1e-5) * scale[d] + shift[d]
     out = pn.train()(z, dom)
-    zn = (z.numpy() - z.numpy().mean(0)) / np.sqrt(z.numpy().var(0) + 1e-5)  # shared batch statistics (biased var)
-    want = np.stack([
-        zn[0] * [2.0, 1.0] + [0.0, 1.0],
-        zn[1] * [6.0, -1.0] + [10.0, 21.0],
-        zn[2] * [2.0, 1.0] + [0.0, 1.0],
-    ])
     np.testing.assert_allclose(out.detach().numpy(), want, rtol=1e-5, atol=1e-5)
-    # eval: running statistics, still domain-specific affine
+    # shared statistics (the old form) would give another answer: the test tells them apart
+    shared = (z.numpy() - z.numpy().mean(0)) / np.sqrt(z.numpy().var(0) + 1e-5) * scale[d] + shift[d]
+    assert np.abs(shared - want).max() > 0.1
+    # running statistics per domain: 0.9·(0, 1) + 0.1·(E_p, unbiased Var_p)
+    np.testing.assert_allclose(pn.running_mean.numpy(), 0.1 * E, rtol=1e-6)
+    np.testing.assert_allclose(pn.running_var.numpy(), 0.9 + 0.1 * np.array([[7.0, 19.0], [8.0, 18.0]]), rtol=1e-6)
+    # inference: one row at a time, normalized by its own domain's running statistics
     pn.eval()
-    rm, rv = pn.norm.running_mean, pn.norm.running_var
-    got = pn(z[1:2], torch.tensor([1]))[0]
-    want1 = (z[1] - rm) / (rv + 1e-5).sqrt() * torch.tensor([6.0, -1.0]) + torch.tensor([10.0, 21.0])
-    torch.testing.assert_close(got.detach(), want1)
+    rm, rv = 0.1 * E, 0.9 + 0.1 * np.array([[7.0, 19.0], [8.0, 18.0]])
+    for i in range(len(z)):
+        got = pn(z[i : i + 1], dom[i : i + 1])[0].detach().numpy()
+        p = d[i]
+        np.testing.assert_allclose(got, (z[i].numpy() - rm[p]) / np.sqrt(rv[p] + 1e-5) * scale[p] + shift[p],
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_partitioned_norm_domain_with_one_sample_uses_its_running_statistics():
+    pn = PartitionedNorm(1, n_domains=3)
+    with torch.no_grad():
+        pn.running_mean.copy_(torch.tensor([[0.0], [4.0], [0.0]]))
+        pn.running_var.copy_(torch.tensor([[1.0], [4.0], [1.0]]))
+    z = torch.tensor([[1.0], [3.0], [6.0]])
+    out = pn.train()(z, torch.tensor([0, 0, 1]))
+    assert abs(float(out[2, 0]) - (6.0 - 4.0) / np.sqrt(4.0 + 1e-5)) < 1e-5  # domain 1: its running stats
+    assert pn.running_mean[1, 0] == 4.0 and pn.running_var[1, 0] == 4.0  # and they are left unchanged
+    assert pn.running_mean[2, 0] == 0.0  # an absent domain too
 
 
 def test_gate_nu_range_and_epnet_stop_gradient():

@@ -242,29 +242,60 @@ class StarFC(nn.Module):
 
 
 class PartitionedNorm(nn.Module):
-    """STAR's partitioned normalization.
+    """STAR's partitioned normalization (Sheng et al., CIKM 2021, eq. 3), statistics per domain.
 
-    z' = (γ ⊙ γ_d) ⊙ (z − E) / √(Var + ε) + (β + β_d)
-    E, Var: per-channel statistics shared by all domains (the batch's in training, running
-    averages at eval); γ, β shared, γ_d, β_d belong to the sample's domain d (γ_d starts at 1,
-    β_d at 0).
+    z' = (γ ⊙ γ_p) ⊙ (z − E_p) / √(Var_p + ε) + (β + β_p)     for a sample of domain p
 
-    z: (B, D), domain: (B,) → (B, D).
+    E_p, Var_p are domain p's own per-channel statistics: in training, the mean and biased
+    variance over the batch's samples of domain p; at inference, domain p's running averages
+    (running_p ← (1 − momentum)·running_p + momentum·batch_p, with the unbiased variance, as
+    BatchNorm). Domains differ in their feature distributions; one shared E, Var would
+    normalize a small domain by the large domain's statistics — the paper's reason for the
+    partition. A domain with fewer than 2 samples in a training batch has no variance there: it
+    is normalized by its running statistics and they are left unchanged. γ, β are shared,
+    γ_p (starts at 1), β_p (starts at 0) belong to domain p.
 
-        >>> PartitionedNorm(3, n_domains=2)(torch.randn(4, 3), torch.tensor([0, 1, 0, 1])).shape
-        torch.Size([4, 3])
+    z: (B, D), domain: (B,) int64 in [0, n_domains) → (B, D).
+
+        >>> pn = PartitionedNorm(1, n_domains=2)
+        >>> z, d = torch.tensor([[1.0], [3.0], [10.0], [30.0]]), torch.tensor([0, 0, 1, 1])
+        >>> pn(z, d).squeeze(1).round(decimals=3).tolist()   # each domain standardized on its own
+        [-1.0, 1.0, -1.0, 1.0]
     """
 
     def __init__(self, dim: int, n_domains: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
         super().__init__()
-        self.norm = nn.BatchNorm1d(dim, eps=eps, momentum=momentum, affine=False)
+        self.eps, self.momentum, self.n_domains = eps, momentum, n_domains
+        self.register_buffer("running_mean", torch.zeros(n_domains, dim))
+        self.register_buffer("running_var", torch.ones(n_domains, dim))
         self.gamma = nn.Parameter(torch.ones(dim))
         self.beta = nn.Parameter(torch.zeros(dim))
         self.domain_gamma = nn.Parameter(torch.ones(n_domains, dim))
         self.domain_beta = nn.Parameter(torch.zeros(n_domains, dim))
 
+    def domain_statistics(self, z: torch.Tensor, domain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(E_p, Var_p) (n_domains, D) the forward pass normalizes by: the batch's per-domain
+        mean and biased variance (training; running stats for domains with < 2 samples, whose
+        running stats are then updated), or the running stats (eval)."""
+        if not self.training:
+            return self.running_mean, self.running_var
+        n = torch.bincount(domain, minlength=self.n_domains).to(z.dtype)  # (P,)
+        total = z.new_zeros(self.n_domains, z.shape[1]).index_add_(0, domain, z)
+        mean = total / n.clamp_min(1.0).unsqueeze(1)
+        dev = z - mean[domain]
+        sq = z.new_zeros(self.n_domains, z.shape[1]).index_add_(0, domain, dev * dev)
+        var = sq / n.clamp_min(1.0).unsqueeze(1)
+        seen = (n >= 2).unsqueeze(1)  # (P, 1)
+        with torch.no_grad():
+            m = self.momentum
+            unbiased = sq / (n - 1.0).clamp_min(1.0).unsqueeze(1)
+            self.running_mean.copy_(torch.where(seen, (1 - m) * self.running_mean + m * mean, self.running_mean))
+            self.running_var.copy_(torch.where(seen, (1 - m) * self.running_var + m * unbiased, self.running_var))
+        return torch.where(seen, mean, self.running_mean), torch.where(seen, var, self.running_var)
+
     def forward(self, z: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
-        zn = self.norm(z)
+        mean, var = self.domain_statistics(z, domain)
+        zn = (z - mean[domain]) * torch.rsqrt(var[domain] + self.eps)
         return zn * (self.gamma * self.domain_gamma[domain]) + (self.beta + self.domain_beta[domain])
 
 
