@@ -151,4 +151,6 @@ def stream_fields(event: object, received_at: float) -> dict[str, str]:
     """The XADD fields of one `FeedbackEvent` (what `RedisStreamSource.read` parses back)."""
     return {"request_id": event.request_id or "", "user_id": event.user_id, "item_id": event.item_id,  # type: ignore[attr-defined]
             "type": event.type, "value": repr(float(event.value)), "ts": str(int(event.ts)),  # type: ignore[attr-defined]
-            "received_at": repr(float(received_at)), "experiments": event.experiments or ""}  # type: ignore[attr-defined]
+            "received_at": repr(float(received_at)), "experiments": event.experiments or "",  # type: ignore[attr-defined]
+            # the idempotency key (online/shared.py claims it): a stream reader can check exactly-once
+            "event_id": getattr(event, "event_id", None) or ""}

@@ -50,7 +50,7 @@ import logging
 import threading
 import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -123,6 +123,9 @@ class ServiceConfig:
     # the Redis Stream (key) every accepted feedback event is XADDed to when redis_url is set: the
     # bus `funnelrec learn --redis` tails (online/source.py RedisStreamSource); None = no stream
     redis_stream: str | None = "funnelrec:events"
+    # with redis_url: how long an event id (the cross-replica idempotency claim) and a request's
+    # assignment record are remembered in Redis (online/shared.py); a retry later is stored again
+    redis_dedup_ttl_s: int = 86400
     # a served directory of the online learner (online/served.py): a poll thread reloads the
     # version its CURRENT names, only the changed parts; None = no watch
     watch_dir: str | None = None
@@ -333,6 +336,10 @@ class RecommenderService:
         self.metrics = ServiceMetrics()
         self._current = LoadedFunnel.build(funnel, version)
         self._reload_lock = threading.Lock()
+        # the versions this service loaded, oldest first (the console's reload history): the
+        # first load, then every /admin/reload and served-dir pick-up; bounded
+        self.reload_log: deque[dict[str, Any]] = deque(
+            [{"version": version, "at": self._current.loaded_at, "parts": None, "source": "start"}], maxlen=100)
         self._requests: OrderedDict[str, tuple[str, str]] = OrderedDict()  # request id → (user, experiments json)
         self._requests_lock = threading.Lock()
         cfg = self.config
@@ -403,6 +410,8 @@ class RecommenderService:
             loaded = LoadedFunnel.build(funnel, _version_of(path, parts))
             self._current = loaded  # one reference assignment: atomic under the GIL
             self.metrics.reloads += 1
+            self.reload_log.append({"version": loaded.version, "at": loaded.loaded_at, "parts": parts,
+                                    "source": str(path)})
             return loaded.version
 
     # ------------------------------------------------------------------ requests
@@ -522,6 +531,8 @@ class RecommenderService:
             self._requests[request_id] = (uid, record_json)
             while len(self._requests) > self.config.remembered_requests:
                 self._requests.popitem(last=False)
+        if record_json is not None and self._stream is not None:  # the feedback may reach another replica
+            self._remember_request(request_id, uid, record_json)
         rec.timings_ms.update(timings)
         rec.timings_ms["service_total"] = (time.perf_counter() - t0) * 1e3
         self.metrics.observe_stages(rec.timings_ms)
@@ -549,18 +560,25 @@ class RecommenderService:
                           for iid, sc, ch in zip(cur.item_ids[items].tolist(), scores.tolist(), channels)],
                 "model_version": cur.version}
 
-    def feedback(self, request_id: str | None, user_id: Any, events: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    def feedback(self, request_id: str | None, user_id: Any, events: Iterable[Mapping[str, Any]],
+                 idempotency_key: str | None = None) -> dict[str, int]:
         """Append the events to the durable log (committed when this returns), then add the
         impressions to the user's exposure filter. Each event: {item_id, type, value?, ts?,
         event_id?}. An event's id is the client's `event_id`, else — when the feedback names its
         request — "request_id:item:type:ts"; a repeat of a logged id is acknowledged (counted in
-        "duplicates") but changes nothing: not the log, the exposure filter, history or counters."""
+        "duplicates") but changes nothing: not the log, the exposure filter, history or counters.
+        `idempotency_key` (the HTTP Idempotency-Key header; nginx sets one per client request,
+        the same on every upstream it retries on) gives events without an `event_id` the id
+        "key:index" — a retried call without ids is then a repeat too. With Redis the repeat is
+        recognised whichever replica saw the first attempt (online/shared.py)."""
         uid = str(user_id)
         rid = None if request_id is None else str(request_id)
         exp_json = None
         if rid is not None:
             with self._requests_lock:
                 hit = self._requests.get(rid)
+            if hit is None and self._stream is not None:  # served by another replica
+                hit = self._recalled_request(rid)
             if hit is not None and hit[0] == uid:
                 exp_json = hit[1]
         now = int(time.time())
@@ -573,15 +591,17 @@ class RecommenderService:
                     raise DataError(f"events[{i}].ts = {ts} is {ts - now} s ahead of the server's clock "
                                     f"(at most {self.config.max_future_s} s; ts is unix seconds)")
                 eid = e.get("event_id")
-                if eid is None and rid is not None:
+                if eid is None and idempotency_key is not None:
+                    eid = f"{idempotency_key}:{i}"
+                elif eid is None and rid is not None:
                     eid = f"{rid}:{e['item_id']}:{e['type']}:{ts}"
                 evs.append(FeedbackEvent(rid, uid, str(e["item_id"]), str(e["type"]), float(e.get("value", 1.0)),
                                          ts, exp_json, None if eid is None else str(eid)))
             except (KeyError, TypeError, ValueError, OverflowError) as err:
                 raise DataError(f"events[{i}]: {err}") from None
         n_sent = len(evs)
-        evs = self.events.append_new(evs)  # durable before anything else; repeats left out
-        self._publish_stream(evs)
+        local_new = self.events.append_new(evs)  # durable before anything else; repeats left out
+        evs = self._publish_stream(evs, local_new)  # with Redis: the repeats of any replica left out
         impressions: dict[int, list[int]] = {}
         for e in evs:
             if e.type == "impression":
@@ -728,35 +748,55 @@ class RecommenderService:
         from funnelrec.online.served import ServedWatcher
 
         cfg = self.config
-        self._stream = None
-        if cfg.redis_url and cfg.redis_stream:
-            import redis
+        self._stream = None  # the shared claim + stream append of every replica (online/shared.py)
+        if cfg.redis_url:
+            from funnelrec.online.shared import SharedFeedback
 
-            self._stream = redis.Redis.from_url(cfg.redis_url)
+            self._stream = SharedFeedback(cfg.redis_url, prefix=cfg.redis_prefix, stream=cfg.redis_stream,
+                                          ttl_s=cfg.redis_dedup_ttl_s)
         self._watcher = None
         if cfg.watch_dir:
             # the operator named this directory: its versions load whatever artifact_dir says
             self._watcher = ServedWatcher(cfg.watch_dir, self._swap_in, cfg.watch_interval_s,
                                           loaded=self._loaded_from).start()
 
-    def _publish_stream(self, evs: list[FeedbackEvent]) -> None:
-        """XADD the logged events to the Redis Stream (after the log commit: the log is the
-        durable record; a Redis failure is logged, the feedback stays accepted)."""
+    def _remember_request(self, request_id: str, uid: str, record_json: str) -> None:
+        import redis
+
+        try:
+            self._stream.put_request(request_id, uid, record_json)
+        except redis.RedisError as err:  # the answer stands; its feedback may lose its assignment
+            _log.error("recommend: request %s not recorded in Redis: %s", request_id, err)
+
+    def _recalled_request(self, request_id: str) -> tuple[str, str] | None:
+        import redis
+
+        try:
+            return self._stream.get_request(request_id)
+        except redis.RedisError as err:
+            _log.error("feedback: request %s not read from Redis: %s", request_id, err)
+            return None
+
+    def _publish_stream(self, evs: list[FeedbackEvent], local_new: list[FeedbackEvent]) -> list[FeedbackEvent]:
+        """With Redis: claim every event's id across replicas and XADD the claimed ones to the
+        stream, in one atomic script (online/shared.py); returns the events no replica applied
+        before — all of `evs` are offered, not only `local_new`, so a replica that committed
+        locally, crashed and got the retry itself still streams them. Without Redis (or when it
+        fails: logged, the feedback stays accepted on the durable local log) `local_new`."""
         if self._stream is None or not evs:
-            return
+            return local_new
         import redis
 
         from funnelrec.online.source import stream_fields
 
         now = time.time()
         try:
-            pipe = self._stream.pipeline(transaction=False)
-            for e in evs:
-                pipe.xadd(self.config.redis_stream, stream_fields(e, now))
-            pipe.execute()
+            fresh = self._stream.claim_new([(e.event_id, stream_fields(e, now)) for e in evs])
         except redis.RedisError as err:
-            _log.error("feedback: %d events logged but not added to stream %s: %s", len(evs),
+            _log.error("feedback: %d events logged but not claimed/streamed (%s): %s", len(local_new),
                        self.config.redis_stream, err)
+            return local_new
+        return [e for e, new in zip(evs, fresh) if new]
 
 
 class LiveCatalogue:

@@ -190,12 +190,16 @@ def create_app(service: RecommenderService | Funnel | None = None, artifact: str
         return ORJSONResponse(out)
 
     @app.post("/feedback", responses={200: {"model": FeedbackResponse}})
-    async def feedback(request: Request, body: FeedbackRequest) -> dict[str, int]:
+    async def feedback(request: Request, body: FeedbackRequest,
+                       idempotency_key: str | None = Header(None, min_length=1, max_length=128)) -> dict[str, int]:
         """Events are committed to the durable event log before this returns 200; impressions
-        are added to the user's exposure filter (not recommended again within its window)."""
+        are added to the user's exposure filter (not recommended again within its window).
+        An `Idempotency-Key` header names the call: its events without an `event_id` get
+        "key:index", so a retry of the call (by a client, or by nginx on another replica) is
+        acknowledged as duplicates and applied once."""
         svc: RecommenderService = request.app.state.service
         return await in_io_pool(request, svc.feedback, body.request_id, body.user_id,
-                                [e.model_dump() for e in body.events])
+                                [e.model_dump() for e in body.events], idempotency_key)
 
     @app.post("/admin/reload", responses={200: {"model": ReloadResponse}})
     async def reload(request: Request, body: ReloadRequest,
@@ -279,5 +283,10 @@ def create_app(service: RecommenderService | Funnel | None = None, artifact: str
             return ORJSONResponse({"detail": f"user_id {user_id!r} is neither in the catalogue nor in any event"},
                                   status_code=404)
         return ORJSONResponse(out)
+
+    # ---- the web console (issue #13, serving/console/): pages behind the same admin token
+    from funnelrec.serving.console import console_router
+
+    app.include_router(console_router(admin_token=admin_token, http=http))
 
     return app

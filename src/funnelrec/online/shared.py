@@ -1,0 +1,115 @@
+"""What replicas behind a balancer must agree on beyond the stores: which feedback events were
+already applied, and which request a feedback call refers to.
+
+The exposure filters, result caches, real-time histories, feature counters, live catalogue and
+follow edges already live in Redis when the service runs with `redis_url` (filter/, online/).
+Two things stayed per process, and both break as soon as a balancer sends a retry or a
+feedback call to another replica than the one that answered:
+
+- **Idempotency.** The event log that refuses a repeated `event_id` is each replica's own
+  SQLite file. A POST /feedback that replica A applied but whose answer was lost (A killed
+  after its commit, a timeout) and that nginx or the client retries on replica B would be
+  applied twice: twice in the stream the learner reads, twice in the counters. `claim_new`
+  makes the check shared: one Lua script per call that, for each event with an id, `SET
+  {prefix}eid:{id} NX EX ttl` and — only when it was set — XADDs the event to the stream.
+  The claim and the stream append are one atomic step on the server, so an event is in the
+  stream exactly once however many replicas it was sent to; only the claimed events go on to
+  the exposure filter, history and counters.
+- **The request record.** /recommend remembers (user, experiment assignment) per request id so
+  that the feedback of that request is logged with its assignment. In one process that is a
+  dict; across replicas it is `{prefix}req:{request_id}` (with a TTL), written only when there
+  is an assignment to remember.
+
+The order in `RecommenderService.feedback` (pipeline/service.py): the local event log first
+(durable before the answer, as on one box; its own repeats left out), then `claim_new` over
+*every* event of the call — a replica that crashed after its local commit and got the retry
+itself must still put the event in the stream — then the stores for the claimed ones. A
+crash between the claim and the stores leaves the event in the stream (the learner sees it)
+but possibly not in the exposure filter: the window is one Redis round trip.
+
+    shared = SharedFeedback("redis://127.0.0.1:6379/0", prefix="funnelrec:", stream="funnelrec:events")
+    new = shared.claim_new([("e1", {...fields}), ("e1", {...}), (None, {...})])   # [True, False, True]
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from funnelrec.core.errors import ConfigError
+
+# KEYS[1] = the stream key ("" = no stream); ARGV = ttl, n, then per event: event id ("" = none),
+# the number of field pairs, the pairs. Returns one 0/1 per event: 1 = new (claimed and added).
+_CLAIM_AND_XADD = """
+local stream = KEYS[1]
+local ttl = tonumber(ARGV[1])
+local n = tonumber(ARGV[2])
+local prefix = ARGV[3]
+local out = {}
+local i = 4
+for e = 1, n do
+  local eid = ARGV[i]
+  local nf = tonumber(ARGV[i + 1])
+  i = i + 2
+  local new = 1
+  if eid ~= "" then
+    if not redis.call('SET', prefix .. eid, '1', 'NX', 'EX', ttl) then new = 0 end
+  end
+  if new == 1 and stream ~= "" then
+    local args = {}
+    for f = 0, 2 * nf - 1 do args[#args + 1] = ARGV[i + f] end
+    redis.call('XADD', stream, '*', unpack(args))
+  end
+  i = i + 2 * nf
+  out[e] = new
+end
+return out
+"""
+
+
+class SharedFeedback:
+    """The cross-replica idempotency claim + stream append, and the request records, on one Redis
+    connection (module doc). `ttl_s`: how long an event id and a request record are remembered —
+    a retry later than that is stored again (the bound is the memory: ~100 bytes per event)."""
+
+    def __init__(self, url: str, prefix: str = "funnelrec:", stream: str | None = "funnelrec:events",
+                 ttl_s: int = 86400) -> None:
+        import redis
+
+        if ttl_s < 1:
+            raise ConfigError(f"the shared idempotency TTL must be ≥ 1 s, got {ttl_s}")
+        self._redis_mod = redis
+        self.prefix, self.stream, self.ttl_s = prefix, stream, int(ttl_s)
+        self.client = redis.Redis.from_url(url)
+        try:
+            self.client.ping()
+        except redis.RedisError as e:
+            raise ConfigError(f"cannot reach Redis at {url}: {e}") from None
+        self._script = self.client.register_script(_CLAIM_AND_XADD)
+
+    def claim_new(self, events: Sequence[tuple[str | None, dict[str, str]]]) -> list[bool]:
+        """For each (event id or None, stream fields): True when this call is the first to claim
+        the id (or it has none) — the event was appended to the stream — False for a repeat."""
+        if not events:
+            return []
+        argv: list[str | int] = [self.ttl_s, len(events), self.prefix + "eid:"]
+        for eid, fields in events:
+            argv += ["" if eid is None else str(eid), len(fields)]
+            for k, v in fields.items():
+                argv += [k, v]
+        got = self._script(keys=[self.stream or ""], args=argv)
+        return [bool(int(x)) for x in got]
+
+    def put_request(self, request_id: str, user_id: str, record_json: str) -> None:
+        """Remember one request's (user, assignment) for the feedback of any replica."""
+        self.client.set(f"{self.prefix}req:{request_id}", json.dumps([user_id, record_json]), ex=self.ttl_s)
+
+    def get_request(self, request_id: str) -> tuple[str, str] | None:
+        raw = self.client.get(f"{self.prefix}req:{request_id}")
+        if raw is None:
+            return None
+        uid, record = json.loads(raw)
+        return str(uid), record
+
+    def close(self) -> None:
+        self.client.close()
