@@ -1,4 +1,4 @@
-"""RecycleNet (models/ranking/recyclenet.py, nn/recycle.py) and the `dense_as_fields` option of
+"""RecycleNet-LHUC (models/ranking/recyclenet.py, nn/recycle.py; the seed's RecycleNet: test_recycle_seed.py) and the `dense_as_fields` option of
 FFM, FiBiNET and Neural Interaction, checked against hand-written formulas."""
 
 from dataclasses import replace
@@ -76,7 +76,7 @@ def test_only_the_last_pass_carries_gradients():
 def test_recyclenet_samples_passes_in_training_and_runs_all_in_eval():
     spec, batch = make_ctr_problem(n=64)
     torch.manual_seed(0)
-    m = build_ranker("recyclenet", spec, {"embedding_dim": 4, "hidden": [8], "n_recycles": 3, "gate_hidden": 4, "train_passes": "sample"})
+    m = build_ranker("recyclenet_lhuc", spec, {"embedding_dim": 4, "hidden": [8], "n_recycles": 3, "gate_hidden": 4, "train_passes": "sample"})
     m.train()
     seen = {m.n_passes() for _ in range(200)}
     assert seen == {1, 2, 3}
@@ -86,18 +86,18 @@ def test_recyclenet_samples_passes_in_training_and_runs_all_in_eval():
         full = m(batch)["ctr"]
         torch.testing.assert_close(full, m(batch, n_passes=3)["ctr"])
         assert not torch.allclose(full, m(batch, n_passes=1)["ctr"], atol=1e-6)
-    always = build_ranker("recyclenet", spec, {"n_recycles": 3, "train_passes": "all"}).train()
+    always = build_ranker("recyclenet_lhuc", spec, {"n_recycles": 3, "train_passes": "all"}).train()
     assert {always.n_passes() for _ in range(20)} == {3}
 
 
 def test_recyclenet_config_errors():
     spec, _ = make_ctr_problem(n=8)
     with pytest.raises(ConfigError, match="train_passes"):
-        build_ranker("recyclenet", spec, {"train_passes": "some"})
+        build_ranker("recyclenet_lhuc", spec, {"train_passes": "some"})
     with pytest.raises(ConfigError, match="n_recycles"):
-        build_ranker("recyclenet", spec, {"n_recycles": 0})
+        build_ranker("recyclenet_lhuc", spec, {"n_recycles": 0})
     with pytest.raises(ConfigError, match="gate fields"):
-        build_ranker("recyclenet", spec, {"gate_fields": ["nope"]})
+        build_ranker("recyclenet_lhuc", spec, {"gate_fields": ["nope"]})
 
 
 def test_field_aware_pairs_matches_the_double_loop():
@@ -159,7 +159,7 @@ def test_neural_interaction_compression_equals_the_pair_loop(n_fields):
     torch.testing.assert_close(m.compressed_pairs(v), want, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["fibinet", "neural_interaction", "recyclenet"])
+@pytest.mark.parametrize("name", ["fibinet", "neural_interaction", "recyclenet", "recyclenet_lhuc"])
 def test_raw_dense_shrinks_fields_and_feeds_the_mlp(name):
     spec, batch = make_ctr_problem(n=16)
     cfg = {"embedding_dim": 4, "hidden": [8]}
@@ -181,7 +181,7 @@ def test_recyclenet_raw_dense_is_appended_to_the_tower_input():
     field), logit = Σ_f w[row_f] + a·dense + b + w_out · h_{T−1}(x, p), rebuilt by hand."""
     spec, batch = make_ctr_problem(n=8)
     torch.manual_seed(0)
-    m = build_ranker("recyclenet", spec, {"embedding_dim": 3, "hidden": [6], "gate_hidden": 5,
+    m = build_ranker("recyclenet_lhuc", spec, {"embedding_dim": 3, "hidden": [6], "gate_hidden": 5,
                                           "dense_as_fields": False}).eval()
     E = m.embed.embedding.embedding.weight
     with torch.no_grad():
@@ -203,7 +203,7 @@ def test_recyclenet_gate_columns_follow_pooled_fields():
     spec, batch = make_ctr_problem(n=8)
     spec = replace(spec, field_names=("user_id", "g", "g", "item_id"), pool_multi=True)
     torch.manual_seed(0)
-    m = build_ranker("recyclenet", spec, {"embedding_dim": 4, "hidden": [8], "gate_fields": ["user_id", "item_id"],
+    m = build_ranker("recyclenet_lhuc", spec, {"embedding_dim": 4, "hidden": [8], "gate_fields": ["user_id", "item_id"],
                                           "gate_hidden": 6}).eval()
     assert m.embed.n_fields == 3 + spec.n_dense  # user_id, pooled g, item_id + dense fields
     assert m.gate_cols.tolist() == [0, 2]

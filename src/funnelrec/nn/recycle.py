@@ -1,4 +1,20 @@
-"""Recycling LHUC tower (RecycleNet's core; our definition — no standard public one exists).
+"""RecycleNet's layer as the seed defines it, and our recycling LHUC tower.
+
+`RecycleLayer` (the seed's RecycleNet): the first layer's weights are used twice — once to
+read the input and gate it, once to map the gated input:
+
+    h = ReLU(W1 x + b1)                         (B, H)
+    g = 2·σ(W2 h + b2)                          (B, Din)   gate on the input, neutral at 1
+    y = ReLU(W1 (x ⊙ g) + b1)                   (B, H)     W1, b1 reused
+
+so the layer's own first reading of x decides which input coordinates it reads again, at the
+cost of one extra (H → Din) matrix and no extra first-layer weights.
+
+    >>> import torch
+    >>> RecycleLayer(3, 4)(torch.randn(2, 3)).shape
+    torch.Size([2, 4])
+
+`RecyclingLHUCMLP` (RecycleNet-LHUC, registered as "recyclenet_lhuc"; our own earlier variant):
 
 An LHUC-gated MLP run T times with shared weights, each pass seeing the previous pass's last
 hidden layer through its gates ("recycling" as in AlphaFold 2, Jumper et al. 2021):
@@ -31,6 +47,18 @@ from torch import nn
 
 from funnelrec.core.errors import ConfigError
 from funnelrec.nn.lhuc import LHUCGate
+
+
+class RecycleLayer(nn.Module):
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.first = nn.Linear(in_dim, out_dim)  # W1, b1 (used twice)
+        self.gate = nn.Linear(out_dim, in_dim)  # W2, b2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, Din) → (B, H)."""
+        g = 2.0 * torch.sigmoid(self.gate(torch.relu(self.first(x))))
+        return torch.relu(self.first(x * g))
 
 
 class RecyclingLHUCMLP(nn.Module):
