@@ -32,7 +32,9 @@ def small_funnel_config():
     return FunnelConfig.from_dict({
         "recall": {"channels": [{"name": "itemcf", "n": 100}, {"name": "hot", "n": 50}],
                    "merge": {"total": 120, "quotas": {"hot": 40}, "priority": ["itemcf", "hot"]}},
-        "rank": {"epochs": 3},
+        "rank": {"epochs": 3, "user_columns": ["age_band", "gender", "occupation"],  # the MovieLens columns
+                 "item_columns": ["release_year", "genres"], "match_columns": ["genres", "directors"]},
+        "rerank": {"column": "genres"},
     })
 
 

@@ -87,7 +87,7 @@ def ranked_funnel():
     split = random_split_by_user(world.dataset.interactions, seed=1)
     cfg = FunnelConfig.from_dict({
         "recall": {"channels": [{"name": "itemcf", "n": 20}, {"name": "fresh", "n": 10}, {"name": "tag", "n": 10},
-                                {"name": "author", "n": 10}, {"name": "vector", "n": 10, "params": VECTOR}],
+                                {"name": "author", "n": 10, "params": {"column": "directors"}}, {"name": "vector", "n": 10, "params": VECTOR}],
                    "merge": {"total": 40}},
         "rank": {"epochs": 1, "user_columns": ["gender"], "item_columns": ["release_year", "genres"],
                  "match_columns": ["genres"], "ridge_lambda": 1.0},

@@ -17,6 +17,7 @@ TINY = {
     "recall": {"channels": [{"name": "itemcf", "n": 60}, {"name": "hot", "n": 30}],
                "merge": {"total": 80, "quotas": {"hot": 20}}},
     "rank": {"epochs": 2, "hard_negative_rate": 0.1, "ridge_lambda": 0.0, "match_columns": ["genres"]},
+    "rerank": {"column": "genres"},  # what an experiment's cap / mmr diversifies on (no default column)
 }
 
 

@@ -130,7 +130,7 @@ def test_author_recall_prefers_consumed_authors(world):
     from funnelrec.recall.author import AuthorConfig, AuthorRecall
 
     n = 5
-    ch = AuthorRecall(AuthorConfig(k_similar=0, n_authors=1)).fit(world)
+    ch = AuthorRecall(AuthorConfig(column="directors", k_similar=0, n_authors=1)).fit(world)
     b = ch.recall(np.arange(world.n_users), n)
     items = world.dataset.items.sort("item_idx")
     director = np.array([d[0] for d in items["directors"].to_list()])

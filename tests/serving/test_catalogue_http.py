@@ -54,7 +54,7 @@ def hand_funnel():
     ds = Dataset.build("hand", INTER, schema, items=ITEMS)
     cfg = FunnelConfig.from_dict({
         "recall": {"channels": [{"name": "fresh", "n": 20}, {"name": "tag", "n": 20},
-                                {"name": "author", "n": 20, "params": {"k_similar": 0}}],
+                                {"name": "author", "n": 20, "params": {"k_similar": 0, "column": "directors"}}],
                    "merge": {"total": 60}}})
     return FunnelBuilder(cfg).fit(ds, ds.interactions)  # no labels: no ranker, merge order
 

@@ -164,8 +164,11 @@ def _coerce(df: pl.DataFrame, kinds: dict[str, str], file: Path, table: str, int
 
 @DATASETS.register("tabular")
 def load_tabular(interactions: str | Path, schema: str | Path, users: str | Path | None = None,
-                 items: str | Path | None = None, name: str = "tabular", follows: str | Path | None = None) -> Dataset:
-    """Load interactions (+ users, items, follows) files typed by a schema YAML (see the module doc)."""
+                 items: str | Path | None = None, name: str = "tabular", follows: str | Path | None = None,
+                 columns: dict[str, str] | None = None) -> Dataset:
+    """Load interactions (+ users, items, follows) files typed by a schema YAML (see the module doc).
+    `columns` maps the contract's user_id / item_id / timestamp to the files' own names for them
+    (renamed on read, in every table that has them)."""
     sch = Schema.load(schema)
     paths = {"interactions": interactions, "users": users, "items": items}
     for table in ("users", "items"):
@@ -173,6 +176,12 @@ def load_tabular(interactions: str | Path, schema: str | Path, users: str | Path
         if paths[table] is None and extra:
             raise ConfigError(f"{schema}: the schema declares {table} columns {extra} but no {table} file was given")
     frames = {t: read_table(p) for t, p in paths.items() if p is not None}
+    if columns:
+        for t, df in frames.items():
+            ren = {src: dst for dst, src in columns.items() if src in df.columns and src != dst}
+            if ren and any(dst in df.columns for dst in ren.values()):
+                raise DataError(f"{paths[t]}: has both {list(ren)} and {list(ren.values())}; rename one (data.columns)")
+            frames[t] = df.rename(ren) if ren else df
     ids = {}
     for id_col in ("user_id", "item_id"):
         cols = [df[id_col] for t, df in frames.items() if id_col in df.columns and id_col in getattr(sch, t)]
@@ -180,6 +189,12 @@ def load_tabular(interactions: str | Path, schema: str | Path, users: str | Path
     if frames["interactions"].height == 0:
         raise DataError(f"{interactions}: no interactions (an empty file or a header only); nothing to fit")
     typed = {t: _coerce(df, getattr(sch, t), Path(paths[t]), t, ids) for t, df in frames.items()}
+    for t, id_col in (("users", "user_id"), ("items", "item_id")):  # one row per id, named here
+        df = typed.get(t)
+        if df is not None and id_col in df.columns and df[id_col].is_duplicated().any():
+            dup = df.filter(df[id_col].is_duplicated())[id_col]
+            raise DataError(f"{paths[t]}: column {id_col!r} has duplicate ids ({dup.n_unique()} ids, e.g. "
+                            f"{dup[0]!r}); the {t} file needs one row per id")
     graph = None
     if follows is not None:
         kinds = {"user_id": "categorical", "author_id": "categorical", "ts": "time"}

@@ -10,6 +10,13 @@
     fusion: {weights: {ctr: 1.0, like: 0.5}}
     rerank: {method: cap, column: genres, max_per_category: 4}
     k: 10
+    data: {interactions: events.parquet, schema: schema.yaml}     # a team's own files (data/source.py)
+    labels: {event_column: event_type, map: {purchase: {task: conversion, weight: 3}}}
+    rules: [{types: [purchase], ttl_s: 2592000}]                  # filter/rules.py
+
+No default names a dataset's columns: the ranker's attribute columns and the re-rank column are
+empty until a config names them (configs/funnel/ml100k.yaml does for MovieLens; `funnelrec init`
+writes them for a team's own files), so FunnelConfig() fits any data meeting the contract.
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ from typing import Any
 
 from funnelrec.core.config import from_dict, load_yaml
 from funnelrec.core.errors import ConfigError, UnknownComponentError
+from funnelrec.data.source import DataSpec, LabelSpec
+from funnelrec.filter.rules import RuleSpec
 from funnelrec.recall.merge import MergeConfig
 from funnelrec.train.candidate_ranker import CandidateRankerConfig
 
@@ -79,10 +88,11 @@ class FusionSpec:
 class RerankSpec:
     """Optional diversity re-rank of the fused list before top-K: "none", "cap" (at most
     `max_per_category` items per value of `column` in the top K) or "mmr" (λ·relevance −
-    (1−λ)·max genre-Jaccard to the items already picked)."""
+    (1−λ)·max genre-Jaccard to the items already picked). `column` (an items column) is
+    required with cap or mmr."""
 
     method: str = "none"
-    column: str = "genres"
+    column: str = ""
     max_per_category: int = 3
     mmr_lambda: float = 0.7
     window: int = 100  # only the top `window` fused items are re-ranked
@@ -92,6 +102,8 @@ class RerankSpec:
             raise ConfigError(f"rerank.method {self.method!r}; known: none, cap, mmr")
         if self.max_per_category < 1 or not 0 <= self.mmr_lambda <= 1 or self.window < 1:
             raise ConfigError("rerank: max_per_category ≥ 1, 0 ≤ mmr_lambda ≤ 1, window ≥ 1 required")
+        if self.method != "none" and not self.column:
+            raise ConfigError(f"rerank.column: re-rank method {self.method!r} needs an items column to diversify on")
 
 
 @dataclass(frozen=True)
@@ -103,6 +115,9 @@ class FunnelConfig:
     rerank: RerankSpec = field(default_factory=RerankSpec)
     k: int = 10
     seed: int = 2020
+    data: DataSpec = field(default_factory=DataSpec)  # a team's own files (data/source.py)
+    labels: LabelSpec = field(default_factory=LabelSpec)  # event type → task label and weight
+    rules: list[RuleSpec] = field(default_factory=list)  # filter/rules.py: e.g. bought → not again
 
     def __post_init__(self) -> None:
         names = [c.name for c in self.recall.channels]
@@ -116,6 +131,10 @@ class FunnelConfig:
                 raise ConfigError(f"recall.merge.priority: {p!r} is not a configured channel ({', '.join(names)})")
         if self.k < 1:
             raise ConfigError("k must be ≥ 1")
+        if self.rules:
+            from funnelrec.filter.rules import check_rules
+
+            check_rules(self.rules, self.labels.meaning())
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "funnel config", *, path: str = "") -> FunnelConfig:

@@ -52,7 +52,7 @@ from funnelrec.recall.tag import AttributeRecall
 
 @dataclass(frozen=True)
 class AuthorConfig:
-    column: str = "directors"
+    column: str | None = None  # None = the schema's items column named like "author", else its first multi
     n_authors: int = 10
     items_per_author: int = 200
     k_similar: int = 10  # similar authors kept per author; 0 = no expansion
@@ -79,6 +79,14 @@ class AuthorRecall(AttributeRecall):
         self.config = config or AuthorConfig()
 
     def fit(self, data: TrainData) -> AuthorRecall:
+        if self.config.column is None:  # resolved once, kept in the fitted config
+            from dataclasses import replace
+
+            from funnelrec.recall.columns import schema_column
+
+            col = schema_column(data.dataset, ("categorical", "multi"), f"recall channel {self.name!r}: params.column",
+                                name_hint="author")
+            self.config = replace(self.config, column=col)
         cfg = self.config
         pop = train_popularity(data, cfg.tau_days, scale_to_max=True)
         self._fit_index(data, cfg.column, pop, cfg.items_per_author, cfg.n_authors)

@@ -27,11 +27,11 @@ from funnelrec.recall.tag import AttributeRecall, widened_history
 
 @dataclass(frozen=True)
 class FreshConfig:
-    time_column: str = "publish_time"
+    time_column: str = "publish_time"  # the contract's name for an item's publish time
     tau_days: float = 365.0
     max_items: int = 5000
     by_user_tags: bool = False
-    tag_column: str = "genres"
+    tag_column: str | None = None  # with by_user_tags; None = the schema's first multi-valued items column
     n_tags: int = 3
 
     def __post_init__(self) -> None:
@@ -50,6 +50,13 @@ class FreshRecall(AttributeRecall):
         self.personalized = self.config.by_user_tags
 
     def fit(self, data: TrainData) -> FreshRecall:
+        from dataclasses import replace
+
+        from funnelrec.recall.columns import schema_column
+
+        if self.config.by_user_tags and self.config.tag_column is None:  # resolved once, kept in the config
+            col = schema_column(data.dataset, ("multi", "categorical"), f"recall channel {self.name!r}: params.tag_column")
+            self.config = replace(self.config, tag_column=col)
         cfg = self.config
         items = data.dataset.items
         if cfg.time_column not in items.columns:

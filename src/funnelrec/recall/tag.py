@@ -27,7 +27,7 @@ from funnelrec.recall.hot import train_popularity
 
 @dataclass(frozen=True)
 class TagConfig:
-    column: str = "genres"  # item column holding the tags (list[str] or str)
+    column: str | None = None  # item column holding the tags (list[str] or str); None = the schema's first multi
     n_tags: int = 3  # the user's top tags used
     items_per_tag: int = 1000
     tau_days: float = 0.0  # popularity decay; 0 = plain count
@@ -136,6 +136,13 @@ class TagRecall(AttributeRecall):
         return self.config.items_per_tag
 
     def fit(self, data: TrainData) -> TagRecall:
+        if self.config.column is None:  # resolved once, kept in the fitted config
+            from dataclasses import replace
+
+            from funnelrec.recall.columns import schema_column
+
+            col = schema_column(data.dataset, ("multi", "categorical"), f"recall channel {self.name!r}: params.column")
+            self.config = replace(self.config, column=col)
         cfg = self.config
         self._fit_index(data, cfg.column, train_popularity(data, cfg.tau_days, scale_to_max=True),
                         cfg.items_per_tag, cfg.n_tags)
