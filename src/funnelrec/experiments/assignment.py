@@ -286,11 +286,13 @@ class ExperimentPlatform:
     """
 
     def __init__(self, config: ExperimentsConfig, known_params: Collection[str] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, start: float | None = None) -> None:
         self.config = config
         self.known_params = None if known_params is None else frozenset(known_params)
         self.clock = clock
-        self.built_at = float(clock())
+        # `start`: the time offsets of scheduled ramps count from (default: now) — replicas pass
+        # the first replica's, so one restarted later does not run its ramps behind the others
+        self.built_at = float(clock()) if start is None else float(start)
         self._layers = {layer.name: layer for layer in config.layers}
         if len(self._layers) != len(config.layers):
             raise ConfigError("duplicate layer names in experiments config")

@@ -113,3 +113,69 @@ class SharedFeedback:
 
     def close(self) -> None:
         self.client.close()
+
+
+class StreamEvents:
+    """The feedback stream read as an event log, for the ramp guardrails of every replica
+    (`ExperimentPlatform.tick(events)` reads `events.read(since_seq)`): each replica judges a
+    ramp on all replicas' feedback, not on its own share of it, so they take the same decision.
+    A stream id "ms-n" is the seq ms·10⁶ + n (ids grow, so seqs do)."""
+
+    def __init__(self, client: object, stream: str, page: int = 10_000) -> None:
+        self.client, self.stream, self.page = client, stream, page
+
+    def read(self, since_seq: int = 0):
+        import polars as pl
+
+        from funnelrec.online.source import _number
+
+        rows: list[tuple] = []
+        cur = "-" if since_seq <= 0 else f"({since_seq // 1_000_000}-{since_seq % 1_000_000}"
+        while True:
+            page = self.client.xrange(self.stream, min=cur, max="+", count=self.page)
+            for sid, f in page:
+                ms, n = sid.decode().split("-")
+                g = {k.decode(): v.decode() for k, v in f.items()}
+                rows.append((int(ms) * 1_000_000 + int(n), g.get("user_id"), g.get("type"),
+                             _number(g.get("value"), float), g.get("experiments") or None))
+            if len(page) < self.page:
+                break
+            cur = "(" + page[-1][0].decode()
+        return pl.DataFrame(rows, schema={"seq": pl.Int64, "user_id": pl.Utf8, "type": pl.Utf8, "value": pl.Float64,
+                                          "experiments": pl.Utf8}, orient="row")
+
+
+def share_ramps(platform: object, shared: SharedFeedback) -> tuple[object, str | None]:
+    """`platform` as every replica must run it: scheduled ramps' offsets counted from the first
+    replica's start (SET NX of its build time, keyed by the experiments config), and the ramps
+    another replica rolled back stopped here too (a restart must not bring a harmful treatment
+    back). Returns the platform to use (rebuilt when the anchor is another replica's) and the
+    Redis key prefix of its shared ramp state (None: no scheduled ramp, nothing shared)."""
+    import hashlib
+    from dataclasses import asdict
+
+    from funnelrec.experiments import ExperimentPlatform
+
+    if not any(r.config.scheduled for r in platform.ramps.values()):
+        return platform, None
+    key = f"{shared.prefix}experiments:{_config_key(asdict(platform.config), hashlib)}:"
+    shared.client.set(key + "anchor", repr(platform.built_at), nx=True)
+    anchor = float(shared.client.get(key + "anchor"))
+    if anchor != platform.built_at:
+        platform = ExperimentPlatform(platform.config, platform.known_params, clock=platform.clock, start=anchor)
+    for name, reasons in shared.client.hgetall(key + "stopped").items():
+        ramp = platform.ramps.get(name.decode())
+        if ramp is not None and ramp.config.scheduled:
+            ramp.status, ramp.failed = "stopped", tuple(json.loads(reasons))
+    return platform, key
+
+
+def record_stops(platform: object, shared: SharedFeedback, key: str | None) -> None:
+    """After a tick that decided something: the rolled-back ramps, for every replica's restart."""
+    stopped = {n: json.dumps(list(r.failed)) for n, r in platform.ramps.items() if r.status == "stopped"}
+    if key is not None and stopped:
+        shared.client.hset(key + "stopped", mapping=stopped)
+
+
+def _config_key(config: dict, hashlib) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]

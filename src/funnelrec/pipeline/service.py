@@ -47,6 +47,7 @@ from __future__ import annotations
 import bisect
 import json
 import logging
+import os
 import threading
 import time
 import uuid
@@ -80,6 +81,7 @@ from funnelrec.online.catalogue import (
 )
 from funnelrec.online.features import FeatureConfig, FeatureService, build_feature_service
 from funnelrec.online.follows import FollowStore, build_follow_store
+from funnelrec.online.reloads import open_reload_broadcast
 from funnelrec.online.state import HistoryStore, build_history_store, enters_history
 from funnelrec.pipeline.eventlog import EVENT_TYPES, EventLog, FeedbackEvent
 from funnelrec.pipeline.funnel import Funnel, Recommendation
@@ -130,6 +132,10 @@ class ServiceConfig:
     # version its CURRENT names, only the changed parts; None = no watch
     watch_dir: str | None = None
     watch_interval_s: float = 2.0
+    # the start of this server run (ns since the epoch; the launcher's, shared by its workers):
+    # reload records written since then are applied by every worker (online/reloads.py);
+    # None = this service's own start
+    started_ns: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_in_flight < 1:
@@ -363,6 +369,11 @@ class RecommenderService:
         self._live_lock = threading.Lock()
         self._loaded_from = loaded_from  # the artifact directory this funnel came from (watch: what is loaded)
         self._init_online_learning()
+        self._share_experiments()
+        # a reload on this worker reaches the others through the same backend (online/reloads.py)
+        self._reloads = open_reload_broadcast(backend, self._reload_checked, state_dir=state,
+                                              redis_url=cfg.redis_url, prefix=cfg.redis_prefix,
+                                              since_ns=cfg.started_ns)
         # windowed counters, recent categories, profiles (online/features.py) in the same backend;
         # `feedback` updates them, training reads the same definitions from the event log
         self.features: FeatureService = build_feature_service(
@@ -397,6 +408,12 @@ class RecommenderService:
         rest kept from the serving funnel) and swap it in atomically; returns its version.
         Requests that already started finish on the old funnel; a failed load leaves the old
         one serving."""
+        version = self._reload_checked(path, parts)
+        if self._reloads is not None:  # every other worker and replica loads it too (online/reloads.py)
+            self._reloads.publish(path, parts)
+        return version
+
+    def _reload_checked(self, path: str | Path, parts: list[str] | None) -> str:
         allowed = self.config.artifact_dir
         if allowed is not None and not Path(path).resolve().is_relative_to(Path(allowed).resolve()):
             raise ArtifactRefused(f"{path}: outside the artifact directory {allowed}; this server reloads only from there")
@@ -497,7 +514,10 @@ class RecommenderService:
         extra = {k_: v for k_, v in ctx.items() if k_ not in ("time", "region")}
         if self.experiments is not None:
             t1 = time.perf_counter()
-            self.experiments.tick(self.events)  # scheduled ramps follow the platform's clock (no restart)
+            # scheduled ramps follow the platform's clock (no restart); with Redis they read every
+            # replica's feedback (the stream) and share their anchor and rollbacks (online/shared.py)
+            if self.experiments.tick(self._ramp_events) and self._ramp_key is not None:
+                self._record_stops()
             a = self.experiments.assign(uid)
             record = a.record
             if not self.config.experiments_fitted:
@@ -726,11 +746,16 @@ class RecommenderService:
                 "n_users": int(cur.funnel.dataset_.n_users)}
         if self._watcher is not None:
             out["served"] = self._watcher.health()  # the learner's version, offset, lag
+        out["pid"] = os.getpid()  # which worker answered: after a reload every one reports the new version
+        if self._reloads is not None:
+            out["reloads"] = self._reloads.health()
         return out
 
     def close(self) -> None:
         if self._watcher is not None:
             self._watcher.stop()
+        if self._reloads is not None:
+            self._reloads.stop()
         if self._stream is not None:
             self._stream.close()
         self.catalogue.close()
@@ -759,6 +784,28 @@ class RecommenderService:
             # the operator named this directory: its versions load whatever artifact_dir says
             self._watcher = ServedWatcher(cfg.watch_dir, self._swap_in, cfg.watch_interval_s,
                                           loaded=self._loaded_from).start()
+
+    def _share_experiments(self) -> None:
+        """Replicas run one ramp schedule: with Redis the platform's scheduled ramps count from the
+        first replica's start, see every replica's rollbacks and judge guardrails on the stream."""
+        self._ramp_events, self._ramp_key = self.events, None
+        if self._stream is None or self.experiments is None:
+            return
+        from funnelrec.online.shared import StreamEvents, share_ramps
+
+        self.experiments, self._ramp_key = share_ramps(self.experiments, self._stream)
+        if self._ramp_key is not None and self.config.redis_stream:
+            self._ramp_events = StreamEvents(self._stream.client, self.config.redis_stream)
+
+    def _record_stops(self) -> None:
+        import redis
+
+        from funnelrec.online.shared import record_stops
+
+        try:
+            record_stops(self.experiments, self._stream, self._ramp_key)
+        except redis.RedisError as err:
+            _log.error("experiments: rollback not recorded in Redis: %s", err)
 
     def _remember_request(self, request_id: str, uid: str, record_json: str) -> None:
         import redis
