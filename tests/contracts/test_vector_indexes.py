@@ -37,6 +37,11 @@ FACTORIES: dict[str, list[tuple[str, dict[str, int], float]]] = {
         ("KDTree", {}, 1.0),  # exact: inner product by the MIPS→L2 transform
         ("KDTree4", {"workers": 2}, 1.0),
     ],
+    "milvus": [  # milvus-lite, embedded (measured 1.0, 1.0, 1.0)
+        ("Milvus:FLAT", {}, 1.0),
+        ("Milvus:HNSW,M=16,efConstruction=200", {"efSearch": 64}, 0.9),
+        ("Milvus:IVF_FLAT,nlist=16", {"nprobe": 16}, 1.0),  # every list probed: exact
+    ],
 }
 CASES = [(b, f, p, r) for b in VECTOR_INDEXES.names() for f, p, r in FACTORIES.get(b, [])]
 IDS = [f"{f}-{','.join(f'{k}={v}' for k, v in p.items())}" for _, f, p, _ in CASES]
@@ -60,6 +65,8 @@ def _exact_top(x: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
 def _build(backend: str, factory: str, params: dict[str, int], x: np.ndarray) -> VectorIndex:
     if backend == "hnswlib":
         pytest.importorskip("hnswlib")
+    if backend == "milvus":
+        pytest.importorskip("milvus_lite")
     index = VectorIndex(factory, D)
     assert index.engine_ == backend
     return index.add(x).set_params(**params)

@@ -99,6 +99,8 @@ def parse_factory(factory: str) -> tuple[str, str, int]:
     if "Rerank" in base:
         raise ConfigError(f"vector index factory {factory!r}: Rerank<k'> must be the last component")
     engine = "hnswlib" if _HNSWLIB.match(base) else "kdtree" if _KDTREE.match(base) else "faiss"
+    if base.startswith("Milvus:"):  # Milvus's grammar after the prefix (index/milvus.py)
+        engine = "milvus"
     if engine != "faiss" and rerank:
         raise ConfigError(
             f"vector index factory {factory!r}: Rerank<k'> is faiss's IndexRefineFlat and needs a faiss base "
@@ -658,7 +660,7 @@ class VectorIndex:
         backend_cls = VECTOR_INDEXES.get(self.engine_)
         f = path / backend_cls.file_name
         try:
-            if self.engine_ in ("hnswlib", "kdtree"):  # files that do not record the dim and metric
+            if self.engine_ in ("hnswlib", "kdtree", "milvus"):  # files that do not record the dim and metric
                 self.backend_ = backend_cls.load(f, self.base_factory_, mmap, self.dim, self.metric)
             else:
                 self.backend_ = backend_cls.load(f, self.base_factory_, mmap)
@@ -716,7 +718,7 @@ class VectorIndex:
         """Bytes of the serialized index, the RFlat fp32 copy included (≈ resident memory)."""
         if self.engine_ == "faiss":
             return int(faiss.serialize_index(self.backend_.index).nbytes)
-        if self.engine_ == "kdtree":
+        if self.engine_ in ("kdtree", "milvus"):
             return self.backend_.memory_bytes()
         return int(self.ntotal * (self.dim * 4 + self.backend_.M * 2 * 4 + 16))
 
