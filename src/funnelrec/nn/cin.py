@@ -3,12 +3,12 @@
     X^k_{h,*} = Σ_{i=1}^{H_{k-1}} Σ_{j=1}^{m} W^{k,h}_{i,j} (X^{k-1}_{i,*} ⊙ X^0_{j,*}),  X^0 = field embeddings
     p^k = Σ_d X^k_{:, d}   (sum pooling over the embedding axis);  output = [p^1, …, p^K]
 
-Fused: each layer is ONE outer product and ONE batched GEMM, no loop over fields:
-z = X^{k-1} ⊗ X^0 laid out (B, D, H_{k-1}·m) (one broadcast multiply), then z @ W^kᵀ
-(B·D, H_{k-1}·m) × (H_{k-1}·m, H_k). The weights stay in the 1×1-convolution layout
-(`convs[k].weight` (H_k, H_{k-1}·m, 1)), so checkpoints of the convolutional form load unchanged;
-the GEMM on the (B·D)-major layout skips the convolution's per-call reshuffles (2.2× faster per
-training step than Conv1d at 37 fields, batch 2048, one thread: docs/BENCHMARKS.md Session 5).
+Fused: each layer is ONE outer product and ONE GEMM, no loop over fields: with the fields
+leading, X^0 as (m, B·D), z = X^{k-1} ⊗ X^0 is (H_{k-1}·m, B·D) (one broadcast multiply along
+the contiguous B·D axis) and X^k = ReLU(W^k z + b^k), W^k (H_k, H_{k-1}·m). The weights stay in
+the 1×1-convolution layout (`convs[k].weight` (H_k, H_{k-1}·m, 1)), so checkpoints of the
+convolutional form load unchanged. The cost is H_{k-1}·m·H_k multiply-adds per (sample, d):
+the number of fields, not the code, sets the speed (`dense_as_fields: false` in xDeepFM).
 With `split_half` (as in the paper) half of each hidden layer feeds the next layer, half
 goes to the output. (B, F, D) → (B, Σ output sizes).
 
@@ -42,16 +42,17 @@ class CIN(nn.Module):
     def forward(self, x0: torch.Tensor) -> torch.Tensor:
         """x0 (B, F, D) → (B, out_dim)."""
         B, F, D = x0.shape
-        x0t = x0.transpose(1, 2)  # (B, D, F): the embedding axis leads, fields are the GEMM's K axis
+        # field-major layout (F, B·D): the outer product broadcasts along the long contiguous
+        # B·D axis, and each layer is one plain GEMM W (H_k, H·F) @ z (H·F, B·D)
+        x0t = x0.permute(1, 0, 2).reshape(F, B * D)
         x, pooled = x0t, []
         last = len(self.convs) - 1
         for k, conv in enumerate(self.convs):
-            z = (x.unsqueeze(-1) * x0t.unsqueeze(-2)).reshape(B, D, -1)  # (B, D, H·F), column h·F + j
-            w = conv.weight.squeeze(-1)  # (H_k, H·F)
-            h = torch.relu(torch.addmm(conv.bias, z.reshape(B * D, -1), w.t())).view(B, D, -1)  # (B, D, H_k)
+            z = (x.unsqueeze(1) * x0t.unsqueeze(0)).reshape(-1, B * D)  # (H·F, B·D), row h·F + j
+            h = torch.relu(torch.addmm(conv.bias.unsqueeze(1), conv.weight.squeeze(-1), z))  # (H_k, B·D)
             if self.split_half and k < last:
-                x, out = h[..., : self.keep[k]], h[..., self.keep[k]:]
+                x, out = h[: self.keep[k]], h[self.keep[k]:]
             else:
                 x, out = h, h
-            pooled.append(out.sum(1))
-        return torch.cat(pooled, dim=1)
+            pooled.append(out.view(-1, B, D).sum(-1))  # sum pooling over D: (H_k', B)
+        return torch.cat(pooled, dim=0).t()
