@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 
 from funnelrec.core import persist
-from funnelrec.core.errors import ArtifactError, ConfigError, NotFittedError
+from funnelrec.core.errors import ArtifactError
 from funnelrec.core.registry import RANKERS, RECALL_CHANNELS
 from funnelrec.core.types import RequestState
 from funnelrec.data.dataset import TrainData
@@ -238,12 +238,6 @@ def test_every_recall_channel_round_trips(name, tiny, tmp_path):
     assert answered > 0  # the comparison is over real answers, not two empty batches
 
 
-# rankers that cannot be the funnel's ranker yet: sequence models need sequence features the
-# funnel's encoder does not build, gbdt_lr needs its `prepare` stage (issue #11, "every ranker
-# servable in the funnel"); their models still round-trip in tests/core/test_persist.py
-NOT_SERVABLE = {"din", "dien", "sim", "gbdt_lr"}
-
-
 def _ranker_names():
     from funnelrec.models.ranking.common import load_all
 
@@ -262,13 +256,8 @@ def test_every_ranker_round_trips_as_the_funnels_ranker(name, tiny, tmp_path):
     cfg = FunnelConfig.from_dict({
         "recall": {"channels": [{"name": "itemcf", "n": 50}, {"name": "hot", "n": 20}], "merge": {"total": 60}},
         "rank": {"epochs": 1, "model": name, "params": CONFIGS[name][0], "label_folds": 0, "batch_size": 256,
-                 "tasks": ["ctr", "like"] if multi else ["ctr"]}})
-    try:
-        f = FunnelBuilder(cfg).fit(ds, train, labels=valid)
-    except (ConfigError, NotFittedError) as e:
-        if name in NOT_SERVABLE:
-            pytest.xfail(f"{name} cannot be the funnel's ranker yet (issue #11): {e}")
-        raise
+                 "tasks": ["ctr", "like"] if multi else ["ctr"], "domain_column": "gender"}})
+    f = FunnelBuilder(cfg).fit(ds, train, labels=valid)
     save_artifact(tmp_path / "art", f.components(), config={})
     _, parts = load_artifact(tmp_path / "art", parts=["ranker"])
     again = f.with_components(ranker=parts["ranker"])

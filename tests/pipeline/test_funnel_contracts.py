@@ -7,9 +7,10 @@ loaded, and served over real HTTP (one uvicorn server that /admin/reload's each 
 - the HTTP answer equals the loaded funnel's answer for the same user.
 
 The parameters run over `names()` of each registry, never over a hand list: a newly registered
-component is in the contract the day it is registered. A ranker that cannot yet be the funnel's
-ranker is an explicit strict xfail naming the rankers issue (#11), so it cannot silently pass —
-and the day it works, the strict xfail fails and must be removed.
+component is in the contract the day it is registered. Every ranker is the funnel's ranker with
+what it reads: the behaviour sequence (sequence models), the user's gender as the domain (STAR,
+PEPNet), its `prepare` stage (GBDT+LR), and the (click, like) task pair for a multi-task model
+(ESMM's ctr/ctcvr).
 """
 
 from __future__ import annotations
@@ -29,14 +30,6 @@ from funnelrec.recall.base import RecallContext
 
 load_all()
 
-ISSUE_11 = "cannot be the funnel's ranker yet: issue #11 (every ranker servable in the funnel)"
-NOT_YET_FUNNEL_RANKERS = {
-    "din": ISSUE_11 + " — needs the behaviour sequence fields",
-    "dien": ISSUE_11 + " — needs the behaviour sequence fields",
-    "sim": ISSUE_11 + " — needs the behaviour sequence fields",
-    "esmm": ISSUE_11 + " — needs the ctr/ctcvr task pair",
-    "gbdt_lr": ISSUE_11 + " — needs prepare() (LightGBM leaves as FIDs)",
-}
 # the synthetic world's columns for channels whose defaults name another dataset's columns
 CHANNEL_PARAMS = {
     "tag": {"column": "tags"},
@@ -64,7 +57,8 @@ def _config(rank_model: str = "lr", channels: list[dict] | None = None) -> Funne
         "recall": {"channels": channels or [{"name": "itemcf", "n": 40}, {"name": "hot", "n": 30}],
                    "merge": {"total": 60}},
         "rank": {"model": rank_model, "epochs": 1, "user_columns": ["age_band", "gender"], "item_columns": ["tags"],
-                 "match_columns": ["tags"], "ridge_lambda": 0.0}})
+                 "match_columns": ["tags"], "ridge_lambda": 0.0, "domain_column": "gender",
+                 "tasks": ["ctr", "like"] if RANKERS.get(rank_model).multi_task else ["ctr"]}})
 
 
 @pytest.fixture(scope="module")
@@ -120,9 +114,7 @@ def _served_funnel_contract(funnel: Funnel, name: str, server) -> None:
         np.testing.assert_allclose([it["score"] for it in body["items"]], expect.scores, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=NOT_YET_FUNNEL_RANKERS[n]))
-    if n in NOT_YET_FUNNEL_RANKERS else n for n in RANKERS.names()])
+@pytest.mark.parametrize("name", RANKERS.names())
 def test_every_ranker_in_a_served_funnel(name, world, server):
     ds, split = world
     funnel = FunnelBuilder(_config(rank_model=name)).fit(ds, split.train, labels=split.valid)

@@ -87,7 +87,8 @@ class FunnelBuilder:
         stats = FunnelStats.of(data)
         probe = Funnel(self.config, ds, channels, stats)  # no ranker: merge order, no features attached
         merged = probe.merge(probe.recall(users))
-        return LabelSet(merged, users, positives, stats.history, stats.item_log_pop, stats.user_log_act)
+        return LabelSet(merged, users, positives, stats.history, stats.item_log_pop, stats.user_log_act,
+                        labels=labels, events=data.interactions)
 
     def fit_ranker(self, dataset: Dataset, train: pl.DataFrame, labels: pl.DataFrame,
                    channels: dict[str, RecallChannel], progress: bool = False) -> CandidateRanker:
