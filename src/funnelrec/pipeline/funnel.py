@@ -60,6 +60,29 @@ class Recommendation:
     # service keeps for the cache channel
     tail_items: np.ndarray | None = None
     tail_scores: np.ndarray | None = None
+    # the request stage by stage, kept only with `debug` (the console draws it): references to
+    # arrays the run made anyway, no copies (`FunnelTrace`)
+    trace: FunnelTrace | None = None
+
+
+@dataclass(frozen=True)
+class FunnelTrace:
+    """What each stage of one request held (dense item indices; the console maps them to ids):
+    `recall` [(channel, items, scores)] each channel's candidates (PAD-padded rows); `merged` the
+    merged list before the filter, `after_filter` after it (the exposure / exclude / catalogue
+    filter), `ranked` after the pre-rank cut (= after_filter without a pre-ranker), with
+    `prerank_scores` (ranked's, None without one); `fused` and `task_scores` over `ranked`;
+    `top` the positions of `ranked` the re-ranker returned; `merge` the plan's MergeConfig."""
+
+    recall: list
+    merged: MergedCandidates
+    after_filter: MergedCandidates
+    ranked: MergedCandidates
+    prerank_scores: np.ndarray | None
+    fused: np.ndarray
+    task_scores: dict
+    top: np.ndarray
+    merge: Any
 
 
 def _upsert_rows(table: Any, rows: Any, kind: str, ids: Any, caller: str, what: str) -> tuple[Any, np.ndarray]:
@@ -406,12 +429,14 @@ class Funnel:
         merged = self._attach(self.merge(batches, plan), users)
         t["merge"] = (time.perf_counter() - t1) * 1e3
         n_merged = [len(m) for m in merged]
+        before_filter = merged  # (trace)
         removed: list[np.ndarray] = [np.empty(0, np.int64)] * len(users)
         if state is not None and (state.exclude is not None or state.exposure is not None):
             t1 = time.perf_counter()
             merged, removed = filter_candidates(merged, self.item_keys_, state.exclude, state.exposure)
             t["filter"] = (time.perf_counter() - t1) * 1e3
         pre_scores: list[np.ndarray | None] = [None] * len(users)
+        after_filter = merged  # (trace)
         if self.prerank_ is not None:
             t1 = time.perf_counter()
             merged, pre_scores = self.prerank(merged, users, plan.prerank_keep)
@@ -444,7 +469,10 @@ class Funnel:
                 prerank_scores=None if pre is None else pre[top], filtered=removed[r],
                 fusion_weights={t: float(weights.get(t, 1.0)) for t in tasks}, fused_positions=fused_pos,
                 tail_items=None if tail_pos is None else m.items[tail_pos],
-                tail_scores=None if tail_pos is None else s[tail_pos]))
+                tail_scores=None if tail_pos is None else s[tail_pos],
+                trace=None if not debug else FunnelTrace(
+                    [(b.channel, b.items[r], b.scores[r]) for b in batches], before_filter[r], after_filter[r], m,
+                    pre, s, tasks, top, plan.merge)))
         return out
 
     # ------------------------------------------------------------------ item-to-item
