@@ -46,7 +46,8 @@ CONFIGS: dict[str, list[dict]] = {
     "mmcn": [{**SMALL, "head_dim": 16, "cross_layers": 1}],
     "din": [{"embedding_dim": 8, "attention_hidden": [16], "mlp_hidden": [32, 16]}],
     "dien": [{"embedding_dim": 8, "mlp_hidden": [32, 16], "aux_loss_weight": 0.0}],  # aux loss: own tests
-    "sim": [{"embedding_dim": 8, "top_k": 3, "attention_hidden": [16], "mlp_hidden": [32, 16]}],
+    "sim": [{"embedding_dim": 8, "top_k": 3, "attention_hidden": [16], "mlp_hidden": [32, 16]},
+            {"embedding_dim": 8, "top_k": 3, "search": "soft", "attention_hidden": [16], "mlp_hidden": [32, 16]}],
     "mimn": [{"embedding_dim": 8, "memory_slots": 3, "induction_top_k": 1, "mlp_hidden": [32, 16]}],
     "mmoe": [{"embedding_dim": 8, "n_experts": 3, "expert_hidden": [32], "tower_hidden": [16]}],
     "ple": [{"embedding_dim": 8, "n_layers": 2, "expert_hidden": [16], "tower_hidden": [8]}],

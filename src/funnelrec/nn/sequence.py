@@ -1,4 +1,4 @@
-"""Behaviour-sequence layers: GRU interest extraction (DIEN) and SIM's hard search by category.
+"""Behaviour-sequence layers: GRU interest extraction (DIEN) and SIM's hard and soft search.
 
 Convention: along L the history runs oldest → newest; padding (mask False) may sit anywhere.
 `compact_sequence` moves the real positions to the front (order kept), which recurrent layers
@@ -97,3 +97,27 @@ def hard_search(
     score = torch.where(match, pos, torch.full_like(pos, -1))
     top, index = torch.topk(score, k, dim=1, sorted=True)
     return index, top >= 0
+
+
+def soft_search(
+    keys: torch.Tensor, seq_mask: torch.Tensor, query: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SIM's general search unit, soft mode (Pi et al., 2020): keep the K history items whose
+    embedding has the largest inner product with the candidate's, s_l = ⟨e_l, q⟩ — a maximum
+    inner-product search over the long sequence (what an ANN index serves at scale).
+
+    keys: (B, L, De), seq_mask: (B, L) bool, query: (B, De) →
+    (index (B, K) positions into L, highest score first; found (B, K) bool, False where the
+    history has fewer than K real items). K = min(k, L). The selection carries no gradient (the
+    scores are detached); the kept items' embeddings do, through the attention that follows.
+
+        >>> keys = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [3.0, 0.0], [9.0, 9.0]]])
+        >>> idx, found = soft_search(keys, torch.tensor([[1, 1, 1, 0]]).bool(), torch.tensor([[1.0, 0.2]]), 2)
+        >>> idx[found].tolist()
+        [2, 0]
+    """
+    k = min(k, keys.shape[1])
+    score = torch.einsum("bld,bd->bl", keys.detach(), query.detach())
+    score = score.masked_fill(~seq_mask, float("-inf"))
+    top, index = torch.topk(score, k, dim=1, sorted=True)
+    return index, top > float("-inf")
