@@ -1,0 +1,250 @@
+"""What the funnel's ranker feeds a model beyond the static fields (train/candidate_ranker.py,
+features/behaviour.py), each checked against a computation written out here from the raw frames:
+
+- the behaviour sequence of a training sample holds exactly its user's training events strictly
+  before the sample's ts (no label, nothing after it); at serving the fit-time history plus the
+  request's real-time history, the last L;
+- the domain id of STAR/PEPNet is the user's `domain_column` value (0 = unknown user);
+- free task names read their label columns, with per-task weights; a missing column is a
+  ConfigError naming the task;
+- watch-time weighted LR: exp(z) per feature cell = Σ_pos T / N_neg (the closed form);
+- negative downsampling at rate r with the trained-in offset −log r: the predicted rate matches
+  the hand-computed calibrated odds and the true base rate; without the offset it does not.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from funnelrec.core.errors import ConfigError
+from funnelrec.data.dataset import TrainData
+from funnelrec.features.spec import FeatureSpec
+from funnelrec.models.ranking.common import build_ranker
+from funnelrec.pipeline.builder import FunnelBuilder
+from funnelrec.pipeline.config import FunnelConfig
+from funnelrec.pipeline.funnel import Funnel
+from funnelrec.train.calibration import downsample_negatives, downsampling_offset
+from funnelrec.train.candidate_ranker import task_loss
+from funnelrec.train.trainer import Trainer, TrainerConfig
+
+L = 5
+
+
+@pytest.fixture(scope="module")
+def world():
+    from funnelrec.data import load_dataset
+    from funnelrec.data.splits import random_split_by_user
+
+    ds = load_dataset("synthetic", n_users=300, n_items=400, n_interactions=8000)
+    split = random_split_by_user(ds.interactions.filter(pl.col("click") == 1), seed=2020)
+    return ds, split
+
+
+def _cfg(**rank) -> FunnelConfig:
+    return FunnelConfig.from_dict({
+        "recall": {"channels": [{"name": "itemcf", "n": 40}, {"name": "hot", "n": 30}], "merge": {"total": 60}},
+        "rank": {"epochs": 1, "user_columns": ["age_band", "gender"], "item_columns": ["tags"],
+                 "match_columns": ["tags"], "ridge_lambda": 0.0, **rank}})
+
+
+@pytest.fixture(scope="module")
+def din(world):
+    ds, split = world
+    cfg = _cfg(model="din", seq_len=L, domain_column="gender",
+               params={"embedding_dim": 4, "attention_hidden": [8], "mlp_hidden": [8]})
+    builder = FunnelBuilder(cfg)
+    funnel = builder.fit(ds, split.train, labels=split.valid)
+    return builder, funnel
+
+
+def _expected_sequence(train: pl.DataFrame, u: int, before: int | None) -> list[int]:
+    rows = train.filter(pl.col("user_idx") == u)
+    if before is not None:
+        rows = rows.filter(pl.col("timestamp") < before)
+    return rows.sort("timestamp", maintain_order=True)["item_idx"].to_list()[-L:]
+
+
+def test_training_sequences_end_before_each_samples_ts(world, din):
+    ds, split = world
+    builder, funnel = din
+    r = funnel.ranker_
+    sets = [builder.label_set(funnel.channels_, TrainData(ds, split.train), split.valid)]
+    for s in sets:
+        s.match = r.match_
+    u, items, X, y, w, ts, which = r._samples(sets, r.valid_users_, np.random.default_rng(0))
+    t = r.batch(u, items, X)
+    r._sequence_block(t, sets, split.train, u, items, ts, which)
+    id_col = r.behaviour_.id_col
+    idrow = r.item_rows_[:, id_col]
+    label_ts = {(a, b): c for a, b, c in split.valid.select("user_idx", "item_idx", "timestamp").iter_rows()}
+    valid_ts = split.valid.group_by("user_idx").agg(pl.col("timestamp"))
+    user_ts = dict(zip(valid_ts["user_idx"].to_list(), valid_ts["timestamp"].to_list()))
+    pos = np.flatnonzero(y["ctr"] > 0)
+    neg = np.flatnonzero(y["ctr"] == 0)
+    assert len(pos) >= 30 and len(neg) >= 40
+    for m in np.r_[pos[:40], neg[:40]]:
+        a, b = int(u[m]), int(items[m])
+        if y["ctr"][m] > 0:
+            assert ts[m] == label_ts[(a, b)]  # a positive's cut is its own label event
+        else:
+            assert ts[m] in user_ts[a]  # a negative's cut is one of its user's label events
+        want = _expected_sequence(split.train, a, int(ts[m]))
+        got = t["seq"][m][t["seq_mask"][m]].tolist()
+        assert got == idrow[want].tolist()
+        assert t["target"][m] == idrow[b]
+    # the cut matters: some sequences are shorter than the user's whole history would give
+    full = [len(_expected_sequence(split.train, int(u[m]), None)) for m in pos[:40]]
+    assert sum(int(t["seq_mask"][m].sum()) for m in pos[:40]) < sum(full)
+
+
+def test_serving_sequence_is_fit_history_then_real_time_history(world, din):
+    ds, split = world
+    _, funnel = din
+    r = funnel.ranker_
+    users = np.array([3, 7])
+    merged = funnel.candidates(users)
+    fresh = [np.array([11, 12, 13]), None]
+    u, items, X = r.features_.raw(merged, users, funnel.stats_.item_log_pop, funnel.stats_.user_log_act,
+                                  fresh=fresh)
+    rows = np.repeat(np.arange(2), [len(m) for m in merged])
+    b = r.batch(u, items, X, fresh=fresh, rows=rows)
+    idrow = r.item_rows_[:, r.behaviour_.id_col]
+    want0 = (_expected_sequence(split.train, 3, None) + [11, 12, 13])[-L:]
+    want1 = _expected_sequence(split.train, 7, None)
+    first1 = len(merged[0])
+    assert b["seq"][0][b["seq_mask"][0]].tolist() == idrow[want0].tolist()
+    assert b["seq"][first1][b["seq_mask"][first1]].tolist() == idrow[want1].tolist()
+    # the served scores read it: the same candidates score otherwise with the real-time history
+    with_fresh = funnel.rank_tasks(merged, users, history=fresh)[0][0]
+    without = funnel.rank_tasks(merged, users)[0][0]
+    assert not np.allclose(with_fresh, without)
+    # domain: the user's gender, 1..K sorted by value; 0 for an unknown user
+    genders = sorted(ds.users["gender"].unique().to_list())
+    assert b["domain"][0] == 1 + genders.index(ds.users["gender"][3])
+    unknown = r.batch(np.array([-1]), np.array([0]), X[:1])
+    assert unknown["domain"].tolist() == [0] and not unknown["seq_mask"].any()
+
+
+def test_free_task_names_read_their_columns_with_weights(world):
+    ds, split = world
+    def conv(df):  # a label column as a label map would write it (conversion: a long watch)
+        return df.with_columns((pl.col("watch_time") > 60).cast(pl.Int8).alias("conversion"),
+                               (pl.col("watch_time") / 10).alias("conv_weight"))
+
+    train, valid = conv(split.train), conv(split.valid)
+    cfg = _cfg(model="mmoe", tasks=["ctr", "conversion", "watch_time"], task_kinds={"watch_time": "watch_time"},
+               weight_columns={"conversion": "conv_weight"}, task_weights={"watch_time": 0.1},
+               params={"embedding_dim": 4, "n_experts": 2, "expert_hidden": [8], "tower_hidden": [4]})
+    builder = FunnelBuilder(cfg)
+    funnel = builder.fit(ds, train, labels=valid)
+    r = funnel.ranker_
+    s = builder.label_set(funnel.channels_, TrainData(ds, train), valid)
+    table = r._label_table(s)
+    I = ds.n_items
+    first = valid.sort("timestamp").unique(["user_idx", "item_idx"], keep="first")
+    for row in first.head(30).iter_rows(named=True):
+        k = np.searchsorted(table["key"], row["user_idx"] * I + row["item_idx"])
+        assert table["y_ctr"][k] == 1.0
+        assert table["y_conversion"][k] == float(row["watch_time"] > 60)
+        assert table["w_conversion"][k] == pytest.approx(row["watch_time"] / 10 if row["watch_time"] > 60 else 1.0)
+        assert table["y_watch_time"][k] == float(row["watch_time"] > 0)
+        assert table["w_watch_time"][k] == pytest.approx(row["watch_time"])
+    rec = funnel.recommend(user_idx=3, k=5)
+    assert set(rec.task_scores) == {"ctr", "conversion", "watch_time"}
+    served = r.predict(rec.task_scores)
+    np.testing.assert_allclose(served["watch_time"], np.exp(rec.task_scores["watch_time"].astype(np.float64)))
+    assert ((served["ctr"] > 0) & (served["ctr"] < 1)).all()
+    with pytest.raises(ConfigError, match="task 'purchase' has no label column 'purchase'"):
+        r.config.task_label("purchase", split.valid)
+
+
+def test_a_single_task_model_with_two_tasks_is_one_model_per_task_and_round_trips(world, tmp_path):
+    ds, split = world
+    cfg = _cfg(model="deepfm", tasks=["ctr", "watch_time"], task_kinds={"watch_time": "watch_time"},
+               params={"embedding_dim": 4, "hidden": [8]})
+    funnel = FunnelBuilder(cfg).fit(ds, split.train, labels=split.valid)
+    m = funnel.ranker_.model_
+    assert [type(x).registered_name for x in m.models] == ["deepfm", "deepfm"]
+    users = np.array([0, 5, 9])
+    a = funnel.recommend_batch(users, 10)
+    back = Funnel.load(funnel.save(tmp_path / "art"))
+    b = back.recommend_batch(users, 10)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_allclose(a[1], b[1], rtol=1e-6)
+
+
+def _lr(n_rows: int) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_ranker("lr", FeatureSpec(n_embeddings=n_rows + 1, n_fields=1), {})
+
+
+def _train(model, batch, loss, epochs=300):
+    n = len(batch["sparse"])
+    Trainer(TrainerConfig(epochs=epochs, batch_size=n, lr=0.05, num_threads=1)).fit(model, loss, batch)
+    model.eval()
+    with torch.inference_mode():
+        return model({"sparse": torch.arange(1, 4).reshape(-1, 1)})
+
+
+def test_watch_time_weighted_lr_matches_the_closed_form():
+    rng = np.random.default_rng(0)
+    n = 6000
+    cell = rng.integers(1, 4, n)
+    click = rng.random(n) < np.array([0, 0.05, 0.1, 0.2])[cell]
+    watch = np.where(click, rng.gamma(2.0, np.array([0, 30.0, 60.0, 10.0])[cell]), 0.0)
+    # the weighted LR as the ranker trains a watch-time task: label = watched, weight = T | 1
+    batch = {"sparse": torch.from_numpy(cell.reshape(-1, 1)), "label_ctr": torch.from_numpy(click.astype(np.float32)),
+             "weight_ctr": torch.from_numpy(np.where(click, watch, 1.0).astype(np.float32))}
+    z = _train(_lr(3), batch, task_loss(("ctr",)), epochs=400)["ctr"].double().numpy()
+    for c in (1, 2, 3):
+        hand = watch[(cell == c) & click].sum() / ((cell == c) & ~click).sum()  # Σ_pos T / N_neg
+        assert np.exp(z[c - 1]) == pytest.approx(hand, rel=0.02)
+
+
+def test_negative_downsampling_is_calibrated_by_the_offset():
+    rng = np.random.default_rng(1)
+    n, r = 60_000, 0.1
+    cell = rng.integers(1, 4, n)
+    true = np.array([0, 0.02, 0.05, 0.15])
+    y = (rng.random(n) < true[cell]).astype(np.float32)
+    keep = downsample_negatives(y, r, seed=3)
+    cs, ys = cell[keep], y[keep]
+    batch = {"sparse": torch.from_numpy(cs.reshape(-1, 1)), "label_ctr": torch.from_numpy(ys)}
+    calibrated = torch.sigmoid(_train(_lr(3), batch, task_loss(("ctr",), logit_offset=downsampling_offset(r)))["ctr"])
+    raw = torch.sigmoid(_train(_lr(3), batch, task_loss(("ctr",)))["ctr"])
+    for c in (1, 2, 3):
+        pos, kept_neg = ys[cs == c].sum(), (ys[cs == c] == 0).sum()
+        hand = pos * r / (pos * r + kept_neg)  # odds_sampled · r
+        assert float(calibrated[c - 1]) == pytest.approx(hand, rel=0.02)
+        assert float(raw[c - 1]) == pytest.approx(pos / (pos + kept_neg), rel=0.02)
+        se = np.sqrt(true[c] * (1 - true[c]) / ((cell == c).sum() * r))
+        assert abs(float(calibrated[c - 1]) - true[c]) < 4 * se + 0.1 * true[c]
+        assert float(raw[c - 1]) > 3 * true[c]  # uncorrected: the odds are 1/r too high
+
+
+def test_the_ranker_downsamples_and_serves_calibrated_probabilities(world):
+    """The ranker with negative_keep_rate r: its samples keep ~r of the negatives, and its mean
+    served probability on the full sample population matches that population's positive share
+    (an LR at its optimum reproduces the base rate; without the offset it would be ~1/r too high
+    in odds)."""
+    ds, split = world
+    base = dict(model="lr", epochs=30, patience=100, lr=0.02, batch_size=32)
+    full = FunnelBuilder(_cfg(**base)).fit(ds, split.train, labels=split.valid).ranker_
+    down_f = FunnelBuilder(_cfg(**base, negative_keep_rate=0.25)).fit(ds, split.train, labels=split.valid)
+    down = down_f.ranker_
+    assert down.n_examples_ < full.n_examples_
+    s = FunnelBuilder(_cfg(**base)).label_set(down_f.channels_, TrainData(ds, split.train), split.valid)
+    s.match = down.match_
+    u, items, X, y, *_ = full._samples([s], full.valid_users_, np.random.default_rng(full.config.seed))
+    neg_full = int((y["ctr"] == 0).sum())
+    n_pos = int(y["ctr"].sum())
+    assert down.n_examples_ - n_pos == pytest.approx(0.25 * neg_full, rel=0.1)
+    with torch.inference_mode():
+        p = down.predict({"ctr": down.model_(down.batch(u, items, X))["ctr"].numpy()})["ctr"]
+    rate = n_pos / len(u)
+    assert p.mean() == pytest.approx(rate, rel=0.25)
+    odds = p / (1 - p) / 0.25  # what it would serve without the offset
+    assert (odds / (1 + odds)).mean() > 2.5 * rate
