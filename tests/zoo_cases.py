@@ -42,7 +42,7 @@ CONFIGS: dict[str, list[dict]] = {
     "recyclenet": [SMALL, {**SMALL, "dense_as_fields": False}],
     "recyclenet_lhuc": [{**SMALL, "gate_hidden": 8, "n_recycles": 2}],
     "neural_interaction": [{**SMALL, "n_compressed": 4, "dense_as_fields": False}, {**SMALL, "n_compressed": 4}],
-    "all_interaction": [{**SMALL, "n_compressed": 4}],
+    "all_interaction": [{**SMALL, "n_compressed": 4}, {**SMALL, "n_compressed": 4, "dense_as_fields": False}],
     "mmcn": [{**SMALL, "head_dim": 16, "cross_layers": 1}],
     "din": [{"embedding_dim": 8, "attention_hidden": [16], "mlp_hidden": [32, 16]}],
     "dien": [{"embedding_dim": 8, "mlp_hidden": [32, 16], "aux_loss_weight": 0.0}],  # aux loss: own tests

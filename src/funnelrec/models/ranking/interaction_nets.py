@@ -1,10 +1,12 @@
 """Interaction networks that compress many fields before or after crossing them.
 
-- "all_interaction" — compress, then cross: the F' fields are mixed into K virtual fields
-  (K = `n_compressed`, default 16) by a learned linear map over the field axis,
-  U = Wᵀ V  (B, K, D), then all K(K−1)/2 inner products ⟨u_a, u_b⟩ are taken.
-  Cost O(K²D) instead of O(F'²D), every original pair still reachable through W.
-  logit = MLP([flatten V, inner products]).
+- "all_interaction" — compress, then cross (the seed's N×16 construction): the N fields are
+  mixed into K virtual fields (K = `n_compressed`, default 16) by a learned linear map over the
+  field axis, U = Wᵀ V  (B, K, D), W (N, K); then every ORIGINAL field is crossed with every
+  compressed one, Z = V Uᵀ  (B, N, K), z_{n,k} = ⟨v_n, u_k⟩ = Σ_m W_{m,k} ⟨v_n, v_m⟩, so all N²
+  pairs ⟨v_n, v_m⟩ reach the model through N×K numbers at cost O(N·K·D) instead of O(N²·D).
+  logit = linear + MLP([flatten V, flatten Z (, dense x)]). `dense_as_fields: false`: the
+  dense features join the MLP input raw, N = sparse fields.
 - "neural_interaction" — cross, then compress: all pairwise products v_i ⊙ v_j (B, P, D),
   P = F'(F'−1)/2, are compressed to K by a learned map over the pair axis (B, K, D)
   (computed as one GEMM without materializing the pairs, `compressed_pairs`).
@@ -36,7 +38,7 @@ from funnelrec.models.ranking.base import FeatureSpec, RankingModel
 from funnelrec.models.ranking.common import FieldEmbedder
 from funnelrec.nn.cross import CrossNetV2, GatedCrossNet
 from funnelrec.nn.embedding import LinearTerm
-from funnelrec.nn.interaction import FactorizationMachine, InnerProducts
+from funnelrec.nn.interaction import FactorizationMachine
 from funnelrec.nn.mlp import MLP
 
 
@@ -47,6 +49,12 @@ class InteractionNetConfig:
     hidden: tuple[int, ...] = (256, 256)
     dropout: float = 0.0
     batch_norm: bool = False
+
+
+@dataclass(frozen=True)
+class AllInteractionConfig(InteractionNetConfig):
+    # False: dense features raw into the MLP; the N×K crossing runs over sparse fields only
+    dense_as_fields: bool = True
 
 
 @dataclass(frozen=True)
@@ -75,22 +83,29 @@ class FieldCompression(nn.Module):
 
 @RANKERS.register("all_interaction")
 class AllInteraction(RankingModel):
-    Config = InteractionNetConfig
+    Config = AllInteractionConfig
 
-    def __init__(self, spec: FeatureSpec, config: InteractionNetConfig | None = None) -> None:
+    def __init__(self, spec: FeatureSpec, config: AllInteractionConfig | None = None) -> None:
         super().__init__(spec)
-        self.config = cfg = config or InteractionNetConfig()
+        self.config = cfg = config or AllInteractionConfig()
         self.linear = LinearTerm(spec.n_embeddings, spec.n_dense)
-        self.embed = FieldEmbedder(spec, cfg.embedding_dim)
-        K = cfg.n_compressed
-        self.compress = FieldCompression(self.embed.n_fields, K)
-        self.cross = InnerProducts(K)
-        d = self.embed.n_fields * cfg.embedding_dim + K * (K - 1) // 2
+        self.raw_dense = 0 if cfg.dense_as_fields else spec.n_dense
+        self.embed = FieldEmbedder(replace(spec, n_dense=spec.n_dense - self.raw_dense), cfg.embedding_dim)
+        N, K = self.embed.n_fields, cfg.n_compressed
+        self.compress = FieldCompression(N, K)
+        d = N * cfg.embedding_dim + N * K + self.raw_dense
         self.deep = MLP(d, cfg.hidden, cfg.dropout, cfg.batch_norm, out_dim=1)
+
+    def crossed(self, v: torch.Tensor) -> torch.Tensor:
+        """v (B, N, D) → Z (B, N, K), z_{n,k} = ⟨v_n, u_k⟩ with U = Wᵀ V (B, K, D)."""
+        return torch.bmm(v, self.compress(v).transpose(1, 2))
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         v = self.embed(batch)
-        h = torch.cat([v.flatten(1), self.cross(self.compress(v))], dim=1)
+        parts = [v.flatten(1), self.crossed(v).flatten(1)]
+        if self.raw_dense:
+            parts.append(raw_dense(batch))
+        h = torch.cat(parts, dim=1)
         return {"ctr": self.linear(batch["sparse"], batch.get("dense")) + self.deep(h).squeeze(-1)}
 
 
