@@ -23,7 +23,7 @@ Where the history comes from:
     >>> rows = np.array([[5, 50], [6, 60], [7, 70]])           # item rows: [item_id, tag] per item
     >>> b = BehaviourInputs(seq_len=2, id_col=0, tag_col=1).fit(
     ...     np.array([0, 0]), np.array([0, 1]), np.array([10, 20]), n_users=1)
-    >>> out = b.inputs(rows, np.array([0]), np.array([2]), fresh=[np.array([2])])
+    >>> out = b.inputs(rows, np.array([0]), np.array([2]), fresh=[np.array([2])], rows=np.array([0]))
     >>> out["seq"].tolist(), out["seq_cat"].tolist(), out["target"].tolist()
     ([[6, 7]], [[60, 70]], [7])
 """
