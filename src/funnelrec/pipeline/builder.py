@@ -92,8 +92,15 @@ class FunnelBuilder:
 
     def fit_ranker(self, dataset: Dataset, train: pl.DataFrame, labels: pl.DataFrame,
                    channels: dict[str, RecallChannel], progress: bool = False) -> CandidateRanker:
+        """The ranker trained on `label_sets` (the real one plus `rank.label_folds` folds)."""
+        sets = self.label_sets(dataset, train, labels, channels)
+        return CandidateRanker(self.config.rank).fit(dataset, train, sets, progress=progress)
+
+    def label_sets(self, dataset: Dataset, train: pl.DataFrame, labels: pl.DataFrame,
+                   channels: dict[str, RecallChannel]) -> list[LabelSet]:
         """The real label set (channels on train, labels) plus `rank.label_folds` folds carved from
-        train: each user's `fold_fraction` of train rows become labels, channels refit on the rest."""
+        train: each user's `fold_fraction` of train rows become labels, channels refit on the rest
+        (several rankers can be trained on the same sets: bench/funnel_rankers.py)."""
         rs = self.config.rank
         sets = [self.label_set(channels, TrainData(dataset, train), labels)]
         for f in range(rs.label_folds):
@@ -105,7 +112,7 @@ class FunnelBuilder:
             rest = t.filter(pl.col("_k") > pl.col("_m")).drop("_r", "_k", "_m")
             data = TrainData(dataset, rest)
             sets.append(self.label_set(self.fit_channels(data), data, fold_labels))
-        return CandidateRanker(rs).fit(dataset, train, sets, progress=progress)
+        return sets
 
     def fit_prerank(self, funnel: Funnel, users: np.ndarray) -> PreRanker:
         """Distil `funnel`'s fine ranker into a `PreRanker` on `users`' merged candidates (the
