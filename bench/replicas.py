@@ -94,10 +94,17 @@ async def _load(base: str, rate: float, duration: float, users: list[str], sched
     records: list[dict] = []
     acked: list[str] = []
     last: list[dict] = []  # answers whose feedback is still to send
-    limits = httpx.Limits(max_connections=128, max_keepalive_connections=64)
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    # at most 64 requests in flight; later ones wait here (their latency still counts from their
+    # scheduled time): httpx's own pool queue costs O(waiting) per release and spins when backlogged
+    slots = asyncio.Semaphore(64)
     async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as http:
 
         async def one(i: int, t_sched: float, t0: float) -> None:
+            async with slots:
+                await _send(i, t_sched, t0)
+
+        async def _send(i: int, t_sched: float, t0: float) -> None:
             kind = "recommend" if i % 2 == 0 or not last else "feedback"
             rec = {"kind": kind, "t": t_sched - t0}
             try:
@@ -145,15 +152,81 @@ async def _load(base: str, rate: float, duration: float, users: list[str], sched
     return {"records": records, "acked": acked}
 
 
+def claim_bench(n_calls: int = 3000, batch: int = 10) -> dict:
+    """The cost of the shared idempotency claim (online/shared.py: SET NX EX + XADD in one Lua
+    script per feedback call) next to what it replaced (a pipelined XADD per event, no claim), on
+    one local redis-server: feedback calls/s and events/s, and Redis memory per claimed event."""
+    import redis
+
+    from funnelrec.online.shared import SharedFeedback
+    from funnelrec.online.source import stream_fields
+    from funnelrec.pipeline.eventlog import FeedbackEvent
+
+    with tempfile.TemporaryDirectory() as tmp:
+        port = _free_run(1)
+        proc = subprocess.Popen([shutil.which("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                 "--appendonly", "no", "--dir", tmp], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        url = f"redis://127.0.0.1:{port}/0"
+        try:
+            r = redis.Redis.from_url(url)
+            for _ in range(100):
+                try:
+                    r.ping()
+                    break
+                except redis.ConnectionError:
+                    time.sleep(0.05)
+            shared = SharedFeedback(url, prefix="b:", stream="b:claimed", ttl_s=86400)
+            now = time.time()
+            calls = [[FeedbackEvent("r", "u1", str(k), "impression", 1.0, int(now), None, uuid.uuid4().hex)
+                      for k in range(batch)] for _ in range(n_calls)]
+            out = {}
+            for rep in range(2):  # interleaved: the two paths see the same machine load
+                t = time.perf_counter()
+                for evs in calls[: n_calls // 2] if rep == 0 else calls[n_calls // 2:]:
+                    pipe = r.pipeline(transaction=False)
+                    for e in evs:
+                        pipe.xadd("b:plain", stream_fields(e, now))
+                    pipe.execute()
+                plain = time.perf_counter() - t
+                mem0 = r.info("memory")["used_memory"]
+                t = time.perf_counter()
+                for evs in calls[: n_calls // 2] if rep == 0 else calls[n_calls // 2:]:
+                    shared.claim_new([(e.event_id, stream_fields(e, now)) for e in evs])
+                claim = time.perf_counter() - t
+                mem1 = r.info("memory")["used_memory"]
+                out[f"run {rep + 1}"] = {"plain_xadd_calls_per_s": round(n_calls / 2 / plain),
+                                         "claim_calls_per_s": round(n_calls / 2 / claim),
+                                         "claim_events_per_s": round(n_calls / 2 * batch / claim),
+                                         "ratio_claim_over_plain_time": round(claim / plain, 2),
+                                         "bytes_per_claimed_event (claim key + stream entry)":
+                                             round((mem1 - mem0) / (n_calls / 2 * batch))}
+            repeat = time.perf_counter()
+            for evs in calls[:500]:  # every id already claimed: the retry path
+                assert not any(shared.claim_new([(e.event_id, stream_fields(e, now)) for e in evs]))
+            out["repeat_calls_per_s"] = round(500 / (time.perf_counter() - repeat))
+            shared.close()
+            r.close()
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    return {"bench": "replicas --claims", "batch_events": batch, "calls": n_calls,
+            "machine": f"{platform.machine()} {os.cpu_count()} cpu (shared)", "load_avg": os.getloadavg(), **out}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--config", default=str(ROOT / "bench" / "serving_ml100k.yaml"), help="bench/serving.py's YAML")
+    p.add_argument("--claims", action="store_true", help="only the idempotency claim's cost (claim_bench)")
+    p.add_argument("--config", default=str(ROOT / "bench" / "replicas_ml100k.yaml"),
+                   help="dataset + funnel YAML (bench/serving.py's format)")
     p.add_argument("--workdir", default=None, help="keep the fitted funnel here and reuse it (bench/serving.py's)")
     p.add_argument("--rate", type=float, default=100.0)
     p.add_argument("--duration", type=float, default=180.0)
     p.add_argument("--kill-at", type=float, default=60.0)
     p.add_argument("--restart-at", type=float, default=120.0)
     args = p.parse_args()
+    if args.claims:
+        print(json.dumps(claim_bench()))
+        return
 
     import redis
 
