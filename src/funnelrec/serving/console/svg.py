@@ -135,7 +135,7 @@ def lines(xs: Sequence[str], series: dict[str, Sequence[float]], *, width: int =
           title: str = "") -> Markup:
     """One polyline per series over categorical x positions (e.g. recall@10, @200, @total per
     channel); a legend below."""
-    left, right, head, bottom = 40, 10, 22, 40
+    left, right, head, bottom = 40, 28, 22, 40
     vals = [float(v) for vs in series.values() for v in vs if v is not None and math.isfinite(float(v))]
     top = max(vals + [1e-12])
     pw, ph = width - left - right, height - head - bottom

@@ -197,6 +197,10 @@ def item_view(svc: Any, item_id: str, k: int = 10) -> dict[str, Any] | None:
         neighbours.append({"channel": ch, "items": [{**labs.get(i["item_id"], {"item_id": i["item_id"], "title": None}),
                                                      "score": i["score"]} for i in got["items"]]})
     merged = svc.similar(item_id, k=k) if f.similar_sources() else None
+    if merged is not None:
+        labs = {d["item_id"]: d for d in cat.label(f.dataset_.item_ids.indices([i["item_id"] for i in merged["items"]]))}
+        merged = {**merged, "items": [{**labs.get(i["item_id"], {"item_id": i["item_id"], "title": None}), **i}
+                                      for i in merged["items"]]}
     hist = f.stats_.history
     idx = me["idx"]
     n_fit = int((hist.indices == idx).sum())
