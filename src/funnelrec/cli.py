@@ -106,7 +106,9 @@ def evaluate_ctr_cmd(dataset: str = typer.Option("movielens-100k"), model: str =
                      seed: int = typer.Option(2020), as_json: bool = typer.Option(False, "--json"),
                      tasks: str | None = typer.Option(None, help="multi-task protocol, e.g. ctr,like "
                                                       "(ctr: rating ≥ 4, like: rating = 5)"),
-                     domain: str = typer.Option("gender", help="users column used as scenario/domain (with --tasks)")
+                     domain: str = typer.Option("gender", help="users column used as scenario/domain (with --tasks)"),
+                     plot: Path | None = typer.Option(None, "--plot", help="write the test split's ROC curve and "
+                                                      "reliability diagram (PNG) into this folder")
                      ) -> None:
     """Train and evaluate one ranking model on the CTR protocol (rating ≥ 4, global RS 0.8/0.1/0.1)."""
     from funnelrec.core.config import load_yaml
@@ -114,7 +116,7 @@ def evaluate_ctr_cmd(dataset: str = typer.Option("movielens-100k"), model: str =
 
     task_list = [t.strip() for t in tasks.split(",") if t.strip()] if tasks is not None else None
     result = evaluate_ctr(_load(dataset, None), model, load_yaml(config) if config else None, seed=seed,
-                          tasks=task_list, domain=domain)
+                          tasks=task_list, domain=domain, plot_dir=plot)
     if as_json:
         typer.echo(json.dumps(result))
         return

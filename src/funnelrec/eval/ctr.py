@@ -24,7 +24,11 @@ Multi-task protocol (`evaluate_ctr(…, tasks=("ctr", "like"))`, `evaluate_ctr_m
   all tasks at once with Σ_t BCE_t (weights 1) and stops early on the mean valid AUC over the
   tasks; any other model (DeepFM, DCNv2, STAR …) trains one model per task, each stopping on its
   own valid AUC — for "ctr" that is exactly the single-task protocol (same seed, same result);
-- reported per task: test AUC, GAUC (per user), logloss, AUC within each domain.
+- reported per task: test AUC, GAUC (per user), logloss, ECE, AUC within each domain.
+
+Every report carries the test split's ECE (eval/calibration.py: 10 equal-width bins); with
+`plot_dir` (CLI `--plot DIR`) the test split's ROC curve and reliability diagram are written
+there as PNGs, `<model>[_<task>]_roc.png` and `…_reliability.png` (their paths under "plots").
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from funnelrec.core.errors import ConfigError, DataError
 from funnelrec.core.registry import RANKERS
 from funnelrec.data.dataset import Dataset, TrainData
 from funnelrec.data.splits import random_split_global
+from funnelrec.eval.calibration import expected_calibration_error, write_ctr_plots
 from funnelrec.eval.metrics import auc, gauc, logloss
 from funnelrec.features.encoder import FeatureEncoder, FeatureEncoderConfig
 from funnelrec.models.ranking.common import build_ranker, load_all
@@ -178,15 +183,17 @@ def _build(model: str, spec, cfg: CTRConfig, tcfg: TrainerConfig, train: dict, s
 
 
 def evaluate_ctr(dataset: Dataset, model: str, config: dict | None = None, seed: int = 2020,
-                 tasks: Sequence[str] | None = None, domain: str = "gender") -> dict:
+                 tasks: Sequence[str] | None = None, domain: str = "gender",
+                 plot_dir: str | Path | None = None) -> dict:
     """Train `model` under the CTR protocol and score it on the test split.
 
-    Returns {model, auc, gauc, logloss, train_samples_per_s, epochs, best_epoch, valid_auc,
-    train_seconds, n_params, n_train, n_test}. With `tasks` (e.g. ("ctr", "like")) it runs the
-    multi-task protocol instead: see `evaluate_ctr_multitask`.
+    Returns {model, auc, gauc, logloss, ece, train_samples_per_s, epochs, best_epoch, valid_auc,
+    train_seconds, n_params, n_train, n_test} (+ "plots": the PNG paths, with `plot_dir`). With
+    `tasks` (e.g. ("ctr", "like")) it runs the multi-task protocol instead: see
+    `evaluate_ctr_multitask`.
     """
     if tasks is not None:
-        return evaluate_ctr_multitask(dataset, model, tasks, config, seed, domain)
+        return evaluate_ctr_multitask(dataset, model, tasks, config, seed, domain, plot_dir)
     cfg, split, enc, (train, valid, test), prep_s = _prepare(dataset, model, config, seed)
     tcfg = _trainer_config(cfg, seed)
     net, optimizer = _build(model, enc.spec, cfg, tcfg, train, seed)
@@ -199,11 +206,12 @@ def evaluate_ctr(dataset: Dataset, model: str, config: dict | None = None, seed:
     res = Trainer(tcfg).fit(net, bce_loss(), train, validate=validate, optimizer=optimizer)
     p = predict(net, test, batch_size=cfg.eval_batch_size)
     y = test["label"].numpy()
-    return {
+    out = {
         "model": model,
         "auc": auc(y, p),
         "gauc": gauc(split.test["user_idx"].to_numpy(), y, p),
         "logloss": logloss(y, p),
+        "ece": expected_calibration_error(y, p),
         "train_samples_per_s": res.samples_per_s,
         "epochs": res.epochs,
         "best_epoch": res.best_epoch,
@@ -214,6 +222,9 @@ def evaluate_ctr(dataset: Dataset, model: str, config: dict | None = None, seed:
         "n_train": len(train["label"]),
         "n_test": len(y),
     }
+    if plot_dir is not None:
+        out["plots"] = write_ctr_plots(y, p, plot_dir, model, auc=out["auc"])
+    return out
 
 
 def domain_auc(y: np.ndarray, p: np.ndarray, dom: np.ndarray, names: Sequence[str]) -> dict[str, float]:
@@ -227,10 +238,11 @@ def domain_auc(y: np.ndarray, p: np.ndarray, dom: np.ndarray, names: Sequence[st
 
 
 def evaluate_ctr_multitask(dataset: Dataset, model: str, tasks: Sequence[str] = ("ctr", "like"),
-                           config: dict | None = None, seed: int = 2020, domain: str = "gender") -> dict:
+                           config: dict | None = None, seed: int = 2020, domain: str = "gender",
+                           plot_dir: str | Path | None = None) -> dict:
     """Train `model` on several tasks under the multi-task CTR protocol (module docstring).
 
-    Returns {model, protocol, tasks: {task: {auc, gauc, logloss, domain_auc: {domain: auc},
+    Returns {model, protocol, tasks: {task: {auc, gauc, logloss, ece, domain_auc: {domain: auc},
     positive_rate, trained_jointly, epochs, best_epoch, valid_auc, train_samples_per_s,
     train_seconds, n_params}}, domain, domains, prep_seconds, n_train, n_test}; `valid_auc` is
     the early-stopping score (mean valid AUC over the tasks trained together).
@@ -281,6 +293,7 @@ def evaluate_ctr_multitask(dataset: Dataset, model: str, tasks: Sequence[str] = 
                 "auc": auc(y, p),
                 "gauc": gauc(user_test, y, p),
                 "logloss": logloss(y, p),
+                "ece": expected_calibration_error(y, p),
                 "domain_auc": domain_auc(y, p, dom_test, names),
                 "positive_rate": float(y.mean()),
                 "trained_jointly": joint,
@@ -291,6 +304,8 @@ def evaluate_ctr_multitask(dataset: Dataset, model: str, tasks: Sequence[str] = 
                 "train_seconds": res.train_seconds,
                 "n_params": sum(q.numel() for q in net.parameters()),
             }
+            if plot_dir is not None:
+                out[t]["plots"] = write_ctr_plots(y, p, plot_dir, f"{model}_{t}", auc=out[t]["auc"])
     return {
         "model": model,
         "protocol": "ctr-multitask",
