@@ -5,6 +5,11 @@ the caps used. Numba kernels are cached on disk: run once before timing.
 
     .venv/bin/python bench/cf_scale.py                         # full size
     .venv/bin/python bench/cf_scale.py --interactions 2000000 --users 100000 --items 20000
+
+`--engine spark` times Swing twice on the same world in one run: the in-process numba kernel
+and the Spark job (engines/spark.py, `--spark-master`, default local[2]) from a Parquet file of
+the pairs to the Parquet neighbour table. The Spark figure excludes the JVM start (reported
+apart); "ratio" is spark / in-process wall time; the neighbour-entry counts of both are printed.
 """
 
 from __future__ import annotations
@@ -60,6 +65,37 @@ def child(args) -> dict:
             "max_items_per_user": args.max_items_per_user}
 
 
+def spark_child(args) -> dict:
+    import tempfile
+    from pathlib import Path
+
+    import polars as pl
+
+    from funnelrec.engines import EngineSpec
+    from funnelrec.engines.spark import spark_session, swing_job
+
+    R = zipf_world(args.users, args.items, args.interactions, args.seed)
+    u, i = R.nonzero()
+    with tempfile.TemporaryDirectory(prefix="cf_scale_spark_", dir=args.spark_tmp or None) as tmp:
+        pl.DataFrame({"user": u.astype(np.int64), "item": i.astype(np.int64)}).write_parquet(f"{tmp}/pairs.parquet")
+        del R, u, i
+        t0 = time.perf_counter()
+        conf = {"spark.driver.memory": args.spark_memory, "spark.local.dir": tmp}
+        spark = spark_session(EngineSpec("spark", master=args.spark_master, shuffle_partitions=args.spark_partitions,
+                                         conf=conf))
+        start_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        pairs = spark.read.parquet(f"{tmp}/pairs.parquet")
+        table, cached = swing_job(pairs, args.k, 1.0, 0.5, args.max_users_per_item, args.max_items_per_user, 0)
+        table.write.mode("overwrite").parquet(f"{tmp}/neighbours.parquet")
+        build_s = time.perf_counter() - t0
+        nnz = pl.scan_parquet(Path(tmp) / "neighbours.parquet" / "*.parquet").select(pl.len()).collect().item()
+        spark.stop()
+    return {"algo": "swing", "engine": "spark", "master": args.spark_master, "build_s": round(build_s, 1),
+            "jvm_start_s": round(start_s, 1), "neighbour_nnz": int(nnz), "shuffle_partitions": args.spark_partitions,
+            "driver_memory": args.spark_memory}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--users", type=int, default=1_000_000)
@@ -70,14 +106,38 @@ def main() -> None:
     ap.add_argument("--max-items-per-user", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--algo", choices=["itemcf", "swing", "both"], default="both")
+    ap.add_argument("--engine", choices=["inprocess", "spark"], default="inprocess",
+                    help="spark: Swing in-process and on Spark, side by side")
+    ap.add_argument("--spark-master", default="local[2]")
+    ap.add_argument("--spark-partitions", type=int, default=16)
+    ap.add_argument("--spark-memory", default="6g")
+    ap.add_argument("--spark-tmp", default="", help="folder for the Parquet files and Spark's shuffle files")
+    ap.add_argument("--child", choices=["inprocess", "spark"], default="inprocess", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.engine == "spark" and args.algo == "both":
+        args.algo = "swing"
+    if args.child == "spark":
+        print(json.dumps(spark_child(args)))
+        return
+    if args.engine == "spark":
+        out = {"world": {"users": args.users, "items": args.items, "interactions": args.interactions}}
+        for child in ("inprocess", "spark"):
+            cmd = [sys.executable, __file__, "--child", child] + [
+                f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("child", "engine")]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            out[child] = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else {
+                "error": proc.stderr[-800:]}
+        if "build_s" in out["inprocess"] and "build_s" in out["spark"]:
+            out["ratio_spark_over_inprocess"] = round(out["spark"]["build_s"] / out["inprocess"]["build_s"], 2)
+        print(json.dumps(out))
+        return
     if args.algo != "both":
         print(json.dumps(child(args)))
         return
     out = {"world": {"users": args.users, "items": args.items, "interactions": args.interactions}}
     for algo in ("itemcf", "swing"):
         cmd = [sys.executable, __file__, "--algo", algo] + [
-            f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k != "algo"]
+            f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("algo", "child", "engine")]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         out[algo] = json.loads(proc.stdout) if proc.returncode == 0 else {"error": proc.stderr[-500:]}
     print(json.dumps(out))

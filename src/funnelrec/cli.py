@@ -203,6 +203,7 @@ def _register_subcommands() -> None:
     register(app)  # `funnelrec simulate`, `funnelrec experiments report`
     register_online(app)  # `funnelrec learn`, `replay`, `catalogue`
     __import__("funnelrec.cli_deploy").cli_deploy.register(app)  # `funnelrec deploy nginx`
+    __import__("funnelrec.cli_engines").cli_engines.register(app)  # `funnelrec fit --engine spark`
 
 
 _register_subcommands()

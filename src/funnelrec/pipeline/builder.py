@@ -63,6 +63,10 @@ class FunnelBuilder:
     def fit_channels(self, data: TrainData, progress: bool = False,
                      seconds: dict[str, float] | None = None) -> dict[str, RecallChannel]:
         specs = self.config.recall.channels
+        if self.config.engine.name != "inprocess":  # the tables on an offline engine (engines/)
+            from funnelrec.engines import fit_channels_on_engine
+
+            return fit_channels_on_engine(self.config.engine, {s.name: build_channel(s) for s in specs}, data, seconds)
         it = specs
         if progress:
             from tqdm import tqdm

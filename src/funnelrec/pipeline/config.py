@@ -27,6 +27,7 @@ from typing import Any
 
 from funnelrec.core.config import from_dict, load_yaml
 from funnelrec.core.errors import ConfigError, UnknownComponentError
+from funnelrec.engines import EngineSpec
 from funnelrec.data.source import DataSpec, LabelSpec
 from funnelrec.filter.rules import RuleSpec
 from funnelrec.recall.merge import MergeConfig
@@ -115,6 +116,7 @@ class FunnelConfig:
     rerank: RerankSpec = field(default_factory=RerankSpec)
     k: int = 10
     seed: int = 2020
+    engine: EngineSpec = field(default_factory=EngineSpec)  # where the channel tables are computed (engines/)
     data: DataSpec = field(default_factory=DataSpec)  # a team's own files (data/source.py)
     labels: LabelSpec = field(default_factory=LabelSpec)  # event type → task label and weight
     rules: list[RuleSpec] = field(default_factory=list)  # filter/rules.py: e.g. bought → not again
