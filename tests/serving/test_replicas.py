@@ -159,6 +159,25 @@ def test_rendered_example_in_deploy_is_current():
     assert shipped.read_text() == render_nginx(NginxLayout())
 
 
+def test_cli_renders_a_config_nginx_accepts_and_refuses_bad_settings(tmp_path):
+    from typer.testing import CliRunner
+
+    from funnelrec.cli import app
+
+    out = tmp_path / "ng" / "nginx.conf"
+    r = CliRunner().invoke(app, ["deploy", "nginx", "--replicas", "3", "--base-port", "18001", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    text = out.read_text()
+    assert [f"server 127.0.0.1:{p} " in text for p in (18001, 18002, 18003)] == [True] * 3
+    assert "server 127.0.0.1:18004" not in text and "{{" not in text
+    check = subprocess.run([NGINX, "-t", "-p", str(out.parent), "-e", "logs/error.log", "-c", str(out)],
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    bad = subprocess.run([sys.executable, "-m", "funnelrec.cli", "deploy", "nginx", "--replicas", "0"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip() == "error: --replicas must be in [1, 1024], got 0"
+
+
 def test_feedback_through_one_replica_is_honoured_by_the_other(deployment):
     a, b = deployment["direct"]
     now = int(time.time())
