@@ -15,8 +15,11 @@ with the index): Milvus's own index type name and its build parameters, e.g.
     Milvus:HNSW,M=16,uri=http://127.0.0.1:19530  the same on a server (``uri`` last: it may hold ``,``)
 
 Search knobs go through ``VectorIndex.set_params`` as for faiss and are saved in index.json:
-``efSearch`` (Milvus's ``ef``; ``ef`` is accepted too) and ``nprobe``. Like faiss's HNSW, a search
-for k results explores ``max(ef, k)`` (a Milvus server rejects ef < k).
+``efSearch`` (Milvus's ``ef``; ``ef`` is accepted too) and ``nprobe``. Embedded, ef reaches the
+graph as given — milvus-lite's HNSW *is* a faiss ``IndexHNSWFlat``, so the same M, efConstruction
+and ef answer id for id as faiss's ``HNSW<M>`` (tests/index/test_milvus.py), also when k > ef (a
+recall channel asks for n + |seen| ≫ ef; faiss then keeps exploring only ef candidates). A Milvus
+server (Knowhere) refuses ef < k, so with ``uri`` a search explores ``max(ef, k)``.
 
 Scores follow the VectorIndex convention: ⟨q, x⟩ for ``ip`` (Milvus's IP distance is the inner
 product itself), ``-‖q − x‖²`` for ``l2`` (Milvus reports the squared distance).
@@ -281,8 +284,8 @@ class MilvusBackend:
             raise ConfigError(f"vector index {self.factory!r}: Milvus returns at most {_TOPK_MAX} results per "
                               f"query, asked for {kk} (k + excluded ids)")
         params = dict(self.search_params)
-        if "ef" in params or self.index_type.startswith("HNSW"):
-            params["ef"] = max(params.get("ef", 64), kk)  # 64: Milvus's default ef
+        if self.uri is not None and self.index_type.startswith("HNSW"):
+            params["ef"] = max(params.get("ef", 64), kk)  # a server (Knowhere) refuses ef < k; 64: its default
         try:
             res = self.client.search(self.collection, data=q, limit=kk, anns_field=_FIELD,
                                      search_params={"metric_type": "IP" if self.metric == "ip" else "L2",
