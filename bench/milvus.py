@@ -24,11 +24,9 @@ import time
 from pathlib import Path
 
 import faiss
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from ann import make_data, measure  # noqa: E402  (bench/ann.py: the ANN benchmark's data and timing)
-
 from funnelrec.index import VectorIndex  # noqa: E402
 
 
@@ -64,13 +62,12 @@ def ann(a: argparse.Namespace) -> dict:
 
 
 def ml100k(a: argparse.Namespace) -> dict:
-    from two_tower import COMMON, TUNED, _merge, evaluate
-
     from funnelrec.core.config import from_dict
     from funnelrec.data import load_dataset
     from funnelrec.data.dataset import TrainData
     from funnelrec.data.splits import random_split_by_user
     from funnelrec.recall.vector import ItemIndex, VectorRecall, VectorRecallConfig
+    from two_tower import COMMON, TUNED, _merge, evaluate
 
     ds = load_dataset("movielens-100k")
     split = random_split_by_user(ds.interactions, seed=2020)
