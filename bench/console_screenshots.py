@@ -4,7 +4,8 @@
 
 Builds the tests' small served world (tests/console_world.py: MovieLens-100k's first 150 users ×
 300 items, a five-channel funnel with a pre-ranker, MMoE ctr+like and a genre cap, two experiment
-layers), runs the real offline evaluation of that funnel config into a reports folder, serves the
+layers), runs the real offline evaluations of that data into a reports folder (`evaluate funnel` of that
+config, `evaluate ctr` of LR with its ROC and reliability PNGs), serves the
 app under uvicorn, sends one round of traffic (recommend → impressions → clicks) and a click from
 the User page, then captures each page. Needs Debian's chromium (/usr/bin/chromium) and
 playwright-python (no `playwright install`: the system browser is used). Prints one JSON line.
@@ -40,6 +41,7 @@ def main() -> None:
 
     from conftest import serve_in_thread
     from console_world import CONFIG, fit_funnel, platform, send_traffic, tiny_ml100k
+    from funnelrec.eval.ctr import evaluate_ctr
     from funnelrec.pipeline.config import FunnelConfig
     from funnelrec.pipeline.offline import evaluate_funnel
     from funnelrec.pipeline.service import RecommenderService
@@ -52,6 +54,8 @@ def main() -> None:
     reports = tmp / "reports"
     reports.mkdir()
     (reports / "funnel.json").write_text(json.dumps(evaluate_funnel(ds, FunnelConfig.from_dict(CONFIG), seed=2020)))
+    ctr = evaluate_ctr(ds, "lr", seed=2020, plot_dir=reports)  # the ROC + reliability PNGs of `evaluate ctr --plot`
+    (reports / "ctr_lr.json").write_text(json.dumps({k: v for k, v in ctr.items() if k != "plots"}, default=str))
     os.chdir(tmp)  # the page then names the default folder, ./reports, not a temporary path
     os.environ.pop("FUNNELREC_REPORTS_DIR", None)
     svc = RecommenderService(funnel, experiments=platform(tmp))
