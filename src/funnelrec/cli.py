@@ -20,7 +20,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 evaluate_app = typer.Typer(no_args_is_help=True, help="Offline evaluation.")
 app.add_typer(evaluate_app, name="evaluate")
 
-DEFAULT_ARTIFACT = Path("artifacts/funnel")
+from funnelrec.cli_data import DEFAULT_ARTIFACT, DEFAULT_FUNNEL  # noqa: E402, F401, I001  (defined beside init)
 
 
 def _load(dataset: str, path: Path | None):
@@ -29,9 +29,6 @@ def _load(dataset: str, path: Path | None):
     return load_dataset(dataset, path=path) if path is not None else load_dataset(dataset)
 
 
-# the tuned default funnel of MovieLens-100k, shipped inside the package (src/funnelrec/configs;
-# the repo root's configs/ is a link to it): it resolves after a plain pip install too
-DEFAULT_FUNNEL = Path(__file__).resolve().parent / "configs" / "funnel" / "ml100k.yaml"
 
 
 def _config(config: Path | None):
@@ -68,21 +65,21 @@ def data(dataset: str = typer.Option("movielens-100k", help="dataset name"),
 
 
 @app.command()
-def train(dataset: str = typer.Option("movielens-100k"), path: Path | None = typer.Option(None),
-          config: Path | None = typer.Option(None, help="funnel YAML config (default: configs/funnel/ml100k.yaml)"),
-          out: Path = typer.Option(DEFAULT_ARTIFACT, help="where to write the trained funnel"),
-          seed: int = typer.Option(2020)) -> None:
-    """Train the funnel (channels + ranker) on the RecBole train split and save it."""
-    from funnelrec.data.splits import random_split_by_user
-    from funnelrec.pipeline.builder import FunnelBuilder
+def train(dataset: str | None = typer.Option(None, help="dataset name (default: the config's data: files, "
+                                                       "else movielens-100k)"),
+          path: Path | None = typer.Option(None),
+          config: Path | None = typer.Option(None, help="funnel YAML config (default: configs/funnel/ml100k.yaml "
+                                                       "on MovieLens; `funnelrec init` writes one for your files)"),
+          out: Path | None = typer.Option(None, help="where to write the trained funnel (default: artifact/ beside "
+                                                     "a config with data:, else artifacts/funnel)"),
+          seed: int = typer.Option(2020),
+          quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+          as_json: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:
+    """Train the funnel (channels + ranker) on a per-user random split and save it; the config is
+    checked against the data before anything is fitted."""
+    from funnelrec.cli_data import train_from_cli
 
-    cfg = _config(config)
-    d = _load(dataset, path)
-    split = random_split_by_user(d.interactions, seed=seed)
-    funnel = FunnelBuilder(cfg).fit(d, split.train, labels=split.valid, progress=True)
-    funnel.save(out)
-    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    typer.echo(f"saved {out}/ ({size / 1e6:.1f} MB, {len(funnel.components())} components)")
+    train_from_cli(dataset, path, config, out, seed, quiet=quiet, as_json=as_json)
 
 
 @evaluate_app.command("funnel")
@@ -128,7 +125,10 @@ def evaluate_ctr_cmd(dataset: str = typer.Option("movielens-100k"), model: str =
 
 
 @app.command()
-def serve(artifact: Path = typer.Option(DEFAULT_ARTIFACT, help="a funnel saved by `funnelrec train`"),
+def serve(artifact: Path | None = typer.Option(None, help="a funnel saved by `funnelrec train` (default: "
+                                                         "artifacts/funnel, or artifact/ beside --config)"),
+          config: Path | None = typer.Option(None, "--config", help="a funnel config: serve its artifact, fitting "
+                                                                   "it first when there is none yet"),
           host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
           state_dir: Path = typer.Option(Path("state"), help="the online state (SQLite): event log, exposure "
                                          "filters, cached results, history, counters, catalogue"),
@@ -144,8 +144,10 @@ def serve(artifact: Path = typer.Option(DEFAULT_ARTIFACT, help="a funnel saved b
                                                                   "its CURRENT version and reload new ones")) -> None:
     """Serve a trained funnel over HTTP: POST/GET /recommend, POST /feedback, GET /similar,
     /health, /metrics, POST /admin/reload, OpenAPI at /docs."""
+    from funnelrec.cli_data import artifact_for_serving
     from funnelrec.serving.__main__ import ServeSettings, run
 
+    artifact = artifact_for_serving(config, artifact)
     code = run(ServeSettings(artifact=str(artifact), state_dir=str(state_dir), redis_url=redis_url,
                              experiments=None if experiments is None else str(experiments), host=host, port=port,
                              max_in_flight=max_in_flight, threads=threads, workers=workers,
@@ -204,6 +206,7 @@ def _register_subcommands() -> None:
     register_online(app)  # `funnelrec learn`, `replay`, `catalogue`
     __import__("funnelrec.cli_deploy").cli_deploy.register(app)  # `funnelrec deploy nginx`
     __import__("funnelrec.cli_engines").cli_engines.register(app)  # `funnelrec fit --engine spark`
+    __import__("funnelrec.cli_data").cli_data.register(app)  # `funnelrec init`, `funnelrec recommend`
 
 
 _register_subcommands()

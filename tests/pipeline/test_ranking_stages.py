@@ -16,7 +16,8 @@ from funnelrec.recall.base import RecallContext
 TINY = {
     "recall": {"channels": [{"name": "itemcf", "n": 60}, {"name": "hot", "n": 30}],
                "merge": {"total": 80, "quotas": {"hot": 20}}},
-    "rank": {"epochs": 2, "hard_negative_rate": 0.1, "ridge_lambda": 0.0, "match_columns": ["genres"]},
+    "rank": {"epochs": 2, "hard_negative_rate": 0.1, "ridge_lambda": 0.0, "match_columns": ["genres"],
+             "user_columns": ["age_band", "gender", "occupation"], "item_columns": ["release_year", "genres"]},
     "rerank": {"column": "genres"},  # what an experiment's cap / mmr diversifies on (no default column)
 }
 

@@ -193,7 +193,7 @@ def load_tabular(interactions: str | Path, schema: str | Path, users: str | Path
         df = typed.get(t)
         if df is not None and id_col in df.columns and df[id_col].is_duplicated().any():
             dup = df.filter(df[id_col].is_duplicated())[id_col]
-            raise DataError(f"{paths[t]}: column {id_col!r} has duplicate ids ({dup.n_unique()} ids, e.g. "
+            raise DataError(f"{paths[t]}: column {(columns or {}).get(id_col, id_col)!r} has duplicate ids ({dup.n_unique()} ids, e.g. "
                             f"{dup[0]!r}); the {t} file needs one row per id")
     graph = None
     if follows is not None:

@@ -6,8 +6,9 @@
 A rule names event types (the funnel's EVENT_TYPES, or a team's own types mapped to one by
 `labels.map.<type>.means`) and a time to live: an item the user had such an event on less than
 `ttl_s` seconds before the request is removed between merge and pre-rank, like the client's
-`exclude` ids. The events are read from the user's real-time history (online/state.py), the
-same single read the request makes for its fresh history; `rule_exclusions` is the pure part.
+`exclude` ids. The service keeps each user's events of the rules' types in the history store
+(online/state.py) under a key of their own, so the views after a purchase never push it out;
+`rule_exclusions` is the pure part.
 """
 
 from __future__ import annotations
@@ -45,6 +46,12 @@ def check_rules(rules: Sequence[RuleSpec], meaning: Mapping[str, str] | None = N
             if meaning.get(t, t) not in HISTORY_TYPES:
                 raise ConfigError(f"rules[{i}].types: {t!r} never enters the user's history; rules read "
                                   f"{', '.join(HISTORY_TYPES)} (or a labels.map type that means one of them)")
+
+
+def rule_types(rules: Sequence[RuleSpec], meaning: Mapping[str, str] | None = None) -> set[str]:
+    """The funnel event types any rule reads (a team's own names resolved through `meaning`)."""
+    meaning = meaning or {}
+    return {meaning.get(t, t) for r in rules for t in r.types}
 
 
 def rule_exclusions(rules: Sequence[RuleSpec], keys: np.ndarray, ts: np.ndarray, types: Sequence[str],

@@ -141,6 +141,12 @@ class FunnelBuilder:
         """Fit every channel on `train`; train the ranker on the merged candidates of the users
         in `labels` (interactions after/beside train, e.g. the validation split) as positives."""
         cfg = self.config
+        from funnelrec.pipeline.validate import check_against
+
+        check_against(cfg, dataset, train)  # every column key against the tables, before any fit
+        if cfg.labels.map:  # the label map's label_<task> / weight_<task> columns (data/source.py)
+            train = cfg.labels.label_columns(train) if not _has_labels(cfg, train) else train
+            labels = labels if labels is None or _has_labels(cfg, labels) else cfg.labels.label_columns(labels)
         if labels is not None:  # an unknown ranker name fails before anything is fitted
             from funnelrec.models.ranking.common import load_all
 
@@ -164,3 +170,7 @@ class FunnelBuilder:
             funnel = funnel.with_components(prerank=pre)
         funnel.fit_seconds_ = seconds
         return funnel
+
+
+def _has_labels(cfg: FunnelConfig, df: pl.DataFrame) -> bool:
+    return all(f"label_{t}" in df.columns for t in cfg.labels.tasks)

@@ -27,8 +27,8 @@ from typing import Any
 
 from funnelrec.core.config import from_dict, load_yaml
 from funnelrec.core.errors import ConfigError, UnknownComponentError
-from funnelrec.engines import EngineSpec
 from funnelrec.data.source import DataSpec, LabelSpec
+from funnelrec.engines import EngineSpec
 from funnelrec.filter.rules import RuleSpec
 from funnelrec.recall.merge import MergeConfig
 from funnelrec.train.candidate_ranker import CandidateRankerConfig
@@ -137,6 +137,26 @@ class FunnelConfig:
             from funnelrec.filter.rules import check_rules
 
             check_rules(self.rules, self.labels.meaning())
+        self._name_label_columns()
+
+    def _name_label_columns(self) -> None:
+        """A rank task the label map teaches reads the map's columns (data/source.py: label_<t>,
+        weight_<t>) unless rank names others; a task whose events carry a `value` is a
+        watch-time task."""
+        import dataclasses
+
+        names = {f.name for f in dataclasses.fields(self.rank)}
+        mapped = [t for t in self.labels.tasks if t in self.rank.tasks]
+        if not mapped or "task_columns" not in names:
+            return
+        over: dict[str, Any] = {"task_columns": {**{t: f"label_{t}" for t in mapped}, **self.rank.task_columns}}
+        if "weight_columns" in names:
+            over["weight_columns"] = {**{t: f"weight_{t}" for t in mapped}, **self.rank.weight_columns}
+        valued = {r.task for r in self.labels.map.values() if r.value}
+        if "task_kinds" in names:
+            kinds = {t: "watch_time" for t in mapped if t in valued or t == "watch_time"}
+            over["task_kinds"] = {**kinds, **self.rank.task_kinds}
+        object.__setattr__(self, "rank", dataclasses.replace(self.rank, **over))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "funnel config", *, path: str = "") -> FunnelConfig:

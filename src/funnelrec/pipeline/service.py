@@ -88,6 +88,8 @@ from funnelrec.pipeline.funnel import Funnel, Recommendation
 from funnelrec.recall.base import RecallContext
 
 _log = logging.getLogger(__name__)
+#: the history-store key suffix of a user's rule events (filter/rules.py), beside its history
+RULE_EVENTS_SUFFIX = "\x1frules"
 
 #: upper bounds (ms) of the latency histogram buckets, as Prometheus `le` labels
 LATENCY_BUCKETS_MS = (0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 25, 35, 50, 75, 100, 250, 500, 1000, 2500)
@@ -273,6 +275,7 @@ class ServedRecommendation:
     experiments: dict[str, Any]
     model_version: str
     filtered_ids: list = field(default_factory=list)
+    attributes: list | None = None  # per item {column: value} of the asked `fields` (None: not asked)
 
     def to_dict(self, debug: bool = False, explain: bool = False) -> dict[str, Any]:
         """The JSON-able answer (per-stage times are always included). `explain` adds, per item,
@@ -296,6 +299,8 @@ class ServedRecommendation:
                                  "task_scores": {t: v[pos] for t, v in tasks.items()},
                                  "fused_score": s, "position_before_rerank": int(rec.fused_positions[pos]),
                                  "position": pos}
+            if self.attributes is not None:
+                it["attributes"] = self.attributes[pos]
             items.append(it)
         out: dict[str, Any] = {
             "request_id": self.request_id,
@@ -315,6 +320,17 @@ class ServedRecommendation:
                 **{k: v for k, v in rec.debug.items() if k != "filtered"},
             }
         return out
+
+
+def item_attributes(items: Any, idx: np.ndarray, fields: list[str]) -> list[dict[str, Any]]:
+    """{column: value} of each item in `idx` (dense indices into the items table) for the asked
+    `fields` (`/recommend?fields=title,genre`); an unknown column is a DataError naming it."""
+    fields = list(dict.fromkeys(f for f in fields if f))
+    known = [c for c in items.columns if c != "item_idx"]
+    bad = [f for f in fields if f not in known]
+    if bad:
+        raise DataError(f"fields: {bad[0]!r} is not an item column; the items have: {', '.join(known)}")
+    return items.select(fields)[np.asarray(idx, np.int64)].to_dicts() if fields else [{} for _ in idx]
 
 
 # --------------------------------------------------------------------------------- the service
@@ -455,9 +471,28 @@ class RecommenderService:
         if exclude_ids:
             idx = cur.indices_of_ids(list(exclude_ids))
             exclude = [idx[idx >= 0]]
+        ruled = self.rule_exclusions(cur, uid, now)  # filter/rules.py: e.g. what was bought lately
+        if ruled is not None:
+            exclude = [ruled] if exclude is None else [np.union1d(exclude[0], ruled)]
         state = RequestState(history=history, exclude=exclude, exposure=[StoreExposure(self.exposure, uid, now)],
                              cached=cached, follows=self.live_follows(cur, uid))
         return state, timings
+
+    def rule_exclusions(self, cur: LoadedFunnel, uid: str, now: int) -> np.ndarray | None:
+        """Dense indices the config's `rules` remove for this user now (filter/rules.py), from
+        the user's rule events (the history store under `uid + RULE_EVENTS_SUFFIX`: only events
+        of the rules' types, so a purchase is not pushed out by the views after it); None
+        without rules or without such an item."""
+        from funnelrec.filter.rules import rule_exclusions
+
+        cfg = cur.funnel.config
+        if not cfg.rules:
+            return None
+        h = self.history.recent(uid + RULE_EVENTS_SUFFIX)
+        keys = rule_exclusions(cfg.rules, h.keys, h.ts, h.type_names(), now, cfg.labels.meaning())
+        idx = cur.indices_of_keys(keys)
+        idx = idx[idx >= 0]
+        return idx if len(idx) else None
 
     def live_follows(self, cur: LoadedFunnel, uid: str) -> list | None:
         """`RequestState.follows` of one user: the follow store's edges (author id → follows),
@@ -488,7 +523,7 @@ class RecommenderService:
 
     def recommend(self, user_id: Any, k: int = 10, context: Mapping[str, Any] | None = None,
                   debug: bool = False, exclude: list | None = None, explain: bool = False,
-                  filters: Mapping[str, list] | None = None) -> ServedRecommendation:
+                  filters: Mapping[str, list] | None = None, fields: list[str] | None = None) -> ServedRecommendation:
         """Recommend k items to `user_id` (external id; unknown → cold start), never any of the
         external item ids in `exclude`, nor what the user's exposure filter says was shown, nor a
         hidden, deleted or expired item; with `filters` ({column: [values]}) only items with any
@@ -558,7 +593,8 @@ class RecommenderService:
         self.metrics.observe_stages(rec.timings_ms)
         if rec.cold_start:
             self.metrics.cold_start += 1
-        return ServedRecommendation(request_id, uid, out_ids, rec, record, cur.version, filtered)
+        attrs = None if not fields else item_attributes(cur.funnel.dataset_.items, rec.items, fields)
+        return ServedRecommendation(request_id, uid, out_ids, rec, record, cur.version, filtered, attrs)
 
     def similar(self, item_id: Any, k: int = 10, channel: str | None = None) -> dict[str, Any] | None:
         """Item-to-item: the k items most similar to the external `item_id` from the funnel's
@@ -603,6 +639,7 @@ class RecommenderService:
                 exp_json = hit[1]
         now = int(time.time())
         evs: list[FeedbackEvent] = []
+        means = self._current.funnel.config.labels.meaning()  # a team's own event names (labels.map)
         for i, e in enumerate(events):
             try:
                 ts = e.get("ts")
@@ -615,7 +652,8 @@ class RecommenderService:
                     eid = f"{idempotency_key}:{i}"
                 elif eid is None and rid is not None:
                     eid = f"{rid}:{e['item_id']}:{e['type']}:{ts}"
-                evs.append(FeedbackEvent(rid, uid, str(e["item_id"]), str(e["type"]), float(e.get("value", 1.0)),
+                etype = means.get(str(e["type"]), str(e["type"]))
+                evs.append(FeedbackEvent(rid, uid, str(e["item_id"]), etype, float(e.get("value", 1.0)),
                                          ts, exp_json, None if eid is None else str(eid)))
             except (KeyError, TypeError, ValueError, OverflowError) as err:
                 raise DataError(f"events[{i}]: {err}") from None
@@ -692,6 +730,15 @@ class RecommenderService:
         if pos:
             self.history.append(uid, np.fromiter((item_key(e.item_id) for e in pos), np.int64, len(pos)),
                                 np.fromiter((e.ts for e in pos), np.int64, len(pos)), [e.type for e in pos])
+        cfg = self._current.funnel.config
+        if cfg.rules:  # the rule stage's own record: only the rules' event types
+            from funnelrec.filter.rules import rule_types
+
+            kept = [e for e in pos if e.type in rule_types(cfg.rules, cfg.labels.meaning())]
+            if kept:
+                self.history.append(uid + RULE_EVENTS_SUFFIX, np.fromiter((item_key(e.item_id) for e in kept), np.int64,
+                                                                          len(kept)),
+                                    np.fromiter((e.ts for e in kept), np.int64, len(kept)), [e.type for e in kept])
         return len(pos)
 
     def warm_up(self, k: int = 10) -> float:

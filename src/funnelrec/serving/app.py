@@ -168,13 +168,17 @@ def create_app(service: RecommenderService | Funnel | None = None, artifact: str
         if body.context is not None:
             ctx = {k: v for k, v in body.context.model_dump().items() if v is not None}
         out = svc.recommend(body.user_id, k=body.k, context=ctx, debug=body.debug,
-                            exclude=[*body.exclude, *body.exclude_ids], explain=body.explain, filters=body.filters)
+                            exclude=[*body.exclude, *body.exclude_ids], explain=body.explain, filters=body.filters,
+                            fields=body.fields)
         return ORJSONResponse(out.to_dict(debug=body.debug, explain=body.explain))
 
     @app.get("/recommend", responses={200: {"model": RecommendResponse}})
     async def recommend_get(request: Request, user_id: str = Query(..., min_length=1, max_length=128),
-                      k: int = Query(10, ge=1, le=MAX_K), explain: bool = Query(False)) -> Response:
-        out = request.app.state.service.recommend(user_id, k=k, explain=explain)
+                      k: int = Query(10, ge=1, le=MAX_K), explain: bool = Query(False),
+                      fields: str | None = Query(None, max_length=1024, description="item columns, e.g. title,genres")
+                      ) -> Response:
+        out = request.app.state.service.recommend(user_id, k=k, explain=explain,
+                                                  fields=None if fields is None else fields.split(","))
         return ORJSONResponse(out.to_dict(explain=explain))
 
     @app.get("/similar", responses={200: {"model": SimilarResponse}, 404: {"description": "unknown item_id"}})

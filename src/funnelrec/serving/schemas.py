@@ -8,7 +8,7 @@ whose `detail[i].loc` names the field.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
@@ -71,6 +71,8 @@ class RecommendRequest(_Strict):
     exclude_ids: list[ItemId] = Field(default_factory=list, max_length=MAX_EXCLUDE)  # the same as `exclude`
     # only items with any of the listed values of each named item column ({"genres": ["Drama"]})
     filters: dict[Utf8Str, list[Utf8Str | StrictInt]] | None = Field(None, max_length=32)
+    # item columns returned with each item as `attributes` (["title", "genres"])
+    fields: list[Utf8Str] | None = Field(None, max_length=32)
 
     @field_validator("user_id")
     @classmethod
@@ -82,7 +84,9 @@ class RecommendRequest(_Strict):
 
 class Event(_Strict):
     item_id: ItemId
-    type: Literal["impression", "click", "like", "watch_time", "cart", "purchase", "follow", "unfollow"]
+    # impression, click, like, watch_time, cart, purchase, follow, unfollow — or a type the funnel
+    # config's labels.map names with a `means` (a `view` meaning click); others are refused (422)
+    type: Utf8Str = Field(..., min_length=1, max_length=64)
     value: StrictFloat | StrictInt = 1.0
     ts: StrictInt | None = Field(None, ge=0, le=MAX_TS, description="unix seconds (not milliseconds)")
     # idempotency key: a retried event with the same id is acknowledged, not stored twice (default
@@ -157,6 +161,7 @@ class RecommendedItem(BaseModel):
     channels: list[str]
     recall_scores: dict[str, float] = {}
     explain: ItemExplanation | None = None
+    attributes: dict[str, Any] | None = Field(None, description="the item columns asked by `fields`")
 
 
 class RecommendResponse(BaseModel):

@@ -91,10 +91,13 @@ class CandidateRankerConfig:
     patience: int = 2
     random_negatives: int = 2
     hard_negative_rate: float = 0.3
-    user_columns: tuple[str, ...] = ("age_band", "gender", "occupation")
-    item_columns: tuple[str, ...] = ("release_year", "genres")
+    # the users / items attribute columns learned as FID embeddings and the items columns of the
+    # history-match features: none by default (a default naming a dataset's columns fits only
+    # that dataset); configs/funnel/ml100k.yaml names MovieLens's, `funnelrec init` a team's own
+    user_columns: tuple[str, ...] = ()
+    item_columns: tuple[str, ...] = ()
     include_ids: bool = True
-    match_columns: tuple[str, ...] = ("genres", "directors")
+    match_columns: tuple[str, ...] = ()
     ridge_lambda: float = 500.0  # 0 = no item-to-item ridge match feature
     label_folds: int = 0  # extra label sets carved from train (channels refit on the rest)
     fold_fraction: float = 0.125  # share of each user's train rows a fold uses as labels

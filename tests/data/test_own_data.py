@@ -1,0 +1,336 @@
+"""A newcomer's path from their own logs to a served funnel (issue #13), on a generated
+e-commerce log in Parquet (string ids, millisecond times, missing values, extra columns):
+`funnelrec init` → `train --config` → `serve --config` (a real uvicorn process) → /recommend,
+with no file edited by hand; purchases train a conversion task; bought items stay out of later
+answers for the rule's time; `/recommend?fields=title` returns titles; ten common mistakes
+each end in one line naming the file, column or key, exit code 2."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import polars as pl
+import pytest
+
+from funnelrec.simulate.ecommerce import write_ecommerce_files
+
+
+def run_cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
+    """`funnelrec ARGS` through cli.main (its error → exit-2 mapping included), in-process."""
+    from funnelrec import cli
+
+    monkeypatch.setattr(sys, "argv", ["funnelrec", *map(str, args)])
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory):
+    """The generated shop's files, `funnelrec init` run on them, and the funnel trained from the
+    written config (in-process: the same code path as the command line)."""
+    from typer.testing import CliRunner
+
+    from funnelrec.cli import app
+
+    root = tmp_path_factory.mktemp("shop")
+    paths = write_ecommerce_files(root / "data", n_events=5000, seed=3, n_users=250, n_items=200)
+    runner = CliRunner()
+    r = runner.invoke(app, ["init", "--interactions", str(paths["interactions"]), "--items", str(paths["items"]),
+                            "--users", str(paths["users"]), "--out", str(root / "cfg"), "--quiet"])
+    assert r.exit_code == 0, r.output
+    config = root / "cfg" / "funnel.yaml"
+    r = runner.invoke(app, ["train", "--config", str(config), "--json"])
+    assert r.exit_code == 0, (r.output, r.exception)
+    import json
+
+    summary = json.loads(r.stdout.strip().splitlines()[-1])  # --json: one object, nothing else on stdout
+    return {"root": root, "paths": paths, "config": config, "train": summary}
+
+
+def test_init_types_every_column_and_comments_every_line(shop):
+    cfg_dir = shop["config"].parent
+    schema = (cfg_dir / "schema.yaml").read_text()
+    config = shop["config"].read_text()
+    for text in (schema, config):
+        lines = [ln for ln in text.splitlines() if ln.strip()]
+        bare = [ln for ln in lines if "#" not in ln and ln.strip() not in ("channels:",)]
+        assert len(bare) <= 3, bare  # e.g. "epochs: 5" under a commented section
+    from funnelrec.data.schema import Schema
+    from funnelrec.pipeline.config import FunnelConfig
+
+    sch = Schema.load(cfg_dir / "schema.yaml").to_dict()
+    assert sch["interactions"]["timestamp"] == "time" and sch["items"]["tags"] == "multi"
+    assert sch["items"]["price"] == "numeric" and sch["items"]["category"] == "categorical"
+    assert "unix milliseconds" in schema  # ts_ms detected as ms
+    cfg = FunnelConfig.load(shop["config"])
+    assert cfg.data.columns == {"user_id": "visitor", "item_id": "sku", "timestamp": "ts_ms"}
+    assert cfg.labels.event_column == "event_type"
+    assert {e: r.task for e, r in cfg.labels.map.items()} == {"view": "ctr", "click": "ctr", "cart": "conversion",
+                                                             "purchase": "conversion"}
+    assert cfg.labels.map["purchase"].weight == 3.0 and cfg.labels.map["view"].means == "click"
+    assert list(cfg.rank.tasks) == ["ctr", "conversion"]
+    assert "title" not in cfg.rank.item_columns  # unique per item: shown, not learned from
+    assert set(cfg.rank.item_columns) == {"category", "brand", "tags"}
+    assert [r.types for r in cfg.rules] == [["purchase"]]
+    # the loader reads what init wrote: ms → s (the generator's last event is ≤ now − 600 s)
+    d = cfg.data.load(cfg_dir)
+    ev = pl.read_parquet(shop["paths"]["interactions"])
+    assert d.interactions.height == ev.height
+    assert d.interactions["timestamp"].max() == ev["ts_ms"].max() // 1000
+    assert d.interactions["timestamp"].max() < time.time()
+
+
+def test_purchases_train_a_conversion_task(shop):
+    from funnelrec.data.source import LabelSpec
+    from funnelrec.pipeline.config import FunnelConfig
+    from funnelrec.pipeline.funnel import Funnel
+
+    assert shop["train"]["tasks"] == ["ctr", "conversion"]
+    cfg = FunnelConfig.load(shop["config"])
+    assert cfg.rank.task_columns["conversion"] == "label_conversion"
+    assert cfg.rank.weight_columns["conversion"] == "weight_conversion"
+    # the label columns against the raw events, counted independently
+    ev = pl.read_parquet(shop["paths"]["interactions"])
+    lab = LabelSpec(cfg.labels.event_column, cfg.labels.map).label_columns(ev)
+    n_conv = ev.filter(pl.col("event_type").is_in(["cart", "purchase"])).height
+    assert lab["label_conversion"].sum() == n_conv
+    assert lab.filter(pl.col("event_type") == "purchase")["weight_conversion"].unique().to_list() == [3.0]
+    assert lab.filter(pl.col("event_type") == "view")["label_conversion"].sum() == 0
+    f = Funnel.load(shop["train"]["artifact"])
+    assert f.ranker_.tasks_ == ("ctr", "conversion")
+    rec = f.run(np.array([0, 1, 2]), 20)
+    ctr = np.concatenate([r.task_scores["ctr"] for r in rec])
+    conv = np.concatenate([r.task_scores["conversion"] for r in rec])
+    assert np.isfinite(conv).all() and abs(np.corrcoef(ctr, conv)[0, 1]) < 0.9999  # two heads, not one copied
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_config_answers_with_titles_and_keeps_bought_items_out(shop, tmp_path):
+    """`funnelrec serve --config` as a user runs it (a uvicorn process), on the trained artifact."""
+    port = _free_port()
+    env = {**os.environ, "FUNNELREC_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "funnelrec.cli", "serve", "--config", str(shop["config"]),
+                             "--port", str(port), "--state-dir", str(tmp_path / "state")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read().decode()[-2000:]
+            time.sleep(0.3)
+        items = pl.read_csv(shop["paths"]["items"])
+        title = dict(zip(items["sku"].to_list(), items["title"].to_list()))
+        r = httpx.get(f"{base}/recommend", params={"user_id": "v000003", "k": 10, "fields": "title,category"})
+        assert r.status_code == 200, r.text
+        got = r.json()["items"]
+        assert len(got) == 10 and not r.json()["cold_start"]
+        assert all(it["attributes"]["title"] == title[it["item_id"]] for it in got)
+        bought = got[0]["item_id"]
+        fb = httpx.post(f"{base}/feedback", json={"user_id": "v000003", "events": [
+            {"item_id": bought, "type": "purchase"}, {"item_id": got[1]["item_id"], "type": "view"}]})
+        assert fb.status_code == 200 and fb.json()["logged"] == 2, fb.text  # "view": a configured event type
+        again = httpx.get(f"{base}/recommend", params={"user_id": "v000003", "k": 50}).json()["items"]
+        assert bought not in [it["item_id"] for it in again]
+        bad = httpx.post(f"{base}/feedback", json={"user_id": "v000003", "events": [{"item_id": bought,
+                                                                                       "type": "wishlist"}]})
+        assert bad.status_code == 422 and "wishlist" in bad.json()["detail"]
+        bad = httpx.get(f"{base}/recommend", params={"user_id": "v000003", "fields": "colour"})
+        assert bad.status_code == 422 and "'colour'" in bad.json()["detail"]
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+def test_rule_keeps_a_purchase_out_for_its_ttl_after_history_forgot_it(shop, serve):
+    """history_n = 2: three views after the purchase push it out of the real-time history (so
+    the channels would offer it again); the rule's own record keeps it out for ttl_s. The same
+    sequence with the purchase 31 days old (past the 30-day ttl) brings it back."""
+    from funnelrec.pipeline.funnel import Funnel
+    from funnelrec.pipeline.service import RecommenderService, ServiceConfig
+    from funnelrec.serving.app import create_app
+
+    funnel = Funnel.load(shop["train"]["artifact"])
+    assert funnel.config.rules and funnel.config.rules[0].ttl_s == 30 * 86400
+    user = "v000007"
+    first = RecommenderService(funnel, ServiceConfig(history_n=2)).recommend(user, k=50).item_ids
+    bought, views = first[0], first[-3:]
+    now = int(time.time())
+    answers = {}
+    for age in (0, 31 * 86400):
+        svc = RecommenderService(funnel, ServiceConfig(history_n=2))
+        with serve(create_app(svc)) as base:
+            events = [{"item_id": bought, "type": "purchase", "ts": now - age - 10}]
+            events += [{"item_id": v, "type": "view", "ts": now - age + j} for j, v in enumerate(views)]
+            assert httpx.post(f"{base}/feedback", json={"user_id": user, "events": events}).status_code == 200
+            r = httpx.get(f"{base}/recommend", params={"user_id": user, "k": 50, "fields": "title"})
+            answers[age] = [it["item_id"] for it in r.json()["items"]]
+        assert bought not in [svc.current.item_ids[i] for i in svc.recent_items(svc.current, user)]
+    assert bought not in answers[0]
+    assert bought in answers[31 * 86400]  # the same events, past the ttl: the rule alone kept it out
+
+
+def test_recommend_fields_title_on_movielens(fitted_funnel, serve, ml100k):
+    from funnelrec.serving.app import create_app
+
+    with serve(create_app(fitted_funnel)) as base:
+        r = httpx.get(f"{base}/recommend", params={"user_id": "196", "k": 5, "fields": "title"})
+        body = {"user_id": "196", "k": 5, "fields": ["title", "genres"]}
+        p = httpx.post(f"{base}/recommend", json=body)
+    assert r.status_code == 200 and p.status_code == 200
+    titles = dict(zip(ml100k.items["item_id"].to_list(), ml100k.items["title"].to_list()))
+    got = r.json()["items"]
+    assert len(got) == 5 and all(it["attributes"] == {"title": titles[it["item_id"]]} for it in got)
+    assert "Toy Story" in titles.values()  # real titles, not ids
+    assert all(set(it["attributes"]) == {"title", "genres"} for it in p.json()["items"])
+
+
+def test_batch_recommend_writes_the_served_answers(shop, tmp_path, monkeypatch, capsys):
+    from funnelrec.pipeline.funnel import Funnel
+
+    users = tmp_path / "users.csv"
+    pl.DataFrame({"user_id": ["v000003", "v000004", "nobody"]}).write_csv(users)
+    out = tmp_path / "recs.parquet"
+    code, stdout, err = run_cli(monkeypatch, capsys, "recommend", "--config", shop["config"], "--users", users,
+                                "--k", 7, "--out", out, "--json")
+    assert code == 0, err
+    import json
+
+    assert json.loads(stdout)["unknown_users"] == 1  # --json: the one object on stdout
+    recs = pl.read_parquet(out)
+    assert recs.height == 21 and recs["rank"].max() == 7
+    f = Funnel.load(shop["train"]["artifact"])
+    want = f.recommend("v000004", k=7)
+    ids = f.dataset_.items["item_id"].to_numpy()[want.items].tolist()
+    assert recs.filter(pl.col("user_id") == "v000004").sort("rank")["item_id"].to_list() == ids
+
+
+# ------------------------------------------------------------------------- ten common mistakes
+def _mistake(case: str, shop: dict, tmp: Path) -> tuple[list, list[str]]:
+    """(the command's args, substrings the one-line error must hold) for one mistake."""
+    p = shop["paths"]
+    cfg_text = shop["config"].read_text()
+    cfg_dir = shop["config"].parent
+
+    def config(text: str) -> Path:
+        q = cfg_dir / f"mistake-{case}.yaml"  # beside the real one: its data paths stay right
+        q.write_text(text)
+        return q
+
+    if case == "wrong column name":
+        q = config(cfg_text.replace("item_columns: [category, brand, tags]", "item_columns: [category, colour]"))
+        return ["train", "--config", q], [str(q), "rank.item_columns[1]", "'colour'"]
+    if case == "string in a numeric column":
+        items = pl.read_csv(p["items"]).with_columns(pl.col("price").cast(pl.String))
+        items = items.with_columns(pl.when(pl.int_range(pl.len()) == 5).then(pl.lit("n/a")).otherwise(pl.col("price"))
+                                   .alias("price"))
+        bad = tmp / "items.csv"
+        items.write_csv(bad)
+        q = config(cfg_text.replace("items: ../data/items.csv", f"items: {bad}"))
+        return ["train", "--config", q], [str(bad), "'price'", "'n/a'"]
+    if case == "missing file":
+        return ["init", "--interactions", tmp / "events.parquet"], [str(tmp / "events.parquet"), "not found"]
+    if case == "empty file":
+        bad = tmp / "events.csv"
+        bad.write_text("visitor,sku,ts_ms,event_type\n")
+        return ["init", "--interactions", bad], [str(bad), "no interactions"]
+    if case == "duplicate ids":
+        items = pl.read_csv(p["items"])
+        bad = tmp / "items.csv"
+        pl.concat([items, items.head(1)]).write_csv(bad)
+        return ["init", "--interactions", p["interactions"], "--items", bad], [str(bad), "'sku'", "duplicate"]
+    if case == "unknown config key":
+        q = config(cfg_text.replace("  epochs: 5", "  epoch: 5"))
+        return ["train", "--config", q], [str(q), "'epoch'", "rank"]
+    if case == "unknown model name":
+        q = config(cfg_text.replace("  model: lr", "  model: deepfmm"))
+        return ["train", "--config", q], [str(q), "rank.model", "'deepfmm'"]
+    if case == "bad k":
+        users = tmp / "u.csv"
+        users.write_text("user_id\nv000001\n")
+        return ["recommend", "--config", shop["config"], "--users", users, "--k", "0"], ["--k", "got 0"]
+    if case == "unparseable time":
+        ev = pl.read_parquet(p["interactions"]).with_columns(pl.col("ts_ms").cast(pl.String))
+        ev = ev.with_columns(pl.when(pl.int_range(pl.len()) == 3).then(pl.lit("yesterday")).otherwise(pl.col("ts_ms"))
+                             .alias("ts_ms"))
+        bad = tmp / "events.parquet"
+        ev.write_parquet(bad)
+        return ["init", "--interactions", bad], [str(bad), "'ts_ms'", "'yesterday'"]
+    if case == "YAML syntax error":
+        q = config(cfg_text.replace("rank:", "rank: [", 1))
+        return ["train", "--config", q], [str(q), "line"]
+    raise AssertionError(case)
+
+
+MISTAKES = ["wrong column name", "string in a numeric column", "missing file", "empty file", "duplicate ids",
+            "unknown config key", "unknown model name", "bad k", "unparseable time", "YAML syntax error"]
+
+
+@pytest.mark.parametrize("case", MISTAKES)
+def test_a_common_mistake_is_one_line_naming_it(case, shop, tmp_path, monkeypatch, capsys):
+    args, needles = _mistake(case, shop, tmp_path)
+    code, out, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 2, (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    assert "Traceback" not in err + out
+
+
+def test_header_only_csv_is_refused_before_any_fit(tmp_path):
+    from funnelrec.core.errors import DataError
+    from funnelrec.data import load_dataset
+
+    (tmp_path / "events.csv").write_text("user_id,item_id,timestamp\n")
+    (tmp_path / "schema.yaml").write_text("interactions: {user_id: categorical, item_id: categorical, "
+                                          "timestamp: time}\n")
+    with pytest.raises(DataError, match="no interactions"):
+        load_dataset("tabular", interactions=tmp_path / "events.csv", schema=tmp_path / "schema.yaml")
+
+
+def test_config_checked_against_data_before_any_fit(ml100k, ml100k_split):
+    """A channel's missing column names its key before the first channel is fitted: the builder
+    raises before fitting itemcf (whose fit would be the first thing to run)."""
+    from funnelrec.core.errors import ConfigError
+    from funnelrec.pipeline.builder import FunnelBuilder
+    from funnelrec.pipeline.config import FunnelConfig
+    from funnelrec.recall.itemcf import ItemCFRecall
+
+    cfg = FunnelConfig.from_dict({"recall": {"channels": [{"name": "itemcf"}, {"name": "tag", "params":
+                                                                                {"column": "genre"}}]}})
+    fitted = []
+    orig = ItemCFRecall.fit
+
+    def spy(self, data):  # records that a fit started; the real fit runs
+        fitted.append(self.name)
+        return orig(self, data)
+
+    ItemCFRecall.fit = spy
+    try:
+        with pytest.raises(ConfigError, match=r"recall.channels\[1\].params.column: 'genre'"):
+            FunnelBuilder(cfg).fit(ml100k, ml100k_split.train, labels=ml100k_split.valid)
+    finally:
+        ItemCFRecall.fit = orig
+    assert fitted == []
