@@ -214,7 +214,10 @@ def console_router(admin_token: str | None = None, http: Any = None, reports_dir
     async def experiments(request: Request) -> Response:
         if (g := gate(request)) is not None:
             return g
-        return page("experiments.html", request, view=views.experiments_view(svc_of(request)))
+        # reads the whole event log (SQLite): on the I/O pool, the event loop keeps serving
+        view = await asyncio.get_running_loop().run_in_executor(request.app.state.io_pool, views.experiments_view,
+                                                                svc_of(request))
+        return page("experiments.html", request, view=view)
 
     # ------------------------------------------------------------------ models & serving
     def serving_ctx(request: Request) -> dict[str, Any]:
