@@ -25,7 +25,10 @@ The order in `RecommenderService.feedback` (pipeline/service.py): the local even
 *every* event of the call — a replica that crashed after its local commit and got the retry
 itself must still put the event in the stream — then the stores for the claimed ones. A
 crash between the claim and the stores leaves the event in the stream (the learner sees it)
-but possibly not in the exposure filter: the window is one Redis round trip.
+but possibly not in the exposure filter: the window is one Redis round trip. A retry that
+reached another replica is in both replicas' local logs (each commits before it asks Redis);
+the stream holds it once, so whatever reads across replicas (the learner: `learn --redis`)
+reads the stream.
 
     shared = SharedFeedback("redis://127.0.0.1:6379/0", prefix="funnelrec:", stream="funnelrec:events")
     new = shared.claim_new([("e1", {...fields}), ("e1", {...}), (None, {...})])   # [True, False, True]
