@@ -158,3 +158,39 @@ def test_a_public_bind_without_a_token_and_a_non_artifact_are_one_line_errors(fu
     p = subprocess.run([sys.executable, "-m", "funnelrec.serving", "--artifact", str(artifact),
                         "--admin-token-file", str(tmp_path / "empty")], env=env, capture_output=True, timeout=120)
     assert p.returncode == 2 and b"the file is empty" in p.stderr
+
+
+def _versions_by_worker(base: str, want: int = 2, tries: int = 200) -> dict[int, str]:
+    """/health over a new connection each time until `want` distinct workers have answered."""
+    seen: dict[int, str] = {}
+    for _ in range(tries):
+        h = httpx.get(f"{base}/health", timeout=5).json()
+        seen[h["pid"]] = h["model_version"]
+        if len(seen) >= want:
+            break
+    return seen
+
+
+def test_a_reload_reaches_every_worker_and_a_restart_is_not_overridden(funnel_artifacts, port_factory, tmp_path):
+    artifact, other = funnel_artifacts
+    state = tmp_path / "state"
+    with _two_workers(artifact, state, port_factory()) as (base, _):
+        before = _versions_by_worker(base)
+        assert len(before) == 2 and len(set(before.values())) == 1, before
+        r = httpx.post(f"{base}/admin/reload", json={"artifact": str(other)}, timeout=120)
+        assert r.status_code == 200, r.text
+        new = r.json()["model_version"]
+        assert new != next(iter(before.values()))
+        deadline = time.monotonic() + 60  # the others poll the record every second
+        while True:
+            now = _versions_by_worker(base)
+            if len(now) == 2 and set(now.values()) == {new}:
+                break
+            assert time.monotonic() < deadline, f"after a reload to {new} the workers serve {now}"
+            time.sleep(0.5)
+        assert set(now) == set(before)  # the same two workers, not restarted ones
+    # a new run on the same state directory serves what it was told to, not the last run's reload
+    with _two_workers(artifact, state, port_factory()) as (base, _):
+        time.sleep(2.5)  # two poll intervals: an old record would have been applied by now
+        again = _versions_by_worker(base)
+        assert len(again) == 2 and set(again.values()) == set(before.values()), again

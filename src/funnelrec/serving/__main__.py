@@ -25,6 +25,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -89,7 +90,7 @@ def _service_config(args: dict):
     from funnelrec.pipeline.service import ServiceConfig
 
     return ServiceConfig(max_in_flight=args["max_in_flight"], eventlog_synchronous=args["eventlog_sync"],
-                         watch_dir=args.get("watch"))
+                         watch_dir=args.get("watch"), started_ns=args.get("started_ns"))
 
 
 def app_from_env():
@@ -137,7 +138,9 @@ def run(s: ServeSettings) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if s.workers > 1:
-        os.environ[_ENV] = json.dumps(asdict(s))
+        # started_ns: the run's start, the same in every worker — a worker that uvicorn restarts
+        # applies the reloads its siblings made since then (online/reloads.py)
+        os.environ[_ENV] = json.dumps({**asdict(s), "started_ns": time.time_ns()})
         if token is not None:
             os.environ[ADMIN_TOKEN_ENV] = token
         # fresh per run: files left by an earlier run would be summed into this one's counters.
