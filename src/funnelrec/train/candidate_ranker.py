@@ -36,7 +36,9 @@ Tasks are free names, each a label of the label interactions (`task_label`):
   (negatives 1); `task_weights[t]` weighs t's loss (default 1);
 - a watch-time task (`task_kinds[t] = "watch_time"`): weighted LR (Covington et al. 2016) —
   label = column > 0, positives weighted by the watch time, negatives by 1; at the optimum
-  exp(z) = Σ_pos T / N_neg ≈ E[T], so the served value is exp(z) (`predict`);
+  exp(z) = Σ_pos T / N_neg ≈ E[T], so the served value is exp(z) (`predict`); its logit z =
+  log E[T] enters the fusion like any task's, so fused = Σ_t w_t·z_t ranks by
+  odds(ctr)^w_ctr · E[T]^w_watch — the multiplicative fusion of ctr and watch time;
 - a single-task model (DIN, DeepFM …) asked for several tasks is one model per task
   (`PerTaskRanker`); a multi-task model (MMoE, PLE, ESMM, PEPNet) has one logit per task.
 Loss: Σ_t λ_t · mean_b w_tb · BCE(σ(z_tb + c), y_tb) (+ a model's own "aux_loss", DIEN's).
