@@ -7,6 +7,13 @@
 `GatedCrossNet` (GDCN, Wang et al. 2023): x_{l+1} = x0 ⊙ (W_l x_l + b_l) ⊙ σ(W^g_l x_l) + x_l.
 All map (B, d) → (B, d).
 
+`cross_v2_stack(x0, [W_1, b_1, …])`: the full-rank CrossNetV2 stack as one autograd node,
+x_{l+1} = x_l + x0 ⊙ (x_l W_lᵀ + b_l) with one addmm + one addcmul per layer forward and, per
+layer backward, g_z = g ⊙ x0, ∂x0 += g ⊙ z_l, ∂W_l = g_zᵀ x_l, ∂b_l = Σ g_z, g ← g + g_z W_l
+(one addmm). Eager autograd runs ~2× the elementwise passes and allocations here (separate
+mul/add nodes, their grads summed by the engine); same formulas, so the same numbers up to
+float rounding. `CrossNetV2(fused=True)` uses it for the full-rank case.
+
     >>> import torch
     >>> x = torch.randn(4, 6)
     >>> [m(x).shape for m in (CrossNet(6, 2), CrossNetV2(6, 2), CrossNetV2(6, 2, rank=2, n_experts=3), GatedCrossNet(6, 2))]
@@ -33,10 +40,44 @@ class CrossNet(nn.Module):
         return x
 
 
+class _CrossV2Stack(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x0, *params):
+        x, xs, zs = x0, [], []
+        for i in range(0, len(params), 2):
+            z = torch.addmm(params[i + 1], x, params[i].t())
+            xs.append(x)
+            zs.append(z)
+            x = torch.addcmul(x, x0, z)
+        ctx.save_for_backward(x0, *xs, *zs, *params[0::2])
+        return x
+
+    @staticmethod
+    def backward(ctx, g):
+        saved = ctx.saved_tensors
+        n = (len(saved) - 1) // 3
+        x0, xs, zs, ws = saved[0], saved[1 : n + 1], saved[n + 1 : 2 * n + 1], saved[2 * n + 1 :]
+        grads: list[torch.Tensor | None] = [None] * (2 * n)
+        gx0 = torch.zeros_like(x0)
+        for i in reversed(range(n)):
+            gz = g * x0
+            gx0.addcmul_(g, zs[i])
+            grads[2 * i] = gz.t().mm(xs[i])
+            grads[2 * i + 1] = gz.sum(0)
+            g = torch.addmm(g, gz, ws[i])  # ∂x_l = g + g_z W_l
+        return (gx0.add_(g), *grads)  # x_0 is x0 itself: its "x" gradient joins the x0 one
+
+
+def cross_v2_stack(x0: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
+    """x0 (B, d); params [W_1 (d, d), b_1 (d,), …] → x_L of the full-rank DCN-V2 stack."""
+    return _CrossV2Stack.apply(x0.contiguous(), *params)
+
+
 class CrossNetV2(nn.Module):
-    def __init__(self, dim: int, n_layers: int = 3, rank: int = 0, n_experts: int = 1) -> None:
+    def __init__(self, dim: int, n_layers: int = 3, rank: int = 0, n_experts: int = 1, fused: bool = False) -> None:
         super().__init__()
         self.rank, self.n_experts = rank, n_experts
+        self.fused = fused and rank <= 0  # full rank only: one autograd node for the stack (cross_v2_stack)
         if rank <= 0:
             self.layers = nn.ModuleList([nn.Linear(dim, dim) for _ in range(n_layers)])
         else:
@@ -51,6 +92,8 @@ class CrossNetV2(nn.Module):
         """x0 (B, d) → (B, d)."""
         x = x0
         if self.rank <= 0:
+            if getattr(self, "fused", False) and x0.dtype == torch.float32:
+                return cross_v2_stack(x0, [p for lin in self.layers for p in (lin.weight, lin.bias)])
             for lin in self.layers:
                 x = x0 * lin(x) + x
             return x

@@ -22,6 +22,8 @@ import torch
 from torch import nn
 
 from funnelrec.core.errors import ConfigError
+from funnelrec.train import distributed
+from funnelrec.train.alloc import tune_malloc
 
 Batch = dict[str, torch.Tensor]
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
@@ -115,11 +117,15 @@ class Trainer:
         """
         cfg = self.config
         setup_torch(cfg.num_threads)
+        tune_malloc()  # freed activations stay in the heap: no page faults per step (train/alloc.py)
         with _matmul_precision(cfg.matmul_precision):
             return self._fit(model, loss_fn, train, validate, checkpoint, on_epoch_start, optimizer)
 
     def _fit(self, model, loss_fn, train, validate, checkpoint, on_epoch_start, optimizer) -> TrainResult:
         cfg = self.config
+        par = distributed.current()  # a torchrun worker: its rows of every batch, under DDP (train/distributed.py)
+        if par is not None:
+            loss_fn = par.wrap(model, loss_fn)
         torch.manual_seed(cfg.seed)
         gen = torch.Generator().manual_seed(cfg.seed)
         if optimizer is None:
@@ -141,7 +147,7 @@ class Trainer:
             model.train()
             perm = torch.randperm(n, generator=gen)
             shuffled = {k: v[perm] for k, v in train.items()}
-            total, steps = 0.0, 0
+            total, steps = None, 0  # summed on a tensor (any device): one float() per epoch, not one per step
             iterator = range(0, n, cfg.batch_size)
             if cfg.progress:
                 from tqdm import tqdm
@@ -155,13 +161,13 @@ class Trainer:
                 loss.backward()
                 for opt in opts:
                     opt.step()
-                total += float(loss.detach())
+                total = loss.detach() if total is None else total + loss.detach()
                 steps += 1
             dt = time.perf_counter() - t0
             t_train += dt
             cpu_train += time.process_time() - c0
             seen += n
-            row = {"epoch": float(epoch), "loss": total / max(steps, 1), "seconds": dt}
+            row = {"epoch": float(epoch), "loss": float(total) / steps if steps else 0.0, "seconds": dt}
             if validate is not None:
                 model.eval()
                 with torch.inference_mode():
@@ -180,7 +186,7 @@ class Trainer:
         else:
             best_epoch = epoch
         model.eval()
-        if checkpoint is not None:
+        if checkpoint is not None and distributed.rank() == 0:  # the replicas are identical: one writer
             save_checkpoint(model, checkpoint)
         return TrainResult(
             epochs=epoch + 1,

@@ -25,6 +25,7 @@ from funnelrec.core.registry import RANKERS
 from funnelrec.models.ranking.base import FeatureSpec, RankingModel
 from funnelrec.models.ranking.common import FieldEmbedder
 from funnelrec.nn.cross import CrossNet, CrossNetV2, GatedCrossNet
+from funnelrec.nn.embedding import gather_pool
 from funnelrec.nn.mlp import MLP
 
 
@@ -59,11 +60,12 @@ class _CrossModel(RankingModel):
         self.raw_dense = raw
         d = self.embed.n_fields * cfg.embedding_dim + raw
         self.cross = self._cross(d, cfg)
+        fused = getattr(cfg, "fused", False)  # DCNv2Config's: nn.fused_mlp (ReLU, no dropout/BN only)
         if cfg.structure == "parallel":
-            self.deep = MLP(d, cfg.hidden, cfg.dropout, cfg.batch_norm)
+            self.deep = MLP(d, cfg.hidden, cfg.dropout, cfg.batch_norm, fused=fused)
             self.head = nn.Linear(d + self.deep.out_dim, 1)
         else:
-            self.deep = MLP(d, cfg.hidden, cfg.dropout, cfg.batch_norm, out_dim=1)
+            self.deep = MLP(d, cfg.hidden, cfg.dropout, cfg.batch_norm, out_dim=1, fused=fused)
             self.head = None
 
     def _cross(self, d: int, cfg: DCNConfig) -> nn.Module:  # pragma: no cover
@@ -86,10 +88,41 @@ class DCN(_CrossModel):
         return CrossNet(d, cfg.cross_layers)
 
 
+@dataclass(frozen=True)
+class DCNv2Config(DCNConfig):
+    # float32 CPU training step in fewer passes, same formulas and parameters: the lookup +
+    # genre pooling as one autograd node (nn.embedding.gather_pool, no (G, F) @ (B, F, D)
+    # broadcast matmul), the full-rank cross stack as one node (nn.cross.cross_v2_stack) and
+    # the ReLU MLP through nn.fused_mlp
+    fused: bool = True
+
+
 @RANKERS.register("dcnv2")
 class DCNv2(_CrossModel):
+    Config = DCNv2Config
+
+    def __init__(self, spec: FeatureSpec, config: DCNv2Config | None = None) -> None:
+        super().__init__(spec, config)
+        pool = self.embed.pool
+        group = pool.argmax(0) if pool is not None else torch.arange(spec.n_fields)
+        self.register_buffer("field_group", group.to(torch.long), persistent=False)
+        self.n_groups = int(pool.shape[0]) if pool is not None else spec.n_fields
+
     def _cross(self, d: int, cfg: DCNConfig) -> nn.Module:
-        return CrossNetV2(d, cfg.cross_layers, cfg.rank, cfg.n_experts)
+        return CrossNetV2(d, cfg.cross_layers, cfg.rank, cfg.n_experts, fused=getattr(cfg, "fused", False))
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        weight = self.embed.embedding.embedding.weight
+        if not (self.config.fused and self.embed.dense is None and weight.dtype == torch.float32):
+            return super().forward(batch)
+        x0 = gather_pool(weight, batch["sparse"], self.field_group, self.n_groups).flatten(1)  # (B, G·D)
+        if self.raw_dense:
+            x0 = torch.cat([x0, batch["dense"]], dim=1)
+        if self.head is not None:
+            out = self.head(torch.cat([self.cross(x0), self.deep(x0)], dim=1))
+        else:
+            out = self.deep(self.cross(x0))
+        return {"ctr": out.squeeze(-1)}
 
 
 @dataclass(frozen=True)
