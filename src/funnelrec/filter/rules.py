@@ -62,7 +62,7 @@ def rule_exclusions(rules: Sequence[RuleSpec], keys: np.ndarray, ts: np.ndarray,
         return np.empty(0, np.int64)
     meaning = meaning or {}
     keys, ts = np.asarray(keys, np.int64), np.asarray(ts, np.int64)
-    names = np.asarray(list(types), dtype=object)
+    names = np.asarray([meaning.get(t, t) for t in types], dtype=object)  # both sides in the funnel's names
     drop = np.zeros(len(keys), bool)
     for r in rules:
         wanted = {meaning.get(t, t) for t in r.types}

@@ -1,0 +1,57 @@
+"""The label map (data/source.py) and the rule stage's pure part (filter/rules.py), against
+hand-computed tables."""
+
+import numpy as np
+import polars as pl
+import pytest
+
+from funnelrec.core.errors import ConfigError
+from funnelrec.data.source import LabelRule, LabelSpec
+from funnelrec.filter.rules import RuleSpec, rule_exclusions
+from funnelrec.pipeline.config import FunnelConfig
+
+EVENTS = pl.DataFrame({"ev": ["view", "click", "cart", "purchase", "play", "view", None],
+                       "secs": [0.0, 0.0, 0.0, 0.0, 42.5, 0.0, 0.0]})
+MAP = {"view": {"task": "ctr", "means": "click"}, "click": {"task": "ctr"}, "cart": {"task": "conversion"},
+       "purchase": {"task": "conversion", "weight": 3.0}, "play": {"task": "watch_time", "value": "secs",
+                                                                   "means": "watch_time"}}
+
+
+def test_label_columns_by_hand():
+    cfg = FunnelConfig.from_dict({"labels": {"event_column": "ev", "map": MAP},
+                                  "rank": {"tasks": ["ctr", "conversion", "watch_time"]}})
+    out = cfg.labels.label_columns(EVENTS)
+    assert out["label_ctr"].to_list() == [1, 1, 0, 0, 0, 1, 0]
+    assert out["label_conversion"].to_list() == [0, 0, 1, 1, 0, 0, 0]
+    assert out["weight_conversion"].to_list() == [1, 1, 1, 3, 1, 1, 1]
+    assert out["label_watch_time"].to_list() == [0, 0, 0, 0, 42.5, 0, 0]  # the value column, not 1
+    # the ranker reads them by name; a task with a value column is a watch-time task
+    assert cfg.rank.task_columns == {"ctr": "label_ctr", "conversion": "label_conversion",
+                                     "watch_time": "label_watch_time"}
+    assert cfg.rank.weight_columns["conversion"] == "weight_conversion"
+    assert cfg.rank.task_kinds == {"watch_time": "watch_time"}
+    assert cfg.labels.meaning() == {"view": "click", "play": "watch_time"}
+
+
+def test_label_map_errors_name_the_key():
+    spec = LabelSpec("ev", {"purchse": LabelRule("conversion")})
+    with pytest.raises(ConfigError, match=r"labels.map.purchse: no interaction has ev = 'purchse'"):
+        spec.check(EVENTS)
+    with pytest.raises(ConfigError, match=r"labels.map.x.means: 'buy' is not a funnel event type"):
+        FunnelConfig.from_dict({"labels": {"event_column": "ev", "map": {"x": {"means": "buy"}}}})
+    with pytest.raises(ConfigError, match=r"rules\[0\].types: 'impression' never enters"):
+        FunnelConfig.from_dict({"rules": [{"types": ["impression"]}]})
+
+
+def test_rule_exclusions_by_hand():
+    keys = np.array([10, 11, 12, 13, 10])
+    ts = np.array([100, 500, 900, 950, 960])
+    types = ["purchase", "purchase", "cart", "transaction", "click"]
+    rules = [RuleSpec(["purchase", "transaction"], ttl_s=500)]
+    # now 1000: 10 bought at 100 (900 s ago: expired), 11 at 500 (500 s: expired, ttl is strict),
+    # 13 by 'transaction' meaning purchase at 950 (50 s: kept out); 12 is a cart; 10's click is not a rule type
+    got = rule_exclusions(rules, keys, ts, types, now=1000, meaning={"transaction": "purchase"})
+    assert got.tolist() == [13]
+    got = rule_exclusions(rules + [RuleSpec(["cart"], ttl_s=200)], keys, ts, types, now=1000)
+    assert got.tolist() == [12, 13]  # the cart 100 s ago is within its 200 s; no meaning: 'transaction' is listed
+    assert rule_exclusions([], keys, ts, types, now=1000).tolist() == []
