@@ -74,10 +74,17 @@ def train(dataset: str | None = typer.Option(None, help="dataset name (default: 
                                                      "a config with data:, else artifacts/funnel)"),
           seed: int = typer.Option(2020),
           quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
-          as_json: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:
+          as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+          nproc: int = typer.Option(1, "--nproc", help="data-parallel training processes (torchrun + DDP; "
+                                                       "rank 0 saves)")) -> None:
     """Train the funnel (channels + ranker) on a per-user random split and save it; the config is
     checked against the data before anything is fitted."""
     from funnelrec.cli_data import train_from_cli
+
+    if nproc != 1:
+        from funnelrec.cli_distributed import launch_train
+
+        raise typer.Exit(launch_train(nproc, dataset, path, config, out, seed, quiet, as_json))
 
     train_from_cli(dataset, path, config, out, seed, quiet=quiet, as_json=as_json)
 
