@@ -1,7 +1,7 @@
 """CTR model zoo on the ml-100k CTR protocol: quality and training throughput.
 
     .venv/bin/python bench/ctr_throughput.py [--models deepfm,dcnv2] [--epochs N] [--threads 1]
-        [--recbole [--recbole-models DeepFM,DCNV2]]
+        [--recbole [--recbole-models DeepFM,DCNV2]] [--before-src DIR]
 
 A model name may carry variants after "@", joined by "+": "recbole" (RecBole's features and
 sizes), "bf16" (trainer.matmul_precision bf16: oneDNN matmuls on bf16 inputs, fp32
@@ -16,6 +16,11 @@ shares our venv) and reports our/RecBole samples/s ratios: wall-clock ("ratios")
 CPU-second of the training epochs ("cpu_ratios", robust to other jobs' load; RecBole's from its
 train_cpu_s_total). Both sides run with the same torch thread count (`--threads`, default 1: on the shared 2-core machine a second OpenMP thread spin-waits; RecBole
 gets OMP_NUM_THREADS/MKL_NUM_THREADS, which torch reads at start-up).
+
+--before-src DIR (a `src` directory of another checkout, e.g. `git archive <commit> | tar -x -C
+/tmp/before`): first runs the same models from that code in a subprocess (PYTHONPATH=DIR, its
+own bench/ctr_throughput.py), then ours, then RecBole, so a before/after comparison and both
+ratios come from one invocation; reported as "before" and "before_ratios"/"before_cpu_ratios".
 """
 
 from __future__ import annotations
@@ -91,6 +96,29 @@ def run_recbole(model: str, epochs: int | None, threads: int) -> dict:
             "torch_threads": r.get("torch_threads")}
 
 
+def _ratios(models: dict, ours: str, theirs: str, rb: dict, wall: dict, cpu: dict) -> None:
+    """our/RecBole samples/s (wall and per CPU-second) for every variant of model `ours`."""
+    for name, m in models.items():
+        if name.partition("@")[0] == ours:
+            wall[f"{name}/{theirs}"] = round(m["train_samples_per_s"] / rb["train_samples_per_s"], 2)
+            if m.get("train_cpu_samples_per_s") and rb.get("train_cpu_samples_per_s"):
+                cpu[f"{name}/{theirs}"] = round(m["train_cpu_samples_per_s"] / rb["train_cpu_samples_per_s"], 2)
+
+
+def run_before(src: Path, args: argparse.Namespace) -> dict:
+    """The same models trained by the code under `src` (its own bench script), in a subprocess."""
+    bench = src.parent / "bench" / "ctr_throughput.py"
+    if not bench.exists():
+        bench = Path(__file__)
+    cmd = [sys.executable, str(bench), "--models", args.models, "--threads", str(args.threads)]
+    if args.epochs:
+        cmd += ["--epochs", str(args.epochs)]
+    env = {**os.environ, "PYTHONPATH": str(src.resolve())}
+    print(f"before: {' '.join(cmd)} (PYTHONPATH={src})", file=sys.stderr, flush=True)
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env, cwd=src.parent).stdout
+    return json.loads(out.strip().splitlines()[-1])["models"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default=",".join(ALL))
@@ -98,11 +126,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads, ours and RecBole's")
     ap.add_argument("--recbole", action="store_true")
     ap.add_argument("--recbole-models", default="DeepFM,DCNV2", help=f"of {', '.join(PAIRS)}")
+    ap.add_argument("--before-src", default=None, help="src/ of another checkout: run its models first, same run")
     args = ap.parse_args()
     ds = load_dataset("movielens-100k")
     res = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
            "threads": args.threads,
            "load_start": os.getloadavg()[0], "models": {}}
+    if args.before_src:
+        res["before"] = run_before(Path(args.before_src), args)
     for m in args.models.split(","):
         base, _, variant = m.partition("@")
         variants = set(variant.split("+")) - {""}
@@ -133,13 +164,10 @@ def main() -> None:
             ours = PAIRS[theirs]
             res["recbole"][theirs] = rb = run_recbole(theirs, args.epochs, args.threads)
             print(json.dumps({theirs: rb}), file=sys.stderr, flush=True)
-            for name in res["models"]:
-                if name.partition("@")[0] == ours:
-                    ours_m = res["models"][name]
-                    res["ratios"][f"{name}/{theirs}"] = round(ours_m["train_samples_per_s"] / rb["train_samples_per_s"], 2)
-                    if ours_m.get("train_cpu_samples_per_s") and rb.get("train_cpu_samples_per_s"):
-                        res["cpu_ratios"][f"{name}/{theirs}"] = round(
-                            ours_m["train_cpu_samples_per_s"] / rb["train_cpu_samples_per_s"], 2)
+            _ratios(res["models"], ours, theirs, rb, res["ratios"], res["cpu_ratios"])
+            if "before" in res:
+                _ratios(res["before"], ours, theirs, rb, res.setdefault("before_ratios", {}),
+                        res.setdefault("before_cpu_ratios", {}))
     res["load_end"] = os.getloadavg()[0]
     print(json.dumps(res))
 

@@ -118,11 +118,12 @@ class DCNv2(_CrossModel):
         x0 = gather_pool(weight, batch["sparse"], self.field_group, self.n_groups).flatten(1)  # (B, G·D)
         if self.raw_dense:
             x0 = torch.cat([x0, batch["dense"]], dim=1)
-        if self.head is not None:
-            out = self.head(torch.cat([self.cross(x0), self.deep(x0)], dim=1))
-        else:
-            out = self.deep(self.cross(x0))
-        return {"ctr": out.squeeze(-1)}
+        if self.head is None:
+            return {"ctr": self.deep(self.cross(x0)).squeeze(-1)}
+        # head(cat([cross, deep])) as two matrix-vector products on the halves of its weight: no
+        # (B, d + H) concat forward, no split of its gradient backward
+        c, w = self.cross(x0), self.head.weight[0]
+        return {"ctr": torch.addmv(self.head.bias, c, w[: c.shape[1]]) + torch.mv(self.deep(x0), w[c.shape[1] :])}
 
 
 @dataclass(frozen=True)
