@@ -30,9 +30,10 @@ sharding (TorchRec's model parallelism) pays an all-to-all of embeddings forward
 on every step, needs its own optimizer state per shard and a resharding checkpoint — worth it
 only once a table outgrows one worker's memory, which none of ours does (docs/ARCHITECTURE.md).
 
-Backend: NCCL where CUDA is available (one GPU per local rank), gloo on CPU. Each worker takes
-cores // local world size intra-op threads (torchrun's OMP_NUM_THREADS=1 otherwise), unless
-FUNNELREC_THREADS says otherwise.
+Backend: gloo for CPU tensors; where CUDA is available with a GPU per local rank, NCCL for
+CUDA tensors as well (``"cpu:gloo,cuda:nccl"``: a collective goes by its tensor's device). Each
+worker takes cores // local world size intra-op threads (torchrun's OMP_NUM_THREADS=1
+otherwise), unless FUNNELREC_THREADS says otherwise.
 """
 
 from __future__ import annotations
@@ -62,10 +63,13 @@ def init_from_env(timeout_s: float = 600.0) -> int:
     if not launched():
         return 0
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
+        backend = "gloo"
+        if torch.cuda.is_available() and dist.is_nccl_available() and torch.cuda.device_count() >= local:
+            # collectives go by tensor device: a model on the GPU reduces over NCCL, one on the CPU
+            # (the Trainer's default) over gloo
+            backend = "cpu:gloo,cuda:nccl"
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         os.environ.setdefault("FUNNELREC_THREADS", str(max(1, (os.cpu_count() or 1) // local)))
         # a rank that fails leaves the others waiting in a collective: bounded, not torch's 30 min
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
