@@ -21,6 +21,7 @@ import collections
 import json
 import os
 import platform
+import signal
 import socket
 import subprocess
 import sys
@@ -180,6 +181,43 @@ def _wait_healthy(proc: subprocess.Popen, port: int, timeout: float = 600) -> No
     raise SystemExit("server did not become healthy")
 
 
+def _start_nginx_layout(cmd: list[str], n: int, tmp: Path, env: dict, log, extra: list) -> tuple[subprocess.Popen, int]:
+    """`cmd` (one server) as n one-worker replicas on consecutive ports sharing its --state-dir,
+    and nginx in front (serving/deploy.py's config); the replicas go into `extra` with nginx last,
+    and (nginx, its port) is returned."""
+    import shutil
+
+    from funnelrec.serving.deploy import NginxLayout, render_nginx, write_nginx
+
+    base = _free_port()
+    while any(not _port_free(base + i) for i in range(n)):
+        base = _free_port()
+    one = list(cmd)
+    one[one.index("--workers") + 1] = "1"
+    for i in range(n):
+        c = list(one)
+        c[c.index("--port") + 1] = str(base + i)
+        extra.append(subprocess.Popen(c, env=env, stdout=subprocess.DEVNULL, stderr=log))
+    port = _free_port()
+    prefix = tmp / "nginx"
+    conf = write_nginx(render_nginx(NginxLayout(replicas=n, base_port=base, listen=f"127.0.0.1:{port}",
+                                                access_log=False), prefix=prefix, conf=prefix / "nginx.conf"),
+                       prefix / "nginx.conf")
+    nginx = subprocess.Popen([shutil.which("nginx") or "/usr/sbin/nginx", "-p", str(prefix), "-e", "logs/error.log",
+                              "-c", str(conf), "-g", "daemon off;"], stdout=subprocess.DEVNULL, stderr=log)
+    extra.append(nginx)
+    return nginx, port
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def build_funnel(spec: dict, workdir: Path) -> tuple[Path, dict, list]:
     import polars as pl
 
@@ -231,6 +269,9 @@ def main() -> None:
     p.add_argument("--rate", type=float, default=0, help=argparse.SUPPRESS)
     p.add_argument("--bodies", default="", help=argparse.SUPPRESS)
     p.add_argument("--max-conns", type=int, default=256, help=argparse.SUPPRESS)
+    p.add_argument("--nginx", action="store_true",
+                   help="serve --workers N as N one-worker replicas on consecutive ports (one shared --state-dir) "
+                        "behind nginx (`funnelrec deploy nginx`: least_conn), the load sent to nginx")
     p.add_argument("--balance", default="connection", choices=["least", "connection"],
                    help="least: least-outstanding-requests over the workers (an L7 balancer); "
                         "connection: round-robin over connections, each pinned to the worker that accepted it")
@@ -274,10 +315,17 @@ def main() -> None:
                "--workers", str(args.workers or server.get("workers", 1))]
         print(json.dumps({"progress": "fitted", **info}), file=sys.stderr, flush=True)
         log = open(Path(tmp) / "server.log", "w")  # noqa: SIM115  (closed with the temporary directory)
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log)
+        n_workers = args.workers or server.get("workers", 1)
+        extra: list[subprocess.Popen] = []  # the nginx layout's replicas and nginx
+        if args.nginx:
+            proc, port = _start_nginx_layout(cmd, n_workers, Path(tmp), env, log, extra)
+        else:
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log)
         try:
             t_start = time.perf_counter()
             try:
+                for rep in extra[:-1]:  # each replica behind nginx, then nginx itself
+                    _wait_healthy(rep, int(rep.args[rep.args.index("--port") + 1]))
                 _wait_healthy(proc, port)
             except SystemExit:
                 print((Path(tmp) / "server.log").read_text()[-3000:], file=sys.stderr)
@@ -300,13 +348,16 @@ def main() -> None:
             run(min(rates), warmup)  # warm caches, numba, torch
             results = [run(r, duration) for r in rates]
         finally:
-            proc.terminate()
-            proc.wait(30)
+            for q in extra[::-1] if args.nginx else [proc]:  # nginx first, then its replicas
+                if q.poll() is None:
+                    q.send_signal(signal.SIGQUIT if q is proc and args.nginx else signal.SIGTERM)
+                    q.wait(30)
     ok = [r["rate"] for r in results if r["p99_ms"] <= args.slo_ms and r["ok"] == r["sent"]]
     print(json.dumps({
         "bench": "serving", "config": os.path.relpath(args.config, ROOT),
         "machine": f"{platform.machine()} {os.cpu_count()} cpu", "load_avg_at_end": os.getloadavg(),
         "funnel": info, "workers": args.workers or server.get("workers", 1), "duration_s": duration,
+        "layout": "nginx least_conn → one-worker replicas" if args.nginx else "uvicorn --workers (one port)",
         "slo_p99_ms": args.slo_ms,
         "results": results, "highest_rate_within_slo": max(ok) if ok else None,
     }))
