@@ -5,7 +5,8 @@
 
 A model name may carry variants after "@", joined by "+": "recbole" (RecBole's features and
 sizes), "bf16" (trainer.matmul_precision bf16: oneDNN matmuls on bf16 inputs, fp32
-accumulation), e.g. deepfm@recbole+bf16.
+accumulation), "fp32" (trainer.matmul_precision ieee, whatever the config says), e.g.
+deepfm@recbole+bf16.
 
 Prints one JSON object: {"machine", "load_start", "load_end", "models": {name: {auc, gauc,
 logloss, train_samples_per_s, train_cpu_samples_per_s, epochs, …}}, ["recbole": {...},
@@ -110,7 +111,7 @@ def run_before(src: Path, args: argparse.Namespace) -> dict:
     bench = src.parent / "bench" / "ctr_throughput.py"
     if not bench.exists():
         bench = Path(__file__)
-    cmd = [sys.executable, str(bench), "--models", args.models, "--threads", str(args.threads)]
+    cmd = [sys.executable, str(bench), "--models", args.before_models or args.models, "--threads", str(args.threads)]
     if args.epochs:
         cmd += ["--epochs", str(args.epochs)]
     env = {**os.environ, "PYTHONPATH": str(src.resolve())}
@@ -127,6 +128,7 @@ def main() -> None:
     ap.add_argument("--recbole", action="store_true")
     ap.add_argument("--recbole-models", default="DeepFM,DCNV2", help=f"of {', '.join(PAIRS)}")
     ap.add_argument("--before-src", default=None, help="src/ of another checkout: run its models first, same run")
+    ap.add_argument("--before-models", default=None, help="models for --before-src (default: --models)")
     args = ap.parse_args()
     ds = load_dataset("movielens-100k")
     res = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
@@ -137,14 +139,17 @@ def main() -> None:
     for m in args.models.split(","):
         base, _, variant = m.partition("@")
         variants = set(variant.split("+")) - {""}
-        if variants - {"recbole", "bf16"}:
-            raise SystemExit(f"unknown variant(s) {sorted(variants - {'recbole', 'bf16'})} in {m!r}; known: recbole, bf16")
+        if variants - {"recbole", "bf16", "fp32"}:
+            raise SystemExit(f"unknown variant(s) {sorted(variants - {'recbole', 'bf16', 'fp32'})} in {m!r}; "
+                             "known: recbole, bf16, fp32")
         cfg = load_ctr_config(base)
         if "recbole" in variants:
             cfg = {"features": {"pool_multi": True}, "model": RECBOLE_ARCH[base], "trainer": cfg.get("trainer", {})}
         trainer = {**cfg.get("trainer", {}), "num_threads": args.threads}
         if "bf16" in variants:
             trainer["matmul_precision"] = "bf16"
+        if "fp32" in variants:
+            trainer["matmul_precision"] = "ieee"
         if args.epochs:
             trainer["epochs"] = args.epochs
         cfg = {**cfg, "trainer": trainer}
