@@ -205,8 +205,9 @@ def recommend_cmd(users: Path = typer.Option(..., "--users", help="file of user 
                   batch: int = typer.Option(512, "--batch", help="users per funnel run"),
                   quiet: bool = typer.Option(False, "--quiet"),
                   as_json: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:
-    """Batch scoring: the same funnel as `serve` (recall → merge → rules → rank → re-rank) for every
-    user of a file, written to one table. An unknown user gets the cold-start answer."""
+    """Batch scoring: the same funnel as `serve` (recall → merge → pre-rank → rank → re-rank) for
+    every user of a file, written to one table; no online state is read (exposure, real-time
+    history and rules are the server's). An unknown user gets the cold-start answer."""
     import numpy as np
     import polars as pl
 

@@ -27,13 +27,32 @@ def convert_pickle_artifact(old: str | Path, new: str | Path) -> Path:
     old, new = Path(old), Path(new)
     funnel = _unpickle_format1(old)
     components = legacy_components(funnel)
+    _fill_new_fields(getattr(funnel, "config", None))
     for name, obj in components.items():
+        _fill_new_fields(getattr(obj, "config", None))
         _migrate_session2(obj)
         _record_legacy_modules(obj, name)
     config = getattr(funnel, "config", None)
     dataset = components.get("dataset")
     meta = {"converted_from": str(old), "fit_seconds": dict(funnel.__dict__.get("fit_seconds_", {}))}
     return save_artifact(new, components, config=plain_data(config), schema=dataset_schema(dataset), meta=meta)
+
+
+def _fill_new_fields(cfg: Any, seen: set[int] | None = None) -> None:
+    """A config dataclass pickled before some fields existed lacks them in its __dict__; a field
+    with a plain default reads it from the class, one with a default_factory (dict, list, a nested
+    config) has nothing to read: set each missing field to its default, nested configs too."""
+    seen = set() if seen is None else seen
+    if not dataclasses.is_dataclass(cfg) or isinstance(cfg, type) or id(cfg) in seen:
+        return
+    seen.add(id(cfg))
+    for f in dataclasses.fields(cfg):
+        if f.name not in cfg.__dict__ and f.default is dataclasses.MISSING \
+                and f.default_factory is not dataclasses.MISSING:
+            object.__setattr__(cfg, f.name, f.default_factory())
+        value = cfg.__dict__.get(f.name)
+        for v in (value if isinstance(value, list | tuple) else [value]):
+            _fill_new_fields(v, seen)
 
 
 #: classes that moved since format 1 was written: old import path → new
