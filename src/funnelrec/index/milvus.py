@@ -204,62 +204,72 @@ class MilvusBackend:
         schema = c.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("id", DataType.INT64, is_primary=True)
         schema.add_field(_FIELD, DataType.FLOAT_VECTOR, dim=self.dim)
-        index_params = c.prepare_index_params()
+        try:  # the index comes after the rows (`_build_index`)
+            c.create_collection(self.collection, schema=schema)
+        except Exception as e:  # noqa: BLE001
+            raise ConfigError(f"vector index {self.factory!r}: Milvus refused the collection ({_reason(e)})") from None
+
+    def _index_params(self):
+        index_params = self.client.prepare_index_params()
         # flat keys for a server, the JSON `params` key for milvus-lite (module docstring)
         params = dict(self.build_params)
         if params:
             params["params"] = dict(self.build_params)
         index_params.add_index(field_name=_FIELD, index_type=self.index_type,
                                metric_type="IP" if self.metric == "ip" else "L2", params=params)
-        try:
-            c.create_collection(self.collection, schema=schema, index_params=index_params)
-        except Exception as e:  # noqa: BLE001
-            raise ConfigError(f"vector index {self.factory!r}: Milvus refused the collection ({_reason(e)})") from None
+        return index_params
 
     # -- build
     def train(self, x: np.ndarray) -> None:
         pass
 
     def add(self, x: np.ndarray, ids: np.ndarray | None) -> None:
-        if self.client is None:
+        first = self.client is None
+        if first:
             self._connect()
             self._create()
         if ids is None:
             ids = np.arange(self._n, self._n + len(x), dtype=np.int64)
         ids = ids.tolist()
         try:
+            if not first:  # the index is rebuilt over all rows (`_build_index`)
+                self.client.release_collection(self.collection)
+                self.client.drop_index(self.collection, index_name=_FIELD)
             for a in range(0, len(x), _INSERT_ROWS):
                 rows = x[a : a + _INSERT_ROWS]
                 self.client.insert(self.collection, [{"id": i, _FIELD: v} for i, v in zip(ids[a : a + _INSERT_ROWS], rows)])
-            self._seal()
+            self._build_index(self._n + len(x))
         except ConfigError:
             raise
         except Exception as e:  # noqa: BLE001
             raise ConfigError(f"vector index {self.factory!r} cannot add these vectors ({_reason(e)})") from None
         self._n += len(x)
 
-    def _seal(self, timeout_s: float = 600.0) -> None:
-        """Flush the inserted rows into sealed segments and wait until each has its index.
+    def _build_index(self, total: int, timeout_s: float = 600.0) -> None:
+        """Seal the inserted rows, then build the index over every sealed segment and load.
 
-        Milvus builds a sealed segment's index asynchronously (milvus-lite on a background
-        thread) and meanwhile answers from the raw rows, exactly: without the wait, a search right
-        after ``add`` would be exact or approximate depending on a race. A release + load builds
-        every missing segment index synchronously (milvus-lite's ``load``); a server is polled
-        until it reports no pending index rows.
+        Why rows first and no index while they arrive: Milvus builds a sealed segment's index
+        asynchronously (milvus-lite on a background thread, writing the index file there) and
+        answers from the raw rows, exactly, until it is done — a search right after ``add`` would
+        be exact or approximate by a race, and reloading meanwhile can read a half-written index
+        file. Without an index nothing is built in the background; ``create_index`` then builds
+        every segment's index (milvus-lite: inline, in the call) and a server is polled until it
+        reports every row indexed. A later ``add`` releases and drops the index first (milvus-lite
+        waits for its background work there) and rebuilds it over all rows.
         """
         c = self.client
         c.flush(self.collection)
+        c.create_index(self.collection, self._index_params())
         if self.uri is not None and self.index_type != "FLAT":
             deadline = time.monotonic() + timeout_s
             while True:
                 info = c.describe_index(self.collection, index_name=_FIELD) or {}
-                if int(info.get("pending_index_rows", 0)) == 0 and int(info.get("indexed_rows", 0)) >= self._n:
+                if int(info.get("pending_index_rows", 0)) == 0 and int(info.get("indexed_rows", total)) >= total:
                     break
                 if time.monotonic() > deadline:
                     raise ConfigError(f"vector index {self.factory!r}: Milvus at {self.uri} has not built the "
                                       f"index after {timeout_s:.0f} s ({info})")
                 time.sleep(0.2)
-        c.release_collection(self.collection)
         c.load_collection(self.collection)
 
     @property
@@ -306,8 +316,7 @@ class MilvusBackend:
     def save(self, path: Path) -> None:
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w") as tar:
-            if self.uri is None:
-                self._seal()
+            if self.uri is None:  # every row was flushed and indexed by `add`: the files are complete
                 root = Path(self._tmp) / "index.db"
                 for f in sorted(root.rglob("*")):
                     if f.is_file() and f.name != "LOCK":  # the LOCK is the running process's own
