@@ -110,7 +110,7 @@ def main() -> None:
                     help="spark: Swing in-process and on Spark, side by side")
     ap.add_argument("--spark-master", default="local[2]")
     ap.add_argument("--spark-partitions", type=int, default=16)
-    ap.add_argument("--spark-memory", default="6g")
+    ap.add_argument("--spark-memory", default="2g", help="driver heap (local mode: the executors run in it)")
     ap.add_argument("--spark-tmp", default="", help="folder for the Parquet files and Spark's shuffle files")
     ap.add_argument("--child", choices=["inprocess", "spark"], default="inprocess", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -121,11 +121,11 @@ def main() -> None:
         return
     if args.engine == "spark":
         out = {"world": {"users": args.users, "items": args.items, "interactions": args.interactions}}
-        for child in ("inprocess", "spark"):
-            cmd = [sys.executable, __file__, "--child", child] + [
+        for side in ("inprocess", "spark"):
+            cmd = [sys.executable, __file__, "--child", side] + [
                 f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("child", "engine")]
             proc = subprocess.run(cmd, capture_output=True, text=True)
-            out[child] = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else {
+            out[side] = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else {
                 "error": proc.stderr[-800:]}
         if "build_s" in out["inprocess"] and "build_s" in out["spark"]:
             out["ratio_spark_over_inprocess"] = round(out["spark"]["build_s"] / out["inprocess"]["build_s"], 2)

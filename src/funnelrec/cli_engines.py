@@ -25,6 +25,10 @@ def fit_cmd(engine: str = typer.Option("spark", help="inprocess, or spark (Java 
             out: Path = typer.Option(Path("artifacts/funnel"), help="where to write the trained funnel"),
             seed: int = typer.Option(2020)) -> None:
     """Train the funnel (channels + ranker) with the channel tables computed on --engine."""
+    if engine == "spark":
+        from funnelrec.engines.spark import check_available
+
+        check_available()  # no Java / pyspark: one line, exit 2, before the config and the data load
     from funnelrec.data import load_dataset
     from funnelrec.data.splits import random_split_by_user
     from funnelrec.engines import EngineSpec
@@ -46,10 +50,6 @@ def fit_cmd(engine: str = typer.Option("spark", help="inprocess, or spark (Java 
     if work_dir is not None:
         over["work_dir"] = str(work_dir)
     spec = EngineSpec(**{**dataclasses.asdict(spec), **over})
-    if spec.name == "spark":
-        from funnelrec.engines.spark import check_available
-
-        check_available()  # no Java / pyspark: one line, exit 2, before any data loads
     cfg = dataclasses.replace(cfg, engine=spec)
     d = load_dataset(dataset, path=path) if path is not None else load_dataset(dataset)
     split = random_split_by_user(d.interactions, seed=seed)

@@ -7,6 +7,7 @@ One SparkSession for the module, stopped at the end."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shutil
@@ -18,26 +19,26 @@ import numpy as np
 import polars as pl
 import pytest
 import scipy.sparse as sp
+import yaml
 
 pytest.importorskip("pyspark")
 if not (shutil.which("java") or os.environ.get("JAVA_HOME")):
     pytest.skip("no Java (apt-get install openjdk-17-jre-headless)", allow_module_level=True)
 
+from funnelrec.core.errors import ConfigError  # noqa: E402
 from funnelrec.engines import EngineSpec  # noqa: E402
-from funnelrec.engines.spark import SparkEngine, cap_sample, spark_session  # noqa: E402
+from funnelrec.engines.spark import cap_sample, spark_session  # noqa: E402
 from funnelrec.engines.tables import read_table  # noqa: E402
+from funnelrec.pipeline.builder import FunnelBuilder  # noqa: E402
+from funnelrec.pipeline.config import FunnelConfig  # noqa: E402
 from funnelrec.recall._common import cap_rows  # noqa: E402
-from funnelrec.recall.fresh import FreshConfig, FreshRecall  # noqa: E402
-from funnelrec.recall.hot import HotConfig, HotRecall  # noqa: E402
-from funnelrec.recall.itemcf import ItemCFConfig, ItemCFRecall  # noqa: E402
-from funnelrec.recall.swing import SwingConfig, SwingRecall  # noqa: E402
-from funnelrec.recall.usercf import UserCFConfig, UserCFRecall  # noqa: E402
+from funnelrec.recall.swing import SwingConfig  # noqa: E402
 from tiny_world import make_world  # noqa: E402
 
 # small inputs: interpreted expressions (no whole-stage code generation) and no adaptive
 # re-planning cost less than they save
 CONF = {"spark.sql.codegen.wholeStage": "false", "spark.sql.adaptive.enabled": "false"}
-SPEC = EngineSpec("spark", master="local[2]", shuffle_partitions=2, conf=CONF)
+SPEC = EngineSpec("spark", master="local[2]", shuffle_partitions=1, conf=CONF)
 
 
 @pytest.fixture(scope="module")
@@ -52,25 +53,38 @@ def world():
     return make_world(seed=3, n_users=70, n_items=45, n_inter=1100)
 
 
+FUNNEL_YAML = """
+engine: {name: spark, master: "local[2]", shuffle_partitions: 1, work_dir: WORK,
+         conf: {spark.sql.codegen.wholeStage: "false", spark.sql.adaptive.enabled: "false"}}
+recall:
+  channels:
+    - {name: itemcf, params: {k: 6, similarity: asymmetric, asymmetry: 0.3, user_damping: iuf,
+                              max_items_per_user: 12, seed: 5}}
+    - {name: swing, params: {k: 6, max_users_per_item: 9, max_items_per_user: 14, seed: 11}}
+    - {name: swing_pop, type: swing, params: {k: 4, alpha: 0.5, popularity_power: 0.3, max_users_per_item: 0,
+                                              max_items_per_user: 0, cosine_blend: 0.25}}
+    - {name: usercf, params: {k: 7, max_users_per_item: 6, seed: 2}}
+    - {name: hot, params: {tau_days: 30.0, max_items: 20}}
+    - {name: fresh, params: {max_items: 10, tau_days: 30.0}}
+"""
+
+
 @pytest.fixture(scope="module")
 def fitted(session, world, tmp_path_factory):
-    """Every channel fitted twice: in-process and from its Spark tables (folder kept for reads)."""
-    cfgs = {
-        "itemcf": (ItemCFRecall, ItemCFConfig(k=6, similarity="asymmetric", asymmetry=0.3, user_damping="iuf",
-                                              max_items_per_user=12, seed=5)),
-        "swing": (SwingRecall, SwingConfig(k=6, max_users_per_item=9, max_items_per_user=14, seed=11)),
-        "swing_pop": (SwingRecall, SwingConfig(k=4, alpha=0.5, popularity_power=0.3, max_users_per_item=0,
-                                               max_items_per_user=0, cosine_blend=0.25)),
-        "usercf": (UserCFRecall, UserCFConfig(k=7, max_users_per_item=6, seed=2)),
-        "hot": (HotRecall, HotConfig(tau_days=30.0, max_items=20)),
-        "fresh": (FreshRecall, FreshConfig(max_items=10, tau_days=30.0)),
-    }
+    """Every channel of a funnel YAML with `engine: spark` fitted by FunnelBuilder (the Spark
+    tables kept in WORK for the table checks), and the same config fitted in-process."""
     work = tmp_path_factory.mktemp("spark_tables")
-    engine = SparkEngine(EngineSpec("spark", master="local[2]", shuffle_partitions=2, work_dir=str(work), conf=CONF),
-                         session)
-    spark = engine.fit_channels({n: cls(cfg, name=n) for n, (cls, cfg) in cfgs.items()}, world)
-    local = {n: cls(cfg, name=n).fit(world) for n, (cls, cfg) in cfgs.items()}
+    cfg = FunnelConfig.from_dict(yaml.safe_load(FUNNEL_YAML.replace("WORK", str(work))))
+    assert cfg.engine.name == "spark" and cfg.engine.conf == CONF
+    spark = FunnelBuilder(cfg).fit_channels(world)
+    local = FunnelBuilder(dataclasses.replace(cfg, engine=EngineSpec())).fit_channels(world)
+    assert all(type(spark[n]) is type(local[n]) for n in local)
     return spark, local, work
+
+
+def test_engine_name_is_checked():
+    with pytest.raises(ConfigError, match="engine.name 'flink'"):
+        FunnelConfig.from_dict({"engine": {"name": "flink"}})
 
 
 def _csr_equal(a: sp.csr_matrix, b: sp.csr_matrix) -> None:
@@ -96,15 +110,15 @@ def _oracle_top(vals: dict[tuple[int, int], float], n_rows: int, k: int) -> dict
     return out
 
 
-def test_cap_sample_is_the_in_process_sample(session, world):
-    R = world.csr
-    pdf = pl.DataFrame({"user": R.nonzero()[0].astype(np.int64), "item": R.nonzero()[1].astype(np.int64)})
-    df = session.createDataFrame(pdf.to_pandas()).repartition(3)
-    for cap, seed in ((5, 0), (9, 123)):
-        got = cap_sample(df, "user", "item", cap, seed).toPandas()
-        want = cap_rows(R, cap, seed).tocoo()
-        assert len(got) == want.nnz and want.nnz < R.nnz  # the cap is active
-        assert set(zip(got.user, got.item)) == set(zip(want.row.tolist(), want.col.tolist()))
+def test_cap_sample_is_the_in_process_sample(fitted, session, world):
+    """The items-per-user cap of itemCF and Swing (CSR order ascending; userCF's descending
+    order is checked by its item_users table below)."""
+    _, _, work = fitted
+    pairs = session.read.parquet(str(work / "interactions.parquet")).select("user", "item").distinct()
+    got = cap_sample(pairs, "user", "item", 9, 123).toPandas()
+    want = cap_rows(world.csr, 9, 123).tocoo()
+    assert len(got) == want.nnz and want.nnz < world.csr.nnz  # the cap is active
+    assert set(zip(got.user, got.item)) == set(zip(want.row.tolist(), want.col.tolist()))
 
 
 def test_itemcf_counts_and_similarities_match_scipy(fitted, world):
@@ -208,10 +222,11 @@ def test_hot_and_fresh_tables(fitted, world):
 
 
 def test_cli_engine_without_java_is_one_line_exit_2(tmp_path):
-    """`funnelrec train --engine spark` where no Java can be found: exit 2, one line naming it."""
+    """`funnelrec fit --engine spark` where no Java can be found: exit 2, one line naming it."""
     env = {k: v for k, v in os.environ.items() if k != "JAVA_HOME"}
     env["PATH"] = str(Path(sys.executable).parent)  # the venv's bin: python, no java
-    p = subprocess.run([sys.executable, "-m", "funnelrec.cli", "train", "--engine", "spark", "--dataset", "synthetic",
+    exe = str(Path(sys.executable).parent / "funnelrec")
+    p = subprocess.run([exe, "fit", "--engine", "spark", "--spark-master", "local[2]", "--dataset", "synthetic",
                         "--out", str(tmp_path / "f")], capture_output=True, text=True, env=env, timeout=120)
     assert p.returncode == 2, p.stderr[-2000:]
     lines = p.stderr.strip().splitlines()

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from funnelrec.core.errors import ConfigError
 from funnelrec.data.dataset import TrainData
 from funnelrec.engines import EngineSpec, EngineUnavailableError
 from funnelrec.engines.tables import load_channel, write_meta
@@ -318,19 +319,22 @@ class SparkEngine:
         return Path(self._tmp)
 
     # -------------------------------------------------------------- inputs
-    def write_inputs(self, data: TrainData, folder: Path, items_column: str | None = None) -> None:
-        """interactions.parquet (user, item, timestamp: the training rows) and, for fresh,
-        items.parquet (item, publish)."""
+    def write_inputs(self, data: TrainData, folder: Path, time_columns: tuple[str, ...] = ()) -> None:
+        """interactions.parquet (user, item, timestamp: the training rows) and, for the fresh
+        channels, items_<column>.parquet (item, publish) per publish-time column."""
         folder.mkdir(parents=True, exist_ok=True)
         inter = data.interactions
         cols = [pl.col("user_idx").cast(pl.Int64).alias("user"), pl.col("item_idx").cast(pl.Int64).alias("item")]
         if "timestamp" in inter.columns:
             cols.append(pl.col("timestamp").cast(pl.Int64))
         inter.select(cols).write_parquet(folder / "interactions.parquet")
-        if items_column is not None:
-            pub = data.dataset.items[items_column].cast(float).fill_null(float("nan")).to_numpy()
+        items = data.dataset.items
+        for col in time_columns:
+            if col not in items.columns:
+                raise ConfigError(f"fresh: item column {col!r} not found; available: {', '.join(items.columns)}")
+            pub = items[col].cast(float).fill_null(float("nan")).to_numpy()
             pl.DataFrame({"item": np.arange(len(pub), dtype=np.int64), "publish": pub.astype(np.float64)}
-                         ).write_parquet(folder / "items.parquet")
+                         ).write_parquet(folder / f"items_{col}.parquet")
 
     def events(self, folder: Path):
         return self.session.read.parquet(str(folder / "interactions.parquet"))
@@ -370,7 +374,7 @@ class SparkEngine:
         elif kind == "hot":
             save(hot_job(self.events(folder), data.now, cfg.tau_days), "popularity")
         elif kind == "fresh":
-            items = self.session.read.parquet(str(folder / "items.parquet"))
+            items = self.session.read.parquet(str(folder / f"items_{cfg.time_column}.parquet"))
             save(fresh_job(items, data.now, cfg.max_items), "fresh_list")
         for df in cache:
             df.unpersist()
@@ -384,9 +388,9 @@ class SparkEngine:
         """Each channel fitted: from its Spark tables when the engine has a job for it, else
         in-process. `seconds[name]` gets each channel's wall time (job + load)."""
         folder = self.work_dir()
-        fresh_col = next((c.config.time_column for c in channels.values() if spark_kind(c) == "fresh"), None)
+        time_cols = tuple(dict.fromkeys(c.config.time_column for c in channels.values() if spark_kind(c) == "fresh"))
         if any(spark_kind(c) for c in channels.values()):
-            self.write_inputs(data, folder, fresh_col)
+            self.write_inputs(data, folder, time_cols)
         for name, ch in channels.items():
             t0 = time.perf_counter()
             if spark_kind(ch) is None:
