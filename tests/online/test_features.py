@@ -367,7 +367,9 @@ def test_http_features_follow_feedback(tiny_funnel, serve, tmp_path, request, st
                         ctr_prior=0.1, ctr_strength=10.0, category_column="genres", recent_n=2)
     kw = {"state_dir": str(tmp_path)} if state == "sqlite" else {
         "redis_url": request.getfixturevalue("redis_url"), "redis_prefix": "http_features:"}
-    svc = RecommenderService(tiny_funnel, ServiceConfig(features=cfg, **kw))
+    # unknown_items="accept": item 999 is in no catalogue (refused by default) — its counters are
+    # what this test checks against the offline definition
+    svc = RecommenderService(tiny_funnel, ServiceConfig(features=cfg, unknown_items="accept", **kw))
     t = T0 - T0 % 3600
     genres = dict(zip(tiny_funnel.dataset_.items["item_id"].to_list(), tiny_funnel.dataset_.items["genres"].to_list()))
     with serve(create_app(svc)) as url, httpx.Client(base_url=url, timeout=30) as http:

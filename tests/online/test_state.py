@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from funnelrec.core.errors import DataError
 from funnelrec.core.ids import item_key
 from funnelrec.core.types import RequestState
 from funnelrec.data.splits import random_split_by_user
@@ -65,7 +66,8 @@ def test_feedback_keeps_consumptions_only_and_the_last_history_n(ranked):
     assert h.type_names() == ["click", "like", "purchase"] and h.ts.tolist() == [T + 6, T + 8, T + 9]
     svc.close()
     # a repeated item is handed to the funnel once, at its latest consumption; unknown ids dropped
-    svc = RecommenderService(f, ServiceConfig(history_n=5))
+    # (accepted here on purpose: by default feedback on an unknown item is refused, below)
+    svc = RecommenderService(f, ServiceConfig(history_n=5, unknown_items="accept"))
     svc.feedback(None, "7", [{"item_id": i, "type": "click", "ts": T + t} for t, i in enumerate([6, 7, 6, "no-such"])])
     assert len(svc.history.recent("7")) == 4
     assert svc.recent_items(svc.current, "7").tolist() == f.dataset_.item_ids.indices([7, 6]).tolist()
@@ -136,4 +138,23 @@ def test_match_features_after_a_click_equal_a_history_with_it_added(ranked):
     np.testing.assert_allclose(out.rec.task_scores["ctr"], logits(X_fresh[pos]), rtol=1e-5, atol=1e-6)
     assert not np.allclose(out.rec.task_scores["ctr"], logits(X_fit[pos]), rtol=1e-5, atol=1e-6)
     assert x not in out.rec.items.tolist()
+    svc.close()
+
+
+def test_feedback_on_an_item_in_no_catalogue_is_refused_whole_and_counted(ranked):
+    f, _ = ranked
+    svc = RecommenderService(f, ServiceConfig())
+    ok = [{"item_id": 1, "type": "impression", "ts": T}, {"item_id": 2, "type": "click", "ts": T}]
+    with pytest.raises(DataError, match=r"events\[2\]\.item_id 'no-such' is not in the catalogue \(2 of 4"):
+        svc.feedback(None, "7", [*ok, {"item_id": "no-such", "type": "click", "ts": T},
+                                 {"item_id": "other", "type": "like", "ts": T}])
+    # nothing of the call was stored: not the log, the filter, the history
+    assert len(svc.events.read()) == 0 and len(svc.history.recent("7")) == 0
+    assert not svc.exposure.filter("7", np.asarray([item_key(1)], np.int64), T).any()
+    assert svc.metrics.unknown_items == 2
+    # a follow names an author, not an item; an item upserted into the live catalogue is known
+    svc.feedback(None, "7", [{"item_id": "someone", "type": "follow", "ts": T}])
+    svc.upsert_items([{"item_id": 987654}])
+    assert svc.feedback(None, "7", [{"item_id": 987654, "type": "click", "ts": T}])["logged"] == 1
+    assert len(svc.events.read()) == 2
     svc.close()

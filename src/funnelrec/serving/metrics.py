@@ -80,6 +80,8 @@ class HttpMetrics:
         self.cold_start = Counter("funnelrec_cold_start", "Requests answered with the cold-start funnel.",
                                   registry=r)
         self.reloads = Counter("funnelrec_model_reloads", "Successful /admin/reload swaps.", registry=r)
+        self.unknown_items = Counter("funnelrec_feedback_unknown_items",
+                                     "Feedback events refused (422): their item is in no catalogue.", registry=r)
         self.model_info = Gauge("funnelrec_model_info", "1 for each model version being served.", ("version",),
                                 registry=r, multiprocess_mode="livemax")
         # zeros from the start: an alert on rate() needs the series before the first event
@@ -142,6 +144,10 @@ class _MirroredServiceMetrics:
         c = self._prom.feedback_events
         for t in types:
             c.labels(t).inc()
+
+    def count_unknown_items(self, n: int) -> None:
+        self._inner.count_unknown_items(n)
+        self._prom.unknown_items.inc(n)
 
     @property
     def cold_start(self) -> int:
