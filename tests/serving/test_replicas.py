@@ -220,6 +220,14 @@ def test_a_repeat_is_applied_once_whichever_replica_gets_it(deployment):
     assert sorted(f["event_id"] for f in _stream(client) if f["event_id"].startswith(key)) == [f"{key}:0", f"{key}:1"]
     # a different key is a different call
     assert httpx.post(f"{b}/feedback", json=body, headers={"Idempotency-Key": key + "x"}).json()["logged"] == 2
+    # a client's own retry through nginx gets a new key from nginx, but a request id + ts still
+    # name the events: the repeat is recognised
+    first = httpx.post(f"{deployment['nginx']}/recommend", json={"user_id": "7", "k": 3}).json()
+    body = {"request_id": first["request_id"], "user_id": "7",
+            "events": [{"item_id": it["item_id"], "type": "impression", "ts": int(time.time())} for it in first["items"]]}
+    assert httpx.post(f"{deployment['nginx']}/feedback", json=body).json()["logged"] == 3
+    assert httpx.post(f"{deployment['nginx']}/feedback", json=body).json() == {"logged": 0, "impressions": 0,
+                                                                              "duplicates": 3}
 
 
 def test_killing_a_replica_under_load_fails_no_request(deployment):
