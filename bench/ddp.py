@@ -2,8 +2,9 @@
 dcnv2`: rating ≥ 4, global RS 0.8/0.1/0.1, early stopping on validation AUC) in 1 process and
 in 2 torchrun processes (DDP over gloo, one torch thread each), run one after the other in the
 same invocation. Prints one JSON object: test AUC of each and their difference, training
-samples/s (global samples over wall seconds of the training epochs), process CPU seconds of
-each rank, and the ratios.
+samples/s (global samples over wall seconds of the training epochs), samples per CPU-second of
+the training epochs (steadier than wall time on a shared machine), process CPU seconds of each
+rank, and the ratios.
 
     .venv/bin/python bench/ddp.py                  # seeds 2020; ~2-4 min on 2 quiet cores
     .venv/bin/python bench/ddp.py --seeds 2020,1,2 # the 1-process seed spread too
@@ -24,15 +25,24 @@ def worker(seed: int) -> None:
     """One rank of the run (or the only process): evaluate_ctr; rank 0 prints the JSON line."""
     import torch.distributed as dist
 
+    import funnelrec.eval.ctr as ctr
     from funnelrec.data import load_dataset
     from funnelrec.eval.ctr import evaluate_ctr
     from funnelrec.train import distributed
 
+    results = []
+
+    class Recording(ctr.Trainer):  # keeps the TrainResult: the epochs' process CPU seconds
+        def fit(self, *args, **kwargs):
+            results.append(super().fit(*args, **kwargs))
+            return results[-1]
+
+    ctr.Trainer = Recording
     rank = distributed.init_from_env()
     ds = load_dataset("movielens-100k")
     c0 = time.process_time()
     res = evaluate_ctr(ds, "dcnv2", seed=seed)
-    cpu = time.process_time() - c0
+    cpu = (time.process_time() - c0, results[-1].cpu_seconds)
     cpus = [cpu]
     if distributed.world_size() > 1:
         cpus = [None] * distributed.world_size()
@@ -40,8 +50,16 @@ def worker(seed: int) -> None:
     if rank == 0:
         keep = ("auc", "gauc", "logloss", "valid_auc", "epochs", "best_epoch", "train_samples_per_s", "train_seconds",
                 "n_train")
+        samples = res["epochs"] * res["n_train"]  # every epoch's samples, over all ranks together
+        train_cpu = [c[1] for c in cpus]
         print(json.dumps({"world": distributed.world_size(), "seed": seed, **{k: res[k] for k in keep},
-                          "cpu_seconds_per_rank": [round(c, 1) for c in cpus]}), flush=True)
+                          "cpu_seconds_per_rank": [round(c[0], 1) for c in cpus],
+                          "train_cpu_seconds_per_rank": [round(c, 2) for c in train_cpu],
+                          # the machine is shared: samples per CPU-second of the training epochs is the
+                          # load-independent figure; with N ranks, over the busiest rank's CPU seconds
+                          # (the rate N free cores would give) and over their sum (cost)
+                          "samples_per_cpu_s_busiest_rank": round(samples / max(train_cpu)),
+                          "samples_per_cpu_s_all_ranks": round(samples / sum(train_cpu))}), flush=True)
     distributed.shutdown()
 
 
@@ -80,6 +98,9 @@ def main() -> None:
            "one_process_auc_spread": round(max(r["auc"] for r in one) - min(r["auc"] for r in one), 5),
            "samples_per_s_ratio": round(two["train_samples_per_s"] / one[0]["train_samples_per_s"], 3),
            "cpu_seconds_ratio": round(sum(two["cpu_seconds_per_rank"]) / one[0]["cpu_seconds_per_rank"][0], 3)}
+    if "samples_per_cpu_s_busiest_rank" in one[0]:
+        res["samples_per_cpu_s_ratio_busiest_rank"] = round(
+            two["samples_per_cpu_s_busiest_rank"] / one[0]["samples_per_cpu_s_busiest_rank"], 3)
     print(json.dumps(res))
 
 
