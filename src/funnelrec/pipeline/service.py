@@ -138,6 +138,10 @@ class ServiceConfig:
     # reload records written since then are applied by every worker (online/reloads.py);
     # None = this service's own start
     started_ns: int | None = None
+    # feedback on an item that is in neither the fitted catalogue nor the live one: "reject" (422,
+    # counted in funnelrec_feedback_unknown_items) — else every made-up id would grow the
+    # exposure filters, counters and histories without bound; "accept" = log and apply it anyway
+    unknown_items: str = "reject"
 
     def __post_init__(self) -> None:
         if self.max_in_flight < 1:
@@ -146,6 +150,8 @@ class ServiceConfig:
             raise ConfigError("max_k must be ≥ 1")
         if self.cache_n < 0:
             raise ConfigError("cache_n must be ≥ 0")
+        if self.unknown_items not in ("reject", "accept"):
+            raise ConfigError(f"unknown_items must be 'reject' or 'accept', got {self.unknown_items!r}")
         if self.cache_keep not in ("tail", "shown"):
             raise ConfigError(f"cache_keep must be 'tail' or 'shown', got {self.cache_keep!r}")
         if isinstance(self.history_n, bool) or not isinstance(self.history_n, int) or self.history_n < 1:
@@ -185,6 +191,7 @@ class ServiceMetrics:
         self.events: dict[str, int] = dict.fromkeys(EVENT_TYPES, 0)
         self.cold_start = 0
         self.reloads = 0
+        self.unknown_items = 0  # feedback events refused: their item is in no catalogue
         self._lock = threading.Lock()
 
     def observe_stages(self, timings_ms: Mapping[str, float]) -> None:
@@ -199,6 +206,10 @@ class ServiceMetrics:
         with self._lock:
             for t in types:
                 self.events[t] += 1
+
+    def count_unknown_items(self, n: int) -> None:
+        with self._lock:
+            self.unknown_items += n
 
 
 # --------------------------------------------------------------------------------- the model
@@ -663,6 +674,8 @@ class RecommenderService:
                                          ts, exp_json, None if eid is None else str(eid)))
             except (KeyError, TypeError, ValueError, OverflowError) as err:
                 raise DataError(f"events[{i}]: {err}") from None
+        if self.config.unknown_items == "reject":
+            self._refuse_unknown_items(evs)
         n_sent = len(evs)
         local_new = self.events.append_new(evs)  # durable before anything else; repeats left out
         evs = self._publish_stream(evs, local_new)  # with Redis: the repeats of any replica left out
@@ -678,6 +691,18 @@ class RecommenderService:
         self.metrics.count_events(e.type for e in evs)
         return {"logged": len(evs), "impressions": sum(len(v) for v in impressions.values()),
                 "duplicates": n_sent - len(evs)}
+
+    def _refuse_unknown_items(self, evs: list[FeedbackEvent]) -> None:
+        """DataError (→ 422) naming the first event whose item is in no catalogue (fitted or
+        live); nothing of the call is stored. follow / unfollow name an author, not an item."""
+        cur, _ = self.live_catalogue(self._current)
+        ids = cur.funnel.dataset_.item_ids
+        bad = [i for i, e in enumerate(evs) if e.type not in ("follow", "unfollow") and ids.index(e.item_id) < 0]
+        if bad:
+            self.metrics.count_unknown_items(len(bad))
+            raise DataError(f"events[{bad[0]}].item_id {evs[bad[0]].item_id!r} is not in the catalogue "
+                            f"({len(bad)} of {len(evs)} events): upsert the item first (PUT /items/{{item_id}}); "
+                            "nothing of this call was stored")
 
     # ------------------------------------------------------------------ live catalogue (issue #10)
     def live_catalogue(self, cur: LoadedFunnel) -> tuple[LoadedFunnel, LiveCatalogue]:
