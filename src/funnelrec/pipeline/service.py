@@ -672,8 +672,8 @@ class RecommenderService:
                 etype = means.get(str(e["type"]), str(e["type"]))
                 evs.append(FeedbackEvent(rid, uid, str(e["item_id"]), etype, float(e.get("value", 1.0)),
                                          ts, exp_json, None if eid is None else str(eid)))
-            except (KeyError, TypeError, ValueError, OverflowError) as err:
-                raise DataError(f"events[{i}]: {err}") from None
+            except (KeyError, TypeError, ValueError, OverflowError, DataError) as err:
+                raise DataError(f"events[{i}]: {err}") from None  # which event, in the client's words
         if self.config.unknown_items == "reject":
             self._refuse_unknown_items(evs)
         n_sent = len(evs)
