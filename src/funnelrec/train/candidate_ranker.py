@@ -75,6 +75,7 @@ from funnelrec.train.trainer import Trainer, TrainerConfig
 
 TASK_KINDS = ("binary", "watch_time")
 DEFAULT_SEQ_LEN = 20  # a sequence model's L when rank.seq_len is not given
+SCORE_ROWS = 32768  # pairs per forward pass when scoring (`score_tasks`)
 
 
 @dataclass(frozen=True)
@@ -552,9 +553,16 @@ class CandidateRanker:
         if len(items) == 0:
             return [{t: np.empty(0, np.float32) for t in self.tasks_} for _ in merged]
         rows = np.repeat(np.arange(len(merged), dtype=np.int64), [len(m) for m in merged])
+        b = self.batch(u, items, X, fresh=fresh, rows=rows)
+        parts: dict[str, list[np.ndarray]] = {t: [] for t in self.tasks_}
         with torch.inference_mode():
-            res = self.model_(self.batch(u, items, X, fresh=fresh, rows=rows))
-            out = {t: res[t].numpy() for t in self.tasks_}
+            # slices of SCORE_ROWS pairs: offline evaluation scores every user at once (~0.5M pairs on
+            # ml-100k), and a multi-expert model's activations over all of them took GiBs
+            for s in range(0, len(items), SCORE_ROWS):
+                res = self.model_({k: v[s:s + SCORE_ROWS] for k, v in b.items()})
+                for t in self.tasks_:
+                    parts[t].append(res[t].numpy())
+        out = {t: np.concatenate(v) for t, v in parts.items()}
         split = {t: np.split(v, sizes) for t, v in out.items()}
         return [{t: split[t][r] for t in self.tasks_} for r in range(len(merged))]
 
