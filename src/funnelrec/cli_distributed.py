@@ -16,10 +16,13 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from funnelrec.core.errors import ConfigError, FunnelrecError
+
+_ERROR_FILE = "FUNNELREC_DDP_ERROR_FILE"
 
 
 def launch_train(nproc: int, dataset: str | None, path: Path | None, config: Path | None, out: Path | None,
@@ -39,8 +42,16 @@ def launch_train(nproc: int, dataset: str | None, path: Path | None, config: Pat
            "-m", "funnelrec.cli_distributed", *args]
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")  # torchrun's own default, set here to skip its warning
-    code = subprocess.call(cmd, env=env)
-    return 0 if code == 0 else 2 if code == 2 else 1
+    with tempfile.TemporaryDirectory(prefix="funnelrec-ddp-") as tmp:
+        # a worker's user error (bad data for the config …) comes back as its one line, exit 2,
+        # after torchrun's own failure report
+        env[_ERROR_FILE] = str(Path(tmp) / "error.txt")
+        code = subprocess.call(cmd, env=env)
+        err = Path(env[_ERROR_FILE])
+        if code != 0 and err.is_file():
+            print(err.read_text().strip(), file=sys.stderr)
+            return 2
+    return 0 if code == 0 else 1
 
 
 def _worker(argv: list[str]) -> int:
@@ -80,6 +91,8 @@ def _worker(argv: list[str]) -> int:
     except FunnelrecError as e:
         if rank == 0:
             print(f"error: {e}", file=sys.stderr)
+            if os.environ.get(_ERROR_FILE):
+                Path(os.environ[_ERROR_FILE]).write_text(f"error: {e}\n")
         return 2
     finally:
         distributed.shutdown()

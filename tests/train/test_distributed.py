@@ -97,7 +97,12 @@ def test_funnel_trained_by_two_processes_serves_in_one(tmp_path, serve):
     assert np.isfinite(rec.task_scores["ctr"]).all()  # the DDP-trained ranker scores
 
 
-def test_nproc_below_one_is_a_one_line_error():
+def test_bad_input_is_a_one_line_error_exit_2():
     p = subprocess.run([sys.executable, "-m", "funnelrec.cli", "train", "--nproc", "0"], capture_output=True,
                        text=True, timeout=120)
     assert p.returncode == 2 and p.stderr.strip() == "error: --nproc must be ≥ 1, got 0"
+    # an error inside the workers: rank 0's line comes back last, exit 2 (after torchrun's report)
+    p = subprocess.run([sys.executable, "-m", "funnelrec.cli", "train", "--nproc", "2", "--dataset", "nosuch"],
+                       capture_output=True, text=True, timeout=300, env={**os.environ, "FUNNELREC_THREADS": "1"})
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert p.stderr.strip().splitlines()[-1].startswith("error: unknown dataset 'nosuch'")
