@@ -93,7 +93,16 @@ def fit_funnel(cfg: Any, d: Any, seed: int, progress: bool, where: Path | None =
             raise type(e)(f"{where}: {str(e).removeprefix('funnel config: ')}") from None
         raise
     split = random_split_by_user(d.interactions, seed=seed)
-    return FunnelBuilder(cfg).fit(d, split.train, labels=split.valid, progress=progress)
+    labels = split.valid
+    cap = cfg.data.label_users
+    users = labels["user_idx"].unique().sort()
+    if cap and users.len() > cap:  # a seeded sample of the label users bounds the ranker's fit
+        import numpy as np
+        import polars as pl
+
+        keep = np.random.default_rng(seed).choice(users.to_numpy(), size=cap, replace=False)
+        labels = labels.filter(pl.col("user_idx").is_in(keep))
+    return FunnelBuilder(cfg).fit(d, split.train, labels=labels, progress=progress)
 
 
 def default_artifact(config: Path | None, cfg: Any) -> Path:

@@ -24,8 +24,9 @@ sniffed, or Parquet):
 
 Channels follow the catalogue: itemCF, Swing and popularity always; EASE up to 5,000 items (its
 closed form is I × I); a tag channel on the first multi-valued (else repeating categorical) item
-column; the ranker (LR) over the feature columns with one task per mapped label; a rule keeping
-purchased items out of answers for 30 days when purchases are logged.
+column; the ranker (LR) over the feature columns with one task per mapped label, learning from at
+most 3,000 users' label events (`data.label_users`: its fit grows with users × candidates); a
+rule keeping purchased items out of answers for 30 days when purchases are logged.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ EVENT_ROLES = {
     "impression": ("", 1.0, "impression"), "expose": ("", 1.0, "impression"), "show": ("", 1.0, "impression"),
 }
 MAX_EASE_ITEMS = 5000
+MAX_LABEL_USERS = 3000  # the ranker's label users beyond which init samples them (data.label_users)
 
 
 def _norm(name: str) -> str:
@@ -144,6 +146,9 @@ class InitPlan:
             if t in paths:
                 line(f"  {t}: {paths[t]}", f"{self.tables[t].rows:,} rows")
         line(f"  schema: {schema_path}", "the kind of every column")
+        if self.n_users > MAX_LABEL_USERS:
+            line(f"  label_users: {MAX_LABEL_USERS}", f"the ranker learns from a sample of {MAX_LABEL_USERS:,} of "
+                 f"{self.n_users:,} users (0 = all: a longer fit)")
         rename = self.tables["interactions"].rename
         if rename:
             line("  columns: {" + ", ".join(f"{k}: {v}" for k, v in rename.items()) + "}",
@@ -177,7 +182,8 @@ class InitPlan:
             chans.append(("tag", 100, f", params: {{column: {tag}}}", f"popular items of the user's top {tag} values"))
         for name, n, extra, note in chans:
             line(f"    - {{name: {name}, n: {n}{extra}}}", note)
-        line(f"  merge: {{total: 400, priority: [{', '.join(c[0] for c in chans)}]}}",
+        total = 400 if self.n_items <= MAX_EASE_ITEMS else 300
+        line(f"  merge: {{total: {total}, priority: [{', '.join(c[0] for c in chans)}]}}",
              "candidates handed to ranking, channel by channel")
         line("rank:", "the fine ranker over the merged candidates")
         line("  model: lr", "any RANKERS name: deepfm, dcnv2, mmoe …")

@@ -51,12 +51,17 @@ class DataSpec:
     # the contract's column → the file's name for it (user_id, item_id, timestamp)
     columns: dict[str, str] = field(default_factory=dict)
     name: str = "tabular"  # the dataset's name in reports
+    # the ranker learns from the candidates of at most this many users' label events (a seeded
+    # sample; 0 = every user's): its fit grows with users × candidates, this bounds it
+    label_users: int = 0
 
     def __post_init__(self) -> None:
         bad = [c for c in self.columns if c not in ("user_id", "item_id", "timestamp")]
         if bad:
             raise ConfigError(f"data.columns: {bad[0]!r} is not a renamable contract column "
                               f"(user_id, item_id, timestamp)")
+        if isinstance(self.label_users, bool) or not isinstance(self.label_users, int) or self.label_users < 0:
+            raise ConfigError(f"data.label_users must be an integer ≥ 0, got {self.label_users!r}")
         if self.interactions and not self.schema:
             raise ConfigError("data.schema: a schema YAML is required with data.interactions "
                               "(`funnelrec init` writes one)")
