@@ -231,3 +231,21 @@ def test_cli_engine_without_java_is_one_line_exit_2(tmp_path):
     assert p.returncode == 2, p.stderr[-2000:]
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and "Java" in lines[0] and lines[0].startswith("error:")
+
+
+def test_funnel_of_spark_tables_saves_and_serves_like_in_process(fitted, world, tmp_path):
+    """The channels fitted from Spark's tables go into an ordinary funnel artifact; loaded back,
+    the funnel's recall stage answers as the in-process funnel's."""
+    from funnelrec.pipeline.funnel import Funnel, FunnelStats
+
+    spark, local, _ = fitted
+    cfg = FunnelConfig.from_dict(yaml.safe_load(FUNNEL_YAML.replace("WORK", str(tmp_path / "unused"))))
+    stats = FunnelStats.of(world)
+    Funnel(cfg, world.dataset.catalogue(), spark, stats).save(tmp_path / "spark_funnel")
+    loaded = Funnel.load(tmp_path / "spark_funnel")
+    users = np.arange(world.n_users)
+    got = loaded.recall(users)
+    want = Funnel(cfg, world.dataset.catalogue(), local, stats).recall(users)
+    assert [b.channel for b in got] == [b.channel for b in want] == list(local)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a.items, b.items)
