@@ -40,7 +40,6 @@ CONFIGS: dict[str, list[dict]] = {
     "fibinet": [{**SMALL, "bilinear": "each"}, {**SMALL, "dense_as_fields": False}],
     "lhuc": [{**SMALL, "gate_hidden": 8}],
     "recyclenet": [SMALL, {**SMALL, "dense_as_fields": False}],
-    "recyclenet_lhuc": [{**SMALL, "gate_hidden": 8, "n_recycles": 2}],
     "neural_interaction": [{**SMALL, "n_compressed": 4, "dense_as_fields": False}, {**SMALL, "n_compressed": 4}],
     "all_interaction": [{**SMALL, "n_compressed": 4}, {**SMALL, "n_compressed": 4, "dense_as_fields": False}],
     "mmcn": [{**SMALL, "head_dim": 16, "cross_layers": 1}],
