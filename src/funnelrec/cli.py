@@ -58,9 +58,15 @@ def _print_table(report: dict[str, Any]) -> None:
 
 @app.command()
 def data(dataset: str = typer.Option("movielens-100k", help="dataset name"),
-         path: Path | None = typer.Option(None, help="local folder with the dataset files")) -> None:
+         path: Path | None = typer.Option(None, help="local folder with the dataset files"),
+         config: Path | None = typer.Option(None, help="a funnel config naming its data: (`funnelrec init`)")) -> None:
     """Load a dataset (downloading/caching it if needed) and print its summary."""
-    d = _load(dataset, path)
+    if config is not None:
+        from funnelrec.cli_data import load_data, resolve_config
+
+        d = load_data(resolve_config(config, None), config, None, None)
+    else:
+        d = _load(dataset, path)
     typer.echo(json.dumps(d.summary(), indent=2, default=str))
 
 

@@ -218,6 +218,8 @@ def test_batch_recommend_writes_the_served_answers(shop, tmp_path, monkeypatch, 
     import json
 
     assert json.loads(stdout)["unknown_users"] == 1  # --json: the one object on stdout
+    code, stdout, err = run_cli(monkeypatch, capsys, "data", "--config", shop["config"])
+    assert code == 0 and json.loads(stdout)["interactions"] == pl.read_parquet(shop["paths"]["interactions"]).height
     recs = pl.read_parquet(out)
     assert recs.height == 21 and recs["rank"].max() == 7
     f = Funnel.load(shop["train"]["artifact"])
