@@ -43,6 +43,9 @@ BENCHES: dict[str, tuple[str, list[str], list[str]]] = {
     "online_replay": ("online_replay.py", [], ["--cases", "ml100k", "--resamples", "200"]),
     "follow_graph": ("follow_graph.py", [], ["--users", "2000", "--items", "500", "--interactions", "40000"]),
     "cache_tail": ("cache_tail.py", [], ["--days", "1", "--users", "200"]),
+    # replicas behind nginx (session 5; needs nginx and redis-server)
+    "replicas": ("replicas.py", [], ["--rate", "20", "--duration", "12", "--kill-at", "4", "--restart-at", "8"]),
+    "replicas_claims": ("replicas.py", ["--claims"], ["--claims"]),
 }
 
 
