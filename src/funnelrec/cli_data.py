@@ -144,7 +144,7 @@ def artifact_for_serving(config: Path | None, artifact: Path | None, seed: int =
         return Path(target)
     if not quiet:
         typer.echo(f"no artifact at {target}/: fitting the funnel of {config} first", err=True)
-    return train_from_cli(None, None, config, target, seed, quiet=True)
+    return train_from_cli(None, None, config, target, seed, quiet=quiet)  # progress bars on stderr
 
 
 # ---------------------------------------------------------------------------- init
