@@ -91,7 +91,10 @@ def spark_child(args) -> dict:
         build_s = time.perf_counter() - t0
         nnz = pl.scan_parquet(Path(tmp) / "neighbours.parquet" / "*.parquet").select(pl.len()).collect().item()
         spark.stop()
+    # the JVM is this process's child: its CPU seconds (all threads, start included) once reaped
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     return {"algo": "swing", "engine": "spark", "master": args.spark_master, "build_s": round(build_s, 1),
+            "jvm_cpu_s": round(ru.ru_utime + ru.ru_stime, 1),
             "jvm_start_s": round(start_s, 1), "neighbour_nnz": int(nnz), "shuffle_partitions": args.spark_partitions,
             "driver_memory": args.spark_memory}
 
