@@ -3,7 +3,9 @@
 - "dcn"   (Wang et al. 2017): CrossNet ‖ MLP (parallel), then a linear head.
 - "dcnv2" (Wang et al. 2021): CrossNetV2, full rank or a low-rank mixture of experts
           (`rank` > 0, `n_experts`); `structure` "parallel" (cross ‖ MLP) or "stacked"
-          (MLP on top of the cross output).
+          (MLP on top of the cross output). `fused` (default): on float32 with dense features raw
+          in x0, the step runs the pooled lookup, the full-rank cross stack and the ReLU MLP as
+          one autograd node each (same formulas; docs/BENCHMARKS.md Session 5).
 - "gdcn"  (Wang et al. 2023): GatedCrossNet, stacked with an MLP.
 
     >>> import torch
