@@ -39,7 +39,8 @@ WORLD_CONFIG = {
                                 "model": {"embedding_dim": 16, "user_hidden": [32], "item_hidden": [32],
                                           "output_dim": 16}}}],
                "merge": {"total": 150, "quotas": {"hot": 40}, "priority": ["itemcf", "vector", "hot"]}},
-    "rank": {"epochs": 3}}
+    "rank": {"epochs": 3, "user_columns": ["age_band", "gender", "occupation"],  # the MovieLens columns
+             "item_columns": ["release_year", "genres"], "match_columns": ["genres", "directors"]}}
 
 
 def _frame(rows: list[tuple]) -> pl.DataFrame:
