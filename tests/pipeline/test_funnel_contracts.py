@@ -37,7 +37,8 @@ CHANNEL_PARAMS = {
     "vector": {"epochs": 1, "user_columns": ["gender", "age_band"], "item_columns": ["tags"]},
 }
 # factory strings each vector-index backend is served with (a backend missing here fails the test)
-INDEX_FACTORIES = {"faiss": ["Flat", "HNSW16"], "hnswlib": ["HNSWLIB16"], "kdtree": ["KDTree"]}
+INDEX_FACTORIES = {"faiss": ["Flat", "HNSW16"], "hnswlib": ["HNSWLIB16"], "kdtree": ["KDTree"],
+                   "milvus": ["Milvus:HNSW,M=8,efConstruction=40"]}
 USERS = np.array([0, 3, 17, 120, 299])
 NOW = 1_767_300_000  # inside the synthetic world's time span
 
