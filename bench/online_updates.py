@@ -41,7 +41,8 @@ K = 30
 WORLD_CONFIG = {
     "recall": {"channels": [{"name": "itemcf", "n": 100}, {"name": "hot", "n": 50},
                             {"name": "vector", "n": 50, "params": {
-                                "epochs": 2, "num_threads": 1,
+                                "epochs": 2, "num_threads": 1, "item_columns": ["genres", "directors", "release_year"],
+                                "user_columns": ["age_band", "gender", "occupation", "region"],
                                 "model": {"embedding_dim": 16, "user_hidden": [32], "item_hidden": [32],
                                           "output_dim": 16}}}],
                "merge": {"total": 150, "quotas": {"hot": 40}, "priority": ["itemcf", "vector", "hot"]}},

@@ -8,6 +8,10 @@ from funnelrec.features.encoder import FeatureEncoder, FeatureEncoderConfig
 from funnelrec.features.fid import fid_column
 
 
+# the ml-100k columns (no default names a dataset's columns)
+ML = {"user_columns": ("age", "gender", "occupation"), "item_columns": ("release_year", "genres")}
+
+
 @pytest.fixture(scope="module")
 def small(ml100k):
     inter = ml100k.interactions.sort("timestamp")
@@ -16,7 +20,7 @@ def small(ml100k):
 
 def test_rows_match_fids_and_unknown_items_get_row_0(small):
     ds, train, test = small
-    enc = FeatureEncoder(FeatureEncoderConfig(crosses=(("gender", "genres"),))).fit(TrainData(ds, train))
+    enc = FeatureEncoder(FeatureEncoderConfig(**ML, crosses=(("gender", "genres"),))).fit(TrainData(ds, train))
     spec = enc.spec
     b = enc.encode(test)
     assert b["sparse"].shape == (500, spec.n_fields) and spec.n_fields == len(spec.field_names)
@@ -33,7 +37,7 @@ def test_rows_match_fids_and_unknown_items_get_row_0(small):
 
 def test_serving_call_equals_batch_rows(small):
     ds, train, _ = small
-    cfg = FeatureEncoderConfig(count_features=("item_count", "user_mean_rating"), seq_len=5,
+    cfg = FeatureEncoderConfig(**ML, count_features=("item_count", "user_mean_rating"), seq_len=5,
                                seq_tag_column="genres", match_columns=("genres",), crosses=(("gender", "genres"),))
     enc = FeatureEncoder(cfg).fit(TrainData(ds, train))
     items = np.arange(300)
@@ -47,7 +51,7 @@ def test_serving_call_equals_batch_rows(small):
 
 def test_sequence_features_have_no_leakage(small):
     ds, train, _ = small
-    enc = FeatureEncoder(FeatureEncoderConfig(seq_len=50)).fit(TrainData(ds, train))
+    enc = FeatureEncoder(FeatureEncoderConfig(**ML, seq_len=50)).fit(TrainData(ds, train))
     b = enc.encode(train)
     ts = train["timestamp"].to_numpy()
     # every visible history event is a positive of the same user strictly before the sample

@@ -144,7 +144,7 @@ def test_field_embedder_mean_pools_multi_valued_fields():
 
 def test_encoder_pool_multi_reaches_the_spec(ml100k):
     inter = ml100k.interactions[:2000]
-    enc = FeatureEncoder(FeatureEncoderConfig(pool_multi=True, multi_width=3)).fit(TrainData(ml100k, inter))
+    enc = FeatureEncoder(FeatureEncoderConfig(item_columns=("release_year", "genres"), pool_multi=True, multi_width=3)).fit(TrainData(ml100k, inter))
     spec = enc.spec
     assert spec.pool_multi and spec.field_names.count("genres") == 3
     assert FieldEmbedder(spec, 4).n_fields == len(dict.fromkeys(spec.field_names))

@@ -129,6 +129,29 @@ def test_missing_feature_column_is_named(world):
         VectorRecall(_cfg(item_columns=("tags",), epochs=1)).fit(train)
 
 
+def test_default_tower_columns_are_the_schemas_attributes_not_its_identifiers(world):
+    """No column list in the config: the towers read the schema's categorical / multi columns,
+    less the ids and any column with more distinct values than half its rows (a title, a sku)."""
+    from funnelrec.recall.vector import attribute_columns
+
+    ds, _, train, _ = world
+    n_items, n_users = ds.items.height, ds.users.height
+    items = ds.items.with_columns(title=pl.Series([f"t{i}" for i in range(n_items)]),  # unique: an id
+                                  shelf=pl.Series([f"s{i % 3}" for i in range(n_items)]),
+                                  price=pl.Series(np.arange(n_items, dtype=np.float64)))
+    users = ds.users.with_columns(zip=pl.Series([f"z{u}" for u in range(n_users)]))
+    schema = Schema(interactions=ds.schema.interactions,
+                    users={**ds.schema.users, "zip": "categorical"},
+                    items={**ds.schema.items, "title": "categorical", "shelf": "categorical", "price": "numeric"})
+    rich = Dataset.build("rich", ds.interactions, schema, users=users.drop("user_idx"), items=items.drop("item_idx"))
+    assert attribute_columns(rich, "items") == ("shelf", "genres")  # schema order: categorical, then multi
+    assert attribute_columns(rich, "users") == ("gender",)
+    ch = VectorRecall(VectorRecallConfig(model=SMALL, epochs=1, num_threads=1)).fit(TrainData(rich, rich.interactions))
+    assert (ch.item_columns_, ch.user_columns_) == (("shelf", "genres"), ("gender",))
+    # 1 (pad) + 3 shelves + 4 genres attribute rows, 1 (unknown) + 2 genders profile rows
+    assert ch.features_.n_attr_rows == 1 + 3 + 4 and ch.features_.n_profile_rows == 1 + 2
+
+
 def _np_user_tower(model, profile_rows: np.ndarray, hist: list[np.ndarray]) -> np.ndarray:
     """The user tower from its weights in float64 numpy: x = [E_prof[p] ; mean_j E_hist[j + 1]],
     Linear → ReLU → Linear, then x / ‖x‖ (the formula of models/recall/two_tower.py)."""

@@ -212,7 +212,7 @@ class HistoryMatch:
     the features describe (the fitted one by default) so a request sees its user's current row.
     """
 
-    def __init__(self, columns: tuple[str, ...] = ("genres", "directors"), ridge_lambda: float = 0.0,
+    def __init__(self, columns: tuple[str, ...] = (), ridge_lambda: float = 0.0,
                  max_items: int = 20_000) -> None:
         self.columns = tuple(columns)
         self.ridge_lambda = ridge_lambda

@@ -62,8 +62,10 @@ class FeatureEncoderConfig:
     """The YAML front (configs/ctr/*.yaml `features:`) that builds the transformers; each
     family's keys map onto its own config (`families`)."""
 
-    user_columns: tuple[str, ...] = ("age", "gender", "occupation")
-    item_columns: tuple[str, ...] = ("release_year", "genres")
+    # none by default (the ml-100k CTR protocol's are eval/ctr.py RECBOLE_FEATURES, its configs'
+    # `features:` add to them); a default naming one dataset's columns fits no other
+    user_columns: tuple[str, ...] = ()
+    item_columns: tuple[str, ...] = ()
     include_ids: bool = True
     multi_width: int = 6  # sparse columns given to a multi-valued field (its first values)
     pool_multi: bool = False  # spec.pool_multi: models mean-pool a multi-valued field's columns

@@ -31,6 +31,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -73,8 +74,10 @@ class VectorRecallConfig:
     # that is 10¹¹ dot products, so at most this many validation users (seeded sample; 0 = all)
     max_valid_users: int = 5000
     history_len: int = 100  # most recent training positives fed to the user tower
-    item_columns: tuple[str, ...] = ("genres", "directors", "release_year")
-    user_columns: tuple[str, ...] = ("age_band", "gender", "occupation", "region")
+    # the attribute columns of the item and user towers; None = every categorical / multi column
+    # of the schema's items / users table that is an attribute, not an identifier (`attribute_columns`)
+    item_columns: tuple[str, ...] | None = None
+    user_columns: tuple[str, ...] | None = None
     max_attr_values: int = 8  # values kept per multi-valued attribute
     hot_subsample: float = 0.0  # word2vec threshold t for down-sampling hot positives; 0 = off
     label_column: str | None = None  # None: every interaction is a positive
@@ -160,10 +163,35 @@ def _categorical_codes(table: pl.DataFrame, idx_col: str, columns: tuple[str, ..
     return out, nxt
 
 
+def attribute_columns(dataset: Any, table: str) -> tuple[str, ...]:
+    """The default tower inputs of a `table` ("users" / "items"): its schema's categorical and
+    multi columns present in the table, less the id and any column with more distinct values than
+    half the table's rows — an identifier (a title, a zip code), not an attribute the tower can
+    share across rows. Schema order, so a dataset always gets the same columns."""
+    df = getattr(dataset, table)
+    key = "user_id" if table == "users" else "item_id"
+    out = []
+    for col in dataset.schema.columns(table, "categorical") + dataset.schema.columns(table, "multi"):
+        if col == key or col not in df.columns:
+            continue
+        vals = df[col].explode() if isinstance(df.schema[col], pl.List) else df[col]
+        if vals.drop_nulls().n_unique() * 2 <= max(df.height, 1):
+            out.append(col)
+    return tuple(out)
+
+
+def tower_columns(config: VectorRecallConfig, dataset: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(item_columns, user_columns): the config's, or `attribute_columns` where it names none."""
+    items = config.item_columns if config.item_columns is not None else attribute_columns(dataset, "items")
+    users = config.user_columns if config.user_columns is not None else attribute_columns(dataset, "users")
+    return tuple(items), tuple(users)
+
+
 def build_features(data: TrainData, positives: pl.DataFrame, config: VectorRecallConfig) -> TwoTowerFeatures:
     ds = data.dataset
-    item_attrs, n_attr = _categorical_codes(ds.items, "item_idx", config.item_columns, config.max_attr_values, 1)
-    prof, n_prof = _categorical_codes(ds.users, "user_idx", config.user_columns, 1, 1)
+    item_cols, user_cols = tower_columns(config, ds)
+    item_attrs, n_attr = _categorical_codes(ds.items, "item_idx", item_cols, config.max_attr_values, 1)
+    prof, n_prof = _categorical_codes(ds.users, "user_idx", user_cols, 1, 1)
     L = config.history_len
     hist = np.full((ds.n_users, L), PAD, np.int64)
     if positives.height:
@@ -297,6 +325,7 @@ class VectorRecall(RecallChannel):
             on_epoch_start=lambda e: t.epoch_tensors(e) if e > 0 else None, optimizer=t.optimizers)
         model, feats, seen, I = t.model, t.features, data.csr, data.n_items
         model.eval()
+        self.item_columns_, self.user_columns_ = tower_columns(cfg, data.dataset)
         self.model_ = model
         self.features_ = feats
         self.item_vectors_ = _item_vectors(model, feats)
@@ -419,6 +448,13 @@ class VectorRecall(RecallChannel):
         """Top-n neighbours of each item by its vector (i2i): (len(items), n), inner product as score."""
         return _similar_by_vector(self, items, n)
 
+    def _tower_columns(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The columns the towers were fitted on (an artifact from before the defaults moved to
+        the schema holds them in its config)."""
+        if hasattr(self, "item_columns_"):
+            return self.item_columns_, self.user_columns_
+        return tuple(self.config.item_columns or ()), tuple(self.config.user_columns or ())
+
     # ---------------------------------------------------------------- live catalogue (issue #10)
     def attribute_vectors(self, items: pl.DataFrame, rows: np.ndarray) -> np.ndarray:
         """(len(rows), D) vectors of catalogue rows `rows` from their attributes alone — for items
@@ -431,7 +467,7 @@ class VectorRecall(RecallChannel):
         X = self.item_vectors_[:I_fit].astype(np.float64)
         sums, count = np.zeros((len(rows), X.shape[1])), np.zeros(len(rows))
         fitted = items.slice(0, I_fit)
-        for col in self.config.item_columns:
+        for col in self._tower_columns()[0]:
             if col not in items.columns:
                 continue
             fwd = ForwardIndex.from_column(fitted, col)  # (I_fit, V) fitted items × values
@@ -482,7 +518,7 @@ class VectorRecall(RecallChannel):
             return self
         profile = np.zeros((U_new, feats.profile.shape[1]), np.int64)
         profile[:U_old] = feats.profile.numpy()
-        for f, col in enumerate(self.config.user_columns):
+        for f, col in enumerate(self._tower_columns()[1]):
             if col not in users.columns:
                 continue
             series = users[col].list.first() if isinstance(users.schema[col], pl.List) else users[col]

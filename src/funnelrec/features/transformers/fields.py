@@ -80,8 +80,10 @@ class EntityFields(FeatureTransformer):
 
 @dataclass(frozen=True)
 class FieldFidsConfig:
-    user_columns: tuple[str, ...] = ("age", "gender", "occupation")
-    item_columns: tuple[str, ...] = ("release_year", "genres")
+    # no attribute columns by default: a default naming one dataset's columns fits no other
+    # (the RecBole ml-100k protocol names its own: eval/ctr.py RECBOLE_FEATURES)
+    user_columns: tuple[str, ...] = ()
+    item_columns: tuple[str, ...] = ()
     include_ids: bool = True  # user_id and item_id fields first
     multi_width: int = 6  # columns given to a multi-valued field (its first values)
     bucketize: dict[str, int] = field(default_factory=dict)  # numeric column → quantile buckets
