@@ -141,10 +141,36 @@ def artifact_for_serving(config: Path | None, artifact: Path | None, seed: int =
     cfg = resolve_config(config, None)
     target = artifact if artifact is not None else default_artifact(config, cfg)
     if (Path(target) / MANIFEST).is_file():
-        return Path(target)
-    if not quiet:
+        why = stale_reason(Path(target), cfg, config)
+        if why is None:
+            return Path(target)
+        if not quiet:
+            typer.echo(f"{target}/ is out of date ({why}): fitting the funnel of {config} again", err=True)
+    elif not quiet:
         typer.echo(f"no artifact at {target}/: fitting the funnel of {config} first", err=True)
     return train_from_cli(None, None, config, target, seed, quiet=quiet)  # progress bars on stderr
+
+
+def stale_reason(artifact: Path, cfg: Any, config: Path) -> str | None:
+    """Why the artifact at `artifact` is not the fit of `config` as it is now, or None: its
+    manifest's config differs from the file's (the first differing key is named), or a data
+    file the config names was modified after the artifact was written."""
+    import json
+
+    from funnelrec.pipeline.artifact import MANIFEST
+    from funnelrec.pipeline.funnel import _config_dict
+
+    manifest = artifact / MANIFEST
+    saved = json.loads(manifest.read_text()).get("config", {})
+    now = json.loads(json.dumps(_config_dict(cfg)))  # tuples → lists, as the manifest holds them
+    for key in sorted(set(saved) | set(now)):
+        if saved.get(key) != now.get(key):
+            return f"{config}'s {key}: section differs from the one it was fitted with"
+    written = manifest.stat().st_mtime
+    for table, path in cfg.data.paths(Path(config).parent).items():
+        if path is not None and Path(path).is_file() and Path(path).stat().st_mtime > written:
+            return f"{Path(path).resolve()} was modified after it was fitted"
+    return None
 
 
 # ---------------------------------------------------------------------------- init

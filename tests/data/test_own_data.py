@@ -163,6 +163,30 @@ def test_serve_config_answers_with_titles_and_keeps_bought_items_out(shop, tmp_p
         proc.wait(20)
 
 
+def test_serve_config_refits_an_artifact_the_config_or_data_has_moved_past(shop, tmp_path):
+    """`serve --config` serves the artifact beside the config only while it is that config's fit:
+    an edited config section or a data file modified since the fit names the reason (and refits)."""
+    import shutil
+
+    from funnelrec.cli_data import resolve_config, stale_reason
+
+    shutil.copytree(shop["root"], tmp_path / "shop")  # copy2: the files keep their mtimes
+    config = tmp_path / "shop" / "cfg" / "funnel.yaml"
+    artifact = Path(shop["train"]["artifact"])
+    artifact = tmp_path / "shop" / artifact.relative_to(shop["root"])
+    assert stale_reason(artifact, resolve_config(config, None), config) is None  # as fitted
+    text = config.read_text()
+    config.write_text(text.replace("epochs:", "epochs: 1 #", 1) if "epochs:" in text else text + "\nseed: 7\n")
+    why = stale_reason(artifact, resolve_config(config, None), config)
+    assert why is not None and "section differs" in why, why
+    config.write_text(text)
+    events = tmp_path / "shop" / Path(shop["paths"]["interactions"]).relative_to(shop["root"])
+    later = artifact.joinpath("manifest.json").stat().st_mtime + 5
+    os.utime(events, (later, later))
+    why = stale_reason(artifact, resolve_config(config, None), config)
+    assert why == f"{events.resolve()} was modified after it was fitted", why
+
+
 def test_rule_keeps_a_purchase_out_for_its_ttl_after_history_forgot_it(shop, serve):
     """history_n = 2: three views after the purchase push it out of the real-time history (so
     the channels would offer it again); the rule's own record keeps it out for ttl_s. The same
