@@ -46,6 +46,14 @@ BENCHES: dict[str, tuple[str, list[str], list[str]]] = {
     # replicas behind nginx (session 5; needs nginx and redis-server)
     "replicas": ("replicas.py", [], ["--rate", "20", "--duration", "12", "--kill-at", "4", "--restart-at", "8"]),
     "replicas_claims": ("replicas.py", ["--claims"], ["--claims"]),
+    # scale-out engines (session 5; Java 17 for Spark, milvus-lite)
+    "cf_scale_spark": ("cf_scale.py", ["--engine", "spark"],
+                       ["--engine", "spark", "--users", "50000", "--items", "10000", "--interactions", "500000"]),
+    "milvus": ("milvus.py", [], ["--n", "20000", "--nq", "200", "--n-single", "50", "--clusters", "200",
+                                 "--skip-ml100k"]),
+    "ddp": ("ddp.py", [], []),
+    # a newcomer's path: init → train → serve → the first /recommend on a 300k-event shop log
+    "own_data": ("own_data.py", [], ["--events", "20000"]),
 }
 
 
