@@ -262,7 +262,25 @@ def test_learner_counts_equal_a_refit_on_all_events(learn_world, tmp_path):
     np.testing.assert_array_equal(hot.popularity_, np.bincount(data.interactions["item_idx"].to_numpy(),
                                                                minlength=data.n_items))
     assert sum(r["samples"] for r in reports) + learner.pending.height == tail.height  # one sample per impression
-    assert all(r["published"] for r in reports) and reports[-1]["parts"] == ["channels/hot", "channels/itemcf"]
+    assert all(r["published"] for r in reports)
+    assert reports[-1]["parts"] == ["channels/hot", "channels/itemcf", "stats"]
+    # the ranker's count features (item popularity, user activity) count the stream as a refit would
+    stats = Funnel.load(current_dir(served)).stats_
+    np.testing.assert_allclose(stats.item_log_pop, full.stats_.item_log_pop, rtol=1e-6)
+    np.testing.assert_allclose(stats.user_log_act, full.stats_.user_log_act, rtol=1e-6)
+    assert (stats.item_log_pop != Funnel.load(art).stats_.item_log_pop).any()
+    learner.close()
+
+
+def test_count_popularity_off_leaves_the_count_features_as_fitted(learn_world, tmp_path):
+    data, head, tail, art = learn_world
+    served, state = _setup(tmp_path, art, _stream(tail[:30]))
+    learner = OnlineLearner(served, EventLogSource(state / "events.db"),
+                            LearnConfig(batch_limit=1000, count_popularity=False))
+    r = learner.run_once()
+    assert r["published"] and "stats" not in r["parts"]
+    np.testing.assert_array_equal(Funnel.load(current_dir(served)).stats_.item_log_pop,
+                                  Funnel.load(art).stats_.item_log_pop)
     learner.close()
 
 

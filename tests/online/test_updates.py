@@ -162,6 +162,151 @@ def test_ranker_update_learns_from_impressions_not_organic_clicks(world):
         RankerUpdateConfig(organic="sometimes")
 
 
+def _organic(world, n_users: int = 6) -> tuple[pl.DataFrame, pl.DataFrame, list]:
+    """(organic positives: each user's later ratings, request_id null; impressions: each
+    user's served top 5, request_id set; the users) for the world's first `n_users` users."""
+    f, users, recs = world["funnel"], world["users"][:n_users], world["recs"][:n_users]
+    uid, iid = f.dataset_.users["user_id"].to_numpy(), f.dataset_.items["item_id"].to_numpy()
+    s = world["samples"].filter((pl.col("click") == 1) & pl.col("user_id").is_in([str(uid[u]) for u in users]))
+    shown = _frame([(str(uid[u]), str(iid[i]), 0, "r", 0, 0, 0.0, 0) for u, rec in zip(users, recs)
+                    for i in rec.items.tolist()[:5]])
+    keys = set(zip(shown["user_id"], shown["item_id"]))
+    organic = s.filter(~pl.Series([(a, b) in keys for a, b in zip(s["user_id"], s["item_id"])])).with_columns(
+        pl.lit(None, pl.Utf8).alias("request_id"))
+    return organic, shown, users
+
+
+def test_candidate_samples_are_the_users_candidates_labelled_by_its_positives(world):
+    """organic="candidates": an organic positive is labelled among its own user's merged
+    candidates, the fit's label-set form. With negative_rate 1 the samples are exactly each
+    user's candidates minus the shown items, the features are the served ones (rank_samples of
+    the same pairs), click = 1 on the recalled positives only; rate 0 leaves the positives."""
+    from funnelrec.online.samples import candidate_samples
+
+    f = world["funnel"]
+    organic, shown, users = _organic(world)
+    ds = f.dataset_
+    s = candidate_samples(f, organic, shown, negative_rate=1.0)
+    merged = f.candidates(np.asarray(users))  # the pairs are later than the fit: not in any history
+    shown_pairs = set(zip(ds.user_ids.indices(shown["user_id"].to_list()).tolist(),
+                          ds.item_ids.indices(shown["item_id"].to_list()).tolist()))
+    pos_pairs = set(zip(ds.user_ids.indices(organic["user_id"].to_list()).tolist(),
+                        ds.item_ids.indices(organic["item_id"].to_list()).tolist()))
+    want = {(int(u), int(i)) for u, m in zip(users, merged) for i in m.items.tolist()
+            if (int(u), int(i)) not in shown_pairs or (int(u), int(i)) in pos_pairs}
+    got = list(zip(s.users.tolist(), s.items.tolist()))
+    assert set(got) == want and len(got) == len(want)
+    y = s.labels["click"]
+    assert {p for p, c in zip(got, y) if c == 1} == pos_pairs & want
+    assert 0 < y.sum() < len(y) and s.n_dropped["unrecalled"] == len(pos_pairs - want)
+    uid, iid = ds.users["user_id"].to_numpy(), ds.items["item_id"].to_numpy()
+    same = rank_samples(f, _frame([(str(uid[u]), str(iid[i]), 0, "r", 0, 0, 0.0, 0) for u, i in got]))
+    np.testing.assert_allclose(s.X, same.X, rtol=1e-6, atol=1e-6)
+    only_pos = candidate_samples(f, organic, shown, negative_rate=0.0)
+    assert only_pos.labels["click"].all() and len(only_pos) == int(y.sum())
+    some = candidate_samples(f, organic, shown, negative_rate=0.3, seed=1)
+    n_neg = len(want) - int(y.sum())
+    assert int(y.sum()) < len(some) and abs((len(some) - int(y.sum())) - 0.3 * n_neg) < 4 * np.sqrt(0.21 * n_neg)
+
+
+def test_ranker_update_trains_every_positive_among_its_users_candidates(world):
+    """organic="candidates": the update trains on every positive (clicked impression or organic)
+    among its user's candidates, a shown-not-clicked item only as one of those candidates (at the
+    negative rate, not always), and the guardrail judges every candidate of the held-out users."""
+    organic, shown, users = _organic(world)
+    f = world["funnel"]
+    clicked = shown.head(2).with_columns(pl.lit(1, shown["click"].dtype).alias("click"))
+    train = pl.concat([clicked, shown.slice(2), organic])
+    hold_org, hold_shown, _ = _organic({**world, "samples": world["holdout"]})
+    hold = pl.concat([hold_shown, hold_org])
+    up = RankerUpdater(RankerUpdateConfig(min_count=0, organic="candidates", candidate_negative_rate=0.0),
+                       guardrail=AUCGuardrail(0.5, min_per_class=1))
+    out = up.update(f, train, hold)
+    rep = up.last_report_
+    # rate 0: the recalled positives only — the 2 clicked impressions and the recalled organic ones,
+    # no shown-not-clicked impression
+    n_org = len(candidate_samples_of(f, organic))
+    assert "ranker" in out and rep["samples"] == 2 + n_org
+    assert rep["guardrail"]["n"] > hold_shown.height + hold_org.height  # the held-out users' candidates
+    half = RankerUpdater(RankerUpdateConfig(min_count=0, organic="candidates", candidate_negative_rate=0.5))
+    half.update(f, train, hold)
+    assert rep["samples"] < half.last_report_["samples"]
+    drop = RankerUpdater(RankerUpdateConfig(min_count=0))
+    drop.update(f, train, hold)
+    assert drop.last_report_["samples"] == shown.height and drop.last_report_["organic_dropped"] == organic.height
+    with pytest.raises(ConfigError, match="candidate_negative_rate"):
+        RankerUpdateConfig(candidate_negative_rate=1.5)
+
+
+def candidate_samples_of(f, positives: pl.DataFrame):
+    from funnelrec.online.samples import candidate_samples
+
+    return candidate_samples(f, positives, None, 0.0)
+
+
+def test_samples_see_the_users_stream_history_as_serving_does(world):
+    """A user whose consumptions since the fit are in the updated channels' histories: its
+    samples' features are those a request with that real-time history is served with
+    (`Funnel.run` with `RequestState.history`: EASE-less here, but itemCF triggers and the match
+    block read it) — not those of the user without it."""
+    from funnelrec.core.types import RequestState
+
+    f = world["funnel"]
+    ds = f.dataset_
+    organic, _, users = _organic(world, 3)
+    cu = ds.user_ids.indices(organic["user_id"].to_list())
+    ci = ds.item_ids.indices(organic["item_id"].to_list())
+    first = np.zeros(len(cu), bool)  # each user's first half of the organic items = the stream so far
+    for u in np.unique(cu):
+        idx = np.flatnonzero(cu == u)
+        first[idx[: len(idx) // 2]] = True
+    updated = f.with_components(**{f"channels__{n}": f.channels_[n].update(
+        cu[first], ci[first], np.zeros(int(first.sum()), np.int64), n_users=ds.n_users, n_items=ds.n_items)
+        for n in ("itemcf", "hot")})
+    fresh = [ci[first & (cu == u)] for u in users]
+    recs = updated.run(np.asarray(users), k=20, state=RequestState(history=fresh))
+    uid, iid = ds.users["user_id"].to_numpy(), ds.items["item_id"].to_numpy()
+    rows = [(str(uid[u]), str(iid[i]), 0, "r", 0, 0, 0.0, 0) for u, r in zip(users, recs) for i in r.items.tolist()]
+    s = rank_samples(updated, _frame(rows))
+    served = np.concatenate([r.task_scores["ctr"] for r in recs])
+    assert s.recalled.all()
+    np.testing.assert_allclose(ranker_logits(updated.ranker_, s), served, rtol=1e-5, atol=1e-5)
+    blind = rank_samples(updated.with_components(), _frame(rows))  # same funnel: same features
+    np.testing.assert_array_equal(blind.X, s.X)
+    n_match = len(f.ranker_.features_.match_.names_)
+    stale = rank_samples(f, _frame(rows))  # the fit-time funnel: no stream history
+    assert not np.allclose(stale.X[:, -n_match:], s.X[:, -n_match:])
+
+
+def test_counted_popularity_does_not_leak_the_label(world):
+    """The learner counts a step's consumptions into the ranker's popularity feature before the
+    ranker update sees the step's samples (`count_popularity`): with `uncount` a clicked sample
+    keeps the popularity it was served with; without, its own click is in it."""
+    from funnelrec.online.learner import OnlineLearner
+
+    f = world["funnel"]
+    organic, shown, users = _organic(world)
+    ds = f.dataset_
+    cu = ds.user_ids.indices(organic["user_id"].to_list())
+    ci = ds.item_ids.indices(organic["item_id"].to_list())
+    frame = pl.concat([shown, organic.with_columns(pl.lit("r").alias("request_id"))])
+    before = rank_samples(f, frame)
+    updated = f.with_components(
+        stats=OnlineLearner._stats_update(f, cu, ci),
+        **{f"channels__{n}": f.channels_[n].update(cu, ci, np.zeros(len(cu), np.int64), n_users=ds.n_users,
+                                                   n_items=ds.n_items) for n in ("itemcf", "hot")})
+    n_rec = before.X.shape[1] - len(f.ranker_.features_.match_.names_)
+    pop = n_rec - 3  # "item_log_pop" (features/candidates.py:feature_names)
+    leaky = rank_samples(updated, frame)
+    clicked = before.labels["click"] == 1
+    assert (leaky.X[clicked, pop] > before.X[clicked, pop]).all()
+    fixed = rank_samples(updated, frame, uncount=True)
+    np.testing.assert_allclose(fixed.X[:, pop], before.X[:, pop], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fixed.X[:, pop + 1], before.X[:, pop + 1], rtol=1e-5, atol=1e-6)  # activity
+    up = RankerUpdater().configure(__import__("funnelrec.online.learner", fromlist=["LearnConfig"]).LearnConfig())
+    assert up.uncount
+
+
 def test_bad_samples_name_the_column(world):
     with pytest.raises(DataError, match="missing columns \\['click'\\]"):
         rank_samples(world["funnel"], world["samples"].drop("click"))
@@ -350,6 +495,31 @@ def test_guardrail_refuses_a_corrupted_update_and_accepts_a_real_one(world, capl
     assert "ranker" in lenient.update(f, world["samples"], world["holdout"].clear())
     with pytest.raises(ConfigError, match="margin"):
         AUCGuardrail(margin=-1)
+
+
+def test_guardrail_by_user_is_the_sample_weighted_mean_of_per_user_aucs(world):
+    """group="user" (GAUC): each user's AUC (sklearn), weighted by its samples, over the users with
+    both classes; the others are not judged. A pooled AUC also ranks users against each other."""
+    f = world["funnel"]
+    hold = rank_samples(f, world["holdout"], unrecalled="drop")
+    y, s = hold.labels["click"], ranker_logits(f.ranker_, hold)
+    want, weight = 0.0, 0
+    for u in np.unique(hold.users):
+        m = hold.users == u
+        if 0 < y[m].sum() < m.sum():
+            want += m.sum() * roc_auc_score(y[m], s[m])
+            weight += int(m.sum())
+    assert weight < len(y)  # some users have one class only
+    guard = AUCGuardrail(0.01, group="user", min_per_class=1)
+    v = guard.check(f.ranker_, f.ranker_, hold)
+    assert v["served_auc"] == pytest.approx(want / weight, abs=1e-9) and v["n"] == weight
+    # a score shift per user leaves every user's order, so the GAUC, as it is; the pooled AUC moves
+    shift = s + 3.0 * (hold.users % 2)
+    assert AUCGuardrail._auc(y, shift, hold.users) == pytest.approx(
+        AUCGuardrail._auc(y, s, hold.users), abs=1e-9)
+    assert abs(auc(y, shift) - auc(y, s)) > 0.01
+    with pytest.raises(ConfigError, match="group"):
+        AUCGuardrail(0.01, group="session")
 
 
 def test_guardrail_does_not_judge_a_window_with_few_positives(world):

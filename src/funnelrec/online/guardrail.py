@@ -6,6 +6,10 @@ not train on), with the features the served funnel gives them (online/samples.py
     refuse  ⇔  AUC(candidate) < AUC(served) − margin
 
 AUC over the task's label (ctr ← click by default), `funnelrec.eval.metrics.auc` (ties count ½).
+`group="user"` judges by GAUC instead: the AUC of each user's samples (users with both classes),
+averaged weighted by their numbers of samples — the order a request serves is within one user,
+and a pooled AUC also scores how users' score levels compare, which an update can move a lot
+(a user-id weight, the activity feature) without changing any user's ranking.
 A window with one class only (or none: the learner's first step) has no AUC, and one with fewer
 than `min_per_class` samples of a class (default 10) has one too noisy to judge a margin by (a
 held-out AUC of 3 positives among 30 has a standard error near 0.15, fifteen margins of 0.01:
@@ -33,6 +37,8 @@ from funnelrec.eval.metrics import auc
 from funnelrec.online.samples import TASK_COLUMNS, RankSamples
 
 log = logging.getLogger("funnelrec.online.guardrail")
+#: "none": one AUC over the window; "user": each user's AUC, averaged weighted by its samples
+GROUPS = ("none", "user")
 
 
 def ranker_logits(ranker: Any, samples: RankSamples, task: str = "ctr", batch_size: int = 8192) -> np.ndarray:
@@ -52,7 +58,7 @@ class AUCGuardrail:
     """Refuse a candidate whose held-out AUC is below the served one's minus `margin`."""
 
     def __init__(self, margin: float = 0.01, task: str = "ctr", on_undefined: str = "refuse",
-                 min_per_class: int = 10) -> None:
+                 min_per_class: int = 10, group: str = "none") -> None:
         if not (isinstance(margin, int | float) and math.isfinite(margin) and margin >= 0):
             raise ConfigError(f"guardrail margin must be a number ≥ 0, got {margin!r}")
         if task not in TASK_COLUMNS:
@@ -61,6 +67,9 @@ class AUCGuardrail:
             raise ConfigError(f"guardrail on_undefined must be 'refuse' or 'accept', got {on_undefined!r}")
         if isinstance(min_per_class, bool) or not isinstance(min_per_class, int) or min_per_class < 1:
             raise ConfigError(f"guardrail min_per_class must be an integer ≥ 1, got {min_per_class!r}")
+        if group not in GROUPS:
+            raise ConfigError(f"guardrail group must be one of {', '.join(GROUPS)}, got {group!r}")
+        self.group = group
         self.min_per_class = min_per_class
         self.margin = float(margin)
         self.task = task
@@ -69,6 +78,16 @@ class AUCGuardrail:
     def check(self, served: Any, candidate: Any, holdout: RankSamples) -> dict[str, float]:
         """The verdict {served_auc, candidate_auc, margin, n}; GuardrailRefused when refused."""
         y = holdout.labels[TASK_COLUMNS[self.task]]
+        users = None
+        if self.group == "user":  # only the users with both classes are judged
+            users = holdout.users
+            pos_u = np.unique(users[y > 0.5])
+            neg_u = np.unique(users[y <= 0.5])
+            both = np.isin(users, np.intersect1d(pos_u, neg_u))
+            y, users = y[both], users[both]
+            holdout = RankSamples(holdout.users[both], holdout.items[both], holdout.X[both], holdout.recalled[both],
+                                  holdout.ts[both], {k: v[both] for k, v in holdout.labels.items()},
+                                  holdout.n_dropped)
         n_pos = int((y > 0.5).sum())
         if min(n_pos, len(y) - n_pos) < self.min_per_class:
             what = (f"guardrail: the held-out window has {len(y)} recalled samples, {n_pos} with "
@@ -82,8 +101,8 @@ class AUCGuardrail:
             msg = f"{what}, the update is refused (widen the holdout window, or on_undefined=accept)"
             log.warning(msg)
             raise GuardrailRefused(msg)
-        a_served = auc(y, ranker_logits(served, holdout, self.task))
-        a_cand = auc(y, ranker_logits(candidate, holdout, self.task))
+        a_served = self._auc(y, ranker_logits(served, holdout, self.task), users)
+        a_cand = self._auc(y, ranker_logits(candidate, holdout, self.task), users)
         verdict = {"served_auc": a_served, "candidate_auc": a_cand, "margin": self.margin, "n": float(len(y))}
         if a_cand < a_served - self.margin:
             msg = (f"guardrail: candidate {self.task} AUC {a_cand:.4f} < served AUC {a_served:.4f} − margin "
@@ -93,3 +112,20 @@ class AUCGuardrail:
         log.info("guardrail: candidate %s AUC %.4f vs served %.4f (margin %g, %d samples): accepted",
                  self.task, a_cand, a_served, self.margin, len(y))
         return verdict
+
+    @staticmethod
+    def _auc(y: np.ndarray, scores: np.ndarray, users: np.ndarray | None) -> float:
+        """AUC over all samples, or with `users` the per-user AUC averaged with each user weighted
+        by its number of samples (GAUC), over the users with both classes (NaN: none has)."""
+        if users is None:
+            return auc(y, scores)
+        order = np.argsort(users, kind="stable")
+        u, y, scores = users[order], y[order], scores[order]
+        cuts = np.flatnonzero(np.diff(u)) + 1
+        total, weight = 0.0, 0
+        for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(u)]):
+            n_pos = int((y[a:b] > 0.5).sum())
+            if 0 < n_pos < b - a:
+                total += (b - a) * auc(y[a:b], scores[a:b])
+                weight += b - a
+        return total / weight if weight else float("nan")

@@ -5,7 +5,9 @@ One step (`OnlineLearner.run_once`):
     events after the committed offset (online/source.py: event log or Redis Stream)
       → quarantine malformed events (unknown item, bad type, bad value)
       → label join (online/labels.py): impressions + later positives inside label_window_s
-      → incremental co-occurrence / counter updates (itemCF, Swing, hot, fresh: `partial_fit`)
+      → incremental co-occurrence / counter updates (itemCF, Swing, hot, fresh: `partial_fit`;
+        the ranker's count features — item popularity, user activity in `stats` — with
+        `count_popularity`, the default)
       → model updaters (`Updater.update`, below), each may refuse (GuardrailRefused)
       → publish a versioned artifact (online/publish.py) → CURRENT replaced atomically
       → commit offset + pending impressions + counters' progress in one SQLite transaction
@@ -100,6 +102,7 @@ class LearnConfig:
     ttl_s: int = 0  # FID eviction after this long unseen; 0 = never (passed to updaters)
     guardrail_margin: float = 0.01  # AUC margin (passed to updaters)
     holdout_fraction: float = 0.2  # newest share of each step's closed samples held out
+    count_popularity: bool = True  # the ranker's item popularity / user activity features count the stream
     keep_versions: int = 5  # published versions kept in served_dir/versions
     served_dir: str | None = None
 
@@ -279,10 +282,45 @@ class OnlineLearner:
         first.sort()
         u, i, ts = u[first], i[first], ts[first]
         out = {}
+        if self.config.count_popularity:
+            out["stats"] = self._stats_update(funnel, u, i)
         for name, ch in funnel.channels_.items():
             if type(ch).__name__ in UPDATED_CHANNELS:
                 out[f"channels/{name}"] = ch.update(u, i, ts, n_users=ds.n_users, n_items=ds.n_items)
         return out
+
+    @staticmethod
+    def _stats_update(funnel: Funnel, u: np.ndarray, i: np.ndarray) -> Any:
+        """The funnel's FunnelStats with the consumptions (u[k], i[k]) counted into the ranker's
+        count features, as the fit counts them (pipeline/funnel.py `FunnelStats.of`): item
+        popularity log(1 + events) gains one per consumption, user activity log(1 + distinct
+        items) one per item new to the user (per the channels' histories before this step's
+        updates; without one, every consumption). The training history (the match features' and
+        the exposure rules' input) stays the fit's. Frozen, these features say an item released
+        after the fit has no audience however many users take it; a refit on all the events
+        gives the same values (tests/online/test_learner.py)."""
+        from funnelrec.pipeline.funnel import FunnelStats
+
+        st = funnel.stats_
+        I, U = max(len(st.item_log_pop), int(i.max(initial=-1)) + 1), max(len(st.user_log_act), int(u.max(initial=-1)) + 1)
+
+        def counts(log_values: np.ndarray, n: int) -> np.ndarray:  # back to integer counts: exact for any real count
+            c = np.zeros(n)
+            c[: len(log_values)] = np.rint(np.expm1(log_values.astype(np.float64)))
+            return c
+
+        pop = counts(st.item_log_pop, I) + np.bincount(i, minlength=I)
+        new = np.ones(len(u), bool)
+        hist = next((ch.history_ for n, ch in funnel.channels_.items()
+                     if type(ch).__name__ in UPDATED_CHANNELS and hasattr(ch, "history_")
+                     and hasattr(ch.history_, "seen")), None)
+        if hist is not None:
+            inside = (u < hist.seen.shape[0]) & (i < hist.seen.shape[1])
+            if inside.any():
+                new[inside] = np.asarray(hist.seen[u[inside], i[inside]]).ravel() == 0
+        act = counts(st.user_log_act, U) + np.bincount(u[new], minlength=U)
+        return FunnelStats(st.history, np.log1p(pop).astype(np.float32)[: len(st.item_log_pop)],
+                           np.log1p(act).astype(np.float32)[: len(st.user_log_act)])
 
     def _split(self, closed: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
         """(train = the carried holdout + the older closed samples, holdout = the newest share),

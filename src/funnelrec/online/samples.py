@@ -23,7 +23,17 @@ candidate at serving time (train/candidate_ranker.py, features/candidates.py:Ran
   `unrecalled="drop"` leaves such samples out instead.
 - the recall runs over the channels' histories without the samples' own (user, item) pairs
   (`without_own_pairs`): a count update may already have added the consumption that labels a
-  sample, which would exclude the item from its own recall (a label leak).
+  sample, which would exclude the item from its own recall (a label leak); with `uncount` the
+  count features (`stats_` popularity / activity, which the learner's `count_popularity`
+  updates) leave those consumptions out too.
+- the request's real-time history is the user's consumptions since the fit (`stream_history`:
+  what the updated channels' histories hold beyond the fit-time one), as the service passes
+  it (`RequestState.history`): the channels not updated online (EASE, userCF) take it as
+  triggers and the match block reads it. Without it a user who arrived after the fit has no
+  history in its samples (no EASE / userCF candidate, an empty match block) while its
+  requests were served with one — on ml-100k's replay most users are such users.
+- `candidate_samples`: positives in the fit's label-set form (train/candidate_ranker.py): each
+  positive among its own user's candidates, a share of the others as negatives.
 - history-match block: `HistoryMatch.transform` of the served ranker over the fitted history
   (what `rank_stage` passes when serving).
 
@@ -84,7 +94,7 @@ def check_samples(frame: Any, what: str = "samples") -> pl.DataFrame:
 
 
 def rank_samples(funnel: Any, frame: pl.DataFrame, unrecalled: str = "random_pairs",
-                 what: str = "samples") -> RankSamples:
+                 what: str = "samples", uncount: bool = False) -> RankSamples:
     """The served features of every sample of `frame` (module doc); `funnel` must have a ranker."""
     from funnelrec.features.candidates import RankFeatures
 
@@ -113,7 +123,8 @@ def rank_samples(funnel: Any, frame: pl.DataFrame, unrecalled: str = "random_pai
         users = np.unique(u)
         # recall → merge → attach_features, as Funnel.run does, over histories without the
         # samples' own (user, item) pairs (`without_own_pairs`)
-        merged = without_own_pairs(funnel, u, i).candidates(users)
+        base = without_own_pairs(funnel, u, i, uncount)
+        merged, fresh = _served_candidates(base, users)
         I = max(ds.n_items, 1)
         sizes = np.array([len(m) for m in merged], np.int64)
         cand_keys = np.repeat(np.arange(len(users), dtype=np.int64), sizes) * I + (
@@ -128,16 +139,163 @@ def rank_samples(funnel: Any, frame: pl.DataFrame, unrecalled: str = "random_pai
         n_rec = rec_rows.shape[1]
         if recalled.any():
             X[recalled, :n_rec] = rec_rows[order[pos[recalled]]]
-            X[recalled, n_rec:] = match.transform(u[recalled], i[recalled])
+            X[recalled, n_rec:] = _match_block(match, users, fresh, u[recalled], i[recalled])
         if (~recalled).any():
-            X[~recalled] = feats.random_pairs(u[~recalled], i[~recalled], n_dense, funnel.stats_.item_log_pop,
-                                              funnel.stats_.user_log_act, match)
+            X[~recalled] = feats.random_pairs(u[~recalled], i[~recalled], n_dense, base.stats_.item_log_pop,
+                                              base.stats_.user_log_act, match)
+            if fresh is not None:
+                X[~recalled, n_rec:] = _match_block(match, users, fresh, u[~recalled], i[~recalled])
     out = RankSamples(u, i, X, recalled, ts, labels, dropped)
     if unrecalled == "drop":
         m = out.recalled
         out = RankSamples(u[m], i[m], X[m], recalled[m], ts[m], {k: v[m] for k, v in labels.items()},
                           {**dropped, "unrecalled": int((~m).sum())})
     return out
+
+
+def stream_history(funnel: Any, users: np.ndarray) -> list[np.ndarray] | None:
+    """Per user of `users`: the items consumed since the fit — those the channels' histories
+    hold (the learner's count updates add the stream to them; the fullest `history_` of the
+    channels is read) beyond the fit-time history (`stats_.history`). None when no user has any.
+
+    Serving hands these to the request as its real-time history (`RequestState.history`): the
+    channels that are not updated online (EASE, userCF) take them as triggers, and the match
+    features read them (`HistoryMatch.current_rows`). A sample recomputed without them sees a
+    user whose history is in the stream (every user who arrived after the fit) as a user with
+    no history: EASE / userCF recall nothing for it and its match block is empty, which the
+    served requests never showed."""
+    from funnelrec.recall._common import UserHistory
+
+    hists = [ch.history_ for ch in funnel.channels_.values() if isinstance(getattr(ch, "history_", None), UserHistory)]
+    if not hists:
+        return None
+    seen = max(hists, key=lambda h: h.seen.nnz).seen
+    fit = funnel.stats_.history
+    out, empty, anything = [], np.zeros(0, np.int64), False
+    for u in np.asarray(users, np.int64).tolist():
+        if not 0 <= u < seen.shape[0]:
+            out.append(empty)
+            continue
+        row = seen.indices[seen.indptr[u]:seen.indptr[u + 1]].astype(np.int64)
+        if u < fit.shape[0]:
+            row = np.setdiff1d(row, fit.indices[fit.indptr[u]:fit.indptr[u + 1]])
+        anything |= len(row) > 0
+        out.append(row)
+    return out if anything else None
+
+
+def _served_candidates(funnel: Any, users: np.ndarray) -> tuple[list, list[np.ndarray] | None]:
+    """(merged candidates of `users` as a request with its real-time history gets them, that
+    history per user or None): `Funnel.candidates` with `stream_history` as the request's
+    history (module doc)."""
+    from funnelrec.recall.base import RecallContext
+
+    fresh = stream_history(funnel, users)
+    ctx = None if fresh is None else RecallContext(extra={"history": fresh})
+    return funnel.candidates(users, context=ctx), fresh
+
+
+def _match_block(match: Any, users: np.ndarray, fresh: list[np.ndarray] | None, u: np.ndarray,
+                 i: np.ndarray) -> np.ndarray:
+    """The history-match block of pairs (u, i) as serving computes it: over the fit-time history
+    plus the user's real-time history `fresh` (per user of the sorted `users`)."""
+    if fresh is None or not len(u):
+        return match.transform(u, i)
+    rows = np.searchsorted(users, u)
+    return match.transform(rows, i, match.current_rows(users, fresh))
+
+
+def candidate_samples(funnel: Any, positives: pl.DataFrame, shown: pl.DataFrame | None = None,
+                      negative_rate: float = 1.0, seed: int = 0, what: str = "samples",
+                      uncount: bool = False) -> RankSamples:
+    """Positives no impression led to (organic: request_id null), in the form the fine ranker was
+    fitted on (train/candidate_ranker.py, a label set): for each user of `positives`, the user's
+    merged candidates — recall over the histories without the frames' own (user, item) pairs
+    (`without_own_pairs`: the history the user had before these consumptions) — labelled with
+    the user's positives (each its own label columns) and 0 elsewhere; a `negative_rate` share
+    of the unlabelled candidates is kept (the fit's `hard_negative_rate`; seeded by `seed`).
+
+    Why: an organic positive has no shown negatives beside it; paired with the served top-k's
+    impressions only, "was shown" separates the labels (online/updates.py). Among its own
+    user's candidates, as in the fit, the update learns what the ranker is for: the order of
+    what recall hands it. Positives no channel recalls are left out (`n_dropped["unrecalled"]`:
+    the fit labels recalled candidates only). `shown`: impressions of the same window; their
+    items are left out of the negatives (they are labelled as impressions) and their pairs out
+    of the histories. `uncount` as in `without_own_pairs`."""
+    positives = check_samples(positives, what)
+    ranker = funnel.ranker_
+    if ranker is None or not hasattr(ranker, "features_"):
+        raise ConfigError("online ranker update: the funnel has no fitted fine ranker (rank: section)")
+    if not 0.0 <= negative_rate <= 1.0:
+        raise ConfigError(f"candidate negative_rate must be in [0, 1], got {negative_rate!r}")
+    ds = funnel.dataset_
+    cols = ("click", "like", "purchase")
+
+    def dense(frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        return (ds.user_ids.indices(frame["user_id"].cast(pl.Utf8).to_list()),
+                ds.item_ids.indices(frame["item_id"].cast(pl.Utf8).to_list()))
+
+    u, i = dense(positives)
+    ok = (u >= 0) & (i >= 0)
+    dropped = {"unknown_user": int((u < 0).sum()), "unknown_item": int(((u >= 0) & (i < 0)).sum())}
+    sub = positives.filter(pl.Series(ok))
+    u, i = u[ok], i[ok]
+    lab = {c: sub[c].cast(pl.Float32).to_numpy() for c in cols}
+    ts = sub["ts"].cast(pl.Int64).to_numpy()
+    su, si = (np.empty(0, np.int64),) * 2
+    if shown is not None and shown.height:
+        su, si = dense(check_samples(shown, what))
+        keep = (su >= 0) & (si >= 0)
+        su, si = su[keep], si[keep]
+    n_dense = len(ranker.features_.mean_)
+    empty = RankSamples(np.empty(0, np.int64), np.empty(0, np.int64), np.zeros((0, n_dense), np.float32),
+                        np.zeros(0, bool), np.empty(0, np.int64), {c: np.zeros(0, np.float32) for c in cols},
+                        {**dropped, "unrecalled": 0})
+    if not len(u):
+        return empty
+    users = np.unique(u)
+    merged, fresh = _served_candidates(without_own_pairs(funnel, np.r_[u, su], np.r_[i, si], uncount), users)
+    I = max(ds.n_items, int(max(i.max(initial=0), si.max(initial=0))) + 1)
+    pos_key = u.astype(np.int64) * I + i
+    first = {}  # (user, item) → the first positive row of it
+    for r, k in enumerate(pos_key.tolist()):
+        first.setdefault(k, r)
+    shown_keys = set((su.astype(np.int64) * I + si).tolist())
+    user_ts = {}
+    for uu, t in zip(u.tolist(), ts.tolist()):
+        user_ts[uu] = min(t, user_ts.get(uu, t))
+    rng = np.random.default_rng(seed)
+    out_u, out_i, out_x, out_ts, out_rows = [], [], [], [], []
+    recalled_keys: set[int] = set()
+    for uu, m in zip(users.tolist(), merged):
+        if not len(m):
+            continue
+        keys = uu * I + m.items.astype(np.int64)
+        is_pos = np.fromiter((k in first for k in keys.tolist()), bool, len(keys))
+        is_shown = np.fromiter((k in shown_keys for k in keys.tolist()), bool, len(keys))
+        take = is_pos | (~is_shown & (rng.random(len(keys)) < negative_rate))
+        if not take.any():
+            continue
+        recalled_keys.update(keys[is_pos].tolist())
+        out_u.append(np.full(int(take.sum()), uu, np.int64))
+        out_i.append(m.items[take].astype(np.int64))
+        out_x.append(np.asarray(m.features, np.float32)[take])
+        out_ts.append(np.full(int(take.sum()), user_ts[uu], np.int64))
+        out_rows.append(np.array([first.get(k, -1) for k in keys[take].tolist()], np.int64))
+    dropped["unrecalled"] = len(first) - len(recalled_keys)
+    if not out_u:
+        return RankSamples(empty.users, empty.items, empty.X, empty.recalled, empty.ts, empty.labels, dropped)
+    cu, ci = np.concatenate(out_u), np.concatenate(out_i)
+    rows = np.concatenate(out_rows)
+    match = ranker.features_.match_
+    X = np.zeros((len(cu), n_dense), np.float32)
+    rec = np.concatenate(out_x)
+    X[:, :rec.shape[1]] = rec
+    X[:, rec.shape[1]:] = _match_block(match, users, fresh, cu, ci)
+    labels = {c: np.where(rows >= 0, lab[c][np.maximum(rows, 0)], 0.0).astype(np.float32) for c in cols}
+    t = np.concatenate(out_ts)
+    t = np.where(rows >= 0, ts[np.maximum(rows, 0)], t)
+    return RankSamples(cu, ci, X, np.ones(len(cu), bool), t, labels, dropped)
 
 
 def _minus_pairs(m: Any, pairs: Any) -> Any:
@@ -149,7 +307,7 @@ def _minus_pairs(m: Any, pairs: Any) -> Any:
     return out
 
 
-def without_own_pairs(funnel: Any, users: np.ndarray, items: np.ndarray) -> Any:
+def without_own_pairs(funnel: Any, users: np.ndarray, items: np.ndarray, uncount: bool = False) -> Any:
     """`funnel` with the pairs (users[k], items[k]) taken out of every channel's seen history
     (`history_`, a recall/_common.py UserHistory); the funnel itself is unchanged.
 
@@ -161,7 +319,11 @@ def without_own_pairs(funnel: Any, users: np.ndarray, items: np.ndarray) -> Any:
     features, or fall to the random-pair form), the update learns "recalled ⇒ not clicked" and
     the served ranking inverts. When the impression was served, its item was not excluded (it
     was shown) and the consumption that labels it had not happened yet: a history without the
-    pair is the one the request saw for that item."""
+    pair is the one the request saw for that item.
+
+    `uncount`: the funnel's count features (`stats_`: item popularity, user activity) have
+    counted the consumptions too (the learner's `count_popularity`): take each consumed pair
+    out of them as well."""
     import copy
 
     import scipy.sparse as sp
@@ -172,6 +334,7 @@ def without_own_pairs(funnel: Any, users: np.ndarray, items: np.ndarray) -> Any:
     items = np.asarray(items, np.int64)
     parts: dict[str, Any] = {}
     drop_cache: dict[int, UserHistory] = {}
+    consumed = None  # the pairs some channel's history holds: consumptions the counts have taken in
     for name, ch in funnel.channels_.items():
         h = getattr(ch, "history_", None)
         if not isinstance(h, UserHistory):
@@ -182,7 +345,9 @@ def without_own_pairs(funnel: Any, users: np.ndarray, items: np.ndarray) -> Any:
             pairs = sp.csr_matrix((np.ones(int(ok.sum()), np.float32), (users[ok], items[ok])), shape=(U, I))
             pairs.sum_duplicates()
             pairs.data[:] = 1.0
-            hit = h.seen.multiply(pairs)
+            hit = sp.csr_matrix(h.seen.multiply(pairs))
+            if consumed is None:
+                consumed = hit
             if hit.nnz == 0:
                 drop_cache[id(h)] = h
             else:
@@ -193,6 +358,19 @@ def without_own_pairs(funnel: Any, users: np.ndarray, items: np.ndarray) -> Any:
             new = copy.copy(ch)
             new.history_ = nh
             parts[f"channels__{name}"] = new
+    stats = getattr(funnel, "stats_", None)
+    if uncount and consumed is not None and consumed.nnz and stats is not None:
+        # the count features too (the learner's `count_popularity`): an item's popularity and a
+        # user's activity without these consumptions — else a clicked sample item's popularity
+        # holds its own click (a label leak; 0 → log 2 for an item nobody had taken before)
+        cu, ci = consumed.nonzero()
+        pop = np.rint(np.expm1(stats.item_log_pop.astype(np.float64)))  # counts: integers
+        act = np.rint(np.expm1(stats.user_log_act.astype(np.float64)))
+        ki, ku = ci < len(pop), cu < len(act)
+        np.subtract.at(pop, ci[ki], 1.0)
+        np.subtract.at(act, cu[ku], 1.0)
+        parts["stats"] = type(stats)(stats.history, np.log1p(np.maximum(pop, 0.0)).astype(np.float32),
+                                     np.log1p(np.maximum(act, 0.0)).astype(np.float32))
     return funnel.with_components(**parts) if parts else funnel
 
 

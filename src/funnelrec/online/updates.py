@@ -9,7 +9,10 @@ into new funnel components and never touches the served ones (a server may share
 
 - `RankerUpdater` ("ranker"): a copy of the fine ranker (train/candidate_ranker.py) takes
   `epochs` passes over the impression samples (organic positives, request_id null, are left out:
-  `RankerUpdateConfig.organic`) with the loss it was trained with (Σ_task BCE(logit_t, y_t);
+  `RankerUpdateConfig.organic`; organic="candidates" instead labels every positive among its
+  own user's candidates, the form the ranker was fitted on — for a log whose positives are
+  mostly organic, such as a ratings dataset replayed, where the served top-k holds a few
+  percent of them) with the loss it was trained with (Σ_task BCE(logit_t, y_t);
   ctr ← click, like ← like) on the features the served ranker sees (online/samples.py). The LR /
   wide parameters (`wide_parameters()` where the model has them, else every `LinearTerm` —
   the whole model for "lr") step with FTRL-Proximal (train/ftrl.py), warm-started so that a zero
@@ -56,7 +59,7 @@ import torch
 
 from funnelrec.core.errors import ConfigError
 from funnelrec.online.guardrail import AUCGuardrail
-from funnelrec.online.samples import RankSamples, check_samples, rank_samples
+from funnelrec.online.samples import RankSamples, candidate_samples, check_samples, rank_samples
 
 log = logging.getLogger("funnelrec.online.updates")
 
@@ -263,7 +266,8 @@ class RankerUpdateConfig:
     ftrl_l1: float = 0.0
     ftrl_l2: float = 0.0
     unrecalled: str = "random_pairs"
-    organic: str = "drop"  # samples no impression led to (request_id null): "drop" from training and holdout, or "keep"
+    organic: str = "drop"  # samples no impression led to (request_id null): "drop", "keep" or "candidates"
+    candidate_negative_rate: float = 0.3  # organic="candidates": share of a user's other candidates kept as negatives
     min_count: int = 5
     ttl: float | None = None
     seed: int = 2020
@@ -271,10 +275,18 @@ class RankerUpdateConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
             raise ConfigError("learn.ranker: epochs ≥ 1, batch_size ≥ 1 and lr > 0 are required")
-        if self.organic not in ("drop", "keep"):
-            raise ConfigError(f"learn.ranker.organic must be 'drop' or 'keep', got {self.organic!r}")
+        if self.organic not in ("drop", "keep", "candidates"):
+            raise ConfigError(f"learn.ranker.organic must be 'drop', 'keep' or 'candidates', got {self.organic!r}")
+        if not 0.0 <= self.candidate_negative_rate <= 1.0:
+            raise ConfigError(f"learn.ranker.candidate_negative_rate must be in [0, 1], got "
+                              f"{self.candidate_negative_rate!r}")
         if self.min_count < 0:
             raise ConfigError(f"learn.ranker.min_count must be ≥ 0 (0 = no admission), got {self.min_count}")
+
+
+def _positives(frame: pl.DataFrame) -> pl.DataFrame:
+    """The samples with a positive label (click, like or purchase)."""
+    return frame.filter((pl.col("click") == 1) | (pl.col("like") == 1) | (pl.col("purchase") == 1))
 
 
 class RankerUpdater:
@@ -290,6 +302,7 @@ class RankerUpdater:
         self.clock = clock
         c = self.config
         self.admission = FidAdmission(c.min_count, c.ttl) if c.min_count > 0 else None
+        self.uncount = False  # the funnel's count features hold the samples' consumptions (`configure`)
         self.last_report_: dict[str, Any] = {}
 
     def configure(self, config: Any) -> RankerUpdater:
@@ -301,6 +314,7 @@ class RankerUpdater:
         ttl = None if ttl == 0 else ttl  # LearnConfig's 0 = never evict
         self.config = dataclasses.replace(c, min_count=min_count, ttl=ttl)
         self.admission = FidAdmission(min_count, ttl) if min_count > 0 else None
+        self.uncount = bool(getattr(config, "count_popularity", False))
         return self
 
     def update(self, funnel: Any, samples: pl.DataFrame, holdout: pl.DataFrame) -> dict[str, object]:
@@ -311,16 +325,26 @@ class RankerUpdater:
             self.last_report_ = {"samples": 0, "skipped": "the funnel has no ranker"}
             return {}
         n_organic = 0
+        samples = check_samples(samples)
+        holdout = check_samples(holdout, "holdout")
         if cfg.organic == "drop":
             # the ranker models P(click | shown): its samples are impressions with their labels. An
             # organic positive (found outside the recommendations) has no shown negatives beside
             # it, only the served top-k do: mixed in, "was shown" (high recall scores and ranks)
             # separates the labels and the update learns to push the served top down
-            samples = check_samples(samples)
             n_organic = int(samples["request_id"].is_null().sum())
             samples = samples.filter(pl.col("request_id").is_not_null())
-            holdout = check_samples(holdout, "holdout").filter(pl.col("request_id").is_not_null())
-        train = rank_samples(funnel, samples, cfg.unrecalled)
+            holdout = holdout.filter(pl.col("request_id").is_not_null())
+        if cfg.organic == "candidates":
+            # every positive (clicked impression or organic) among its own user's candidates, the
+            # fit's label-set form (online/samples.py:candidate_samples); a shown item nobody
+            # clicked is one of those candidates, kept at the same rate as the others (kept
+            # always, the served top would be over-represented among the negatives). Seeded by
+            # the batch (its newest ts): a restarted learner redoing a step draws the same
+            train = candidate_samples(funnel, _positives(samples), None, cfg.candidate_negative_rate,
+                                      cfg.seed + int(samples["ts"].max() or 0) % 1_000_003, uncount=self.uncount)
+        else:
+            train = rank_samples(funnel, samples, cfg.unrecalled, uncount=self.uncount)
         if len(train) == 0:
             self.last_report_ = {"samples": 0, "dropped": train.n_dropped, "organic_dropped": n_organic}
             return {}
@@ -337,7 +361,10 @@ class RankerUpdater:
             # click in the random-pair form is told apart by its recall block, not by the model's
             # ranking quality (on ml-100k such rows put the served AUC at 0.05 and a sign-flipped
             # model at 0.95)
-            hold = rank_samples(funnel, check_samples(holdout, "holdout"), "drop", what="holdout")
+            if cfg.organic == "candidates":  # every candidate of the held-out positives' users: the order served
+                hold = candidate_samples(funnel, _positives(holdout), None, 1.0, what="holdout", uncount=self.uncount)
+            else:
+                hold = rank_samples(funnel, holdout, "drop", what="holdout", uncount=self.uncount)
             report["guardrail"] = self.guardrail.check(served, cand, hold)  # raises GuardrailRefused
         self.last_report_ = report
         log.info("ranker update: %s", report)
