@@ -47,6 +47,12 @@ Negative downsampling with calibration (train/calibration.py): `negative_keep_ra
 each negative sample (0 in every task) with probability r and trains with the logit offset
 c = −log r, so the served logit is that of the full sample population (σ(z) calibrated,
 exp(z) of a watch-time task too): odds_sampled = odds / r.
+
+Bagging (`ensemble` N > 1): N members trained one after the other, member k with seed + k for its
+validation users, sampled negatives, sequence cuts, init and batch order (member 0 is exactly the
+one-member ranker); the model is a `MeanEnsemble`, whose task logits are the members' mean. A
+member's early stopping reads ~10 % of the label users, so one fit's test NDCG swings by a few
+thousandths with the seed; the mean of N has less of that variance (docs/BENCHMARKS.md, Session 6).
 """
 
 from __future__ import annotations
@@ -117,6 +123,9 @@ class CandidateRankerConfig:
     task_weights: dict[str, float] = field(default_factory=dict)  # task → loss weight λ_t (default 1)
     weight_columns: dict[str, str] = field(default_factory=dict)  # task → column weighting its positives
     negative_keep_rate: float = 1.0  # r: keep each negative with probability r, logit offset −log r
+    # bagging: N members trained with seeds seed … seed+N−1 (each its own validation users,
+    # sampled negatives and init), served logit = their mean (`MeanEnsemble`)
+    ensemble: int = 1
 
     def __post_init__(self) -> None:
         if self.label_folds < 0 or not 0 < self.fold_fraction < 1:
@@ -142,6 +151,8 @@ class CandidateRankerConfig:
             raise ConfigError("hard_negative_rate must be in [0, 1] and valid_fraction in (0, 1)")
         if self.random_negatives < 0:
             raise ConfigError(f"random_negatives must be ≥ 0, got {self.random_negatives}")
+        if isinstance(self.ensemble, bool) or not isinstance(self.ensemble, int) or self.ensemble < 1:
+            raise ConfigError(f"rank.ensemble must be an integer ≥ 1 (members), got {self.ensemble!r}")
 
     def like_value_column(self, labels: Any) -> str | None:
         """The label column the "like" task thresholds when the labels have no "like" column of
@@ -234,6 +245,39 @@ class PerTaskRanker(torch.nn.Module):
                 aux = o["aux_loss"] if aux is None else aux + o["aux_loss"]
         if aux is not None:
             out["aux_loss"] = aux
+        return out
+
+
+def build_task_model(name: str, spec: FeatureSpec, params: dict[str, Any], tasks: tuple[str, ...]) -> torch.nn.Module:
+    """The registered model `name` for `tasks`; a single-task model asked for several tasks: one
+    per task (`PerTaskRanker`)."""
+    from funnelrec.core.registry import RANKERS
+
+    if len(tasks) > 1 and not getattr(RANKERS.get(name), "multi_task", False):
+        return PerTaskRanker(name, spec, dict(params), tuple(tasks))
+    return build_ranker(name, spec, dict(params))
+
+
+class MeanEnsemble(torch.nn.Module):
+    """`n` members, each `build_task_model(name, spec, params, tasks)`, trained apart
+    (`rank.ensemble`: bagging over seeds); the output of each task is the members' mean logit
+    (their "aux_loss", when they have one, the mean too). `members[k]` is trained as a model of
+    its own (its `prepare` included)."""
+
+    def __init__(self, name: str, spec: FeatureSpec, params: dict[str, Any], tasks: tuple[str, ...], n: int) -> None:
+        super().__init__()
+        if n < 1:
+            raise ConfigError(f"MeanEnsemble: need n ≥ 1 members, got {n}")
+        self.tasks = tuple(tasks)
+        self.members = torch.nn.ModuleList([build_task_model(name, spec, dict(params), self.tasks) for _ in range(n)])
+        record_init(self, name, spec, dict(params), self.tasks, n)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        outs = [m(batch) for m in self.members]
+        out = {t: torch.stack([o[t] for o in outs]).mean(0) for t in self.tasks}
+        aux = [o["aux_loss"] for o in outs if "aux_loss" in o]
+        if aux:
+            out["aux_loss"] = torch.stack([torch.as_tensor(x) for x in aux]).mean()
         return out
 
 
@@ -367,12 +411,15 @@ class CandidateRanker:
     def match_(self):
         return self.features_.match_
 
-    def _samples(self, sets: list[LabelSet], valid_users: np.ndarray, rng: np.random.Generator):
+    def _samples(self, sets: list[LabelSet], valid_users: np.ndarray, rng: np.random.Generator,
+                 seed: int | None = None):
         """(u, items, X, {task: y}, {task: w}, ts, set) of every label set: positives, a share of
         the hard (recall) negatives, random easy negatives; the validation users of sets[0] are
-        left out. ts: each sample's sequence cut (−1: none); set: the label set of each sample."""
+        left out. ts: each sample's sequence cut (−1: none); set: the label set of each sample.
+        `seed` (default rank.seed) seeds the draws apart from `rng` (sequence cuts, downsampling)."""
         cfg = self.config
-        ts_rng = np.random.default_rng(cfg.seed + 7919)  # apart from `rng`: the samples stay as they were
+        seed = cfg.seed if seed is None else seed
+        ts_rng = np.random.default_rng(seed + 7919)  # apart from `rng`: the samples stay as they were
         parts = []
         for k, s in enumerate(sets):
             table = self._label_table(s)
@@ -405,7 +452,7 @@ class CandidateRanker:
         which = np.concatenate([p[6] for p in parts])
         if cfg.negative_keep_rate < 1:  # negative downsampling (calibrated by the loss offset)
             neg = np.all([v == 0 for v in y.values()], axis=0)
-            keep = ~neg | (np.random.default_rng(cfg.seed + 104729).random(len(u)) < cfg.negative_keep_rate)
+            keep = ~neg | (np.random.default_rng(seed + 104729).random(len(u)) < cfg.negative_keep_rate)
             u, items, X, ts, which = u[keep], items[keep], X[keep], ts[keep], which[keep]
             y = {t: v[keep] for t, v in y.items()}
             w = {t: v[keep] for t, v in w.items()}
@@ -443,7 +490,6 @@ class CandidateRanker:
             progress: bool = False) -> CandidateRanker:
         """Train on the label sets (sets[0] = the real one; its users give the validation slice)."""
         cfg = self.config
-        rng = np.random.default_rng(cfg.seed)
         if not sets:
             raise DataError("ranker training: no label set")
         for s in sets:
@@ -454,68 +500,79 @@ class CandidateRanker:
         self._fit_behaviour(dataset, train)
         main = sets[0]
         n_valid = max(1, int(round(len(main.users) * cfg.valid_fraction)))
-        valid_users = np.sort(rng.choice(main.users, size=n_valid, replace=False))
-        u, items, X, y, w, ts, which = self._samples(sets, valid_users, rng)
-        if y[cfg.tasks[0]].sum() == 0:
-            raise DataError("ranker training: no positive among the recall candidates — check the label split")
-        self.features_.set_scale(X)
-        train_t = self.batch(u, items, X)
-        if self._seq_len:  # each label set's sequences come from the history its channels were fitted on
-            self._sequence_block(train_t, sets, train, u, items, ts, which)
-        for t in cfg.tasks:
-            train_t[f"label_{t}"] = torch.from_numpy(y[t])
-            if not np.all(w[t] == 1):
-                train_t[f"weight_{t}"] = torch.from_numpy(w[t])
-        es = self.features_.spec_
-        beh = self.behaviour_
-        self.spec_ = FeatureSpec(n_embeddings=es.n_embeddings, n_fields=es.n_fields, n_dense=self.n_dense_,
-                                 seq_len=self._seq_len, n_domains=1 if beh is None else beh.n_domains,
-                                 tasks=tuple(cfg.tasks), field_names=es.field_names)
-        torch.manual_seed(cfg.seed)
-        self.model_ = self._build_model()
         self.tasks_ = tuple(cfg.tasks)
         self.kinds_ = {t: cfg.kind(t) for t in cfg.tasks}
-        prepare = getattr(self.model_, "prepare", None)
-        if callable(prepare):  # a data-dependent first stage (GBDT+LR's trees) on the training tensors
-            prepare({**train_t, "label": train_t[f"label_{cfg.tasks[0]}"]})
         offset = downsampling_offset(cfg.negative_keep_rate) if cfg.negative_keep_rate < 1 else 0.0
         loss_fn = task_loss(self.tasks_, dict(cfg.task_weights), offset)
-
-        # validation: NDCG@10 of the held-out users' full candidate lists, ranked by the fused score
-        vrows = np.flatnonzero(np.isin(main.users, valid_users))
-        vmerged = [main.merged[r] for r in vrows]
-        vu, vi, vX = self._dense(main, vmerged, main.users[vrows])
-        vb = self.batch(vu, vi, vX)
-        vsizes = np.array([len(m) for m in vmerged])
         vpos = sp.csr_matrix(main.positives != 0, dtype=np.float32)
-        self.valid_users_ = valid_users
         # the dense block's layout: 3 recall-source columns per channel, in this order
         self.channel_names_ = tuple(next((m.channels for m in main.merged), ()))
+        results = []
+        # member k of the ensemble (k = 0 alone without one): seed + k draws its validation users,
+        # samples, init and batch order; the feature scaling and the model spec are member 0's
+        for k in range(cfg.ensemble):
+            seed = cfg.seed + k
+            rng = np.random.default_rng(seed)
+            valid_users = np.sort(rng.choice(main.users, size=n_valid, replace=False))
+            u, items, X, y, w, ts, which = self._samples(sets, valid_users, rng, seed)
+            if k == 0:
+                if y[cfg.tasks[0]].sum() == 0:
+                    raise DataError("ranker training: no positive among the recall candidates — check the label split")
+                self.features_.set_scale(X)
+            train_t = self.batch(u, items, X)
+            if self._seq_len:  # each label set's sequences come from the history its channels were fitted on
+                self._sequence_block(train_t, sets, train, u, items, ts, which)
+            for t in cfg.tasks:
+                train_t[f"label_{t}"] = torch.from_numpy(y[t])
+                if not np.all(w[t] == 1):
+                    train_t[f"weight_{t}"] = torch.from_numpy(w[t])
+            if k == 0:
+                es = self.features_.spec_
+                beh = self.behaviour_
+                self.spec_ = FeatureSpec(n_embeddings=es.n_embeddings, n_fields=es.n_fields, n_dense=self.n_dense_,
+                                         seq_len=self._seq_len, n_domains=1 if beh is None else beh.n_domains,
+                                         tasks=tuple(cfg.tasks), field_names=es.field_names)
+                torch.manual_seed(cfg.seed)
+                self.model_ = self._build_model()
+                self.valid_users_ = valid_users  # member 0's: the users fit_prerank leaves out
+                self.n_examples_ = len(u)
+            member = self.model_.members[k] if isinstance(self.model_, MeanEnsemble) else self.model_
+            prepare = getattr(member, "prepare", None)
+            if callable(prepare):  # a data-dependent first stage (GBDT+LR's trees) on the training tensors
+                prepare({**train_t, "label": train_t[f"label_{cfg.tasks[0]}"]})
 
-        def validate(model) -> float:
-            if len(vu) == 0:
-                return 0.0
-            out = model(vb)
-            s = fuse({t: out[t].numpy() for t in self.tasks_})  # equal task weights
-            top = _topk_rows(vmerged, np.split(s, np.cumsum(vsizes)[:-1]), 10)
-            return ranking_metrics(top, vpos, (10,), rows=main.users[vrows])["ndcg@10"]
+            # validation: NDCG@10 of the held-out users' full candidate lists, ranked by the fused score
+            vrows = np.flatnonzero(np.isin(main.users, valid_users))
+            vmerged = [main.merged[r] for r in vrows]
+            vu, vi, vX = self._dense(main, vmerged, main.users[vrows])
+            vb = self.batch(vu, vi, vX)
+            vsizes = np.array([len(m) for m in vmerged])
 
-        trainer = Trainer(TrainerConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                                        weight_decay=cfg.weight_decay, seed=cfg.seed, patience=cfg.patience,
-                                        progress=progress))
-        self.train_result_ = trainer.fit(self.model_, loss_fn, train_t, validate=validate)
+            def validate(model, vu=vu, vb=vb, vmerged=vmerged, vsizes=vsizes, vrows=vrows) -> float:
+                if len(vu) == 0:
+                    return 0.0
+                out = model(vb)
+                s = fuse({t: out[t].numpy() for t in self.tasks_})  # equal task weights
+                top = _topk_rows(vmerged, np.split(s, np.cumsum(vsizes)[:-1]), 10)
+                return ranking_metrics(top, vpos, (10,), rows=main.users[vrows])["ndcg@10"]
+
+            trainer = Trainer(TrainerConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                                            weight_decay=cfg.weight_decay, seed=seed, patience=cfg.patience,
+                                            progress=progress))
+            results.append(trainer.fit(member, loss_fn, train_t, validate=validate))
+            del train_t
+        self.train_result_ = results[0]
+        self.member_results_ = results  # one TrainResult per member (one without an ensemble)
         self.model_.eval()
-        self.n_examples_ = len(u)
         return self
 
     def _build_model(self) -> torch.nn.Module:
-        """The registered model; a single-task model asked for several tasks: one per task."""
-        from funnelrec.core.registry import RANKERS
-
+        """The registered model (one per task for a single-task model asked for several tasks);
+        with `ensemble` N > 1 a `MeanEnsemble` of N of them."""
         cfg = self.config
-        if len(cfg.tasks) > 1 and not getattr(RANKERS.get(cfg.model), "multi_task", False):
-            return PerTaskRanker(cfg.model, self.spec_, dict(cfg.params), tuple(cfg.tasks))
-        return build_ranker(cfg.model, self.spec_, dict(cfg.params))
+        if cfg.ensemble > 1:
+            return MeanEnsemble(cfg.model, self.spec_, dict(cfg.params), tuple(cfg.tasks), cfg.ensemble)
+        return build_task_model(cfg.model, self.spec_, dict(cfg.params), tuple(cfg.tasks))
 
     def _sequence_block(self, train_t: dict, sets: list[LabelSet], train: pl.DataFrame, u: np.ndarray,
                         items: np.ndarray, ts: np.ndarray, which: np.ndarray) -> None:

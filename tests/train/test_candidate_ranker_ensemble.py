@@ -1,0 +1,95 @@
+"""`rank.ensemble` (train/candidate_ranker.py `MeanEnsemble`): N members trained apart with seeds
+seed … seed+N−1, the served logit their mean.
+
+- member 0 is exactly the ranker `ensemble: 1` trains (same init, samples and batch order), so a
+  one-member funnel is unchanged;
+- the other members differ from it (their own validation users, negatives, init);
+- the served task logits are the members' mean, computed here from each member's own forward;
+- the ensemble round-trips through an artifact; a bad `ensemble` is a ConfigError naming the key.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from funnelrec.core.errors import ConfigError
+from funnelrec.pipeline.builder import FunnelBuilder
+from funnelrec.pipeline.config import FunnelConfig
+from funnelrec.pipeline.funnel import Funnel
+from funnelrec.train.candidate_ranker import CandidateRankerConfig, MeanEnsemble
+
+
+@pytest.fixture(scope="module")
+def world():
+    from funnelrec.data import load_dataset
+    from funnelrec.data.splits import random_split_by_user
+
+    ds = load_dataset("synthetic", n_users=300, n_items=400, n_interactions=8000)
+    split = random_split_by_user(ds.interactions.filter(pl.col("click") == 1), seed=2020)
+    return ds, split
+
+
+def _cfg(**rank) -> FunnelConfig:
+    return FunnelConfig.from_dict({
+        "recall": {"channels": [{"name": "itemcf", "n": 40}, {"name": "hot", "n": 30}], "merge": {"total": 60}},
+        "rank": {"epochs": 2, "user_columns": ["age_band", "gender"], "item_columns": ["tags"],
+                 "match_columns": ["tags"], "ridge_lambda": 0.0, **rank}})
+
+
+@pytest.fixture(scope="module")
+def pair(world):
+    ds, split = world
+    one = FunnelBuilder(_cfg()).fit(ds, split.train, labels=split.valid)
+    three = FunnelBuilder(_cfg(ensemble=3)).fit(ds, split.train, labels=split.valid)
+    return one, three
+
+
+def test_member_zero_is_the_single_ranker_and_the_others_differ(pair):
+    one, three = pair
+    m = three.ranker_.model_
+    assert isinstance(m, MeanEnsemble) and len(m.members) == 3
+    assert not isinstance(one.ranker_.model_, MeanEnsemble)
+    single = one.ranker_.model_.state_dict()
+    first = m.members[0].state_dict()
+    assert single.keys() == first.keys()
+    for k in single:
+        torch.testing.assert_close(first[k], single[k], rtol=0, atol=0)
+    for other in m.members[1:]:
+        assert any(not torch.equal(other.state_dict()[k], single[k]) for k in single)
+    assert len(three.ranker_.member_results_) == 3 and len(one.ranker_.member_results_) == 1
+    np.testing.assert_array_equal(three.ranker_.valid_users_, one.ranker_.valid_users_)
+
+
+def test_served_logits_are_the_members_mean(pair):
+    _, three = pair
+    r = three.ranker_
+    users = np.array([0, 7, 42])
+    merged = three.candidates(users)
+    got = r.score_tasks(merged, users, three.stats_.item_log_pop, three.stats_.user_log_act)
+    u, items, X = r.features_.raw(merged, users, three.stats_.item_log_pop, three.stats_.user_log_act)
+    b = r.batch(u, items, X)
+    with torch.inference_mode():
+        each = np.stack([mem(b)["ctr"].numpy() for mem in r.model_.members])
+    want = each.sum(0) / 3.0
+    assert np.std(each, axis=0).max() > 0  # the members disagree somewhere: the mean is not one of them
+    np.testing.assert_allclose(np.concatenate([g["ctr"] for g in got]), want, rtol=1e-5, atol=1e-6)
+
+
+def test_an_ensemble_round_trips_through_an_artifact(pair, tmp_path):
+    _, three = pair
+    users = np.array([0, 5, 9])
+    a = three.recommend_batch(users, 10)
+    back = Funnel.load(three.save(tmp_path / "art"))
+    assert isinstance(back.ranker_.model_, MeanEnsemble) and len(back.ranker_.model_.members) == 3
+    b = back.recommend_batch(users, 10)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_allclose(a[1], b[1], rtol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, 2.5])
+def test_a_bad_ensemble_size_names_the_key(bad):
+    with pytest.raises(ConfigError, match="rank.ensemble"):
+        CandidateRankerConfig(ensemble=bad)
