@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -28,7 +29,7 @@ from funnelrec.pipeline.offline import evaluate_funnel
 from funnelrec.train.candidate_ranker import CandidateRanker
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "funnel"
-RANKERS = "lr,din,dien,sim,mimn,star,pepnet,gbdt_lr,mmoe,ple,watch_time"
+RANKERS = "lr,din,dien,sim,mimn,star,pepnet,gbdt_lr,mmoe,ple,watch_time,deepfm,deepfm_bag"
 
 
 def config_of(name: str) -> Path:
@@ -49,7 +50,8 @@ def main() -> None:
         if c.recall != base.recall:
             raise SystemExit(f"{config_of(n)}: its recall section differs from {config_of('lr')}")
     out: dict = {"protocol": "recbole-rs-811", "dataset": "movielens-100k", "seeds": seeds,
-                 "machine": f"{platform.machine()}, 2 cores shared with other sessions", "rankers": {}}
+                 "machine": f"{platform.machine()}, 2 cores shared with other sessions",
+                 "loadavg_start": list(os.getloadavg()), "rankers": {}}
     per: dict[str, list[dict]] = {n: [] for n in names}
     ease: list[float] = []
     for seed in seeds:
@@ -74,6 +76,9 @@ def main() -> None:
             per[n].append({"seed": seed, **r["funnel"], "valid_ndcg@10": ranker.train_result_.best_score,
                            "ranker_fit_s": round(fit_s, 1), "epochs": ranker.train_result_.epochs,
                            "samples": ranker.n_examples_})
+            if len(ranker.member_results_) > 1:  # rank.ensemble: each member's own validation users
+                per[n][-1]["members_valid_ndcg@10"] = [m.best_score for m in ranker.member_results_]
+                per[n][-1]["members_epochs"] = [m.epochs for m in ranker.member_results_]
             if n == names[0] and "ease" in r["channels"]:
                 ease.append(r["channels"]["ease"]["ndcg@10"])
             print(json.dumps({"ranker": n, **per[n][-1]}), flush=True)
@@ -82,8 +87,12 @@ def main() -> None:
         nd = np.array([p["ndcg@10"] for p in per[n]])
         out["rankers"][n] = {"config": str(config_of(n).relative_to(CONFIGS.parents[1])),
                              "ndcg@10_mean": float(nd.mean()), "ndcg@10_std": float(nd.std()),
+                             "ndcg@10_min": float(nd.min()), "ndcg@10_max": float(nd.max()),
                              "runs": per[n]}
     out["ease_channel_ndcg@10"] = ease
+    if ease:
+        out["ease_channel_ndcg@10_mean"] = float(np.mean(ease))
+    out["loadavg_end"] = list(os.getloadavg())
     print(json.dumps(out))
 
 
