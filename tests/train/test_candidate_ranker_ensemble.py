@@ -93,3 +93,31 @@ def test_an_ensemble_round_trips_through_an_artifact(pair, tmp_path):
 def test_a_bad_ensemble_size_names_the_key(bad):
     with pytest.raises(ConfigError, match="rank.ensemble"):
         CandidateRankerConfig(ensemble=bad)
+
+
+def test_online_fid_admission_grows_every_members_table(pair):
+    from funnelrec.online.updates import copy_ranker, grow_ranker_table
+
+    _, three = pair
+    r = copy_ranker(three.ranker_)
+    n0 = r.spec_.n_embeddings
+    users = np.array([0, 7, 42])
+    merged = three.candidates(users)
+    stats = (three.stats_.item_log_pop, three.stats_.user_log_act)
+    scores0 = r.score_tasks(merged, users, *stats)
+    before = {k: v.clone() for k, v in r.model_.state_dict().items()}
+    grow_ranker_table(r, 4)
+    after = r.model_.state_dict()
+    assert isinstance(r.model_, MeanEnsemble) and r.spec_.n_embeddings == n0 + 4 == r.model_.spec.n_embeddings
+    assert after.keys() == before.keys()
+    grown = [k for k in before if after[k].shape != before[k].shape]
+    assert {k.split(".")[1] for k in grown} == {"0", "1", "2"}  # a table of every member
+    for k in before:
+        if k in grown:
+            assert after[k].shape[0] == n0 + 4 and torch.count_nonzero(after[k][n0:]) == 0
+            torch.testing.assert_close(after[k][:n0], before[k], rtol=0, atol=0)
+        else:
+            torch.testing.assert_close(after[k], before[k], rtol=0, atol=0)
+    for a, b in zip(scores0, r.score_tasks(merged, users, *stats)):  # the old rows serve as before
+        np.testing.assert_allclose(a["ctr"], b["ctr"], rtol=1e-6, atol=1e-7)
+    assert three.ranker_.spec_.n_embeddings == n0  # the served ranker is untouched

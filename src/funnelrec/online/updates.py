@@ -141,7 +141,8 @@ def _table_keys(model: torch.nn.Module, n_rows: int) -> list[str]:
 def grow_ranker_table(ranker: Any, n_new: int) -> None:
     """Append `n_new` zero rows to the shared embedding table of `ranker`'s model (in place on
     this ranker object, which must be a private copy): the model is rebuilt through the registry
-    with the wider spec and takes the old weights, so a saved artifact rebuilds it the same way."""
+    with the wider spec (`CandidateRanker.model_for`: one per task, an ensemble's members alike)
+    and takes the old weights, so a saved artifact rebuilds it the same way."""
     from funnelrec.models.ranking.common import build_ranker
 
     if n_new <= 0:
@@ -149,7 +150,8 @@ def grow_ranker_table(ranker: Any, n_new: int) -> None:
     old = ranker.model_
     n_old = ranker.spec_.n_embeddings
     spec = dataclasses.replace(ranker.spec_, n_embeddings=n_old + n_new)
-    new = build_ranker(ranker.config.model, spec, dict(ranker.config.params))
+    model_for = getattr(ranker, "model_for", None)
+    new = model_for(spec) if callable(model_for) else build_ranker(ranker.config.model, spec, dict(ranker.config.params))
     state = old.state_dict()
     grown = {}
     for k, v in new.state_dict().items():

@@ -269,6 +269,7 @@ class MeanEnsemble(torch.nn.Module):
         if n < 1:
             raise ConfigError(f"MeanEnsemble: need n ≥ 1 members, got {n}")
         self.tasks = tuple(tasks)
+        self.spec = spec
         self.members = torch.nn.ModuleList([build_task_model(name, spec, dict(params), self.tasks) for _ in range(n)])
         record_init(self, name, spec, dict(params), self.tasks, n)
 
@@ -567,12 +568,16 @@ class CandidateRanker:
         return self
 
     def _build_model(self) -> torch.nn.Module:
-        """The registered model (one per task for a single-task model asked for several tasks);
-        with `ensemble` N > 1 a `MeanEnsemble` of N of them."""
+        return self.model_for(self.spec_)
+
+    def model_for(self, spec: FeatureSpec) -> torch.nn.Module:
+        """A fresh model of this ranker's structure over `spec`: the registered model (one per task
+        for a single-task model asked for several tasks); with `ensemble` N > 1 a `MeanEnsemble`
+        of N of them. Online FID admission rebuilds a wider one (online/updates.py)."""
         cfg = self.config
         if cfg.ensemble > 1:
-            return MeanEnsemble(cfg.model, self.spec_, dict(cfg.params), tuple(cfg.tasks), cfg.ensemble)
-        return build_task_model(cfg.model, self.spec_, dict(cfg.params), tuple(cfg.tasks))
+            return MeanEnsemble(cfg.model, spec, dict(cfg.params), tuple(cfg.tasks), cfg.ensemble)
+        return build_task_model(cfg.model, spec, dict(cfg.params), tuple(cfg.tasks))
 
     def _sequence_block(self, train_t: dict, sets: list[LabelSet], train: pl.DataFrame, u: np.ndarray,
                         items: np.ndarray, ts: np.ndarray, which: np.ndarray) -> None:
