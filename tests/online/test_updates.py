@@ -209,6 +209,23 @@ def test_candidate_samples_are_the_users_candidates_labelled_by_its_positives(wo
     assert int(y.sum()) < len(some) and abs((len(some) - int(y.sum())) - 0.3 * n_neg) < 4 * np.sqrt(0.21 * n_neg)
 
 
+def test_candidate_samples_top_labels_the_served_top_only(world):
+    """top=N: only each user's N best candidates by the served ranker are labelled — the items
+    `Funnel.run` returns as its top N (no re-rank in this funnel), positives beyond them dropped."""
+    from funnelrec.online.samples import candidate_samples
+
+    f = world["funnel"]
+    organic, _, users = _organic(world)
+    s = candidate_samples(f, organic, None, negative_rate=1.0, top=20)
+    recs = f.run(np.asarray(users), k=20)
+    want = {(int(u), int(i)) for u, r in zip(users, recs) for i in r.items.tolist()}
+    assert set(zip(s.users.tolist(), s.items.tolist())) == want and len(s) == len(want)
+    full = candidate_samples(f, organic, None, negative_rate=1.0)
+    assert 0 < s.labels["click"].sum() < full.labels["click"].sum()
+    with pytest.raises(ConfigError, match="top"):
+        candidate_samples(f, organic, None, top=0)
+
+
 def test_ranker_update_trains_every_positive_among_its_users_candidates(world):
     """organic="candidates": the update trains on every positive (clicked impression or organic)
     among its user's candidates, a shown-not-clicked item only as one of those candidates (at the

@@ -207,7 +207,7 @@ def _match_block(match: Any, users: np.ndarray, fresh: list[np.ndarray] | None, 
 
 def candidate_samples(funnel: Any, positives: pl.DataFrame, shown: pl.DataFrame | None = None,
                       negative_rate: float = 1.0, seed: int = 0, what: str = "samples",
-                      uncount: bool = False) -> RankSamples:
+                      uncount: bool = False, top: int | None = None) -> RankSamples:
     """Positives no impression led to (organic: request_id null), in the form the fine ranker was
     fitted on (train/candidate_ranker.py, a label set): for each user of `positives`, the user's
     merged candidates — recall over the histories without the frames' own (user, item) pairs
@@ -221,7 +221,9 @@ def candidate_samples(funnel: Any, positives: pl.DataFrame, shown: pl.DataFrame 
     what recall hands it. Positives no channel recalls are left out (`n_dropped["unrecalled"]`:
     the fit labels recalled candidates only). `shown`: impressions of the same window; their
     items are left out of the negatives (they are labelled as impressions) and their pairs out
-    of the histories. `uncount` as in `without_own_pairs`."""
+    of the histories. `uncount` as in `without_own_pairs`. `top`: only each user's `top`
+    candidates by the served ranker's fused score are labelled (positives and negatives alike):
+    the order that decides what is shown is the order at the top, where the negatives are hard."""
     positives = check_samples(positives, what)
     ranker = funnel.ranker_
     if ranker is None or not hasattr(ranker, "features_"):
@@ -254,7 +256,13 @@ def candidate_samples(funnel: Any, positives: pl.DataFrame, shown: pl.DataFrame 
     if not len(u):
         return empty
     users = np.unique(u)
-    merged, fresh = _served_candidates(without_own_pairs(funnel, np.r_[u, su], np.r_[i, si], uncount), users)
+    if top is not None and (isinstance(top, bool) or not isinstance(top, int) or top < 1):
+        raise ConfigError(f"candidate top must be an integer ≥ 1 or None, got {top!r}")
+    base = without_own_pairs(funnel, np.r_[u, su], np.r_[i, si], uncount)
+    merged, fresh = _served_candidates(base, users)
+    if top is not None:  # the served order: the ranker's fused score over the request's candidates
+        ranked = base.rank_tasks(merged, users, history=fresh)
+        merged = [m.subset(np.sort(np.argsort(-fused, kind="stable")[:top])) for m, (fused, _) in zip(merged, ranked)]
     I = max(ds.n_items, int(max(i.max(initial=0), si.max(initial=0))) + 1)
     pos_key = u.astype(np.int64) * I + i
     first = {}  # (user, item) → the first positive row of it

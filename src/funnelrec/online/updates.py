@@ -270,6 +270,7 @@ class RankerUpdateConfig:
     unrecalled: str = "random_pairs"
     organic: str = "drop"  # samples no impression led to (request_id null): "drop", "keep" or "candidates"
     candidate_negative_rate: float = 0.3  # organic="candidates": share of a user's other candidates kept as negatives
+    candidate_top: int | None = None  # organic="candidates": label only each user's top N served candidates (None: all)
     min_count: int = 5
     ttl: float | None = None
     seed: int = 2020
@@ -344,7 +345,8 @@ class RankerUpdater:
             # always, the served top would be over-represented among the negatives). Seeded by
             # the batch (its newest ts): a restarted learner redoing a step draws the same
             train = candidate_samples(funnel, _positives(samples), None, cfg.candidate_negative_rate,
-                                      cfg.seed + int(samples["ts"].max() or 0) % 1_000_003, uncount=self.uncount)
+                                      cfg.seed + int(samples["ts"].max() or 0) % 1_000_003, uncount=self.uncount,
+                                      top=cfg.candidate_top)
         else:
             train = rank_samples(funnel, samples, cfg.unrecalled, uncount=self.uncount)
         if len(train) == 0:
@@ -364,7 +366,8 @@ class RankerUpdater:
             # ranking quality (on ml-100k such rows put the served AUC at 0.05 and a sign-flipped
             # model at 0.95)
             if cfg.organic == "candidates":  # every candidate of the held-out positives' users: the order served
-                hold = candidate_samples(funnel, _positives(holdout), None, 1.0, what="holdout", uncount=self.uncount)
+                hold = candidate_samples(funnel, _positives(holdout), None, 1.0, what="holdout", uncount=self.uncount,
+                                         top=cfg.candidate_top)
             else:
                 hold = rank_samples(funnel, holdout, "drop", what="holdout", uncount=self.uncount)
             report["guardrail"] = self.guardrail.check(served, cand, hold)  # raises GuardrailRefused
