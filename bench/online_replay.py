@@ -7,8 +7,8 @@ real-time state + online learning, through the real service. Prints one JSON obj
 (a) MovieLens-100k: fitted on the first 50 % of time (configs/funnel/ml100k.yaml), the rest
     replayed day by day (online/replay.py): each next day's NDCG@10 and AUC per mode, and
     online − static (and realtime − static) with the bootstrap 95 % CI over user-days. A like
-    is a rating ≥ 4 (this bench's choice; the replay has no default); the learner's ml-100k
-    settings are `ML100K_LEARN` (below), `--learn` goes on top of them.
+    is a rating ≥ 4 (this bench's choice; the replay has no default); the learner's settings
+    are `REPLAY_LEARN` (below) in every case, `--learn` goes on top of them.
 (b) The synthetic world with a preference drift at day 15 (every user's two loved tags change;
     data/synthetic.py) over 24 days, so the cut falls at day 12: three pre-drift days replayed.
     Rows with click > 0 are the interactions, like > 0 the likes. NDCG@10 per day per mode, and
@@ -74,13 +74,14 @@ def funnel_config(columns: dict | None = None) -> FunnelConfig:
 
 
 # the synthetic world's attribute columns for the ranker's profile and match features
-# ml-100k's learn: section (merged under --learn). A ratings log replayed has no real impressions:
-# of the ~420 interactions a day ~5 fall on the 10 items a request showed, the rest are organic.
-# So the ranker's update labels every positive among its user's candidates (the form the ranker
-# was fitted on) instead of judging ~120 impressions a day, the guardrail judges the held-out
-# users' candidates by GAUC (a pooled AUC there mostly compares users), and FTRL moves at
-# α = 0.05 (one day's update at 0.2 lost 0.01–0.05 of held-out GAUC as often as it gained).
-ML100K_LEARN = {"ranker": {"organic": "candidates", "ftrl_alpha": 0.05}, "guardrail": {"group": "user"}}
+# The replay's learn: section for every case (merged under --learn). A replayed log's positives
+# are mostly organic: the logged users did not see our answers (ml-100k: of ~420 interactions a
+# day ~5 fall on the 10 items a request showed). So the ranker's update labels every positive
+# among its user's candidates (the form the ranker was fitted on) instead of judging ~120
+# impressions a day, the guardrail judges the held-out users' candidates by GAUC (a pooled AUC
+# there mostly compares users), and FTRL moves at α = 0.05 (one day's update at 0.2 lost
+# 0.01–0.05 of held-out GAUC as often as it gained). BENCHMARKS Session 6 has the figures.
+REPLAY_LEARN = {"ranker": {"organic": "candidates", "ftrl_alpha": 0.05}, "guardrail": {"group": "user"}}
 
 
 def merged_learn(base: dict, override: dict) -> dict:
@@ -148,20 +149,20 @@ def main() -> None:
     ap.add_argument("--resamples", type=int, default=2000)
     ap.add_argument("--learn", default="{}", help="the replay's learn: section as JSON (LearnConfig keys, ranker:, "
                                                   "guardrail:), e.g. '{\"label_window_s\": 100000000}'; "
-                                                  "on ml-100k merged over ML100K_LEARN")
+                                                  "merged over REPLAY_LEARN")
     args = ap.parse_args()
     modes = args.modes.split(",")
     out: dict = {"threads": os.environ.get("FUNNELREC_THREADS"), "load": os.getloadavg()[0]}
     t0 = time.perf_counter()
     if "ml100k" in args.cases:
         cfg = ReplayConfig(like_column="rating", like_threshold=4.0, bootstrap_resamples=args.resamples,
-                           learn=merged_learn(ML100K_LEARN, json.loads(args.learn)))
+                           learn=merged_learn(REPLAY_LEARN, json.loads(args.learn)))
         res, _ = run_case(load_dataset("movielens-100k"), cfg, modes, funnel_config())
         out["movielens-100k"] = res
     if "drift" in args.cases:
         cfg = ReplayConfig(click_column="click", like_column="like", like_threshold=1.0,
                            bootstrap_resamples=args.resamples,
-                           learn=json.loads(args.learn))
+                           learn=merged_learn(REPLAY_LEARN, json.loads(args.learn)))
         res, fitted = run_case(load_dataset("synthetic", **WORLD), cfg, modes, funnel_config(SYNTHETIC_COLUMNS))
         first = res["first_replayed_day"]
         res["world"] = WORLD
@@ -171,7 +172,7 @@ def main() -> None:
     if "control" in args.cases:  # the same world without the drift: what staleness alone costs
         cfg = ReplayConfig(click_column="click", like_column="like", like_threshold=1.0,
                            bootstrap_resamples=args.resamples,
-                           learn=json.loads(args.learn))
+                           learn=merged_learn(REPLAY_LEARN, json.loads(args.learn)))
         world = {**WORLD, "drift_fraction": 0.0}
         res, _ = run_case(load_dataset("synthetic", **world), cfg, modes, funnel_config(SYNTHETIC_COLUMNS))
         res["world"] = world
