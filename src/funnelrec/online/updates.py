@@ -257,7 +257,11 @@ def copy_ranker(ranker: Any) -> Any:
 class RankerUpdateConfig:
     """`learn.ranker:`. epochs over each batch of samples; Adam `lr` for deep parts; FTRL
     (alpha, beta, l1, l2) for LR/wide parts; `unrecalled` as in online/samples.py; `organic`:
-    "drop" (default) trains and judges on impression samples only (request_id not null); FID admission
+    "drop" (default) trains and judges on impression samples only (request_id not null), "keep"
+    trains on every sample as it is, "candidates" labels every positive among its own user's
+    candidates (online/samples.py `candidate_samples`: `candidate_negative_rate` of the others
+    as negatives, only the served top `candidate_top` when set) and is judged on every candidate
+    of the held-out users — judge it by GAUC (`AUCGuardrail(group="user")`); FID admission
     `min_count` (0 = off) and eviction `ttl` seconds (None = never)."""
 
     epochs: int = 1
