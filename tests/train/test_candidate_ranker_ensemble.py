@@ -11,7 +11,6 @@ seed … seed+N−1, the served logit their mean.
 from __future__ import annotations
 
 import numpy as np
-import polars as pl
 import pytest
 import torch
 
@@ -22,21 +21,10 @@ from funnelrec.pipeline.funnel import Funnel
 from funnelrec.train.candidate_ranker import CandidateRankerConfig, MeanEnsemble
 
 
-@pytest.fixture(scope="module")
-def world():
-    from funnelrec.data import load_dataset
-    from funnelrec.data.splits import random_split_by_user
-
-    ds = load_dataset("synthetic", n_users=300, n_items=400, n_interactions=8000)
-    split = random_split_by_user(ds.interactions.filter(pl.col("click") == 1), seed=2020)
-    return ds, split
-
-
 def _cfg(**rank) -> FunnelConfig:
-    return FunnelConfig.from_dict({
-        "recall": {"channels": [{"name": "itemcf", "n": 40}, {"name": "hot", "n": 30}], "merge": {"total": 60}},
-        "rank": {"epochs": 2, "user_columns": ["age_band", "gender"], "item_columns": ["tags"],
-                 "match_columns": ["tags"], "ridge_lambda": 0.0, **rank}})
+    from tiny_world import tiny_funnel_config
+
+    return tiny_funnel_config(2, **rank)
 
 
 @pytest.fixture(scope="module")

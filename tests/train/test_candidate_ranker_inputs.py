@@ -33,21 +33,10 @@ from funnelrec.train.trainer import Trainer, TrainerConfig
 L = 5
 
 
-@pytest.fixture(scope="module")
-def world():
-    from funnelrec.data import load_dataset
-    from funnelrec.data.splits import random_split_by_user
-
-    ds = load_dataset("synthetic", n_users=300, n_items=400, n_interactions=8000)
-    split = random_split_by_user(ds.interactions.filter(pl.col("click") == 1), seed=2020)
-    return ds, split
-
-
 def _cfg(**rank) -> FunnelConfig:
-    return FunnelConfig.from_dict({
-        "recall": {"channels": [{"name": "itemcf", "n": 40}, {"name": "hot", "n": 30}], "merge": {"total": 60}},
-        "rank": {"epochs": 1, "user_columns": ["age_band", "gender"], "item_columns": ["tags"],
-                 "match_columns": ["tags"], "ridge_lambda": 0.0, **rank}})
+    from tiny_world import tiny_funnel_config
+
+    return tiny_funnel_config(1, **rank)
 
 
 @pytest.fixture(scope="module")
