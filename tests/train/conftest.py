@@ -1,4 +1,4 @@
-"""The small synthetic world the candidate-ranker tests fit funnels on (its funnel config: tiny_world.py)."""
+"""The small synthetic world the candidate-ranker tests fit funnels on (its funnel config: candidate_ranker_world.py)."""
 
 from __future__ import annotations
 

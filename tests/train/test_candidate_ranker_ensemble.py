@@ -22,7 +22,7 @@ from funnelrec.train.candidate_ranker import CandidateRankerConfig, MeanEnsemble
 
 
 def _cfg(**rank) -> FunnelConfig:
-    from tiny_world import tiny_funnel_config
+    from candidate_ranker_world import tiny_funnel_config
 
     return tiny_funnel_config(2, **rank)
 

@@ -34,7 +34,7 @@ L = 5
 
 
 def _cfg(**rank) -> FunnelConfig:
-    from tiny_world import tiny_funnel_config
+    from candidate_ranker_world import tiny_funnel_config
 
     return tiny_funnel_config(1, **rank)
 
