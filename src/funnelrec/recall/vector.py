@@ -187,9 +187,11 @@ def tower_columns(config: VectorRecallConfig, dataset: Any) -> tuple[tuple[str, 
     return tuple(items), tuple(users)
 
 
-def build_features(data: TrainData, positives: pl.DataFrame, config: VectorRecallConfig) -> TwoTowerFeatures:
+def build_features(data: TrainData, positives: pl.DataFrame, config: VectorRecallConfig,
+                   columns: tuple[tuple[str, ...], tuple[str, ...]] | None = None) -> TwoTowerFeatures:
+    """`columns`: (item_columns, user_columns) already resolved by `tower_columns` (default: resolved here)."""
     ds = data.dataset
-    item_cols, user_cols = tower_columns(config, ds)
+    item_cols, user_cols = columns if columns is not None else tower_columns(config, ds)
     item_attrs, n_attr = _categorical_codes(ds.items, "item_idx", item_cols, config.max_attr_values, 1)
     prof, n_prof = _categorical_codes(ds.users, "user_idx", user_cols, 1, 1)
     L = config.history_len
@@ -325,7 +327,6 @@ class VectorRecall(RecallChannel):
             on_epoch_start=lambda e: t.epoch_tensors(e) if e > 0 else None, optimizer=t.optimizers)
         model, feats, seen, I = t.model, t.features, data.csr, data.n_items
         model.eval()
-        self.item_columns_, self.user_columns_ = tower_columns(cfg, data.dataset)
         self.model_ = model
         self.features_ = feats
         self.item_vectors_ = _item_vectors(model, feats)
@@ -357,7 +358,8 @@ class VectorRecall(RecallChannel):
         I = data.n_items
         pos_csr = interactions_csr(positives, data.n_users, I)
         exposed = interactions_csr(exposed_rows, data.n_users, I) if exposed_rows.height else None
-        feats = build_features(data, positives, cfg)
+        self.item_columns_, self.user_columns_ = tower_columns(cfg, data.dataset)  # resolved once
+        feats = build_features(data, positives, cfg, (self.item_columns_, self.user_columns_))
         pos_u = positives["user_idx"].to_numpy().astype(np.int64)
         pos_i = positives["item_idx"].to_numpy().astype(np.int64)
         counts = np.bincount(pos_i, minlength=I).astype(np.float64)
