@@ -43,6 +43,21 @@ Tasks are free names, each a label of the label interactions (`task_label`):
   (`PerTaskRanker`); a multi-task model (MMoE, PLE, ESMM, PEPNet) has one logit per task.
 Loss: Σ_t λ_t · mean_b w_tb · BCE(σ(z_tb + c), y_tb) (+ a model's own "aux_loss", DIEN's).
 
+Listwise losses (`loss`): the funnel ranks each user's candidates against each other, so
+"listwise" trains a softmax over each (label set, user) group of samples — its positives, its
+sampled hard negatives and its random negatives alike (set `random_negatives: 0` to leave the
+easy ones out) — −Σ_m p_m log softmax(z)_m with p = y·w/Σ y·w (ListNet; with 0/1 labels the mean
+over the user's positives of −log softmax(z)_pos), averaged over the groups with a positive;
+"lambdarank" a pairwise logistic loss over the group's (positive, negative) pairs weighted by
+|ΔNDCG| at the current scores (train/losses.py). `listwise_bce` β > 0 adds β · the pointwise BCE,
+which keeps σ(z) a probability for the fusion with other tasks (a softmax fixes z only up to a
+constant per user). Batches hold whole groups, not rows: a row-shuffled batch of ~1000 rows holds
+about one sample of each of its users (ml-100k: ~150 samples per user and set), so a softmax over
+the users present in it would compare nothing. The samples are packed to (groups, L) zero-padded
+tensors with a mask (`pack_groups`); the one Trainer shuffles and slices the groups
+(~batch_size rows per batch), and the loss flattens the real rows back for the model
+(`group_loss`). Validation and serving are the same as for the pointwise loss.
+
 Negative downsampling with calibration (train/calibration.py): `negative_keep_rate` r < 1 keeps
 each negative sample (0 in every task) with probability r and trains with the logit offset
 c = −log r, so the served logit is that of the full sample population (σ(z) calibrated,
@@ -80,6 +95,7 @@ from funnelrec.train.calibration import downsampling_offset
 from funnelrec.train.trainer import Trainer, TrainerConfig
 
 TASK_KINDS = ("binary", "watch_time")
+RANK_LOSSES = ("pointwise", "listwise", "lambdarank")
 DEFAULT_SEQ_LEN = 20  # a sequence model's L when rank.seq_len is not given
 SCORE_ROWS = 32768  # pairs per forward pass when scoring (`score_tasks`)
 
@@ -126,8 +142,21 @@ class CandidateRankerConfig:
     # bagging: N members trained with seeds seed … seed+N−1 (each its own validation users,
     # sampled negatives and init), served logit = their mean (`MeanEnsemble`)
     ensemble: int = 1
+    # "pointwise": BCE per sample (the Loss above); "listwise": softmax cross-entropy over each
+    # (label set, user) group of samples; "lambdarank": |ΔNDCG|-weighted pairwise logistic in the
+    # group (module doc, "Listwise losses"); listwise_bce: weight of the pointwise BCE added to either
+    loss: str = "pointwise"
+    listwise_bce: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.loss not in RANK_LOSSES:
+            raise ConfigError(f"rank.loss {self.loss!r}: must be one of {', '.join(RANK_LOSSES)}")
+        if isinstance(self.listwise_bce, bool) or not isinstance(self.listwise_bce, (int, float)) \
+                or not self.listwise_bce >= 0:
+            raise ConfigError(f"rank.listwise_bce must be a number ≥ 0, got {self.listwise_bce!r}")
+        if self.loss != "pointwise" and "watch_time" in self.task_kinds.values():
+            raise ConfigError(f"rank.loss {self.loss!r}: a watch-time task needs the pointwise loss "
+                              "(its weighted LR is what makes exp(z) the expected watch time)")
         if self.label_folds < 0 or not 0 < self.fold_fraction < 1:
             raise ConfigError("rank: label_folds ≥ 0 and 0 < fold_fraction < 1 required")
         if not self.tasks or len(set(self.tasks)) != len(self.tasks) or not all(isinstance(t, str) and t
@@ -295,6 +324,58 @@ def task_loss(tasks: tuple[str, ...], weights: dict[str, float] | None = None, l
         for t in tasks:
             z = out[t] + logit_offset if logit_offset else out[t]
             total = total + float(weights.get(t, 1.0)) * bce(z, b[f"label_{t}"], weight=b.get(f"weight_{t}"))
+        return total
+
+    return loss_fn
+
+
+def pack_groups(tensors: dict[str, torch.Tensor], group: np.ndarray) -> dict[str, torch.Tensor]:
+    """Rows (N, …) → groups (G, L, …): group g's rows in their order, zero-padded to the largest
+    group L, plus "group_mask" (G, L) True on real rows. `group` (N,): each row's group id."""
+    _, gid = np.unique(group, return_inverse=True)
+    order = np.argsort(gid, kind="stable")
+    counts = np.bincount(gid)
+    slot = np.arange(len(gid)) - np.repeat(np.cumsum(counts) - counts, counts)
+    g = torch.from_numpy(gid[order])
+    j = torch.from_numpy(slot)
+    o = torch.from_numpy(order)
+    G, L = len(counts), int(counts.max())
+    out = {}
+    for k, v in tensors.items():
+        pad = torch.zeros((G, L, *v.shape[1:]), dtype=v.dtype)
+        pad[g, j] = v[o]
+        out[k] = pad
+    mask = torch.zeros((G, L), dtype=torch.bool)
+    mask[g, j] = True
+    out["group_mask"] = mask
+    return out
+
+
+def group_loss(tasks: tuple[str, ...], kind: str, weights: dict[str, float] | None = None,
+               bce_weight: float = 0.0, logit_offset: float = 0.0):
+    """The ranker's loss over a batch of `pack_groups` groups: Σ_t λ_t · (G_t + β · BCE_t) + the
+    model's "aux_loss", G_t = `listwise_softmax_loss` (kind "listwise") or `lambdarank_loss`
+    ("lambdarank") of task t over each group (mean over the groups with a positive), BCE_t the
+    pointwise loss of `task_loss` over the batch's real rows (β = `bce_weight`; the offset c only
+    enters there: a softmax does not change under a constant shift)."""
+    from funnelrec.train.losses import lambdarank_loss, listwise_softmax_loss
+
+    weights = weights or {}
+    per_group = listwise_softmax_loss if kind == "listwise" else lambdarank_loss
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+
+    def loss_fn(model, b):
+        mask = b["group_mask"]
+        rows = {k: v[mask] for k, v in b.items() if k != "group_mask"}
+        seg = torch.arange(mask.shape[0]).unsqueeze(1).expand_as(mask)[mask]
+        out = model(rows)
+        total = out.get("aux_loss", 0.0)
+        for t in tasks:
+            z, y, w = out[t], rows[f"label_{t}"], rows.get(f"weight_{t}")
+            term = per_group(z, y, seg, mask.shape[0], w)
+            if bce_weight:
+                term = term + bce_weight * bce(z + logit_offset if logit_offset else z, y, weight=w)
+            total = total + float(weights.get(t, 1.0)) * term
         return total
 
     return loss_fn
@@ -504,7 +585,10 @@ class CandidateRanker:
         self.tasks_ = tuple(cfg.tasks)
         self.kinds_ = {t: cfg.kind(t) for t in cfg.tasks}
         offset = downsampling_offset(cfg.negative_keep_rate) if cfg.negative_keep_rate < 1 else 0.0
-        loss_fn = task_loss(self.tasks_, dict(cfg.task_weights), offset)
+        if cfg.loss == "pointwise":
+            loss_fn = task_loss(self.tasks_, dict(cfg.task_weights), offset)
+        else:
+            loss_fn = group_loss(self.tasks_, cfg.loss, dict(cfg.task_weights), cfg.listwise_bce, offset)
         vpos = sp.csr_matrix(main.positives != 0, dtype=np.float32)
         # the dense block's layout: 3 recall-source columns per channel, in this order
         self.channel_names_ = tuple(next((m.channels for m in main.merged), ()))
@@ -541,6 +625,10 @@ class CandidateRanker:
             prepare = getattr(member, "prepare", None)
             if callable(prepare):  # a data-dependent first stage (GBDT+LR's trees) on the training tensors
                 prepare({**train_t, "label": train_t[f"label_{cfg.tasks[0]}"]})
+            batch_size = cfg.batch_size
+            if cfg.loss != "pointwise":  # whole (label set, user) groups per batch, ~batch_size rows
+                train_t = pack_groups(train_t, which * (int(u.max()) + 1) + u)
+                batch_size = max(1, round(cfg.batch_size * train_t["group_mask"].shape[0] / len(u)))
 
             # validation: NDCG@10 of the held-out users' full candidate lists, ranked by the fused score
             vrows = np.flatnonzero(np.isin(main.users, valid_users))
@@ -557,7 +645,7 @@ class CandidateRanker:
                 top = _topk_rows(vmerged, np.split(s, np.cumsum(vsizes)[:-1]), 10)
                 return ranking_metrics(top, vpos, (10,), rows=main.users[vrows])["ndcg@10"]
 
-            trainer = Trainer(TrainerConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+            trainer = Trainer(TrainerConfig(epochs=cfg.epochs, batch_size=batch_size, lr=cfg.lr,
                                             weight_decay=cfg.weight_decay, seed=seed, patience=cfg.patience,
                                             progress=progress))
             results.append(trainer.fit(member, loss_fn, train_t, validate=validate))
