@@ -27,6 +27,7 @@ from funnelrec.online.replay import (
     load_replay_file,
     ndcg_at_k,
     pairwise_auc,
+    unseen_auc,
     recovery,
     replay,
     summarize,
@@ -63,6 +64,28 @@ def test_auc_hand_cases_and_sklearn():
     s = rng.integers(0, 8, 300).astype(float)  # many ties
     y = rng.random(300) < 0.3
     assert pairwise_auc(s, y) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+
+
+def test_unseen_auc_hand_case_and_sklearn():
+    from sklearn.metrics import roc_auc_score
+
+    # returned a(+) 0.9, b(−) 0.5, c(+) 0.3 of unseen {a..f}, R = {a, c, d}: negatives b, e, f.
+    # a beats b, e, f; c beats e, f (not b); d (not returned) ties e and f (½ each), loses to b: 6 / 9
+    assert unseen_auc(np.array([0.9, 0.5, 0.3]), np.array([1, 0, 1], bool), 3, 3) == pytest.approx(6 / 9)
+    assert math.isnan(unseen_auc(np.array([0.9]), np.array([1], bool), 1, 0))
+    assert unseen_auc(np.zeros(0), np.zeros(0, bool), 2, 5) == pytest.approx(0.5)  # nothing returned: all tied
+    with pytest.raises(DataError, match="more than the population"):
+        unseen_auc(np.array([0.9, 0.8]), np.array([1, 1], bool), 1, 5)
+    rng = np.random.default_rng(2)
+    for _ in range(20):  # against sklearn on the whole population, the unreturned items all at one score below
+        n, m = int(rng.integers(5, 60)), int(rng.integers(1, 40))
+        y = rng.random(n) < 0.3
+        y[0], y[1] = True, False
+        ret = rng.permutation(n)[: min(m, n)]
+        s = np.full(n, -1.0)
+        s[ret] = rng.integers(0, 6, len(ret)).astype(float)  # ties among the returned too
+        got = unseen_auc(s[ret], y[ret], int(y.sum()), int((~y).sum()))
+        assert got == pytest.approx(roc_auc_score(y, s), abs=1e-12)
 
 
 def test_bootstrap_ci_matches_scipy():

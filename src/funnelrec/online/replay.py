@@ -31,8 +31,15 @@ minus every item they interacted with before (fit-time or replayed); user-days w
 not scored:
 
     NDCG@k = Σ_{p<k} [a_p ∈ R] / log2(p + 2)  /  Σ_{p < min(|R|, k)} 1 / log2(p + 2)
-    AUC    = P(s⁺ > s⁻) + ½·P(s⁺ = s⁻) over the k' returned candidates' served scores s (the
-             fused ranker score), positives = those in R; undefined (NaN) without both classes.
+    AUC    = P(r⁺ before r⁻) + ½·P(tie) over the user's unseen items (the catalogue minus every
+             item they interacted with before: the population NDCG ranks), positives = R,
+             ordered by the funnel: the k' returned candidates by their served (fused) score,
+             every item not returned tied below them (`unseen_auc`). The same population for
+             every mode, so online − static is paired on like with like.
+    AUC over the returned k' only (`auc_returned`, the metric before 2026-12-04): positives = the
+             returned items in R, negatives = the other returned ones. Each mode is judged on
+             its own candidates there, so a mode that brings more relevant items into its k'
+             gets more, and harder, positives: kept for the record, not the criterion.
 
 `summarize` gives per-mode means, per-day means, and each mode − static difference paired over
 the user-days both scored, with a percentile bootstrap 95 % CI (`bootstrap_ci`: resample the
@@ -48,7 +55,8 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -73,7 +81,8 @@ class ReplayConfig:
     """The replay's knobs (module doc). `learn` is handed to the online learner as its config."""
 
     k: int = 10
-    auc_k: int = 50  # candidates scored per request for the AUC; the first k are shown
+    auc_k: int = 500  # candidates asked for per request (the AUC's ranked part); the first k are shown.
+    # 500 = the service's max_k: every candidate the funnel ranks (merge totals are ≤ 500 in the configs)
     fit_fraction: float = 0.5  # of the time span, before the cut
     label_fraction: float = 0.1  # the last share of the fit rows by time: the ranker's labels (0 = no ranker)
     day_seconds: int = DAY
@@ -128,6 +137,31 @@ def pairwise_auc(scores: np.ndarray, positive: np.ndarray) -> float:
 
     r = rankdata(s)  # midranks: ties count ½
     return float((r[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def unseen_auc(scores: np.ndarray, positive: np.ndarray, n_positive: int, n_negative: int) -> float:
+    """AUC of a ranked answer over a whole population of `n_positive` + `n_negative` items of
+    which only the returned ones have scores: returned pairs by their `scores` (midranks, ties ½),
+    a returned item before every item not returned, and the not-returned ones tied among
+    themselves (½). `positive` flags the returned items in the positive class; NaN without both
+    classes in the population."""
+    s = np.asarray(scores, np.float64)
+    y = np.asarray(positive, bool)
+    p_in = int(y.sum())
+    n_in = len(y) - p_in
+    if p_in > n_positive or n_in > n_negative:
+        raise DataError(f"unseen_auc: {p_in} positive / {n_in} negative items returned, more than the population's "
+                        f"{n_positive} / {n_negative}")
+    if n_positive == 0 or n_negative == 0:
+        return math.nan
+    p_out, n_out = n_positive - p_in, n_negative - n_in
+    u_in = 0.0
+    if p_in and n_in:
+        from scipy.stats import rankdata
+
+        u_in = float(rankdata(s)[y].sum() - p_in * (p_in + 1) / 2)  # returned positive beats returned negative
+    u = u_in + p_in * n_out + 0.5 * p_out * n_out  # a returned positive beats every unreturned negative
+    return u / (n_positive * n_negative)
 
 
 def bootstrap_ci(x: np.ndarray, n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0,
@@ -357,36 +391,48 @@ def replay(fitted: FittedReplay, mode: str, cfg: ReplayConfig, client: ReplayCli
            workdir: str | Path | None = None, progress: bool = False,
            learn_log: list | None = None) -> pl.DataFrame:
     """Replay `fitted.replay_rows` in `mode`; one row per scored user-day:
-    mode, day (since the data's first day), user_id, ndcg, auc, n_relevant, model_version (of the
+    mode, day (since the data's first day), user_id, ndcg, auc, auc_returned, n_relevant, model_version (of the
     funnel that answered). `client`: drive
     that (e.g. `HttpReplayClient`) instead of a fresh in-process service. `learn_log`: a list that
     gets each learner step's report (mode online)."""
     if mode not in MODES:
         raise ConfigError(f"replay mode must be one of {', '.join(MODES)}, got {mode!r}")
-    end_of_day: Callable[[], None] | None = None
-    service = None
-    tmp = None
-    if client is None:
+    if client is not None:
         if mode == "online":
-            tmp = tempfile.TemporaryDirectory(prefix="funnelrec-replay-") if workdir is None else None
-            service, end_of_day = _make_online(fitted, cfg, Path(workdir or tmp.name))
-        else:
-            from funnelrec.pipeline.service import RecommenderService
-
-            service = RecommenderService(fitted.funnel)
-        client = ServiceClient(service)
-    elif mode == "online":
-        raise ConfigError("replay mode online runs in-process only (over HTTP the server's own `funnelrec learn` "
-                          "updates it); drop the server URL or run static / realtime")
-    try:
+            raise ConfigError("replay mode online runs in-process only (over HTTP the server's own `funnelrec learn` "
+                              "updates it); drop the server URL or run static / realtime")
+        return _run(fitted, mode, cfg, client, None, progress)
+    with mode_service(fitted, mode, cfg, workdir, learn_log) as (client, end_of_day):
         return _run(fitted, mode, cfg, client, end_of_day, progress)
+
+
+@contextmanager
+def mode_service(fitted: FittedReplay, mode: str, cfg: ReplayConfig, workdir: str | Path | None = None,
+                 learn_log: list | None = None) -> Iterator[tuple[ServiceClient, Callable[[], None] | None]]:
+    """(client, end_of_day) of a fresh in-process service serving `fitted.funnel` in `mode`:
+    static and realtime a `RecommenderService` over it (end_of_day None); online one over a
+    served directory under `workdir` (a temporary one by default) with its learner, end_of_day
+    = one learner step and the reload (`_make_online`). Closed on exit; `learn_log` gets each
+    learner step's report."""
+    if mode not in MODES:
+        raise ConfigError(f"replay mode must be one of {', '.join(MODES)}, got {mode!r}")
+    end_of_day: Callable[[], None] | None = None
+    tmp = None
+    if mode == "online":
+        tmp = tempfile.TemporaryDirectory(prefix="funnelrec-replay-") if workdir is None else None
+        service, end_of_day = _make_online(fitted, cfg, Path(workdir or tmp.name))
+    else:
+        from funnelrec.pipeline.service import RecommenderService
+
+        service = RecommenderService(fitted.funnel)
+    try:
+        yield ServiceClient(service), end_of_day
     finally:
         if end_of_day is not None:
             end_of_day.close()  # type: ignore[attr-defined]
             if learn_log is not None:
                 learn_log.extend(end_of_day.steps)  # type: ignore[attr-defined]
-        if service is not None:
-            service.close()
+        service.close()
         if tmp is not None:
             tmp.cleanup()
 
@@ -402,7 +448,9 @@ def _run(fitted: FittedReplay, mode: str, cfg: ReplayConfig, client: ReplayClien
     cols = ["user_id", "item_id", "timestamp"] + ([cfg.like_column] if cfg.like_column else [])
     rows = fitted.replay_rows
     k_req = max(cfg.k, cfg.auc_k)
-    out: dict[str, list] = {"day": [], "user_id": [], "ndcg": [], "auc": [], "n_relevant": [], "model_version": []}
+    n_catalogue = fitted.dataset.n_items
+    out: dict[str, list] = {"day": [], "user_id": [], "ndcg": [], "auc": [], "auc_returned": [], "n_relevant": [],
+                            "model_version": []}
     days = rows.partition_by("day", maintain_order=True, as_dict=True)
     it = days.items()
     if progress:
@@ -423,7 +471,12 @@ def _run(fitted: FittedReplay, mode: str, cfg: ReplayConfig, client: ReplayClien
                 out["day"].append(int(day) - fitted.first_day)
                 out["user_id"].append(str(uid))
                 out["ndcg"].append(ndcg_at_k(shown, relevant, cfg.k))
-                out["auc"].append(pairwise_auc(ans.scores, np.array([i in relevant for i in ans.item_ids], bool)))
+                fresh = np.array([i not in before for i in ans.item_ids], bool)  # the channels exclude them
+                scores = ans.scores[fresh]
+                hit = np.array([i in relevant for i in ans.item_ids], bool)[fresh]
+                n_unseen = n_catalogue - len(before)
+                out["auc"].append(unseen_auc(scores, hit, len(relevant), n_unseen - len(relevant)))
+                out["auc_returned"].append(pairwise_auc(scores, hit))
                 out["n_relevant"].append(len(relevant))
                 out["model_version"].append(ans.model_version)
             events = [{"item_id": i, "type": "impression", "ts": start} for i in shown]
@@ -448,35 +501,39 @@ def _run(fitted: FittedReplay, mode: str, cfg: ReplayConfig, client: ReplayClien
             end_of_day()
     return pl.DataFrame({"mode": [mode] * len(out["day"]), **out},
                         schema={"mode": pl.String, "day": pl.Int64, "user_id": pl.String, "ndcg": pl.Float64,
-                                "auc": pl.Float64, "n_relevant": pl.Int64, "model_version": pl.String})
+                                "auc": pl.Float64, "auc_returned": pl.Float64, "n_relevant": pl.Int64,
+                                "model_version": pl.String})
 
 
 # --------------------------------------------------------------------------------- summary
 def summarize(records: pl.DataFrame, cfg: ReplayConfig, baseline: str = "static") -> dict[str, Any]:
-    """Per-mode means (NDCG@k over the scored user-days, AUC over those where it is defined),
+    """Per-mode means (NDCG@k over the scored user-days, each AUC over those where it is defined),
     per-day NDCG@k and AUC means, and each mode − `baseline` paired over user-days with its
-    bootstrap CI (module doc)."""
+    bootstrap CI (module doc). The AUCs: "auc" and, where the records have it, "auc_returned"."""
     k = cfg.k
+    aucs = [c for c in ("auc", "auc_returned") if c in records.columns]
     modes = [m for m in MODES if m in set(records["mode"].to_list())]
     out: dict[str, Any] = {"modes": {}, "per_day": {}, "differences": {}}
     for m in modes:
         r = records.filter(pl.col("mode") == m)
-        auc = r["auc"].drop_nans().drop_nulls()
-        out["modes"][m] = {f"ndcg@{k}": float(r["ndcg"].mean()), "auc": float(auc.mean()) if len(auc) else None,
-                           "user_days": r.height, "auc_user_days": len(auc)}
-        daily = r.group_by("day").agg(pl.col("ndcg").mean(), pl.col("auc").fill_nan(None).mean(),
+        out["modes"][m] = {f"ndcg@{k}": float(r["ndcg"].mean()), "user_days": r.height}
+        for c in aucs:
+            auc = r[c].drop_nans().drop_nulls()
+            out["modes"][m][c] = float(auc.mean()) if len(auc) else None
+            out["modes"][m][f"{c}_user_days"] = len(auc)
+        daily = r.group_by("day").agg(pl.col("ndcg").mean(), *[pl.col(c).fill_nan(None).mean() for c in aucs],
                                       pl.len().alias("users")).sort("day")
         out["per_day"][m] = {"day": daily["day"].to_list(), f"ndcg@{k}": daily["ndcg"].to_list(),
-                             "auc": daily["auc"].to_list(), "users": daily["users"].to_list()}
+                             **{c: daily[c].to_list() for c in aucs}, "users": daily["users"].to_list()}
     if baseline not in modes:
         return out
-    base = records.filter(pl.col("mode") == baseline).select("day", "user_id", "ndcg", "auc")
+    base = records.filter(pl.col("mode") == baseline).select("day", "user_id", "ndcg", *aucs)
     for m in modes:
         if m == baseline:
             continue
         pair = records.filter(pl.col("mode") == m).join(base, on=["day", "user_id"], suffix="_base")
         diff: dict[str, Any] = {}
-        for metric, name in (("ndcg", f"ndcg@{k}"), ("auc", "auc")):
+        for metric, name in (("ndcg", f"ndcg@{k}"), *((c, c) for c in aucs)):
             d = (pair[metric] - pair[f"{metric}_base"]).to_numpy()
             d = d[~np.isnan(d)]
             lo, hi = bootstrap_ci(d, cfg.bootstrap_resamples, cfg.confidence, cfg.seed)
