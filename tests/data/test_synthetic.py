@@ -292,3 +292,21 @@ def test_drift_log_equals_the_plain_log_before_the_drift_and_follows_the_new_tas
     s_new_pre = (w.user_vectors_after_drift[u[pm]] * w.item_vectors[it[pm]]).sum(1)
     s_old_pre = (w.user_vectors[u[pm]] * w.item_vectors[it[pm]]).sum(1)
     assert s_old_pre.mean() > s_new_pre.mean() + 0.3  # 0.81 vs 0.25
+
+
+def test_world_at_time_answers_with_the_preferences_in_force(drift_pair):
+    base, ds = drift_pair
+    w = ds.extras["world"]
+    t = w.config.drift_time
+    assert w.at(t - 1) is w and base.extras["world"].at(t + 10**6) is base.extras["world"]  # no drift: itself
+    after = w.at(t)
+    assert after is w.at(t + 86_400)  # one view, cached
+    u, i = w.drifted_users[:5], np.arange(7)
+    c = w.config
+    # P(click) by hand from the drifted vectors: σ(b_c + w_s·u'·v + w_p·ρ + w_f·φ(t))
+    s = w.user_vectors_after_drift[u][:, None, :] @ w.item_vectors[i].T[None]
+    logit = (c.click_bias + c.affinity_weight * s[:, 0, :] + c.popularity_weight * w.popularity_score[i]
+             + c.freshness_weight * np.exp(-np.maximum(0, t - w.publish_time[i]) / (c.freshness_days * 86_400)))
+    np.testing.assert_allclose(after.true_preference(u[:, None], i[None, :], t), 1 / (1 + np.exp(-logit)), rtol=1e-5)
+    np.testing.assert_array_equal(w.user_vectors, base.extras["world"].user_vectors)  # the world itself unchanged
+    assert not np.allclose(after.true_preference(u[:, None], i[None, :], t), w.true_preference(u[:, None], i[None, :], t))

@@ -56,7 +56,8 @@ the tag popularity, neither of the old two), and their vector becomes
 
 rescaled by the same factor as u_raw. Impressions from then on are drawn, and answered, with
 u' (`SyntheticWorld.user_vectors_after_drift`); `user_vectors` and the truth methods stay the
-pre-drift preferences. Before the drift time the log equals the log without drift.
+pre-drift preferences; `world.at(t)` answers with those in force at t. Before the drift time
+the log equals the log without drift.
 
 Follows (off by default; `follows_per_user` > 0 turns them on). Each user follows
 n_u ~ Poisson(`follows_per_user`) distinct authors (at most the number of authors with items),
@@ -72,6 +73,7 @@ user_id = user_idx and item_id = item_idx.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass
 
@@ -205,6 +207,21 @@ class SyntheticWorld:
         rank = np.empty(len(popularity), np.int64)
         rank[np.argsort(-popularity, kind="stable")] = np.arange(len(popularity))
         self.popularity_score = (1.0 - rank / len(popularity)).astype(np.float32)  # ρ: percentile
+
+    def at(self, t: int) -> SyntheticWorld:
+        """The world as it answers at unix time `t`: itself before the drift time (or without
+        drift), else a view whose `user_vectors` are `user_vectors_after_drift`, so every truth
+        method (`true_preference`, `sample_response`, …) answers with the drifted preferences, as
+        the log's impressions after the drift are drawn and answered (module doc)."""
+        drift = self.config.drift_time
+        if self.user_vectors_after_drift is None or drift is None or t < drift:
+            return self
+        view = getattr(self, "_after_drift", None)
+        if view is None:
+            view = copy.copy(self)
+            view.user_vectors, view.user_vectors_after_drift = self.user_vectors_after_drift, None
+            self._after_drift = view
+        return view
 
     @property
     def n_users(self) -> int:
