@@ -19,6 +19,12 @@ real-time state + online learning, through the real service. Prints one JSON obj
     showing and the users clicking). `vs_no_drift` in (b): each mode's drifted NDCG@10 as a
     share of its own no-drift NDCG@10, day by day — the drift's effect with staleness removed.
 
+(loop) The drift world in closed loop (online/loop.py): the world's users answer the funnel's own
+    lists (clicks drawn from the ground truth in force that day, drift included), so no mode is
+    penalised for what a logging policy showed; NDCG@10 with the true click probabilities as
+    gains, against the best list the mode's rules allowed. Recovery as in (b). `--loop-control`
+    adds the same loop on the world without the drift.
+
 A mode whose piece of the loop has not landed (online/state.py, online/learner.py) is listed
 under "pending" with the reason.
 """
@@ -26,6 +32,7 @@ under "pending" with the reason.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -62,14 +69,16 @@ def _rounded(x):
     return x
 
 
-def funnel_config(columns: dict | None = None) -> FunnelConfig:
+def funnel_config(columns: dict | None = None, recall: dict | None = None) -> FunnelConfig:
     """configs/funnel/ml100k.yaml, with the ranker's attribute columns replaced by `columns`
-    (the ranker's defaults name MovieLens columns)."""
+    (the ranker's defaults name MovieLens columns) and `recall` keys on top of its recall:."""
     from funnelrec.core.config import load_yaml
 
     raw = load_yaml(FUNNEL)
     if columns:
         raw["rank"] = {**raw.get("rank", {}), **columns}
+    if recall:
+        raw["recall"] = {**raw.get("recall", {}), **recall}
     return FunnelConfig.from_dict(raw)
 
 
@@ -142,45 +151,94 @@ def vs_control(drifted: dict, control: dict, drift_day: int, within: int = 3, sh
             f"share_days_{drift_day + within + 1}_end": mean_share(drift_day + within + 1, 10**9)}
 
 
+def run_loop(ds, cfg: ReplayConfig, modes: list[str], funnel: FunnelConfig, loop) -> dict:
+    """The closed loop (online/loop.py) of every mode on `ds`, summarized, with the recovery."""
+    from funnelrec.online.loop import closed_loop, summarize_loop
+
+    t0 = time.perf_counter()
+    fitted = fit_for_replay(ds, funnel, cfg)
+    records, seconds, learner = [], {"fit": round(fitted.fit_seconds, 1)}, {}
+    for m in modes:
+        t1 = time.perf_counter()
+        steps: list = []
+        records.append(closed_loop(fitted, ds.extras["world"], m, cfg, loop, learn_log=steps))
+        seconds[m] = round(time.perf_counter() - t1, 1)
+        if steps:
+            learner[m] = {"steps": len(steps), "published": sum(r["published"] for r in steps),
+                          "refused": sum(bool(r["refused"]) for r in steps),
+                          "refusals": [r["refused"] for r in steps if r["refused"]][:3],
+                          "step_s_total": round(sum(r.get("step_s", 0.0) for r in steps), 1)}
+    out = summarize_loop(pl.concat(records), cfg)
+    first = int(fitted.cut_time // cfg.day_seconds - fitted.first_day)
+    out["recovery"] = {m: recovery(out["per_day"][m], DRIFT_DAY, first, "ndcg@10", within=3, share=0.9)
+                       for m in out["per_day"]}
+    out.update({"first_replayed_day": first, "loop": dataclasses.asdict(loop), "learner": learner,
+                "seconds": {**seconds, "total": round(time.perf_counter() - t0, 1)}})
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--cases", default="ml100k,drift,control")
+    ap.add_argument("--cases", default="ml100k,drift,control", help="of ml100k, drift, control, loop")
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--resamples", type=int, default=2000)
     ap.add_argument("--learn", default="{}", help="the replay's learn: section as JSON (LearnConfig keys, ranker:, "
                                                   "guardrail:), e.g. '{\"label_window_s\": 100000000}'; "
                                                   "merged over REPLAY_LEARN")
+    ap.add_argument("--loop-control", action="store_true", help="case loop: also the world without the drift")
+    ap.add_argument("--users-per-day", type=int, default=800, help="case loop: arrivals a day")
+    ap.add_argument("--requests-per-user", type=int, default=2, help="case loop: requests per arrival")
+    ap.add_argument("--world-seed", type=int, default=WORLD["seed"], help="the synthetic world's seed (cases drift, "
+                                                                         "control, loop)")
+    ap.add_argument("--recent-weight", type=float, default=None,
+                    help="recall.recent_weight of the funnel (default: the config's, 1)")
     args = ap.parse_args()
     modes = args.modes.split(",")
+    cases = set(args.cases.split(","))
+    WORLD["seed"] = args.world_seed
+    recall_over = {} if args.recent_weight is None else {"recent_weight": args.recent_weight}
     out: dict = {"threads": os.environ.get("FUNNELREC_THREADS"), "load": os.getloadavg()[0]}
     t0 = time.perf_counter()
-    if "ml100k" in args.cases:
+    if "ml100k" in cases:
         cfg = ReplayConfig(like_column="rating", like_threshold=4.0, bootstrap_resamples=args.resamples,
                            learn=merged_learn(REPLAY_LEARN, json.loads(args.learn)))
-        res, _ = run_case(load_dataset("movielens-100k"), cfg, modes, funnel_config())
+        res, _ = run_case(load_dataset("movielens-100k"), cfg, modes, funnel_config(recall=recall_over))
         out["movielens-100k"] = res
-    if "drift" in args.cases:
+    if "drift" in cases:
         cfg = ReplayConfig(click_column="click", like_column="like", like_threshold=1.0,
                            bootstrap_resamples=args.resamples,
                            learn=merged_learn(REPLAY_LEARN, json.loads(args.learn)))
-        res, fitted = run_case(load_dataset("synthetic", **WORLD), cfg, modes, funnel_config(SYNTHETIC_COLUMNS))
+        res, fitted = run_case(load_dataset("synthetic", **WORLD), cfg, modes, funnel_config(SYNTHETIC_COLUMNS, recall=recall_over))
         first = res["first_replayed_day"]
         res["world"] = WORLD
         res["recovery"] = {m: recovery(res["per_day"][m], DRIFT_DAY, first, "ndcg@10", within=3, share=0.9)
                            for m in res["per_day"]}
         out["synthetic_drift"] = res
-    if "control" in args.cases:  # the same world without the drift: what staleness alone costs
+    if "control" in cases:  # the same world without the drift: what staleness alone costs
         cfg = ReplayConfig(click_column="click", like_column="like", like_threshold=1.0,
                            bootstrap_resamples=args.resamples,
                            learn=merged_learn(REPLAY_LEARN, json.loads(args.learn)))
         world = {**WORLD, "drift_fraction": 0.0}
-        res, _ = run_case(load_dataset("synthetic", **world), cfg, modes, funnel_config(SYNTHETIC_COLUMNS))
+        res, _ = run_case(load_dataset("synthetic", **world), cfg, modes, funnel_config(SYNTHETIC_COLUMNS, recall=recall_over))
         res["world"] = world
         out["synthetic_no_drift"] = res
         drift = out.get("synthetic_drift")
         if drift is not None:  # each mode's drifted NDCG as a share of its own no-drift NDCG, day by day
             drift["vs_no_drift"] = {m: vs_control(drift["per_day"][m], res["per_day"][m], DRIFT_DAY)
                                     for m in drift["per_day"] if m in res["per_day"]}
+    if "loop" in cases:
+        from funnelrec.online.loop import LoopConfig
+
+        cfg = ReplayConfig(click_column="click", like_column="like", like_threshold=1.0,
+                           bootstrap_resamples=args.resamples,
+                           learn=merged_learn(REPLAY_LEARN, json.loads(args.learn)))
+        loop = LoopConfig(users_per_day=args.users_per_day, requests_per_user=args.requests_per_user)
+        funnel = funnel_config(SYNTHETIC_COLUMNS, recall=recall_over)
+        out["loop_drift"] = {"world": dict(WORLD), **run_loop(load_dataset("synthetic", **WORLD), cfg, modes, funnel, loop)}
+        if args.loop_control:
+            world = {**WORLD, "drift_fraction": 0.0}
+            out["loop_no_drift"] = {"world": world, **run_loop(load_dataset("synthetic", **world), cfg, modes, funnel, loop)}
+    out["recent_weight"] = args.recent_weight
     out["seconds"] = round(time.perf_counter() - t0, 1)
     out["load_after"] = os.getloadavg()[0]
     print(json.dumps(_rounded(out)))
