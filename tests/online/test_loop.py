@@ -63,6 +63,8 @@ def test_every_request_ndcg_recomputed_from_the_truth(loop_runs):
             allowed = sorted(set(ok) | set(shown))
             want = graded_ndcg(gain[shown], gain[allowed], K)
             assert row["ndcg"] == pytest.approx(want, rel=1e-5, abs=1e-9), (mode, row)
+            # the recall ceiling: the truth's best k of what was ranked, at least what was shown, at most the ideal
+            assert row["ndcg"] - 1e-9 <= row["ndcg_candidates"] <= 1 + 1e-9
             for i in row["items"]:
                 assert (u, i) not in clicked  # never show what the user clicked
                 assert shown_at.get((u, i), -10**12) <= t - 7 * DAY  # the exposure filter held it back

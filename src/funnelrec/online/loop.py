@@ -83,8 +83,10 @@ def closed_loop(fitted: FittedReplay, world: Any, mode: str, cfg: ReplayConfig, 
                 workdir: Any = None, learn_log: list | None = None, progress: bool = False) -> pl.DataFrame:
     """Run the closed loop (module doc) in `mode` over the days of `fitted.replay_rows`; one row
     per request: mode, day (since the data's first day), user_id, request (0-based within the
-    user's day), ts, items (shown, external ids as strings), clicked (of those), ndcg, clicks,
-    expected_clicks, model_version. Memory: two (users × items) arrays (clicked, last shown): a
+    user's day), ts, items (shown, external ids as strings), clicked (of those), ndcg,
+    ndcg_candidates (the recall ceiling: the truth's best k of all the ranked candidates the
+    request returned, `cfg.auc_k` asked for, against the same ideal), clicks, expected_clicks,
+    model_version. Memory: two (users × items) arrays (clicked, last shown): a
     harness for worlds of thousands, not millions."""
     loop = loop or LoopConfig()
     ds = fitted.dataset
@@ -111,8 +113,8 @@ def closed_loop(fitted: FittedReplay, world: Any, mode: str, cfg: ReplayConfig, 
     days = sorted(set(fitted.replay_rows["day"].to_list()))
     rng_arrivals = np.random.default_rng([loop.seed, 0])
     rng_clicks = np.random.default_rng([loop.seed, 1])
-    out: dict[str, list] = {c: [] for c in ("day", "user_id", "request", "ts", "items", "clicked", "ndcg", "clicks",
-                                            "expected_clicks", "model_version")}
+    out: dict[str, list] = {c: [] for c in ("day", "user_id", "request", "ts", "items", "clicked", "ndcg",
+                                            "ndcg_candidates", "clicks", "expected_clicks", "model_version")}
     with mode_service(fitted, mode, cfg, workdir, learn_log) as (client, end_of_day):
         store = getattr(client.service, "exposure", None)
         window = getattr(getattr(store, "config", None), "window_s", None)
@@ -134,18 +136,21 @@ def closed_loop(fitted: FittedReplay, world: Any, mode: str, cfg: ReplayConfig, 
             for u, t, r in zip(req_u.tolist(), req_t.tolist(), req_n.tolist()):
                 truth = world.at(t)
                 mine = since_cut.setdefault(u, [])
-                ans = client.recommend(user_ids[u], k, t, mine)
-                shown = item_map.indices(ans.item_ids[:k]) if ans.item_ids else np.zeros(0, np.int64)
+                ans = client.recommend(user_ids[u], max(k, cfg.auc_k), t, mine)
+                ranked = item_map.indices(ans.item_ids) if ans.item_ids else np.zeros(0, np.int64)
+                shown = ranked[:k]
                 gains = truth.true_preference(np.array([u]), np.arange(n_items), t).astype(np.float64).ravel()
                 gains[publish > t] = 0.0  # not published yet: nothing to gain
                 allowed = (~clicked[u]) & (publish <= t) & (last_shown[u] <= t - window)
-                allowed[shown] = True
+                allowed[ranked] = True  # the filtered candidates (the shown among them) are allowed by construction
                 out["day"].append(int(day) - fitted.first_day)
                 out["user_id"].append(str(user_ids[u]))
                 out["request"].append(r)
                 out["ts"].append(int(t))
                 out["items"].append([str(item_ids[i]) for i in shown.tolist()])
                 out["ndcg"].append(graded_ndcg(gains[shown], gains[allowed], k))
+                # the recall ceiling: the best k of the ranked candidates (by the truth) against the same ideal
+                out["ndcg_candidates"].append(graded_ndcg(np.sort(gains[ranked])[::-1], gains[allowed], k))
                 bias = (1.0 + np.arange(len(shown))) ** (-e)
                 out["expected_clicks"].append(float(gains[shown] @ bias))
                 out["model_version"].append(ans.model_version)
@@ -175,8 +180,8 @@ def closed_loop(fitted: FittedReplay, world: Any, mode: str, cfg: ReplayConfig, 
     return pl.DataFrame({"mode": [mode] * len(out["day"]), **out},
                         schema={"mode": pl.String, "day": pl.Int64, "user_id": pl.String, "request": pl.Int64,
                                 "ts": pl.Int64, "items": pl.List(pl.String), "clicked": pl.List(pl.String),
-                                "ndcg": pl.Float64, "clicks": pl.Int64, "expected_clicks": pl.Float64,
-                                "model_version": pl.String})
+                                "ndcg": pl.Float64, "ndcg_candidates": pl.Float64, "clicks": pl.Int64,
+                                "expected_clicks": pl.Float64, "model_version": pl.String})
 
 
 def summarize_loop(records: pl.DataFrame, cfg: ReplayConfig, baseline: str = "static") -> dict[str, Any]:
@@ -190,11 +195,15 @@ def summarize_loop(records: pl.DataFrame, cfg: ReplayConfig, baseline: str = "st
     out: dict[str, Any] = {"modes": {}, "per_day": {}, "differences": {}}
     for m in modes:
         r = records.filter(pl.col("mode") == m)
-        out["modes"][m] = {f"ndcg@{k}": float(r["ndcg"].drop_nans().mean()), "ctr": float(r["clicks"].sum()) / (k * r.height),
+        out["modes"][m] = {f"ndcg@{k}": float(r["ndcg"].drop_nans().mean()),
+                           f"ndcg@{k}_candidates": float(r["ndcg_candidates"].drop_nans().mean()),
+                           "ctr": float(r["clicks"].sum()) / (k * r.height),
                            "expected_clicks": float(r["expected_clicks"].mean()), "requests": r.height}
-        daily = r.group_by("day").agg(pl.col("ndcg").fill_nan(None).mean(), pl.col("clicks").sum(), pl.len().alias("n"),
+        daily = r.group_by("day").agg(pl.col("ndcg").fill_nan(None).mean(), pl.col("ndcg_candidates").fill_nan(None).mean(),
+                                      pl.col("clicks").sum(), pl.len().alias("n"),
                                       pl.col("expected_clicks").mean()).sort("day")
         out["per_day"][m] = {"day": daily["day"].to_list(), f"ndcg@{k}": daily["ndcg"].to_list(),
+                             f"ndcg@{k}_candidates": daily["ndcg_candidates"].to_list(),
                              "ctr": (daily["clicks"] / (k * daily["n"])).to_list(),
                              "expected_clicks": daily["expected_clicks"].to_list()}
     if baseline not in modes:
