@@ -57,15 +57,6 @@ class RecallSpec:
         default_factory=lambda: [ChannelSpec("itemcf", n=300), ChannelSpec("hot", n=200)]
     )
     merge: MergeSpec = field(default_factory=MergeSpec)
-    # weight of an item the user consumed since the fit (the request's real-time history) in the
-    # triggers of every history channel (itemCF, Swing, EASE, userCF, tag, author), against the
-    # fitted history's 1 (or its rating): > 1 lets today's clicks outweigh older taste
-    # (recall/_common.py UserHistory; docs/BENCHMARKS.md, Session 7, the closed loop with drift)
-    recent_weight: float = 1.0
-
-    def __post_init__(self) -> None:
-        if not self.recent_weight > 0:
-            raise ConfigError(f"recall.recent_weight must be > 0, got {self.recent_weight}")
 
 
 #: The fine ranker's section (`rank:`) is the ranker's own config, not a copy of it.

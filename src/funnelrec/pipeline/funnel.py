@@ -342,7 +342,7 @@ class Funnel:
         """Recall → merge → filter: the candidate sets the pre-ranker and ranker see."""
         users = np.asarray(users, dtype=np.int64)
         plan = plan or self.plan(context)
-        ctx = self._context(context, state, len(users), self.config.recall.recent_weight)
+        ctx = self._context(context, state, len(users))
         merged = self._attach(self.merge(self.recall(users, ctx, plan), plan), users)
         if state is not None:
             merged, _ = filter_candidates(merged, self.item_keys_, state.exclude, state.exposure)
@@ -391,11 +391,9 @@ class Funnel:
         return category_matrix(items[column].to_list(), self.dataset_.n_items)
 
     @staticmethod
-    def _context(context: RecallContext | None, state: RequestState | None, n_users: int,
-                 recent_weight: float = 1.0) -> RecallContext | None:
+    def _context(context: RecallContext | None, state: RequestState | None, n_users: int) -> RecallContext | None:
         """The channels' view of the request: the caller's facts plus the request state (fresh
-        history as `extra["history"]`, weighing `recent_weight` as `extra["history_weight"]`);
-        a new object, the caller's is not changed."""
+        history as `extra["history"]`); a new object, the caller's is not changed."""
         if state is None:
             return context
         state.check(n_users)
@@ -403,8 +401,6 @@ class Funnel:
         extra = dict(base.extra)
         if state.history is not None:
             extra["history"] = [np.empty(0, np.int64) if h is None else h for h in state.history]
-            if recent_weight != 1.0:
-                extra["history_weight"] = float(recent_weight)
         return RecallContext(time=base.time, region=base.region, extra=extra, state=state)
 
     # ------------------------------------------------------------------ the one entry
@@ -424,7 +420,7 @@ class Funnel:
         if len(users) and (users.max() >= self.dataset_.n_users or users.min() < -1):
             raise DataError(f"user indices must be in [-1, {self.dataset_.n_users}); got {users.min()}..{users.max()}")
         plan = plan or self.plan(context)
-        ctx = self._context(context, state, len(users), self.config.recall.recent_weight)
+        ctx = self._context(context, state, len(users))
         t: dict[str, float] = {}
         t0 = time.perf_counter()
         batches = self.recall(users, ctx, plan)

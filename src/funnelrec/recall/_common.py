@@ -138,7 +138,7 @@ def scratch(n_cols: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray
 
 
 @numba.njit(cache=True, nogil=True)
-def _history_rows_kernel(users, ptr, idx, dat, n_users, x_ptr, x_idx, state, xw):
+def _history_rows_kernel(users, ptr, idx, dat, n_users, x_ptr, x_idx, state):
     R = users.size
     cap = 0
     for r in range(R):
@@ -158,8 +158,8 @@ def _history_rows_kernel(users, ptr, idx, dat, n_users, x_ptr, x_idx, state, xw)
             for p in range(ptr[u], ptr[u + 1]):
                 c = idx[p]
                 w = dat[p]
-                if state[c] == 3:  # also in the extra history: max(weight, xw)
-                    w = max(w, np.float32(xw))
+                if state[c] == 3:  # also in the extra history: max(weight, 1)
+                    w = max(w, np.float32(1.0))
                     state[c] = 0
                 out_idx[pos] = c
                 out_dat[pos] = w
@@ -168,7 +168,7 @@ def _history_rows_kernel(users, ptr, idx, dat, n_users, x_ptr, x_idx, state, xw)
             c = x_idx[p]
             if state[c] == 3:
                 out_idx[pos] = c
-                out_dat[pos] = xw
+                out_dat[pos] = 1.0
                 pos += 1
                 state[c] = 0
         out_ptr[r + 1] = pos
@@ -281,24 +281,14 @@ def row_topk(m: sp.csr_matrix, k: int) -> sp.csr_matrix:
     return out
 
 
-def history_weight(context: RecallContext | None) -> float:
-    """The weight of the request's extra (real-time) history items: `context.extra["history_weight"]`,
-    default 1.0."""
-    if context is None:
-        return 1.0
-    return float(context.extra.get("history_weight", 1.0))
-
-
 class UserHistory:
     """The users' training histories plus per-request extra history.
 
     `matrix(users, context)` → (H, seen): H (U, I) history weights (1, or the rating when built
     with `weights`), seen (U, I) binary. Users outside [0, n_users) (-1 = unknown) have empty
     rows. `context.extra["history"]` (a sequence of U item-index arrays) adds recent items that
-    are not in the training data; item indices outside [0, n_items) are ignored. They weigh
-    `context.extra["history_weight"]` (default 1; `recall.recent_weight` of the funnel config)
-    in H, max(that, the fitted weight) where an item is in both; `seen` stays binary. A request
-    reads this object and never writes it: nothing fitted changes during a request.
+    are not in the training data; item indices outside [0, n_items) are ignored. A request reads
+    this object and never writes it: nothing fitted changes during a request.
     """
 
     def __init__(self, seen: sp.csr_matrix, weights: sp.csr_matrix | None = None) -> None:
@@ -329,13 +319,12 @@ class UserHistory:
         else:
             X = self.extra_matrix(extra, len(users))
             x_ptr, x_idx = X.indptr.astype(np.int64), X.indices.astype(np.int64)
-        xw = history_weight(context)
         s = self.seen
-        seen = Rows(*_history_rows_kernel(users, s.indptr, s.indices, s.data, self.n_users, x_ptr, x_idx, state, 1.0))
-        if self.weights is s and (xw == 1.0 or extra is None):
+        seen = Rows(*_history_rows_kernel(users, s.indptr, s.indices, s.data, self.n_users, x_ptr, x_idx, state))
+        if self.weights is s:
             return seen, seen
         w = self.weights
-        H = Rows(*_history_rows_kernel(users, w.indptr, w.indices, w.data, self.n_users, x_ptr, x_idx, state, xw))
+        H = Rows(*_history_rows_kernel(users, w.indptr, w.indices, w.data, self.n_users, x_ptr, x_idx, state))
         return H, seen
 
     def matrix(self, users: np.ndarray, context: RecallContext | None) -> tuple[sp.csr_matrix, sp.csr_matrix]:
@@ -346,11 +335,8 @@ class UserHistory:
         extra = None if context is None else context.extra.get("history")
         if extra is not None:
             X = self.extra_matrix(extra, len(users))
-            xw = history_weight(context)
-            H = (seen if binary else H).maximum(X if xw == 1.0 else X * np.float32(xw)).tocsr()
             seen = seen.maximum(X).tocsr()
-            if binary and xw == 1.0:
-                H = seen
+            H = seen if binary else H.maximum(X).tocsr()
         H.sort_indices()
         seen.sort_indices()
         return H, seen
