@@ -69,16 +69,14 @@ def _rounded(x):
     return x
 
 
-def funnel_config(columns: dict | None = None, recall: dict | None = None) -> FunnelConfig:
+def funnel_config(columns: dict | None = None) -> FunnelConfig:
     """configs/funnel/ml100k.yaml, with the ranker's attribute columns replaced by `columns`
-    (the ranker's defaults name MovieLens columns) and `recall` keys on top of its recall:."""
+    (the ranker's defaults name MovieLens columns)."""
     from funnelrec.core.config import load_yaml
 
     raw = load_yaml(FUNNEL)
     if columns:
         raw["rank"] = {**raw.get("rank", {}), **columns}
-    if recall:
-        raw["recall"] = {**raw.get("recall", {}), **recall}
     return FunnelConfig.from_dict(raw)
 
 
@@ -190,25 +188,22 @@ def main() -> None:
     ap.add_argument("--requests-per-user", type=int, default=2, help="case loop: requests per arrival")
     ap.add_argument("--world-seed", type=int, default=WORLD["seed"], help="the synthetic world's seed (cases drift, "
                                                                          "control, loop)")
-    ap.add_argument("--recent-weight", type=float, default=None,
-                    help="recall.recent_weight of the funnel (default: the config's, 1)")
     args = ap.parse_args()
     modes = args.modes.split(",")
     cases = set(args.cases.split(","))
     WORLD["seed"] = args.world_seed
-    recall_over = {} if args.recent_weight is None else {"recent_weight": args.recent_weight}
     out: dict = {"threads": os.environ.get("FUNNELREC_THREADS"), "load": os.getloadavg()[0]}
     t0 = time.perf_counter()
     if "ml100k" in cases:
         cfg = ReplayConfig(like_column="rating", like_threshold=4.0, bootstrap_resamples=args.resamples,
                            learn=merged_learn(REPLAY_LEARN, json.loads(args.learn)))
-        res, _ = run_case(load_dataset("movielens-100k"), cfg, modes, funnel_config(recall=recall_over))
+        res, _ = run_case(load_dataset("movielens-100k"), cfg, modes, funnel_config())
         out["movielens-100k"] = res
     if "drift" in cases:
         cfg = ReplayConfig(click_column="click", like_column="like", like_threshold=1.0,
                            bootstrap_resamples=args.resamples,
                            learn=merged_learn(REPLAY_LEARN, json.loads(args.learn)))
-        res, fitted = run_case(load_dataset("synthetic", **WORLD), cfg, modes, funnel_config(SYNTHETIC_COLUMNS, recall=recall_over))
+        res, fitted = run_case(load_dataset("synthetic", **WORLD), cfg, modes, funnel_config(SYNTHETIC_COLUMNS))
         first = res["first_replayed_day"]
         res["world"] = WORLD
         res["recovery"] = {m: recovery(res["per_day"][m], DRIFT_DAY, first, "ndcg@10", within=3, share=0.9)
@@ -219,7 +214,7 @@ def main() -> None:
                            bootstrap_resamples=args.resamples,
                            learn=merged_learn(REPLAY_LEARN, json.loads(args.learn)))
         world = {**WORLD, "drift_fraction": 0.0}
-        res, _ = run_case(load_dataset("synthetic", **world), cfg, modes, funnel_config(SYNTHETIC_COLUMNS, recall=recall_over))
+        res, _ = run_case(load_dataset("synthetic", **world), cfg, modes, funnel_config(SYNTHETIC_COLUMNS))
         res["world"] = world
         out["synthetic_no_drift"] = res
         drift = out.get("synthetic_drift")
@@ -233,12 +228,11 @@ def main() -> None:
                            bootstrap_resamples=args.resamples,
                            learn=merged_learn(REPLAY_LEARN, json.loads(args.learn)))
         loop = LoopConfig(users_per_day=args.users_per_day, requests_per_user=args.requests_per_user)
-        funnel = funnel_config(SYNTHETIC_COLUMNS, recall=recall_over)
+        funnel = funnel_config(SYNTHETIC_COLUMNS)
         out["loop_drift"] = {"world": dict(WORLD), **run_loop(load_dataset("synthetic", **WORLD), cfg, modes, funnel, loop)}
         if args.loop_control:
             world = {**WORLD, "drift_fraction": 0.0}
             out["loop_no_drift"] = {"world": world, **run_loop(load_dataset("synthetic", **world), cfg, modes, funnel, loop)}
-    out["recent_weight"] = args.recent_weight
     out["seconds"] = round(time.perf_counter() - t0, 1)
     out["load_after"] = os.getloadavg()[0]
     print(json.dumps(_rounded(out)))
