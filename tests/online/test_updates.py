@@ -353,6 +353,57 @@ def test_warm_ftrl_keeps_weights_under_zero_gradient_and_steps_by_the_formula():
     np.testing.assert_allclose(w.detach().numpy(), want, rtol=1e-5)
 
 
+def test_warm_ftrl_with_a_carried_n_keeps_weights_and_steps_by_the_formula():
+    w0 = np.array([[0.7, -0.3], [0.2, 0.0], [-0.5, 0.4]])
+    n0 = np.array([[4.0, 0.25], [1.0, 9.0]])  # two rows carried; the third (grown since) starts at 0
+    a, b, l1, l2 = 0.2, 1.0, 0.01, 0.1
+    w = torch.nn.Parameter(torch.tensor(w0, dtype=torch.float32))
+    opt = warm_ftrl([w], a, b, l1, l2, [n0])
+    w.grad = torch.zeros(3, 2)
+    opt.step()
+    np.testing.assert_allclose(w.detach().numpy(), w0, atol=1e-6)  # z reproduces w under the carried n
+    n = np.vstack([n0, np.zeros((1, 2))])
+    g = np.array([[0.5, -1.0], [2.0, 0.5], [0.5, 0.5]])
+    z = -w0 * ((b + np.sqrt(n)) / a + l2) - np.sign(w0) * l1
+    n_new = n + g * g
+    z = z + g - (np.sqrt(n_new) - np.sqrt(n)) / a * w0
+    want = np.where(np.abs(z) <= l1, 0.0, -(z - np.sign(z) * l1) / ((b + np.sqrt(n_new)) / a + l2))
+    w.grad = torch.tensor(g, dtype=torch.float32)
+    opt.step()
+    np.testing.assert_allclose(w.detach().numpy(), want, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(opt.state[w]["n"].numpy(), n_new, rtol=1e-6)
+    # the carried n slows the step: the same gradient from n = 0 moves the first row further
+    fresh = torch.nn.Parameter(torch.tensor(w0, dtype=torch.float32))
+    o2 = warm_ftrl([fresh], a, b, l1, l2)
+    fresh.grad = torch.tensor(g, dtype=torch.float32)
+    o2.step()
+    assert abs(fresh[0, 0].item() - w0[0, 0]) > abs(w[0, 0].item() - w0[0, 0])
+
+
+def test_ranker_update_carries_ftrl_state_from_step_to_step(world, tmp_path):
+    """One minibatch per step (batch ≥ samples): step 2's Σg² is step 1's plus its own gradient²,
+    which the no-carry update of the same step-1 ranker measures alone (its weights equal, so
+    the gradient is the same). The state survives the artifact round trip."""
+    from funnelrec.core.persist import load_state, save_state
+
+    f = world["funnel"]
+    big = {"batch_size": 1_000_000, "min_count": 0}
+    one = RankerUpdater(RankerUpdateConfig(**big)).update(f, world["samples"], world["holdout"])["ranker"]
+    assert one.ftrl_n_ and all(float(v.sum()) > 0 for v in one.ftrl_n_.values())
+    f1 = f.with_components(ranker=one)
+    two = RankerUpdater(RankerUpdateConfig(**big)).update(f1, world["samples"], world["holdout"])["ranker"]
+    alone = RankerUpdater(RankerUpdateConfig(**big, ftrl_carry_n=False)).update(
+        f1, world["samples"], world["holdout"])["ranker"]
+    assert set(two.ftrl_n_) == set(one.ftrl_n_)
+    for k, n1 in one.ftrl_n_.items():
+        np.testing.assert_allclose(two.ftrl_n_[k], n1 + alone.ftrl_n_[k], rtol=1e-4, atol=1e-9)
+    np.testing.assert_array_equal(one.ftrl_n_[k], n1)  # the served ranker's state is not changed by the next step
+    save_state(two, tmp_path / "r")
+    back = load_state(tmp_path / "r")
+    for k, v in two.ftrl_n_.items():
+        np.testing.assert_array_equal(back.ftrl_n_[k], v)
+
+
 # --------------------------------------------------------------------------- the ranker update
 def test_update_returns_a_new_ranker_and_leaves_the_served_one(world):
     f = world["funnel"]

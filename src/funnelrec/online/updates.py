@@ -26,7 +26,12 @@ into new funnel components and never touches the served ones (a server may share
 
 FTRL warm start. FTRL's weight is a function of its state, w = −(z − sign(z)·λ1)/((β + √n)/α + λ2)
 for |z| > λ1; a fresh state (z = n = 0) would reset every trained weight to 0 on the first step.
-The state starts at n = 0, z = −w·(β/α + λ2) − sign(w)·λ1, which gives back w exactly.
+The state starts at z = −w·((β + √n)/α + λ2) − sign(w)·λ1, which gives back w exactly, with n =
+the per-coordinate Σg² of the earlier accepted steps: the ranker carries it (`ftrl_n_`, by
+parameter name, saved with it), so a coordinate's step size shrinks as FTRL's does over a stream
+instead of restarting at α/β every step; rows added since (FID admission) start at n = 0.
+`RankerUpdateConfig.ftrl_carry_n = False` restarts at n = 0 every step (the behaviour before
+2026-12-04).
 
 FID admission/eviction (`FidAdmission`). The ranker's FID rows live in `RankFeatures.user_rows_`
 (n_users, F_u) / `item_rows_` (n_items, F_i): the FidVocab of the fit holds only FIDs of training
@@ -71,16 +76,26 @@ class Updater(Protocol):
 
 
 # ------------------------------------------------------------------------------- FTRL warm start
-def warm_ftrl(params: list[torch.nn.Parameter], alpha: float, beta: float, l1: float, l2: float):
-    """An FTRL optimizer over `params` whose state reproduces their current values (module doc)."""
+def warm_ftrl(params: list[torch.nn.Parameter], alpha: float, beta: float, l1: float, l2: float,
+              n: list[np.ndarray | None] | None = None):
+    """An FTRL optimizer over `params` whose state reproduces their current values (module doc);
+    n[k]: the carried Σg² of params[k] (None: zeros; a table grown since is padded with zeros)."""
     from funnelrec.train.ftrl import FTRL
 
     opt = FTRL(params, alpha=alpha, beta=beta, l1=l1, l2=l2)
     with torch.no_grad():
-        for p in params:
+        for k, p in enumerate(params):
             w = p.detach()
-            opt.state[p]["z"] = -w * (beta / alpha + l2) - torch.sign(w) * l1
-            opt.state[p]["n"] = torch.zeros_like(w)
+            acc = torch.zeros_like(w)
+            old = None if n is None else n[k]
+            if old is not None and old.ndim == w.ndim and old.shape[1:] == tuple(w.shape[1:]):
+                rows = min(old.shape[0], w.shape[0]) if w.ndim else 0
+                if w.ndim:
+                    acc[:rows] = torch.from_numpy(np.ascontiguousarray(old[:rows], np.float32))
+                else:
+                    acc.fill_(float(old))
+            opt.state[p]["z"] = -w * ((beta + acc.sqrt()) / alpha + l2) - torch.sign(w) * l1
+            opt.state[p]["n"] = acc
     return opt
 
 
@@ -217,6 +232,11 @@ class FidAdmission:
                 for k, v in model.state_dict().items():
                     if k in keys:
                         v[torch.from_numpy(free[len(st.free_rows):])] = 0
+            acc = getattr(ranker, "ftrl_n_", None)
+            if acc:  # and FTRL's Σg² of those rows: the next entity on them starts afresh
+                ranker.ftrl_n_ = acc = {k: a.copy() for k, a in acc.items()}
+                for k in keys & set(acc):
+                    acc[k][free[len(st.free_rows):][free[len(st.free_rows):] < len(acc[k])]] = 0
         for side, rows, col, _ in sides:
             if col is None:
                 continue
@@ -278,6 +298,7 @@ class RankerUpdateConfig:
     min_count: int = 5
     ttl: float | None = None
     seed: int = 2020
+    ftrl_carry_n: bool = True  # carry FTRL's per-coordinate Σg² from step to step (module doc)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
@@ -395,14 +416,21 @@ class RankerUpdater:
             return sum(bce(out[t], b[f"label_{t}"]) for t in tasks)
 
         wide, deep = split_wide_deep(ranker.model_)
+        names = {id(p): name for name, p in ranker.model_.named_parameters()}
+        carried = (getattr(ranker, "ftrl_n_", None) or {}) if cfg.ftrl_carry_n else {}
         opts: list[torch.optim.Optimizer] = []
         if wide:
-            opts.append(warm_ftrl(wide, cfg.ftrl_alpha, cfg.ftrl_beta, cfg.ftrl_l1, cfg.ftrl_l2))
+            ftrl = warm_ftrl(wide, cfg.ftrl_alpha, cfg.ftrl_beta, cfg.ftrl_l1, cfg.ftrl_l2,
+                             [carried.get(names[id(p)]) for p in wide])
+            opts.append(ftrl)
         if deep:
             opts.append(torch.optim.Adam(deep, lr=cfg.lr))
         res = Trainer(TrainerConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
                                     num_threads=1)).fit(ranker.model_, loss_fn, data, optimizer=opts)
         ranker.model_.eval()
+        if wide:  # FTRL's state after this step (read by the next one if it carries n); a new dict: the
+            # served ranker's (shared by copy_ranker) stays as it is
+            ranker.ftrl_n_ = {names[id(p)]: ftrl.state[p]["n"].numpy().copy() for p in wide}
         return float(res.history[-1]["loss"]) if res.history else float("nan")
 
 
