@@ -14,11 +14,14 @@ from funnelrec.online.replay import DAY, ReplayConfig, fit_for_replay
 from funnelrec.pipeline.config import FunnelConfig
 
 K = 5
-CFG = ReplayConfig(k=K, label_fraction=0.0, click_column="click", like_column="like", like_threshold=1.0,
+# a ranker (label_fraction 0.1): its label slice of the fit rows is what the channels never saw
+CFG = ReplayConfig(k=K, label_fraction=0.1, click_column="click", like_column="like", like_threshold=1.0,
                    bootstrap_resamples=200)
 FUNNEL = FunnelConfig.from_dict({"recall": {"channels": [{"name": "itemcf", "n": 30}, {"name": "hot", "n": 30}],
-                                            "merge": {"total": 40, "priority": ["itemcf", "hot"]}}, "k": K})
+                                            "merge": {"total": 40, "priority": ["itemcf", "hot"]}}, "k": K,
+                                  "rank": {"epochs": 1, "user_columns": ["age_band"], "item_columns": ["tags"]}})
 LOOP = LoopConfig(users_per_day=40, requests_per_user=2, seed=3)
+SLICE = DAY  # the service's default exposure filter: 7 days in 1-day slices
 
 
 def test_graded_ndcg_by_hand():
@@ -32,21 +35,24 @@ def test_graded_ndcg_by_hand():
 
 @pytest.fixture(scope="module")
 def loop_runs():
-    ds = load_dataset("synthetic", n_users=150, n_items=120, n_interactions=6000, days=8, seed=1,
-                      drift_day=5, drift_fraction=1.0)
+    # 20 days, cut at day 10: the 10 loop days outlast the 7-day exposure window (and its slice)
+    ds = load_dataset("synthetic", n_users=150, n_items=120, n_interactions=6000, days=20, seed=1,
+                      drift_day=13, drift_fraction=1.0)
     fitted = fit_for_replay(ds, FUNNEL, CFG)
     world = ds.extras["world"]
     return ds, fitted, {m: closed_loop(fitted, world, m, CFG, LOOP) for m in ("static", "realtime")}
 
 
 def test_every_request_ndcg_recomputed_from_the_truth(loop_runs):
-    """Independently of the loop's arrays: allowed = published, not clicked (fit rows or earlier
-    in the loop), not shown within the 7-day exposure window; gains = the truth at the request's
-    time, after the drift the drifted vectors themselves (not `world.at`)."""
+    """Independently of the loop's arrays: allowed = published, not clicked (fit rows, the
+    label slice included, or earlier in the loop), not held back by the exposure filter (shown
+    at s: back once t − 7 days lies in a later day-slice than s); gains = the truth at the
+    request's time, after the drift the drifted vectors themselves (not `world.at`)."""
     ds, fitted, runs = loop_runs
     world = ds.extras["world"]
     c = world.config
     fit = fitted.fit_rows
+    reshown = {m: 0 for m in runs}
     for mode, rec in runs.items():
         clicked = {(u, i) for u, i in zip(fit["user_id"].cast(pl.String).to_list(), fit["item_id"].cast(pl.String).to_list())}
         shown_at: dict[tuple[str, str], int] = {}
@@ -59,18 +65,20 @@ def test_every_request_ndcg_recomputed_from_the_truth(loop_runs):
             gain = np.where(world.publish_time <= t, 1 / (1 + np.exp(-logit)), 0.0)
             shown = [int(i) for i in row["items"]]
             ok = [i for i in range(world.n_items) if world.publish_time[i] <= t and (u, str(i)) not in clicked
-                  and shown_at.get((u, str(i)), -10**12) <= t - 7 * DAY]
+                  and shown_at.get((u, str(i)), -10**12) // SLICE < (t - 7 * DAY) // SLICE]
             allowed = sorted(set(ok) | set(shown))
             want = graded_ndcg(gain[shown], gain[allowed], K)
             assert row["ndcg"] == pytest.approx(want, rel=1e-5, abs=1e-9), (mode, row)
             # the recall ceiling: the truth's best k of what was ranked, at least what was shown, at most the ideal
             assert row["ndcg"] - 1e-9 <= row["ndcg_candidates"] <= 1 + 1e-9
             for i in row["items"]:
-                assert (u, i) not in clicked  # never show what the user clicked
-                assert shown_at.get((u, i), -10**12) <= t - 7 * DAY  # the exposure filter held it back
+                assert (u, i) not in clicked  # never show what the user clicked (label slice included)
+                assert shown_at.get((u, i), -10**12) // SLICE < (t - 7 * DAY) // SLICE  # the filter held it back
+                reshown[mode] += (u, i) in shown_at
                 shown_at[(u, i)] = t
             clicked |= {(u, i) for i in row["clicked"]}
             assert set(row["clicked"]) <= set(row["items"]) and row["clicks"] == len(row["clicked"])
+    assert all(v > 0 for v in reshown.values())  # the window was crossed: items came back after it
 
 
 def test_the_same_arrivals_in_every_mode_and_the_summary(loop_runs):
@@ -79,7 +87,7 @@ def test_the_same_arrivals_in_every_mode_and_the_summary(loop_runs):
     assert keys["static"] == keys["realtime"] and len(keys["static"]) == 40 * 2 * fitted.replay_rows["day"].n_unique()
     s = summarize_loop(pl.concat(runs.values()), CFG)
     st = runs["static"]
-    assert s["modes"]["static"]["ctr"] == pytest.approx(st["clicks"].sum() / (K * st.height))
+    assert s["modes"]["static"]["ctr"] == pytest.approx(st["clicks"].sum() / st["items"].list.len().sum())
     assert s["modes"]["static"][f"ndcg@{K}"] == pytest.approx(st["ndcg"].mean())
     d = s["differences"]["realtime-static"][f"ndcg@{K}"]
     cells = (pl.concat(runs.values()).group_by("mode", "day", "user_id").agg(pl.col("ndcg").mean())

@@ -18,16 +18,20 @@ preferences in force at t, drift included) answer the funnel's own lists:
 2. the world answers the k shown items at slot p with P(click) = P_t(click | u, i)·(1 + p)^(−e)
    (`sample_response` of `world.at(t)`, its position bias);
 3. feedback: the k impressions (every mode: the exposure filter), and in modes realtime and
-   online the clicks, and a like for each liked click, on the request's id;
+   online the clicks, and a like for each liked click, on the request's id. Each request's
+   draws come from a generator seeded by (seed, day, user, request), the same in every mode;
 4. mode online: one learner step at the end of the day and the reload (`mode_service`).
 
 Metric of a request: NDCG@k with graded gains g_i = P_t(click | u, i) (the truth, without the
 position bias) over the items the funnel may show then:
 
     DCG   = Σ_{p<k} g_{a_p} / log2(p + 2)
-    IDCG  = the same over the k largest g among E ∪ shown, E = the published items the user has
-            not clicked (fit-time or in the loop) and was not shown within the exposure window
-            (this harness's own record of what it showed, `window_s` of the service's filter)
+    IDCG  = the same over the k largest g among E ∪ returned, E = the published items the user
+            has not clicked (fit-time or in the loop) and the exposure filter does not hold back
+            (this harness's own record of what it showed, by the service's filter's `window_s`
+            and `slice_s`: an item shown at s is back once (t − window) is in a later slice
+            than s); the returned candidates passed the service's own filter, E ⊇ them (the
+            test checks)
     NDCG@k = DCG / IDCG
 
 so every mode is judged against the best list its own rules allowed, on its own requests; the
@@ -109,16 +113,17 @@ def closed_loop(fitted: FittedReplay, world: Any, mode: str, cfg: ReplayConfig, 
     arrival_p = (1.0 + np.bincount(uu, minlength=n_users)) ** loop.activity_power
     arrival_p /= arrival_p.sum()
     last_shown = np.full((n_users, n_items), np.iinfo(np.int64).min // 2, np.int64)
-    since_cut: dict[int, list] = {}
+    label_items = fitted.unexcluded()  # the fit rows the channels did not see: excluded by the request
+    since_cut: dict[int, list] = {int(ds.user_ids.index(u)): list(v) for u, v in label_items.items()}
     days = sorted(set(fitted.replay_rows["day"].to_list()))
     rng_arrivals = np.random.default_rng([loop.seed, 0])
-    rng_clicks = np.random.default_rng([loop.seed, 1])
     out: dict[str, list] = {c: [] for c in ("day", "user_id", "request", "ts", "items", "clicked", "ndcg",
                                             "ndcg_candidates", "clicks", "expected_clicks", "model_version")}
     with mode_service(fitted, mode, cfg, workdir, learn_log) as (client, end_of_day):
-        store = getattr(client.service, "exposure", None)
-        window = getattr(getattr(store, "config", None), "window_s", None)
+        store_cfg = getattr(getattr(client.service, "exposure", None), "config", None)
+        window = getattr(store_cfg, "window_s", None)
         window = 7 * DAY if window is None else int(window)
+        slice_s = int(getattr(store_cfg, "slice_s", None) or 1)  # the filter drops a shown item by whole slices
         it = days
         if progress:
             from tqdm import tqdm
@@ -141,8 +146,9 @@ def closed_loop(fitted: FittedReplay, world: Any, mode: str, cfg: ReplayConfig, 
                 shown = ranked[:k]
                 gains = truth.true_preference(np.array([u]), np.arange(n_items), t).astype(np.float64).ravel()
                 gains[publish > t] = 0.0  # not published yet: nothing to gain
-                allowed = (~clicked[u]) & (publish <= t) & (last_shown[u] <= t - window)
-                allowed[ranked] = True  # the filtered candidates (the shown among them) are allowed by construction
+                # shown at s: held back while s's slice is within the window (filter/bloom.py slices)
+                allowed = (~clicked[u]) & (publish <= t) & (last_shown[u] // slice_s < (t - window) // slice_s)
+                allowed[ranked] = True  # what the service returned passed its own filter (the test checks E ⊇ it)
                 out["day"].append(int(day) - fitted.first_day)
                 out["user_id"].append(str(user_ids[u]))
                 out["request"].append(r)
@@ -158,8 +164,10 @@ def closed_loop(fitted: FittedReplay, world: Any, mode: str, cfg: ReplayConfig, 
                     out["clicks"].append(0)
                     out["clicked"].append([])
                     continue
-                resp = truth.sample_response(np.full(len(shown), u), shown, rng_clicks,
-                                             position=np.arange(len(shown)), t=t)
+                # one generator per request: the same (day, user, request) draws the same uniforms in
+                # every mode (common random numbers: the paired differences are tighter)
+                rng = np.random.default_rng([loop.seed, 1, int(day), u, r])
+                resp = truth.sample_response(np.full(len(shown), u), shown, rng, position=np.arange(len(shown)), t=t)
                 hit = resp["click"].astype(bool)
                 out["clicks"].append(int(hit.sum()))
                 out["clicked"].append([str(item_ids[i]) for i in shown[hit].tolist()])
@@ -184,8 +192,13 @@ def closed_loop(fitted: FittedReplay, world: Any, mode: str, cfg: ReplayConfig, 
                                 "expected_clicks": pl.Float64, "model_version": pl.String})
 
 
+def _mean(x: pl.Series) -> float | None:
+    x = x.drop_nans().drop_nulls()
+    return float(x.mean()) if len(x) else None
+
+
 def summarize_loop(records: pl.DataFrame, cfg: ReplayConfig, baseline: str = "static") -> dict[str, Any]:
-    """Per mode: mean NDCG@k over requests, CTR (clicks / (k · requests)) and expected clicks per
+    """Per mode: mean NDCG@k over requests, CTR (clicks / items shown) and expected clicks per
     request; per day the same; each mode − `baseline` paired over (day, user) cells (a user's
     requests of the day averaged) with the bootstrap CI of `online.replay.bootstrap_ci`."""
     from funnelrec.online.replay import MODES, bootstrap_ci
@@ -195,16 +208,16 @@ def summarize_loop(records: pl.DataFrame, cfg: ReplayConfig, baseline: str = "st
     out: dict[str, Any] = {"modes": {}, "per_day": {}, "differences": {}}
     for m in modes:
         r = records.filter(pl.col("mode") == m)
-        out["modes"][m] = {f"ndcg@{k}": float(r["ndcg"].drop_nans().mean()),
-                           f"ndcg@{k}_candidates": float(r["ndcg_candidates"].drop_nans().mean()),
-                           "ctr": float(r["clicks"].sum()) / (k * r.height),
+        shown = r["items"].list.len().sum()
+        out["modes"][m] = {f"ndcg@{k}": _mean(r["ndcg"]), f"ndcg@{k}_candidates": _mean(r["ndcg_candidates"]),
+                           "ctr": float(r["clicks"].sum()) / shown if shown else None,
                            "expected_clicks": float(r["expected_clicks"].mean()), "requests": r.height}
         daily = r.group_by("day").agg(pl.col("ndcg").fill_nan(None).mean(), pl.col("ndcg_candidates").fill_nan(None).mean(),
-                                      pl.col("clicks").sum(), pl.len().alias("n"),
+                                      pl.col("clicks").sum(), pl.col("items").list.len().sum().alias("n"),
                                       pl.col("expected_clicks").mean()).sort("day")
         out["per_day"][m] = {"day": daily["day"].to_list(), f"ndcg@{k}": daily["ndcg"].to_list(),
                              f"ndcg@{k}_candidates": daily["ndcg_candidates"].to_list(),
-                             "ctr": (daily["clicks"] / (k * daily["n"])).to_list(),
+                             "ctr": (daily["clicks"] / daily["n"]).to_list(),
                              "expected_clicks": daily["expected_clicks"].to_list()}
     if baseline not in modes:
         return out

@@ -13,7 +13,8 @@ no ranker). Then for each UTC day d after the cut (day = ts // `day_seconds`), f
 active on day d, in the order of their first interaction that day:
 
 1. request k' = max(k, `auc_k`) items at context time = the start of day d, excluding the items
-   the user interacted with since the cut (the fit-time ones the channels exclude themselves);
+   the user interacted with since the cut and in the ranker's label slice of the fit rows (the
+   channels exclude the rows they were fitted on themselves);
    the first k are the answer shown;
 2. send the k shown items as impressions (ts = the start of the day);
 3. modes realtime and online: send the user's real interactions of that day as clicks (their
@@ -263,6 +264,17 @@ class FittedReplay:
     cut_time: int
     first_day: int  # day number of the data's first row: days are reported as day − first_day
     fit_seconds: float
+    # the fit rows the channels did not train on (the ranker's label slice): the user consumed
+    # them, the channels do not know it, so each request excludes them explicitly
+    label_rows: pl.DataFrame | None = None
+
+    def unexcluded(self) -> dict[Any, list]:
+        """{user_id: [item_id, …]} of `label_rows`, in time order: the fit-time consumptions a
+        request must exclude itself (the channels exclude their own training rows)."""
+        if self.label_rows is None or self.label_rows.height == 0:
+            return {}
+        g = self.label_rows.group_by("user_id", maintain_order=True).agg(pl.col("item_id"))
+        return {u: list(dict.fromkeys(items)) for u, items in g.iter_rows()}
 
 
 def interactions_of(dataset: Dataset, cfg: ReplayConfig) -> pl.DataFrame:
@@ -311,7 +323,7 @@ def fit_for_replay(dataset: Dataset, funnel_config: Any, cfg: ReplayConfig, prog
         train, labels = sp.train, sp.valid
     funnel = FunnelBuilder(funnel_config).fit(dataset, train, labels=labels, progress=progress)
     return FittedReplay(dataset, funnel_config, funnel, fit_rows, rest, cut, int(inter["timestamp"].min()) // D,
-                        time.perf_counter() - t0)
+                        time.perf_counter() - t0, labels)
 
 
 # --------------------------------------------------------------------------------- the replay
@@ -444,7 +456,7 @@ def _run(fitted: FittedReplay, mode: str, cfg: ReplayConfig, client: ReplayClien
     seen: dict[Any, set] = {}
     for u, items in fitted.fit_rows.group_by("user_id", maintain_order=True).agg(pl.col("item_id")).iter_rows():
         seen[u] = set(items)
-    since_cut: dict[Any, list] = {}
+    since_cut: dict[Any, list] = fitted.unexcluded()  # each request's exclude: the label slice, then the replayed days
     cols = ["user_id", "item_id", "timestamp"] + ([cfg.like_column] if cfg.like_column else [])
     rows = fitted.replay_rows
     k_req = max(cfg.k, cfg.auc_k)
