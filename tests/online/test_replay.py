@@ -221,6 +221,54 @@ def test_static_protocol_through_a_real_service(planted):
     assert log.group_by("user_id", "item_id").len()["len"].max() == 1
 
 
+def test_the_label_slice_is_excluded_and_the_auc_is_over_the_unseen_items(planted):
+    """With a ranker (label_fraction > 0) the channels never see the label slice of the fit
+    rows: the replay excludes it itself, so no answer shows what the user consumed then. Each
+    user-day's AUC is recomputed here from the served answer (sklearn over the unseen items,
+    the unreturned ones at one score below every returned one)."""
+    from sklearn.metrics import roc_auc_score
+
+    ds, _ = planted
+    cfg = ReplayConfig(**{**CFG.__dict__, "label_fraction": 0.3})
+    fitted = fit_for_replay(ds, FUNNEL, cfg)
+    assert fitted.funnel.ranker_ is not None and fitted.label_rows.height > 0
+    label = fitted.unexcluded()
+    answers = []
+
+    class Recording(ServiceClient):
+        def recommend(self, user_id, k, time, exclude):
+            ans = super().recommend(user_id, k, time, exclude)
+            answers.append((user_id, time, ans))
+            return ans
+
+    svc = RecommenderService(fitted.funnel)
+    try:
+        rec = replay(fitted, "static", cfg, client=Recording(svc))
+    finally:
+        svc.close()
+    assert any(label.values())
+    for u, _, ans in answers:
+        assert not set(ans.item_ids) & set(label.get(u, []))
+    # AUC of the first replayed day's user-days, by hand
+    fit_items = fitted.fit_rows.group_by("user_id").agg(pl.col("item_id"))
+    before = {u: set(v) for u, v in fit_items.iter_rows()}
+    day0 = fitted.replay_rows["day"].min()
+    rows = fitted.replay_rows.filter(pl.col("day") == day0)
+    n_items = ds.n_items
+    checked = 0
+    for u, t, ans in answers[: len(set(rows["user_id"].to_list()))]:
+        R = set(rows.filter(pl.col("user_id") == u)["item_id"].to_list()) - before.get(u, set())
+        unseen = [i for i in range(n_items) if i not in before.get(u, set())]
+        score = {i: -1e9 for i in unseen}
+        for i, sc in zip(ans.item_ids, ans.scores):
+            score[i] = sc
+        y = np.array([i in R for i in unseen])
+        got = rec.filter((pl.col("user_id") == str(u)) & (pl.col("day") == day0 - fitted.first_day))["auc"][0]
+        assert got == pytest.approx(roc_auc_score(y, [score[i] for i in unseen]), abs=1e-9)
+        checked += 1
+    assert checked > 10
+
+
 def test_realtime_sends_clicks_and_likes_from_the_config(planted):
     _, fitted = planted
     svc = RecommenderService(fitted.funnel)
