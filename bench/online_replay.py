@@ -104,6 +104,22 @@ SYNTHETIC_COLUMNS = {"user_columns": ["age_band", "gender", "region"], "item_col
                      "match_columns": ["tags", "author"]}
 
 
+def learner_summary(steps: list[dict]) -> dict:
+    """The learner steps' reports of one mode, summed."""
+    return {"steps": len(steps), "published": sum(r["published"] for r in steps),
+            "parts": sorted({p for r in steps for p in r["parts"]}),
+            "refused": sum(bool(r["refused"]) for r in steps),
+            "refusals": [r["refused"] for r in steps if r["refused"]][:3],
+            "samples": sum(r.get("samples", 0) for r in steps),
+            "step_s_total": round(sum(r.get("step_s", 0.0) for r in steps), 1)}
+
+
+def synthetic_config(args) -> ReplayConfig:
+    """The replay config of the synthetic world's cases: clicks are the interactions, like > 0 a like."""
+    return ReplayConfig(click_column="click", like_column="like", like_threshold=1.0,
+                        bootstrap_resamples=args.resamples, learn=merged_learn(REPLAY_LEARN, json.loads(args.learn)))
+
+
 def run_case(ds, cfg: ReplayConfig, modes: list[str], funnel: FunnelConfig) -> tuple[dict, object]:
     t0 = time.perf_counter()
     fitted = fit_for_replay(ds, funnel, cfg)
@@ -117,12 +133,7 @@ def run_case(ds, cfg: ReplayConfig, modes: list[str], funnel: FunnelConfig) -> t
             pending[m] = str(e)
         seconds[m] = round(time.perf_counter() - t1, 1)
         if steps:
-            learner[m] = {"steps": len(steps), "published": sum(r["published"] for r in steps),
-                          "parts": sorted({p for r in steps for p in r["parts"]}),
-                          "refused": sum(bool(r["refused"]) for r in steps),
-                          "refusals": [r["refused"] for r in steps if r["refused"]][:3],
-                          "samples": sum(r.get("samples", 0) for r in steps),
-                          "step_s_total": round(sum(r.get("step_s", 0.0) for r in steps), 1)}
+            learner[m] = learner_summary(steps)
     out = summarize(pl.concat(records), cfg) if records else {"modes": {}, "per_day": {}, "differences": {}}
     out.update({"fit_rows": fitted.fit_rows.height, "replay_rows": fitted.replay_rows.height,
                 "days_replayed": fitted.replay_rows["day"].n_unique(),
@@ -162,10 +173,7 @@ def run_loop(ds, cfg: ReplayConfig, modes: list[str], funnel: FunnelConfig, loop
         records.append(closed_loop(fitted, ds.extras["world"], m, cfg, loop, learn_log=steps))
         seconds[m] = round(time.perf_counter() - t1, 1)
         if steps:
-            learner[m] = {"steps": len(steps), "published": sum(r["published"] for r in steps),
-                          "refused": sum(bool(r["refused"]) for r in steps),
-                          "refusals": [r["refused"] for r in steps if r["refused"]][:3],
-                          "step_s_total": round(sum(r.get("step_s", 0.0) for r in steps), 1)}
+            learner[m] = learner_summary(steps)
     out = summarize_loop(pl.concat(records), cfg)
     first = int(fitted.cut_time // cfg.day_seconds - fitted.first_day)
     out["recovery"] = {m: recovery(out["per_day"][m], DRIFT_DAY, first, "ndcg@10", within=3, share=0.9)
@@ -200,9 +208,7 @@ def main() -> None:
         res, _ = run_case(load_dataset("movielens-100k"), cfg, modes, funnel_config())
         out["movielens-100k"] = res
     if "drift" in cases:
-        cfg = ReplayConfig(click_column="click", like_column="like", like_threshold=1.0,
-                           bootstrap_resamples=args.resamples,
-                           learn=merged_learn(REPLAY_LEARN, json.loads(args.learn)))
+        cfg = synthetic_config(args)
         res, fitted = run_case(load_dataset("synthetic", **WORLD), cfg, modes, funnel_config(SYNTHETIC_COLUMNS))
         first = res["first_replayed_day"]
         res["world"] = WORLD
@@ -210,9 +216,7 @@ def main() -> None:
                            for m in res["per_day"]}
         out["synthetic_drift"] = res
     if "control" in cases:  # the same world without the drift: what staleness alone costs
-        cfg = ReplayConfig(click_column="click", like_column="like", like_threshold=1.0,
-                           bootstrap_resamples=args.resamples,
-                           learn=merged_learn(REPLAY_LEARN, json.loads(args.learn)))
+        cfg = synthetic_config(args)
         world = {**WORLD, "drift_fraction": 0.0}
         res, _ = run_case(load_dataset("synthetic", **world), cfg, modes, funnel_config(SYNTHETIC_COLUMNS))
         res["world"] = world
@@ -224,9 +228,7 @@ def main() -> None:
     if "loop" in cases:
         from funnelrec.online.loop import LoopConfig
 
-        cfg = ReplayConfig(click_column="click", like_column="like", like_threshold=1.0,
-                           bootstrap_resamples=args.resamples,
-                           learn=merged_learn(REPLAY_LEARN, json.loads(args.learn)))
+        cfg = synthetic_config(args)
         loop = LoopConfig(users_per_day=args.users_per_day, requests_per_user=args.requests_per_user)
         funnel = funnel_config(SYNTHETIC_COLUMNS)
         out["loop_drift"] = {"world": dict(WORLD), **run_loop(load_dataset("synthetic", **WORLD), cfg, modes, funnel, loop)}

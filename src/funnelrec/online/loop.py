@@ -106,6 +106,7 @@ def closed_loop(fitted: FittedReplay, world: Any, mode: str, cfg: ReplayConfig, 
     publish = np.asarray(world.publish_time, np.int64)
     e = float(world.config.position_exponent)
     k = cfg.k
+    all_items = np.arange(n_items)
     clicked = np.zeros((n_users, n_items), bool)  # fit-time and loop clicks: never allowed again
     fu = item_map.indices(fitted.fit_rows["item_id"].to_list())
     uu = ds.user_ids.indices(fitted.fit_rows["user_id"].to_list())
@@ -144,7 +145,7 @@ def closed_loop(fitted: FittedReplay, world: Any, mode: str, cfg: ReplayConfig, 
                 ans = client.recommend(user_ids[u], max(k, cfg.auc_k), t, mine)
                 ranked = item_map.indices(ans.item_ids) if ans.item_ids else np.zeros(0, np.int64)
                 shown = ranked[:k]
-                gains = truth.true_preference(np.array([u]), np.arange(n_items), t).astype(np.float64).ravel()
+                gains = truth.true_preference(np.array([u]), all_items, t).astype(np.float64).ravel()
                 gains[publish > t] = 0.0  # not published yet: nothing to gain
                 # shown at s: held back while s's slice is within the window (filter/bloom.py slices)
                 allowed = (~clicked[u]) & (publish <= t) & (last_shown[u] // slice_s < (t - window) // slice_s)

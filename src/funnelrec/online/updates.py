@@ -79,7 +79,8 @@ class Updater(Protocol):
 def warm_ftrl(params: list[torch.nn.Parameter], alpha: float, beta: float, l1: float, l2: float,
               n: list[np.ndarray | None] | None = None):
     """An FTRL optimizer over `params` whose state reproduces their current values (module doc);
-    n[k]: the carried Σg² of params[k] (None: zeros; a table grown since is padded with zeros)."""
+    n[k]: the carried Σg² of params[k] (None, or a 0-d parameter: zeros; a table grown since is
+    padded with zeros)."""
     from funnelrec.train.ftrl import FTRL
 
     opt = FTRL(params, alpha=alpha, beta=beta, l1=l1, l2=l2)
@@ -87,13 +88,10 @@ def warm_ftrl(params: list[torch.nn.Parameter], alpha: float, beta: float, l1: f
         for k, p in enumerate(params):
             w = p.detach()
             acc = torch.zeros_like(w)
-            old = None if n is None else n[k]
-            if old is not None and old.ndim == w.ndim and old.shape[1:] == tuple(w.shape[1:]):
-                rows = min(old.shape[0], w.shape[0]) if w.ndim else 0
-                if w.ndim:
-                    acc[:rows] = torch.from_numpy(np.ascontiguousarray(old[:rows], np.float32))
-                else:
-                    acc.fill_(float(old))
+            old = None if n is None else np.asarray(n[k], np.float32)
+            if old is not None and old.ndim == w.ndim >= 1 and old.shape[1:] == tuple(w.shape[1:]):
+                rows = min(len(old), len(w))  # a table grown since: its new rows start at 0
+                acc[:rows] = torch.from_numpy(np.ascontiguousarray(old[:rows]))
             opt.state[p]["z"] = -w * ((beta + acc.sqrt()) / alpha + l2) - torch.sign(w) * l1
             opt.state[p]["n"] = acc
     return opt
@@ -226,17 +224,18 @@ class FidAdmission:
                     report[f"evicted_{side}s"] = len(gone)
         free = np.concatenate(freed).astype(np.int64)
         if len(free) > len(st.free_rows):  # rows evicted now: their weights restart at zero
+            gone = free[len(st.free_rows):]
             model = ranker.model_
             keys = set(_table_keys(model, ranker.spec_.n_embeddings))
             with torch.no_grad():
                 for k, v in model.state_dict().items():
                     if k in keys:
-                        v[torch.from_numpy(free[len(st.free_rows):])] = 0
+                        v[torch.from_numpy(gone)] = 0
             acc = getattr(ranker, "ftrl_n_", None)
-            if acc:  # and FTRL's Σg² of those rows: the next entity on them starts afresh
+            if acc:  # and FTRL's Σg² of those rows (a new dict: the served ranker shares the old one)
                 ranker.ftrl_n_ = acc = {k: a.copy() for k, a in acc.items()}
                 for k in keys & set(acc):
-                    acc[k][free[len(st.free_rows):][free[len(st.free_rows):] < len(acc[k])]] = 0
+                    acc[k][gone[gone < len(acc[k])]] = 0
         for side, rows, col, _ in sides:
             if col is None:
                 continue
