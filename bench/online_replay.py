@@ -194,22 +194,25 @@ def main() -> None:
     ap.add_argument("--loop-control", action="store_true", help="case loop: also the world without the drift")
     ap.add_argument("--users-per-day", type=int, default=800, help="case loop: arrivals a day")
     ap.add_argument("--requests-per-user", type=int, default=2, help="case loop: requests per arrival")
+    ap.add_argument("--rank", default="{}", help="keys merged over the funnel's rank: section (JSON), e.g. "
+                                                 "'{\"recent_decay\": 0.7}'")
     ap.add_argument("--world-seed", type=int, default=WORLD["seed"], help="the synthetic world's seed (cases drift, "
                                                                          "control, loop)")
     args = ap.parse_args()
     modes = args.modes.split(",")
     cases = set(args.cases.split(","))
     WORLD["seed"] = args.world_seed
+    rank = json.loads(args.rank)
     out: dict = {"threads": os.environ.get("FUNNELREC_THREADS"), "load": os.getloadavg()[0]}
     t0 = time.perf_counter()
     if "ml100k" in cases:
         cfg = ReplayConfig(like_column="rating", like_threshold=4.0, bootstrap_resamples=args.resamples,
                            learn=merged_learn(REPLAY_LEARN, json.loads(args.learn)))
-        res, _ = run_case(load_dataset("movielens-100k"), cfg, modes, funnel_config())
+        res, _ = run_case(load_dataset("movielens-100k"), cfg, modes, funnel_config(rank))
         out["movielens-100k"] = res
     if "drift" in cases:
         cfg = synthetic_config(args)
-        res, fitted = run_case(load_dataset("synthetic", **WORLD), cfg, modes, funnel_config(SYNTHETIC_COLUMNS))
+        res, fitted = run_case(load_dataset("synthetic", **WORLD), cfg, modes, funnel_config({**SYNTHETIC_COLUMNS, **rank}))
         first = res["first_replayed_day"]
         res["world"] = WORLD
         res["recovery"] = {m: recovery(res["per_day"][m], DRIFT_DAY, first, "ndcg@10", within=3, share=0.9)
@@ -218,7 +221,7 @@ def main() -> None:
     if "control" in cases:  # the same world without the drift: what staleness alone costs
         cfg = synthetic_config(args)
         world = {**WORLD, "drift_fraction": 0.0}
-        res, _ = run_case(load_dataset("synthetic", **world), cfg, modes, funnel_config(SYNTHETIC_COLUMNS))
+        res, _ = run_case(load_dataset("synthetic", **world), cfg, modes, funnel_config({**SYNTHETIC_COLUMNS, **rank}))
         res["world"] = world
         out["synthetic_no_drift"] = res
         drift = out.get("synthetic_drift")
@@ -230,7 +233,7 @@ def main() -> None:
 
         cfg = synthetic_config(args)
         loop = LoopConfig(users_per_day=args.users_per_day, requests_per_user=args.requests_per_user)
-        funnel = funnel_config(SYNTHETIC_COLUMNS)
+        funnel = funnel_config({**SYNTHETIC_COLUMNS, **rank})
         out["loop_drift"] = {"world": dict(WORLD), **run_loop(load_dataset("synthetic", **WORLD), cfg, modes, funnel, loop)}
         if args.loop_control:
             world = {**WORLD, "drift_fraction": 0.0}

@@ -41,7 +41,8 @@ WORLD_CONFIG = {
                                           "output_dim": 16}}}],
                "merge": {"total": 150, "quotas": {"hot": 40}, "priority": ["itemcf", "vector", "hot"]}},
     "rank": {"epochs": 3, "user_columns": ["age_band", "gender", "occupation"],  # the MovieLens columns
-             "item_columns": ["release_year", "genres"], "match_columns": ["genres", "directors"]}}
+             "item_columns": ["release_year", "genres"], "match_columns": ["genres", "directors"],
+             "recent_decay": 0.5}}  # the short-term block too: every served = samples check covers it
 
 
 def _frame(rows: list[tuple]) -> pl.DataFrame:
@@ -277,10 +278,16 @@ def test_samples_see_the_users_stream_history_as_serving_does(world):
     for u in np.unique(cu):
         idx = np.flatnonzero(cu == u)
         first[idx[: len(idx) // 2]] = True
-    updated = f.with_components(**{f"channels__{n}": f.channels_[n].update(
-        cu[first], ci[first], np.zeros(int(first.sum()), np.int64), n_users=ds.n_users, n_items=ds.n_items)
+    from funnelrec.online.learner import OnlineLearner
+
+    # the stream's times: the learner records them (FunnelStats.stream_ts), and the samples read
+    # each user's stream history in that order — here the reverse of the organic rows' order
+    ts = 2_000_000_000 - np.arange(int(first.sum()), dtype=np.int64)
+    updated = f.with_components(stats=OnlineLearner._stats_update(f, cu[first], ci[first], ts), **{
+        f"channels__{n}": f.channels_[n].update(cu[first], ci[first], ts, n_users=ds.n_users, n_items=ds.n_items)
         for n in ("itemcf", "hot")})
-    fresh = [ci[first & (cu == u)] for u in users]
+    fresh = [ci[first & (cu == u)][::-1] for u in users]  # oldest first, as a history store gives it
+    assert max(len(h) for h in fresh) > 2
     recs = updated.run(np.asarray(users), k=20, state=RequestState(history=fresh))
     uid, iid = ds.users["user_id"].to_numpy(), ds.items["item_id"].to_numpy()
     rows = [(str(uid[u]), str(iid[i]), 0, "r", 0, 0, 0.0, 0) for u, r in zip(users, recs) for i in r.items.tolist()]
@@ -293,6 +300,17 @@ def test_samples_see_the_users_stream_history_as_serving_does(world):
     n_match = len(f.ranker_.features_.match_.names_)
     stale = rank_samples(f, _frame(rows))  # the fit-time funnel: no stream history
     assert not np.allclose(stale.X[:, -n_match:], s.X[:, -n_match:])
+    # the order is read: the same pairs with each stream history reversed get another short-term block
+    match = updated.ranker_.features_.match_
+    U = np.asarray(users)
+    rows_of = {int(x): r for r, x in enumerate(U.tolist())}
+    r = np.array([rows_of[int(x)] for x in s.users])
+    same = match.transform(r, s.items, *match.current(U, fresh))
+    other = match.transform(r, s.items, *match.current(U, [h[::-1] for h in fresh]))
+    np.testing.assert_allclose(same, s.X[:, -n_match:], rtol=1e-5, atol=1e-6)
+    n_recent = len(match.columns)
+    assert not np.allclose(other[:, -n_recent:], same[:, -n_recent:])
+    np.testing.assert_allclose(other[:, :-n_recent], same[:, :-n_recent], rtol=1e-6)  # the rest ignores order
 
 
 def test_counted_popularity_does_not_leak_the_label(world):

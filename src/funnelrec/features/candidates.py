@@ -195,6 +195,38 @@ def _multi_hot_column(col: pl.Series) -> sp.csr_matrix:
     return sp.csr_matrix((np.ones(len(rows), np.float32), (rows, codes.reshape(-1))), shape=(n, max(len(uniq), 1)))
 
 
+def recent_rows(user_idx: np.ndarray, item_idx: np.ndarray, ts: np.ndarray, history: sp.csr_matrix,
+                decay: float, n: int) -> sp.csr_matrix:
+    """(U, I) CSR of each user's `n` latest distinct items among the events that are in
+    `history` (nonzero there), weighted decay^k for the k-th newest (k = 0: weight 1); an item's
+    recency is its latest event, equal times ordered by the later row."""
+    u = np.asarray(user_idx, np.int64)
+    i = np.asarray(item_idx, np.int64)
+    t = np.asarray(ts, np.int64)
+    U, I = history.shape
+    ok = (u >= 0) & (u < U) & (i >= 0) & (i < I)
+    u, i, t, row = u[ok], i[ok], t[ok], np.flatnonzero(ok)
+    coo = sp.coo_matrix(history)
+    held = np.sort((coo.row.astype(np.int64) * I + coo.col)[coo.data != 0])
+    key = u * I + i
+    pos = np.minimum(np.searchsorted(held, key), max(len(held) - 1, 0))
+    inside = (held[pos] == key) if len(held) else np.zeros(len(u), bool)
+    u, i, t, row = u[inside], i[inside], t[inside], row[inside]
+    order = np.lexsort((-row, -t, u))  # per user newest first (a later row first among equal times)
+    u, i = u[order], i[order]
+    key = u * I + i
+    _, first = np.unique(key, return_index=True)  # the newest event of each (user, item)
+    keep = np.sort(first)
+    u, i = u[keep], i[keep]
+    starts = np.searchsorted(u, np.arange(U))
+    rank = np.arange(len(u)) - starts[u]
+    take = rank < n
+    u, i, rank = u[take], i[take], rank[take]
+    out = sp.csr_matrix((decay ** rank.astype(np.float64), (u, i)), shape=(U, I), dtype=np.float32)
+    out.sort_indices()
+    return out
+
+
 class HistoryMatch:
     """Match features between a user's history H_u (binary row of the training CSR) and a candidate i.
 
@@ -206,6 +238,12 @@ class HistoryMatch:
     items) also the item-to-item ridge-regression match (EASE, Steck 2019), fitted in closed form
     on the same history:
         P = (HᵀH + λI)⁻¹,  B = I − P · diag(1/diag(P)),  diag(B) = 0,  ridge(u, i) = (H_u B)_i.
+    With `recent_decay` γ ∈ (0, 1) also the short-term interest, per column:
+        recent_share_a(u, i) = Σ_k γ^k · |A_{j_k} ∩ A_i| / (|A_i| · Σ_k γ^k)
+    over the user's `recent_n` latest distinct consumptions j_0 (the newest), j_1, … — the share
+    of a recency-weighted history. It is defined by order, not by clock: a request's real-time
+    history (`current`, oldest first) goes in front of the fit-time order, so each click since
+    the fit moves the older ones one step down, the same way for training rows and requests.
 
     fit(history (U, I) CSR, items table) → self; transform(users (M,), items (M,), history)
     → (M, d) float32; `names_` has the d column names. The history passed to transform is the one
@@ -213,12 +251,21 @@ class HistoryMatch:
     """
 
     def __init__(self, columns: tuple[str, ...] = (), ridge_lambda: float = 0.0,
-                 max_items: int = 20_000) -> None:
+                 max_items: int = 20_000, recent_decay: float = 0.0, recent_n: int = 50) -> None:
+        if not 0.0 <= recent_decay < 1.0:
+            raise ConfigError(f"rank.recent_decay must be in [0, 1) (0 = no short-term block), got {recent_decay}")
+        if recent_n < 1:
+            raise ConfigError(f"rank.recent_n must be ≥ 1, got {recent_n}")
         self.columns = tuple(columns)
         self.ridge_lambda = ridge_lambda
         self.max_items = max_items
+        self.recent_decay = float(recent_decay)
+        self.recent_n = int(recent_n)
 
-    def fit(self, history: sp.csr_matrix, items: pl.DataFrame) -> HistoryMatch:
+    def fit(self, history: sp.csr_matrix, items: pl.DataFrame, events: tuple | None = None) -> HistoryMatch:
+        """`events` (user_idx, item_idx, ts) arrays, the history's consumptions in time: needed
+        for the short-term block (`recent_decay` > 0), which orders them; pairs not in `history`
+        are left out."""
         n_items = history.shape[1]
         missing = [c for c in self.columns if c not in items.columns]
         if missing:
@@ -234,9 +281,18 @@ class HistoryMatch:
             self.ridge_ = ease_weights(history, self.ridge_lambda)
             self.names_.append("ridge_match")
         self.history_ = sp.csr_matrix(history, dtype=np.float32)
+        self.recent_ = None
+        if self.recent_decay > 0 and self.columns:
+            if events is None:
+                raise ConfigError("rank.recent_decay > 0 needs the fit-time events in time order (user, item, ts)")
+            self.recent_ = recent_rows(*events, self.history_, self.recent_decay, self.recent_n)
+            self.names_ += [f"recent_share_{c}" for c in self.columns]
         return self
 
-    def transform(self, users: np.ndarray, items: np.ndarray, history: sp.csr_matrix | None = None) -> np.ndarray:
+    def transform(self, users: np.ndarray, items: np.ndarray, history: sp.csr_matrix | None = None,
+                  recent: sp.csr_matrix | None = None) -> np.ndarray:
+        """(M, d) features of pairs (users[m], items[m]); `history` / `recent`: the (·, I) rows
+        the users index (default the fitted ones; `current` builds a request batch's)."""
         if not hasattr(self, "attrs_"):
             raise NotFittedError("HistoryMatch is not fitted")
         H = self.history_ if history is None else sp.csr_matrix(history, dtype=np.float32)
@@ -260,7 +316,49 @@ class HistoryMatch:
         if self.ridge_ is not None:
             HB = np.asarray(Hu @ self.ridge_)  # (U', I)
             cols.append(HB[inv, i])
+        R = getattr(self, "recent_", None)  # artifacts saved before the short-term block have none
+        if R is not None:
+            Ru = take_rows(R if recent is None else sp.csr_matrix(recent, dtype=np.float32), uniq)
+            for A in self.attrs_.values():
+                cnt, w_sum = _match_counts_kernel(Ru.indptr, Ru.indices, Ru.data, A.indptr, A.indices, A.data,
+                                                  order, grp, i, _zeroed_scratch(A.shape[1]))
+                lens = A.indptr[i + 1] - A.indptr[i]
+                cols.append(cnt / np.maximum(lens, 1) / np.maximum(w_sum, 1.0)[inv])  # Σ w ≥ 1 when any
         return np.column_stack(cols).astype(np.float32)
+
+    def current(self, users: np.ndarray, fresh: Sequence, history: sp.csr_matrix | None = None
+                ) -> tuple[sp.csr_matrix, sp.csr_matrix | None]:
+        """(`current_rows`, `current_recent_rows` or None): the batch rows `transform` reads with
+        users = arange(B) as `history` and `recent`."""
+        H = self.current_rows(users, fresh, history)
+        return H, (self.current_recent_rows(users, fresh) if getattr(self, "recent_", None) is not None else None)
+
+    def current_recent_rows(self, users: np.ndarray, fresh: Sequence) -> sp.csr_matrix:
+        """(B, I) short-term rows: row r = the items of fresh[r] (oldest first; the latest
+        occurrence of a repeated item counts) newest first, then user r's fit-time order without
+        them, the first `recent_n` weighted γ^0, γ^1, …"""
+        users = np.asarray(users, dtype=np.int64)
+        R = self.recent_
+        base = take_rows(R, users)
+        indptr, indices, data = [0], [], []
+        g = self.recent_decay
+        for r in range(len(users)):
+            lo, hi = base.indptr[r], base.indptr[r + 1]
+            old = base.indices[lo:hi][np.argsort(-base.data[lo:hi], kind="stable")]  # fit-time order, newest first
+            h = fresh[r] if r < len(fresh) else None
+            h = np.zeros(0, np.int64) if h is None else np.asarray(h, np.int64).reshape(-1)[::-1]
+            h = h[(h >= 0) & (h < R.shape[1])]
+            _, first = np.unique(h, return_index=True)
+            h = h[np.sort(first)]  # distinct, newest occurrence first
+            row = np.concatenate([h, old[~np.isin(old, h)]])[: self.recent_n]
+            indices.append(row)
+            data.append(g ** np.arange(len(row), dtype=np.float64))
+            indptr.append(indptr[-1] + len(row))
+        out = sp.csr_matrix((np.concatenate(data).astype(np.float32) if data else np.zeros(0, np.float32),
+                             np.concatenate(indices) if indices else np.zeros(0, np.int64), indptr),
+                            shape=(len(users), R.shape[1]))
+        out.sort_indices()
+        return out
 
     def current_rows(self, users: np.ndarray, fresh: Sequence, history: sp.csr_matrix | None = None
                      ) -> sp.csr_matrix:
@@ -301,6 +399,26 @@ class HistoryMatch:
             B = np.zeros((I_new, I_new), np.float32)
             B[:I_old, :I_old] = self.ridge_
             new.ridge_ = B
+        R = getattr(self, "recent_", None)
+        if R is not None:
+            new.recent_ = sp.csr_matrix((R.data, R.indices, R.indptr), shape=(R.shape[0], I_new))
+        return new
+
+    def extend_users(self, n_users: int) -> HistoryMatch:
+        """A copy whose histories have `n_users` rows (a new user's rows empty: no training
+        history); this object is unchanged."""
+        import copy
+
+        def grow(m: sp.csr_matrix) -> sp.csr_matrix:
+            if m.shape[0] >= n_users:
+                return m
+            return sp.csr_matrix((m.data, m.indices, np.concatenate(
+                [m.indptr, np.full(n_users - m.shape[0], m.indptr[-1], m.indptr.dtype)])), shape=(n_users, m.shape[1]))
+
+        new = copy.copy(self)
+        new.history_ = grow(self.history_)
+        if getattr(self, "recent_", None) is not None:
+            new.recent_ = grow(self.recent_)
         return new
 
 
@@ -407,7 +525,8 @@ class RankFeatures:
                 raise DataError(f"fresh history has {len(fresh)} rows for {len(merged)} candidate sets")
             rows = np.repeat(np.arange(len(merged), dtype=np.int64), [len(m) for m in merged])
             # the batch row stands for the user: transform reads row `rows[m]` of the batch's rows
-            M = match.transform(rows, items, match.current_rows(users, fresh, history))
+            H, R = match.current(users, fresh, history)
+            M = match.transform(rows, items, H, R)
         else:
             M = match.transform(u, items, history)
         return u, items, np.hstack([X, M])
@@ -451,12 +570,8 @@ class RankFeatures:
         names = list(self.spec_.field_names[:F_u])
         U_new = users.height
         new.user_rows_ = _value_rows(self.user_rows_, names, fitted, users, changed, "user_id")
-        H = self.match_.history_
-        if H.shape[0] < U_new:  # a new user has no training history (the match features read it)
-            match = copy.copy(self.match_)
-            match.history_ = sp.csr_matrix((H.data, H.indices, np.concatenate(
-                [H.indptr, np.full(U_new - H.shape[0], H.indptr[-1], H.indptr.dtype)])), shape=(U_new, H.shape[1]))
-            new.match_ = match
+        if self.match_.history_.shape[0] < U_new:  # a new user has no training history (the match features read it)
+            new.match_ = self.match_.extend_users(U_new)
         return new
 
     def set_scale(self, X: np.ndarray) -> RankFeatures:

@@ -70,6 +70,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import polars as pl
+import scipy.sparse as sp
 
 from funnelrec.core.errors import ConfigError, FunnelrecError, GuardrailRefused
 from funnelrec.online.labels import PENDING_SCHEMA, LabelJoin, empty_samples
@@ -283,14 +284,14 @@ class OnlineLearner:
         u, i, ts = u[first], i[first], ts[first]
         out = {}
         if self.config.count_popularity:
-            out["stats"] = self._stats_update(funnel, u, i)
+            out["stats"] = self._stats_update(funnel, u, i, ts)
         for name, ch in funnel.channels_.items():
             if type(ch).__name__ in UPDATED_CHANNELS:
                 out[f"channels/{name}"] = ch.update(u, i, ts, n_users=ds.n_users, n_items=ds.n_items)
         return out
 
     @staticmethod
-    def _stats_update(funnel: Funnel, u: np.ndarray, i: np.ndarray) -> Any:
+    def _stats_update(funnel: Funnel, u: np.ndarray, i: np.ndarray, ts: np.ndarray | None = None) -> Any:
         """The funnel's FunnelStats with the consumptions (u[k], i[k]) counted into the ranker's
         count features, as the fit counts them (pipeline/funnel.py `FunnelStats.of`): item
         popularity log(1 + events) gains one per consumption, user activity log(1 + distinct
@@ -319,8 +320,23 @@ class OnlineLearner:
             if inside.any():
                 new[inside] = np.asarray(hist.seen[u[inside], i[inside]]).ravel() == 0
         act = counts(st.user_log_act, U) + np.bincount(u[new], minlength=U)
+        stream_ts = st.stream_ts
+        if ts is not None and len(u):
+            # each (user, item)'s latest consumption time: the order a user's real-time history is read in
+            Us, Is = (max(U, 0 if stream_ts is None else stream_ts.shape[0]),
+                      max(I, 0 if stream_ts is None else stream_ts.shape[1]))
+            key = u.astype(np.int64) * Is + i
+            order = np.lexsort((-np.asarray(ts, np.int64), key))
+            last = order[np.r_[True, key[order][1:] != key[order][:-1]]]
+            step = sp.csr_matrix((np.asarray(ts, np.float64)[last], (u[last], i[last])), shape=(Us, Is))
+            if stream_ts is not None:
+                old = sp.csr_matrix(stream_ts, dtype=np.float64, copy=True)
+                old.resize((Us, Is))
+                step = step.maximum(old)  # unix times are > 0: an absent entry (0) never wins
+            stream_ts = sp.csr_matrix(step)
+            stream_ts.sort_indices()
         return FunnelStats(st.history, np.log1p(pop).astype(np.float32)[: len(st.item_log_pop)],
-                           np.log1p(act).astype(np.float32)[: len(st.user_log_act)])
+                           np.log1p(act).astype(np.float32)[: len(st.user_log_act)], stream_ts)
 
     def _split(self, closed: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
         """(train = the carried holdout + the older closed samples, holdout = the newest share),

@@ -43,6 +43,7 @@ request: the realised clicks and the expected clicks Σ_p g_{a_p}(1 + p)^(−e).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,14 +85,16 @@ def graded_ndcg(gains_shown: np.ndarray, gains_allowed: np.ndarray, k: int) -> f
 
 
 def closed_loop(fitted: FittedReplay, world: Any, mode: str, cfg: ReplayConfig, loop: LoopConfig | None = None,
-                workdir: Any = None, learn_log: list | None = None, progress: bool = False) -> pl.DataFrame:
+                workdir: Any = None, learn_log: list | None = None, progress: bool = False,
+                on_request: Callable[[int, int, np.ndarray], None] | None = None) -> pl.DataFrame:
     """Run the closed loop (module doc) in `mode` over the days of `fitted.replay_rows`; one row
     per request: mode, day (since the data's first day), user_id, request (0-based within the
     user's day), ts, items (shown, external ids as strings), clicked (of those), ndcg,
     ndcg_candidates (the recall ceiling: the truth's best k of all the ranked candidates the
     request returned, `cfg.auc_k` asked for, against the same ideal), clicks, expected_clicks,
     model_version. Memory: two (users × items) arrays (clicked, last shown): a
-    harness for worlds of thousands, not millions."""
+    harness for worlds of thousands, not millions. `on_request(user_idx, t, ranked item indices)`
+    sees every request's whole ranked answer (bench/drift_bound.py re-ranks it)."""
     loop = loop or LoopConfig()
     ds = fitted.dataset
     n_users, n_items = ds.n_users, ds.n_items
@@ -145,6 +148,8 @@ def closed_loop(fitted: FittedReplay, world: Any, mode: str, cfg: ReplayConfig, 
                 ans = client.recommend(user_ids[u], max(k, cfg.auc_k), t, mine)
                 ranked = item_map.indices(ans.item_ids) if ans.item_ids else np.zeros(0, np.int64)
                 shown = ranked[:k]
+                if on_request is not None:
+                    on_request(u, int(t), ranked)
                 gains = truth.true_preference(np.array([u]), all_items, t).astype(np.float64).ravel()
                 gains[publish > t] = 0.0  # not published yet: nothing to gain
                 # shown at s: held back while s's slice is within the window (filter/bloom.py slices)

@@ -44,6 +44,7 @@ Labels per task: "ctr" ← click, "like" ← like (the ranker's TASK_LABELS).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -171,6 +172,7 @@ def stream_history(funnel: Any, users: np.ndarray) -> list[np.ndarray] | None:
         return None
     seen = max(hists, key=lambda h: h.seen.nnz).seen
     fit = funnel.stats_.history
+    when = getattr(funnel.stats_, "stream_ts", None)  # the learner's record of when (FunnelStats)
     out, empty, anything = [], np.zeros(0, np.int64), False
     for u in np.asarray(users, np.int64).tolist():
         if not 0 <= u < seen.shape[0]:
@@ -179,6 +181,11 @@ def stream_history(funnel: Any, users: np.ndarray) -> list[np.ndarray] | None:
         row = seen.indices[seen.indptr[u]:seen.indptr[u + 1]].astype(np.int64)
         if u < fit.shape[0]:
             row = np.setdiff1d(row, fit.indices[fit.indptr[u]:fit.indptr[u + 1]])
+        if when is not None and len(row) > 1 and u < when.shape[0]:
+            # oldest first, as a request's history store gives it (the short-term block reads the order)
+            ts_of = dict(zip(when.indices[when.indptr[u]:when.indptr[u + 1]].tolist(),
+                             when.data[when.indptr[u]:when.indptr[u + 1]].tolist()))
+            row = row[np.argsort([ts_of.get(x, -1) for x in row.tolist()], kind="stable")]
         anything |= len(row) > 0
         out.append(row)
     return out if anything else None
@@ -202,7 +209,7 @@ def _match_block(match: Any, users: np.ndarray, fresh: list[np.ndarray] | None, 
     if fresh is None or not len(u):
         return match.transform(u, i)
     rows = np.searchsorted(users, u)
-    return match.transform(rows, i, match.current_rows(users, fresh))
+    return match.transform(rows, i, *match.current(users, fresh))
 
 
 def candidate_samples(funnel: Any, positives: pl.DataFrame, shown: pl.DataFrame | None = None,
@@ -377,8 +384,8 @@ def without_own_pairs(funnel: Any, users: np.ndarray, items: np.ndarray, uncount
         ki, ku = ci < len(pop), cu < len(act)
         np.subtract.at(pop, ci[ki], 1.0)
         np.subtract.at(act, cu[ku], 1.0)
-        parts["stats"] = type(stats)(stats.history, np.log1p(np.maximum(pop, 0.0)).astype(np.float32),
-                                     np.log1p(np.maximum(act, 0.0)).astype(np.float32))
+        parts["stats"] = dataclasses.replace(stats, item_log_pop=np.log1p(np.maximum(pop, 0.0)).astype(np.float32),
+                                             user_log_act=np.log1p(np.maximum(act, 0.0)).astype(np.float32))
     return funnel.with_components(**parts) if parts else funnel
 
 

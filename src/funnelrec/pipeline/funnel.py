@@ -142,6 +142,16 @@ def _ranked_tail(fused: np.ndarray, top: np.ndarray, k: int, n: int) -> np.ndarr
     return order[~np.isin(order, top)]
 
 
+def _resized(m: sp.csr_matrix | None, rows: int | None = None, cols: int | None = None) -> sp.csr_matrix | None:
+    """CSR `m` grown to `rows` × `cols` (None: as it is) with empty new rows / columns."""
+    if m is None:
+        return None
+    R, C = m.shape
+    rows, cols = max(rows or R, R), max(cols or C, C)
+    indptr = np.concatenate([m.indptr, np.full(rows - R, m.indptr[-1], m.indptr.dtype)])
+    return sp.csr_matrix((m.data, m.indices, indptr), shape=(rows, cols))
+
+
 @dataclass(frozen=True)
 class FunnelStats:
     """Fit-time facts every request reads: the training history (U, I) CSR, log(1 + item
@@ -150,6 +160,10 @@ class FunnelStats:
     history: sp.csr_matrix
     item_log_pop: np.ndarray
     user_log_act: np.ndarray
+    # the online learner's record of the stream (online/learner.py): (U, I) CSR of each (user,
+    # item)'s latest consumption time since the fit; None before any. The learner's samples read
+    # a user's real-time history in this order, as a request reads its history store's
+    stream_ts: sp.csr_matrix | None = None
 
     @classmethod
     def of(cls, data: Any) -> FunnelStats:
@@ -245,7 +259,7 @@ class Funnel:
         H = self.stats_.history
         stats = FunnelStats(sp.csr_matrix((H.data, H.indices, H.indptr), shape=(H.shape[0], full.height)),
                             np.concatenate([self.stats_.item_log_pop, np.zeros(full.height - I_old, np.float32)]),
-                            self.stats_.user_log_act)
+                            self.stats_.user_log_act, _resized(self.stats_.stream_ts, cols=full.height))
         channels = {n: ch.extend_items(full, changed) if hasattr(ch, "extend_items") else ch
                     for n, ch in self.channels_.items()}
         ranker, prerank = self.ranker_, self.prerank_
@@ -278,7 +292,8 @@ class Funnel:
         stats = FunnelStats(
             sp.csr_matrix((H.data, H.indices, np.concatenate([H.indptr, np.full(n_new, H.indptr[-1], H.indptr.dtype)])),
                           shape=(full.height, H.shape[1])),
-            self.stats_.item_log_pop, np.concatenate([self.stats_.user_log_act, np.zeros(n_new, np.float32)]))
+            self.stats_.item_log_pop, np.concatenate([self.stats_.user_log_act, np.zeros(n_new, np.float32)]),
+            _resized(self.stats_.stream_ts, rows=full.height))
         ranker, prerank = self.ranker_, self.prerank_
         if hasattr(getattr(ranker, "features_", None), "extend_users"):
             ranker = copy.copy(ranker)

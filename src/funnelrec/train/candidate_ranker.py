@@ -124,6 +124,10 @@ class CandidateRankerConfig:
     include_ids: bool = True
     match_columns: tuple[str, ...] = ()
     ridge_lambda: float = 500.0  # 0 = no item-to-item ridge match feature
+    # the short-term block (features/candidates.py HistoryMatch): recent_share per match column
+    # over the `recent_n` latest consumptions weighted recent_decay^k; 0 = none
+    recent_decay: float = 0.0
+    recent_n: int = 50
     label_folds: int = 0  # extra label sets carved from train (channels refit on the rest)
     fold_fraction: float = 0.125  # share of each user's train rows a fold uses as labels
     valid_fraction: float = 0.1  # label users held out for early stopping
@@ -159,6 +163,15 @@ class CandidateRankerConfig:
                               "(its weighted LR is what makes exp(z) the expected watch time)")
         if self.label_folds < 0 or not 0 < self.fold_fraction < 1:
             raise ConfigError("rank: label_folds ≥ 0 and 0 < fold_fraction < 1 required")
+        if isinstance(self.recent_decay, bool) or not isinstance(self.recent_decay, (int, float)) \
+                or not 0 <= self.recent_decay < 1:
+            raise ConfigError(f"rank.recent_decay must be a number in [0, 1) (0 = no short-term block), "
+                              f"got {self.recent_decay!r}")
+        if isinstance(self.recent_n, bool) or not isinstance(self.recent_n, int) or self.recent_n < 1:
+            raise ConfigError(f"rank.recent_n must be an integer ≥ 1, got {self.recent_n!r}")
+        if self.recent_decay > 0 and not self.match_columns:
+            raise ConfigError("rank.recent_decay > 0 needs rank.match_columns: the short-term block is a share per "
+                              "match column")
         if not self.tasks or len(set(self.tasks)) != len(self.tasks) or not all(isinstance(t, str) and t
                                                                                   for t in self.tasks):
             raise ConfigError(f"rank.tasks {list(self.tasks)}: one or more distinct non-empty task names required")
@@ -576,7 +589,10 @@ class CandidateRanker:
             raise DataError("ranker training: no label set")
         for s in sets:
             if s.match is None:
-                s.match = HistoryMatch(cfg.match_columns, cfg.ridge_lambda).fit(s.history, dataset.items)
+                events = None if s.events is None else (s.events["user_idx"].to_numpy(), s.events["item_idx"].to_numpy(),
+                                                        _event_ts(s.events))
+                s.match = HistoryMatch(cfg.match_columns, cfg.ridge_lambda, recent_decay=cfg.recent_decay,
+                                       recent_n=cfg.recent_n).fit(s.history, dataset.items, events)
         self.features_ = RankFeatures(cfg.user_columns, cfg.item_columns, cfg.include_ids).fit(
             TrainData(dataset, train), sets[0].match)
         self._fit_behaviour(dataset, train)
