@@ -13,6 +13,9 @@ candidates* (so the recall is out of the question; `ndcg@10_candidates` is 1 by 
   tags are what the truth's affinity is made of, so this is the direct use of the only
   post-drift evidence a user gives (its clicks; an impression without a click says "not this",
   one of ~100 tags);
+- `oracle_tags`: the same candidates re-ranked by how many of the user's two loved tags *in
+  force* (`SyntheticWorld.loved_tags_after_drift`, which no funnel can see) each carries, ties
+  in the funnel's order: what knowing the drift exactly would buy on these candidates;
 - `clicks_since_drift`: how many clicks the user has made since the drift when it asks.
 
 Pre-drift days give each score's own reference, and `share` = a post-drift day's mean / the
@@ -67,7 +70,8 @@ def main() -> None:
                           on_request=lambda u, t, ranked: requests.append((u, t, ranked.copy())))
     drift = world.config.drift_time
     since: dict[int, list[int]] = {}  # user → items clicked since the drift (before the current request)
-    rows: dict[str, list] = {"day": [], "funnel": [], "profile": [], "clicks_since_drift": []}
+    rows: dict[str, list] = {"day": [], "funnel": [], "profile": [], "oracle_tags": [], "clicks_since_drift": []}
+    item_tags = np.asarray(world.item_tags)
     for (u, t, ranked), clicked in zip(requests, records.iter_rows(named=True)):
         if len(ranked):
             gains = world.at(t).true_preference(np.array([u]), ranked, t).astype(np.float64).ravel()
@@ -78,18 +82,21 @@ def main() -> None:
             rows["day"].append(clicked["day"])
             rows["funnel"].append(graded_ndcg(gains, gains, 10))
             rows["profile"].append(graded_ndcg(gains[order], gains, 10))
+            loved = world.at(t).loved_tags[u]
+            carries = (item_tags[ranked][:, :, None] == loved[None, None, :]).any(2).sum(1)
+            rows["oracle_tags"].append(graded_ndcg(gains[np.argsort(-carries, kind="stable")], gains, 10))
             rows["clicks_since_drift"].append(len(mine) if t >= drift else 0)
         if t >= drift:
             since.setdefault(u, []).extend(ds.item_ids.indices(clicked["clicked"]).tolist() if clicked["clicked"] else [])
     frame = pl.DataFrame(rows)
-    daily = frame.group_by("day").agg(pl.col("funnel", "profile", "clicks_since_drift").mean()).sort("day")
+    daily = frame.group_by("day").agg(pl.col("funnel", "profile", "oracle_tags", "clicks_since_drift").mean()).sort("day")
     first = daily["day"].min()
     pre = daily.filter(pl.col("day") < ob.DRIFT_DAY)
     out = {"mode": args.mode, "world": world_cfg, "loop": {"users_per_day": args.users_per_day,
                                                            "requests_per_user": args.requests_per_user},
            "first_day": int(first), "per_day": {c: [round(float(x), 4) for x in daily[c]] for c in daily.columns},
-           "pre_drift": {c: round(float(pre[c].mean()), 4) for c in ("funnel", "profile")},
-           "share": {c: [round(float(v / pre[c].mean()), 3) for v in daily[c]] for c in ("funnel", "profile")},
+           "pre_drift": {c: round(float(pre[c].mean()), 4) for c in ("funnel", "profile", "oracle_tags")},
+           "share": {c: [round(float(v / pre[c].mean()), 3) for v in daily[c]] for c in ("funnel", "profile", "oracle_tags")},
            "loop_ndcg@10": [round(float(x), 4) for x in records.group_by("day").agg(pl.col("ndcg").mean())
                             .sort("day")["ndcg"]],
            "seconds": round(time.perf_counter() - t0, 1), "threads": os.environ.get("FUNNELREC_THREADS"),

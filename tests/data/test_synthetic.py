@@ -263,6 +263,18 @@ def test_drift_changes_the_loved_tags_of_its_users_only(drift_pair):
     a, b = after[moved], w.user_vectors[moved]
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert np.median(cos) < 0.8 and (cos < 0.999).all()
+    # the recorded favourite tags: new ones for the drifted users, none of their old two, the
+    # same for the others; and they are the tags the truth loves — an item carrying one of a
+    # user's tags has a higher affinity than one carrying none, before and after the drift
+    old, new = w.loved_tags, w.loved_tags_after_drift
+    np.testing.assert_array_equal(old, w0.loved_tags)
+    np.testing.assert_array_equal(new[still], old[still])
+    assert not (new[moved][:, :, None] == old[moved][:, None, :]).any()
+    assert w.at(w.config.drift_time).loved_tags is new and base.extras["world"].loved_tags_after_drift is None
+    for vecs, tags in ((w.user_vectors, old), (after, new)):
+        carries = (w.item_tags[None, :, :, None] == tags[moved][:, None, None, :]).any((2, 3))  # (M, N)
+        s = vecs[moved] @ w.item_vectors.T
+        assert s[carries].mean() > s[~carries].mean() + 0.3
 
 
 def test_drift_log_equals_the_plain_log_before_the_drift_and_follows_the_new_taste_after(drift_pair):

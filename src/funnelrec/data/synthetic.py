@@ -186,14 +186,20 @@ class SyntheticWorld:
     item_tags: (N, 3) int64 tag ids (−1 pads), item_author: (N,) int64, user_region: (U,) int64.
     With preference drift: drifted_users (M,) int64 and user_vectors_after_drift (U, d) float32
     (the drifted users' rows replaced), in force from `config.drift_time`; otherwise empty / None.
+    loved_tags (U, 2) int64: each user's two favourite tags (the codes of item_tags);
+    loved_tags_after_drift the same after the drift (None without one; `at(t)` answers with it).
     Index arguments broadcast like numpy arrays: `true_preference(u[:, None], i[None, :])` is (U, N).
     """
 
     def __init__(self, config: WorldConfig, user_vectors: np.ndarray, item_vectors: np.ndarray,
                  popularity: np.ndarray, publish_time: np.ndarray, duration: np.ndarray,
                  item_tags: np.ndarray, item_author: np.ndarray, user_region: np.ndarray,
-                 drifted_users: np.ndarray | None = None, user_vectors_after_drift: np.ndarray | None = None) -> None:
+                 drifted_users: np.ndarray | None = None, user_vectors_after_drift: np.ndarray | None = None,
+                 loved_tags: np.ndarray | None = None, loved_tags_after_drift: np.ndarray | None = None) -> None:
         self.config = config
+        # (U, 2) tag codes (item_tags' codes) of each user's two favourite tags, before / after the drift
+        self.loved_tags = loved_tags
+        self.loved_tags_after_drift = loved_tags_after_drift
         self.drifted_users = np.empty(0, np.int64) if drifted_users is None else drifted_users
         self.user_vectors_after_drift = user_vectors_after_drift
         self.user_vectors = user_vectors
@@ -220,6 +226,7 @@ class SyntheticWorld:
         if view is None:
             view = copy.copy(self)
             view.user_vectors, view.user_vectors_after_drift = self.user_vectors_after_drift, None
+            view.loved_tags, view.loved_tags_after_drift = getattr(self, "loved_tags_after_drift", None), None
             self._after_drift = view
         return view
 
@@ -419,8 +426,9 @@ def _choose_exposures(users, times, U, V, publish, prob, alias, r_pool, r_pick, 
 
 def _drift_users(c: WorldConfig, fav: np.ndarray, tags_e: np.ndarray, tag_pop: np.ndarray, u_raw: np.ndarray,
                  user_vectors: np.ndarray, region_e: np.ndarray, age_e: np.ndarray, gender_e: np.ndarray,
-                 noise: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(drifted users (M,), the (U, d) vectors after the drift): M = round(drift_fraction·U) users
+                 noise: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(drifted users (M,), the (U, d) vectors after the drift, their (M, 2) new favourite tags):
+    M = round(drift_fraction·U) users
     get two new favourite tags, neither of their old two (redrawn until so), and u'_raw with the
     same region, age, gender and noise terms, scaled like u_raw (module doc). A generator of its
     own (seeded by (seed, 1)) keeps the main stream as it is without drift."""
@@ -439,7 +447,7 @@ def _drift_users(c: WorldConfig, fav: np.ndarray, tags_e: np.ndarray, tag_pop: n
            + 0.2 * gender_e[users] + 0.5 * noise[users])
     after = user_vectors.copy()
     after[users] = (raw * scale).astype(np.float32)
-    return users, after
+    return users, after, new
 
 
 def _list_column(values: list[str], codes: np.ndarray, lengths: np.ndarray) -> pl.Series:
@@ -475,10 +483,12 @@ def generate_world(config: WorldConfig) -> tuple[SyntheticWorld, pl.DataFrame, p
     u_raw = (0.5 * (tags_e[fav[:, 0]] + tags_e[fav[:, 1]]) + 0.5 * regions_e[region] + 0.3 * ages_e[age]
              + 0.2 * genders_e[gender] + 0.5 * noise)
     user_vectors = _rescale(u_raw, d)
-    drifted, after = None, None
+    drifted, after, loved_after = None, None, None
     if c.drift_fraction > 0:
-        drifted, after = _drift_users(c, fav, tags_e, tag_pop, u_raw, user_vectors, regions_e[region],
+        drifted, after, new_tags = _drift_users(c, fav, tags_e, tag_pop, u_raw, user_vectors, regions_e[region],
                                       ages_e[age], genders_e[gender], noise)
+        loved_after = fav.copy()
+        loved_after[drifted] = new_tags
     del u_raw, noise
 
     # items
@@ -500,7 +510,7 @@ def generate_world(config: WorldConfig) -> tuple[SyntheticWorld, pl.DataFrame, p
     publish[oldest] = min(publish[oldest], c.start_time)
     duration = np.clip(rng.lognormal(np.log(180.0), 0.7, ni), 10, 3600).astype(np.float32)
     world = SyntheticWorld(c, user_vectors, item_vectors, popularity, publish, duration, item_tags, author, region,
-                           drifted, after)
+                           drifted, after, fav, loved_after)
 
     # impressions in time order: sorted uniform times, each user's rows scattered over them
     weights = rng.lognormal(0.0, c.activity_sigma, nu)
