@@ -13,6 +13,10 @@ candidates* (so the recall is out of the question; `ndcg@10_candidates` is 1 by 
   tags are what the truth's affinity is made of, so this is the direct use of the only
   post-drift evidence a user gives (its clicks; an impression without a click says "not this",
   one of ~100 tags);
+- `profile_neg`: the same with the shown-but-not-clicked items since the drift against them:
+  Σ_clicks |tags(i) ∩ tags(j)| − β · Σ_shown, not clicked |tags(i) ∩ tags(j)|, over |tags(i)|
+  (β = `--neg-weight`, 0.05: of 0.05 and 0.2, the better on this world — a bound, tuned where
+  it is measured);
 - `oracle_tags`: the same candidates re-ranked by how many of the user's two loved tags *in
   force* (`SyntheticWorld.loved_tags_after_drift`, which no funnel can see) each carries, ties
   in the funnel's order: what knowing the drift exactly would buy on these candidates;
@@ -49,6 +53,7 @@ def main() -> None:
     ap.add_argument("--users-per-day", type=int, default=800)
     ap.add_argument("--requests-per-user", type=int, default=2)
     ap.add_argument("--world-seed", type=int, default=0)
+    ap.add_argument("--neg-weight", type=float, default=0.05, help="β of profile_neg (module doc)")
     ap.add_argument("--rank", default="{}", help="keys merged over the funnel's rank: section (JSON)")
     args = ap.parse_args()
     t0 = time.perf_counter()
@@ -70,7 +75,9 @@ def main() -> None:
                           on_request=lambda u, t, ranked: requests.append((u, t, ranked.copy())))
     drift = world.config.drift_time
     since: dict[int, list[int]] = {}  # user → items clicked since the drift (before the current request)
-    rows: dict[str, list] = {"day": [], "funnel": [], "profile": [], "oracle_tags": [], "clicks_since_drift": []}
+    passed: dict[int, list[int]] = {}  # user → items shown since the drift and not clicked
+    rows: dict[str, list] = {"day": [], "funnel": [], "profile": [], "profile_neg": [], "oracle_tags": [],
+                             "clicks_since_drift": []}
     item_tags = np.asarray(world.item_tags)
     for (u, t, ranked), clicked in zip(requests, records.iter_rows(named=True)):
         if len(ranked):
@@ -82,21 +89,27 @@ def main() -> None:
             rows["day"].append(clicked["day"])
             rows["funnel"].append(graded_ndcg(gains, gains, 10))
             rows["profile"].append(graded_ndcg(gains[order], gains, 10))
+            nos = passed.get(u, [])
+            against = T[nos].sum(0) if nos else np.zeros(T.shape[1])
+            score = (T[ranked] @ (profile - args.neg_weight * against)) / n_tags[ranked]
+            rows["profile_neg"].append(graded_ndcg(gains[np.argsort(-score, kind="stable")], gains, 10))
             loved = world.at(t).loved_tags[u]
             carries = (item_tags[ranked][:, :, None] == loved[None, None, :]).any(2).sum(1)
             rows["oracle_tags"].append(graded_ndcg(gains[np.argsort(-carries, kind="stable")], gains, 10))
             rows["clicks_since_drift"].append(len(mine) if t >= drift else 0)
         if t >= drift:
+            hit = set(clicked["clicked"] or [])
+            passed.setdefault(u, []).extend(i for i, name in zip(ranked[:10].tolist(), clicked["items"]) if name not in hit)
             since.setdefault(u, []).extend(ds.item_ids.indices(clicked["clicked"]).tolist() if clicked["clicked"] else [])
     frame = pl.DataFrame(rows)
-    daily = frame.group_by("day").agg(pl.col("funnel", "profile", "oracle_tags", "clicks_since_drift").mean()).sort("day")
+    daily = frame.group_by("day").agg(pl.col("funnel", "profile", "profile_neg", "oracle_tags", "clicks_since_drift").mean()).sort("day")
     first = daily["day"].min()
     pre = daily.filter(pl.col("day") < ob.DRIFT_DAY)
     out = {"mode": args.mode, "world": world_cfg, "loop": {"users_per_day": args.users_per_day,
                                                            "requests_per_user": args.requests_per_user},
            "first_day": int(first), "per_day": {c: [round(float(x), 4) for x in daily[c]] for c in daily.columns},
-           "pre_drift": {c: round(float(pre[c].mean()), 4) for c in ("funnel", "profile", "oracle_tags")},
-           "share": {c: [round(float(v / pre[c].mean()), 3) for v in daily[c]] for c in ("funnel", "profile", "oracle_tags")},
+           "pre_drift": {c: round(float(pre[c].mean()), 4) for c in ("funnel", "profile", "profile_neg", "oracle_tags")},
+           "share": {c: [round(float(v / pre[c].mean()), 3) for v in daily[c]] for c in ("funnel", "profile", "profile_neg", "oracle_tags")},
            "loop_ndcg@10": [round(float(x), 4) for x in records.group_by("day").agg(pl.col("ndcg").mean())
                             .sort("day")["ndcg"]],
            "seconds": round(time.perf_counter() - t0, 1), "threads": os.environ.get("FUNNELREC_THREADS"),
