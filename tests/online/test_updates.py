@@ -313,6 +313,41 @@ def test_samples_see_the_users_stream_history_as_serving_does(world):
     np.testing.assert_allclose(other[:, :-n_recent], same[:, :-n_recent], rtol=1e-6)  # the rest ignores order
 
 
+@pytest.mark.parametrize("count_popularity", [True, False])
+def test_the_learner_orders_a_users_stream_as_its_history_store_does(world, count_popularity):
+    """One learner step with: click a, click j (an item of the user's fit history), click b,
+    then like a. A request's history store gives the user's history as j, b, a (oldest first,
+    each item at its latest consumption); the learner's samples must read the same order, the
+    re-consumed fit item included — with or without the popularity counts — and so get the
+    served short-term block and logits."""
+    from funnelrec.core.types import RequestState
+    from funnelrec.online.learner import LearnConfig, OnlineLearner
+    from funnelrec.online.samples import stream_history
+
+    f = world["funnel"]
+    ds = f.dataset_
+    H = f.stats_.history
+    u = int(np.flatnonzero(np.diff(H.indptr) > 20)[0])
+    fit_items = H.indices[H.indptr[u]:H.indptr[u + 1]]
+    a, b = (int(x) for x in np.setdiff1d(np.arange(ds.n_items), fit_items)[:2])
+    j = int(fit_items[0])
+    uid, iid = str(ds.users["user_id"][u]), ds.items["item_id"].cast(pl.Utf8).to_list()
+    t0 = 2_000_000_000
+    events = pl.DataFrame({"user_id": [uid] * 4, "item_id": [iid[a], iid[j], iid[b], iid[a]],
+                           "type": ["click", "click", "click", "like"], "value": [1.0] * 4,
+                           "ts": [t0, t0 + 10, t0 + 20, t0 + 30]})
+    learner = object.__new__(OnlineLearner)
+    learner.config = LearnConfig(count_popularity=count_popularity)
+    parts = learner._count_updates(f, events)
+    assert "stats" in parts
+    up = f.with_components(**{k.replace("/", "__"): v for k, v in parts.items()})
+    assert stream_history(up, np.array([u]))[0].tolist() == [j, b, a]
+    recs = up.run(np.array([u]), k=20, state=RequestState(history=[np.array([j, b, a])]))
+    rows = [(uid, iid[i], 0, "r", 0, 0, 0.0, 0) for i in recs[0].items.tolist()]
+    s = rank_samples(up, _frame(rows))
+    np.testing.assert_allclose(ranker_logits(up.ranker_, s), recs[0].task_scores["ctr"], rtol=1e-5, atol=1e-5)
+
+
 def test_counted_popularity_does_not_leak_the_label(world):
     """The learner counts a step's consumptions into the ranker's popularity feature before the
     ranker update sees the step's samples (`count_popularity`): with `uncount` a clicked sample

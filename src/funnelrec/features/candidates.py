@@ -222,7 +222,8 @@ def recent_rows(user_idx: np.ndarray, item_idx: np.ndarray, ts: np.ndarray, hist
     rank = np.arange(len(u)) - starts[u]
     take = rank < n
     u, i, rank = u[take], i[take], rank[take]
-    out = sp.csr_matrix((decay ** rank.astype(np.float64), (u, i)), shape=(U, I), dtype=np.float32)
+    # float64: the order is read back from the weights (`current_recent_rows`), so no two may tie
+    out = sp.csr_matrix((decay ** rank.astype(np.float64), (u, i)), shape=(U, I), dtype=np.float64)
     out.sort_indices()
     return out
 
@@ -318,7 +319,7 @@ class HistoryMatch:
             cols.append(HB[inv, i])
         R = getattr(self, "recent_", None)  # artifacts saved before the short-term block have none
         if R is not None:
-            Ru = take_rows(R if recent is None else sp.csr_matrix(recent, dtype=np.float32), uniq)
+            Ru = take_rows(R if recent is None else sp.csr_matrix(recent, dtype=np.float64), uniq)
             for A in self.attrs_.values():
                 cnt, w_sum = _match_counts_kernel(Ru.indptr, Ru.indices, Ru.data, A.indptr, A.indices, A.data,
                                                   order, grp, i, _zeroed_scratch(A.shape[1]))
@@ -354,7 +355,7 @@ class HistoryMatch:
             indices.append(row)
             data.append(g ** np.arange(len(row), dtype=np.float64))
             indptr.append(indptr[-1] + len(row))
-        out = sp.csr_matrix((np.concatenate(data).astype(np.float32) if data else np.zeros(0, np.float32),
+        out = sp.csr_matrix((np.concatenate(data) if data else np.zeros(0, np.float64),
                              np.concatenate(indices) if indices else np.zeros(0, np.int64), indptr),
                             shape=(len(users), R.shape[1]))
         out.sort_indices()

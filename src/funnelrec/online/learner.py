@@ -60,6 +60,7 @@ channels' histories are indexed by catalogue users); follow/unfollow are skipped
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sqlite3
@@ -123,6 +124,28 @@ CREATE TABLE IF NOT EXISTS holdout (user_id TEXT, item_id TEXT, ts INTEGER, requ
     click INTEGER, like INTEGER, watch_time REAL, purchase INTEGER);
 CREATE TABLE IF NOT EXISTS quarantine (offset TEXT, event TEXT, message TEXT, at REAL);
 """
+
+
+def stream_times(stream_ts: sp.csr_matrix | None, u: np.ndarray, i: np.ndarray, ts: np.ndarray) -> sp.csr_matrix | None:
+    """`FunnelStats.stream_ts` with the consumptions (u[k], i[k]) at ts[k] in: each (user, item)'s
+    latest consumption time (float64 unix s; grown to cover the new indices). None stays None
+    when there is nothing to add."""
+    u, i, ts = np.asarray(u, np.int64), np.asarray(i, np.int64), np.asarray(ts, np.int64)
+    if not len(u):
+        return stream_ts
+    U = max(int(u.max()) + 1, 0 if stream_ts is None else stream_ts.shape[0])
+    I = max(int(i.max()) + 1, 0 if stream_ts is None else stream_ts.shape[1])
+    key = u * I + i
+    order = np.lexsort((-ts, key))  # per pair the latest first
+    last = order[np.r_[True, key[order][1:] != key[order][:-1]]]
+    step = sp.csr_matrix((ts[last].astype(np.float64), (u[last], i[last])), shape=(U, I))
+    if stream_ts is not None:
+        old = sp.csr_matrix(stream_ts, dtype=np.float64, copy=True)
+        old.resize((U, I))
+        step = step.maximum(old)  # unix times are > 0: an absent entry (0) never wins
+    out = sp.csr_matrix(step)
+    out.sort_indices()
+    return out
 
 
 class OnlineLearner:
@@ -279,12 +302,20 @@ class OnlineLearner:
         # counted per event, hot/fresh would weigh a liked item twice
         key = u.astype(np.int64) * max(ds.n_items, int(i.max()) + 1) + i
         order = np.lexsort((ts, key))
-        first = order[np.r_[True, key[order][1:] != key[order][:-1]]]
+        head = np.r_[True, key[order][1:] != key[order][:-1]]
+        latest = ts[order][np.r_[head[1:], True]]  # per (user, item) group: the step's last consumption
+        first = order[head]
+        latest = latest[np.argsort(first)]
         first.sort()
         u, i, ts = u[first], i[first], ts[first]
         out = {}
+        # the order of each user's real-time history, as a request reads its history store: each
+        # item at its latest consumption (a like after the click moves it up)
+        stream_ts = stream_times(funnel.stats_.stream_ts, u, i, latest)
         if self.config.count_popularity:
-            out["stats"] = self._stats_update(funnel, u, i, ts)
+            out["stats"] = dataclasses.replace(self._stats_update(funnel, u, i), stream_ts=stream_ts)
+        elif getattr(getattr(getattr(funnel.ranker_, "features_", None), "match_", None), "recent_", None) is not None:
+            out["stats"] = dataclasses.replace(funnel.stats_, stream_ts=stream_ts)  # the short-term block reads it
         for name, ch in funnel.channels_.items():
             if type(ch).__name__ in UPDATED_CHANNELS:
                 out[f"channels/{name}"] = ch.update(u, i, ts, n_users=ds.n_users, n_items=ds.n_items)
@@ -320,21 +351,7 @@ class OnlineLearner:
             if inside.any():
                 new[inside] = np.asarray(hist.seen[u[inside], i[inside]]).ravel() == 0
         act = counts(st.user_log_act, U) + np.bincount(u[new], minlength=U)
-        stream_ts = st.stream_ts
-        if ts is not None and len(u):
-            # each (user, item)'s latest consumption time: the order a user's real-time history is read in
-            Us, Is = (max(U, 0 if stream_ts is None else stream_ts.shape[0]),
-                      max(I, 0 if stream_ts is None else stream_ts.shape[1]))
-            key = u.astype(np.int64) * Is + i
-            order = np.lexsort((-np.asarray(ts, np.int64), key))
-            last = order[np.r_[True, key[order][1:] != key[order][:-1]]]
-            step = sp.csr_matrix((np.asarray(ts, np.float64)[last], (u[last], i[last])), shape=(Us, Is))
-            if stream_ts is not None:
-                old = sp.csr_matrix(stream_ts, dtype=np.float64, copy=True)
-                old.resize((Us, Is))
-                step = step.maximum(old)  # unix times are > 0: an absent entry (0) never wins
-            stream_ts = sp.csr_matrix(step)
-            stream_ts.sort_indices()
+        stream_ts = st.stream_ts if ts is None else stream_times(st.stream_ts, u, i, ts)
         return FunnelStats(st.history, np.log1p(pop).astype(np.float32)[: len(st.item_log_pop)],
                            np.log1p(act).astype(np.float32)[: len(st.user_log_act)], stream_ts)
 

@@ -157,7 +157,9 @@ def rank_samples(funnel: Any, frame: pl.DataFrame, unrecalled: str = "random_pai
 def stream_history(funnel: Any, users: np.ndarray) -> list[np.ndarray] | None:
     """Per user of `users`: the items consumed since the fit — those the channels' histories
     hold (the learner's count updates add the stream to them; the fullest `history_` of the
-    channels is read) beyond the fit-time history (`stats_.history`). None when no user has any.
+    channels is read) beyond the fit-time history (`stats_.history`), plus the fit-time items
+    the learner saw consumed again (`stats_.stream_ts`), oldest first by their latest
+    consumption there. None when no user has any.
 
     Serving hands these to the request as its real-time history (`RequestState.history`): the
     channels that are not updated online (EASE, userCF) take them as triggers, and the match
@@ -179,12 +181,17 @@ def stream_history(funnel: Any, users: np.ndarray) -> list[np.ndarray] | None:
             out.append(empty)
             continue
         row = seen.indices[seen.indptr[u]:seen.indptr[u + 1]].astype(np.int64)
+        timed = np.zeros(0, np.int64)
+        if when is not None and u < when.shape[0]:
+            timed = when.indices[when.indptr[u]:when.indptr[u + 1]].astype(np.int64)
         if u < fit.shape[0]:
-            row = np.setdiff1d(row, fit.indices[fit.indptr[u]:fit.indptr[u + 1]])
-        if when is not None and len(row) > 1 and u < when.shape[0]:
+            # a fit-time item consumed again in the stream is in the request's history too
+            again = np.intersect1d(fit.indices[fit.indptr[u]:fit.indptr[u + 1]], timed)
+            row = np.union1d(np.setdiff1d(row, fit.indices[fit.indptr[u]:fit.indptr[u + 1]]),
+                             np.intersect1d(row, again))
+        if len(timed) and len(row) > 1:
             # oldest first, as a request's history store gives it (the short-term block reads the order)
-            ts_of = dict(zip(when.indices[when.indptr[u]:when.indptr[u + 1]].tolist(),
-                             when.data[when.indptr[u]:when.indptr[u + 1]].tolist()))
+            ts_of = dict(zip(timed.tolist(), when.data[when.indptr[u]:when.indptr[u + 1]].tolist()))
             row = row[np.argsort([ts_of.get(x, -1) for x in row.tolist()], kind="stable")]
         anything |= len(row) > 0
         out.append(row)
