@@ -587,8 +587,11 @@ class CandidateRanker:
         cfg = self.config
         if not sets:
             raise DataError("ranker training: no label set")
+        want = (tuple(cfg.match_columns), cfg.ridge_lambda, cfg.recent_decay, cfg.recent_n)
         for s in sets:
-            if s.match is None:
+            m = s.match  # a label set caches its match features; another config's are rebuilt
+            if m is None or (tuple(m.columns), m.ridge_lambda, getattr(m, "recent_decay", 0.0),
+                             getattr(m, "recent_n", 50)) != want:
                 events = None if s.events is None else (s.events["user_idx"].to_numpy(), s.events["item_idx"].to_numpy(),
                                                         _event_ts(s.events))
                 s.match = HistoryMatch(cfg.match_columns, cfg.ridge_lambda, recent_decay=cfg.recent_decay,
