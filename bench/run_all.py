@@ -41,6 +41,9 @@ BENCHES: dict[str, tuple[str, list[str], list[str]]] = {
     "online_update": ("online_update.py", [], []),
     "online_updates": ("online_updates.py", [], ["--seeds", "0", "--users", "30", "--repeats", "1"]),
     "online_replay": ("online_replay.py", [], ["--cases", "ml100k", "--resamples", "200"]),
+    "online_loop": ("online_replay.py", ["--cases", "loop", "--loop-control", "--resamples", "1000"],
+                    ["--cases", "loop", "--modes", "realtime", "--users-per-day", "100", "--resamples", "100"]),
+    "drift_bound": ("drift_bound.py", [], ["--users-per-day", "100"]),
     "follow_graph": ("follow_graph.py", [], ["--users", "2000", "--items", "500", "--interactions", "40000"]),
     "cache_tail": ("cache_tail.py", [], ["--days", "1", "--users", "200"]),
     # replicas behind nginx (session 5; needs nginx and redis-server)
