@@ -30,3 +30,26 @@ def test_label_sets_shared_by_two_configs_give_each_its_own_match_features(world
     assert short.features_.std_[-1] > 1e-3
     # the same config on the same sets trains the same ranker (the cached match is reused)
     np.testing.assert_array_equal(plain.features_.mean_, again.features_.mean_)
+
+
+def test_a_funnel_with_the_short_term_block_saves_loads_and_serves_the_same(world, tmp_path):
+    """Trained, saved, loaded: the loaded funnel serves the same items and scores, real-time
+    history included, and the history's order moves the scores (the block reads it)."""
+    from candidate_ranker_world import tiny_funnel_config
+
+    from funnelrec.core.types import RequestState
+    from funnelrec.pipeline.funnel import Funnel
+
+    ds, split = world
+    f = FunnelBuilder(tiny_funnel_config(1, recent_decay=0.5)).fit(ds, split.train, labels=split.valid)
+    f.save(tmp_path / "art")
+    g = Funnel.load(tmp_path / "art")
+    users = np.array([0, 1, 2])
+    fresh = [np.array([3, 7, 11]), np.array([5]), None]
+    a = f.run(users, k=10, state=RequestState(history=fresh))
+    b = g.run(users, k=10, state=RequestState(history=fresh))
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x.items, y.items)
+        np.testing.assert_allclose(x.task_scores["ctr"], y.task_scores["ctr"], rtol=1e-6)
+    c = g.run(users[:1], k=10, state=RequestState(history=[fresh[0][::-1]]))
+    assert not np.allclose(np.sort(c[0].task_scores["ctr"]), np.sort(b[0].task_scores["ctr"]))
