@@ -107,6 +107,9 @@ def app_from_env():
                       admin_token=os.environ.get(ADMIN_TOKEN_ENV) or None)
 
 
+WORKER_HEALTHCHECK_S = 60  # seconds a worker may not answer its supervisor's ping (see `run`)
+
+
 def run(s: ServeSettings) -> int:
     """Serve until stopped; a bad setting is one `error: …` line and exit code 2."""
     import uvicorn
@@ -147,8 +150,13 @@ def run(s: ServeSettings) -> int:
         # The workers are spawned (fresh interpreters), so they import prometheus_client with it set.
         metrics_dir = os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="funnelrec-metrics-")
         try:
+            # uvicorn's supervisor kills a worker whose ping thread has not answered in
+            # timeout_worker_healthcheck (default 5 s) and starts another; a worker loading its
+            # artifact (numba compiles, numpy) on a busy host can hold the GIL that long, and the
+            # kill resets the connections it had accepted. A hung worker is still replaced, later.
             uvicorn.run("funnelrec.serving.__main__:app_from_env", factory=True, workers=s.workers,
-                        host=s.host, port=s.port, log_level=s.log_level, access_log=False)
+                        host=s.host, port=s.port, log_level=s.log_level, access_log=False,
+                        timeout_worker_healthcheck=WORKER_HEALTHCHECK_S)
         finally:
             del os.environ[MULTIPROC_ENV]
             shutil.rmtree(metrics_dir, ignore_errors=True)
