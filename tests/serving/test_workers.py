@@ -42,13 +42,27 @@ def _two_workers(artifact: Path, state_dir: Path, port: int, args: tuple[str, ..
             assert time.monotonic() < deadline, "server did not become healthy"
             time.sleep(0.2)
         yield base, proc
+    except BaseException as e:
+        # a failure shows what the server said (uvicorn logs a worker it killed and restarted)
+        _stop(proc)
+        if proc.stderr is not None and not proc.stderr.closed:
+            e.add_note("server stderr (tail):\n" + proc.stderr.read().decode(errors="replace")[-3000:])
+        raise
     finally:
+        _stop(proc)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM to the server's process group, SIGKILL after 30 s; a group already gone is stopped."""
+    try:
         os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(30)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
 
 
 def _samples(text: str) -> dict[tuple[str, frozenset], float]:
