@@ -2,17 +2,30 @@
 
 - `take_rows(m, rows)`: rows of m as a new CSR; a row index outside [0, m.shape[0]) gives an
   empty row (an unknown user has no history).
+- `grown(m, rows, cols)`: m with empty rows / columns appended (new users, new items), its
+  arrays shared.
 
     >>> import numpy as np, scipy.sparse as sp
     >>> m = sp.csr_matrix(np.array([[0, 2, 0], [1, 0, 3]], np.float32))
     >>> take_rows(m, np.array([1, -1, 0])).toarray().tolist()
     [[1.0, 0.0, 3.0], [0.0, 0.0, 0.0], [0.0, 2.0, 0.0]]
+    >>> grown(m, rows=3, cols=4).toarray().tolist()
+    [[0.0, 2.0, 0.0, 0.0], [1.0, 0.0, 3.0, 0.0], [0.0, 0.0, 0.0, 0.0]]
 """
 
 from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
+
+
+def grown(m: sp.csr_matrix, rows: int | None = None, cols: int | None = None) -> sp.csr_matrix:
+    """CSR `m` as (max(rows, R), max(cols, C)) — None: as it is — with the new rows and columns
+    empty; data and indices are m's own arrays (no copy)."""
+    R, C = m.shape
+    rows, cols = max(rows or R, R), max(cols or C, C)
+    indptr = m.indptr if rows == R else np.concatenate([m.indptr, np.full(rows - R, m.indptr[-1], m.indptr.dtype)])
+    return sp.csr_matrix((m.data, m.indices, indptr), shape=(rows, cols))
 
 
 def ranges(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:

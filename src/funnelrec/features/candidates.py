@@ -17,7 +17,7 @@ import polars as pl
 import scipy.sparse as sp
 
 from funnelrec.core.errors import ConfigError, DataError, NotFittedError
-from funnelrec.core.sparse import take_rows
+from funnelrec.core.sparse import grown, take_rows
 from funnelrec.core.types import MergedCandidates
 
 
@@ -394,15 +394,13 @@ class HistoryMatch:
         new = copy.copy(self)
         I_old, I_new = self.history_.shape[1], items.height
         new.attrs_ = {c: _multi_hot_column(items[c]) for c in self.columns}
-        H = self.history_
-        new.history_ = sp.csr_matrix((H.data, H.indices, H.indptr), shape=(H.shape[0], I_new))
+        new.history_ = grown(self.history_, cols=I_new)
         if self.ridge_ is not None and I_new > I_old:
             B = np.zeros((I_new, I_new), np.float32)
             B[:I_old, :I_old] = self.ridge_
             new.ridge_ = B
-        R = getattr(self, "recent_", None)
-        if R is not None:
-            new.recent_ = sp.csr_matrix((R.data, R.indices, R.indptr), shape=(R.shape[0], I_new))
+        if getattr(self, "recent_", None) is not None:
+            new.recent_ = grown(self.recent_, cols=I_new)
         return new
 
     def extend_users(self, n_users: int) -> HistoryMatch:
@@ -410,16 +408,10 @@ class HistoryMatch:
         history); this object is unchanged."""
         import copy
 
-        def grow(m: sp.csr_matrix) -> sp.csr_matrix:
-            if m.shape[0] >= n_users:
-                return m
-            return sp.csr_matrix((m.data, m.indices, np.concatenate(
-                [m.indptr, np.full(n_users - m.shape[0], m.indptr[-1], m.indptr.dtype)])), shape=(n_users, m.shape[1]))
-
         new = copy.copy(self)
-        new.history_ = grow(self.history_)
+        new.history_ = grown(self.history_, rows=n_users)
         if getattr(self, "recent_", None) is not None:
-            new.recent_ = grow(self.recent_)
+            new.recent_ = grown(self.recent_, rows=n_users)
         return new
 
 

@@ -74,6 +74,7 @@ import polars as pl
 import scipy.sparse as sp
 
 from funnelrec.core.errors import ConfigError, FunnelrecError, GuardrailRefused
+from funnelrec.core.sparse import grown
 from funnelrec.online.labels import PENDING_SCHEMA, LabelJoin, empty_samples
 from funnelrec.online.publish import Publisher
 from funnelrec.online.served import STATUS, current_version, version_dir, write_atomic
@@ -140,9 +141,7 @@ def stream_times(stream_ts: sp.csr_matrix | None, u: np.ndarray, i: np.ndarray, 
     last = order[np.r_[True, key[order][1:] != key[order][:-1]]]
     step = sp.csr_matrix((ts[last].astype(np.float64), (u[last], i[last])), shape=(U, I))
     if stream_ts is not None:
-        old = sp.csr_matrix(stream_ts, dtype=np.float64, copy=True)
-        old.resize((U, I))
-        step = step.maximum(old)  # unix times are > 0: an absent entry (0) never wins
+        step = step.maximum(grown(stream_ts, U, I))  # unix times are > 0: an absent entry (0) never wins
     out = sp.csr_matrix(step)
     out.sort_indices()
     return out
@@ -309,13 +308,13 @@ class OnlineLearner:
         first.sort()
         u, i, ts = u[first], i[first], ts[first]
         out = {}
-        # the order of each user's real-time history, as a request reads its history store: each
-        # item at its latest consumption (a like after the click moves it up)
-        stream_ts = stream_times(funnel.stats_.stream_ts, u, i, latest)
+        # stats_.stream_ts gets each item at its latest consumption (a like after the click moves
+        # it up), the order a request reads its history store in
         if self.config.count_popularity:
-            out["stats"] = dataclasses.replace(self._stats_update(funnel, u, i), stream_ts=stream_ts)
+            out["stats"] = self._stats_update(funnel, u, i, latest)
         elif getattr(getattr(getattr(funnel.ranker_, "features_", None), "match_", None), "recent_", None) is not None:
-            out["stats"] = dataclasses.replace(funnel.stats_, stream_ts=stream_ts)  # the short-term block reads it
+            # no counts, but the short-term block reads the stream's order
+            out["stats"] = dataclasses.replace(funnel.stats_, stream_ts=stream_times(funnel.stats_.stream_ts, u, i, latest))
         for name, ch in funnel.channels_.items():
             if type(ch).__name__ in UPDATED_CHANNELS:
                 out[f"channels/{name}"] = ch.update(u, i, ts, n_users=ds.n_users, n_items=ds.n_items)
@@ -330,7 +329,8 @@ class OnlineLearner:
         updates; without one, every consumption). The training history (the match features' and
         the exposure rules' input) stays the fit's. Frozen, these features say an item released
         after the fit has no audience however many users take it; a refit on all the events
-        gives the same values (tests/online/test_learner.py)."""
+        gives the same values (tests/online/test_learner.py). With `ts` (per consumption, its
+        latest time) `stream_ts` records them too (`stream_times`)."""
         from funnelrec.pipeline.funnel import FunnelStats
 
         st = funnel.stats_

@@ -25,6 +25,7 @@ import scipy.sparse as sp
 
 from funnelrec.core.errors import ArtifactError, ConfigError, DataError
 from funnelrec.core.ids import item_keys
+from funnelrec.core.sparse import grown
 from funnelrec.core.types import PAD, CandidateBatch, MergedCandidates, RequestState
 from funnelrec.data.dataset import Dataset
 from funnelrec.pipeline.config import ChannelSpec, FunnelConfig
@@ -142,16 +143,6 @@ def _ranked_tail(fused: np.ndarray, top: np.ndarray, k: int, n: int) -> np.ndarr
     return order[~np.isin(order, top)]
 
 
-def _resized(m: sp.csr_matrix | None, rows: int | None = None, cols: int | None = None) -> sp.csr_matrix | None:
-    """CSR `m` grown to `rows` × `cols` (None: as it is) with empty new rows / columns."""
-    if m is None:
-        return None
-    R, C = m.shape
-    rows, cols = max(rows or R, R), max(cols or C, C)
-    indptr = np.concatenate([m.indptr, np.full(rows - R, m.indptr[-1], m.indptr.dtype)])
-    return sp.csr_matrix((m.data, m.indices, indptr), shape=(rows, cols))
-
-
 @dataclass(frozen=True)
 class FunnelStats:
     """Fit-time facts every request reads: the training history (U, I) CSR, log(1 + item
@@ -256,10 +247,11 @@ class Funnel:
         table = ds.items
         full, changed = _upsert_rows(table, items, "item", ds.item_ids, "with_items", "the catalogue")
         dataset = Dataset(ds.name, ds.interactions, ds.users, full, ds.schema, ds.extras)
-        H = self.stats_.history
-        stats = FunnelStats(sp.csr_matrix((H.data, H.indices, H.indptr), shape=(H.shape[0], full.height)),
-                            np.concatenate([self.stats_.item_log_pop, np.zeros(full.height - I_old, np.float32)]),
-                            self.stats_.user_log_act, _resized(self.stats_.stream_ts, cols=full.height))
+        st = self.stats_
+        stats = replace(
+            st, history=grown(st.history, cols=full.height),
+            item_log_pop=np.concatenate([st.item_log_pop, np.zeros(full.height - I_old, np.float32)]),
+            stream_ts=None if st.stream_ts is None else grown(st.stream_ts, cols=full.height))
         channels = {n: ch.extend_items(full, changed) if hasattr(ch, "extend_items") else ch
                     for n, ch in self.channels_.items()}
         ranker, prerank = self.ranker_, self.prerank_
@@ -287,13 +279,11 @@ class Funnel:
         table = ds.users
         full, changed = _upsert_rows(table, users, "user", ds.user_ids, "with_users", "the users table")
         dataset = Dataset(ds.name, ds.interactions, full, ds.items, ds.schema, ds.extras)
-        H = self.stats_.history
-        n_new = full.height - U_old
-        stats = FunnelStats(
-            sp.csr_matrix((H.data, H.indices, np.concatenate([H.indptr, np.full(n_new, H.indptr[-1], H.indptr.dtype)])),
-                          shape=(full.height, H.shape[1])),
-            self.stats_.item_log_pop, np.concatenate([self.stats_.user_log_act, np.zeros(n_new, np.float32)]),
-            _resized(self.stats_.stream_ts, rows=full.height))
+        st = self.stats_
+        stats = replace(
+            st, history=grown(st.history, rows=full.height),
+            user_log_act=np.concatenate([st.user_log_act, np.zeros(full.height - U_old, np.float32)]),
+            stream_ts=None if st.stream_ts is None else grown(st.stream_ts, rows=full.height))
         ranker, prerank = self.ranker_, self.prerank_
         if hasattr(getattr(ranker, "features_", None), "extend_users"):
             ranker = copy.copy(ranker)
