@@ -21,6 +21,7 @@ import collections
 import json
 import os
 import platform
+import resource
 import signal
 import socket
 import subprocess
@@ -209,6 +210,41 @@ def _start_nginx_layout(cmd: list[str], n: int, tmp: Path, env: dict, log, extra
     return nginx, port
 
 
+def _tree_pids(pid: int) -> list[int]:
+    """`pid` and its descendants (uvicorn's --workers children, nginx's workers), from /proc."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                todo += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                pass
+    return out
+
+
+def _cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds of the processes `pids` (and their descendants) so far."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for root in pids:
+        for p in _tree_pids(root):
+            try:
+                f = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(f[11]) + int(f[12])  # utime, stime (fields 14 and 15)
+    return total / tick
+
+
+def _machine_busy() -> tuple[float, float]:
+    """(busy, total) jiffies of all CPUs since boot (/proc/stat), for the machine's busy share."""
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = f[3] + f[4]
+    return float(sum(f[:8]) - idle), float(sum(f[:8]))
+
+
 def _port_free(port: int) -> bool:
     with socket.socket() as s:
         try:
@@ -332,13 +368,28 @@ def main() -> None:
                 raise
             info["server_start_s"] = round(time.perf_counter() - t_start, 1)
 
+            servers = [q.pid for q in (extra[:-1] if args.nginx else [proc])]
+            balancer = [proc.pid] if args.nginx else []
+
             def run(rate: float, seconds: float) -> dict:
                 load_start = [round(x, 2) for x in os.getloadavg()]
+                cpu0 = (_cpu_s(servers), _cpu_s(balancer), resource.getrusage(resource.RUSAGE_CHILDREN), _machine_busy())
                 out = subprocess.run([sys.executable, __file__, "--loadgen", "--port", str(port), "--rate", str(rate),
                                       "--duration", str(seconds), "--bodies", str(work / "bodies.txt"),
                                       "--balance", args.balance],
                                      capture_output=True, text=True, check=True)
                 res = json.loads(out.stdout)
+                ru, (busy, tot) = resource.getrusage(resource.RUSAGE_CHILDREN), _machine_busy()
+                # CPU per request: the servers' (every replica / worker), nginx's and the load
+                # generator's CPU seconds over the run, per request answered; and the machine's
+                # busy share over the run (all processes, this bench's or not)
+                n_ok = max(res["ok"], 1)
+                res["cpu_ms_per_request"] = {
+                    "servers": round((_cpu_s(servers) - cpu0[0]) / n_ok * 1e3, 3),
+                    "nginx": round((_cpu_s(balancer) - cpu0[1]) / n_ok * 1e3, 3) if args.nginx else None,
+                    "loadgen": round((ru.ru_utime + ru.ru_stime - cpu0[2].ru_utime - cpu0[2].ru_stime) / n_ok * 1e3, 3),
+                }
+                res["machine_busy_share"] = round((busy - cpu0[3][0]) / max(tot - cpu0[3][1], 1.0), 3)
                 res["load_avg_start"] = load_start
                 res["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
                 print(json.dumps({"progress": res["rate"], "p50_ms": res["p50_ms"], "p99_ms": res["p99_ms"],
