@@ -146,6 +146,9 @@ def serve(artifact: Path | None = typer.Option(None, help="a funnel saved by `fu
           state_dir: Path = typer.Option(Path("state"), help="the online state (SQLite): event log, exposure "
                                          "filters, cached results, history, counters, catalogue"),
           redis_url: str | None = typer.Option(None, help="redis://host:port/db for state shared by workers"),
+          stream_retention_s: int = typer.Option(
+              7 * 86400, help="with --redis-url: seconds of events the feedback stream keeps (trimmed at each "
+                              "append; 0 = never trimmed). A learner further behind loses events and logs it"),
           experiments: Path | None = typer.Option(None, help="experiments YAML (layers, variants, rollouts)"),
           workers: int = typer.Option(1, help="worker processes on one port (one per core)"),
           threads: int = typer.Option(1, help="torch threads per worker"),
@@ -165,7 +168,8 @@ def serve(artifact: Path | None = typer.Option(None, help="a funnel saved by `fu
                              experiments=None if experiments is None else str(experiments), host=host, port=port,
                              max_in_flight=max_in_flight, threads=threads, workers=workers,
                              admin_token_file=None if admin_token_file is None else str(admin_token_file),
-                             log_level="info", watch=None if watch is None else str(watch)))
+                             log_level="info", watch=None if watch is None else str(watch),
+                             stream_retention_s=stream_retention_s))
     if code:
         raise typer.Exit(code)
 

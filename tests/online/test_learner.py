@@ -22,7 +22,7 @@ from funnelrec.data.schema import Schema
 from funnelrec.online.labels import LabelJoin
 from funnelrec.online.learner import LearnConfig, OnlineLearner
 from funnelrec.online.publish import Publisher
-from funnelrec.online.served import current_dir
+from funnelrec.online.served import STATUS, current_dir
 from funnelrec.online.source import EventLogSource, RedisStreamSource
 from funnelrec.pipeline.builder import FunnelBuilder
 from funnelrec.pipeline.config import FunnelConfig
@@ -424,6 +424,45 @@ def test_redis_stream_source_feeds_the_learner(learn_world, tmp_path, redis_url)
     _, hot = _channels(served)
     assert hot.popularity_.sum() == len(head.interactions) + 15
     learner.close()
+
+
+def test_a_learner_the_stream_retention_outran_reports_the_gap(learn_world, tmp_path, redis_url, caplog):
+    """Events trimmed from the stream before the learner read them are lost to it: the step says
+    so (report, status, an error log line) and goes on with what the stream still holds."""
+    import json
+    import logging
+
+    import redis
+
+    from funnelrec.online.shared import SharedFeedback
+    from funnelrec.online.source import stream_fields
+
+    _, _, tail, art = learn_world
+    key = f"test:gap:{tmp_path.name}"
+    client = redis.Redis.from_url(redis_url)
+    events = _stream(tail[:4])  # 8 events: 4 impression + click pairs
+    for n, e in enumerate(events[:6]):  # six of them appended in 1970 (ids 1000-0 … 1005-0)
+        client.xadd(key, stream_fields(e, 1.0), id=f"{1000 + n}-0")
+    served = tmp_path / "served"
+    Publisher(served).init(art)
+    learner = OnlineLearner(served, RedisStreamSource(redis_url, key), LearnConfig(batch_limit=2))
+    first = learner.run_once()
+    assert first["events"] == 2 and first["offset"] == "1001-0" and "stream_gap" not in first
+    shared = SharedFeedback(redis_url, prefix=f"g{tmp_path.name}:", stream=key, retention_s=3600)
+    assert shared.claim_new([(None, stream_fields(e, 2.0)) for e in events[6:]]) == [True, True]
+    with caplog.at_level(logging.ERROR, logger="funnelrec.online.learner"):
+        second = learner.run_once()
+    # 1002-0 … 1005-0 went unread; the two appended now are read
+    assert second["stream_gap"]["after"] == "1001-0" and second["stream_gap"]["trimmed_up_to"] == "1005-0"
+    assert second["events"] == 2 and learner.events_seen == 4
+    assert any("trimmed from the stream" in r.getMessage() for r in caplog.records)
+    status = json.loads((served / STATUS).read_text())
+    assert status["stream_gap"]["trimmed_up_to"] == "1005-0"
+    third = learner.run_once()
+    assert third["events"] == 0 and "stream_gap" not in third
+    learner.close()
+    shared.close()
+    client.close()
 
 
 def test_learn_cli_errors_are_one_line_and_exit_2(learn_world, tmp_path):

@@ -208,3 +208,11 @@ def test_a_reload_reaches_every_worker_and_a_restart_is_not_overridden(funnel_ar
         time.sleep(2.5)  # two poll intervals: an old record would have been applied by now
         again = _versions_by_worker(base)
         assert len(again) == 2 and set(again.values()) == set(before.values()), again
+
+
+def test_a_negative_stream_retention_is_a_one_line_error(funnel_artifacts):
+    artifact, _ = funnel_artifacts
+    p = subprocess.run([sys.executable, "-m", "funnelrec.serving", "--artifact", str(artifact),
+                        "--stream-retention-s", "-5"], capture_output=True, timeout=120)
+    err = p.stderr.decode().strip()
+    assert p.returncode == 2 and err == "error: --stream-retention-s must be ≥ 0 seconds (0 = never trimmed), got -5", err

@@ -179,6 +179,7 @@ class OnlineLearner:
         self.events_seen = int(st.get("events_seen", 0))
         self.quarantined = int(st.get("quarantined", 0))
         self.steps = int(st.get("steps", 0))
+        self.stream_gap: dict[str, Any] | None = None  # the last events the stream trimmed unread (status)
         self.pending = self._table("pending")
         self.holdout = self._table("holdout")
         path = version_dir(self.served_dir, self.version)
@@ -221,6 +222,13 @@ class OnlineLearner:
         report: dict[str, Any] = {"events": events.height, "offset_before": self.offset, "offset": nxt,
                                   "version_before": self.version, "published": False, "parts": [],
                                   "refused": {}, "quarantined": 0, "samples": 0}
+        gap = getattr(self.source, "gap", None)
+        if gap is not None:  # the stream's retention outran this learner: those events are gone
+            self.stream_gap = {"after": self.offset, "trimmed_up_to": gap, "at": time.time()}
+            report["stream_gap"] = self.stream_gap
+            _log.error("events after offset %s up to %s were trimmed from the stream before this learner "
+                       "read them (lost to it): raise redis_stream_retention_s or keep the learner running",
+                       self.offset, gap)
         if not events.height:
             self._write_status(report, t0, None)
             return report
@@ -417,7 +425,7 @@ class OnlineLearner:
         status = {"version": self.version, "offset": self.offset, "events_seen": self.events_seen,
                   "quarantined": self.quarantined, "lag_events": self.source.backlog(self.offset),
                   "lag_s": lag_s, "updated_at": now, "step_s": time.perf_counter() - t0, "steps": self.steps,
-                  "config": asdict(self.config)}
+                  "stream_gap": self.stream_gap, "config": asdict(self.config)}
         report["step_s"] = status["step_s"]
         write_atomic(self.served_dir / STATUS, json.dumps(status, default=str))
 

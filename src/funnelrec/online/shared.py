@@ -30,6 +30,13 @@ reached another replica is in both replicas' local logs (each commits before it 
 the stream holds it once, so whatever reads across replicas (the learner: `learn --redis`)
 reads the stream.
 
+**Retention.** The stream is the bus, not the record (each replica's event log is): every XADD
+trims it to the entries of the last `retention_s` seconds (`XADD … MINID <now − retention>`,
+exact, so each append evicts only what has aged out since the previous one). A reader that
+falls further behind than that loses events; each trim records the newest id it deleted
+(`trim_marker`), so `RedisStreamSource` (online/source.py) sees when its offset lies before it,
+and the learner logs it. None = never trimmed.
+
     shared = SharedFeedback("redis://127.0.0.1:6379/0", prefix="funnelrec:", stream="funnelrec:events")
     new = shared.claim_new([("e1", {...fields}), ("e1", {...}), (None, {...})])   # [True, False, True]
 """
@@ -37,19 +44,22 @@ reads the stream.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 
 from funnelrec.core.errors import ConfigError
 
-# KEYS[1] = the stream key ("" = no stream); ARGV = ttl, n, then per event: event id ("" = none),
-# the number of field pairs, the pairs. Returns one 0/1 per event: 1 = new (claimed and added).
+# KEYS[1] = the stream key ("" = no stream), KEYS[2] = its trim marker (`trim_marker`); ARGV = ttl, n, the id-key prefix, the MINID to trim
+# the stream to ("" = no trim), then per event: event id ("" = none), the number of field pairs,
+# the pairs. Returns one 0/1 per event: 1 = new (claimed and added).
 _CLAIM_AND_XADD = """
 local stream = KEYS[1]
 local ttl = tonumber(ARGV[1])
 local n = tonumber(ARGV[2])
 local prefix = ARGV[3]
+local minid = ARGV[4]
 local out = {}
-local i = 4
+local i = 5
 for e = 1, n do
   local eid = ARGV[i]
   local nf = tonumber(ARGV[i + 1])
@@ -61,7 +71,15 @@ for e = 1, n do
   if new == 1 and stream ~= "" then
     local args = {}
     for f = 0, 2 * nf - 1 do args[#args + 1] = ARGV[i + f] end
-    redis.call('XADD', stream, '*', unpack(args))
+    if minid ~= "" then
+      -- the newest entry this trim deletes, kept at KEYS[2] for readers to find out they fell
+      -- behind (a trim leaves XINFO's max-deleted-entry-id alone: only XDEL sets it)
+      local old = redis.call('XREVRANGE', stream, '(' .. minid, '-', 'COUNT', 1)
+      if #old > 0 then redis.call('SET', KEYS[2], old[1][1]) end
+      redis.call('XADD', stream, 'MINID', minid, '*', unpack(args))
+    else
+      redis.call('XADD', stream, '*', unpack(args))
+    end
   end
   i = i + 2 * nf
   out[e] = new
@@ -70,19 +88,30 @@ return out
 """
 
 
+def trim_marker(stream: str) -> str:
+    """The key holding the id of the newest entry the retention trimmed from `stream`."""
+    return f"{stream}:trimmed-up-to"
+
+
 class SharedFeedback:
     """The cross-replica idempotency claim + stream append, and the request records, on one Redis
     connection (module doc). `ttl_s`: how long an event id and a request record are remembered —
-    a retry later than that is stored again (the bound is the memory: ~100 bytes per event)."""
+    a retry later than that is stored again (the bound is the memory: ~100 bytes per event).
+    `retention_s`: the stream keeps the entries of the last that many seconds (None = all)."""
 
     def __init__(self, url: str, prefix: str = "funnelrec:", stream: str | None = "funnelrec:events",
-                 ttl_s: int = 86400) -> None:
+                 ttl_s: int = 86400, retention_s: int | None = None, clock=time.time) -> None:
         import redis
 
         if ttl_s < 1:
             raise ConfigError(f"the shared idempotency TTL must be ≥ 1 s, got {ttl_s}")
+        if retention_s is not None and (isinstance(retention_s, bool) or not isinstance(retention_s, int)
+                                        or retention_s < 1):
+            raise ConfigError(f"redis_stream_retention_s must be a whole number of seconds ≥ 1 or None, "
+                              f"got {retention_s!r}")
         self._redis_mod = redis
         self.prefix, self.stream, self.ttl_s = prefix, stream, int(ttl_s)
+        self.retention_s, self._clock = retention_s, clock
         self.client = redis.Redis.from_url(url)
         try:
             self.client.ping()
@@ -95,12 +124,15 @@ class SharedFeedback:
         the id (or it has none) — the event was appended to the stream — False for a repeat."""
         if not events:
             return []
-        argv: list[str | int] = [self.ttl_s, len(events), self.prefix + "eid:"]
+        # stream ids are the server's ms clock; the cut uses this host's (replicas and Redis on
+        # NTP time: a skew of seconds against a retention of days)
+        minid = "" if self.retention_s is None else f"{int((self._clock() - self.retention_s) * 1000)}-0"
+        argv: list[str | int] = [self.ttl_s, len(events), self.prefix + "eid:", minid]
         for eid, fields in events:
             argv += ["" if eid is None else str(eid), len(fields)]
             for k, v in fields.items():
                 argv += [k, v]
-        got = self._script(keys=[self.stream or ""], args=argv)
+        got = self._script(keys=[self.stream or "", trim_marker(self.stream or "")], args=argv)
         return [bool(int(x)) for x in got]
 
     def put_request(self, request_id: str, user_id: str, record_json: str) -> None:

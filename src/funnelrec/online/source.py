@@ -102,6 +102,9 @@ class RedisStreamSource:
         import redis
 
         self.key = key
+        # after each `read`: the newest id the stream's retention (online/shared.py) trimmed when
+        # that lies after the offset read from (events deleted before this reader got them), else None
+        self.gap: str | None = None
         self._r = redis.Redis.from_url(url)
         try:
             self._r.ping()
@@ -109,6 +112,7 @@ class RedisStreamSource:
             raise ConfigError(f"redis {url}: cannot connect ({e})") from None
 
     def read(self, after: str, limit: int) -> tuple[pl.DataFrame, str]:
+        self.gap = self.trimmed_past(after)
         entries = self._r.xrange(self.key, min=f"({after}", max="+", count=int(limit))
         if not entries:
             return empty_events(), after
@@ -122,6 +126,18 @@ class RedisStreamSource:
                          "experiments": f.get("experiments") or None})
         return pl.DataFrame(rows, schema=_SCHEMA), entries[-1][0].decode()
 
+    def trimmed_past(self, after: str) -> str | None:
+        """The newest entry id the stream's retention trimmed (online/shared.py `trim_marker`) when
+        it is later than `after`: events after this offset were deleted unread, lost to this
+        reader. None when nothing after `after` was trimmed."""
+        from funnelrec.online.shared import trim_marker
+
+        raw = self._r.get(trim_marker(self.key))
+        if raw is None:
+            return None
+        trimmed = raw.decode()
+        return trimmed if _stream_id(trimmed) > _stream_id(after) else None
+
     def backlog(self, after: str) -> int:
         # XRANGE is O(log N + M): count in pages, so a large backlog costs no single huge reply
         n, cur = 0, after
@@ -134,6 +150,12 @@ class RedisStreamSource:
 
     def close(self) -> None:
         self._r.close()
+
+
+def _stream_id(sid: str) -> tuple[int, int]:
+    """A stream entry id "ms-seq" as a comparable pair."""
+    ms, _, seq = sid.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def _number(v: str | None, kind: type) -> float | int | None:

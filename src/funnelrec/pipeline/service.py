@@ -130,6 +130,10 @@ class ServiceConfig:
     # with redis_url: how long an event id (the cross-replica idempotency claim) and a request's
     # assignment record are remembered in Redis (online/shared.py); a retry later is stored again
     redis_dedup_ttl_s: int = 86400
+    # with redis_url: the stream keeps the last this many seconds of events, trimmed at each append
+    # (online/shared.py); a learner further behind than that loses events and logs it. The
+    # replicas' event logs keep everything. None = the stream is never trimmed
+    redis_stream_retention_s: int | None = 7 * 86400
     # a served directory of the online learner (online/served.py): a poll thread reloads the
     # version its CURRENT names, only the changed parts; None = no watch
     watch_dir: str | None = None
@@ -856,7 +860,7 @@ class RecommenderService:
             from funnelrec.online.shared import SharedFeedback
 
             self._stream = SharedFeedback(cfg.redis_url, prefix=cfg.redis_prefix, stream=cfg.redis_stream,
-                                          ttl_s=cfg.redis_dedup_ttl_s)
+                                          ttl_s=cfg.redis_dedup_ttl_s, retention_s=cfg.redis_stream_retention_s)
         self._watcher = None
         if cfg.watch_dir:
             # the operator named this directory: its versions load whatever artifact_dir says

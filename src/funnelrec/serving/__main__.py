@@ -48,6 +48,7 @@ class ServeSettings:
     admin_token_file: str | None = None
     log_level: str = "warning"
     watch: str | None = None  # a `funnelrec learn --served` directory: serve its CURRENT, reload new ones
+    stream_retention_s: int = 7 * 86400  # with redis_url: seconds of events the stream keeps; 0 = all
 
 
 class ServeError(Exception):
@@ -89,8 +90,10 @@ def admin_token(settings: ServeSettings) -> str | None:
 def _service_config(args: dict):
     from funnelrec.pipeline.service import ServiceConfig
 
+    keep = args.get("stream_retention_s", 7 * 86400)
     return ServiceConfig(max_in_flight=args["max_in_flight"], eventlog_synchronous=args["eventlog_sync"],
-                         watch_dir=args.get("watch"), started_ns=args.get("started_ns"))
+                         watch_dir=args.get("watch"), started_ns=args.get("started_ns"),
+                         redis_stream_retention_s=None if keep == 0 else keep)
 
 
 def app_from_env():
@@ -124,6 +127,8 @@ def run(s: ServeSettings) -> int:
     try:
         if s.workers < 1:
             raise ServeError("--workers must be ≥ 1")
+        if s.stream_retention_s < 0:
+            raise ServeError(f"--stream-retention-s must be ≥ 0 seconds (0 = never trimmed), got {s.stream_retention_s}")
         token = admin_token(s)
         if s.watch:  # start on the learner's live version when it has one (every worker does)
             from dataclasses import replace
@@ -183,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
                    "filters, cached results, real-time history, feature counters, live catalogue, follows")
     p.add_argument("--redis-url", default=None, help="the online state in Redis, shared by workers and replicas "
                    "(the event log stays a local SQLite file; feedback also goes to a Redis Stream)")
+    p.add_argument("--stream-retention-s", type=int, default=7 * 86400,
+                   help="with --redis-url: seconds of events the feedback stream keeps (0 = never trimmed)")
     p.add_argument("--experiments", default=None, help="experiments YAML")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
