@@ -84,7 +84,8 @@ def test_service_with_watch_dir_reloads_a_published_version_by_itself(artifact, 
             item = int(np.argsort(base.channels_["hot"].popularity_)[0])  # the least popular item
             name = pub.publish("v000001", {"channels/hot": _hot_with(base, item, 200)})
             (served / STATUS).write_text(json.dumps({"version": name, "offset": "41", "events_seen": 41,
-                                                     "lag_events": 3, "lag_s": 0.5}))
+                                                     "lag_events": 3, "lag_s": 0.5,
+                                                     "stream_gap": {"after": "9-0", "trimmed_up_to": "12-0"}}))
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline and svc.current.funnel.channels_["hot"].items_[0] != item:
                 time.sleep(0.02)
@@ -94,6 +95,7 @@ def test_service_with_watch_dir_reloads_a_published_version_by_itself(artifact, 
             h = _get(f"{url}/health")
             assert h["served"]["version"] == "v000002"
             assert h["served"]["learner"]["offset"] == "41" and h["served"]["learner"]["lag_events"] == 3
+            assert h["served"]["learner"]["stream_gap"]["trimmed_up_to"] == "12-0"  # events it lost, on /health
             uid = str(data.dataset.users["user_id"][0])
             rec = _get(f"{url}/recommend?user_id={uid}&k=5")
             assert rec["model_version"].startswith("v000002")

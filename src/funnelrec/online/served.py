@@ -168,7 +168,7 @@ class ServedWatcher:
         return {"dir": str(self.served_dir), "version": self.version, "reloaded_at": self.reloaded_at,
                 "error": self.last_error,
                 "learner": {k: status.get(k) for k in ("version", "offset", "events_seen", "quarantined",
-                                                        "lag_events", "lag_s", "updated_at", "step_s")}}
+                                                        "lag_events", "lag_s", "updated_at", "step_s", "stream_gap")}}
 
     def stop(self) -> None:
         self._stop.set()
