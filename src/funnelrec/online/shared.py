@@ -48,6 +48,7 @@ import time
 from collections.abc import Sequence
 
 from funnelrec.core.errors import ConfigError
+from funnelrec.online.source import _number, trim_marker
 
 # KEYS[1] = the stream key ("" = no stream), KEYS[2] = its trim marker (`trim_marker`); ARGV = ttl, n, the id-key prefix, the MINID to trim
 # the stream to ("" = no trim), then per event: event id ("" = none), the number of field pairs,
@@ -86,11 +87,6 @@ for e = 1, n do
 end
 return out
 """
-
-
-def trim_marker(stream: str) -> str:
-    """The key holding the id of the newest entry the retention trimmed from `stream`."""
-    return f"{stream}:trimmed-up-to"
 
 
 class SharedFeedback:
@@ -161,8 +157,6 @@ class StreamEvents:
 
     def read(self, since_seq: int = 0):
         import polars as pl
-
-        from funnelrec.online.source import _number
 
         rows: list[tuple] = []
         cur = "-" if since_seq <= 0 else f"({since_seq // 1_000_000}-{since_seq % 1_000_000}"

@@ -127,11 +127,9 @@ class RedisStreamSource:
         return pl.DataFrame(rows, schema=_SCHEMA), entries[-1][0].decode()
 
     def trimmed_past(self, after: str) -> str | None:
-        """The newest entry id the stream's retention trimmed (online/shared.py `trim_marker`) when
+        """The newest entry id the stream's retention trimmed (`trim_marker`, written by online/shared.py) when
         it is later than `after`: events after this offset were deleted unread, lost to this
         reader. None when nothing after `after` was trimmed."""
-        from funnelrec.online.shared import trim_marker
-
         raw = self._r.get(trim_marker(self.key))
         if raw is None:
             return None
@@ -150,6 +148,13 @@ class RedisStreamSource:
 
     def close(self) -> None:
         self._r.close()
+
+
+def trim_marker(stream: str) -> str:
+    """The key holding the id of the newest entry the retention (online/shared.py) trimmed from
+    `stream`. It lives here, with the reader, so that the writer depends on the reader's module
+    and not the other way round."""
+    return f"{stream}:trimmed-up-to"
 
 
 def _stream_id(sid: str) -> tuple[int, int]:

@@ -148,8 +148,9 @@ class GuardMiddleware:
             http.in_flight += 1  # the event loop runs this middleware: no lock needed
         try:
             if limited:
-                # let the other requests of this burst reach the admission check before this one
+                # let the other requests already read reach the admission check before this one
                 # runs its (blocking) handler, so a burst beyond the bound is refused, not queued
+                # (what arrives while a handler runs is read, and judged, together when it ends)
                 await asyncio.sleep(0)
             await self.app(scope, replay, send_wrapped)
         finally:
