@@ -12,7 +12,9 @@ x_{l+1} = x_l + x0 ⊙ (x_l W_lᵀ + b_l) with one addmm + one addcmul per layer
 layer backward, g_z = g ⊙ x0, ∂x0 += g ⊙ z_l, ∂W_l = g_zᵀ x_l, ∂b_l = Σ g_z, g ← g + g_z W_l
 (one addmm). Eager autograd runs ~2× the elementwise passes and allocations here (separate
 mul/add nodes, their grads summed by the engine); same formulas, so the same numbers up to
-float rounding. `CrossNetV2(fused=True)` uses it for the full-rank case.
+float rounding. `CrossNetV2(fused=True)` uses it for the full-rank case. Inside
+`nn.precision.bf16_matmuls()` (fit with `matmul_precision: bf16`) its GEMMs are native bf16;
+the elementwise work stays fp32 (nn/precision.py).
 
     >>> import torch
     >>> x = torch.randn(4, 6)
@@ -24,6 +26,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+from funnelrec.nn import precision
 
 
 class CrossNet(nn.Module):
@@ -43,12 +47,19 @@ class CrossNet(nn.Module):
 class _CrossV2Stack(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x0, *params):
-        x, xs, zs = x0, [], []
+        bf16 = precision.bf16_enabled()  # native bf16 GEMMs (nn.precision), fixed for this node's backward
+        x, xs, zs, lows = x0, [], [], []
         for i in range(0, len(params), 2):
-            z = torch.addmm(params[i + 1], x, params[i].t())
+            if bf16:
+                xl = precision.low(x, True)
+                lows.append(xl)
+                z = precision.mm(xl, params[i].t(), True).add_(params[i + 1])
+            else:
+                z = torch.addmm(params[i + 1], x, params[i].t())
             xs.append(x)
             zs.append(z)
             x = torch.addcmul(x, x0, z)
+        ctx.bf16, ctx.lows = bf16, lows
         ctx.save_for_backward(x0, *xs, *zs, *params[0::2])
         return x
 
@@ -62,9 +73,14 @@ class _CrossV2Stack(torch.autograd.Function):
         for i in reversed(range(n)):
             gz = g * x0
             gx0.addcmul_(g, zs[i])
-            grads[2 * i] = gz.t().mm(xs[i])
             grads[2 * i + 1] = gz.sum(0)
-            g = torch.addmm(g, gz, ws[i])  # ∂x_l = g + g_z W_l
+            if ctx.bf16:
+                gl = precision.low(gz, True)
+                grads[2 * i] = precision.mm(gl.t(), ctx.lows[i], True)
+                g = g.add_(precision.mm(gl, ws[i], True)) if i < n - 1 else g + precision.mm(gl, ws[i], True)
+            else:
+                grads[2 * i] = gz.t().mm(xs[i])
+                g = torch.addmm(g, gz, ws[i])  # ∂x_l = g + g_z W_l
         return (gx0.add_(g), *grads)  # x_0 is x0 itself: its "x" gradient joins the x0 one
 
 

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from funnelrec.core.errors import ConfigError
+from funnelrec.nn.precision import bf16_matmuls
 from funnelrec.train import distributed
 from funnelrec.train.alloc import tune_malloc
 
@@ -51,8 +52,9 @@ class TrainerConfig:
     seed: int = 2020
     num_threads: int = 2
     progress: bool = False
-    # "ieee": the process setting (exact fp32 unless changed); "bf16": oneDNN may run fp32 matmuls on bf16 inputs with fp32
-    # accumulation (AMX / AVX512-BF16; the CPU counterpart of TF32), set for fit() only
+    # "ieee": the process setting (exact fp32 unless changed); "bf16", for fit() only: the fused kernels (MLP, DCN-V2 cross
+    # stack) run native bf16 GEMMs with fp32 accumulation and elementwise work (nn/precision.py), and oneDNN may run the
+    # other fp32 matmuls on bf16 inputs (AMX / AVX512-BF16; the CPU counterpart of TF32)
     matmul_precision: str = "ieee"
 
     def __post_init__(self) -> None:
@@ -202,17 +204,23 @@ class Trainer:
 
 @contextlib.contextmanager
 def _matmul_precision(precision: str):
-    """Set oneDNN's fp32 matmul precision for the block; a torch without the setting runs fp32."""
-    mkl = getattr(torch.backends.mkldnn, "matmul", None)
-    if precision == "ieee" or mkl is None or not hasattr(mkl, "fp32_precision"):
+    """"bf16": the fused kernels' GEMMs native bf16 on this thread (nn/precision.py), and oneDNN's
+    fp32 matmul precision bf16 for every other matmul (a torch without the setting runs those
+    fp32). "ieee": neither."""
+    if precision == "ieee":
         yield
         return
-    old = mkl.fp32_precision
-    mkl.fp32_precision = precision
-    try:
-        yield
-    finally:
-        mkl.fp32_precision = old
+    mkl = getattr(torch.backends.mkldnn, "matmul", None)
+    with bf16_matmuls():
+        if mkl is None or not hasattr(mkl, "fp32_precision"):
+            yield
+            return
+        old = mkl.fp32_precision
+        mkl.fp32_precision = precision
+        try:
+            yield
+        finally:
+            mkl.fp32_precision = old
 
 
 def _length(tensors: Batch) -> int:

@@ -26,6 +26,7 @@ from funnelrec.core.errors import ConfigError
 from funnelrec.core.registry import RANKERS
 from funnelrec.models.ranking.base import FeatureSpec, RankingModel
 from funnelrec.models.ranking.common import FieldEmbedder
+from funnelrec.nn import precision
 from funnelrec.nn.cross import CrossNet, CrossNetV2, GatedCrossNet
 from funnelrec.nn.embedding import gather_pool
 from funnelrec.nn.mlp import MLP
@@ -125,6 +126,9 @@ class DCNv2(_CrossModel):
         # head(cat([cross, deep])) as two matrix-vector products on the halves of its weight: no
         # (B, d + H) concat forward, no split of its gradient backward
         c, w = self.cross(x0), self.head.weight[0]
+        if precision.bf16_enabled():  # fit with matmul_precision bf16: no mv under oneDNN's bf16 (nn/precision.py)
+            d = c.shape[1]
+            return {"ctr": precision.row_dot(c, w[:d]) + precision.row_dot(self.deep(x0), w[d:]) + self.head.bias}
         return {"ctr": torch.addmv(self.head.bias, c, w[: c.shape[1]]) + torch.mv(self.deep(x0), w[c.shape[1] :])}
 
 

@@ -1,0 +1,90 @@
+"""bf16 GEMMs for the fused training kernels (nn.fused_mlp, nn.cross `cross_v2_stack`).
+
+Inside `bf16_matmuls()` (the Trainer enters it for `matmul_precision: bf16`), those kernels run
+each of their big matrix products as a native bf16 GEMM: both operands are rounded to bf16, the
+product accumulates in fp32 (oneDNN) and its result is stored in bf16, then widened to fp32 for
+the elementwise work (bias, ReLU, the cross layer's x0 ⊙ z + x), which stays fp32. That is
+the mixed precision of `torch.autocast(dtype=torch.bfloat16)`, applied to these GEMMs alone.
+
+Why not only oneDNN's `fp32_precision = "bf16"` (which the Trainer also sets, for every other
+matmul): that keeps fp32 inputs and outputs and converts inside the GEMM, and where the CPU has
+no AMX it is no faster than fp32. Measured on this project's 2-core AMD EPYC (AVX512-BF16, no
+AMX), batch 2048: a 2048×128 · 128×128 product takes 688 µs in fp32, 618 µs under
+`fp32_precision = "bf16"` and 322 µs as a native bf16 GEMM (+29 µs per operand conversion);
+on Intel AMX the native GEMM is also the faster one (it skips the in-GEMM conversions).
+Products with one output column (a linear head) are left in fp32 elementwise form: a GEMV is
+memory-bound, so bf16 saves nothing there and oneDNN's bf16 setting makes it ~3× slower.
+
+The switch is per thread (a learner thread's fit does not change a serving thread's math), and
+each autograd node reads it at forward time, so its backward uses the forward's precision.
+
+    >>> import torch
+    >>> a, b = torch.tensor([[1.0 + 2**-10]]), torch.tensor([[1.0]])
+    >>> float(mm(a, b)) == 1.0 + 2**-10       # outside: fp32
+    True
+    >>> with bf16_matmuls():
+    ...     float(mm(a, b))                    # inside: 1 + 2⁻¹⁰ rounds to 1 in bf16 (8-bit mantissa)
+    1.0
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+
+import torch
+
+_local = threading.local()
+
+
+def bf16_enabled() -> bool:
+    """Whether this thread is inside `bf16_matmuls()`."""
+    return getattr(_local, "bf16", False)
+
+
+@contextlib.contextmanager
+def bf16_matmuls(enabled: bool = True) -> Iterator[None]:
+    """Run the fused kernels' GEMMs in bf16 on this thread for the block (module doc)."""
+    old = bf16_enabled()
+    _local.bf16 = enabled
+    try:
+        yield
+    finally:
+        _local.bf16 = old
+
+
+def low(t: torch.Tensor, bf16: bool) -> torch.Tensor:
+    """`t` as a GEMM operand: rounded to bf16 when `bf16`, else as is."""
+    return t.bfloat16() if bf16 and t.dtype != torch.bfloat16 else t
+
+
+def mm(a: torch.Tensor, b: torch.Tensor, bf16: bool | None = None) -> torch.Tensor:
+    """a @ b in fp32; with `bf16` (default: this thread's switch) a native bf16 GEMM widened
+    back to fp32. Either operand may already be bf16 (a saved activation)."""
+    if bf16 is None:
+        bf16 = bf16_enabled()
+    if not bf16:
+        return torch.mm(a, b)
+    return torch.mm(low(a, True), low(b, True)).float()
+
+
+class _RowDot(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w):
+        ctx.save_for_backward(x, w)
+        return (x * w).sum(1)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        gx = torch.outer(g, w) if ctx.needs_input_grad[0] else None
+        return gx, (g @ x if ctx.needs_input_grad[1] else None)
+
+
+def row_dot(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x (B, H) · w (H,) → (B,), a linear head's GEMV written so that neither pass is a
+    matrix-vector product (`mv`, and `mv` over a transposed view in its backward): under oneDNN's
+    bf16 setting those run 3–4× slower than fp32 (`mv(x, w)` 104 µs against 33 µs, `mv(xᵀ, g)`
+    137 µs against 32 µs, at 2048 × 142 here), while `g @ x` and `outer(g, w)` stay fast."""
+    return _RowDot.apply(x, w)
