@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 import torch
 
 from funnelrec.nn import precision
@@ -35,24 +36,32 @@ def test_the_switch_is_per_thread_nested_and_restored():
     assert not precision.bf16_enabled() and seen["other"] is False
 
 
-def test_fused_mlp_in_bf16_is_autograd_of_the_bf16_cast_graph():
+@pytest.mark.parametrize("head", [1, 4, None])  # a one-column linear head (fp32), a 4-wide one (bf16), none (ReLU out)
+def test_fused_mlp_in_bf16_is_autograd_of_the_bf16_cast_graph(head):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(64, 20, generator=g)
     raw = [torch.randn(32, 20, generator=g) * 0.3, torch.randn(32, generator=g), torch.randn(16, 32, generator=g) * 0.3,
-           torch.randn(16, generator=g), torch.randn(1, 16, generator=g), torch.randn(1, generator=g)]
-    up = torch.randn(64, 1, generator=g)
+           torch.randn(16, generator=g)]
+    if head:
+        raw += [torch.randn(head, 16, generator=g), torch.randn(head, generator=g)]
+    up = torch.randn(64, head or 16, generator=g)
 
-    # reference: relu(bf16(h) · bf16(W)ᵀ + b) per hidden layer, then an fp32 head h · wᵀ + b
+    # reference: relu(bf16(h) · bf16(W)ᵀ + b) per hidden layer, then the head: fp32 h · wᵀ + b for
+    # one column, bf16(h) · bf16(W)ᵀ + b for more
     xr, *pr = _leaves(x, *raw)
     h = xr
     for i in (0, 2):
         h = torch.relu(_bf16_mm(h, pr[i].t()) + pr[i + 1])
-    ref = (h * pr[4]).sum(1, keepdim=True) + pr[5]
+    if head == 1:
+        h = (h * pr[4]).sum(1, keepdim=True) + pr[5]
+    elif head:
+        h = _bf16_mm(h, pr[4].t()) + pr[5]
+    ref = h
     (ref * up).sum().backward()
 
     xf, *pf = _leaves(x, *raw)
     with precision.bf16_matmuls():
-        out = relu_mlp(xf, pf, last_linear=True)
+        out = relu_mlp(xf, pf, last_linear=bool(head))
     (out * up).sum().backward()  # outside the block: the node keeps its forward's precision
     assert torch.allclose(out, ref, rtol=1e-5, atol=1e-5)
     for q, r in zip([xf, *pf], [xr, *pr], strict=True):
@@ -63,9 +72,9 @@ def test_fused_mlp_in_bf16_is_autograd_of_the_bf16_cast_graph():
     h = x64
     for i in (0, 2):
         h = torch.relu(h @ p64[i].t() + p64[i + 1])
-    exact = h @ p64[4].t() + p64[5]
+    exact = h @ p64[4].t() + p64[5] if head else h
     assert (out.double() - exact).abs().max() < 0.05 * exact.abs().max()
-    fp32 = relu_mlp(x, raw, last_linear=True)
+    fp32 = relu_mlp(x, raw, last_linear=bool(head))
     assert not torch.equal(fp32, out)  # outside the block the GEMMs are fp32 again
 
 

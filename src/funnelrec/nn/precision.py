@@ -33,6 +33,8 @@ import contextlib
 import threading
 from collections.abc import Iterator
 
+import numba
+import numpy as np
 import torch
 
 _local = threading.local()
@@ -57,6 +59,24 @@ def bf16_matmuls(enabled: bool = True) -> Iterator[None]:
 def low(t: torch.Tensor, bf16: bool) -> torch.Tensor:
     """`t` as a GEMM operand: rounded to bf16 when `bf16`, else as is."""
     return t.bfloat16() if bf16 and t.dtype != torch.bfloat16 else t
+
+
+def u16(t: torch.Tensor) -> np.ndarray:
+    """A contiguous bf16 tensor's bits as a uint16 numpy array (no copy), for the numba kernels
+    that widen and round bf16 inside their own pass (`widen`, `round_bf16`)."""
+    return t.view(torch.int16).numpy().view(np.uint16)
+
+
+@numba.njit("u2(u4)", cache=True, nogil=True, inline="always")
+def round_bf16(bits):  # pragma: no cover - compiled
+    """fp32 bits → the bf16 bits nearest, ties to even (torch's rounding; no NaN in a step)."""
+    return np.uint16((bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
+
+
+@numba.njit("u4(u2)", cache=True, nogil=True, inline="always")
+def widen(bits):  # pragma: no cover - compiled
+    """bf16 bits → the same value's fp32 bits (exact)."""
+    return np.uint32(bits) << np.uint32(16)
 
 
 def mm(a: torch.Tensor, b: torch.Tensor, bf16: bool | None = None) -> torch.Tensor:
