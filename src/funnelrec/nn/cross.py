@@ -24,10 +24,13 @@ the elementwise work stays fp32 (nn/precision.py).
 
 from __future__ import annotations
 
+import numba
+import numpy as np
 import torch
 from torch import nn
 
 from funnelrec.nn import precision
+from funnelrec.nn.precision import round_bf16, u16, widen
 
 
 class CrossNet(nn.Module):
@@ -47,19 +50,12 @@ class CrossNet(nn.Module):
 class _CrossV2Stack(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x0, *params):
-        bf16 = precision.bf16_enabled()  # native bf16 GEMMs (nn.precision), fixed for this node's backward
-        x, xs, zs, lows = x0, [], [], []
+        x, xs, zs = x0, [], []
         for i in range(0, len(params), 2):
-            if bf16:
-                xl = precision.low(x, True)
-                lows.append(xl)
-                z = precision.mm(xl, params[i].t(), True).add_(params[i + 1])
-            else:
-                z = torch.addmm(params[i + 1], x, params[i].t())
+            z = torch.addmm(params[i + 1], x, params[i].t())
             xs.append(x)
             zs.append(z)
             x = torch.addcmul(x, x0, z)
-        ctx.bf16, ctx.lows = bf16, lows
         ctx.save_for_backward(x0, *xs, *zs, *params[0::2])
         return x
 
@@ -73,20 +69,97 @@ class _CrossV2Stack(torch.autograd.Function):
         for i in reversed(range(n)):
             gz = g * x0
             gx0.addcmul_(g, zs[i])
+            grads[2 * i] = gz.t().mm(xs[i])
             grads[2 * i + 1] = gz.sum(0)
-            if ctx.bf16:
-                gl = precision.low(gz, True)
-                grads[2 * i] = precision.mm(gl.t(), ctx.lows[i], True)
-                g = g.add_(precision.mm(gl, ws[i], True)) if i < n - 1 else g + precision.mm(gl, ws[i], True)
-            else:
-                grads[2 * i] = gz.t().mm(xs[i])
-                g = torch.addmm(g, gz, ws[i])  # ∂x_l = g + g_z W_l
+            g = torch.addmm(g, gz, ws[i])  # ∂x_l = g + g_z W_l
         return (gx0.add_(g), *grads)  # x_0 is x0 itself: its "x" gradient joins the x0 one
+
+
+# bf16 mode (nn.precision): per layer forward one pass over the bf16 GEMM output z̃ = x̃_l W̃_lᵀ:
+# z = z̃ + b (fp32, kept for ∂x0), x_{l+1} = x_l + x0 ⊙ z, and x̃_{l+1} (the next GEMM's bf16
+# operand); backward one pass: g_z = g ⊙ x0, ∂x0 += g ⊙ z, ∂b = Σ g_z, g̃_z; then g += g̃_z W̃_l.
+@numba.njit("void(u2[:, ::1], f4[::1], f4[:, ::1], f4[:, ::1], f4[:, ::1], f4[:, ::1], u2[:, ::1])",
+            cache=True, nogil=True)
+def _cross_fwd16(zt, b, x0, x, z, xn, xnl):  # pragma: no cover - compiled
+    n, m = zt.shape
+    zu, xu = z.view(np.uint32), xn.view(np.uint32)
+    for i in range(n):
+        for j in range(m):
+            zu[i, j] = widen(zt[i, j])
+        for j in range(m):
+            v = z[i, j] + b[j]
+            z[i, j] = v
+            xn[i, j] = x[i, j] + x0[i, j] * v
+        for j in range(m):
+            xnl[i, j] = round_bf16(xu[i, j])
+
+
+@numba.njit("void(f4[:, ::1], f4[:, ::1], f4[:, ::1], f4[:, ::1], f4[::1], u2[:, ::1])", cache=True, nogil=True)
+def _cross_bwd16(g, x0, z, gx0, db, gzl):  # pragma: no cover - compiled
+    n, m = g.shape
+    db[:] = 0.0
+    row = np.empty(m, dtype=np.float32)
+    ru = row.view(np.uint32)
+    for i in range(n):
+        for j in range(m):
+            gz = g[i, j] * x0[i, j]
+            gx0[i, j] += g[i, j] * z[i, j]
+            db[j] += gz
+            row[j] = gz
+        for j in range(m):
+            gzl[i, j] = round_bf16(ru[j])
+
+
+@numba.njit("void(f4[:, ::1], u2[:, ::1])", cache=True, nogil=True)
+def _add_widen(g, d):  # pragma: no cover - compiled
+    n, m = g.shape
+    w = np.empty(m, dtype=np.uint32)
+    wf = w.view(np.float32)
+    for i in range(n):
+        for j in range(m):
+            w[j] = widen(d[i, j])
+        for j in range(m):
+            g[i, j] += wf[j]
+
+
+class _CrossV2Stack16(torch.autograd.Function):
+    """_CrossV2Stack with native bf16 GEMMs (nn.precision); the elementwise work in fp32."""
+
+    @staticmethod
+    def forward(ctx, x0, *params):
+        x, xl, lows, zs = x0, x0.bfloat16(), [], []
+        for i in range(0, len(params), 2):
+            zt = torch.mm(xl, params[i].bfloat16().t())
+            z, xn, xnl = torch.empty(zt.shape), torch.empty(zt.shape), torch.empty(zt.shape, dtype=torch.bfloat16)
+            _cross_fwd16(u16(zt), params[i + 1].detach().numpy(), x0.numpy(), x.numpy(), z.numpy(), xn.numpy(), u16(xnl))
+            lows.append(xl)
+            zs.append(z)
+            x, xl = xn, xnl
+        ctx.lows = lows
+        ctx.save_for_backward(x0, *zs, *params[0::2])
+        return x
+
+    @staticmethod
+    def backward(ctx, g):
+        saved = ctx.saved_tensors
+        n = (len(saved) - 1) // 2
+        x0, zs, ws = saved[0], saved[1 : n + 1], saved[n + 1 :]
+        grads: list[torch.Tensor | None] = [None] * (2 * n)
+        gx0 = torch.zeros_like(x0)
+        g = g.contiguous().clone()  # updated in place below; the engine's gradient is not ours
+        for i in reversed(range(n)):
+            db, gzl = torch.empty(g.shape[1]), torch.empty(g.shape, dtype=torch.bfloat16)
+            _cross_bwd16(g.numpy(), x0.numpy(), zs[i].numpy(), gx0.numpy(), db.numpy(), u16(gzl))
+            grads[2 * i] = torch.mm(gzl.t(), ctx.lows[i]).float()
+            grads[2 * i + 1] = db
+            _add_widen(g.numpy(), u16(torch.mm(gzl, ws[i].bfloat16())))  # ∂x_l = g + g_z W_l
+        return (gx0.add_(g), *grads)
 
 
 def cross_v2_stack(x0: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
     """x0 (B, d); params [W_1 (d, d), b_1 (d,), …] → x_L of the full-rank DCN-V2 stack."""
-    return _CrossV2Stack.apply(x0.contiguous(), *params)
+    fn = _CrossV2Stack16 if precision.bf16_enabled() else _CrossV2Stack
+    return fn.apply(x0.contiguous(), *params)
 
 
 class CrossNetV2(nn.Module):

@@ -98,6 +98,24 @@ def _relu_grad_bias_low16(g, h, db, gl):  # pragma: no cover - compiled
                 gl[i, j] = 0
 
 
+@numba.njit("void(f4[::1], f4[::1], f4[:, ::1], f4[::1], u2[:, ::1])", cache=True, nogil=True)
+def _relu_grad_bias_low_outer(g, w, h, db, gl):  # pragma: no cover - compiled
+    """The layer under a one-column head: its gradient g_i w_j, masked, summed, rounded, in
+    one pass without materializing the (B, H) outer product."""
+    n, m = h.shape
+    db[:] = 0.0
+    row = np.empty(m, dtype=np.float32)
+    ru = row.view(np.uint32)
+    for i in range(n):
+        gi = g[i]
+        for j in range(m):
+            x = gi * w[j] if h[i, j] > 0 else np.float32(0.0)
+            db[j] += x
+            row[j] = x
+        for j in range(m):
+            gl[i, j] = round_bf16(ru[j])
+
+
 class _ReluMLP16(torch.autograd.Function):
     """_ReluMLP with native bf16 GEMMs (nn.precision); the elementwise work in fp32."""
 
@@ -110,8 +128,10 @@ class _ReluMLP16(torch.autograd.Function):
             w, b = params[2 * i], params[2 * i + 1]
             lows.append(hl)
             if last_linear and i == n_layers - 1:
-                if w.shape[0] == 1:  # a GEMV: fp32, elementwise (nn.precision)
-                    h = (h * w).sum(1, keepdim=True).add_(b)
+                if w.shape[0] == 1:  # a GEMV: fp32 (nn.precision), one pass
+                    out = torch.empty(h.shape[0])
+                    precision.rowdot(h.numpy(), w.detach()[0].numpy(), out.numpy())
+                    h = out.unsqueeze(1).add_(b)
                 else:
                     h = torch.mm(hl, w.bfloat16().t()).float().add_(b)
             else:
@@ -129,25 +149,32 @@ class _ReluMLP16(torch.autograd.Function):
         n_layers = (len(saved) - 1) // 3
         hs, params, lows = saved[: n_layers + 1], saved[n_layers + 1 :], ctx.lows
         grads: list[torch.Tensor | None] = [None] * (2 * n_layers)
-        g, gb = g.contiguous(), None  # the gradient, fp32 or (gb) as the bf16 output of a GEMM
+        # the gradient: fp32 `g`, or `gb` (the bf16 output of a GEMM), or `outer` = (g, w) of a
+        # one-column head, g_i w_j, never materialized
+        g, gb, outer = g.contiguous(), None, None
         for i in reversed(range(n_layers)):
             w = params[2 * i]
             if ctx.last_linear and i == n_layers - 1:
                 grads[2 * i + 1] = g.sum(0)
                 if w.shape[0] == 1:  # the fp32 head of the forward
                     grads[2 * i] = (g[:, 0] @ hs[i]).unsqueeze(0)
-                    g = g * w
+                    outer = (g[:, 0].contiguous(), w.detach()[0])
                     continue
                 gl = g.bfloat16()
             else:
                 db, gl = torch.empty(hs[i + 1].shape[1]), torch.empty(hs[i + 1].shape, dtype=torch.bfloat16)
-                if gb is None:
+                if outer is not None:
+                    _relu_grad_bias_low_outer(outer[0].numpy(), outer[1].numpy(), hs[i + 1].numpy(), db.numpy(), u16(gl))
+                    outer = None
+                elif gb is None:
                     _relu_grad_bias_low(g.numpy(), hs[i + 1].numpy(), db.numpy(), u16(gl))
                 else:
                     _relu_grad_bias_low16(u16(gb), hs[i + 1].numpy(), db.numpy(), u16(gl))
                 grads[2 * i + 1] = db
             grads[2 * i] = torch.mm(gl.t(), lows[i]).float()
             gb = torch.mm(gl, w.bfloat16()) if (i > 0 or ctx.needs_input_grad[0]) else None
+        if outer is not None:  # a head alone, no hidden layer
+            return (torch.outer(*outer) if ctx.needs_input_grad[0] else None, None, *grads)
         return (None if gb is None else gb.float(), None, *grads)
 
 

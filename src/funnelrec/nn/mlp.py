@@ -45,9 +45,20 @@ class MLP(nn.Module):
 
             self._relu_mlp, self._can_fuse = fused_mlp.relu_mlp, fused_mlp.can_fuse_mlp
 
+    def linear_params(self) -> list[torch.Tensor]:
+        """[W_1, b_1, …] of the Linear layers, in order (the fused kernel's arguments)."""
+        return [p for m in self.net if isinstance(m, nn.Linear) for p in (m.weight, m.bias)]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, in_dim) → (B, out_dim or hidden[-1])."""
         if getattr(self, "fused", False) and self._can_fuse(x):  # absent in models saved before it existed
-            params = [p for m in self.net if isinstance(m, nn.Linear) for p in (m.weight, m.bias)]
-            return self._relu_mlp(x, params, self._last_linear)
+            return self._relu_mlp(x, self.linear_params(), self._last_linear)
         return self.net(x)
+
+    def forward_with_head(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """x (B, in_dim) → (B,): a linear head `w` (out_dim or hidden[-1],), `b` (1,) over this
+        MLP's output, run inside the fused kernel when it applies (under nn.precision's bf16 the
+        head's gradient then reaches the last layer without a (B, H) tensor)."""
+        if getattr(self, "fused", False) and not self._last_linear and self._can_fuse(x):
+            return self._relu_mlp(x, [*self.linear_params(), w.unsqueeze(0), b], True).squeeze(-1)
+        return torch.mv(self.forward(x), w) + b

@@ -128,7 +128,7 @@ class DCNv2(_CrossModel):
         c, w = self.cross(x0), self.head.weight[0]
         if precision.bf16_enabled():  # fit with matmul_precision bf16: no mv under oneDNN's bf16 (nn/precision.py)
             d = c.shape[1]
-            return {"ctr": precision.row_dot(c, w[:d]) + precision.row_dot(self.deep(x0), w[d:]) + self.head.bias}
+            return {"ctr": precision.row_dot(c, w[:d]) + self.deep.forward_with_head(x0, w[d:], self.head.bias)}
         return {"ctr": torch.addmv(self.head.bias, c, w[: c.shape[1]]) + torch.mv(self.deep(x0), w[c.shape[1] :])}
 
 
