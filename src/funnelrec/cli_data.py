@@ -167,7 +167,7 @@ def stale_reason(artifact: Path, cfg: Any, config: Path) -> str | None:
         if saved.get(key) != now.get(key):
             return f"{config}'s {key}: section differs from the one it was fitted with"
     written = manifest.stat().st_mtime
-    for table, path in cfg.data.paths(Path(config).parent).items():
+    for _table, path in cfg.data.paths(Path(config).parent).items():
         if path is not None and Path(path).is_file() and Path(path).stat().st_mtime > written:
             return f"{Path(path).resolve()} was modified after it was fitted"
     return None
