@@ -165,3 +165,103 @@ def test_dcnv2_and_deepfm_steps_in_bf16_stay_the_fp32_steps_up_to_rounding():
         for k in g32:  # relative error of each whole gradient (bf16 dx's do not cancel as fp32 ones do)
             scale = float(g32[k].norm())
             assert scale > 0 and float((g32[k] - g16[k]).norm()) < 0.05 * scale, (name, k, float((g32[k] - g16[k]).norm()) / scale)
+
+
+def test_round_bf16_and_widen_are_torchs_conversions_bit_for_bit():
+    import numba
+    import numpy as np
+
+    @numba.njit
+    def rnd(a, out):
+        for i in range(a.size):
+            out[i] = precision.round_bf16(a[i])
+
+    rng = np.random.default_rng(0)
+    special = np.array([0x00000000, 0x80000000, 0x7F800000, 0xFF800000, 0x7F7FFFFF, 0x00000001, 0x807FFFFF,
+                        0x3F808000, 0x3F818000, 0xBF808000, 0x7FC00000, 0x7F800001, 0xFF800001, 0x7FFFFFFF,
+                        0xFFFFFFFF], dtype=np.uint32)  # ±0, ±inf, max, subnormals, ties, NaN payloads
+    bits = np.concatenate([special, rng.integers(0, 2**32, 200_000, dtype=np.uint64).astype(np.uint32)])
+    got = np.empty(bits.size, dtype=np.uint16)
+    rnd(bits, got)
+    ref = torch.from_numpy(bits.view(np.float32)).bfloat16()
+    ours = torch.from_numpy(got.view(np.int16)).view(torch.bfloat16)
+    nan = torch.isnan(ref)
+    assert torch.equal(torch.isnan(ours), nan) and int(nan.sum()) > 0
+    assert torch.equal(ours[~nan].view(torch.int16), ref[~nan].view(torch.int16))
+    back = np.array([precision.widen(b) for b in got[:64]], dtype=np.uint32).view(np.float32)
+    assert np.array_equal(back, ours[:64].float().numpy(), equal_nan=True)
+
+
+def test_row_dot_float32_pass_and_the_fallback_for_other_dtypes():
+    g = torch.Generator().manual_seed(4)
+    x, w = torch.randn(300, 130, generator=g), torch.randn(130, generator=g)
+    up = torch.randn(300, generator=g)
+    xf, wf = _leaves(x, w)
+    out = precision.row_dot(xf, wf)  # the numba pass
+    (out * up).sum().backward()
+    x64, w64 = _leaves(x.double(), w.double())
+    (torch.mv(x64, w64) * up.double()).sum().backward()
+    assert torch.allclose(out.double(), x.double() @ w.double(), rtol=1e-5, atol=1e-4)
+    assert torch.allclose(xf.grad.double(), x64.grad, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(wf.grad.double(), w64.grad, rtol=1e-5, atol=1e-3)
+    xb = x.bfloat16().requires_grad_()  # not float32: the plain formula, gradients included
+    precision.row_dot(xb, wf).sum().backward()
+    assert xb.grad is not None and xb.grad.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("out_dim", [1, 3])
+def test_fused_mlp_in_bf16_head_alone_and_an_input_without_gradient(out_dim):
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(40, 12, generator=g)
+    raw = [torch.randn(out_dim, 12, generator=g), torch.randn(out_dim, generator=g)]
+    up = torch.randn(40, out_dim, generator=g)
+    xr, *pr = _leaves(x, *raw)
+    ref = (xr * pr[0]).sum(1, keepdim=True) + pr[1] if out_dim == 1 else _bf16_mm(xr, pr[0].t()) + pr[1]
+    (ref * up).sum().backward()
+    xf, *pf = _leaves(x, *raw)
+    with precision.bf16_matmuls():
+        out = relu_mlp(xf, pf, last_linear=True)
+    (out * up).sum().backward()
+    assert torch.allclose(out, ref, rtol=1e-5, atol=1e-5)
+    for q, r in zip([xf, *pf], [xr, *pr], strict=True):
+        assert torch.allclose(q.grad, r.grad, rtol=1e-4, atol=1e-4)
+    # an input that needs no gradient (the first layer's ∂x is skipped): the weights' are unchanged
+    deep = [torch.randn(8, 12, generator=g), torch.randn(8, generator=g), torch.randn(out_dim, 8, generator=g), raw[1]]
+    p1, p2 = _leaves(*deep), _leaves(*deep)
+    with precision.bf16_matmuls():
+        (relu_mlp(x, p1, last_linear=True) * up).sum().backward()
+        (relu_mlp(x.clone().requires_grad_(), p2, last_linear=True) * up).sum().backward()
+    for a, b in zip(p1, p2, strict=True):
+        assert torch.equal(a.grad, b.grad)
+
+
+def test_overlapping_bf16_fits_restore_onednns_setting_after_the_last():
+    from funnelrec.train.trainer import _matmul_precision
+
+    mkl = getattr(torch.backends.mkldnn, "matmul", None)
+    if mkl is None or not hasattr(mkl, "fp32_precision"):
+        pytest.skip("this torch has no oneDNN fp32_precision setting")
+    before = mkl.fp32_precision
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def fit_a():
+        with _matmul_precision("bf16"):
+            a_in.set()
+            b_in.wait(10)
+        a_out.set()
+
+    def fit_b():
+        a_in.wait(10)
+        with _matmul_precision("bf16"):
+            b_in.set()
+            a_out.wait(10)
+            seen["inside_b_after_a"] = mkl.fp32_precision  # A has left, B still fits
+
+    ts = [threading.Thread(target=fit_a), threading.Thread(target=fit_b)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(20)
+    assert seen["inside_b_after_a"] == "bf16"
+    assert mkl.fp32_precision == before

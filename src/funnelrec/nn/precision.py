@@ -15,8 +15,11 @@ on Intel AMX the native GEMM is also the faster one (it skips the in-GEMM conver
 Products with one output column (a linear head) are left in fp32 elementwise form: a GEMV is
 memory-bound, so bf16 saves nothing there and oneDNN's bf16 setting makes it ~3× slower.
 
-The switch is per thread (a learner thread's fit does not change a serving thread's math), and
-each autograd node reads it at forward time, so its backward uses the forward's precision.
+The switch is per thread (a learner thread's fit does not change the fused kernels of a serving
+thread), and each autograd node reads it at forward time, so its backward uses the forward's
+precision. oneDNN's `fp32_precision`, which the Trainer sets beside it, is process-wide: while a
+fit runs, other threads' plain fp32 matmuls run under it too (train/trainer.py
+`_matmul_precision` counts the fits that hold it and restores it after the last).
 
     >>> import torch
     >>> a, b = torch.tensor([[1.0 + 2**-10]]), torch.tensor([[1.0]])
@@ -69,7 +72,10 @@ def u16(t: torch.Tensor) -> np.ndarray:
 
 @numba.njit("u2(u4)", cache=True, nogil=True, inline="always")
 def round_bf16(bits):  # pragma: no cover - compiled
-    """fp32 bits → the bf16 bits nearest, ties to even (torch's rounding; no NaN in a step)."""
+    """fp32 bits → the bf16 bits nearest, ties to even, as torch rounds; a NaN stays a (quiet)
+    NaN — rounding its payload could carry it into the exponent (inf) or the sign."""
+    if (bits & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):
+        return np.uint16((bits >> np.uint32(16)) | np.uint32(0x0040))
     return np.uint16((bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
 
 
@@ -105,10 +111,8 @@ class _RowDot(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w):
         ctx.save_for_backward(x, w)
-        if x.dtype != torch.float32 or not x.is_contiguous() or not w.is_contiguous():
-            return (x * w).sum(1)
-        out = torch.empty(x.shape[0])
-        rowdot(x.detach().numpy(), w.detach().numpy(), out.numpy())
+        out = torch.empty(x.shape[0], dtype=torch.float32)
+        rowdot(x.numpy(), w.numpy(), out.numpy())
         return out
 
     @staticmethod
@@ -122,5 +126,7 @@ def row_dot(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """x (B, H) · w (H,) → (B,), a linear head's GEMV written so that neither pass is a
     matrix-vector product (`mv`, and `mv` over a transposed view in its backward): under oneDNN's
     bf16 setting those run 3–4× slower than fp32 (`mv(x, w)` 104 µs against 33 µs, `mv(xᵀ, g)`
-    137 µs against 32 µs, at 2048 × 142 here), while `g @ x` and `outer(g, w)` stay fast."""
-    return _RowDot.apply(x, w)
+    137 µs against 32 µs, at 2048 × 142 here), while `g @ x` and `outer(g, w)` stay fast.
+    float32 contiguous CPU operands take the numba pass; anything else is `(x * w).sum(1)`."""
+    fast = all(t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous() for t in (x, w))
+    return _RowDot.apply(x, w) if fast else (x * w).sum(1)

@@ -12,6 +12,7 @@ import contextlib
 import copy
 import math
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -202,11 +203,16 @@ class Trainer:
         )
 
 
+_MKL_LOCK = threading.Lock()
+_MKL_HOLD = {"fits": 0, "old": None}  # fits inside "bf16" now; oneDNN's setting before the first
+
+
 @contextlib.contextmanager
 def _matmul_precision(precision: str):
     """"bf16": the fused kernels' GEMMs native bf16 on this thread (nn/precision.py), and oneDNN's
     fp32 matmul precision bf16 for every other matmul (a torch without the setting runs those
-    fp32). "ieee": neither."""
+    fp32). "ieee": neither. oneDNN's setting is process-wide: overlapping fits (threads) share
+    it, the first sets it and the last restores what it was."""
     if precision == "ieee":
         yield
         return
@@ -215,12 +221,18 @@ def _matmul_precision(precision: str):
         if mkl is None or not hasattr(mkl, "fp32_precision"):
             yield
             return
-        old = mkl.fp32_precision
-        mkl.fp32_precision = precision
+        with _MKL_LOCK:
+            if _MKL_HOLD["fits"] == 0:
+                _MKL_HOLD["old"] = mkl.fp32_precision
+                mkl.fp32_precision = precision
+            _MKL_HOLD["fits"] += 1
         try:
             yield
         finally:
-            mkl.fp32_precision = old
+            with _MKL_LOCK:
+                _MKL_HOLD["fits"] -= 1
+                if _MKL_HOLD["fits"] == 0:
+                    mkl.fp32_precision = _MKL_HOLD["old"]
 
 
 def _length(tensors: Batch) -> int:
