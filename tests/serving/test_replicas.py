@@ -178,6 +178,36 @@ def test_cli_renders_a_config_nginx_accepts_and_refuses_bad_settings(tmp_path):
     assert bad.returncode == 2 and bad.stderr.strip() == "error: --replicas must be in [1, 1024], got 0"
 
 
+def test_no_replica_available_is_a_503_with_retry_after_not_a_502(tmp_path):
+    """Both replicas down (nothing listens on their ports): nginx has no upstream to answer, and
+    the client gets what one overloaded replica says — 503, Retry-After: 1, a JSON detail —
+    instead of nginx's "502 Bad Gateway" (measured under overload: docs/BENCHMARKS.md session 10)."""
+    lport = _free_run(3)  # nginx, then the two (dead) replicas' ports
+    base = lport + 1
+    prefix = tmp_path / "ng"
+    conf = write_nginx(render_nginx(NginxLayout(replicas=2, base_port=base, listen=f"127.0.0.1:{lport}"),
+                                    prefix=prefix, conf=prefix / "nginx.conf"), prefix / "nginx.conf")
+    nginx = subprocess.Popen([NGINX, "-p", str(prefix), "-e", "logs/error.log", "-c", str(conf), "-g", "daemon off;"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{lport}"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                httpx.get(f"{url}/health", timeout=5)
+                break
+            except httpx.TransportError:
+                assert nginx.poll() is None and time.monotonic() < deadline, "nginx did not start"
+                time.sleep(0.1)
+        for r in (httpx.get(f"{url}/health", timeout=10), httpx.post(f"{url}/recommend", json={"user_id": "1"}, timeout=10),
+                  httpx.post(f"{url}/feedback", json={"events": []}, timeout=10)):
+            assert r.status_code == 503, (r.status_code, r.text)
+            assert r.headers.get("retry-after") == "1"
+            assert "no replica available" in r.json()["detail"]
+    finally:
+        _stop(nginx, signal.SIGQUIT)
+
+
 def test_feedback_through_one_replica_is_honoured_by_the_other(deployment):
     a, b = deployment["direct"]
     now = int(time.time())
