@@ -22,11 +22,12 @@ fit runs, other threads' plain fp32 matmuls run under it too (train/trainer.py
 `_matmul_precision` counts the fits that hold it and restores it after the last).
 
     >>> import torch
-    >>> a, b = torch.tensor([[1.0 + 2**-10]]), torch.tensor([[1.0]])
-    >>> float(mm(a, b)) == 1.0 + 2**-10       # outside: fp32
+    >>> from funnelrec.nn.fused_mlp import relu_mlp
+    >>> x, head = torch.tensor([[1.0 + 2**-10]]), [torch.ones(1, 1), torch.zeros(1), torch.ones(1, 1), torch.zeros(1)]
+    >>> float(relu_mlp(x, head, last_linear=True)) == 1.0 + 2**-10     # outside: fp32
     True
-    >>> with bf16_matmuls():
-    ...     float(mm(a, b))                    # inside: 1 + 2⁻¹⁰ rounds to 1 in bf16 (8-bit mantissa)
+    >>> with bf16_matmuls():                                           # inside: the GEMM's operand
+    ...     float(relu_mlp(x, head, last_linear=True))                 # 1 + 2⁻¹⁰ rounds to 1 in bf16
     1.0
 """
 
@@ -59,11 +60,6 @@ def bf16_matmuls(enabled: bool = True) -> Iterator[None]:
         _local.bf16 = old
 
 
-def low(t: torch.Tensor, bf16: bool) -> torch.Tensor:
-    """`t` as a GEMM operand: rounded to bf16 when `bf16`, else as is."""
-    return t.bfloat16() if bf16 and t.dtype != torch.bfloat16 else t
-
-
 def u16(t: torch.Tensor) -> np.ndarray:
     """A contiguous bf16 tensor's bits as a uint16 numpy array (no copy), for the numba kernels
     that widen and round bf16 inside their own pass (`widen`, `round_bf16`)."""
@@ -83,16 +79,6 @@ def round_bf16(bits):  # pragma: no cover - compiled
 def widen(bits):  # pragma: no cover - compiled
     """bf16 bits → the same value's fp32 bits (exact)."""
     return np.uint32(bits) << np.uint32(16)
-
-
-def mm(a: torch.Tensor, b: torch.Tensor, bf16: bool | None = None) -> torch.Tensor:
-    """a @ b in fp32; with `bf16` (default: this thread's switch) a native bf16 GEMM widened
-    back to fp32. Either operand may already be bf16 (a saved activation)."""
-    if bf16 is None:
-        bf16 = bf16_enabled()
-    if not bf16:
-        return torch.mm(a, b)
-    return torch.mm(low(a, True), low(b, True)).float()
 
 
 @numba.njit("void(f4[:, ::1], f4[::1], f4[::1])", cache=True, nogil=True, fastmath={"reassoc", "contract"})
