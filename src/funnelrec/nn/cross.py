@@ -14,7 +14,7 @@ layer backward, g_z = g ⊙ x0, ∂x0 += g ⊙ z_l, ∂W_l = g_zᵀ x_l, ∂b_l 
 mul/add nodes, their grads summed by the engine); same formulas, so the same numbers up to
 float rounding. `CrossNetV2(fused=True)` uses it for the full-rank case. Inside
 `nn.precision.bf16_matmuls()` (fit with `matmul_precision: bf16`) its GEMMs are native bf16;
-the elementwise work stays fp32 (nn/precision.py).
+the elementwise work stays fp32 (nn/precision.py, which holds those kernels).
 
     >>> import torch
     >>> x = torch.randn(4, 6)
@@ -24,13 +24,11 @@ the elementwise work stays fp32 (nn/precision.py).
 
 from __future__ import annotations
 
-import numba
-import numpy as np
 import torch
 from torch import nn
 
 from funnelrec.nn import precision
-from funnelrec.nn.precision import round_bf16, u16, widen
+from funnelrec.nn.precision import u16
 
 
 class CrossNet(nn.Module):
@@ -75,53 +73,6 @@ class _CrossV2Stack(torch.autograd.Function):
         return (gx0.add_(g), *grads)  # x_0 is x0 itself: its "x" gradient joins the x0 one
 
 
-# bf16 mode (nn.precision): per layer forward one pass over the bf16 GEMM output z̃ = x̃_l W̃_lᵀ:
-# z = z̃ + b (fp32, kept for ∂x0), x_{l+1} = x_l + x0 ⊙ z, and x̃_{l+1} (the next GEMM's bf16
-# operand); backward one pass: g_z = g ⊙ x0, ∂x0 += g ⊙ z, ∂b = Σ g_z, g̃_z; then g += g̃_z W̃_l.
-@numba.njit("void(u2[:, ::1], f4[::1], f4[:, ::1], f4[:, ::1], f4[:, ::1], f4[:, ::1], u2[:, ::1])",
-            cache=True, nogil=True)
-def _cross_fwd16(zt, b, x0, x, z, xn, xnl):  # pragma: no cover - compiled
-    n, m = zt.shape
-    zu, xu = z.view(np.uint32), xn.view(np.uint32)
-    for i in range(n):
-        for j in range(m):
-            zu[i, j] = widen(zt[i, j])
-        for j in range(m):
-            v = z[i, j] + b[j]
-            z[i, j] = v
-            xn[i, j] = x[i, j] + x0[i, j] * v
-        for j in range(m):
-            xnl[i, j] = round_bf16(xu[i, j])
-
-
-@numba.njit("void(f4[:, ::1], f4[:, ::1], f4[:, ::1], f4[:, ::1], f4[::1], u2[:, ::1])", cache=True, nogil=True)
-def _cross_bwd16(g, x0, z, gx0, db, gzl):  # pragma: no cover - compiled
-    n, m = g.shape
-    db[:] = 0.0
-    row = np.empty(m, dtype=np.float32)
-    ru = row.view(np.uint32)
-    for i in range(n):
-        for j in range(m):
-            gz = g[i, j] * x0[i, j]
-            gx0[i, j] += g[i, j] * z[i, j]
-            db[j] += gz
-            row[j] = gz
-        for j in range(m):
-            gzl[i, j] = round_bf16(ru[j])
-
-
-@numba.njit("void(f4[:, ::1], u2[:, ::1])", cache=True, nogil=True)
-def _add_widen(g, d):  # pragma: no cover - compiled
-    n, m = g.shape
-    w = np.empty(m, dtype=np.uint32)
-    wf = w.view(np.float32)
-    for i in range(n):
-        for j in range(m):
-            w[j] = widen(d[i, j])
-        for j in range(m):
-            g[i, j] += wf[j]
-
-
 class _CrossV2Stack16(torch.autograd.Function):
     """_CrossV2Stack with native bf16 GEMMs (nn.precision); the elementwise work in fp32."""
 
@@ -131,7 +82,7 @@ class _CrossV2Stack16(torch.autograd.Function):
         for i in range(0, len(params), 2):
             zt = torch.mm(xl, params[i].bfloat16().t())
             z, xn, xnl = torch.empty(zt.shape), torch.empty(zt.shape), torch.empty(zt.shape, dtype=torch.bfloat16)
-            _cross_fwd16(u16(zt), params[i + 1].detach().numpy(), x0.numpy(), x.numpy(), z.numpy(), xn.numpy(), u16(xnl))
+            precision.cross_fwd16(u16(zt), params[i + 1].detach().numpy(), x0.numpy(), x.numpy(), z.numpy(), xn.numpy(), u16(xnl))
             lows.append(xl)
             zs.append(z)
             x, xl = xn, xnl
@@ -149,10 +100,10 @@ class _CrossV2Stack16(torch.autograd.Function):
         g = g.contiguous().clone()  # updated in place below; the engine's gradient is not ours
         for i in reversed(range(n)):
             db, gzl = torch.empty(g.shape[1]), torch.empty(g.shape, dtype=torch.bfloat16)
-            _cross_bwd16(g.numpy(), x0.numpy(), zs[i].numpy(), gx0.numpy(), db.numpy(), u16(gzl))
+            precision.cross_bwd16(g.numpy(), x0.numpy(), zs[i].numpy(), gx0.numpy(), db.numpy(), u16(gzl))
             grads[2 * i] = torch.mm(gzl.t(), ctx.lows[i]).float()
             grads[2 * i + 1] = db
-            _add_widen(g.numpy(), u16(torch.mm(gzl, ws[i].bfloat16())))  # ∂x_l = g + g_z W_l
+            precision.add_widen(g.numpy(), u16(torch.mm(gzl, ws[i].bfloat16())))  # ∂x_l = g + g_z W_l
         return (gx0.add_(g), *grads)
 
 

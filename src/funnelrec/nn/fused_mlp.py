@@ -11,7 +11,7 @@ threshold_backward, bias-gradient sum), each into fresh memory. Same formulas as
 ReLU, no dropout and no batch norm; float32 CPU only (callers check `can_fuse_mlp`). The
 kernels are compiled at import (explicit signatures, cached on disk by numba). Inside
 `nn.precision.bf16_matmuls()` (fit with `matmul_precision: bf16`) the GEMMs are native bf16
-and a one-column linear head is an fp32 elementwise product (nn/precision.py).
+and a one-column linear head is an fp32 row dot (nn/precision.py, which holds those kernels).
 
     >>> import torch
     >>> ws = [torch.ones(3, 2), torch.zeros(3), torch.ones(1, 3), torch.zeros(1)]
@@ -22,11 +22,10 @@ and a one-column linear head is an fp32 elementwise product (nn/precision.py).
 from __future__ import annotations
 
 import numba
-import numpy as np
 import torch
 
 from funnelrec.nn import precision
-from funnelrec.nn.precision import round_bf16, u16, widen
+from funnelrec.nn.precision import u16
 
 
 @numba.njit("void(f4[:, ::1], f4[::1])", cache=True, nogil=True)
@@ -47,73 +46,6 @@ def _relu_grad_bias(g, h, db):  # pragma: no cover - compiled
             x = g[i, j] if h[i, j] > 0 else 0.0
             g[i, j] = x
             db[j] += x
-
-
-# bf16 mode (nn.precision): the GEMM output arrives in bf16 bits; one pass widens it, adds the
-# bias, applies ReLU and writes both the fp32 activation (the mask, the fp32 head) and its bf16
-# copy (the next GEMM's operand). Backward: one pass masks the gradient, sums ∂b and writes the
-# bf16 operand of the two GEMMs. torch's separate conversions took 105–112 µs each at 2048 × 256.
-@numba.njit("void(u2[:, ::1], f4[::1], f4[:, ::1], u2[:, ::1])", cache=True, nogil=True)
-def _widen_bias_relu_low(z, b, h, hl):  # pragma: no cover - compiled
-    n, m = z.shape
-    hu = h.view(np.uint32)
-    for i in range(n):
-        for j in range(m):
-            hu[i, j] = widen(z[i, j])
-        for j in range(m):
-            x = h[i, j] + b[j]
-            h[i, j] = x if x > 0 else np.float32(0.0)
-        for j in range(m):
-            hl[i, j] = round_bf16(hu[i, j])
-
-
-@numba.njit("void(f4[:, ::1], f4[:, ::1], f4[::1], u2[:, ::1])", cache=True, nogil=True)
-def _relu_grad_bias_low(g, h, db, gl):  # pragma: no cover - compiled
-    n, m = g.shape
-    db[:] = 0.0
-    gu = g.view(np.uint32)
-    for i in range(n):
-        for j in range(m):
-            if h[i, j] > 0:
-                db[j] += g[i, j]
-                gl[i, j] = round_bf16(gu[i, j])
-            else:
-                gl[i, j] = 0
-
-
-@numba.njit("void(u2[:, ::1], f4[:, ::1], f4[::1], u2[:, ::1])", cache=True, nogil=True)
-def _relu_grad_bias_low16(g, h, db, gl):  # pragma: no cover - compiled
-    n, m = g.shape
-    db[:] = 0.0
-    w = np.empty(m, dtype=np.uint32)
-    wf = w.view(np.float32)
-    for i in range(n):
-        for j in range(m):
-            w[j] = widen(g[i, j])
-        for j in range(m):
-            if h[i, j] > 0:
-                db[j] += wf[j]
-                gl[i, j] = g[i, j]  # already bf16: masking is a copy
-            else:
-                gl[i, j] = 0
-
-
-@numba.njit("void(f4[::1], f4[::1], f4[:, ::1], f4[::1], u2[:, ::1])", cache=True, nogil=True)
-def _relu_grad_bias_low_outer(g, w, h, db, gl):  # pragma: no cover - compiled
-    """The layer under a one-column head: its gradient g_i w_j, masked, summed, rounded, in
-    one pass without materializing the (B, H) outer product."""
-    n, m = h.shape
-    db[:] = 0.0
-    row = np.empty(m, dtype=np.float32)
-    ru = row.view(np.uint32)
-    for i in range(n):
-        gi = g[i]
-        for j in range(m):
-            x = gi * w[j] if h[i, j] > 0 else np.float32(0.0)
-            db[j] += x
-            row[j] = x
-        for j in range(m):
-            gl[i, j] = round_bf16(ru[j])
 
 
 class _ReluMLP16(torch.autograd.Function):
@@ -137,7 +69,7 @@ class _ReluMLP16(torch.autograd.Function):
             else:
                 z = torch.mm(hl, w.bfloat16().t())
                 h, hl = torch.empty(z.shape), torch.empty(z.shape, dtype=torch.bfloat16)
-                _widen_bias_relu_low(u16(z), b.detach().numpy(), h.numpy(), u16(hl))
+                precision.widen_bias_relu_low(u16(z), b.detach().numpy(), h.numpy(), u16(hl))
             hs.append(h)
         ctx.last_linear, ctx.lows = last_linear, lows
         ctx.save_for_backward(*hs, *params)
@@ -164,12 +96,12 @@ class _ReluMLP16(torch.autograd.Function):
             else:
                 db, gl = torch.empty(hs[i + 1].shape[1]), torch.empty(hs[i + 1].shape, dtype=torch.bfloat16)
                 if outer is not None:
-                    _relu_grad_bias_low_outer(outer[0].numpy(), outer[1].numpy(), hs[i + 1].numpy(), db.numpy(), u16(gl))
+                    precision.relu_grad_bias_low_outer(outer[0].numpy(), outer[1].numpy(), hs[i + 1].numpy(), db.numpy(), u16(gl))
                     outer = None
                 elif gb is None:
-                    _relu_grad_bias_low(g.numpy(), hs[i + 1].numpy(), db.numpy(), u16(gl))
+                    precision.relu_grad_bias_low(g.numpy(), hs[i + 1].numpy(), db.numpy(), u16(gl))
                 else:
-                    _relu_grad_bias_low16(u16(gb), hs[i + 1].numpy(), db.numpy(), u16(gl))
+                    precision.relu_grad_bias_low16(u16(gb), hs[i + 1].numpy(), db.numpy(), u16(gl))
                 grads[2 * i + 1] = db
             grads[2 * i] = torch.mm(gl.t(), lows[i]).float()
             gb = torch.mm(gl, w.bfloat16()) if (i > 0 or ctx.needs_input_grad[0]) else None

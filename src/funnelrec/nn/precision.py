@@ -116,3 +116,121 @@ def row_dot(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     float32 contiguous CPU operands take the numba pass; anything else is `(x * w).sum(1)`."""
     fast = all(t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous() for t in (x, w))
     return _RowDot.apply(x, w) if fast else (x * w).sum(1)
+
+
+# The fused kernels' bf16 passes. They live in this file, beside `round_bf16` and `widen` which
+# they inline: numba's on-disk cache is invalidated by a change to the cached function's own
+# file only, so a kernel in another file kept a stale copy of a changed helper.
+
+# The fused MLP's (nn/fused_mlp.py `_ReluMLP16`): the GEMM output arrives in bf16 bits; one pass widens it, adds the
+# bias, applies ReLU and writes both the fp32 activation (the mask, the fp32 head) and its bf16
+# copy (the next GEMM's operand). Backward: one pass masks the gradient, sums ∂b and writes the
+# bf16 operand of the two GEMMs. torch's separate conversions took 105–112 µs each at 2048 × 256.
+@numba.njit("void(u2[:, ::1], f4[::1], f4[:, ::1], u2[:, ::1])", cache=True, nogil=True)
+def widen_bias_relu_low(z, b, h, hl):  # pragma: no cover - compiled
+    n, m = z.shape
+    hu = h.view(np.uint32)
+    for i in range(n):
+        for j in range(m):
+            hu[i, j] = widen(z[i, j])
+        for j in range(m):
+            x = h[i, j] + b[j]
+            h[i, j] = x if x > 0 else np.float32(0.0)
+        for j in range(m):
+            hl[i, j] = round_bf16(hu[i, j])
+
+
+@numba.njit("void(f4[:, ::1], f4[:, ::1], f4[::1], u2[:, ::1])", cache=True, nogil=True)
+def relu_grad_bias_low(g, h, db, gl):  # pragma: no cover - compiled
+    n, m = g.shape
+    db[:] = 0.0
+    gu = g.view(np.uint32)
+    for i in range(n):
+        for j in range(m):
+            if h[i, j] > 0:
+                db[j] += g[i, j]
+                gl[i, j] = round_bf16(gu[i, j])
+            else:
+                gl[i, j] = 0
+
+
+@numba.njit("void(u2[:, ::1], f4[:, ::1], f4[::1], u2[:, ::1])", cache=True, nogil=True)
+def relu_grad_bias_low16(g, h, db, gl):  # pragma: no cover - compiled
+    n, m = g.shape
+    db[:] = 0.0
+    w = np.empty(m, dtype=np.uint32)
+    wf = w.view(np.float32)
+    for i in range(n):
+        for j in range(m):
+            w[j] = widen(g[i, j])
+        for j in range(m):
+            if h[i, j] > 0:
+                db[j] += wf[j]
+                gl[i, j] = g[i, j]  # already bf16: masking is a copy
+            else:
+                gl[i, j] = 0
+
+
+@numba.njit("void(f4[::1], f4[::1], f4[:, ::1], f4[::1], u2[:, ::1])", cache=True, nogil=True)
+def relu_grad_bias_low_outer(g, w, h, db, gl):  # pragma: no cover - compiled
+    """The layer under a one-column head: its gradient g_i w_j, masked, summed, rounded, in
+    one pass without materializing the (B, H) outer product."""
+    n, m = h.shape
+    db[:] = 0.0
+    row = np.empty(m, dtype=np.float32)
+    ru = row.view(np.uint32)
+    for i in range(n):
+        gi = g[i]
+        for j in range(m):
+            x = gi * w[j] if h[i, j] > 0 else np.float32(0.0)
+            db[j] += x
+            row[j] = x
+        for j in range(m):
+            gl[i, j] = round_bf16(ru[j])
+
+
+# The DCN-V2 cross stack's (nn/cross.py `_CrossV2Stack16`): per layer forward one pass over the bf16 GEMM output z̃ = x̃_l W̃_lᵀ:
+# z = z̃ + b (fp32, kept for ∂x0), x_{l+1} = x_l + x0 ⊙ z, and x̃_{l+1} (the next GEMM's bf16
+# operand); backward one pass: g_z = g ⊙ x0, ∂x0 += g ⊙ z, ∂b = Σ g_z, g̃_z; then g += g̃_z W̃_l.
+@numba.njit("void(u2[:, ::1], f4[::1], f4[:, ::1], f4[:, ::1], f4[:, ::1], f4[:, ::1], u2[:, ::1])",
+            cache=True, nogil=True)
+def cross_fwd16(zt, b, x0, x, z, xn, xnl):  # pragma: no cover - compiled
+    n, m = zt.shape
+    zu, xu = z.view(np.uint32), xn.view(np.uint32)
+    for i in range(n):
+        for j in range(m):
+            zu[i, j] = widen(zt[i, j])
+        for j in range(m):
+            v = z[i, j] + b[j]
+            z[i, j] = v
+            xn[i, j] = x[i, j] + x0[i, j] * v
+        for j in range(m):
+            xnl[i, j] = round_bf16(xu[i, j])
+
+
+@numba.njit("void(f4[:, ::1], f4[:, ::1], f4[:, ::1], f4[:, ::1], f4[::1], u2[:, ::1])", cache=True, nogil=True)
+def cross_bwd16(g, x0, z, gx0, db, gzl):  # pragma: no cover - compiled
+    n, m = g.shape
+    db[:] = 0.0
+    row = np.empty(m, dtype=np.float32)
+    ru = row.view(np.uint32)
+    for i in range(n):
+        for j in range(m):
+            gz = g[i, j] * x0[i, j]
+            gx0[i, j] += g[i, j] * z[i, j]
+            db[j] += gz
+            row[j] = gz
+        for j in range(m):
+            gzl[i, j] = round_bf16(ru[j])
+
+
+@numba.njit("void(f4[:, ::1], u2[:, ::1])", cache=True, nogil=True)
+def add_widen(g, d):  # pragma: no cover - compiled
+    n, m = g.shape
+    w = np.empty(m, dtype=np.uint32)
+    wf = w.view(np.float32)
+    for i in range(n):
+        for j in range(m):
+            w[j] = widen(d[i, j])
+        for j in range(m):
+            g[i, j] += wf[j]
