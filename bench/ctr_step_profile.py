@@ -36,6 +36,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from _machine import cpu  # bench/_machine.py (bench/ is the script's directory)
+
 B = 2048
 
 
@@ -197,7 +199,7 @@ def main() -> None:
     ap.add_argument("--no-bare", action="store_true")
     ap.add_argument("--before-src", default=None)
     args = ap.parse_args()
-    res: dict = {"machine": f"{os.cpu_count()} CPUs", "load_start": os.getloadavg()[0], "precision": args.precision}
+    res: dict = {"cpu": cpu(), "machine": f"{os.cpu_count()} CPUs", "load_start": os.getloadavg()[0], "precision": args.precision}
     if args.before_src:
         cmd = [sys.executable, __file__, "--models", args.models, "--steps", str(args.steps), "--rounds",
                str(args.rounds), "--precision", args.precision, "--no-bare"]

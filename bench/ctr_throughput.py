@@ -35,6 +35,7 @@ import sys
 import time
 from pathlib import Path
 
+from _machine import cpu  # bench/_machine.py (bench/ is the script's directory)
 from funnelrec.data import load_dataset
 from funnelrec.eval.ctr import evaluate_ctr, load_ctr_config
 from funnelrec.train.trainer import Trainer
@@ -131,7 +132,7 @@ def main() -> None:
     ap.add_argument("--before-models", default=None, help="models for --before-src (default: --models)")
     args = ap.parse_args()
     ds = load_dataset("movielens-100k")
-    res = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+    res = {"cpu": cpu(), "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
            "threads": args.threads,
            "load_start": os.getloadavg()[0], "models": {}}
     if args.before_src:

@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import orjson
 
+from _machine import cpu  # bench/_machine.py (bench/ is the script's directory)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -406,7 +408,7 @@ def main() -> None:
     ok = [r["rate"] for r in results if r["p99_ms"] <= args.slo_ms and r["ok"] == r["sent"]]
     print(json.dumps({
         "bench": "serving", "config": os.path.relpath(args.config, ROOT),
-        "machine": f"{platform.machine()} {os.cpu_count()} cpu", "load_avg_at_end": os.getloadavg(),
+        "machine": f"{platform.machine()} {os.cpu_count()} cpu", "cpu": cpu(), "load_avg_at_end": os.getloadavg(),
         "funnel": info, "workers": args.workers or server.get("workers", 1), "duration_s": duration,
         "layout": "nginx least_conn → one-worker replicas" if args.nginx else "uvicorn --workers (one port)",
         "slo_p99_ms": args.slo_ms,
