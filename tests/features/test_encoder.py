@@ -7,7 +7,6 @@ from funnelrec.data.dataset import TrainData
 from funnelrec.features.encoder import FeatureEncoder, FeatureEncoderConfig
 from funnelrec.features.fid import fid_column
 
-
 # the ml-100k columns (no default names a dataset's columns)
 ML = {"user_columns": ("age", "gender", "occupation"), "item_columns": ("release_year", "genres")}
 

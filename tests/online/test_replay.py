@@ -27,10 +27,10 @@ from funnelrec.online.replay import (
     load_replay_file,
     ndcg_at_k,
     pairwise_auc,
-    unseen_auc,
     recovery,
     replay,
     summarize,
+    unseen_auc,
 )
 from funnelrec.pipeline.config import FunnelConfig
 from funnelrec.pipeline.service import RecommenderService
@@ -256,7 +256,7 @@ def test_the_label_slice_is_excluded_and_the_auc_is_over_the_unseen_items(plante
     rows = fitted.replay_rows.filter(pl.col("day") == day0)
     n_items = ds.n_items
     checked = 0
-    for u, t, ans in answers[: len(set(rows["user_id"].to_list()))]:
+    for u, _t, ans in answers[: len(set(rows["user_id"].to_list()))]:
         R = set(rows.filter(pl.col("user_id") == u)["item_id"].to_list()) - before.get(u, set())
         unseen = [i for i in range(n_items) if i not in before.get(u, set())]
         score = {i: -1e9 for i in unseen}

@@ -30,9 +30,9 @@ def test_a_session2_pickle_converts_to_the_same_answers(tmp_path, monkeypatch):
     def refuse(*a, **kw):
         raise AssertionError("loading a converted artifact unpickled something")
 
-    import funnelrec.recall  # noqa: F401  (imported first: numba reads its own compile cache with pickle)
     import funnelrec.nn.fused_fm  # noqa: F401  (likewise: the fused layers' numba kernels)
     import funnelrec.nn.fused_mlp  # noqa: F401
+    import funnelrec.recall  # noqa: F401  (imported first: numba reads its own compile cache with pickle)
     from funnelrec.models.ranking.common import load_all
 
     load_all()
