@@ -86,22 +86,21 @@ class _CrossV2Stack16(torch.autograd.Function):
             lows.append(xl)
             zs.append(z)
             x, xl = xn, xnl
-        ctx.lows = lows
-        ctx.save_for_backward(x0, *zs, *params[0::2])
+        ctx.save_for_backward(x0, *zs, *params[0::2], *lows)  # lows too: saved-tensor hooks see them
         return x
 
     @staticmethod
     def backward(ctx, g):
         saved = ctx.saved_tensors
-        n = (len(saved) - 1) // 2
-        x0, zs, ws = saved[0], saved[1 : n + 1], saved[n + 1 :]
+        n = (len(saved) - 1) // 3
+        x0, zs, ws, lows = saved[0], saved[1 : n + 1], saved[n + 1 : 2 * n + 1], saved[2 * n + 1 :]
         grads: list[torch.Tensor | None] = [None] * (2 * n)
         gx0 = torch.zeros_like(x0)
         g = g.contiguous().clone()  # updated in place below; the engine's gradient is not ours
         for i in reversed(range(n)):
             db, gzl = torch.empty(g.shape[1]), torch.empty(g.shape, dtype=torch.bfloat16)
             precision.cross_bwd16(g.numpy(), x0.numpy(), zs[i].numpy(), gx0.numpy(), db.numpy(), u16(gzl))
-            grads[2 * i] = torch.mm(gzl.t(), ctx.lows[i]).float()
+            grads[2 * i] = torch.mm(gzl.t(), lows[i]).float()
             grads[2 * i + 1] = db
             precision.add_widen(g.numpy(), u16(torch.mm(gzl, ws[i].bfloat16())))  # ∂x_l = g + g_z W_l
         return (gx0.add_(g), *grads)

@@ -71,15 +71,15 @@ class _ReluMLP16(torch.autograd.Function):
                 h, hl = torch.empty(z.shape), torch.empty(z.shape, dtype=torch.bfloat16)
                 precision.widen_bias_relu_low(u16(z), b.detach().numpy(), h.numpy(), u16(hl))
             hs.append(h)
-        ctx.last_linear, ctx.lows = last_linear, lows
-        ctx.save_for_backward(*hs, *params)
+        ctx.last_linear = last_linear
+        ctx.save_for_backward(*hs, *params, *lows)  # lows too: saved-tensor hooks and version checks see them
         return h
 
     @staticmethod
     def backward(ctx, g):
         saved = ctx.saved_tensors
-        n_layers = (len(saved) - 1) // 3
-        hs, params, lows = saved[: n_layers + 1], saved[n_layers + 1 :], ctx.lows
+        n_layers = (len(saved) - 1) // 4  # n + 1 activations, 2n parameters, n bf16 inputs
+        hs, params, lows = saved[: n_layers + 1], saved[n_layers + 1 : 3 * n_layers + 1], saved[3 * n_layers + 1 :]
         grads: list[torch.Tensor | None] = [None] * (2 * n_layers)
         # the gradient: fp32 `g`, or `gb` (the bf16 output of a GEMM), or `outer` = (g, w) of a
         # one-column head, g_i w_j, never materialized
