@@ -79,21 +79,22 @@ class _CrossV2Stack16(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x0, *params):
         x, xl, lows, zs = x0, x0.bfloat16(), [], []
+        wls = [w.bfloat16() for w in params[0::2]]  # once per step: the backward's GEMMs reuse them
         for i in range(0, len(params), 2):
-            zt = torch.mm(xl, params[i].bfloat16().t())
+            zt = torch.mm(xl, wls[i // 2].t())
             z, xn, xnl = torch.empty(zt.shape), torch.empty(zt.shape), torch.empty(zt.shape, dtype=torch.bfloat16)
             precision.cross_fwd16(u16(zt), params[i + 1].detach().numpy(), x0.numpy(), x.numpy(), z.numpy(), xn.numpy(), u16(xnl))
             lows.append(xl)
             zs.append(z)
             x, xl = xn, xnl
-        ctx.save_for_backward(x0, *zs, *params[0::2], *lows)  # lows too: saved-tensor hooks see them
+        ctx.save_for_backward(x0, *zs, *wls, *lows)  # the bf16 copies too: saved-tensor hooks see them
         return x
 
     @staticmethod
     def backward(ctx, g):
         saved = ctx.saved_tensors
         n = (len(saved) - 1) // 3
-        x0, zs, ws, lows = saved[0], saved[1 : n + 1], saved[n + 1 : 2 * n + 1], saved[2 * n + 1 :]
+        x0, zs, wls, lows = saved[0], saved[1 : n + 1], saved[n + 1 : 2 * n + 1], saved[2 * n + 1 :]
         grads: list[torch.Tensor | None] = [None] * (2 * n)
         gx0 = torch.zeros_like(x0)
         g = g.contiguous().clone()  # updated in place below; the engine's gradient is not ours
@@ -102,7 +103,7 @@ class _CrossV2Stack16(torch.autograd.Function):
             precision.cross_bwd16(g.numpy(), x0.numpy(), zs[i].numpy(), gx0.numpy(), db.numpy(), u16(gzl))
             grads[2 * i] = torch.mm(gzl.t(), lows[i]).float()
             grads[2 * i + 1] = db
-            precision.add_widen(g.numpy(), u16(torch.mm(gzl, ws[i].bfloat16())))  # ∂x_l = g + g_z W_l
+            precision.add_widen(g.numpy(), u16(torch.mm(gzl, wls[i])))  # ∂x_l = g + g_z W_l
         return (gx0.add_(g), *grads)
 
 

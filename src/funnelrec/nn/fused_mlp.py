@@ -54,32 +54,34 @@ class _ReluMLP16(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, last_linear, *params):
         n_layers = len(params) // 2
-        hs, lows = [x], []  # hs[i + 1]: output of layer i (fp32); lows[i]: layer i's input in bf16
+        hs, lows, wls = [x], [], []  # hs[i + 1]: output of layer i (fp32); lows[i]: its input, wls[i]: W_i, in bf16
         h, hl = x, x.bfloat16()
         for i in range(n_layers):
             w, b = params[2 * i], params[2 * i + 1]
+            wl = w.bfloat16()  # once per step: the backward's GEMM reuses it
             lows.append(hl)
+            wls.append(wl)
             if last_linear and i == n_layers - 1:
                 if w.shape[0] == 1:  # a GEMV: fp32 (nn.precision), one pass
                     out = torch.empty(h.shape[0])
                     precision.rowdot(h.numpy(), w.detach()[0].numpy(), out.numpy())
                     h = out.unsqueeze(1).add_(b)
                 else:
-                    h = torch.mm(hl, w.bfloat16().t()).float().add_(b)
+                    h = torch.mm(hl, wl.t()).float().add_(b)
             else:
-                z = torch.mm(hl, w.bfloat16().t())
+                z = torch.mm(hl, wl.t())
                 h, hl = torch.empty(z.shape), torch.empty(z.shape, dtype=torch.bfloat16)
                 precision.widen_bias_relu_low(u16(z), b.detach().numpy(), h.numpy(), u16(hl))
             hs.append(h)
         ctx.last_linear = last_linear
-        ctx.save_for_backward(*hs, *params, *lows)  # lows too: saved-tensor hooks and version checks see them
+        ctx.save_for_backward(*hs, *params, *lows, *wls)  # the bf16 copies too: saved-tensor hooks see them
         return h
 
     @staticmethod
     def backward(ctx, g):
         saved = ctx.saved_tensors
-        n_layers = (len(saved) - 1) // 4  # n + 1 activations, 2n parameters, n bf16 inputs
-        hs, params, lows = saved[: n_layers + 1], saved[n_layers + 1 : 3 * n_layers + 1], saved[3 * n_layers + 1 :]
+        n_layers = n = (len(saved) - 1) // 5  # n + 1 activations, 2n parameters, n bf16 inputs, n bf16 weights
+        hs, params, lows, wls = saved[: n + 1], saved[n + 1 : 3 * n + 1], saved[3 * n + 1 : 4 * n + 1], saved[4 * n + 1 :]
         grads: list[torch.Tensor | None] = [None] * (2 * n_layers)
         # the gradient: fp32 `g`, or `gb` (the bf16 output of a GEMM), or `outer` = (g, w) of a
         # one-column head, g_i w_j, never materialized
@@ -104,7 +106,7 @@ class _ReluMLP16(torch.autograd.Function):
                     precision.relu_grad_bias_low16(u16(gb), hs[i + 1].numpy(), db.numpy(), u16(gl))
                 grads[2 * i + 1] = db
             grads[2 * i] = torch.mm(gl.t(), lows[i]).float()
-            gb = torch.mm(gl, w.bfloat16()) if (i > 0 or ctx.needs_input_grad[0]) else None
+            gb = torch.mm(gl, wls[i]) if (i > 0 or ctx.needs_input_grad[0]) else None
         if outer is not None:  # a head alone, no hidden layer
             return (torch.outer(*outer) if ctx.needs_input_grad[0] else None, None, *grads)
         return (None if gb is None else gb.float(), None, *grads)

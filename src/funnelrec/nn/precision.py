@@ -122,6 +122,20 @@ def row_dot(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 # they inline: numba's on-disk cache is invalidated by a change to the cached function's own
 # file only, so a kernel in another file kept a stale copy of a changed helper.
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _round_row(src, dst, i):  # pragma: no cover - compiled
+    """dst[i, :] = the bf16 bits of the fp32 bits src[:] (a row computed in a scratch buffer)."""
+    for j in range(src.shape[0]):
+        dst[i, j] = round_bf16(src[j])
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _widen_row(src, i, dst):  # pragma: no cover - compiled
+    """dst[:] = the fp32 bits of the bf16 bits src[i, :]."""
+    for j in range(dst.shape[0]):
+        dst[j] = widen(src[i, j])
+
+
 # The fused MLP's (nn/fused_mlp.py `_ReluMLP16`): the GEMM output arrives in bf16 bits; one pass widens it, adds the
 # bias, applies ReLU and writes both the fp32 activation (the mask, the fp32 head) and its bf16
 # copy (the next GEMM's operand). Backward: one pass masks the gradient, sums ∂b and writes the
@@ -161,8 +175,7 @@ def relu_grad_bias_low16(g, h, db, gl):  # pragma: no cover - compiled
     w = np.empty(m, dtype=np.uint32)
     wf = w.view(np.float32)
     for i in range(n):
-        for j in range(m):
-            w[j] = widen(g[i, j])
+        _widen_row(g, i, w)
         for j in range(m):
             if h[i, j] > 0:
                 db[j] += wf[j]
@@ -185,8 +198,7 @@ def relu_grad_bias_low_outer(g, w, h, db, gl):  # pragma: no cover - compiled
             x = gi * w[j] if h[i, j] > 0 else np.float32(0.0)
             db[j] += x
             row[j] = x
-        for j in range(m):
-            gl[i, j] = round_bf16(ru[j])
+        _round_row(ru, gl, i)
 
 
 # The DCN-V2 cross stack's (nn/cross.py `_CrossV2Stack16`): per layer forward one pass over the bf16 GEMM output z̃ = x̃_l W̃_lᵀ:
@@ -220,8 +232,7 @@ def cross_bwd16(g, x0, z, gx0, db, gzl):  # pragma: no cover - compiled
             gx0[i, j] += g[i, j] * z[i, j]
             db[j] += gz
             row[j] = gz
-        for j in range(m):
-            gzl[i, j] = round_bf16(ru[j])
+        _round_row(ru, gzl, i)
 
 
 @numba.njit("void(f4[:, ::1], u2[:, ::1])", cache=True, nogil=True)
@@ -230,7 +241,6 @@ def add_widen(g, d):  # pragma: no cover - compiled
     w = np.empty(m, dtype=np.uint32)
     wf = w.view(np.float32)
     for i in range(n):
-        for j in range(m):
-            w[j] = widen(d[i, j])
+        _widen_row(d, i, w)
         for j in range(m):
             g[i, j] += wf[j]
