@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from funnelrec.nn import precision
+from funnelrec.nn.activations import tanh_
 from funnelrec.nn.precision import u16
 
 
@@ -140,6 +141,14 @@ class CrossNetV2(nn.Module):
         if self.n_experts == 1:
             # one expert: its gate softmax is exactly 1, so the layer is three matmuls and a fused
             # x + x0 ⊙ (U h + b) — no einsum/softmax/sum (2.3 → ~0.8 ms for 300 × 360 on one core)
+            if not torch.is_grad_enabled() and x0.dtype == torch.float32:
+                # scoring: the vectorized tanh (nn/activations.py), 464 → 270 µs for a request's
+                # 300 × 110 on one core; torch.tanh was 6 × 26 µs of it
+                x0 = x = x0.contiguous()
+                for V, C, U, b in zip(self.V, self.C, self.U, self.b):
+                    h = tanh_(torch.mm(tanh_(torch.mm(x, V[0])), C[0]))
+                    x = torch.addcmul(x, x0, torch.addmm(b, h, U[0]))
+                return x
             for V, C, U, b in zip(self.V, self.C, self.U, self.b):
                 h = torch.tanh(torch.tanh(x @ V[0]) @ C[0])
                 x = torch.addcmul(x, x0, torch.addmm(b, h, U[0]))
