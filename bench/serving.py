@@ -247,6 +247,21 @@ def _machine_busy() -> tuple[float, float]:
     return float(sum(f[:8]) - idle), float(sum(f[:8]))
 
 
+def _batch_counts(ports: list[int]) -> tuple[float, float]:
+    """(requests, batches) of the servers' dynamic batching so far (/metrics of each port:
+    funnelrec_recommend_batch_size sum and count; uvicorn workers on one port sum their own)."""
+    import httpx
+
+    req = n = 0.0
+    for port in ports:
+        for line in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text.splitlines():
+            if line.startswith("funnelrec_recommend_batch_size_sum"):
+                req += float(line.split()[-1])
+            elif line.startswith("funnelrec_recommend_batch_size_count"):
+                n += float(line.split()[-1])
+    return req, n
+
+
 def _port_free(port: int) -> bool:
     with socket.socket() as s:
         try:
@@ -300,6 +315,9 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=None, help="seconds per rate (default: the YAML's)")
     p.add_argument("--slo-ms", type=float, default=50.0)
     p.add_argument("--workers", type=int, default=None, help="server worker processes (default: the YAML's, else 1)")
+    p.add_argument("--max-batch", type=int, default=None,
+                   help="the servers' dynamic batching of /recommend (default: the YAML's server.max_batch, else 8; "
+                        "1 = one request at a time)")
     p.add_argument("--workdir", default=None,
                    help="keep the fitted funnel here and reuse it when present (default: a temporary directory)")
     p.add_argument("--loadgen", action="store_true", help=argparse.SUPPRESS)
@@ -326,6 +344,7 @@ def main() -> None:
     duration = args.duration or float(load.get("duration_s", 60))
     warmup = float(load.get("warmup_s", 5))
     server = spec.get("server", {})
+    max_batch = args.max_batch or int(server.get("max_batch", 8))
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
@@ -350,6 +369,7 @@ def main() -> None:
         cmd = [sys.executable, "-m", "funnelrec.serving", "--artifact", str(artifact), "--state-dir", str(state),
                "--port", str(port), "--threads", str(server.get("threads", 1)),
                "--max-in-flight", str(server.get("max_in_flight", 64)),
+               "--max-batch", str(max_batch),
                "--workers", str(args.workers or server.get("workers", 1))]
         print(json.dumps({"progress": "fitted", **info}), file=sys.stderr, flush=True)
         log = open(Path(tmp) / "server.log", "w")  # noqa: SIM115  (closed with the temporary directory)
@@ -371,10 +391,12 @@ def main() -> None:
             info["server_start_s"] = round(time.perf_counter() - t_start, 1)
 
             servers = [q.pid for q in (extra[:-1] if args.nginx else [proc])]
+            server_ports = [int(q.args[q.args.index("--port") + 1]) for q in extra[:-1]] if args.nginx else [port]
             balancer = [proc.pid] if args.nginx else []
 
             def run(rate: float, seconds: float) -> dict:
                 load_start = [round(x, 2) for x in os.getloadavg()]
+                b0 = _batch_counts(server_ports)
                 cpu0 = (_cpu_s(servers), _cpu_s(balancer), resource.getrusage(resource.RUSAGE_CHILDREN), _machine_busy())
                 out = subprocess.run([sys.executable, __file__, "--loadgen", "--port", str(port), "--rate", str(rate),
                                       "--duration", str(seconds), "--bodies", str(work / "bodies.txt"),
@@ -391,11 +413,15 @@ def main() -> None:
                     "nginx": round((_cpu_s(balancer) - cpu0[1]) / n_ok * 1e3, 3) if args.nginx else None,
                     "loadgen": round((ru.ru_utime + ru.ru_stime - cpu0[2].ru_utime - cpu0[2].ru_stime) / n_ok * 1e3, 3),
                 }
+                b1 = _batch_counts(server_ports)
+                res["mean_batch"] = round((b1[0] - b0[0]) / (b1[1] - b0[1]), 3) if b1[1] > b0[1] else None
                 res["machine_busy_share"] = round((busy - cpu0[3][0]) / max(tot - cpu0[3][1], 1.0), 3)
                 res["load_avg_start"] = load_start
                 res["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
                 print(json.dumps({"progress": res["rate"], "p50_ms": res["p50_ms"], "p99_ms": res["p99_ms"],
-                                  "ok": res["ok"], "sent": res["sent"], "codes": res["codes"]}), file=sys.stderr, flush=True)
+                                  "ok": res["ok"], "sent": res["sent"], "codes": res["codes"],
+                                  "cpu_ms_per_request": res["cpu_ms_per_request"], "mean_batch": res["mean_batch"],
+                                  "busy": res["machine_busy_share"]}), file=sys.stderr, flush=True)
                 return res
 
             run(min(rates), warmup)  # warm caches, numba, torch
@@ -409,7 +435,8 @@ def main() -> None:
     print(json.dumps({
         "bench": "serving", "config": os.path.relpath(args.config, ROOT),
         "machine": f"{platform.machine()} {os.cpu_count()} cpu", "cpu": cpu(), "load_avg_at_end": os.getloadavg(),
-        "funnel": info, "workers": args.workers or server.get("workers", 1), "duration_s": duration,
+        "funnel": info, "workers": args.workers or server.get("workers", 1), "max_batch": max_batch,
+        "duration_s": duration,
         "layout": "nginx least_conn → one-worker replicas" if args.nginx else "uvicorn --workers (one port)",
         "slo_p99_ms": args.slo_ms,
         "results": results, "highest_rate_within_slo": max(ok) if ok else None,

@@ -153,6 +153,8 @@ def serve(artifact: Path | None = typer.Option(None, help="a funnel saved by `fu
           workers: int = typer.Option(1, help="worker processes on one port (one per core)"),
           threads: int = typer.Option(1, help="torch threads per worker"),
           max_in_flight: int = typer.Option(64, help="requests served at once; more get 503"),
+          max_batch: int = typer.Option(8, help="/recommend requests waiting together run as one batch of at "
+                                                "most this many (dynamic batching); 1 = one by one"),
           admin_token_file: Path | None = typer.Option(
               None, help="file with the X-Admin-Token of /admin/*, catalogue routes and debug "
                          "(else $FUNNELREC_ADMIN_TOKEN); required off loopback"),
@@ -166,7 +168,7 @@ def serve(artifact: Path | None = typer.Option(None, help="a funnel saved by `fu
     artifact = artifact_for_serving(config, artifact)
     code = run(ServeSettings(artifact=str(artifact), state_dir=str(state_dir), redis_url=redis_url,
                              experiments=None if experiments is None else str(experiments), host=host, port=port,
-                             max_in_flight=max_in_flight, threads=threads, workers=workers,
+                             max_in_flight=max_in_flight, max_batch=max_batch, threads=threads, workers=workers,
                              admin_token_file=None if admin_token_file is None else str(admin_token_file),
                              log_level="info", watch=None if watch is None else str(watch),
                              stream_retention_s=stream_retention_s))

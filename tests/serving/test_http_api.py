@@ -237,13 +237,18 @@ def test_overload_is_503_not_a_queue(fitted_funnel, serve, monkeypatch):
     request is held is read in one go when it ends, and beyond 2 of those it is refused with 503,
     not queued (measured: 2 read before the first handler ran, 5 after it; 5 × 200, 3 × 503)."""
     svc = RecommenderService(fitted_funnel, ServiceConfig(max_in_flight=2))
-    real = svc.recommend
+    real, real_many = svc.recommend, svc.recommend_many
 
     def slow(*a, **kw):
         time.sleep(0.6)
         return real(*a, **kw)
 
+    def slow_many(*a, **kw):  # the dynamic batcher's call (serving/batching.py)
+        time.sleep(0.6)
+        return real_many(*a, **kw)
+
     monkeypatch.setattr(svc, "recommend", slow)
+    monkeypatch.setattr(svc, "recommend_many", slow_many)
     with serve(create_app(svc)) as base:
         rs = _post_on_open_connections(base, "/recommend", {"user_id": "1", "k": 2}, 8)
         codes = [code for code, _ in rs]

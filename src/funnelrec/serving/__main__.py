@@ -42,6 +42,7 @@ class ServeSettings:
     host: str = "127.0.0.1"
     port: int = 8000
     max_in_flight: int = 64
+    max_batch: int = 8  # dynamic batching of /recommend (serving/batching.py); 1 = one by one
     threads: int = 1
     workers: int = 1
     eventlog_sync: str = "FULL"
@@ -91,7 +92,8 @@ def _service_config(args: dict):
     from funnelrec.pipeline.service import ServiceConfig
 
     keep = args.get("stream_retention_s", 7 * 86400)
-    return ServiceConfig(max_in_flight=args["max_in_flight"], eventlog_synchronous=args["eventlog_sync"],
+    return ServiceConfig(max_in_flight=args["max_in_flight"], max_batch=args.get("max_batch", 8),
+                         eventlog_synchronous=args["eventlog_sync"],
                          watch_dir=args.get("watch"), started_ns=args.get("started_ns"),
                          redis_stream_retention_s=None if keep == 0 else keep)
 
@@ -127,6 +129,8 @@ def run(s: ServeSettings) -> int:
     try:
         if s.workers < 1:
             raise ServeError("--workers must be ≥ 1")
+        if s.max_batch < 1:
+            raise ServeError(f"--max-batch must be ≥ 1 (1 = no batching), got {s.max_batch}")
         if s.stream_retention_s < 0:
             raise ServeError(f"--stream-retention-s must be ≥ 0 seconds (0 = never trimmed), got {s.stream_retention_s}")
         token = admin_token(s)
@@ -194,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-in-flight", type=int, default=64)
+    p.add_argument("--max-batch", type=int, default=8,
+                   help="/recommend requests waiting together run as one batch of at most this many; 1 = one by one")
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker process")
     p.add_argument("--workers", type=int, default=1, help="worker processes (one per core)")
     p.add_argument("--eventlog-sync", default="FULL", choices=["FULL", "NORMAL"])

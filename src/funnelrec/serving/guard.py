@@ -100,6 +100,7 @@ class GuardMiddleware:
         route = path if path in ROUTES else "other"
         http = self.http
         status = {"code": 500}
+        held: list[dict] = []
 
         async def send_wrapped(message: dict) -> None:
             if message["type"] == "http.response.start":
@@ -107,6 +108,14 @@ class GuardMiddleware:
                 # which worker process answered: lets a balancer (or the load benchmark) spread
                 # requests over the workers instead of over connections
                 message["headers"] = [*message.get("headers", ()), (b"x-funnelrec-worker", _WORKER)]
+                # held until the first body part, then both written back to back: the server
+                # writes the header and the body separately, and a replica killed between the
+                # two leaves nginx with a header it has already forwarded and cannot retry (a
+                # client saw "received 0 bytes, expected 1175" in test_replicas' kill -9 run)
+                held.append(message)
+                return
+            if held:
+                await send(held.pop())
             await send(message)
 
         async def refuse(code: int, reason: str, detail: str, headers: list | None = None) -> None:

@@ -5,6 +5,7 @@ and the served model version.
 
     funnelrec_http_requests_total{method="POST",path="/recommend",status="200"} 42.0
     funnelrec_stage_latency_ms_bucket{stage="rank",le="1.0"} 40.0
+    funnelrec_recommend_batch_size_sum / funnelrec_recommend_batch_size_count = the mean batch
 
 One process: the series live in the app's own `CollectorRegistry` (one per app, so several apps
 can run in one process, as the tests do).
@@ -82,6 +83,9 @@ class HttpMetrics:
         self.reloads = Counter("funnelrec_model_reloads", "Successful /admin/reload swaps.", registry=r)
         self.unknown_items = Counter("funnelrec_feedback_unknown_items",
                                      "Feedback events refused (422): their item is in no catalogue.", registry=r)
+        self.batch_size = Histogram("funnelrec_recommend_batch_size",
+                                    "Requests per dynamic /recommend batch (serving/batching.py).",
+                                    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64), registry=r)
         self.model_info = Gauge("funnelrec_model_info", "1 for each model version being served.", ("version",),
                                 registry=r, multiprocess_mode="livemax")
         # zeros from the start: an alert on rate() needs the series before the first event

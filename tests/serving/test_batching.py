@@ -1,0 +1,178 @@
+"""Dynamic batching of /recommend (serving/batching.py, `RecommenderService.recommend_many`): a
+batch answers each request as it would be answered alone, keeps each request's error its own,
+runs compatible requests as one `Funnel.run`, serves a user twice in order, and over HTTP the
+requests that queue behind a running one are answered together."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+from urllib.parse import urlsplit
+
+import numpy as np
+import polars as pl
+import pytest
+
+from funnelrec.core.errors import DataError
+from funnelrec.data.dataset import Dataset, Schema
+from funnelrec.pipeline.builder import FunnelBuilder
+from funnelrec.pipeline.config import FunnelConfig
+from funnelrec.pipeline.service import RecommenderService, ServiceConfig
+from funnelrec.serving.app import create_app
+
+USERS = ["1", "2", "3", "4", "5", "6"]
+T = 1_700_000_000
+
+
+def _alone(funnel, requests):
+    """Each request on a fresh service, one by one: the answers batching must reproduce."""
+    svc = RecommenderService(funnel)
+    try:
+        return [svc.recommend(**r) for r in requests]
+    finally:
+        svc.close()
+
+
+def test_a_batch_answers_each_request_as_alone_in_one_funnel_run(fitted_funnel, monkeypatch):
+    some_item = _alone(fitted_funnel, [{"user_id": "2", "k": 5}])[0].item_ids[0]
+    requests = [{"user_id": u, "k": 5, "context": {"time": T}} for u in USERS]
+    requests[1]["exclude"] = [some_item]  # the client's exclusion holds inside a batch
+    requests.append({"user_id": "nobody-knows-me", "k": 5, "context": {"time": T}})  # cold start
+    want = _alone(fitted_funnel, requests)
+    assert some_item not in want[1].item_ids
+
+    calls = []
+    real_run = fitted_funnel.run
+    monkeypatch.setattr(fitted_funnel, "run", lambda users, *a, **kw: calls.append(len(users)) or real_run(users, *a, **kw))
+    svc = RecommenderService(fitted_funnel)
+    got = svc.recommend_many(requests)
+    svc.close()
+    assert calls == [len(requests)]  # one Funnel.run for all of them
+    for g, w in zip(got, want):
+        assert g.item_ids == w.item_ids
+        np.testing.assert_allclose(g.rec.scores, w.rec.scores, rtol=1e-5, atol=1e-6)
+        assert g.rec.cold_start == w.rec.cold_start
+    assert got[-1].rec.cold_start and not got[0].rec.cold_start
+    assert len({g.request_id for g in got}) == len(got)  # each answer is its own request
+
+
+def test_requests_that_differ_run_apart_and_errors_stay_their_own(fitted_funnel, monkeypatch):
+    requests = [{"user_id": "1", "k": 5, "context": {"time": T}},
+                {"user_id": "2", "k": 3, "context": {"time": T}},  # another k: another batch
+                {"user_id": "3", "k": 5, "filters": {"no_such_column": ["x"]}, "context": {"time": T}},
+                {"user_id": "4", "k": 0},  # invalid
+                {"user_id": "5", "k": 5, "context": {"time": T}}]
+    calls = []
+    real_run = fitted_funnel.run
+    monkeypatch.setattr(fitted_funnel, "run", lambda users, *a, **kw: calls.append(len(users)) or real_run(users, *a, **kw))
+    svc = RecommenderService(fitted_funnel)
+    got = svc.recommend_many(requests)
+    svc.close()
+    assert isinstance(got[2], DataError) and "no_such_column" in str(got[2])
+    assert isinstance(got[3], DataError) and "k must be" in str(got[3])
+    assert sorted(calls) == [1, 2]  # users 1 and 5 together (k 5), user 2 alone (k 3)
+    want = _alone(fitted_funnel, [requests[i] for i in (0, 1, 4)])
+    assert [got[i].item_ids for i in (0, 1, 4)] == [w.item_ids for w in want]
+    assert len(got[1].item_ids) == 3
+
+
+@pytest.fixture(scope="module")
+def cache_funnel():
+    """Hot by plain count and a cache channel merged first: a user's second answer differs from
+    the first (it reads the tail the first one cached; tests/pipeline/test_cache_tail.py)."""
+    rows = [(u, j) for u in range(1, 12) for j in range(1, 13 - u)] + [(99, 12)]
+    inter = pl.DataFrame({"user_id": [r[0] for r in rows], "item_id": [r[1] for r in rows],
+                          "timestamp": [T] * len(rows)})
+    items = pl.DataFrame({"item_id": list(range(1, 13)), "cat": ["a", "a", "a"] + [f"c{j}" for j in range(4, 13)]})
+    schema = Schema(interactions={"user_id": "categorical", "item_id": "categorical", "timestamp": "time"},
+                    items={"item_id": "categorical", "cat": "categorical"})
+    ds = Dataset.build("known-order", inter, schema, items=items)
+    cfg = FunnelConfig.from_dict({
+        "recall": {"channels": [{"name": "hot", "n": 20, "params": {"tau_days": 0}}, {"name": "cache", "n": 20}],
+                   "merge": {"total": 40, "priority": ["cache", "hot"]}},
+        "rerank": {"method": "cap", "column": "cat", "max_per_category": 2}, "k": 3})
+    return FunnelBuilder(cfg).fit(ds, ds.interactions)
+
+
+def test_a_user_twice_in_a_batch_is_served_in_order(cache_funnel):
+    seq = RecommenderService(cache_funnel, ServiceConfig(cache_n=5))
+    first, second = seq.recommend(99, k=3), seq.recommend(99, k=3)
+    assert first.item_ids == [1, 2, 4] and second.item_ids == [5, 1, 6]  # the second read the first's cache
+    svc = RecommenderService(cache_funnel, ServiceConfig(cache_n=5))
+    got = svc.recommend_many([{"user_id": 99, "k": 3}, {"user_id": 1, "k": 3}, {"user_id": 99, "k": 3}])
+    assert got[0].item_ids == [1, 2, 4] and got[2].item_ids == [5, 1, 6]
+    assert "cache" in got[2].rec.channels[0]
+
+
+def _burst(base: str, bodies: list[dict]) -> list[tuple[int, dict]]:
+    """One POST /recommend per body, each on its own keep-alive connection opened beforehand,
+    written back to back (tests/serving/test_http_api.py `_post_on_open_connections`)."""
+    u = urlsplit(base)
+    conns = [http.client.HTTPConnection(u.hostname, u.port, timeout=60) for _ in bodies]
+    for c in conns:
+        c.request("GET", "/health")
+        c.getresponse().read()
+    for c, b in zip(conns, bodies):
+        c.request("POST", "/recommend", body=json.dumps(b), headers={"Content-Type": "application/json"})
+    out = []
+    for c in conns:
+        r = c.getresponse()
+        out.append((r.status, json.loads(r.read())))
+        c.close()
+    return out
+
+
+def _metric(text: str, name: str) -> float:
+    return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")))
+
+
+def test_requests_queued_behind_a_running_one_are_answered_as_one_batch(fitted_funnel, serve, monkeypatch):
+    import httpx
+
+    svc = RecommenderService(fitted_funnel)
+    real_many = svc.recommend_many
+    sizes = []
+
+    def held(requests):  # the first drain holds the loop while the rest of the burst arrives
+        sizes.append(len(requests))
+        if len(sizes) == 1:
+            time.sleep(0.5)
+        return real_many(requests)
+
+    monkeypatch.setattr(svc, "recommend_many", held)
+    bodies = [{"user_id": u, "k": 4, "context": {"time": T}} for u in USERS]
+    bodies.append({"user_id": "7", "k": 4, "filters": {"no_such_column": ["x"]}})  # its own 422
+    with serve(create_app(svc)) as base:
+        rs = _burst(base, bodies)
+        text = httpx.get(f"{base}/metrics").text
+    svc.close()
+    assert [code for code, _ in rs] == [200] * len(USERS) + [422]
+    assert "no_such_column" in rs[-1][1]["detail"]
+    assert max(sizes) >= 3 and sum(sizes) == len(bodies)  # what queued behind the first ran together
+    assert _metric(text, "funnelrec_recommend_batch_size_sum") == len(bodies)
+    assert _metric(text, "funnelrec_recommend_batch_size_count") == len(sizes)
+    want = _alone(fitted_funnel, [{k: v for k, v in b.items()} for b in bodies[:-1]])
+    assert [[it["item_id"] for it in body["items"]] for _, body in rs[:-1]] == [w.item_ids for w in want]
+
+
+def test_max_batch_one_answers_one_by_one(fitted_funnel, serve):
+    import httpx
+
+    svc = RecommenderService(fitted_funnel, ServiceConfig(max_batch=1))
+    with serve(create_app(svc)) as base:
+        rs = _burst(base, [{"user_id": u, "k": 3} for u in USERS[:3]])
+        text = httpx.get(f"{base}/metrics").text
+    svc.close()
+    assert [code for code, _ in rs] == [200] * 3
+    assert _metric(text, "funnelrec_recommend_batch_size_count") == 0
+
+
+def test_max_batch_below_one_is_refused(tmp_path, capsys):
+    from funnelrec.core.errors import ConfigError
+    from funnelrec.serving.__main__ import ServeSettings, run
+
+    with pytest.raises(ConfigError, match="max_batch"):
+        ServiceConfig(max_batch=0)
+    assert run(ServeSettings(artifact=str(tmp_path), max_batch=0)) == 2
+    assert "--max-batch must be ≥ 1" in capsys.readouterr().err
