@@ -44,15 +44,22 @@ def test_tanh_works_in_place_on_2d_tensors_and_refuses_what_it_cannot_do():
         tanh_(torch.randn(4, requires_grad=True))
 
 
-def test_low_rank_cross_scores_as_it_trains():
+def test_low_rank_cross_scores_as_it_trains(monkeypatch):
+    import funnelrec.nn.cross as cross_module
+
+    calls = []
+    real = cross_module.tanh_
+    monkeypatch.setattr(cross_module, "tanh_", lambda t: calls.append(t.shape) or real(t))
     torch.manual_seed(0)
     cross = CrossNetV2(11, n_layers=3, rank=4)
     x0 = torch.randn(50, 11) * 2
     with torch.enable_grad():
         want = cross(x0)  # torch.tanh, autograd on
     assert want.requires_grad
+    assert calls == []  # training: torch.tanh (autograd)
     with torch.inference_mode():
         got = cross(x0)  # the scoring path: tanh_
+    assert calls == [(50, 4)] * 6  # two per layer
     torch.testing.assert_close(got, want.detach(), rtol=1e-5, atol=1e-5)
     # and it is the formula: x_{l+1} = x_l + x0 ⊙ (U tanh(C tanh(Vᵀ x_l)) + b)
     x = x0.double()

@@ -141,7 +141,7 @@ class CrossNetV2(nn.Module):
         if self.n_experts == 1:
             # one expert: its gate softmax is exactly 1, so the layer is three matmuls and a fused
             # x + x0 ⊙ (U h + b) — no einsum/softmax/sum (2.3 → ~0.8 ms for 300 × 360 on one core)
-            if not torch.is_grad_enabled() and x0.dtype == torch.float32:
+            if not torch.is_grad_enabled() and x0.dtype == torch.float32 and x0.device.type == "cpu":
                 # scoring: the vectorized tanh (nn/activations.py), 464 → 270 µs for a request's
                 # 300 × 110 on one core; torch.tanh was 6 × 26 µs of it
                 x0 = x = x0.contiguous()

@@ -686,7 +686,7 @@ class RecommenderService:
         batch_key = None
         if not (debug or explain):
             try:
-                batch_key = (id(cur), int(k), now, rctx.region, json.dumps(extra, sort_keys=True, default=str))
+                batch_key = (id(cur), int(k), now, rctx.region, json.dumps(extra, sort_keys=True))
             except (TypeError, ValueError):  # a context that does not serialize is served alone
                 batch_key = None
         return _Prepared(t0, cur, uid, user_idx, int(k), rctx, plan, state, timings, record, debug or explain,

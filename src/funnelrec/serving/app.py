@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -72,6 +71,14 @@ from funnelrec.serving.schemas import (
 )
 
 MAX_BODY_BYTES = 1 << 20
+
+
+def _is_json(content_type: str | None) -> bool:
+    """FastAPI's rule for parsing a body as JSON: application/json or application/*+json."""
+    if not content_type:
+        return False
+    main = content_type.split(";", 1)[0].strip().lower()
+    return main == "application/json" or (main.startswith("application/") and main.endswith("+json"))
 
 
 def freeze_heap() -> None:
@@ -184,32 +191,41 @@ def create_app(service: RecommenderService | Funnel | None = None, artifact: str
         the exposure filter removed."""
         return await answer_recommend(request, body, x_admin_token)
 
-    async def recommend_post_lean(request: Request) -> Response:
+    class RecommendPostLean:
         """POST /recommend as served: `recommend_post` (the documented route, above) without
-        FastAPI's per-request dependency solving and Python JSON parsing — the body goes straight
-        to pydantic's `model_validate_json`, with the same model, the same 422 answer and the same
-        handler. 0.65–0.75 against 0.93–1.0 ms of CPU for the HTTP side of a request (uvicorn,
-        middleware, routing, JSON), measured with a service answering from a cache
-        (docs/BENCHMARKS.md, Session 11)."""
-        raw = await request.body()
-        try:
-            body = RecommendRequest.model_validate_json(raw)
-        except ValidationError as e:
-            if any(err["type"] == "json_invalid" for err in e.errors()):
-                # pydantic's parser refuses some JSON that Python's reads (a lone surrogate
-                # "\ud800"): FastAPI's way then, whose error names the field and the problem
+        FastAPI's per-request dependency solving and Python JSON parsing — a JSON body goes
+        straight to pydantic's `model_validate_json` and the same handler. 0.65–0.75 against
+        0.93–1.0 ms of CPU for the HTTP side of a request (uvicorn, middleware, routing, JSON),
+        measured with a service answering from a cache (docs/BENCHMARKS.md, Session 11). Anything
+        else — a body that does not validate, is empty, or is not sent as JSON — is handed to the
+        documented route, so its answers (422 details, 400s, content-type rules) are FastAPI's."""
+
+        def __init__(self) -> None:
+            self.documented: Any = None  # the FastAPI route, found once create_app has built it
+
+        async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+            request = Request(scope, receive)
+            raw = await request.body()
+            body = None
+            if raw and _is_json(request.headers.get("content-type")):
                 try:
-                    body = RecommendRequest.model_validate(json.loads(raw))
-                except ValidationError as e2:
-                    raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in e2.errors()]) from None
-                except json.JSONDecodeError as e2:  # broken for both parsers: FastAPI's answer
-                    raise RequestValidationError([{"loc": ("body", e2.pos), "msg": "JSON decode error",
-                                                   "type": "json_invalid"}]) from None
-                except (ValueError, RecursionError):  # e.g. nested too deep for Python: pydantic's words
-                    raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in e.errors()]) from None
-            else:
-                raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in e.errors()]) from None
-        return await answer_recommend(request, body, request.headers.get("x-admin-token"))
+                    body = RecommendRequest.model_validate_json(raw)
+                except ValidationError:
+                    body = None
+            if body is None:
+                sent = False
+
+                async def replay() -> dict:
+                    nonlocal sent
+                    if not sent:
+                        sent = True
+                        return {"type": "http.request", "body": raw, "more_body": False}
+                    return await receive()
+
+                await self.documented.handle(scope, replay, send)
+                return
+            response = await answer_recommend(request, body, request.headers.get("x-admin-token"))
+            await response(scope, receive, send)
 
     @app.get("/recommend", responses={200: {"model": RecommendResponse}})
     async def recommend_get(request: Request, user_id: str = Query(..., min_length=1, max_length=128),
@@ -336,5 +352,8 @@ def create_app(service: RecommenderService | Funnel | None = None, artifact: str
 
     app.include_router(console_router(admin_token=admin_token, http=http))
     # POST /recommend is matched here first (a GET falls through to the documented route)
-    app.router.routes.insert(0, Route("/recommend", recommend_post_lean, methods=["POST"]))
+    lean = RecommendPostLean()
+    lean.documented = next(r for r in app.router.routes
+                           if getattr(r, "path", None) == "/recommend" and "POST" in getattr(r, "methods", ()))
+    app.router.routes.insert(0, Route("/recommend", lean, methods=["POST"], name="recommend_post_lean"))
     return app

@@ -9,7 +9,9 @@ before (serving/app.py: no thread pool). Alone, a request waits two loop turns (
 the requests that waited behind a batch run as the next one, and a batch of 4 costs each request
 ~3.3 ms of CPU instead of 5.7 on the 1M-item bench funnel (docs/BENCHMARKS.md), so the server
 gets faster exactly when it is busy. Each request gets the answer it would alone
-(`recommend_many`), its own error (a 4xx as before), and a request whose client left is skipped.
+(`recommend_many`) and its own error (a 4xx as before). A request whose handler was cancelled
+(server shutdown) is skipped; one whose client has left is still computed (neither uvicorn nor
+Starlette cancels a handler on disconnect).
 """
 
 from __future__ import annotations
@@ -46,24 +48,38 @@ class RecommendBatcher:
             return
         batch = [(kw, fut) for kw, fut in self._queue[: self.max_batch] if not fut.done()]
         self._queue = self._queue[self.max_batch:]
-        if self._queue:  # more than one batch waited: the rest go next, after other handlers ran
-            loop.call_soon(self._tick, loop, service, self.rounds)
-        else:
-            self._scheduled = False
-        if not batch:
-            return
+        try:
+            if batch:
+                self._answer(service, batch)
+        finally:
+            # the next drain only now: the answers just set wake their handlers first, so they
+            # are written before the next batch holds the loop (scheduled before, each batch's
+            # answers waited for the next batch's whole computation)
+            if self._queue:
+                loop.call_soon(self._tick, loop, service, self.rounds)
+            else:
+                self._scheduled = False
+
+    def _answer(self, service: Any, batch: list[tuple[dict[str, Any], asyncio.Future]]) -> None:
+        """Every future of `batch` gets its answer or an exception, whatever happens: a handler
+        left waiting would hold its in-flight slot for good."""
         self.batches += 1
         self.requests += len(batch)
-        if self.on_batch is not None:
-            self.on_batch(len(batch))
+        answers: list[Any] = []
         try:
-            answers = service.recommend_many([kw for kw, _ in batch])
-        except Exception as e:  # noqa: BLE001 - every waiting request gets it (recommend_many does not raise)
+            if self.on_batch is not None:
+                self.on_batch(len(batch))
+            answers = list(service.recommend_many([kw for kw, _ in batch]))
+            if len(answers) != len(batch):
+                raise RuntimeError(f"recommend_many answered {len(answers)} of {len(batch)} requests")
+        except Exception as e:  # noqa: BLE001 - every waiting request gets it
             answers = [e] * len(batch)
-        for (_, fut), a in zip(batch, answers):
-            if fut.done():
-                continue
-            if isinstance(a, BaseException):
-                fut.set_exception(a)
-            else:
-                fut.set_result(a)
+        finally:
+            for i, (_, fut) in enumerate(batch):
+                if fut.done():
+                    continue
+                a = answers[i] if i < len(answers) else RuntimeError("the batch was interrupted")
+                if isinstance(a, BaseException):
+                    fut.set_exception(a)
+                else:
+                    fut.set_result(a)

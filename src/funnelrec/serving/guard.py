@@ -104,7 +104,6 @@ class GuardMiddleware:
 
         async def send_wrapped(message: dict) -> None:
             if message["type"] == "http.response.start":
-                status["code"] = message["status"]
                 # which worker process answered: lets a balancer (or the load benchmark) spread
                 # requests over the workers instead of over connections
                 message["headers"] = [*message.get("headers", ()), (b"x-funnelrec-worker", _WORKER)]
@@ -115,7 +114,9 @@ class GuardMiddleware:
                 held.append(message)
                 return
             if held:
-                await send(held.pop())
+                start = held.pop()
+                status["code"] = start["status"]  # counted as sent (an app that fails after holding it answers 500)
+                await send(start)
             await send(message)
 
         async def refuse(code: int, reason: str, detail: str, headers: list | None = None) -> None:
