@@ -25,27 +25,45 @@ USERS = ["1", "2", "3", "4", "5", "6"]
 T = 1_700_000_000
 
 
-def _alone(funnel, requests):
-    """Each request on a fresh service, one by one: the answers batching must reproduce."""
-    svc = RecommenderService(funnel)
+def _alone(funnel, requests, feedback=()):
+    """Each request on a fresh service (given the same `feedback` first), one by one: the
+    answers batching must reproduce."""
+    svc = _service(funnel, feedback)
     try:
         return [svc.recommend(**r) for r in requests]
     finally:
         svc.close()
 
 
+def _service(funnel, feedback=(), config=None):
+    svc = RecommenderService(funnel, config)
+    for user, events in feedback:
+        svc.feedback(None, user, events)
+    return svc
+
+
 def test_a_batch_answers_each_request_as_alone_in_one_funnel_run(fitted_funnel, monkeypatch):
     some_item = _alone(fitted_funnel, [{"user_id": "2", "k": 5}])[0].item_ids[0]
+    shown = _alone(fitted_funnel, [{"user_id": "4", "k": 5}])[0].item_ids
+    # online state that differs per row: user 3's fresh clicks (history), user 4's impressions
+    # (exposure filter), a new user's click (fresh history makes them not cold)
+    feedback = [("3", [{"item_id": i, "type": "click", "ts": T - 60} for i in (50, 181)]),
+                ("4", [{"item_id": i, "type": "impression", "ts": T - 60} for i in shown]),
+                ("fresh-user", [{"item_id": 50, "type": "click", "ts": T - 60}])]
     requests = [{"user_id": u, "k": 5, "context": {"time": T}} for u in USERS]
     requests[1]["exclude"] = [some_item]  # the client's exclusion holds inside a batch
     requests.append({"user_id": "nobody-knows-me", "k": 5, "context": {"time": T}})  # cold start
-    want = _alone(fitted_funnel, requests)
+    requests.append({"user_id": "fresh-user", "k": 5, "context": {"time": T}})
+    want = _alone(fitted_funnel, requests, feedback)
     assert some_item not in want[1].item_ids
+    assert not set(shown) & set(want[3].item_ids)  # the exposure filter held
+    assert want[2].item_ids != _alone(fitted_funnel, [requests[2]])[0].item_ids  # the clicks changed user 3's answer
+    assert want[-2].rec.cold_start and not want[-1].rec.cold_start
 
     calls = []
     real_run = fitted_funnel.run
     monkeypatch.setattr(fitted_funnel, "run", lambda users, *a, **kw: calls.append(len(users)) or real_run(users, *a, **kw))
-    svc = RecommenderService(fitted_funnel)
+    svc = _service(fitted_funnel, feedback)
     got = svc.recommend_many(requests)
     svc.close()
     assert calls == [len(requests)]  # one Funnel.run for all of them
@@ -53,7 +71,7 @@ def test_a_batch_answers_each_request_as_alone_in_one_funnel_run(fitted_funnel, 
         assert g.item_ids == w.item_ids
         np.testing.assert_allclose(g.rec.scores, w.rec.scores, rtol=1e-5, atol=1e-6)
         assert g.rec.cold_start == w.rec.cold_start
-    assert got[-1].rec.cold_start and not got[0].rec.cold_start
+    assert got[-2].rec.cold_start and not got[-1].rec.cold_start and not got[0].rec.cold_start
     assert len({g.request_id for g in got}) == len(got)  # each answer is its own request
 
 
