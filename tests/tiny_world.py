@@ -43,3 +43,31 @@ def make_world(seed: int = 0, n_users: int = 40, n_items: int = 30, n_inter: int
     ds = Dataset.build("tiny", inter, schema, users=users, items=items)
     return TrainData(ds, ds.interactions)
 
+
+
+def known_order_funnel(priority: list[str] | None = None):
+    """12 items; users 1..11, user u consumed items 1..12-u, so item j (j ≤ 11) has 12 − j
+    consumptions; the probe user 99 consumed only item 12. Hot by plain count (tau 0) and a
+    cache channel, no ranker: the probe's fine-ranked list is items 1, 2, …, 11. Items 1-3 share
+    category "a", capped at 2 in the top k by the re-ranker, so k = 3 shows 1, 2, 4. `priority`:
+    the merge's channel order (default the config's)."""
+    from funnelrec.pipeline.builder import FunnelBuilder
+    from funnelrec.pipeline.config import FunnelConfig
+
+    t = 1_700_000_000
+    rows = [(u, j) for u in range(1, 12) for j in range(1, 13 - u)] + [(99, 12)]
+    inter = pl.DataFrame({"user_id": [r[0] for r in rows], "item_id": [r[1] for r in rows],
+                          "timestamp": [t] * len(rows)})
+    items = pl.DataFrame({"item_id": list(range(1, 13)), "cat": ["a", "a", "a"] + [f"c{j}" for j in range(4, 13)]})
+    schema = Schema(interactions={"user_id": "categorical", "item_id": "categorical", "timestamp": "time"},
+                    items={"item_id": "categorical", "cat": "categorical"})
+    ds = Dataset.build("known-order", inter, schema, items=items)
+    merge: dict = {"total": 40}
+    if priority is not None:
+        merge["priority"] = priority
+    cfg = FunnelConfig.from_dict({
+        "recall": {"channels": [{"name": "hot", "n": 20, "params": {"tau_days": 0}}, {"name": "cache", "n": 20}],
+                   "merge": merge},
+        "rerank": {"method": "cap", "column": "cat", "max_per_category": 2},
+        "k": 3})
+    return FunnelBuilder(cfg).fit(ds, ds.interactions)

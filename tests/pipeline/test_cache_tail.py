@@ -5,15 +5,10 @@ for the user's next request. Checked on a funnel whose ranked order is known by 
 from __future__ import annotations
 
 import numpy as np
-import polars as pl
 import pytest
 
 from funnelrec.core.errors import ConfigError, DataError
 from funnelrec.core.types import RequestState
-from funnelrec.data.dataset import Dataset
-from funnelrec.data.schema import Schema
-from funnelrec.pipeline.builder import FunnelBuilder
-from funnelrec.pipeline.config import FunnelConfig
 from funnelrec.pipeline.funnel import _ranked_tail
 from funnelrec.pipeline.service import RecommenderService, ServiceConfig
 
@@ -32,23 +27,10 @@ def test_ranked_tail_by_hand():
 
 @pytest.fixture(scope="module")
 def known_order_funnel():
-    """12 items; users 1..11, user u consumed items 1..12-u, so item j (j ≤ 11) has 12 − j
-    consumptions; the probe user 99 consumed only item 12. Hot by plain count (tau 0), no ranker:
-    the probe's fine-ranked list is items 1, 2, …, 11. Items 1-3 share category "a", capped at 2
-    in the top k by the re-ranker, so k = 3 shows 1, 2, 4."""
-    rows = [(u, j) for u in range(1, 12) for j in range(1, 13 - u)] + [(99, 12)]
-    inter = pl.DataFrame({"user_id": [r[0] for r in rows], "item_id": [r[1] for r in rows],
-                          "timestamp": [T] * len(rows)})
-    items = pl.DataFrame({"item_id": list(range(1, 13)), "cat": ["a", "a", "a"] + [f"c{j}" for j in range(4, 13)]})
-    schema = Schema(interactions={"user_id": "categorical", "item_id": "categorical", "timestamp": "time"},
-                    items={"item_id": "categorical", "cat": "categorical"})
-    ds = Dataset.build("known-order", inter, schema, items=items)
-    cfg = FunnelConfig.from_dict({
-        "recall": {"channels": [{"name": "hot", "n": 20, "params": {"tau_days": 0}}, {"name": "cache", "n": 20}],
-                   "merge": {"total": 40}},
-        "rerank": {"method": "cap", "column": "cat", "max_per_category": 2},
-        "k": 3})
-    funnel = FunnelBuilder(cfg).fit(ds, ds.interactions)
+    """tests/tiny_world.py `known_order_funnel`: the probe's ranked list is items 1..11, k = 3 shows 1, 2, 4."""
+    from tiny_world import known_order_funnel as build
+
+    funnel = build()
     assert funnel.ranker_ is None
     return funnel
 

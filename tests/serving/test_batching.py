@@ -11,13 +11,9 @@ import time
 from urllib.parse import urlsplit
 
 import numpy as np
-import polars as pl
 import pytest
 
 from funnelrec.core.errors import DataError
-from funnelrec.data.dataset import Dataset, Schema
-from funnelrec.pipeline.builder import FunnelBuilder
-from funnelrec.pipeline.config import FunnelConfig
 from funnelrec.pipeline.service import RecommenderService, ServiceConfig
 from funnelrec.serving.app import create_app
 
@@ -98,19 +94,10 @@ def test_requests_that_differ_run_apart_and_errors_stay_their_own(fitted_funnel,
 @pytest.fixture(scope="module")
 def cache_funnel():
     """Hot by plain count and a cache channel merged first: a user's second answer differs from
-    the first (it reads the tail the first one cached; tests/pipeline/test_cache_tail.py)."""
-    rows = [(u, j) for u in range(1, 12) for j in range(1, 13 - u)] + [(99, 12)]
-    inter = pl.DataFrame({"user_id": [r[0] for r in rows], "item_id": [r[1] for r in rows],
-                          "timestamp": [T] * len(rows)})
-    items = pl.DataFrame({"item_id": list(range(1, 13)), "cat": ["a", "a", "a"] + [f"c{j}" for j in range(4, 13)]})
-    schema = Schema(interactions={"user_id": "categorical", "item_id": "categorical", "timestamp": "time"},
-                    items={"item_id": "categorical", "cat": "categorical"})
-    ds = Dataset.build("known-order", inter, schema, items=items)
-    cfg = FunnelConfig.from_dict({
-        "recall": {"channels": [{"name": "hot", "n": 20, "params": {"tau_days": 0}}, {"name": "cache", "n": 20}],
-                   "merge": {"total": 40, "priority": ["cache", "hot"]}},
-        "rerank": {"method": "cap", "column": "cat", "max_per_category": 2}, "k": 3})
-    return FunnelBuilder(cfg).fit(ds, ds.interactions)
+    the first (it reads the tail the first one cached; tests/tiny_world.py, test_cache_tail.py)."""
+    from tiny_world import known_order_funnel
+
+    return known_order_funnel(priority=["cache", "hot"])
 
 
 def test_a_user_twice_in_a_batch_is_served_in_order(cache_funnel):

@@ -53,7 +53,7 @@ from funnelrec.pipeline.funnel import Funnel
 from funnelrec.pipeline.service import RecommenderService, ServiceConfig
 from funnelrec.serving import metrics as prom
 from funnelrec.serving.batching import RecommendBatcher
-from funnelrec.serving.guard import GuardMiddleware
+from funnelrec.serving.guard import GuardMiddleware, replaying
 from funnelrec.serving.schemas import (
     MAX_K,
     CatalogueResponse,
@@ -213,16 +213,7 @@ def create_app(service: RecommenderService | Funnel | None = None, artifact: str
                 except ValidationError:
                     body = None
             if body is None:
-                sent = False
-
-                async def replay() -> dict:
-                    nonlocal sent
-                    if not sent:
-                        sent = True
-                        return {"type": "http.request", "body": raw, "more_body": False}
-                    return await receive()
-
-                await self.documented.handle(scope, replay, send)
+                await self.documented.handle(scope, replaying(raw, receive), send)
                 return
             response = await answer_recommend(request, body, request.headers.get("x-admin-token"))
             await response(scope, receive, send)

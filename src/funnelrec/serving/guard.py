@@ -32,6 +32,21 @@ LIMITED = ("/recommend", "/feedback", "/similar")
 ROUTES = ("/recommend", "/feedback", "/similar", "/health", "/metrics", "/admin/reload")
 
 
+def replaying(body: bytes, receive: Any) -> Any:
+    """An ASGI `receive` that hands the app `body` (already read whole) as one message, then
+    waits on the real `receive` (for the disconnect, as ASGI servers do)."""
+    sent = False
+
+    async def replay() -> dict:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
 class GuardMiddleware:
     """Pure ASGI middleware; see the module doc for what it does, in that order."""
 
@@ -145,15 +160,7 @@ class GuardMiddleware:
             await refuse(503, "overload", f"overloaded: {self.max_in_flight} requests in flight",
                          [(b"retry-after", b"1")])
             return
-        sent = False
-
-        async def replay() -> dict:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()  # after the body: wait for the disconnect, as ASGI servers do
-
+        replay = replaying(body, receive)
         if limited:
             http.in_flight += 1  # the event loop runs this middleware: no lock needed
         try:
