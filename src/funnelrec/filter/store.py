@@ -39,6 +39,7 @@ import numpy as np
 
 from funnelrec.core.errors import ArtifactError, ConfigError, DataError, FunnelrecError
 from funnelrec.core.registry import EXPOSURE_STORES
+from funnelrec.core.sqlite import enable_wal
 from funnelrec.filter.bloom import DAY, CountingBloomConfig, CountingBloomFilter, _as_ids
 
 #: 2,000 exposures a week per user at 1% false positives: 19,171 counters, 9.6 kB per day slice.
@@ -128,7 +129,7 @@ class SQLiteKV(KeyValueBackend):
         self._insert = f"INSERT OR IGNORE INTO {table} VALUES (?, ?)"
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
-            self.db.execute("PRAGMA journal_mode=WAL")
+            enable_wal(self.db)  # retried: replicas may open the same new file at once (core/sqlite.py)
             self.db.execute(f"PRAGMA synchronous={synchronous}")
             self.db.execute(f"CREATE TABLE IF NOT EXISTS {table} ({key_column} TEXT PRIMARY KEY, "
                             f"{value_column} BLOB NOT NULL) WITHOUT ROWID")

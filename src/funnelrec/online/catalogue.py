@@ -42,6 +42,7 @@ import numpy as np
 
 from funnelrec.core.errors import ArtifactError, ConfigError, DataError
 from funnelrec.core.ids import item_key
+from funnelrec.core.sqlite import enable_wal
 
 RESERVED_ITEM_FIELDS = ("item_id", "attributes", "expires_at")
 
@@ -275,7 +276,7 @@ class SQLiteCatalogue(Catalogue):
         self._lock = threading.RLock()
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
-            self.db.execute("PRAGMA journal_mode=WAL")
+            enable_wal(self.db)  # retried: replicas may open the same new file at once (core/sqlite.py)
             self.db.execute(f"PRAGMA synchronous={synchronous}")
             for t in ("items", "users"):
                 self.db.execute(f"CREATE TABLE IF NOT EXISTS {t} (key TEXT PRIMARY KEY, record TEXT NOT NULL) WITHOUT ROWID")

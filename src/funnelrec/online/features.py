@@ -78,6 +78,7 @@ import polars as pl
 from funnelrec.core.errors import ArtifactError, ConfigError, DataError, FunnelrecError
 from funnelrec.core.ids import item_key, item_keys
 from funnelrec.core.registry import Registry
+from funnelrec.core.sqlite import enable_wal
 from funnelrec.filter.store import state_location
 from funnelrec.online.state import HISTORY_TYPES, enters_history
 
@@ -521,7 +522,7 @@ class SQLiteCounters(CounterBackend):
         self._lock = threading.Lock()
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
-            self._db.execute("PRAGMA journal_mode=WAL")
+            enable_wal(self._db)  # retried: replicas may open the same new file at once (core/sqlite.py)
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SQLITE_SCHEMA)
         except sqlite3.DatabaseError as e:

@@ -30,6 +30,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from funnelrec.core.errors import ArtifactError, ConfigError, DataError, FunnelrecError
+from funnelrec.core.sqlite import enable_wal
 
 __all__ = ["FollowStore", "MemoryFollowStore", "SQLiteFollowStore", "RedisFollowStore", "build_follow_store"]
 
@@ -100,7 +101,7 @@ class SQLiteFollowStore(FollowStore):
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
-            self.db.execute("PRAGMA journal_mode=WAL")
+            enable_wal(self.db)  # retried: replicas may open the same new file at once (core/sqlite.py)
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute(self._SCHEMA)
         except sqlite3.DatabaseError as e:

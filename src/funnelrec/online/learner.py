@@ -75,6 +75,7 @@ import scipy.sparse as sp
 
 from funnelrec.core.errors import ConfigError, FunnelrecError, GuardrailRefused
 from funnelrec.core.sparse import grown
+from funnelrec.core.sqlite import enable_wal
 from funnelrec.online.labels import PENDING_SCHEMA, LabelJoin, empty_samples
 from funnelrec.online.publish import Publisher
 from funnelrec.online.served import STATUS, current_version, version_dir, write_atomic
@@ -169,7 +170,7 @@ class OnlineLearner:
             raise ConfigError(f"{self.served_dir}: no published version (CURRENT); start it from an artifact "
                               f"(`funnelrec learn --artifact DIR`)")
         self._db = sqlite3.connect(self.served_dir / "learner.db", isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        enable_wal(self._db)  # retried: replicas may open the same new file at once (core/sqlite.py)
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_DB)
         st = dict(self._db.execute("SELECT key, value FROM state").fetchall())

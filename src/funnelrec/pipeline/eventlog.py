@@ -35,6 +35,7 @@ from pathlib import Path
 import polars as pl
 
 from funnelrec.core.errors import ArtifactError, ConfigError, DataError, FunnelrecError
+from funnelrec.core.sqlite import enable_wal
 
 #: the kinds of feedback the funnel understands. "impression" is exposure only (never a negative
 #: for recall); "follow"/"unfollow" carry an author id in `item_id` (the follow graph, #16)
@@ -112,7 +113,7 @@ class EventLog:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
-            self._db.execute("PRAGMA journal_mode=WAL")
+            enable_wal(self._db)  # retried: replicas may open the same new file at once (core/sqlite.py)
             self._db.execute(f"PRAGMA synchronous={synchronous}")
             self._db.executescript(_SCHEMA)
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(events)")}
