@@ -300,7 +300,6 @@ class _Prepared:
     record: dict[str, Any]
     debug: bool  # the run's: debug or explain
     show_filtered: bool  # debug: the answer lists what the exposure filter removed
-    explain: bool
     fields: list[str] | None
     tail: int
     batch_key: tuple | None  # requests with equal keys can share one Funnel.run; None = alone
@@ -581,9 +580,12 @@ class RecommenderService:
         hidden, deleted or expired item; with `filters` ({column: [values]}) only items with any
         of the listed values of each named column."""
         p = self._prepare(user_id, k, context, debug, exclude, explain, filters, fields)
-        rec = p.cur.funnel.recommend(user_idx=p.user_idx, k=p.k, context=p.rctx, state=p.state, plan=p.plan,
-                                     debug=debug or explain, tail=p.tail)
-        return self._finish(p, rec)
+        return self._finish(p, self._run_alone(p))
+
+    @staticmethod
+    def _run_alone(p: _Prepared) -> Recommendation:
+        return p.cur.funnel.recommend(user_idx=p.user_idx, k=p.k, context=p.rctx, state=p.state, plan=p.plan,
+                                      debug=p.debug, tail=p.tail)
 
     def recommend_many(self, requests: list[Mapping[str, Any]]) -> list[ServedRecommendation | Exception]:
         """`recommend(**r)` for each of `requests`, in order, each answer or the exception that
@@ -630,10 +632,7 @@ class RecommenderService:
                     recs = None
             for j, (i, p) in enumerate(zip(rows, ps)):
                 try:
-                    rec = recs[j] if recs is not None else p.cur.funnel.recommend(
-                        user_idx=p.user_idx, k=p.k, context=p.rctx, state=p.state, plan=p.plan,
-                        debug=p.debug, tail=p.tail)
-                    out[i] = self._finish(p, rec)
+                    out[i] = self._finish(p, recs[j] if recs is not None else self._run_alone(p))
                 except Exception as e:  # noqa: BLE001
                     out[i] = e
         return out  # type: ignore[return-value]
@@ -690,7 +689,7 @@ class RecommenderService:
             except (TypeError, ValueError):  # a context that does not serialize is served alone
                 batch_key = None
         return _Prepared(t0, cur, uid, user_idx, int(k), rctx, plan, state, timings, record, debug or explain,
-                         debug, explain, fields, tail, batch_key)
+                         debug, fields, tail, batch_key)
 
     def _finish(self, p: _Prepared, rec: Recommendation) -> ServedRecommendation:
         """Everything of a request after `Funnel.run`: ids, the cache channel's write, the request

@@ -176,10 +176,7 @@ def create_app(service: RecommenderService | Funnel | None = None, artifact: str
             ctx = {k: v for k, v in body.context.model_dump().items() if v is not None}
         args = {"user_id": body.user_id, "k": body.k, "context": ctx, "exclude": [*body.exclude, *body.exclude_ids],
                 "filters": body.filters, "fields": body.fields}
-        if body.debug or body.explain or batcher.max_batch == 1:
-            out = svc.recommend(**args, debug=body.debug, explain=body.explain)
-        else:  # with the requests waiting beside it, as one batch (serving/batching.py)
-            out = await batcher.submit(svc, args)
+        out = await batcher.recommend(svc, args, debug=body.debug, explain=body.explain)  # serving/batching.py
         return ORJSONResponse(out.to_dict(debug=body.debug, explain=body.explain))
 
     @app.post("/recommend", responses={200: {"model": RecommendResponse}})
@@ -200,8 +197,8 @@ def create_app(service: RecommenderService | Funnel | None = None, artifact: str
         else — a body that does not validate, is empty, or is not sent as JSON — is handed to the
         documented route, so its answers (422 details, 400s, content-type rules) are FastAPI's."""
 
-        def __init__(self) -> None:
-            self.documented: Any = None  # the FastAPI route, found once create_app has built it
+        def __init__(self, documented: Any) -> None:
+            self.documented = documented  # the FastAPI route
 
         async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
             request = Request(scope, receive)
@@ -223,12 +220,8 @@ def create_app(service: RecommenderService | Funnel | None = None, artifact: str
                       k: int = Query(10, ge=1, le=MAX_K), explain: bool = Query(False),
                       fields: str | None = Query(None, max_length=1024, description="item columns, e.g. title,genres")
                       ) -> Response:
-        svc: RecommenderService = request.app.state.service
         args = {"user_id": user_id, "k": k, "fields": None if fields is None else fields.split(",")}
-        if explain or batcher.max_batch == 1:
-            out = svc.recommend(**args, explain=explain)
-        else:
-            out = await batcher.submit(svc, args)
+        out = await batcher.recommend(request.app.state.service, args, explain=explain)
         return ORJSONResponse(out.to_dict(explain=explain))
 
     @app.get("/similar", responses={200: {"model": SimilarResponse}, 404: {"description": "unknown item_id"}})
@@ -343,8 +336,8 @@ def create_app(service: RecommenderService | Funnel | None = None, artifact: str
 
     app.include_router(console_router(admin_token=admin_token, http=http))
     # POST /recommend is matched here first (a GET falls through to the documented route)
-    lean = RecommendPostLean()
-    lean.documented = next(r for r in app.router.routes
-                           if getattr(r, "path", None) == "/recommend" and "POST" in getattr(r, "methods", ()))
-    app.router.routes.insert(0, Route("/recommend", lean, methods=["POST"], name="recommend_post_lean"))
+    documented = next(r for r in app.router.routes
+                      if getattr(r, "path", None) == "/recommend" and "POST" in getattr(r, "methods", ()))
+    app.router.routes.insert(0, Route("/recommend", RecommendPostLean(documented), methods=["POST"],
+                                      name="recommend_post_lean"))
     return app

@@ -29,8 +29,14 @@ class RecommendBatcher:
         self.max_batch, self.rounds, self.on_batch = max_batch, rounds, on_batch
         self._queue: list[tuple[dict[str, Any], asyncio.Future]] = []
         self._scheduled = False
-        self.batches = 0  # drains run, and requests answered by them (their mean is the batch size)
-        self.requests = 0
+
+    async def recommend(self, service: Any, kwargs: dict[str, Any], debug: bool = False,
+                        explain: bool = False) -> Any:
+        """`service.recommend(**kwargs, debug=…, explain=…)`: alone for debug and explain answers
+        (or with max_batch 1), else batched with the requests waiting beside it (`submit`)."""
+        if debug or explain or self.max_batch == 1:
+            return service.recommend(**kwargs, debug=debug, explain=explain)
+        return await self.submit(service, kwargs)
 
     async def submit(self, service: Any, kwargs: dict[str, Any]) -> Any:
         """`service.recommend(**kwargs)`, answered together with the requests waiting beside it."""
@@ -63,8 +69,6 @@ class RecommendBatcher:
     def _answer(self, service: Any, batch: list[tuple[dict[str, Any], asyncio.Future]]) -> None:
         """Every future of `batch` gets its answer or an exception, whatever happens: a handler
         left waiting would hold its in-flight slot for good."""
-        self.batches += 1
-        self.requests += len(batch)
         answers: list[Any] = []
         try:
             if self.on_batch is not None:
