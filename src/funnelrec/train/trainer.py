@@ -26,6 +26,7 @@ from funnelrec.core.errors import ConfigError
 from funnelrec.nn.precision import bf16_matmuls
 from funnelrec.train import distributed
 from funnelrec.train.alloc import tune_malloc
+from funnelrec.train.lean_adam import LeanAdam
 
 Batch = dict[str, torch.Tensor]
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
@@ -88,6 +89,8 @@ def _fusable(params: list[torch.Tensor]) -> bool:
 def _optimizer(cfg: TrainerConfig, params) -> torch.optim.Optimizer:
     params = list(params)
     if cfg.optimizer in ("adam", "adamw"):
+        if _fusable(params) and all(p.device.type == "cpu" for p in params):  # torch's fused kernel, without its Python (train/lean_adam.py)
+            return LeanAdam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, decoupled=cfg.optimizer == "adamw")
         cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
         return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=_fusable(params) or None)
     if cfg.optimizer == "adagrad":
