@@ -8,7 +8,7 @@ BENCHMARKS.md, Session 12). `LeanAdam` keeps torch's Adam as it is — the same 
 replaces `step()`, when the case is the plain one, with one `_foreach_add_` on the steps and one
 `torch._fused_adam_` / `_fused_adamw_` call over cached lists: the same kernel and arguments
 torch's fused path ends in, so the update is bit for bit torch's (tests/train/test_lean_adam.py).
-Anything else (a closure, amsgrad, several groups, a grad scaler's state, sparse grads) takes
+Anything else (a closure, amsgrad, several groups, a tensor lr, sparse grads) takes
 torch's own step.
 """
 
