@@ -134,12 +134,12 @@ def test_trainer_matmul_precision_is_scoped_to_fit():
     assert set(seen) == {"bf16"} and mkl.fp32_precision == before
 
 
-@pytest.mark.parametrize("pool", [True, False])
-def test_fused_kernels_equal_the_torch_path_in_values_and_gradients(pool):
+@pytest.mark.parametrize("pool,dim", [(True, 4), (False, 4), (True, 10)])
+def test_fused_kernels_equal_the_torch_path_in_values_and_gradients(pool, dim):
     spec = SPEC if pool else FeatureSpec(n_embeddings=30, n_fields=6, n_dense=3)
     torch.manual_seed(2)
-    fused = build_ranker("deepfm", spec, {"embedding_dim": 4, "hidden": [8], "dense_as_fields": False})
-    plain = build_ranker("deepfm", spec, {"embedding_dim": 4, "hidden": [8], "dense_as_fields": False, "fused": False})
+    fused = build_ranker("deepfm", spec, {"embedding_dim": dim, "hidden": [8], "dense_as_fields": False})
+    plain = build_ranker("deepfm", spec, {"embedding_dim": dim, "hidden": [8], "dense_as_fields": False, "fused": False})
     with torch.no_grad():
         fused.linear.weight.weight.normal_()
         fused.linear.weight.weight[0] = 0

@@ -52,7 +52,7 @@ class _ReluMLP16(torch.autograd.Function):
     """_ReluMLP with native bf16 GEMMs (nn.precision); the elementwise work in fp32."""
 
     @staticmethod
-    def forward(ctx, x, last_linear, *params):
+    def forward(ctx, x, last_linear, grad_cols, *params):
         n_layers = len(params) // 2
         hs, lows, wls = [x], [], []  # hs[i + 1]: output of layer i (fp32); lows[i]: its input, wls[i]: W_i, in bf16
         h, hl = x, x.bfloat16()
@@ -73,7 +73,7 @@ class _ReluMLP16(torch.autograd.Function):
                 h, hl = torch.empty(z.shape), torch.empty(z.shape, dtype=torch.bfloat16)
                 precision.widen_bias_relu_low(u16(z), b.detach().numpy(), h.numpy(), u16(hl))
             hs.append(h)
-        ctx.last_linear = last_linear
+        ctx.last_linear, ctx.grad_cols = last_linear, grad_cols
         ctx.save_for_backward(*hs, *params, *lows, *wls)  # the bf16 copies too: saved-tensor hooks see them
         return h
 
@@ -106,15 +106,21 @@ class _ReluMLP16(torch.autograd.Function):
                     precision.relu_grad_bias_low16(u16(gb), hs[i + 1].numpy(), db.numpy(), u16(gl))
                 grads[2 * i + 1] = db
             grads[2 * i] = torch.mm(gl.t(), lows[i]).float()
+            if i == 0 and ctx.grad_cols is not None and ctx.needs_input_grad[0]:
+                # only the first grad_cols input columns' gradient is wanted: a narrower GEMM,
+                # widened into the input's shape with the other columns zero
+                gx = torch.empty(hs[0].shape)
+                precision.widen_cols(u16(torch.mm(gl, wls[0][:, : ctx.grad_cols])), gx.numpy())
+                return (gx, None, None, *grads)
             gb = torch.mm(gl, wls[i]) if (i > 0 or ctx.needs_input_grad[0]) else None
         if outer is not None:  # a head alone, no hidden layer
-            return (torch.outer(*outer) if ctx.needs_input_grad[0] else None, None, *grads)
-        return (None if gb is None else gb.float(), None, *grads)
+            return (torch.outer(*outer) if ctx.needs_input_grad[0] else None, None, None, *grads)
+        return (None if gb is None else gb.float(), None, None, *grads)
 
 
 class _ReluMLP(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, last_linear, *params):
+    def forward(ctx, x, last_linear, grad_cols, *params):
         hs = [x]
         h = x
         n_layers = len(params) // 2
@@ -126,7 +132,7 @@ class _ReluMLP(torch.autograd.Function):
                 h = torch.mm(h, w.t())
                 _bias_relu(h.numpy(), b.detach().numpy())
             hs.append(h)
-        ctx.last_linear = last_linear
+        ctx.last_linear, ctx.grad_cols = last_linear, grad_cols
         ctx.save_for_backward(*hs, *params)
         return h
 
@@ -149,15 +155,24 @@ class _ReluMLP(torch.autograd.Function):
                 _relu_grad_bias(g.numpy(), hs[i + 1].numpy(), db.numpy())
             grads[2 * i] = g.t().mm(hs[i])
             grads[2 * i + 1] = db
+            if i == 0 and ctx.grad_cols is not None and ctx.needs_input_grad[0]:
+                gx = hs[0].new_zeros(hs[0].shape)
+                gx[:, : ctx.grad_cols] = g.mm(w[:, : ctx.grad_cols])
+                return (gx, None, None, *grads)
             g = g.mm(w) if (i > 0 or ctx.needs_input_grad[0]) else None
-        return (g, None, *grads)
+        return (g, None, None, *grads)
 
 
-def relu_mlp(x: torch.Tensor, params: list[torch.Tensor], last_linear: bool) -> torch.Tensor:
+def relu_mlp(x: torch.Tensor, params: list[torch.Tensor], last_linear: bool,
+             grad_cols: int | None = None) -> torch.Tensor:
     """x (B, in) float32; params [W_1, b_1, …] (W_l (out, in)) → (B, out of the last layer);
-    every layer ReLU except the last when `last_linear`."""
+    every layer ReLU except the last when `last_linear`. `grad_cols`: only x[:, :grad_cols]
+    needs a gradient (the rest are raw features); the input gradient's other columns are left
+    zero and the first layer's input-gradient GEMM is that much narrower."""
     fn = _ReluMLP16 if precision.bf16_enabled() else _ReluMLP
-    return fn.apply(x.contiguous(), last_linear, *params)
+    if grad_cols is not None and not 0 < grad_cols <= x.shape[1]:
+        raise ValueError(f"grad_cols {grad_cols} outside (0, {x.shape[1]}]")
+    return fn.apply(x.contiguous(), last_linear, grad_cols, *params)
 
 
 def can_fuse_mlp(x: torch.Tensor) -> bool:

@@ -49,16 +49,20 @@ class MLP(nn.Module):
         """[W_1, b_1, …] of the Linear layers, in order (the fused kernel's arguments)."""
         return [p for m in self.net if isinstance(m, nn.Linear) for p in (m.weight, m.bias)]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, in_dim) → (B, out_dim or hidden[-1])."""
+    def forward(self, x: torch.Tensor, grad_cols: int | None = None) -> torch.Tensor:
+        """x (B, in_dim) → (B, out_dim or hidden[-1]). `grad_cols`: a promise that only
+        x[:, :grad_cols] needs its gradient (raw features after the embeddings); the fused path
+        then skips the rest of the first layer's input gradient, which it leaves zero."""
         if getattr(self, "fused", False) and self._can_fuse(x):  # absent in models saved before it existed
-            return self._relu_mlp(x, self.linear_params(), self._last_linear)
+            return self._relu_mlp(x, self.linear_params(), self._last_linear, grad_cols)
         return self.net(x)
 
-    def forward_with_head(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def forward_with_head(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
+                          grad_cols: int | None = None) -> torch.Tensor:
         """x (B, in_dim) → (B,): a linear head `w` (out_dim or hidden[-1],), `b` (1,) over this
         MLP's output, run inside the fused kernel when it applies (under nn.precision's bf16 the
-        head's gradient then reaches the last layer without a (B, H) tensor)."""
+        head's gradient then reaches the last layer without a (B, H) tensor); `grad_cols` as in
+        `forward`."""
         if getattr(self, "fused", False) and not self._last_linear and self._can_fuse(x):
-            return self._relu_mlp(x, [*self.linear_params(), w.unsqueeze(0), b], True).squeeze(-1)
+            return self._relu_mlp(x, [*self.linear_params(), w.unsqueeze(0), b], True, grad_cols).squeeze(-1)
         return torch.mv(self.forward(x), w) + b

@@ -244,3 +244,16 @@ def add_widen(g, d):  # pragma: no cover - compiled
         _widen_row(d, i, w)
         for j in range(m):
             g[i, j] += wf[j]
+
+
+@numba.njit("void(u2[:, ::1], f4[:, ::1])", cache=True, nogil=True)
+def widen_cols(src, dst):  # pragma: no cover - compiled
+    """dst[:, :m] = the fp32 values of the bf16 bits src (B, m); dst[:, m:] = 0 (nn.fused_mlp's
+    input gradient when only its first m columns are wanted)."""
+    n, m = src.shape
+    du = dst.view(np.uint32)
+    for i in range(n):
+        for j in range(m):
+            du[i, j] = widen(src[i, j])
+        for j in range(m, dst.shape[1]):
+            dst[i, j] = 0.0

@@ -29,6 +29,8 @@ from funnelrec.models.ranking.common import FieldEmbedder
 from funnelrec.nn import precision
 from funnelrec.nn.cross import CrossNet, CrossNetV2, GatedCrossNet
 from funnelrec.nn.embedding import gather_pool
+from funnelrec.nn.fused_fm import can_fuse, fused_pool
+from funnelrec.nn.fused_fm import prepare as prepare_fused
 from funnelrec.nn.mlp import MLP
 
 
@@ -110,6 +112,8 @@ class DCNv2(_CrossModel):
         group = pool.argmax(0) if pool is not None else torch.arange(spec.n_fields)
         self.register_buffer("field_group", group.to(torch.long), persistent=False)
         self.n_groups = int(pool.shape[0]) if pool is not None else spec.n_fields
+        if getattr(self.config, "fused", False):
+            prepare_fused(self.embed.embedding.embedding.weight.shape[1])  # its kernel pair, now, not in the first step
 
     def _cross(self, d: int, cfg: DCNConfig) -> nn.Module:
         return CrossNetV2(d, cfg.cross_layers, cfg.rank, cfg.n_experts, fused=getattr(cfg, "fused", False))
@@ -118,9 +122,17 @@ class DCNv2(_CrossModel):
         weight = self.embed.embedding.embedding.weight
         if not (self.config.fused and self.embed.dense is None and weight.dtype == torch.float32):
             return super().forward(batch)
-        x0 = gather_pool(weight, batch["sparse"], self.field_group, self.n_groups).flatten(1)  # (B, G·D)
-        if self.raw_dense:
-            x0 = torch.cat([x0, batch["dense"]], dim=1)
+        sparse = batch["sparse"]
+        raw = batch["dense"] if self.raw_dense else None
+        grad_cols = None
+        if can_fuse(weight, sparse):  # lookup + pooling + concat in one kernel pair (nn.fused_fm)
+            x0 = fused_pool(weight, sparse, self.field_group, self.n_groups, raw)  # (B, G·D + Dn)
+            # the deep part's gradient for the raw dense columns is not wanted: x0's backward drops it
+            grad_cols = x0.shape[1] - raw.shape[1] if raw is not None and not raw.requires_grad else None
+        else:
+            x0 = gather_pool(weight, sparse, self.field_group, self.n_groups).flatten(1)  # (B, G·D)
+            if raw is not None:
+                x0 = torch.cat([x0, raw], dim=1)
         if self.head is None:
             return {"ctr": self.deep(self.cross(x0)).squeeze(-1)}
         # head(cat([cross, deep])) as two matrix-vector products on the halves of its weight: no
@@ -128,8 +140,8 @@ class DCNv2(_CrossModel):
         c, w = self.cross(x0), self.head.weight[0]
         if precision.bf16_enabled():  # fit with matmul_precision bf16: no mv under oneDNN's bf16 (nn/precision.py)
             d = c.shape[1]
-            return {"ctr": precision.row_dot(c, w[:d]) + self.deep.forward_with_head(x0, w[d:], self.head.bias)}
-        return {"ctr": torch.addmv(self.head.bias, c, w[: c.shape[1]]) + torch.mv(self.deep(x0), w[c.shape[1] :])}
+            return {"ctr": precision.row_dot(c, w[:d]) + self.deep.forward_with_head(x0, w[d:], self.head.bias, grad_cols)}
+        return {"ctr": torch.addmv(self.head.bias, c, w[: c.shape[1]]) + torch.mv(self.deep(x0, grad_cols), w[c.shape[1] :])}
 
 
 @dataclass(frozen=True)

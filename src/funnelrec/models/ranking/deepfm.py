@@ -10,8 +10,9 @@ shared by the FM and the deep part.
 Multi-valued columns (`spec.pool_multi`) are one field, the mean of their non-padding rows,
 computed with the lookup in one autograd node (nn.embedding.gather_pool). When V holds only
 sparse fields (no dense-as-fields) on a float32 CPU model, lookup + pooling + FM + the sparse
-linear term run as one numba kernel pair (nn.fused_fm, `fused: true`, the default): same
-formulas, ~30 fewer eager ops per step.
+linear term (and the raw dense columns' concat and linear term) run as one numba kernel pair
+(nn.fused_fm, `fused: true`, the default): same formulas, ~30 fewer eager ops per step; the
+MLP then skips the raw dense columns' input gradient.
 
     >>> import torch
     >>> spec = FeatureSpec(n_embeddings=10, n_fields=2)
@@ -30,6 +31,7 @@ from funnelrec.core.registry import RANKERS
 from funnelrec.models.ranking.base import FeatureSpec, RankingModel
 from funnelrec.nn.embedding import DenseFields, FieldEmbedding, LinearTerm, PooledFieldEmbedding, field_groups
 from funnelrec.nn.fused_fm import can_fuse, fused_fm_block
+from funnelrec.nn.fused_fm import prepare as prepare_fused
 from funnelrec.nn.interaction import FactorizationMachine
 from funnelrec.nn.mlp import MLP
 
@@ -70,19 +72,21 @@ class DeepFM(RankingModel):
         self.fm = FactorizationMachine()
         self.deep = MLP(self.n_fields * d + self.raw_dense, cfg.hidden, cfg.dropout, cfg.batch_norm, out_dim=1,
                         fused=cfg.fused)
+        if cfg.fused and self.dense_fields is None:
+            prepare_fused(d)  # the kernel pair for this D, compiled or loaded now rather than in the first step
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         sparse, dense = batch["sparse"], batch.get("dense")
         if self.spec.n_dense and dense is None:
             raise DataError("model was built with dense features but the batch has no 'dense'")
         if self.config.fused and self.dense_fields is None and can_fuse(self.embedding.embedding.weight, sparse):
+            raw = dense if self.raw_dense else None
             x, fm, lin = fused_fm_block(self.embedding.embedding.weight, self.linear.weight.weight, sparse,
-                                        self.field_group, self.n_sparse)  # (B, G·D), (B,), (B,)
-            lin = lin + self.linear.bias
-            if self.raw_dense:
-                lin = lin + self.linear.dense(dense).squeeze(-1)
-                x = torch.cat([x, dense], dim=1)
-            return {"ctr": lin + fm + self.deep(x).squeeze(-1)}
+                                        self.field_group, self.n_sparse, raw,
+                                        self.linear.dense.weight if self.raw_dense else None)  # (B, G·D + Dn), (B,), (B,)
+            # the raw dense columns' gradient is not wanted (unless dense itself needs one)
+            grad_cols = self.n_sparse * self.config.embedding_dim if raw is not None and not raw.requires_grad else None
+            return {"ctr": lin + self.linear.bias + fm + self.deep(x, grad_cols).squeeze(-1)}
         v = self.embedding(sparse)  # (B, G, D)
         if self.dense_fields is not None:
             v = torch.cat([v, self.dense_fields(dense)], dim=1)  # (B, G + Dn, D)
