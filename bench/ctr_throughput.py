@@ -1,7 +1,7 @@
 """CTR model zoo on the ml-100k CTR protocol: quality and training throughput.
 
     .venv/bin/python bench/ctr_throughput.py [--models deepfm,dcnv2] [--epochs N] [--threads 1]
-        [--recbole [--recbole-models DeepFM,DCNV2]] [--before-src DIR]
+        [--recbole [--recbole-models DeepFM,DCNV2]] [--before-src DIR] [--repeat N]
 
 A model name may carry variants after "@", joined by "+": "recbole" (RecBole's features and
 sizes), "bf16" (trainer.matmul_precision bf16: oneDNN matmuls on bf16 inputs, fp32
@@ -22,6 +22,11 @@ gets OMP_NUM_THREADS/MKL_NUM_THREADS, which torch reads at start-up).
 /tmp/before`): first runs the same models from that code in a subprocess (PYTHONPATH=DIR, its
 own bench/ctr_throughput.py), then ours, then RecBole, so a before/after comparison and both
 ratios come from one invocation; reported as "before" and "before_ratios"/"before_cpu_ratios".
+
+--repeat N: N interleaved rounds of (before, ours, RecBole): this machine's speed drifts by up to
+~30 % between runs minutes apart, so a single round's ratio can land anywhere in that spread.
+The ratios reported are then the per-round medians, with every round's in "<key>_all" and the
+rounds' full figures in "rounds"; the top-level models/recbole figures are the last round's.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -130,13 +136,43 @@ def main() -> None:
     ap.add_argument("--recbole-models", default="DeepFM,DCNV2", help=f"of {', '.join(PAIRS)}")
     ap.add_argument("--before-src", default=None, help="src/ of another checkout: run its models first, same run")
     ap.add_argument("--before-models", default=None, help="models for --before-src (default: --models)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="rounds of (before, ours, RecBole), interleaved; ratios are the per-round median")
     args = ap.parse_args()
     ds = load_dataset("movielens-100k")
     res = {"cpu": cpu(), "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
            "threads": args.threads,
            "load_start": os.getloadavg()[0], "models": {}}
-    if args.before_src:
-        res["before"] = run_before(Path(args.before_src), args)
+    rounds = []
+    for _ in range(max(1, args.repeat)):
+        rnd: dict = {}
+        if args.before_src:
+            rnd["before"] = run_before(Path(args.before_src), args)
+        rnd["models"] = run_ours(ds, args)
+        if args.recbole:
+            rnd["recbole"], rnd["ratios"], rnd["cpu_ratios"] = {}, {}, {}
+            for theirs in args.recbole_models.split(","):
+                ours = PAIRS[theirs]
+                rnd["recbole"][theirs] = rb = run_recbole(theirs, args.epochs, args.threads)
+                print(json.dumps({theirs: rb}), file=sys.stderr, flush=True)
+                _ratios(rnd["models"], ours, theirs, rb, rnd["ratios"], rnd["cpu_ratios"])
+                if "before" in rnd:
+                    _ratios(rnd["before"], ours, theirs, rb, rnd.setdefault("before_ratios", {}),
+                            rnd.setdefault("before_cpu_ratios", {}))
+        rounds.append(rnd)
+    res.update(rounds[-1])  # one round: exactly that round's figures
+    if len(rounds) > 1:  # the machine's speed drifts between runs: the median of interleaved rounds
+        res["rounds"] = rounds
+        for key in ("ratios", "cpu_ratios", "before_ratios", "before_cpu_ratios"):
+            if key in rounds[0]:
+                res[key] = {k: statistics.median(r[key][k] for r in rounds) for k in rounds[0][key]}
+                res[key + "_all"] = {k: [r[key][k] for r in rounds] for k in rounds[0][key]}
+    res["load_end"] = os.getloadavg()[0]
+    print(json.dumps(res))
+
+
+def run_ours(ds, args: argparse.Namespace) -> dict:
+    models = {}
     for m in args.models.split(","):
         base, _, variant = m.partition("@")
         variants = set(variant.split("+")) - {""}
@@ -162,20 +198,9 @@ def main() -> None:
         if fit is not None and fit.cpu_seconds > 0:  # samples per CPU-second of the training epochs
             r["train_cpu_samples_per_s"] = fit.samples_per_s * fit.train_seconds / fit.cpu_seconds
         r["wall_s"] = time.perf_counter() - t0
-        res["models"][m] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
-        print(json.dumps({m: res["models"][m]}), file=sys.stderr, flush=True)
-    if args.recbole:
-        res["recbole"], res["ratios"], res["cpu_ratios"] = {}, {}, {}
-        for theirs in args.recbole_models.split(","):
-            ours = PAIRS[theirs]
-            res["recbole"][theirs] = rb = run_recbole(theirs, args.epochs, args.threads)
-            print(json.dumps({theirs: rb}), file=sys.stderr, flush=True)
-            _ratios(res["models"], ours, theirs, rb, res["ratios"], res["cpu_ratios"])
-            if "before" in res:
-                _ratios(res["before"], ours, theirs, rb, res.setdefault("before_ratios", {}),
-                        res.setdefault("before_cpu_ratios", {}))
-    res["load_end"] = os.getloadavg()[0]
-    print(json.dumps(res))
+        models[m] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
+        print(json.dumps({m: models[m]}), file=sys.stderr, flush=True)
+    return models
 
 
 if __name__ == "__main__":

@@ -61,6 +61,7 @@ def _kernels(d: int):
         gd = n_groups * D
         cnt = np.zeros(n_groups, np.float32)
         acc = np.zeros(gd, np.float32)
+        s = np.zeros(D, np.float32)
         for b in range(n):
             for g in range(n_groups):
                 cnt[g] = 0.0
@@ -90,17 +91,19 @@ def _kernels(d: int):
                 x[b, gd + j] = xj
                 if fm_on:
                     lsum += a[j] * xj
-            if fm_on:
+            if fm_on:  # ½ (‖Σ_g v_g‖² − Σ_g ‖v_g‖²), each sum over contiguous memory (it vectorizes)
                 lin[b] = lsum
                 sq = np.float32(0.0)
+                for j in range(gd):
+                    sq += acc[j] * acc[j]
+                for k in range(D):
+                    s[k] = acc[k]
+                for g in range(1, n_groups):
+                    for k in range(D):
+                        s[k] += acc[g * D + k]
                 tot = np.float32(0.0)
                 for k in range(D):
-                    s = np.float32(0.0)
-                    for g in range(n_groups):
-                        v = acc[g * D + k]
-                        s += v
-                        sq += v * v
-                    tot += s * s
+                    tot += s[k] * s[k]
                 fm[b] = 0.5 * (tot - sq)
 
     @numba.njit(_BWD_SIG, cache=True, nogil=True, error_model="numpy", fastmath=_FAST)
