@@ -193,7 +193,8 @@ def test_round_bf16_and_widen_are_torchs_conversions_bit_for_bit():
     # and inside a kernel that inlines it (a NaN gradient stays NaN, never inf or 0)
     g = torch.from_numpy(special.view(np.float32).copy()).reshape(1, -1)
     gl = torch.empty(g.shape, dtype=torch.bfloat16)
-    precision.relu_grad_bias_low(g.numpy(), torch.ones(g.shape).numpy(), torch.empty(g.shape[1]).numpy(), precision.u16(gl))
+    precision.relu_grad_bias_low(g.numpy(), precision.u16(torch.ones(g.shape, dtype=torch.bfloat16)), torch.empty(g.shape[1]).numpy(),
+                                precision.u16(gl))
     want = g.bfloat16()
     assert torch.equal(torch.isnan(gl), torch.isnan(want))
     assert torch.equal(gl[~torch.isnan(want)].view(torch.int16), want[~torch.isnan(want)].view(torch.int16))

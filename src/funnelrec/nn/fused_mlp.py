@@ -49,20 +49,25 @@ def _relu_grad_bias(g, h, db):  # pragma: no cover - compiled
 
 
 class _ReluMLP16(torch.autograd.Function):
-    """_ReluMLP with native bf16 GEMMs (nn.precision); the elementwise work in fp32."""
+    """_ReluMLP with native bf16 GEMMs (nn.precision); the elementwise work in fp32.
+
+    A hidden layer's output is kept in fp32 only where fp32 is read: the last hidden layer under
+    a one-column (fp32 GEMV) head, or the network's output when it ends in a ReLU layer. The
+    others exist as their bf16 copy, which is the next GEMM's operand and the ReLU mask."""
 
     @staticmethod
     def forward(ctx, x, last_linear, grad_cols, *params):
         n_layers = len(params) // 2
-        hs, lows, wls = [x], [], []  # hs[i + 1]: output of layer i (fp32); lows[i]: its input, wls[i]: W_i, in bf16
-        h, hl = x, x.bfloat16()
+        gemv_head = last_linear and params[-2].shape[0] == 1
+        lows, wls, masks = [], [], []  # lows[i]: layer i's input, wls[i]: W_i, masks[i]: layer i's output, in bf16
+        h, hl, h32 = x, x.bfloat16(), x  # h32: the fp32 output of the last hidden layer, where it is needed
         for i in range(n_layers):
             w, b = params[2 * i], params[2 * i + 1]
             wl = w.bfloat16()  # once per step: the backward's GEMM reuses it
             lows.append(hl)
             wls.append(wl)
             if last_linear and i == n_layers - 1:
-                if w.shape[0] == 1:  # a GEMV: fp32 (nn.precision), one pass
+                if gemv_head:  # a GEMV: fp32 (nn.precision), one pass
                     out = torch.empty(h.shape[0])
                     precision.rowdot(h.numpy(), w.detach()[0].numpy(), out.numpy())
                     h = out.unsqueeze(1).add_(b)
@@ -70,18 +75,24 @@ class _ReluMLP16(torch.autograd.Function):
                     h = torch.mm(hl, wl.t()).float().add_(b)
             else:
                 z = torch.mm(hl, wl.t())
-                h, hl = torch.empty(z.shape), torch.empty(z.shape, dtype=torch.bfloat16)
-                precision.widen_bias_relu_low(u16(z), b.detach().numpy(), h.numpy(), u16(hl))
-            hs.append(h)
+                hl = torch.empty(z.shape, dtype=torch.bfloat16)
+                if i == n_layers - 1 or (i == n_layers - 2 and gemv_head):
+                    h = h32 = torch.empty(z.shape)
+                    precision.widen_bias_relu_low(u16(z), b.detach().numpy(), h.numpy(), u16(hl))
+                else:
+                    precision.widen_bias_relu_to_low(u16(z), b.detach().numpy(), u16(hl))
+                    h = None
+                masks.append(hl)
         ctx.last_linear, ctx.grad_cols = last_linear, grad_cols
-        ctx.save_for_backward(*hs, *params, *lows, *wls)  # the bf16 copies too: saved-tensor hooks see them
+        ctx.save_for_backward(x, h32, *params, *lows, *wls, *masks)  # the bf16 copies too: saved-tensor hooks see them
         return h
 
     @staticmethod
     def backward(ctx, g):
         saved = ctx.saved_tensors
-        n_layers = n = (len(saved) - 1) // 5  # n + 1 activations, 2n parameters, n bf16 inputs, n bf16 weights
-        hs, params, lows, wls = saved[: n + 1], saved[n + 1 : 3 * n + 1], saved[3 * n + 1 : 4 * n + 1], saved[4 * n + 1 :]
+        n_layers = n = (len(saved) - 2 + (1 if ctx.last_linear else 0)) // 5  # 2n params, n lows, n weights, n − last_linear masks
+        x, h32 = saved[0], saved[1]
+        params, lows, wls, masks = saved[2 : 2 * n + 2], saved[2 * n + 2 : 3 * n + 2], saved[3 * n + 2 : 4 * n + 2], saved[4 * n + 2 :]
         grads: list[torch.Tensor | None] = [None] * (2 * n_layers)
         # the gradient: fp32 `g`, or `gb` (the bf16 output of a GEMM), or `outer` = (g, w) of a
         # one-column head, g_i w_j, never materialized
@@ -90,30 +101,33 @@ class _ReluMLP16(torch.autograd.Function):
             w = params[2 * i]
             if ctx.last_linear and i == n_layers - 1:
                 grads[2 * i + 1] = g.sum(0)
-                if w.shape[0] == 1:  # the fp32 head of the forward
-                    grads[2 * i] = (g[:, 0] @ hs[i]).unsqueeze(0)
+                if w.shape[0] == 1:  # the fp32 head of the forward: its weight gradient comes with the layer below
                     outer = (g[:, 0].contiguous(), w.detach()[0])
                     continue
                 gl = g.bfloat16()
             else:
-                db, gl = torch.empty(hs[i + 1].shape[1]), torch.empty(hs[i + 1].shape, dtype=torch.bfloat16)
+                db, gl = torch.empty(params[2 * i].shape[0]), torch.empty(masks[i].shape, dtype=torch.bfloat16)
                 if outer is not None:
-                    precision.relu_grad_bias_low_outer(outer[0].numpy(), outer[1].numpy(), hs[i + 1].numpy(), db.numpy(), u16(gl))
+                    dw = torch.empty(1, h32.shape[1])
+                    precision.relu_grad_bias_low_outer(outer[0].numpy(), outer[1].numpy(), h32.numpy(), db.numpy(),
+                                                       u16(gl), dw[0].numpy())
+                    grads[2 * i + 2] = dw
                     outer = None
                 elif gb is None:
-                    precision.relu_grad_bias_low(g.numpy(), hs[i + 1].numpy(), db.numpy(), u16(gl))
+                    precision.relu_grad_bias_low(g.numpy(), u16(masks[i]), db.numpy(), u16(gl))
                 else:
-                    precision.relu_grad_bias_low16(u16(gb), hs[i + 1].numpy(), db.numpy(), u16(gl))
+                    precision.relu_grad_bias_low16(u16(gb), u16(masks[i]), db.numpy(), u16(gl))
                 grads[2 * i + 1] = db
             grads[2 * i] = torch.mm(gl.t(), lows[i]).float()
             if i == 0 and ctx.grad_cols is not None and ctx.needs_input_grad[0]:
                 # only the first grad_cols input columns' gradient is wanted: a narrower GEMM,
                 # widened into the input's shape with the other columns zero
-                gx = torch.empty(hs[0].shape)
+                gx = torch.empty(x.shape)
                 precision.widen_cols(u16(torch.mm(gl, wls[0][:, : ctx.grad_cols])), gx.numpy())
                 return (gx, None, None, *grads)
             gb = torch.mm(gl, wls[i]) if (i > 0 or ctx.needs_input_grad[0]) else None
         if outer is not None:  # a head alone, no hidden layer
+            grads[0] = (outer[0] @ x).unsqueeze(0)
             return (torch.outer(*outer) if ctx.needs_input_grad[0] else None, None, None, *grads)
         return (None if gb is None else gb.float(), None, None, *grads)
 

@@ -154,22 +154,40 @@ def widen_bias_relu_low(z, b, h, hl):  # pragma: no cover - compiled
             hl[i, j] = round_bf16(hu[i, j])
 
 
-@numba.njit("void(f4[:, ::1], f4[:, ::1], f4[::1], u2[:, ::1])", cache=True, nogil=True)
-def relu_grad_bias_low(g, h, db, gl):  # pragma: no cover - compiled
+@numba.njit("void(u2[:, ::1], f4[::1], u2[:, ::1])", cache=True, nogil=True)
+def widen_bias_relu_to_low(z, b, hl):  # pragma: no cover - compiled
+    """widen_bias_relu_low without the fp32 activation: a hidden layer whose output only feeds
+    the next bf16 GEMM (its bf16 copy is also the backward's ReLU mask)."""
+    n, m = z.shape
+    row = np.empty(m, dtype=np.float32)
+    ru = row.view(np.uint32)
+    for i in range(n):
+        _widen_row(z, i, ru)
+        for j in range(m):
+            x = row[j] + b[j]
+            row[j] = x if x > 0 else np.float32(0.0)
+        _round_row(ru, hl, i)
+
+
+# The backward's ReLU mask is the layer output's bf16 copy (`mask`, bits): a ReLU output is
+# +0 or positive, and a positive fp32 stays nonzero in bf16 (same exponent range; only values
+# under ~5e-41 round to 0, whose gradient is then dropped).
+@numba.njit("void(f4[:, ::1], u2[:, ::1], f4[::1], u2[:, ::1])", cache=True, nogil=True)
+def relu_grad_bias_low(g, mask, db, gl):  # pragma: no cover - compiled
     n, m = g.shape
     db[:] = 0.0
     gu = g.view(np.uint32)
     for i in range(n):
         for j in range(m):
-            if h[i, j] > 0:
+            if mask[i, j] != 0:
                 db[j] += g[i, j]
                 gl[i, j] = round_bf16(gu[i, j])
             else:
                 gl[i, j] = 0
 
 
-@numba.njit("void(u2[:, ::1], f4[:, ::1], f4[::1], u2[:, ::1])", cache=True, nogil=True)
-def relu_grad_bias_low16(g, h, db, gl):  # pragma: no cover - compiled
+@numba.njit("void(u2[:, ::1], u2[:, ::1], f4[::1], u2[:, ::1])", cache=True, nogil=True)
+def relu_grad_bias_low16(g, mask, db, gl):  # pragma: no cover - compiled
     n, m = g.shape
     db[:] = 0.0
     w = np.empty(m, dtype=np.uint32)
@@ -177,25 +195,30 @@ def relu_grad_bias_low16(g, h, db, gl):  # pragma: no cover - compiled
     for i in range(n):
         _widen_row(g, i, w)
         for j in range(m):
-            if h[i, j] > 0:
+            if mask[i, j] != 0:
                 db[j] += wf[j]
                 gl[i, j] = g[i, j]  # already bf16: masking is a copy
             else:
                 gl[i, j] = 0
 
 
-@numba.njit("void(f4[::1], f4[::1], f4[:, ::1], f4[::1], u2[:, ::1])", cache=True, nogil=True)
-def relu_grad_bias_low_outer(g, w, h, db, gl):  # pragma: no cover - compiled
+@numba.njit("void(f4[::1], f4[::1], f4[:, ::1], f4[::1], u2[:, ::1], f4[::1])", cache=True, nogil=True,
+            fastmath={"reassoc", "contract"})
+def relu_grad_bias_low_outer(g, w, h, db, gl, dw):  # pragma: no cover - compiled
     """The layer under a one-column head: its gradient g_i w_j, masked, summed, rounded, in
-    one pass without materializing the (B, H) outer product."""
+    one pass without materializing the (B, H) outer product; in the same pass over h the
+    head's own weight gradient dw_j = Σ_i g_i h_ij."""
     n, m = h.shape
     db[:] = 0.0
+    dw[:] = 0.0
     row = np.empty(m, dtype=np.float32)
     ru = row.view(np.uint32)
     for i in range(n):
         gi = g[i]
         for j in range(m):
-            x = gi * w[j] if h[i, j] > 0 else np.float32(0.0)
+            hij = h[i, j]
+            dw[j] += gi * hij
+            x = gi * w[j] if hij > 0 else np.float32(0.0)
             db[j] += x
             row[j] = x
         _round_row(ru, gl, i)
