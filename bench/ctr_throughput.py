@@ -164,9 +164,10 @@ def main() -> None:
     if len(rounds) > 1:  # the machine's speed drifts between runs: the median of interleaved rounds
         res["rounds"] = rounds
         for key in ("ratios", "cpu_ratios", "before_ratios", "before_cpu_ratios"):
-            if key in rounds[0]:
-                res[key] = {k: statistics.median(r[key][k] for r in rounds) for k in rounds[0][key]}
-                res[key + "_all"] = {k: [r[key][k] for r in rounds] for k in rounds[0][key]}
+            common = set.intersection(*(set(r.get(key, {})) for r in rounds))  # a ratio every round has
+            if common:
+                res[key] = {k: statistics.median(r[key][k] for r in rounds) for k in sorted(common)}
+                res[key + "_all"] = {k: [r[key][k] for r in rounds] for k in sorted(common)}
     res["load_end"] = os.getloadavg()[0]
     print(json.dumps(res))
 

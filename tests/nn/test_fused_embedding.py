@@ -81,22 +81,53 @@ def test_fused_pool_equals_pooling_then_concat(d):
     assert e1.grad[0].abs().sum() == 0
 
 
+def _reference_mlp(x, params, head, bf16):
+    """The network written out in torch: ReLU layers, then a linear head (one column: fp32, as
+    nn.fused_mlp's GEMV; more: a GEMM like the others); GEMM operands rounded to bf16 if `bf16`."""
+    def mm(a, w):
+        return (a.bfloat16() @ w.t().bfloat16()).float() if bf16 else a @ w.t()
+
+    h = x
+    n_hidden = len(params) // 2 - (1 if head else 0)
+    for i in range(n_hidden):
+        h = torch.relu(mm(h, params[2 * i]) + params[2 * i + 1])
+    if head:
+        w, b = params[-2], params[-1]
+        h = (h @ w.t() if head == 1 else mm(h, w)) + b
+    return h
+
+
 @pytest.mark.parametrize("bf16", [False, True])
-def test_relu_mlp_grad_cols_keeps_the_wanted_columns_and_every_parameter_gradient(bf16):
-    torch.manual_seed(4)
-    params = [torch.randn(8, 6) * 0.5, torch.randn(8) * 0.1, torch.randn(1, 8) * 0.5, torch.zeros(1)]
-    x = torch.randn(19, 6)
-    grads = []
-    for cols in (None, 4):
-        ps = [p.clone().requires_grad_() for p in params]
-        xi = x.clone().requires_grad_()
-        with precision.bf16_matmuls(bf16):
-            relu_mlp(xi, ps, last_linear=True, grad_cols=cols).sum().backward()
-        grads.append((xi.grad, [p.grad for p in ps]))
-    (full, pf), (part, pp) = grads
-    assert torch.allclose(part[:, :4], full[:, :4], atol=1e-6) and part[:, 4:].abs().sum() == 0
-    assert full[:, 4:].abs().sum() > 0  # the skipped columns had a gradient to skip
-    for a, b in zip(pf, pp):
-        assert torch.equal(a, b)
+@pytest.mark.parametrize("hidden,head", [((9,), 1), ((9, 8, 6), 1), ((9, 8), 3), ((9, 8), None), ((), 1)])
+def test_relu_mlp_grad_cols_gives_the_wanted_input_columns_and_every_parameter_gradient(bf16, hidden, head):
+    g = torch.Generator().manual_seed(4)
+    sizes = [6, *hidden] + ([head] if head else [])
+    params = []
+    for a, b in zip(sizes, sizes[1:]):
+        params += [torch.randn(b, a, generator=g) * 0.5, torch.randn(b, generator=g) * 0.1]
+    x = torch.randn(19, 6, generator=g)
+    up = torch.randn(19, sizes[-1], generator=g)
+    ps, xi = [p.clone().requires_grad_() for p in params], x.clone().requires_grad_()
+    with precision.bf16_matmuls(bf16):
+        out = relu_mlp(xi, ps, last_linear=bool(head), grad_cols=4)
+    (out * up).sum().backward()
+    rs, xr = [p.clone().requires_grad_() for p in params], x.clone().requires_grad_()
+    ref = _reference_mlp(xr, rs, head, bf16)
+    (ref * up).sum().backward()
+    tol = 1e-4 if bf16 else 1e-5
+    assert torch.allclose(out, ref, atol=tol)
+    assert torch.allclose(xi.grad[:, :4], xr.grad[:, :4], atol=tol)
+    assert xi.grad[:, 4:].abs().sum() == 0 and xr.grad[:, 4:].abs().sum() > 0  # skipped, and there was something to skip
+    for p, r in zip(ps, rs):
+        assert torch.allclose(p.grad, r.grad, atol=tol)
     with pytest.raises(ValueError, match="grad_cols"):
-        relu_mlp(x, params, last_linear=True, grad_cols=7)
+        relu_mlp(x, params, last_linear=bool(head), grad_cols=7)
+
+
+def test_no_sparse_field_and_no_dense_edge_cases():
+    emb, w, rows, dense, a = _data(6)
+    x, fm, lin = fused_fm_block(emb, w, rows[:, :0], GROUP[:0], 0, dense, a)  # dense features only
+    assert torch.equal(x, dense) and torch.equal(fm, torch.zeros(rows.shape[0]))
+    assert torch.allclose(lin, dense @ a[0])
+    x = fused_pool(emb, rows, GROUP, 4)  # no dense columns
+    assert torch.allclose(x, _pooled(emb, rows).flatten(1), atol=1e-6)

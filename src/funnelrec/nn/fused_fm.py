@@ -34,6 +34,7 @@ float32, CPU, contiguous inputs.
 from __future__ import annotations
 
 import functools
+import threading
 
 import numba
 import numpy as np
@@ -47,10 +48,18 @@ _BWD_SIG = ("void(i8[:, ::1], i8[::1], f4[:, ::1], f4[:, ::1], f4[:, ::1], f4[::
 _FAST = {"reassoc", "contract"}  # sums may reorder: the FM and pooling sums vectorize
 
 
-@functools.cache
+_BUILD = threading.Lock()
+
+
 def _kernels(d: int):
     """The (forward, backward) kernel pair for embedding dimension `d`, compiled (or loaded from
-    numba's disk cache) on first use."""
+    numba's disk cache) on first use; one build per D even when models are built concurrently."""
+    with _BUILD:
+        return _build(d)
+
+
+@functools.cache
+def _build(d: int):
     D = d  # a closure constant: numba folds it into the loops
 
     @numba.njit(_FWD_SIG, cache=True, nogil=True, error_model="numpy", fastmath=_FAST)
@@ -97,8 +106,8 @@ def _kernels(d: int):
                 for j in range(gd):
                     sq += acc[j] * acc[j]
                 for k in range(D):
-                    s[k] = acc[k]
-                for g in range(1, n_groups):
+                    s[k] = 0.0
+                for g in range(n_groups):
                     for k in range(D):
                         s[k] += acc[g * D + k]
                 tot = np.float32(0.0)

@@ -128,7 +128,10 @@ class _ReluMLP16(torch.autograd.Function):
             gb = torch.mm(gl, wls[i]) if (i > 0 or ctx.needs_input_grad[0]) else None
         if outer is not None:  # a head alone, no hidden layer
             grads[0] = (outer[0] @ x).unsqueeze(0)
-            return (torch.outer(*outer) if ctx.needs_input_grad[0] else None, None, None, *grads)
+            gx = torch.outer(*outer) if ctx.needs_input_grad[0] else None
+            if gx is not None and ctx.grad_cols is not None:
+                gx[:, ctx.grad_cols :] = 0.0  # as promised: the unwanted columns are zero
+            return (gx, None, None, *grads)
         return (None if gb is None else gb.float(), None, None, *grads)
 
 

@@ -128,7 +128,7 @@ class DCNv2(_CrossModel):
         if can_fuse(weight, sparse):  # lookup + pooling + concat in one kernel pair (nn.fused_fm)
             x0 = fused_pool(weight, sparse, self.field_group, self.n_groups, raw)  # (B, G·D + Dn)
             # the deep part's gradient for the raw dense columns is not wanted: x0's backward drops it
-            grad_cols = x0.shape[1] - raw.shape[1] if raw is not None and not raw.requires_grad else None
+            grad_cols = (x0.shape[1] - raw.shape[1] or None) if raw is not None and not raw.requires_grad else None
         else:
             x0 = gather_pool(weight, sparse, self.field_group, self.n_groups).flatten(1)  # (B, G·D)
             if raw is not None:

@@ -85,7 +85,7 @@ class DeepFM(RankingModel):
                                         self.field_group, self.n_sparse, raw,
                                         self.linear.dense.weight if self.raw_dense else None)  # (B, G·D + Dn), (B,), (B,)
             # the raw dense columns' gradient is not wanted (unless dense itself needs one)
-            grad_cols = self.n_sparse * self.config.embedding_dim if raw is not None and not raw.requires_grad else None
+            grad_cols = (self.n_sparse * self.config.embedding_dim or None) if raw is not None and not raw.requires_grad else None
             return {"ctr": lin + self.linear.bias + fm + self.deep(x, grad_cols).squeeze(-1)}
         v = self.embedding(sparse)  # (B, G, D)
         if self.dense_fields is not None:
