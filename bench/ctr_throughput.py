@@ -23,10 +23,11 @@ gets OMP_NUM_THREADS/MKL_NUM_THREADS, which torch reads at start-up).
 own bench/ctr_throughput.py), then ours, then RecBole, so a before/after comparison and both
 ratios come from one invocation; reported as "before" and "before_ratios"/"before_cpu_ratios".
 
---repeat N: N interleaved rounds of (before, ours, RecBole): this machine's speed drifts by up to
-~30 % between runs minutes apart, so a single round's ratio can land anywhere in that spread.
-The ratios reported are then the per-round medians, with every round's in "<key>_all" and the
-rounds' full figures in "rounds"; the top-level models/recbole figures are the last round's.
+--repeat N: N interleaved rounds of (before, ours, RecBole), every other one in the reverse
+order. This machine's speed drifts by up to ~30 % between runs minutes apart, so a single
+round's ratio can land anywhere in that spread. The ratios reported are then the per-round
+medians, with every round's in "<key>_all" and the rounds' full figures in "rounds"; the
+top-level models/recbole figures are the last round's.
 """
 
 from __future__ import annotations
@@ -144,17 +145,25 @@ def main() -> None:
            "threads": args.threads,
            "load_start": os.getloadavg()[0], "models": {}}
     rounds = []
-    for _ in range(max(1, args.repeat)):
+    for i in range(max(1, args.repeat)):
         rnd: dict = {}
-        if args.before_src:
-            rnd["before"] = run_before(Path(args.before_src), args)
-        rnd["models"] = run_ours(ds, args)
+        # odd rounds run in the reverse order (RecBole, ours, before): a drift within a round
+        # then favours no side over the series
+        steps = ["before", "ours", "recbole"]
+        for step in (steps if i % 2 == 0 else steps[::-1]):
+            if step == "before" and args.before_src:
+                rnd["before"] = run_before(Path(args.before_src), args)
+            elif step == "ours":
+                rnd["models"] = run_ours(ds, args)
+            elif step == "recbole" and args.recbole:
+                rnd["recbole"] = {}
+                for theirs in args.recbole_models.split(","):
+                    rnd["recbole"][theirs] = run_recbole(theirs, args.epochs, args.threads)
+                    print(json.dumps({theirs: rnd["recbole"][theirs]}), file=sys.stderr, flush=True)
         if args.recbole:
-            rnd["recbole"], rnd["ratios"], rnd["cpu_ratios"] = {}, {}, {}
-            for theirs in args.recbole_models.split(","):
+            rnd["ratios"], rnd["cpu_ratios"] = {}, {}
+            for theirs, rb in rnd["recbole"].items():
                 ours = PAIRS[theirs]
-                rnd["recbole"][theirs] = rb = run_recbole(theirs, args.epochs, args.threads)
-                print(json.dumps({theirs: rb}), file=sys.stderr, flush=True)
                 _ratios(rnd["models"], ours, theirs, rb, rnd["ratios"], rnd["cpu_ratios"])
                 if "before" in rnd:
                     _ratios(rnd["before"], ours, theirs, rb, rnd.setdefault("before_ratios", {}),
