@@ -11,7 +11,10 @@ threshold_backward, bias-gradient sum), each into fresh memory. Same formulas as
 ReLU, no dropout and no batch norm; float32 CPU only (callers check `can_fuse_mlp`). The
 kernels are compiled at import (explicit signatures, cached on disk by numba). Inside
 `nn.precision.bf16_matmuls()` (fit with `matmul_precision: bf16`) the GEMMs are native bf16
-and a one-column linear head is an fp32 row dot (nn/precision.py, which holds those kernels).
+and a one-column linear head is an fp32 row dot (nn/precision.py, which holds those kernels);
+there a hidden layer is kept in fp32 only where fp32 is read (under that head, or as the
+output), else as its bf16 copy alone, which is also its ReLU mask. `grad_cols` (raw features
+after the embeddings) narrows the first layer's input-gradient GEMM to the columns that need it.
 
     >>> import torch
     >>> ws = [torch.ones(3, 2), torch.zeros(3), torch.ones(1, 3), torch.zeros(1)]

@@ -137,8 +137,8 @@ def _widen_row(src, i, dst):  # pragma: no cover - compiled
 
 
 # The fused MLP's (nn/fused_mlp.py `_ReluMLP16`): the GEMM output arrives in bf16 bits; one pass widens it, adds the
-# bias, applies ReLU and writes both the fp32 activation (the mask, the fp32 head) and its bf16
-# copy (the next GEMM's operand). Backward: one pass masks the gradient, sums ∂b and writes the
+# bias, applies ReLU and writes the fp32 activation where one is read (the fp32 head's input,
+# the network's output) and its bf16 copy (the next GEMM's operand and the ReLU mask). Backward: one pass masks the gradient, sums ∂b and writes the
 # bf16 operand of the two GEMMs. torch's separate conversions took 105–112 µs each at 2048 × 256.
 @numba.njit("void(u2[:, ::1], f4[::1], f4[:, ::1], u2[:, ::1])", cache=True, nogil=True)
 def widen_bias_relu_low(z, b, h, hl):  # pragma: no cover - compiled
