@@ -96,9 +96,9 @@ class DCN(_CrossModel):
 @dataclass(frozen=True)
 class DCNv2Config(DCNConfig):
     # float32 CPU training step in fewer passes, same formulas and parameters: the lookup +
-    # genre pooling as one autograd node (nn.embedding.gather_pool, no (G, F) @ (B, F, D)
-    # broadcast matmul), the full-rank cross stack as one node (nn.cross.cross_v2_stack) and
-    # the ReLU MLP through nn.fused_mlp
+    # genre pooling + raw dense concat as one numba kernel pair (nn.fused_fm.fused_pool; no
+    # (G, F) @ (B, F, D) broadcast matmul), the full-rank cross stack as one node
+    # (nn.cross.cross_v2_stack) and the ReLU MLP through nn.fused_mlp
     fused: bool = True
 
 
