@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import Ridge
 
-from funnelrec.core.errors import DataError
+from funnelrec.core.errors import ConfigError, DataError
 from funnelrec.core.types import PAD
 from funnelrec.recall.base import RecallContext
 from funnelrec.recall.ease import EASEConfig, EASERecall
@@ -29,6 +29,26 @@ def test_ease_weights_and_scores_follow_the_definition(world):
         want = [i for i in np.lexsort((np.arange(len(s)), -s)) if s[i] > 0][:6]
         np.testing.assert_allclose(b.scores[u][: len(got)], s[want][: len(got)], rtol=1e-4)
         assert len(got) == len(want) and not (X[u, got] > 0).any()
+
+
+def test_edlae_is_ridge_with_a_penalty_per_item_that_grows_with_its_count(world):
+    # EDLAE (dropout p): column j = ridge regression of item j on the others with penalty
+    # λ + p/(1−p)·count(k) on coefficient k; as scikit-learn's scalar ridge (α = 1) on the
+    # features scaled by 1/√penalty, coefficients scaled back
+    lam, p = 3.0, 0.25
+    ch = EASERecall(EASEConfig(lam=lam, dropout=p)).fit(world)
+    X = world.csr.toarray().astype(np.float64)
+    pen = lam + p / (1 - p) * (X * X).sum(0)
+    for j in (0, 5, world.n_items - 1):
+        others = [c for c in range(world.n_items) if c != j]
+        scale = np.sqrt(pen[others])
+        w = Ridge(alpha=1.0, fit_intercept=False).fit(X[:, others] / scale, X[:, j]).coef_ / scale
+        np.testing.assert_allclose(ch.B_[others, j], w, rtol=1e-4, atol=1e-5)
+        assert ch.B_[j, j] == 0
+    plain = EASERecall(EASEConfig(lam=lam)).fit(world)
+    assert np.abs(plain.B_ - ch.B_).max() > 1e-3  # the dropout changed the model
+    with pytest.raises(ConfigError, match="dropout"):
+        EASEConfig(dropout=1.0)
 
 
 def test_ease_uses_fresh_history_and_refuses_huge_catalogues(world):

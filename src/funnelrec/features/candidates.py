@@ -151,13 +151,18 @@ def _match_counts_kernel(h_ptr, h_idx, h_dat, a_ptr, a_idx, a_dat, order, grp, i
     return cnt, n_hist
 
 
-def ease_weights(history: sp.csr_matrix, lam: float) -> np.ndarray:
+def ease_weights(history: sp.csr_matrix, lam: float, dropout: float = 0.0) -> np.ndarray:
     """EASE (Steck 2019): the item-to-item ridge regression with a zero diagonal, closed form
-        P = (XᵀX + λI)⁻¹,  B = I − P · diag(1/diag(P))  (so diag(B) = 0),
-    X the (U, I) history. Returns B (I, I) float32; score(u, ·) = X_u B. Dense: O(I²) memory,
-    O(I³) time — for catalogues up to a few ten thousand items."""
+        P = (XᵀX + Λ)⁻¹,  B = I − P · diag(1/diag(P))  (so diag(B) = 0),
+    X the (U, I) history, Λ = λI. `dropout` p > 0 is EDLAE (Steck 2020, "Autoencoders that
+    don't overfit towards the identity"): the closed form of training under input dropout p,
+    Λ = λI + p/(1 − p) · diag(XᵀX), a penalty that grows with an item's popularity.
+    Returns B (I, I) float32; score(u, ·) = X_u B. Dense: O(I²) memory, O(I³) time — for
+    catalogues up to a few ten thousand items."""
     X = sp.csr_matrix(history, dtype=np.float64)
     G = (X.T @ X).toarray()
+    if dropout:
+        G[np.diag_indices_from(G)] += dropout / (1.0 - dropout) * np.diag(G).copy()
     G[np.diag_indices_from(G)] += lam
     P = np.linalg.inv(G)
     B = -P / np.diag(P)

@@ -29,10 +29,11 @@ from funnelrec.recall.base import RecallChannel, RecallContext, topn_dense
 class EASEConfig:
     lam: float = 500.0  # λ, the ridge penalty (Steck: a few hundred on MovieLens-sized data)
     max_items: int = 20_000  # B is dense I × I float32
+    dropout: float = 0.0  # p > 0: EDLAE (Steck 2020), the penalty λ + p/(1−p)·count(i) per item
 
     def __post_init__(self) -> None:
-        if self.lam <= 0 or self.max_items < 1:
-            raise ConfigError(f"EASEConfig: need lam > 0 and max_items ≥ 1, got {self}")
+        if self.lam <= 0 or self.max_items < 1 or not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"EASEConfig: need lam > 0, max_items ≥ 1 and 0 ≤ dropout < 1, got {self}")
 
 
 @RECALL_CHANNELS.register("ease")
@@ -49,7 +50,7 @@ class EASERecall(RecallChannel):
             raise DataError(f"ease recall: {I:,} items need a dense {I:,} × {I:,} matrix "
                             f"({I * I * 4 / 2**30:.1f} GiB; max_items = {self.config.max_items:,}); "
                             "use itemcf or swing for a catalogue this large")
-        self.B_ = ease_weights(data.csr, self.config.lam)
+        self.B_ = ease_weights(data.csr, self.config.lam, self.config.dropout)
         self.history_ = UserHistory(data.csr)
         self.fitted_ = True
         return self
