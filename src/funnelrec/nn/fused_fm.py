@@ -185,8 +185,11 @@ class _FusedEmbeddingBlock(torch.autograd.Function):
         emb_shape, w_shape, a_shape, fm_on = ctx.meta
         n = rows.shape[0]
         gx = torch.zeros_like(x) if gx is None else gx.contiguous()
-        gfm = torch.zeros(n) if (gfm is None or not fm_on) else gfm.contiguous()
-        glin = torch.zeros(n) if (glin is None or not fm_on) else glin.contiguous()
+        if fm_on:
+            gfm = torch.zeros(n) if gfm is None else gfm.contiguous()
+            glin = torch.zeros(n) if glin is None else glin.contiguous()
+        else:  # the pooling kernel reads neither
+            gfm = glin = torch.empty(0)
         gemb = torch.zeros(emb_shape)
         gw = torch.zeros(emb_shape[0]) if fm_on else torch.empty(0)
         ga = torch.zeros(dense.shape[1])
