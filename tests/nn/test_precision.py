@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from funnelrec.nn import precision
-from funnelrec.nn.cross import cross_v2_stack
+from funnelrec.nn.cross import cross_v2_dot, cross_v2_stack
 from funnelrec.nn.fused_mlp import relu_mlp
 
 
@@ -99,6 +99,37 @@ def test_cross_v2_stack_in_bf16_is_autograd_of_the_bf16_cast_graph():
     for q, r in zip([x0f, *pf], [x0r, *pr], strict=True):
         assert torch.allclose(q.grad, r.grad, rtol=1e-4, atol=1e-4)
     assert not torch.equal(cross_v2_stack(x0, raw), out)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])  # one layer: the head's layer is also the first
+def test_cross_v2_dot_in_bf16_is_autograd_of_the_bf16_cast_graph_under_its_head(n):
+    g = torch.Generator().manual_seed(3 + n)
+    d = 21
+    x0 = torch.randn(40, d, generator=g)
+    w = torch.randn(d, generator=g)
+    raw = [t for _ in range(n) for t in (torch.randn(d, d, generator=g) * 0.2, torch.randn(d, generator=g) * 0.1)]
+    up = torch.randn(40, generator=g)
+
+    x0r, wr, *pr = _leaves(x0, w, *raw)
+    x = x0r
+    for i in range(n):
+        x = x + x0r * (_bf16_mm(x, pr[2 * i].t()) + pr[2 * i + 1])
+    ref = x @ wr  # the fp32 one-column head
+    (ref * up).sum().backward()
+
+    x0f, wf, *pf = _leaves(x0, w, *raw)
+    with precision.bf16_matmuls():
+        out = cross_v2_dot(x0f, pf, wf)
+    (out * up).sum().backward()
+    assert torch.allclose(out, ref, rtol=1e-5, atol=1e-4)
+    for q, r in zip([x0f, wf, *pf], [x0r, wr, *pr], strict=True):
+        assert torch.allclose(q.grad, r.grad, rtol=1e-4, atol=1e-4), (q.shape, (q.grad - r.grad).abs().max())
+    # and outside the block: the fp32 stack and row_dot
+    x0e, we, *pe = _leaves(x0, w, *raw)
+    x = x0e
+    for i in range(n):
+        x = x + x0e * (x @ pe[2 * i].t() + pe[2 * i + 1])
+    assert torch.allclose(cross_v2_dot(x0, raw, w), x @ we, rtol=1e-5, atol=1e-5)
 
 
 def test_row_dot_is_the_matrix_vector_product_with_its_gradients():

@@ -108,6 +108,72 @@ class _CrossV2Stack16(torch.autograd.Function):
         return (gx0.add_(g), *grads)
 
 
+class _CrossV2Dot16(torch.autograd.Function):
+    """x_L · w of _CrossV2Stack16 under a one-column head, as one node (nn.precision
+    `cross_fwd16_dot` / `cross_bwd16_dot`): no (B, d) ∂x_L = ∂out ⊗ w is materialized, ∂x0 is
+    not zero-filled first, and the first layer's ∂x_0 joins ∂x0 in the pass that forms it."""
+
+    @staticmethod
+    def forward(ctx, x0, w, *params):
+        n = len(params) // 2
+        x, xl, lows, zs = x0, x0.bfloat16(), [], []
+        wls = [p.bfloat16() for p in params[0::2]]
+        out = torch.empty(x0.shape[0])
+        for i in range(n):
+            zt = torch.mm(xl, wls[i].t())
+            z, xn = torch.empty(zt.shape), torch.empty(zt.shape)
+            lows.append(xl)
+            zs.append(z)
+            b = params[2 * i + 1].detach().numpy()
+            if i < n - 1:
+                xl = torch.empty(zt.shape, dtype=torch.bfloat16)
+                precision.cross_fwd16(u16(zt), b, x0.numpy(), x.numpy(), z.numpy(), xn.numpy(), u16(xl))
+            else:
+                precision.cross_fwd16_dot(u16(zt), b, x0.numpy(), x.numpy(), w.detach().numpy(), z.numpy(), xn.numpy(),
+                                          out.numpy())
+            x = xn
+        ctx.save_for_backward(x0, w, x, *zs, *wls, *lows)
+        return out
+
+    @staticmethod
+    def backward(ctx, go):
+        x0, w, xL, *rest = ctx.saved_tensors
+        n = len(rest) // 3
+        zs, wls, lows = rest[:n], rest[n : 2 * n], rest[2 * n :]
+        go = go.contiguous()
+        grads: list[torch.Tensor | None] = [None] * (2 * n)
+        gx0, dw, g = torch.empty_like(x0), torch.empty_like(w), torch.empty_like(x0)
+        gzl = torch.empty(x0.shape, dtype=torch.bfloat16)  # each layer's bf16 g_z: read by its two GEMMs only
+        for i in reversed(range(n)):
+            db = torch.empty(x0.shape[1])
+            if i == n - 1:
+                precision.cross_bwd16_dot(go.numpy(), w.detach().numpy(), x0.numpy(), zs[i].numpy(), xL.numpy(),
+                                          gx0.numpy(), db.numpy(), dw.numpy(), u16(gzl))
+            else:
+                precision.cross_bwd16(g.numpy(), x0.numpy(), zs[i].numpy(), gx0.numpy(), db.numpy(), u16(gzl))
+            grads[2 * i] = torch.mm(gzl.t(), lows[i]).float()
+            grads[2 * i + 1] = db
+            d = u16(torch.mm(gzl, wls[i]))  # g_z W_l
+            if i == n - 1:
+                precision.outer_add_widen(go.numpy(), w.detach().numpy(), d, g.numpy())  # ∂x_{L-1} = ∂out ⊗ w + g_z W
+                if i == 0:
+                    gx0.add_(g)
+            elif i == 0:
+                precision.add2_widen(gx0.numpy(), g.numpy(), d)  # ∂x0 += ∂x_0 = g + g_z W_0
+            else:
+                precision.add_widen(g.numpy(), d)
+        return (gx0, dw, *grads)
+
+
+def cross_v2_dot(x0: torch.Tensor, params: list[torch.Tensor], w: torch.Tensor) -> torch.Tensor:
+    """x0 (B, d), params as `cross_v2_stack`, w (d,) → (B,) = x_L · w: the stack under a one-column
+    linear head (DCN-V2's parallel head on its cross half). In bf16 one fused node; otherwise the
+    stack, then `precision.row_dot`."""
+    if precision.bf16_enabled() and params and w.is_contiguous():
+        return _CrossV2Dot16.apply(x0.contiguous(), w, *params)
+    return precision.row_dot(cross_v2_stack(x0, params), w)
+
+
 def cross_v2_stack(x0: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
     """x0 (B, d); params [W_1 (d, d), b_1 (d,), …] → x_L of the full-rank DCN-V2 stack."""
     fn = _CrossV2Stack16 if precision.bf16_enabled() else _CrossV2Stack
@@ -160,6 +226,13 @@ class CrossNetV2(nn.Module):
             g = torch.softmax(gate(x), dim=-1).unsqueeze(-1)  # (B, K, 1)
             x = (g * e).sum(1) + x
         return x
+
+    def dot(self, x0: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """x0 (B, d), w (d,) → (B,) = forward(x0) · w; the full-rank fused stack in one node
+        (`cross_v2_dot`)."""
+        if self.rank <= 0 and getattr(self, "fused", False) and x0.dtype == torch.float32:
+            return cross_v2_dot(x0, [p for lin in self.layers for p in (lin.weight, lin.bias)], w)
+        return precision.row_dot(self(x0), w)
 
 
 class GatedCrossNet(nn.Module):

@@ -258,6 +258,75 @@ def cross_bwd16(g, x0, z, gx0, db, gzl):  # pragma: no cover - compiled
         _round_row(ru, gzl, i)
 
 
+# The cross stack under DCN-V2's one-column head (nn.cross `cross_v2_dot`): the last layer's pass
+# also takes the head's dot product x_L · w and writes no bf16 copy of x_L (no GEMM reads it);
+# backward, its gradient g_L = ∂out ⊗ w is formed inside the passes that read it, so the (B, d)
+# outer product, its copy, the zero-filled ∂x0 and the head's separate GEMV are gone.
+@numba.njit("void(u2[:, ::1], f4[::1], f4[:, ::1], f4[:, ::1], f4[::1], f4[:, ::1], f4[:, ::1], f4[::1])",
+            cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def cross_fwd16_dot(zt, b, x0, x, w, z, xn, out):  # pragma: no cover - compiled
+    n, m = zt.shape
+    zu = z.view(np.uint32)
+    for i in range(n):
+        for j in range(m):
+            zu[i, j] = widen(zt[i, j])
+        acc = np.float32(0.0)
+        for j in range(m):
+            v = z[i, j] + b[j]
+            z[i, j] = v
+            xv = x[i, j] + x0[i, j] * v
+            xn[i, j] = xv
+            acc += xv * w[j]
+        out[i] = acc
+
+
+@numba.njit("void(f4[::1], f4[::1], f4[:, ::1], f4[:, ::1], f4[:, ::1], f4[:, ::1], f4[::1], f4[::1], u2[:, ::1])",
+            cache=True, nogil=True)
+def cross_bwd16_dot(go, w, x0, z, xl, gx0, db, dw, gzl):  # pragma: no cover - compiled
+    """cross_bwd16 of the last layer with g = go ⊗ w: ∂x0 written (not accumulated), and the
+    head's ∂w = Σ_i go_i x_L[i] in the same pass."""
+    n, m = x0.shape
+    db[:] = 0.0
+    dw[:] = 0.0
+    row = np.empty(m, dtype=np.float32)
+    ru = row.view(np.uint32)
+    for i in range(n):
+        gi = go[i]
+        for j in range(m):
+            g = gi * w[j]
+            gz = g * x0[i, j]
+            gx0[i, j] = g * z[i, j]
+            db[j] += gz
+            dw[j] += gi * xl[i, j]
+            row[j] = gz
+        _round_row(ru, gzl, i)
+
+
+@numba.njit("void(f4[::1], f4[::1], u2[:, ::1], f4[:, ::1])", cache=True, nogil=True)
+def outer_add_widen(go, w, d, g):  # pragma: no cover - compiled
+    """g = go ⊗ w + the fp32 values of the bf16 bits d (∂x_{L-1} = g_L + g_z W)."""
+    n, m = d.shape
+    t = np.empty(m, dtype=np.uint32)
+    tf = t.view(np.float32)
+    for i in range(n):
+        _widen_row(d, i, t)
+        gi = go[i]
+        for j in range(m):
+            g[i, j] = gi * w[j] + tf[j]
+
+
+@numba.njit("void(f4[:, ::1], f4[:, ::1], u2[:, ::1])", cache=True, nogil=True)
+def add2_widen(gx0, g, d):  # pragma: no cover - compiled
+    """gx0 += g + the fp32 values of d: the first layer's ∂x_0 joins ∂x0 in the pass that forms it."""
+    n, m = g.shape
+    t = np.empty(m, dtype=np.uint32)
+    tf = t.view(np.float32)
+    for i in range(n):
+        _widen_row(d, i, t)
+        for j in range(m):
+            gx0[i, j] += g[i, j] + tf[j]
+
+
 @numba.njit("void(f4[:, ::1], u2[:, ::1])", cache=True, nogil=True)
 def add_widen(g, d):  # pragma: no cover - compiled
     n, m = g.shape

@@ -137,11 +137,11 @@ class DCNv2(_CrossModel):
             return {"ctr": self.deep(self.cross(x0)).squeeze(-1)}
         # head(cat([cross, deep])) as two matrix-vector products on the halves of its weight: no
         # (B, d + H) concat forward, no split of its gradient backward
-        c, w = self.cross(x0), self.head.weight[0]
+        w, d = self.head.weight[0], x0.shape[1]
         if precision.bf16_enabled():  # fit with matmul_precision bf16: no mv under oneDNN's bf16 (nn/precision.py)
-            d = c.shape[1]
-            return {"ctr": precision.row_dot(c, w[:d]) + self.deep.forward_with_head(x0, w[d:], self.head.bias, grad_cols)}
-        return {"ctr": torch.addmv(self.head.bias, c, w[: c.shape[1]]) + torch.mv(self.deep(x0, grad_cols), w[c.shape[1] :])}
+            # the cross half of the head inside the cross stack's own node (nn.cross `cross_v2_dot`)
+            return {"ctr": self.cross.dot(x0, w[:d]) + self.deep.forward_with_head(x0, w[d:], self.head.bias, grad_cols)}
+        return {"ctr": torch.addmv(self.head.bias, self.cross(x0), w[:d]) + torch.mv(self.deep(x0, grad_cols), w[d:])}
 
 
 @dataclass(frozen=True)
