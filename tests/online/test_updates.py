@@ -433,6 +433,34 @@ def test_warm_ftrl_with_a_carried_n_keeps_weights_and_steps_by_the_formula():
     assert abs(fresh[0, 0].item() - w0[0, 0]) > abs(w[0, 0].item() - w0[0, 0])
 
 
+def test_warm_ftrl_with_l1_and_the_carried_state_continues_one_ftrl_run():
+    """λ1 > 0: a warm restart from (w, n, z) after k steps gives the weights of one FTRL run over
+    all 2k steps, coordinates in the dead zone included; from (w, n) alone it does not, because
+    a zero weight's z (anywhere in [−λ1, λ1]) is reset to 0."""
+    from funnelrec.train.ftrl import FTRL
+
+    gen = torch.Generator().manual_seed(5)
+    a, b, l1, l2 = 0.5, 1.0, 0.3, 0.05
+    grads = [torch.randn(40, generator=gen) * 0.4 for _ in range(8)]
+    ref = torch.nn.Parameter(torch.zeros(40))
+    one = FTRL([ref], alpha=a, beta=b, l1=l1, l2=l2)
+    for k, g in enumerate(grads):
+        ref.grad = g.clone()
+        one.step()
+        if k == 3:
+            w4, n4, z4 = ref.detach().clone(), one.state[ref]["n"].numpy().copy(), one.state[ref]["z"].numpy().copy()
+    dead = (w4 == 0) & torch.from_numpy(np.abs(z4) > 1e-3)
+    assert dead.sum() >= 5  # the case under test: zero weights with a z away from 0
+    for carry_z, exact in ((True, True), (False, False)):
+        w = torch.nn.Parameter(w4.clone())
+        opt = warm_ftrl([w], a, b, l1, l2, [n4], [z4] if carry_z else None)
+        for g in grads[4:]:
+            w.grad = g.clone()
+            opt.step()
+        same = torch.allclose(w.detach(), ref.detach(), rtol=1e-5, atol=1e-6)
+        assert same is exact, carry_z
+
+
 def test_ranker_update_carries_ftrl_state_from_step_to_step(world, tmp_path):
     """One minibatch per step (batch ≥ samples): step 2's Σg² is step 1's plus its own gradient²,
     which the no-carry update of the same step-1 ranker measures alone (its weights equal, so
@@ -457,6 +485,22 @@ def test_ranker_update_carries_ftrl_state_from_step_to_step(world, tmp_path):
     back = load_state(tmp_path / "r")
     for k, v in two.ftrl_n_.items():
         np.testing.assert_array_equal(back.ftrl_n_[k], v)
+
+
+def test_ranker_update_with_l1_carries_z_where_the_weight_is_zero(world, tmp_path):
+    from funnelrec.core.persist import load_state, save_state
+
+    cfg = RankerUpdateConfig(batch_size=1_000_000, min_count=0, ftrl_l1=0.05)
+    one = RankerUpdater(cfg).update(world["funnel"], world["samples"], world["holdout"])["ranker"]
+    assert set(one.ftrl_z_) == set(one.ftrl_n_)
+    wide = dict(one.model_.named_parameters())
+    zero = {k: wide[k].detach().numpy() == 0 for k in one.ftrl_z_}
+    assert any(np.abs(one.ftrl_z_[k][m]).max(initial=0) > 0 for k, m in zero.items())  # dead-zone z ≠ 0
+    assert all(np.abs(one.ftrl_z_[k][m]).max(initial=0) <= 0.05 + 1e-6 for k, m in zero.items())
+    save_state(one, tmp_path / "r")
+    back = load_state(tmp_path / "r")
+    for k, v in one.ftrl_z_.items():
+        np.testing.assert_array_equal(back.ftrl_z_[k], v)
 
 
 # --------------------------------------------------------------------------- the ranker update

@@ -30,7 +30,9 @@ The state starts at z = −w·((β + √n)/α + λ2) − sign(w)·λ1, which giv
 the per-coordinate Σg² of the earlier accepted steps: the ranker carries it (`ftrl_n_`, by
 parameter name, saved with it), so a coordinate's step size shrinks as FTRL's does over a stream
 instead of restarting at α/β every step; rows added since (FID admission) start at n = 0.
-`RankerUpdateConfig.ftrl_carry_n = False` restarts at n = 0 every step (the behaviour before
+With λ1 > 0 a zero weight's z lies anywhere in [−λ1, λ1], so the weight alone would reset it to 0
+and forget how close the coordinate was to turning on: z is carried too (`ftrl_z_`) and read
+there. `RankerUpdateConfig.ftrl_carry_n = False` restarts at n = 0 every step (the behaviour before
 2026-12-04).
 
 FID admission/eviction (`FidAdmission`). The ranker's FID rows live in `RankFeatures.user_rows_`
@@ -76,23 +78,38 @@ class Updater(Protocol):
 
 
 # ------------------------------------------------------------------------------- FTRL warm start
+def _carried(old: np.ndarray | None, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values, mask): a carried per-coordinate state laid over w's shape; rows of a table grown
+    since (or a state of another shape) are not carried (mask False, value 0)."""
+    val, mask = torch.zeros_like(w), torch.zeros(w.shape, dtype=torch.bool)
+    if old is not None:
+        old = np.asarray(old, np.float32)
+        if old.ndim == w.ndim >= 1 and old.shape[1:] == tuple(w.shape[1:]):
+            rows = min(len(old), len(w))
+            val[:rows] = torch.from_numpy(np.ascontiguousarray(old[:rows]))
+            mask[:rows] = True
+    return val, mask
+
+
 def warm_ftrl(params: list[torch.nn.Parameter], alpha: float, beta: float, l1: float, l2: float,
-              n: list[np.ndarray | None] | None = None):
+              n: list[np.ndarray | None] | None = None, z: list[np.ndarray | None] | None = None):
     """An FTRL optimizer over `params` whose state reproduces their current values (module doc);
     n[k]: the carried Σg² of params[k] (None, or a 0-d parameter: zeros; a table grown since is
-    padded with zeros)."""
+    padded with zeros); z[k]: the carried z of params[k], read where the weight is 0 — with λ1 > 0
+    such a coordinate's z is anywhere in [−λ1, λ1] and the weight alone does not give it back."""
     from funnelrec.train.ftrl import FTRL
 
     opt = FTRL(params, alpha=alpha, beta=beta, l1=l1, l2=l2)
     with torch.no_grad():
         for k, p in enumerate(params):
             w = p.detach()
-            acc = torch.zeros_like(w)
-            old = None if n is None else np.asarray(n[k], np.float32)
-            if old is not None and old.ndim == w.ndim >= 1 and old.shape[1:] == tuple(w.shape[1:]):
-                rows = min(len(old), len(w))  # a table grown since: its new rows start at 0
-                acc[:rows] = torch.from_numpy(np.ascontiguousarray(old[:rows]))
-            opt.state[p]["z"] = -w * ((beta + acc.sqrt()) / alpha + l2) - torch.sign(w) * l1
+            acc, _ = _carried(None if n is None else n[k], w)
+            zw = -w * ((beta + acc.sqrt()) / alpha + l2) - torch.sign(w) * l1
+            if z is not None and l1 > 0:
+                zc, known = _carried(z[k], w)
+                keep = known & (w == 0)  # clamped: a zero weight's z stays in the dead zone
+                zw = torch.where(keep, zc.clamp(-l1, l1), zw)
+            opt.state[p]["z"] = zw
             opt.state[p]["n"] = acc
     return opt
 
@@ -231,11 +248,13 @@ class FidAdmission:
                 for k, v in model.state_dict().items():
                     if k in keys:
                         v[torch.from_numpy(gone)] = 0
-            acc = getattr(ranker, "ftrl_n_", None)
-            if acc:  # and FTRL's Σg² of those rows (a new dict: the served ranker shares the old one)
-                ranker.ftrl_n_ = acc = {k: a.copy() for k, a in acc.items()}
-                for k in keys & set(acc):
-                    acc[k][gone[gone < len(acc[k])]] = 0
+            for attr in ("ftrl_n_", "ftrl_z_"):  # and FTRL's Σg² and z of those rows (new dicts: the
+                acc = getattr(ranker, attr, None)  # served ranker shares the old ones)
+                if acc:
+                    acc = {k: a.copy() for k, a in acc.items()}
+                    setattr(ranker, attr, acc)
+                    for k in keys & set(acc):
+                        acc[k][gone[gone < len(acc[k])]] = 0
         for side, rows, col, _ in sides:
             if col is None:
                 continue
@@ -417,10 +436,11 @@ class RankerUpdater:
         wide, deep = split_wide_deep(ranker.model_)
         names = {id(p): name for name, p in ranker.model_.named_parameters()}
         carried = (getattr(ranker, "ftrl_n_", None) or {}) if cfg.ftrl_carry_n else {}
+        carried_z = (getattr(ranker, "ftrl_z_", None) or {}) if cfg.ftrl_carry_n else {}
         opts: list[torch.optim.Optimizer] = []
         if wide:
             ftrl = warm_ftrl(wide, cfg.ftrl_alpha, cfg.ftrl_beta, cfg.ftrl_l1, cfg.ftrl_l2,
-                             [carried.get(names[id(p)]) for p in wide])
+                             [carried.get(names[id(p)]) for p in wide], [carried_z.get(names[id(p)]) for p in wide])
             opts.append(ftrl)
         if deep:
             opts.append(torch.optim.Adam(deep, lr=cfg.lr))
@@ -430,6 +450,8 @@ class RankerUpdater:
         if wide:  # FTRL's state after this step (read by the next one if it carries n); a new dict: the
             # served ranker's (shared by copy_ranker) stays as it is
             ranker.ftrl_n_ = {names[id(p)]: ftrl.state[p]["n"].numpy().copy() for p in wide}
+            if cfg.ftrl_l1 > 0:  # z only says more than the weight inside the L1 dead zone
+                ranker.ftrl_z_ = {names[id(p)]: ftrl.state[p]["z"].numpy().copy() for p in wide}
         return float(res.history[-1]["loss"]) if res.history else float("nan")
 
 
