@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo test bench lint clean clean-numba
 
 install: $(STAMP)
 
@@ -28,5 +28,9 @@ bench: install
 lint: install
 	$(BIN)/ruff check src tests bench
 
-clean:
+clean: clean-numba
 	rm -rf $(VENV) .pytest_cache build *.egg-info src/*.egg-info
+
+# numba's on-disk kernel caches (docs/ARCHITECTURE.md: a kernel's cache misses edits to a helper in another file)
+clean-numba:
+	find src -name '*.nbi' -delete -o -name '*.nbc' -delete
