@@ -130,6 +130,35 @@ def test_cross_v2_dot_in_bf16_is_autograd_of_the_bf16_cast_graph_under_its_head(
     for i in range(n):
         x = x + x0e * (x @ pe[2 * i].t() + pe[2 * i + 1])
     assert torch.allclose(cross_v2_dot(x0, raw, w), x @ we, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="width"):
+        cross_v2_dot(x0, raw, w[:-1])
+
+
+def test_dcnv2_bf16_step_through_the_fused_cross_head_is_the_unfused_one():
+    """DCNv2's bf16 branch (`CrossNetV2.dot` on a view of the head weight) against the same step
+    with the stack's own node followed by `row_dot` (the branch before the fusion): loss and
+    every gradient."""
+    from funnelrec.models.ranking.base import FeatureSpec
+    from funnelrec.models.ranking.dcn import DCNv2
+
+    torch.manual_seed(0)
+    spec = FeatureSpec(n_embeddings=50, n_fields=4, n_dense=3)
+    m = DCNv2(spec, DCNv2.Config(embedding_dim=4, cross_layers=2, hidden=(16, 8), dense_as_fields=False))
+    batch = {"sparse": torch.randint(1, 50, (64, 4)), "dense": torch.randn(64, 3)}
+    y = torch.randint(0, 2, (64,)).float()
+    grads = []
+    for fused in (True, False):
+        if not fused:  # the instance attribute shadows the method
+            m.cross.dot = lambda x0, w: precision.row_dot(m.cross(x0), w)
+        m.zero_grad()
+        with precision.bf16_matmuls():
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(m(batch)["ctr"], y)
+        loss.backward()
+        grads.append((loss.item(), {k: p.grad.clone() for k, p in m.named_parameters()}))
+    (l1, g1), (l2, g2) = grads
+    assert abs(l1 - l2) < 1e-5 and set(g1) == set(g2)
+    for k in g1:
+        assert torch.allclose(g1[k], g2[k], rtol=1e-4, atol=1e-6), k
 
 
 def test_row_dot_is_the_matrix_vector_product_with_its_gradients():

@@ -169,6 +169,8 @@ def cross_v2_dot(x0: torch.Tensor, params: list[torch.Tensor], w: torch.Tensor) 
     """x0 (B, d), params as `cross_v2_stack`, w (d,) → (B,) = x_L · w: the stack under a one-column
     linear head (DCN-V2's parallel head on its cross half). In bf16 one fused node; otherwise the
     stack, then `precision.row_dot`."""
+    if w.shape != (x0.shape[1],):
+        raise ValueError(f"cross_v2_dot: w has shape {tuple(w.shape)}, the stack's width is {x0.shape[1]}")
     if precision.bf16_enabled() and params and w.is_contiguous():
         return _CrossV2Dot16.apply(x0.contiguous(), w, *params)
     return precision.row_dot(cross_v2_stack(x0, params), w)

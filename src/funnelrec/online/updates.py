@@ -452,6 +452,8 @@ class RankerUpdater:
             ranker.ftrl_n_ = {names[id(p)]: ftrl.state[p]["n"].numpy().copy() for p in wide}
             if cfg.ftrl_l1 > 0:  # z only says more than the weight inside the L1 dead zone
                 ranker.ftrl_z_ = {names[id(p)]: ftrl.state[p]["z"].numpy().copy() for p in wide}
+            elif getattr(ranker, "ftrl_z_", None) is not None:  # a step without L1: an older z is stale
+                ranker.ftrl_z_ = None
         return float(res.history[-1]["loss"]) if res.history else float("nan")
 
 
