@@ -74,20 +74,34 @@ class _CrossV2Stack(torch.autograd.Function):
         return (gx0.add_(g), *grads)  # x_0 is x0 itself: its "x" gradient joins the x0 one
 
 
+def _forward16(x0: torch.Tensor, params, w: torch.Tensor | None = None, out: torch.Tensor | None = None):
+    """The bf16 stack's forward: (x_L, [z_l], [bf16 W_l], [bf16 x_l]); with a head w, the last
+    layer's pass also writes x_L · w into `out` and no bf16 copy of x_L."""
+    n = len(params) // 2
+    x, xl, lows, zs = x0, x0.bfloat16(), [], []
+    wls = [p.bfloat16() for p in params[0::2]]  # once per step: the backward's GEMMs reuse them
+    for i in range(n):
+        zt = torch.mm(xl, wls[i].t())
+        z, xn = torch.empty(zt.shape), torch.empty(zt.shape)
+        lows.append(xl)
+        zs.append(z)
+        b = params[2 * i + 1].detach().numpy()
+        if w is not None and i == n - 1:
+            precision.cross_fwd16_dot(u16(zt), b, x0.numpy(), x.numpy(), w.detach().numpy(), z.numpy(), xn.numpy(),
+                                      out.numpy())
+        else:
+            xl = torch.empty(zt.shape, dtype=torch.bfloat16)
+            precision.cross_fwd16(u16(zt), b, x0.numpy(), x.numpy(), z.numpy(), xn.numpy(), u16(xl))
+        x = xn
+    return x, zs, wls, lows
+
+
 class _CrossV2Stack16(torch.autograd.Function):
     """_CrossV2Stack with native bf16 GEMMs (nn.precision); the elementwise work in fp32."""
 
     @staticmethod
     def forward(ctx, x0, *params):
-        x, xl, lows, zs = x0, x0.bfloat16(), [], []
-        wls = [w.bfloat16() for w in params[0::2]]  # once per step: the backward's GEMMs reuse them
-        for i in range(0, len(params), 2):
-            zt = torch.mm(xl, wls[i // 2].t())
-            z, xn, xnl = torch.empty(zt.shape), torch.empty(zt.shape), torch.empty(zt.shape, dtype=torch.bfloat16)
-            precision.cross_fwd16(u16(zt), params[i + 1].detach().numpy(), x0.numpy(), x.numpy(), z.numpy(), xn.numpy(), u16(xnl))
-            lows.append(xl)
-            zs.append(z)
-            x, xl = xn, xnl
+        x, zs, wls, lows = _forward16(x0, params)
         ctx.save_for_backward(x0, *zs, *wls, *lows)  # the bf16 copies too: saved-tensor hooks see them
         return x
 
@@ -115,23 +129,8 @@ class _CrossV2Dot16(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x0, w, *params):
-        n = len(params) // 2
-        x, xl, lows, zs = x0, x0.bfloat16(), [], []
-        wls = [p.bfloat16() for p in params[0::2]]
         out = torch.empty(x0.shape[0])
-        for i in range(n):
-            zt = torch.mm(xl, wls[i].t())
-            z, xn = torch.empty(zt.shape), torch.empty(zt.shape)
-            lows.append(xl)
-            zs.append(z)
-            b = params[2 * i + 1].detach().numpy()
-            if i < n - 1:
-                xl = torch.empty(zt.shape, dtype=torch.bfloat16)
-                precision.cross_fwd16(u16(zt), b, x0.numpy(), x.numpy(), z.numpy(), xn.numpy(), u16(xl))
-            else:
-                precision.cross_fwd16_dot(u16(zt), b, x0.numpy(), x.numpy(), w.detach().numpy(), z.numpy(), xn.numpy(),
-                                          out.numpy())
-            x = xn
+        x, zs, wls, lows = _forward16(x0, params, w, out)
         ctx.save_for_backward(x0, w, x, *zs, *wls, *lows)
         return out
 
@@ -202,7 +201,7 @@ class CrossNetV2(nn.Module):
         x = x0
         if self.rank <= 0:
             if getattr(self, "fused", False) and x0.dtype == torch.float32:
-                return cross_v2_stack(x0, [p for lin in self.layers for p in (lin.weight, lin.bias)])
+                return cross_v2_stack(x0, self._full_rank_params())
             for lin in self.layers:
                 x = x0 * lin(x) + x
             return x
@@ -229,11 +228,14 @@ class CrossNetV2(nn.Module):
             x = (g * e).sum(1) + x
         return x
 
+    def _full_rank_params(self) -> list[torch.Tensor]:
+        return [p for lin in self.layers for p in (lin.weight, lin.bias)]
+
     def dot(self, x0: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """x0 (B, d), w (d,) → (B,) = forward(x0) · w; the full-rank fused stack in one node
         (`cross_v2_dot`)."""
         if self.rank <= 0 and getattr(self, "fused", False) and x0.dtype == torch.float32:
-            return cross_v2_dot(x0, [p for lin in self.layers for p in (lin.weight, lin.bias)], w)
+            return cross_v2_dot(x0, self._full_rank_params(), w)
         return precision.row_dot(self(x0), w)
 
 
