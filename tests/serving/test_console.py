@@ -100,8 +100,14 @@ def test_console_is_behind_the_admin_token(world):
     assert r.status_code == 303 and r.headers["location"].startswith("/console/login")
     r = httpx.get(f"{url}/console/user/history?user_id=1", headers={"HX-Request": "true"})
     assert r.status_code == 403 and r.headers["hx-redirect"] == "/console/login"
+    def logged() -> int:
+        with sqlite3.connect(world["events_db"]) as db:
+            return db.execute("SELECT count(*) FROM events WHERE user_id = '1'").fetchone()[0]
+
+    before = logged()
     assert httpx.post(f"{url}/console/user/feedback", data={"user_id": "1", "item_id": "1", "type": "click"}
-                      ).status_code == 303  # nothing logged without the token
+                      ).status_code == 303
+    assert logged() == before  # nothing logged without the token
     r = httpx.get(f"{url}/console/user?user_id=1", headers={"X-Admin-Token": TOKEN})
     assert r.status_code == 200 and "The funnel of this request" in r.text
     assert httpx.get(f"{url}/console/static/htmx.min.js").status_code == 200  # the login page needs it

@@ -153,6 +153,49 @@ def test_metrics_count_requests_and_stage_latencies(url):
     assert buckets == sorted(buckets) and buckets[-1] == _metric(text, "funnelrec_stage_latency_ms_count", stage="rank")
 
 
+def test_metrics_count_feedback_cold_start_reloads_errors_and_refusals(fitted_funnel, funnel_artifacts, serve,
+                                                                      tmp_path, monkeypatch):
+    """Each counter the service promises, by its exact change on a server of its own."""
+    svc = RecommenderService(fitted_funnel, ServiceConfig(state_dir=str(tmp_path)))
+    with serve(create_app(svc, max_body_bytes=1 << 16)) as base:
+        def m(name: str, **labels: str) -> float:
+            return _samples(httpx.get(f"{base}/metrics").text).get((name, frozenset(labels.items())), 0.0)
+
+        now = int(time.time())
+        first = httpx.post(f"{base}/recommend", json={"user_id": "305", "k": 3}).json()
+        shown = [it["item_id"] for it in first["items"]]
+        events = [{"item_id": i, "type": "impression", "ts": now} for i in shown]
+        events += [{"item_id": shown[0], "type": "click", "ts": now},
+                   {"item_id": shown[1], "type": "watch_time", "value": 12.0, "ts": now}]
+        assert httpx.post(f"{base}/feedback", json={"request_id": first["request_id"], "user_id": "305",
+                                                    "events": events}).status_code == 200
+        assert m("funnelrec_feedback_events_total", type="impression") == 3
+        assert m("funnelrec_feedback_events_total", type="click") == 1
+        assert m("funnelrec_feedback_events_total", type="watch_time") == 1
+        assert m("funnelrec_feedback_events_total", type="like") == 0
+        assert m("funnelrec_cold_start_total") == 0
+        assert httpx.post(f"{base}/recommend", json={"user_id": "never-seen-7", "k": 3}).json()["cold_start"]
+        assert m("funnelrec_cold_start_total") == 1
+        a, _ = funnel_artifacts
+        assert httpx.post(f"{base}/admin/reload", json={"artifact": str(a)}).status_code == 200
+        assert m("funnelrec_model_reloads_total") == 1
+        big = b'{"user_id": "1", "events": [' + b'{"item_id": 1, "type": "click"},' * 3000 + b"]}"
+        assert httpx.post(f"{base}/feedback", content=big, headers={"content-type": "application/json"}
+                          ).status_code == 413
+        assert m("funnelrec_http_rejected_total", reason="too_large") == 1
+        assert m("funnelrec_http_errors_total", path="/recommend") == 0
+
+        def boom(*args, **kwargs):
+            raise RuntimeError("a bug in the funnel")
+
+        monkeypatch.setattr(svc, "recommend_many", boom)
+        monkeypatch.setattr(svc, "recommend", boom)
+        assert httpx.post(f"{base}/recommend", json={"user_id": "305", "k": 3}).status_code == 500
+        assert m("funnelrec_http_errors_total", path="/recommend") == 1
+        assert m("funnelrec_http_requests_total", method="POST", path="/recommend", status="500") == 1
+    svc.close()
+
+
 def test_health_and_openapi(url):
     h = httpx.get(f"{url}/health").json()
     assert h["status"] == "ok" and h["n_items"] == 1682 and h["n_users"] == 943
@@ -197,11 +240,28 @@ def test_reload_refuses_paths_outside_the_artifact_directory(funnel_artifacts, s
         assert svc.current.version == before and svc.metrics.reloads == 0
         ok = httpx.post(f"{base}/admin/reload", json={"artifact": str(b)})
         assert ok.status_code == 200 and svc.current.version.startswith("funnel-b@")
-        # one component: the ranker of artifact a, every other part kept from the serving funnel
-        channels = svc.current.funnel.channels_
-        part = httpx.post(f"{base}/admin/reload", json={"artifact": str(a), "parts": ["ranker"]})
+        # one component: the ranker of artifact c (a's funnel, its ranker's weights moved), every
+        # other part kept from the serving funnel, object for object
+        import copy
+
+        import torch
+
+        from funnelrec.pipeline.funnel import Funnel
+
+        c = a.parent / "funnel-c"
+        moved = copy.deepcopy(Funnel.load(a).ranker_)
+        with torch.no_grad():
+            for p in moved.model_.parameters():
+                p.add_(0.25)
+        Funnel.load(a).with_components(ranker=moved).save(c)
+        channels = dict(svc.current.funnel.channels_)
+        part = httpx.post(f"{base}/admin/reload", json={"artifact": str(c), "parts": ["ranker"]})
         assert part.status_code == 200 and part.json()["model_version"].endswith("[ranker]")
-        assert svc.current.funnel.channels_ == channels and svc.current.funnel.ranker_ is not None
+        now = svc.current.funnel
+        assert all(now.channels_[n] is ch for n, ch in channels.items()) and now.channels_.keys() == channels.keys()
+        served = now.ranker_.model_.state_dict()
+        for k, v in moved.model_.state_dict().items():
+            assert torch.equal(served[k], v), k
         unknown = httpx.post(f"{base}/admin/reload", json={"artifact": str(a), "parts": ["nosuch"]})
         assert unknown.status_code == 400 and "nosuch" in unknown.json()["detail"]
     svc.close()

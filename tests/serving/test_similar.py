@@ -43,13 +43,19 @@ def _top(scores: np.ndarray, item: int, k: int) -> list[int]:
     return [j for j in order if s[j] > 0][:k]
 
 
-def test_each_channel_neighbours_match_an_independent_computation(funnel, world):
+def _ease_B(world) -> np.ndarray:
     X = world.csr.toarray().astype(np.float64) > 0
-    cos = cosine_similarity(X.T)
     G = X.T.astype(np.float64) @ X + 5.0 * np.eye(X.shape[1])
     P = np.linalg.inv(G)
     B = np.eye(X.shape[1]) - P / np.diag(P)  # Steck's closed form, diag(B) = 0
     np.fill_diagonal(B, 0.0)
+    return B
+
+
+def test_each_channel_neighbours_match_an_independent_computation(funnel, world):
+    X = world.csr.toarray().astype(np.float64) > 0
+    cos = cosine_similarity(X.T)
+    B = _ease_B(world)
     V = funnel.channels_["vector"].item_vectors_.astype(np.float64)
     assert funnel.similar_sources() == ["itemcf", "ease", "vector"]  # hot has no i2i
     for item in (0, 3, 11):
@@ -65,15 +71,24 @@ def test_each_channel_neighbours_match_an_independent_computation(funnel, world)
 def test_channels_interleave_and_deduplicate(funnel):
     item = 2
     per = {n: funnel.similar(item, 6, channel=n)[0].tolist() for n in ("itemcf", "ease", "vector")}
-    items, _, chans = funnel.similar(item, 6)
+    items, scores, chans = funnel.similar(item, 6)
     want: list[int] = []
     for depth in range(6):  # round robin in config order, first come first kept
         for n in ("itemcf", "ease", "vector"):
             if per[n][depth] not in want and len(want) < 6:
                 want.append(per[n][depth])
     assert items.tolist() == want and item not in want
-    for it, c in zip(items.tolist(), chans):
-        assert c[0] in per and it in per[c[0]]
+    # every channel that names an item within the depth scanned (k + the query item) is listed,
+    # in the order they named it (depth, then config order), and the first of them gives the score
+    names = ("itemcf", "ease", "vector")
+    deep = {}
+    for n in names:
+        it, sc = funnel.channels_[n].similar_items(np.array([item]), 7).row(0)
+        deep[n] = {int(i): (d, float(v)) for d, (i, v) in enumerate(zip(it, sc))}
+    for it, score, c in zip(items.tolist(), scores.tolist(), chans):
+        assert c == sorted((n for n in names if it in deep[n]), key=lambda n: (deep[n][it][0], names.index(n))), it
+        assert score == pytest.approx(deep[c[0]][it][1], rel=1e-6)
+    assert any(len(c) > 1 for c in chans)  # the case exercises an item named twice
 
 
 def test_similar_over_http(funnel, serve, world):
@@ -82,9 +97,12 @@ def test_similar_over_http(funnel, serve, world):
         r = httpx.get(f"{url}/similar", params={"item_id": str(iid), "k": 4, "channel": "ease"})
         assert r.status_code == 200, r.text
         body = r.json()
-        want = funnel.similar(4, 4, channel="ease")[0]
+        B = _ease_B(world)
+        want = _top(B[4], 4, 4)  # the EASE closed form, not the route's own call
         assert [it["item_id"] for it in body["items"]] == world.dataset.items["item_id"].to_numpy()[want].tolist()
-        assert body["item_id"] == iid
+        np.testing.assert_allclose([it["score"] for it in body["items"]], B[4][want], rtol=1e-4, atol=1e-6)
+        assert [it["channels"] for it in body["items"]] == [["ease"]] * 4
+        assert body["item_id"] == iid and body["model_version"] == "initial"
         assert httpx.get(f"{url}/similar", params={"item_id": "nope"}).status_code == 404
         bad = httpx.get(f"{url}/similar", params={"item_id": str(iid), "channel": "hot"})
         assert bad.status_code == 422 and "has no item-to-item neighbours" in bad.json()["detail"]
