@@ -40,7 +40,12 @@ def loop_runs():
                       drift_day=13, drift_fraction=1.0)
     fitted = fit_for_replay(ds, FUNNEL, CFG)
     world = ds.extras["world"]
-    return ds, fitted, {m: closed_loop(fitted, world, m, CFG, LOOP) for m in ("static", "realtime")}
+    runs = {}
+    for m in ("static", "realtime"):
+        ranked: list[list[int]] = []  # each request's whole ranked answer (item indices), in request order
+        rec = closed_loop(fitted, world, m, CFG, LOOP, on_request=lambda u, t, r, into=ranked: into.append(r.tolist()))
+        runs[m] = rec.with_columns(pl.Series("ranked", ranked, dtype=pl.List(pl.Int64)))
+    return ds, fitted, runs
 
 
 def test_every_request_ndcg_recomputed_from_the_truth(loop_runs):
@@ -71,6 +76,14 @@ def test_every_request_ndcg_recomputed_from_the_truth(loop_runs):
             assert row["ndcg"] == pytest.approx(want, rel=1e-5, abs=1e-9), (mode, row)
             # the recall ceiling: the truth's best k of what was ranked, at least what was shown, at most the ideal
             assert row["ndcg"] - 1e-9 <= row["ndcg_candidates"] <= 1 + 1e-9
+            ranked = row["ranked"]
+            assert [int(i) for i in ranked[:K]] == shown  # the shown list is the ranked answer's head
+            best = sorted(gain[ranked], reverse=True)[:K]
+            assert row["ndcg_candidates"] == pytest.approx(graded_ndcg(np.array(best), gain[allowed], K),
+                                                           rel=1e-5, abs=1e-9)
+            # P(click) at each position: the truth × (1 + position)^−position_exponent
+            bias = [(1.0 + p) ** -c.position_exponent for p in range(len(shown))]
+            assert row["expected_clicks"] == pytest.approx(sum(g * b for g, b in zip(gain[shown], bias)), rel=1e-5)
             for i in row["items"]:
                 assert (u, i) not in clicked  # never show what the user clicked (label slice included)
                 assert shown_at.get((u, i), -10**12) // SLICE < (t - 7 * DAY) // SLICE  # the filter held it back
@@ -89,6 +102,7 @@ def test_the_same_arrivals_in_every_mode_and_the_summary(loop_runs):
     st = runs["static"]
     assert s["modes"]["static"]["ctr"] == pytest.approx(st["clicks"].sum() / st["items"].list.len().sum())
     assert s["modes"]["static"][f"ndcg@{K}"] == pytest.approx(st["ndcg"].mean())
+    assert s["modes"]["static"]["expected_clicks"] == pytest.approx(st["expected_clicks"].mean())
     d = s["differences"]["realtime-static"][f"ndcg@{K}"]
     cells = (pl.concat(runs.values()).group_by("mode", "day", "user_id").agg(pl.col("ndcg").mean())
              .pivot(on="mode", index=["day", "user_id"], values="ndcg"))

@@ -153,9 +153,14 @@ def test_ranker_update_learns_from_impressions_not_organic_clicks(world):
     s, h = mark(s), mark(h)
     n_org = int(s["request_id"].is_null().sum())
     assert 0 < n_org < s.height
-    up = RankerUpdater(RankerUpdateConfig(min_count=0))
+    n_org_h = int(h["request_id"].is_null().sum())
+    assert 0 < n_org_h < h.height
+    # a guardrail that accepts anything reports how many held-out rows it judged: the shown ones
+    # (every shown item was a candidate, so each is recalled), never the organic ones
+    up = RankerUpdater(RankerUpdateConfig(min_count=0), guardrail=AUCGuardrail(1.0, min_per_class=1))
     up.update(f, s, h)
     assert up.last_report_["samples"] == s.height - n_org and up.last_report_["organic_dropped"] == n_org
+    assert up.last_report_["guardrail"]["n"] == h.height - n_org_h
     keep = RankerUpdater(RankerUpdateConfig(min_count=0, organic="keep"))
     keep.update(f, s, h)
     assert keep.last_report_["samples"] == s.height

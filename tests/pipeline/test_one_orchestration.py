@@ -12,6 +12,7 @@ from funnelrec.core.errors import ConfigError, DataError
 from funnelrec.core.types import PAD, KeySet, RequestState
 from funnelrec.pipeline.builder import FunnelBuilder
 from funnelrec.pipeline.config import FunnelConfig
+from funnelrec.pipeline.funnel import Funnel
 from funnelrec.pipeline.service import RecommenderService, StoreExposure
 from funnelrec.recall.base import RecallContext
 
@@ -139,6 +140,20 @@ def test_fresh_history_changes_the_next_answer_and_is_never_recalled(cache_funne
     # an unknown user with fresh history is no longer cold start
     assert f.run(np.array([-1]), 10)[0].cold_start
     assert not f.run(np.array([-1]), 10, state=RequestState(history=[clicked]))[0].cold_start
+    # and its itemCF candidates are the neighbours of what it clicked: score(i) = Σ_j∈clicked N[j, i]
+    # over the fitted neighbour table (N[i, j] in the "target" neighbourhood), the clicked items left out
+    ctx = Funnel._context(None, RequestState(history=[clicked]), 1)  # one request row
+    itemcf = f.recall(np.array([-1]), ctx)[0]
+    assert itemcf.channel == "itemcf"
+    items, scores = itemcf.row(0)
+    ch = f.channels_["itemcf"]
+    N = ch.neighbours_.toarray().astype(np.float64)
+    want = (N if ch.neighbourhood == "trigger" else N.T)[clicked].sum(0)
+    want[clicked] = 0.0
+    n = min(80, int((want > 0).sum()))
+    assert n > 10 and len(items) == n and not set(items.tolist()) & set(clicked.tolist())
+    np.testing.assert_allclose(scores, want[items], rtol=1e-5)
+    assert scores.min() >= np.delete(want, items).max() - 1e-6  # the top n of them
 
 
 def test_request_state_rows_must_match_the_users(cache_funnel):

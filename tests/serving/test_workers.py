@@ -87,12 +87,20 @@ def test_two_workers_serve_and_share_exposure_filters(funnel_artifacts, port_fac
         r = httpx.post(f"{base}/feedback", json={"request_id": first["request_id"], "user_id": "196",
                                                   "events": [{"item_id": i, "type": "impression", "ts": now} for i in shown]})
         assert r.status_code == 200 and r.json()["impressions"] == 5
+        took = r.headers["x-funnelrec-worker"]
         # a new connection per request: the kernel spreads them over both workers; whichever
-        # answers must filter what the other acknowledged
-        for _ in range(12):
-            body = httpx.post(f"{base}/recommend", json={"user_id": "196", "k": 5, "debug": True}).json()
+        # answers must filter what the other acknowledged — until the other one has answered
+        # (bounded), so the filter is seen across processes, not only where it was written
+        answered: set[str] = set()
+        n = 0
+        while (n < 12 or answered <= {took}) and n < 200:
+            r = httpx.post(f"{base}/recommend", json={"user_id": "196", "k": 5, "debug": True})
+            body = r.json()
+            answered.add(r.headers["x-funnelrec-worker"])
             assert not set(shown) & {it["item_id"] for it in body["items"]}
             assert set(shown) <= set(body["debug"]["filtered"])
+            n += 1
+        assert answered - {took}, f"all {n} requests went to the worker that took the feedback"
 
 
 def test_metrics_sum_over_both_workers_whichever_answers(funnel_artifacts, port_factory, tmp_path):
