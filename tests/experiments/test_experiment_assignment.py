@@ -140,9 +140,13 @@ def test_ramp_stops_on_failed_guardrail_and_everyone_returns_to_baseline():
     ramp = p.ramps["e"]
     with pytest.raises(ConfigError, match="no result for guardrail metric 'latency'"):
         ramp.advance({"watch": result(0.0)})
+    # latency 5% LOWER with a tiny variance: significantly better, so the ramp moves on to 5 %
+    d = ramp.advance({"watch": result(0.01), "latency": result(-0.05)})
+    assert d.action == "advanced" and d.step == 1 and d.traffic == 0.05 and d.failed == ()
     # latency 5% higher with a tiny variance: significantly worse
     d = ramp.advance({"watch": result(0.01), "latency": result(0.05)})
     assert d.action == "stopped" and d.traffic == 0.0 and "latency" in d.failed[0]
+    assert "significantly worse" in d.failed[0] and len(d.failed) == 1  # watch +1 % passes
     assert np.all(p.assign_layer_many("rank", USERS[:5000]) == -1)
     assert p.assign("u1").params == {}
 
@@ -156,6 +160,20 @@ def test_guardrail_threshold_direction():
     g = GuardrailConfig("latency", direction="lower_is_better", max_degradation=0.02)
     assert RampUp.check(g, result(+0.03)) and not RampUp.check(g, result(-0.03))
     assert isinstance(result(0.1), TestResult)
+    # the alpha test is one-sided in effect: only a significant move the BAD way stops the ramp.
+    # result(±0.03): z = 0.03 / sqrt(2e-6) ≈ 21.2, so p ≈ 0 — significant either way
+    assert sps.norm.sf(0.03 / np.sqrt(2e-6)) * 2 < 1e-50
+    assert result(+0.03).p_value < 0.05 and result(-0.03).p_value < 0.05
+    g = GuardrailConfig("ctr", alpha=0.05)
+    assert RampUp.check(g, result(+0.03)) is None  # significantly better: keep ramping
+    assert "significantly worse" in RampUp.check(g, result(-0.03))
+    g = GuardrailConfig("latency", direction="lower_is_better", alpha=0.05)
+    assert RampUp.check(g, result(-0.03)) is None  # significantly lower latency: better
+    assert "significantly worse" in RampUp.check(g, result(+0.03))
+    # worse but not significant: z = 0.03 / sqrt(2) ≈ 0.021, p ≈ 0.98 — no reason to stop
+    noisy = difference_test(1.0, 1.0, 0.97, 1.0)
+    assert noisy.p_value == pytest.approx(2 * sps.norm.sf(0.03 / np.sqrt(2)))
+    assert RampUp.check(GuardrailConfig("ctr", alpha=0.05), noisy) is None
     # control value 0: no relative lift exists; the guardrail fails instead of passing silently
     zero = difference_test(0.0, 1e-6, 0.5, 1e-6)
     assert zero.rel_lift != zero.rel_lift  # NaN

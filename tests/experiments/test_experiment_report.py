@@ -72,6 +72,37 @@ def test_table_numbers_equal_the_estimators(events):
     assert rep.srm.counts == tuple(int((events.filter(pl.col("day") == 1)["variant"] == v).sum()) for v in ("control", "b", "c"))
 
 
+def test_control_rows_carry_the_control_arms_own_numbers(events):
+    """Each metric's control row: the control arm's estimate, its user count, and no lift or test."""
+    rep = build_report(events, ReportConfig(metrics=METRICS))
+    ctrl = events.filter(pl.col("variant") == "control")
+    n_users = ctrl["user_id"].n_unique()
+    clicks, imps = ctrl["clicks"].to_numpy(), ctrl["impressions"].to_numpy()
+    # converted: share of control users with a click on some day
+    ever = ctrl.group_by("user_id").agg(pl.col("clicked").max())["clicked"].to_numpy()
+    # watch (CUPED, θ and E[X] pooled over control and the first treatment arm "b", as the
+    # table's control row pairs it): mean(Y_A) − θ(mean(X_A) − mean(X)), θ = cov(X, Y)/var(X)
+    both = events.filter(pl.col("variant").is_in(["control", "b"])).group_by("user_id", "variant").agg(
+        pl.col("watch").sum(), pl.col("pre_watch").first())
+    x, y = both["pre_watch"].to_numpy(), both["watch"].to_numpy()
+    is_a = both["variant"].to_numpy() == "control"
+    theta = np.cov(x, y)[0, 1] / np.var(x, ddof=1)
+    want = {"ctr": clicks.sum() / imps.sum(), "converted": ever.mean(),
+            "watch": y[is_a].mean() - theta * (x[is_a].mean() - x.mean())}
+    b = events.filter(pl.col("variant") == "b")
+    assert b["clicks"].sum() / b["impressions"].sum() - want["ctr"] > 0.02  # planted 0.13 vs 0.10: distinguishable
+    for name, value in want.items():
+        rows = [r for r in rep.rows if r.metric == name and r.variant == "control"]
+        assert len(rows) == 1
+        row = rows[0]
+        assert row.users == n_users == 188  # users drawn into control by the fixture's seed
+        assert row.value == pytest.approx(value, rel=1e-12)
+        assert (row.abs_lift, row.abs_ci, row.rel_lift, row.rel_ci) == (None, None, None, None)
+        assert (row.p_value, row.q_value, row.always_valid_p) == (None, None, None)
+        assert row.srm == "ok"
+    assert [r.variant for r in rep.rows] == ["control", "b", "c"] * 3
+
+
 def _delta_ratio(clicks: np.ndarray, imps: np.ndarray) -> tuple[float, float]:
     """Σclicks/Σimpressions over users and its delta-method variance (first-order Taylor of
     mean(N)/mean(D), sample moments with ddof = 1), written out here term by term."""
@@ -128,6 +159,19 @@ def test_daily_always_valid_p_is_msprt_of_cumulative_results(events):
     assert (d["always_valid_p"].to_numpy() >= d["p_value"].to_numpy()).all()
     row = next(r for r in rep.rows if r.metric == "ctr" and r.variant == "b")
     assert row.always_valid_p == pytest.approx(p_ref[-1], rel=1e-9)
+    # the always-valid interval of each look, θ̂_n ± sqrt(V_n(V_n + τ²)/τ² · (2 ln(1/α) + ln((V_n + τ²)/V_n)))
+    # with α = 0.05, made a confidence sequence by intersecting it with every earlier look's,
+    # and divided by that day's control CTR R_A,n for the relative bounds
+    ra_n = np.array([x[3] for x in looks])
+    half = np.sqrt(v_n * (v_n + tau2) / tau2 * (2 * np.log(1 / 0.05) + np.log((v_n + tau2) / v_n)))
+    lo_n, hi_n = theta - half, theta + half
+    run_lo = np.array([max(lo_n[: k + 1]) for k in range(4)])
+    run_hi = np.array([min(hi_n[: k + 1]) for k in range(4)])
+    assert (run_lo != lo_n).any() or (run_hi != hi_n).any()  # the intersection changes some day's bound
+    assert (run_lo < run_hi).all()
+    np.testing.assert_allclose(d["rel_lo"].to_numpy(), run_lo / ra_n, rtol=1e-9)
+    np.testing.assert_allclose(d["rel_hi"].to_numpy(), run_hi / ra_n, rtol=1e-9)
+    np.testing.assert_allclose(d["rel_lift"].to_numpy(), theta / ra_n, rtol=1e-9)  # R_B/R_A − 1
 
 
 def test_cumulative_day_equals_report_on_data_up_to_that_day(events):

@@ -166,6 +166,23 @@ def test_guardrail_look_matches_hand_typed_delta_method_and_msprt():
     assert not guardrail_look("e", "b", loose, (na, da), (nb, db), tau=0.05).worse
     lower = GuardrailConfig(metric="ctr", direction="lower_is_better", alpha=0.05)
     assert not guardrail_look("e", "b", lower, (na, da), (nb, db), tau=0.05).worse
+    # arms swapped on a lower-is-better metric: the treatment (R = 0.25) is HIGHER than control
+    # (R = 0.06), i.e. worse; with τ = 0.5 the mixing variance is τ² = (0.5 · 0.06)² = 9e-4
+    d2, tau2_2 = ra - rb, (0.5 * rb) ** 2
+    assert d2 == pytest.approx(0.19) and tau2_2 == pytest.approx(9e-4)
+    half2 = math.sqrt(V * (V + tau2_2) / tau2_2 * (2 * math.log(1 / 0.05) + math.log((V + tau2_2) / V)))
+    swapped = guardrail_look("e", "b", lower, (nb, db), (na, da), tau=0.5)
+    lo2, hi2 = swapped.interval
+    assert swapped.control == pytest.approx(0.06) and swapped.treatment == pytest.approx(0.25)
+    assert lo2 == pytest.approx(d2 - half2, rel=1e-9) and hi2 == pytest.approx(d2 + half2, rel=1e-9)
+    assert lo2 == pytest.approx(0.0901622, abs=1e-7)  # 0.19 − 0.0998378: the whole interval is above 0
+    assert swapped.worse is True and swapped.state == "worse"
+    # the threshold is max_degradation · |R_A| above zero: just above lo → not worse, just below → worse
+    m = (d2 - half2) / rb  # lo in units of |R_A| ≈ 1.503
+    lenient = GuardrailConfig(metric="ctr", direction="lower_is_better", max_degradation=m + 0.01, alpha=0.05)
+    strict = GuardrailConfig(metric="ctr", direction="lower_is_better", max_degradation=m - 0.01, alpha=0.05)
+    assert guardrail_look("e", "b", lenient, (nb, db), (na, da), tau=0.5).worse is False
+    assert guardrail_look("e", "b", strict, (nb, db), (na, da), tau=0.5).worse is True
     # an arm with one user knows nothing
     one = guardrail_look("e", "b", g, (na, da), (nb[:1], db[:1]), tau=0.05)
     assert not one.worse and one.state == "waiting for data"
@@ -241,6 +258,41 @@ def test_hold_keeps_the_step_instead_of_rolling_back(tmp_path):
     clock.t = T0 + 30 * H
     assert p.tick(log) == [] and r.traffic == 0.01  # still worse: the 5 % and 20 % steps wait
     log.close()
+
+
+def test_a_held_ramp_resumes_when_the_looks_clear_and_then_keeps_its_schedule():
+    from funnelrec.experiments.assignment import RampUp
+    from funnelrec.experiments.config import RampConfig
+    from funnelrec.experiments.schedule import GuardLook
+
+    cfg = from_dict(RampConfig, {"steps": STEPS, "on_breach": "hold",
+                                 "guardrails": [{"metric": "ctr", "alpha": 0.05}]})
+    r = RampUp("e", cfg, start=T0)  # steps: 1 % at T0, 5 % at T0 + 2 h, 20 % at T0 + 24 h
+    bad = GuardLook("e", "b", "ctr", (50, 50), 0.10, 0.04, -0.6, 1e-4, (-0.08, -0.04), worse=True)
+    ok = GuardLook("e", "b", "ctr", (50, 50), 0.10, 0.10, 0.0, 0.9, (-0.02, 0.02), worse=False)
+    d = r.tick(T0, [ok])
+    assert (d.action, d.step, d.traffic) == ("advanced", 0, 0.01)
+    d = r.tick(T0 + 1 * H, [bad])
+    assert (d.action, d.step, d.traffic, r.status) == ("held", 0, 0.01, "holding")
+    assert d.failed == (bad.reason(),) and r.failed == (bad.reason(),)
+    assert r.tick(T0 + 2 * H, [bad]) is None and r.traffic == 0.01  # still worse: the 5 % step waits
+    # the same breach on a second ramp, cleared at +1.5 h, before the 5 % step is due (+2 h):
+    # "resumed" at the held step with the traffic unchanged, then the steps come at their times
+    r2 = RampUp("e", cfg, start=T0)
+    r2.tick(T0, [ok])
+    r2.tick(T0 + 1 * H, [bad])
+    d = r2.tick(T0 + 1.5 * H, [ok])
+    assert (d.action, d.step, d.traffic, d.failed) == ("resumed", 0, 0.01, ())
+    assert r2.status == "running" and r2.steps()[0]["state"] == "current"
+    assert r2.tick(T0 + 2 * H - 1, [ok]) is None and r2.traffic == 0.01  # not due yet: nothing moves
+    d = r2.tick(T0 + 2 * H, [ok])
+    assert (d.action, d.step, d.traffic) == ("advanced", 1, 0.05)
+    assert r2.tick(T0 + 23 * H, [ok]) is None and r2.traffic == 0.05
+    d = r2.tick(T0 + 24 * H, [ok])
+    assert (d.action, d.step, d.traffic, r2.status) == ("completed", 2, 0.2, "completed")
+    # a ramp held past its due time resumes straight onto the step the clock says (+24 h: 20 %)
+    d = r.tick(T0 + 30 * H, [ok])
+    assert (d.action, d.step, d.traffic, r.status) == ("completed", 2, 0.2, "completed")
 
 
 def test_guarded_ramp_does_not_step_without_a_log_and_checks_are_throttled(tmp_path):
