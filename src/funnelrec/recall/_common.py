@@ -451,3 +451,113 @@ def select_topk(ids, vals, k, out_ids, out_vals):
         out_ids[t] = si[o2[t]]
         out_vals[t] = sv[o2[t]]
     return c
+
+
+# The neighbour kernels of itemcf.py and swing.py live here, beside `select_topk`: numba's disk
+# cache is per file and does not see an edit to a helper in another file (docs/ARCHITECTURE.md).
+@numba.njit(parallel=True, cache=True)
+def itemcf_kernel(iu_ptr, iu_idx, ui_ptr, ui_idx, user_w, k, jaccard, asym, shrink, rows):
+    # rows: the items whose neighbour lists are computed (all of them in a fit; the ones an
+    # online update touched in `update`); output row r is item rows[r]
+    n_items = iu_ptr.size - 1
+    n_rows = rows.size
+    n_chunks = 64 if n_rows > 64 else max(n_rows, 1)
+    chunk = (n_rows + n_chunks - 1) // n_chunks
+    nbr = np.full((n_rows, k), -1, np.int64)
+    sims = np.zeros((n_rows, k), np.float32)
+    deg = np.empty(n_items, np.float64)
+    for i in range(n_items):
+        deg[i] = iu_ptr[i + 1] - iu_ptr[i]
+    pow_a = deg ** asym
+    pow_b = deg ** (1.0 - asym)
+    for c in numba.prange(n_chunks):
+        acc = np.zeros(n_items, np.float64)
+        cnt = np.zeros(n_items, np.int64)
+        touched = np.empty(n_items, np.int64)
+        for r in range(c * chunk, min((c + 1) * chunk, n_rows)):
+            i = rows[r]
+            nt = 0
+            for p in range(iu_ptr[i], iu_ptr[i + 1]):
+                u = iu_idx[p]
+                w = user_w[u]
+                for q in range(ui_ptr[u], ui_ptr[u + 1]):
+                    j = ui_idx[q]
+                    if j == i:
+                        continue
+                    if cnt[j] == 0:
+                        touched[nt] = j
+                        nt += 1
+                    acc[j] += w
+                    cnt[j] += 1
+            ni = iu_ptr[i + 1] - iu_ptr[i]
+            ids = touched[:nt]
+            vals = np.empty(nt, np.float64)
+            for t in range(nt):
+                j = ids[t]
+                nj = iu_ptr[j + 1] - iu_ptr[j]
+                if jaccard:
+                    vals[t] = acc[j] / (ni + nj - cnt[j] + shrink)
+                else:
+                    vals[t] = acc[j] / (pow_a[i] * pow_b[j] + shrink)
+                acc[j] = 0.0
+                cnt[j] = 0
+            select_topk(ids, vals, k, nbr[r], sims[r])
+    return nbr, sims
+
+
+@numba.njit(parallel=True, cache=True)
+def swing_kernel(iu_ptr, iu_idx, ui_ptr, ui_idx, user_w, item_norm, alpha, k, rows):
+    # rows: the items whose lists are computed (all in a fit, the touched ones in `update`)
+    n_items = iu_ptr.size - 1
+    n_rows = rows.size
+    n_chunks = 64 if n_rows > 64 else max(n_rows, 1)
+    chunk = (n_rows + n_chunks - 1) // n_chunks
+    max_len = 0
+    for u in range(ui_ptr.size - 1):
+        max_len = max(max_len, ui_ptr[u + 1] - ui_ptr[u])
+    nbr = np.full((n_rows, k), -1, np.int64)
+    sims = np.zeros((n_rows, k), np.float32)
+    for c in numba.prange(n_chunks):
+        acc = np.zeros(n_items, np.float64)
+        seen = np.zeros(n_items, np.bool_)
+        touched = np.empty(n_items, np.int64)
+        stamp = np.zeros(n_items, np.int64)
+        inter = np.empty(max_len + 1, np.int64)
+        tick = 0
+        for r in range(c * chunk, min((c + 1) * chunk, n_rows)):
+            i = rows[r]
+            nt = 0
+            s, e = iu_ptr[i], iu_ptr[i + 1]
+            for a in range(s, e):
+                u = iu_idx[a]
+                tick += 1
+                for q in range(ui_ptr[u], ui_ptr[u + 1]):
+                    stamp[ui_idx[q]] = tick
+                for b in range(a + 1, e):
+                    v = iu_idx[b]
+                    ov = 0
+                    for q in range(ui_ptr[v], ui_ptr[v + 1]):
+                        j = ui_idx[q]
+                        if stamp[j] == tick:
+                            inter[ov] = j
+                            ov += 1
+                    if ov < 2:
+                        continue
+                    w = user_w[u] * user_w[v] / (alpha + ov)
+                    for t in range(ov):
+                        j = inter[t]
+                        if j == i:
+                            continue
+                        if not seen[j]:
+                            seen[j] = True
+                            touched[nt] = j
+                            nt += 1
+                        acc[j] += w
+            ids = touched[:nt]
+            vals = np.empty(nt, np.float64)
+            for t in range(nt):
+                vals[t] = acc[ids[t]] / (item_norm[i] * item_norm[ids[t]])
+                acc[ids[t]] = 0.0
+                seen[ids[t]] = False
+            select_topk(ids, vals, k, nbr[r], sims[r])
+    return nbr, sims

@@ -22,7 +22,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-import numba
 import numpy as np
 import scipy.sparse as sp
 
@@ -34,8 +33,8 @@ from funnelrec.recall._common import (
     UserHistory,
     cap_rows,
     csr_topn,
+    itemcf_kernel,
     rating_matrix,
-    select_topk,
     spmm_topn,
 )
 from funnelrec.recall.base import RecallChannel, RecallContext
@@ -61,56 +60,6 @@ class ItemCFConfig:
             raise ConfigError(f"ItemCFConfig: asymmetry must be in [0, 1], got {self.asymmetry}")
 
 
-@numba.njit(parallel=True, cache=True)
-def _itemcf_kernel(iu_ptr, iu_idx, ui_ptr, ui_idx, user_w, k, jaccard, asym, shrink, rows):
-    # rows: the items whose neighbour lists are computed (all of them in a fit; the ones an
-    # online update touched in `update`); output row r is item rows[r]
-    n_items = iu_ptr.size - 1
-    n_rows = rows.size
-    n_chunks = 64 if n_rows > 64 else max(n_rows, 1)
-    chunk = (n_rows + n_chunks - 1) // n_chunks
-    nbr = np.full((n_rows, k), -1, np.int64)
-    sims = np.zeros((n_rows, k), np.float32)
-    deg = np.empty(n_items, np.float64)
-    for i in range(n_items):
-        deg[i] = iu_ptr[i + 1] - iu_ptr[i]
-    pow_a = deg ** asym
-    pow_b = deg ** (1.0 - asym)
-    for c in numba.prange(n_chunks):
-        acc = np.zeros(n_items, np.float64)
-        cnt = np.zeros(n_items, np.int64)
-        touched = np.empty(n_items, np.int64)
-        for r in range(c * chunk, min((c + 1) * chunk, n_rows)):
-            i = rows[r]
-            nt = 0
-            for p in range(iu_ptr[i], iu_ptr[i + 1]):
-                u = iu_idx[p]
-                w = user_w[u]
-                for q in range(ui_ptr[u], ui_ptr[u + 1]):
-                    j = ui_idx[q]
-                    if j == i:
-                        continue
-                    if cnt[j] == 0:
-                        touched[nt] = j
-                        nt += 1
-                    acc[j] += w
-                    cnt[j] += 1
-            ni = iu_ptr[i + 1] - iu_ptr[i]
-            ids = touched[:nt]
-            vals = np.empty(nt, np.float64)
-            for t in range(nt):
-                j = ids[t]
-                nj = iu_ptr[j + 1] - iu_ptr[j]
-                if jaccard:
-                    vals[t] = acc[j] / (ni + nj - cnt[j] + shrink)
-                else:
-                    vals[t] = acc[j] / (pow_a[i] * pow_b[j] + shrink)
-                acc[j] = 0.0
-                cnt[j] = 0
-            select_topk(ids, vals, k, nbr[r], sims[r])
-    return nbr, sims
-
-
 def itemcf_neighbours(R: sp.csr_matrix, k: int, similarity: str = "cosine", user_damping: str = "none",
                       shrink: float = 0.0, asymmetry: float = 0.5, rows: np.ndarray | None = None) -> sp.csr_matrix:
     """(I, I) CSR of each item's top-k neighbours by cosine/asymmetric cosine/Jaccard on the
@@ -127,7 +76,7 @@ def itemcf_neighbours(R: sp.csr_matrix, k: int, similarity: str = "cosine", user
               "inverse": 1.0 / np.maximum(lens, 1.0)}[user_damping]
     asym = asymmetry if similarity == "asymmetric" else 0.5
     rows = np.arange(R.shape[1], dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
-    nbr, sims = _itemcf_kernel(Rt.indptr.astype(np.int64), Rt.indices.astype(np.int64),
+    nbr, sims = itemcf_kernel(Rt.indptr.astype(np.int64), Rt.indices.astype(np.int64),
                                R.indptr.astype(np.int64), R.indices.astype(np.int64), user_w,
                                int(k), similarity == "jaccard", float(asym), float(shrink), rows)
     return rows_to_csr(rows, nbr, sims, R.shape[1])

@@ -20,14 +20,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-import numba
 import numpy as np
 import scipy.sparse as sp
 
 from funnelrec.core.errors import ConfigError, NotFittedError
 from funnelrec.core.registry import RECALL_CHANNELS
 from funnelrec.data.dataset import TrainData
-from funnelrec.recall._common import cap_rows, neighbours_to_csr, row_topk, select_topk
+from funnelrec.recall._common import cap_rows, neighbours_to_csr, row_topk, swing_kernel
 from funnelrec.recall.itemcf import (
     NeighbourRecall,
     itemcf_neighbours,
@@ -56,64 +55,6 @@ class SwingConfig:
             raise ConfigError(f"SwingConfig: need k ≥ 1, alpha ≥ 0, 0 ≤ cosine_blend ≤ 1; got {self}")
 
 
-@numba.njit(parallel=True, cache=True)
-def _swing_kernel(iu_ptr, iu_idx, ui_ptr, ui_idx, user_w, item_norm, alpha, k, rows):
-    # rows: the items whose lists are computed (all in a fit, the touched ones in `update`)
-    n_items = iu_ptr.size - 1
-    n_rows = rows.size
-    n_chunks = 64 if n_rows > 64 else max(n_rows, 1)
-    chunk = (n_rows + n_chunks - 1) // n_chunks
-    max_len = 0
-    for u in range(ui_ptr.size - 1):
-        max_len = max(max_len, ui_ptr[u + 1] - ui_ptr[u])
-    nbr = np.full((n_rows, k), -1, np.int64)
-    sims = np.zeros((n_rows, k), np.float32)
-    for c in numba.prange(n_chunks):
-        acc = np.zeros(n_items, np.float64)
-        seen = np.zeros(n_items, np.bool_)
-        touched = np.empty(n_items, np.int64)
-        stamp = np.zeros(n_items, np.int64)
-        inter = np.empty(max_len + 1, np.int64)
-        tick = 0
-        for r in range(c * chunk, min((c + 1) * chunk, n_rows)):
-            i = rows[r]
-            nt = 0
-            s, e = iu_ptr[i], iu_ptr[i + 1]
-            for a in range(s, e):
-                u = iu_idx[a]
-                tick += 1
-                for q in range(ui_ptr[u], ui_ptr[u + 1]):
-                    stamp[ui_idx[q]] = tick
-                for b in range(a + 1, e):
-                    v = iu_idx[b]
-                    ov = 0
-                    for q in range(ui_ptr[v], ui_ptr[v + 1]):
-                        j = ui_idx[q]
-                        if stamp[j] == tick:
-                            inter[ov] = j
-                            ov += 1
-                    if ov < 2:
-                        continue
-                    w = user_w[u] * user_w[v] / (alpha + ov)
-                    for t in range(ov):
-                        j = inter[t]
-                        if j == i:
-                            continue
-                        if not seen[j]:
-                            seen[j] = True
-                            touched[nt] = j
-                            nt += 1
-                        acc[j] += w
-            ids = touched[:nt]
-            vals = np.empty(nt, np.float64)
-            for t in range(nt):
-                vals[t] = acc[ids[t]] / (item_norm[i] * item_norm[ids[t]])
-                acc[ids[t]] = 0.0
-                seen[ids[t]] = False
-            select_topk(ids, vals, k, nbr[r], sims[r])
-    return nbr, sims
-
-
 def swing_neighbours(R: sp.csr_matrix, k: int, alpha: float = 1.0, user_weight_power: float = 0.5,
                      max_users_per_item: int = 0, max_items_per_user: int = 0, seed: int = 0,
                      popularity_power: float = 0.0, rows: np.ndarray | None = None) -> sp.csr_matrix:
@@ -127,7 +68,7 @@ def swing_neighbours(R: sp.csr_matrix, k: int, alpha: float = 1.0, user_weight_p
     Rt.sort_indices()
     lens = np.diff(R.indptr).astype(np.float64)
     user_w = np.maximum(lens, 1.0) ** -user_weight_power
-    nbr, sims = _swing_kernel(Rt.indptr.astype(np.int64), Rt.indices.astype(np.int64),
+    nbr, sims = swing_kernel(Rt.indptr.astype(np.int64), Rt.indices.astype(np.int64),
                               R.indptr.astype(np.int64), R.indices.astype(np.int64), user_w,
                               item_norm, float(alpha), int(k),
                               np.arange(R.shape[1], dtype=np.int64) if rows is None else np.asarray(rows, np.int64))
