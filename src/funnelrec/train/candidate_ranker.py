@@ -421,9 +421,10 @@ class CandidateRanker:
     def _dense(self, s: LabelSet, merged: list[MergedCandidates], users: np.ndarray) -> tuple[np.ndarray, ...]:
         return self.features_.raw(merged, users, s.item_log_pop, s.user_log_act, s.match)
 
-    def _random(self, s: LabelSet, n: int, rng: np.random.Generator):
-        """Easy negatives: random (label user, catalogue item) pairs outside history and labels."""
-        ru = rng.choice(s.users, size=n)
+    def _random(self, s: LabelSet, users: np.ndarray, n: int, rng: np.random.Generator):
+        """Easy negatives: random (user of `users`, catalogue item) pairs outside history and
+        labels; `users` are the set's training users (the validation users left out)."""
+        ru = rng.choice(users, size=n)
         ri = rng.integers(0, s.positives.shape[1], size=n)
         seen = np.asarray(s.history[ru, ri]).ravel() + np.asarray(s.positives[ru, ri]).ravel()
         ru, ri = ru[seen == 0], ri[seen == 0]
@@ -530,7 +531,7 @@ class CandidateRanker:
             w = {t: v[keep] for t, v in w.items()}
             n_rand = cfg.random_negatives * int(any_pos.sum())
             if n_rand:
-                ru, ri, Xr = self._random(s, n_rand, rng)
+                ru, ri, Xr = self._random(s, users, n_rand, rng)
                 u, items, X = np.r_[u, ru], np.r_[items, ri], np.vstack([X, Xr])
                 y = {t: np.r_[v, np.zeros(len(ru), np.float32)] for t, v in y.items()}
                 w = {t: np.r_[v, np.ones(len(ru), np.float32)] for t, v in w.items()}
