@@ -133,6 +133,33 @@ def test_counting_remove():
     assert cb.counters().sum() == 0
 
 
+def test_remove_of_a_mixed_batch_leaves_the_unheld_ids_counters_alone():
+    """An id the filter does not hold (some counter zero) must decrement nothing, even in the
+    same batch as a held id and even where it shares a nonzero counter with held ids."""
+    cb = CountingBloomFilter(50, 0.2)  # m = 168, k = 2: 40 ids leave many shared counters
+    added = list(range(40))
+    cb.add(np.array(added))
+    counts = np.zeros(cb.m, dtype=np.int64)
+    for i in added:
+        for g in positions_ref(i, cb.m, cb.k):
+            counts[g] += 1
+    # probe: not held (a counter is zero) yet one of its counters is shared, nonzero and < 15
+    probe = next(
+        i for i in range(1000, 100_000)
+        if (counts[positions_ref(i, cb.m, cb.k)] == 0).any()
+        and ((counts[positions_ref(i, cb.m, cb.k)] > 0) & (counts[positions_ref(i, cb.m, cb.k)] < 15)).any()
+    )
+    assert not cb.contains(np.array([probe]))[0]
+    cb.remove(np.array([5, probe]))
+    want = np.zeros(cb.m, dtype=np.int64)
+    for i in added:
+        if i != 5:
+            for g in positions_ref(i, cb.m, cb.k):
+                want[g] += 1
+    assert cb.counters().tolist() == np.minimum(want, 15).tolist()
+    assert cb.count == 39  # only the held id counted as removed
+
+
 def test_saturated_counters_never_drop():
     cb = CountingBloomFilter(100, 0.01)
     cb.add(np.full(20, 42))
@@ -227,22 +254,49 @@ def test_counting_round_trip_and_corruption():
 def test_windowed_contains_matches_a_reference_over_random_operations():
     """The cached union must answer like the definition — all k counters nonzero in the union
     of the slices active at `now` — after any mix of add (also into past slices), remove and
-    expiry."""
+    expiry. The reference keeps its own per-slice counters from `positions_ref` and the
+    documented rules (add saturates at 15; remove decrements, in each slice, only the ids whose
+    k counters are all nonzero there, never a counter at 15, floor 0; add at ts drops slices
+    below floor((ts - w) / s)); it never reads the filter's state."""
     rng = np.random.default_rng(5)
     w, s = 3 * DAY, DAY
     cb = CountingBloomFilter(60, 0.1, window_s=w, slice_s=s)
+    m, k = bloom_size(60, 0.1)
+    ref: dict[int, np.ndarray] = {}  # slice id -> (m,) counters
     probe = np.arange(200)
-    for _ in range(60):
+    probe_pos = [positions_ref(i, m, k) for i in probe.tolist()]
+    n_unheld_removes = 0
+    for _ in range(80):
         op = rng.integers(0, 3)
         if op == 0:
-            cb.add(rng.integers(0, 200, 5), ts=int(rng.integers(0, 12 * DAY)))
+            ids, ts = rng.integers(0, 200, 5), int(rng.integers(0, 12 * DAY))
+            cb.add(ids, ts=ts)
+            c = ref.setdefault(ts // s, np.zeros(m, dtype=np.int64))
+            for i in ids.tolist():
+                for g in positions_ref(i, m, k):
+                    c[g] = min(c[g] + 1, 15)
+            for sl in [sl for sl in ref if sl < (ts - w) // s]:
+                del ref[sl]
         elif op == 1:
-            cb.remove(rng.integers(0, 200, 3))
+            ids = rng.integers(0, 200, 3)
+            cb.remove(ids)
+            for c in ref.values():
+                held = [i for i in ids.tolist() if all(c[g] > 0 for g in positions_ref(i, m, k))]
+                n_unheld_removes += len(ids) - len(held)
+                delta = np.zeros(m, dtype=np.int64)
+                for i in held:
+                    for g in positions_ref(i, m, k):
+                        delta[g] += 1
+                c[:] = np.where(c == 15, 15, np.maximum(c - delta, 0))
+        assert cb.slice_ids == sorted(ref)
+        for sl, c in ref.items():
+            assert cb.counters(sl).tolist() == c.tolist()
         now = int(rng.integers(0, 14 * DAY))
         first = (now - w) // s
-        active = [sl for sl in cb.slice_ids if sl >= first]
-        nonzero = np.zeros(cb.m, dtype=bool)
-        for sl in active:
-            nonzero |= cb.counters(sl) > 0
-        want = [all(nonzero[p] for p in positions_ref(i, cb.m, cb.k)) for i in probe.tolist()]
+        nonzero = np.zeros(m, dtype=bool)
+        for sl, c in ref.items():
+            if sl >= first:
+                nonzero |= c > 0
+        want = [all(nonzero[g] for g in pos) for pos in probe_pos]
         assert cb.contains(probe, now=now).tolist() == want
+    assert n_unheld_removes > 0  # the run did exercise removing ids a slice does not hold

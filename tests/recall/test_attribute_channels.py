@@ -108,6 +108,15 @@ def test_fresh_recall_newest_first_and_context_time():
     assert capped.recall(np.array([-1]), 4, RecallContext(time=31 * DAY)).items[0].tolist() == [3, 1, PAD, PAD]
     tags = FreshRecall(FreshConfig(tau_days=10.0, by_user_tags=True)).fit(td)
     assert tags.personalized and tags.recall(np.array([1]), 4).items[0].tolist() == [0, PAD, PAD, PAD]
+    # by tags, two candidates: item 4 (tag a, day 8) joins; each user's only tag is a, weight 1/1,
+    # so score = exp(−(now − publish)/τ) at now = day 10; item 3 (day 30) is not yet published
+    items4 = pl.DataFrame({"item_id": [0, 1, 2, 3, 4], "publish_time": [5 * DAY, 9 * DAY, 1 * DAY, 30 * DAY, 8 * DAY],
+                           "genres": [["a"], ["b"], ["a"], ["a"], ["a"]]})
+    tags = FreshRecall(FreshConfig(tau_days=10.0, by_user_tags=True)).fit(small_world([(0, 0), (1, 2)], items=items4))
+    b = tags.recall(np.array([1, 0]), 4)
+    assert b.items.tolist() == [[4, 0, PAD, PAD], [4, 2, PAD, PAD]]  # newest first; seen items left out
+    np.testing.assert_allclose(b.scores[0][:2], np.exp(-np.array([2, 5]) / 10.0), rtol=1e-5)
+    np.testing.assert_allclose(b.scores[1][:2], np.exp(-np.array([2, 9]) / 10.0), rtol=1e-5)
 
 
 def test_geo_recall_by_region_and_context():
@@ -116,9 +125,16 @@ def test_geo_recall_by_region_and_context():
     ch = GeoRecall().fit(td)
     b = ch.recall(np.array([0, 2, 3, -1]), 3)
     assert b.items[0].tolist() == [1, PAD, PAD]  # region n: item 0 (2), item 1 (1); 0 seen
+    assert b.scores[0].tolist() == [1.0, -np.inf, -np.inf]
     assert b.items[1].tolist() == [PAD] * 3  # region s: only item 2, seen
     assert (b.items[2] == PAD).all() and (b.items[3] == PAD).all()  # null region, unknown user
-    assert ch.recall(np.array([-1]), 3, RecallContext(region="s")).items[0].tolist() == [2, PAD, PAD]
+    assert np.isneginf(b.scores[1:]).all()
+    # scores are the region's play counts (tau_days = 0): n → item 0: 2, item 1: 1; s → item 2: 1
+    b = ch.recall(np.array([-1]), 3, RecallContext(region="s"))
+    assert b.items[0].tolist() == [2, PAD, PAD] and b.scores[0].tolist() == [1.0, -np.inf, -np.inf]
+    b = ch.recall(np.array([-1, 2]), 3, RecallContext(region="n"))  # user 2 (region s) asks from n
+    assert b.items.tolist() == [[0, 1, PAD], [0, 1, PAD]]
+    assert b.scores.tolist() == [[2.0, 1.0, -np.inf]] * 2
     assert (ch.recall(np.array([-1]), 3, RecallContext(region="mars")).items == PAD).all()
 
 

@@ -57,6 +57,16 @@ def test_cap_rows_keeps_at_most_cap_and_only_existing_entries():
     assert (np.diff(c.indptr) == np.minimum(np.diff(m.indptr), 5)).all()
     assert (c.multiply(m) != c).nnz == 0  # every kept entry existed
     np.testing.assert_array_equal(cap_rows(m, 5, seed=3).indices, c.indices)
+    assert not np.array_equal(cap_rows(m, 5, seed=4).indices, c.indices)  # the seed matters
+    # uniform sample: one row of 10 entries capped at 5 keeps each column with probability 1/2;
+    # over 2,000 seeds the rate's sd is sqrt(0.25/2000) = 0.011, so ±0.04 is > 3.5 sd
+    row = sp.csr_matrix(np.arange(1, 11, dtype=np.float32)[None, :])
+    kept = np.zeros(10)
+    for seed in range(2000):
+        r = cap_rows(row, 5, seed=seed)
+        assert r.nnz == 5 and (r.data == r.indices + 1).all()  # kept values stay with their columns
+        kept[r.indices] += 1
+    np.testing.assert_allclose(kept / 2000, 0.5, atol=0.04)
 
 
 def test_hot_is_time_decayed_count():
@@ -131,12 +141,23 @@ def test_itemcf_user_scores_are_history_times_neighbours(mode):
         S[i, keep] = full[i, keep]
     scores = A @ (S if mode == "trigger" else S.T)
     b = ch.recall(np.arange(A.shape[0]), 4)
+    n_isolated = 0
     for u in range(A.shape[0]):
         cand = [(-scores[u, s], s) for s in range(A.shape[1]) if scores[u, s] > 1e-9 and A[u, s] == 0]
-        want = [s for _, s in sorted(cand)[:4]]
+        ranked = [s for _, s in sorted(cand)]  # every candidate, best first (ties: lower id)
+        want = ranked[:4]
         got = b.items[u][b.items[u] != PAD].tolist()
-        assert got[: len(want)] == want or np.allclose(sorted(-scores[u, got]), sorted(-scores[u, want]))
-        np.testing.assert_allclose(b.scores[u][: len(got)], scores[u, got], rtol=1e-5)
+        assert len(got) == len(want)
+        got_scores = b.scores[u][: len(got)]
+        assert np.all(np.diff(got_scores) <= 0)  # best first
+        np.testing.assert_allclose(got_scores, scores[u, got], rtol=1e-5)
+        np.testing.assert_allclose(scores[u, got], scores[u, want], rtol=1e-5)  # rank by rank
+        ref = scores[u, ranked]
+        for j in range(len(want)):  # a score apart from both neighbours (also the first one cut) fixes the item
+            if all(abs(ref[j] - ref[i]) > 1e-9 for i in (j - 1, j + 1) if 0 <= i < len(ref)):
+                assert got[j] == want[j], (u, j, got, want)
+                n_isolated += 1
+    assert n_isolated >= A.shape[0]  # the exact-order check did run on most ranks
 
 
 def test_itemcf_similar_items_and_bad_config():
@@ -175,11 +196,11 @@ def test_user_history_rows_match_dense_reference():
     from funnelrec.recall._common import UserHistory
     from funnelrec.recall.base import RecallContext
 
-    A = random_binary(8, U=9, I=12, p=0.4)
-    W = A * np.arange(1, 13)[None, :]  # weights differ from the binary matrix
+    A = random_binary(8, U=9, I=12, p=0.4)  # column 0 is all ones
+    W = A * np.arange(1, 13)[None, :] * 0.25  # weights 0.25 … 3: differ from the binary matrix, some < 1
     h = UserHistory(sp.csr_matrix(A), sp.csr_matrix(W))
     users = np.array([4, -1, 8, 9, 0, 4])  # unknown (-1) and out of range (9): empty rows
-    extra = [np.array([11]), np.array([2, 2]), np.array([], np.int64), np.array([0]), np.array([99]), np.array([])]
+    extra = [np.array([11, 0]), np.array([2, 2]), np.array([], np.int64), np.array([0]), np.array([99]), np.array([])]
     H, seen = h.matrix(users, RecallContext(extra={"history": extra}))
     ok = (users >= 0) & (users < 9)
     ref_seen = np.where(ok[:, None], A[np.where(ok, users, 0)], 0)
@@ -189,8 +210,13 @@ def test_user_history_rows_match_dense_reference():
         e = e[(e >= 0) & (e < 12)]
         ref_seen[r, e] = 1
         ref_H[r, e] = np.maximum(ref_H[r, e], 1)
+    # user 4's item 0 (weight 0.25) is also fresh in row 0: max(0.25, 1); row 5 (no fresh) keeps 0.25
+    assert W[4, 0] == 0.25 and ref_H[0, 0] == 1.0 and ref_H[5, 0] == 0.25
     np.testing.assert_array_equal(seen.toarray(), ref_seen)
     np.testing.assert_array_equal(H.toarray(), ref_H)
+    Hr, seenr = h.rows(users, RecallContext(extra={"history": extra}))  # the request-path kernel
+    np.testing.assert_array_equal(Hr.to_csr(12).toarray(), ref_H)
+    np.testing.assert_array_equal(seenr.to_csr(12).toarray(), ref_seen)
     H, seen = UserHistory(sp.csr_matrix(A)).matrix(np.array([3, -1]), None)
     np.testing.assert_array_equal(H.toarray(), [A[3], np.zeros(12)])
     assert H.has_sorted_indices and seen.has_sorted_indices

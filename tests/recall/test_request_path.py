@@ -80,14 +80,28 @@ def test_scratch_buffers_are_left_clean_and_per_thread():
 def test_history_rows_equal_the_scipy_matrices():
     rng = np.random.default_rng(5)
     A = (rng.random((9, 12)) < 0.4).astype(np.float32)
+    A[4, 0] = 1  # user 4 has item 0 at weight 0.5 and gets it again in the fresh history
     W = A * np.arange(1, 13, dtype=np.float32)[None, :] * 0.5  # weights 0.5 … 6 (some below 1)
     h = UserHistory(sp.csr_matrix(A), sp.csr_matrix(W))
     users = np.array([4, -1, 8, 9, 0, 4])
-    extra = [np.array([11, 1]), np.array([2, 2]), np.array([], np.int64), np.array([0]), np.array([99]), np.array([])]
+    extra = [np.array([11, 1, 0]), np.array([2, 2]), np.array([], np.int64), np.array([0]), np.array([99]),
+             np.array([])]
     ctx = RecallContext(extra={"history": extra})
     H_ref, seen_ref = h.matrix(users, ctx)
     H, seen = h.rows(users, ctx)
-    np.testing.assert_array_equal(H.to_csr(12).toarray(), H_ref.toarray())  # max(weight, 1) where both
+    Hd = H.to_csr(12).toarray()
+    assert W[4, 0] == 0.5 and Hd[0, 0] == 1.0 and Hd[5, 0] == 0.5  # max(weight, 1) where both, else weight
+    # dense reference: stored row (zero for unknown users), then max(·, 1) at the fresh items
+    ok = (users >= 0) & (users < 9)
+    dense_H = np.where(ok[:, None], W[np.where(ok, users, 0)], 0)
+    dense_seen = np.where(ok[:, None], A[np.where(ok, users, 0)], 0)
+    for r, e in enumerate(extra):
+        e = e[(e >= 0) & (e < 12)].astype(np.int64)
+        dense_H[r, e] = np.maximum(dense_H[r, e], 1)
+        dense_seen[r, e] = 1
+    np.testing.assert_array_equal(Hd, dense_H)
+    np.testing.assert_array_equal(seen.to_csr(12).toarray(), dense_seen)
+    np.testing.assert_array_equal(Hd, H_ref.toarray())
     np.testing.assert_array_equal(seen.to_csr(12).toarray(), seen_ref.toarray())
     Hb, seenb = UserHistory(sp.csr_matrix(A)).rows(np.array([3, -1]), None)
     assert Hb is seenb
@@ -99,7 +113,13 @@ def test_take_unseen_rows_skips_seen_and_ungrouped_users():
     seen = Rows(np.array([0, 2, 2, 3]), np.array([1, 2, 7]), np.ones(3, np.float32))
     b = take_unseen_rows(*lists, np.array([0, 1, -1]), seen, 3, 10, "t")
     assert b.items.tolist() == [[5, 3, PAD], [7, 1, PAD], [PAD] * 3]
-    np.testing.assert_allclose(b.scores[0][:2], [4, 2])
+    # each item keeps its own score: row 1 reads list 1's scores (9, 8), not list 0's first ones
+    np.testing.assert_array_equal(b.scores, [[4, 2, -np.inf], [9, 8, -np.inf], [-np.inf] * 3])
+    b = take_unseen_rows(*lists, np.array([1, 0, 1]), Rows(np.array([0, 0, 1, 2]), np.array([5, 7]),
+                                                           np.ones(2, np.float32)), 4, 10, "t")
+    assert b.items.tolist() == [[7, 1, PAD, PAD], [1, 3, 2, PAD], [1, PAD, PAD, PAD]]
+    np.testing.assert_array_equal(b.scores, [[9, 8, -np.inf, -np.inf], [3, 2, 1, -np.inf],
+                                             [8, -np.inf, -np.inf, -np.inf]])
 
 
 def test_usercf_and_tag_match_their_dense_definitions(world):
