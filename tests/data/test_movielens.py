@@ -60,17 +60,40 @@ def test_split_is_seeded(ml100k):
 def test_leave_one_out_takes_latest(ml100k):
     s = leave_one_out(ml100k.interactions)
     assert s.test.height == s.valid.height == 943
-    latest = ml100k.interactions.group_by("user_idx").agg(pl.col("timestamp").max())
-    joined = s.test.join(latest, on="user_idx")
-    assert (joined["timestamp"] == joined["timestamp_right"]).all()
+    assert s.test["user_idx"].n_unique() == s.valid["user_idx"].n_unique() == 943  # one each per user
+    # per user, by time: test = the latest timestamp, valid = the second-latest (ties counted: the
+    # sorted timestamps' last and second-to-last), train = the rest, all of it no later than valid
+    ts = ml100k.interactions.group_by("user_idx").agg(pl.col("timestamp").sort())
+    last = {u: t[-1] for u, t in ts.iter_rows()}
+    second = {u: t[-2] for u, t in ts.iter_rows()}
+    # ml-100k has same-second ratings; for 344 users the three latest times all differ, so the
+    # check tells the second-latest from the latest and the third-latest
+    assert sum(t[-3] < t[-2] < t[-1] for _, t in ts.iter_rows()) > 300
+    assert all(last[u] == t for u, t in s.test.select("user_idx", "timestamp").iter_rows())
+    assert all(second[u] == t for u, t in s.valid.select("user_idx", "timestamp").iter_rows())
+    train_max = dict(s.train.group_by("user_idx").agg(pl.col("timestamp").max()).iter_rows())
+    assert all(train_max[u] <= second[u] for u in train_max)
     assert s.train.height + 2 * 943 == 100_000
+    # the three parts are the interactions, each row once
+    key = ["user_idx", "item_idx", "timestamp"]
+    parts = pl.concat([s.train.select(key), s.valid.select(key), s.test.select(key)]).sort(key)
+    assert parts.equals(ml100k.interactions.select(key).sort(key))
 
 
 def test_global_and_temporal_splits(ml100k):
+    key = ["user_idx", "item_idx", "timestamp"]
+    everything = ml100k.interactions.select(key).sort(key)
     g = random_split_global(ml100k.interactions)
     assert g.sizes() == (80_000, 10_000, 10_000)
+    assert pl.concat([g.train.select(key), g.valid.select(key), g.test.select(key)]).sort(key).equals(everything)
     t = temporal_split(ml100k.interactions)
-    assert t.train["timestamp"].max() <= t.test["timestamp"].min()
+    assert t.sizes() == (80_000, 10_000, 10_000)
+    # a global time cut: the earliest 80 % train, the next 10 % validate, the latest 10 % test
+    assert t.train["timestamp"].max() <= t.valid["timestamp"].min()
+    assert t.valid["timestamp"].min() < t.valid["timestamp"].max() <= t.test["timestamp"].min()
+    cut = np.sort(ml100k.interactions["timestamp"].to_numpy())
+    assert (t.valid["timestamp"].min(), t.test["timestamp"].min()) == (cut[80_000], cut[90_000])
+    assert pl.concat([t.train.select(key), t.valid.select(key), t.test.select(key)]).sort(key).equals(everything)
 
 
 def test_bad_ratios():

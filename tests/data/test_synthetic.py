@@ -322,3 +322,32 @@ def test_world_at_time_answers_with_the_preferences_in_force(drift_pair):
     np.testing.assert_allclose(after.true_preference(u[:, None], i[None, :], t), 1 / (1 + np.exp(-logit)), rtol=1e-5)
     np.testing.assert_array_equal(w.user_vectors, base.extras["world"].user_vectors)  # the world itself unchanged
     assert not np.allclose(after.true_preference(u[:, None], i[None, :], t), w.true_preference(u[:, None], i[None, :], t))
+
+
+def test_build_gives_users_and_items_only_in_interactions_their_own_rows():
+    """Dataset.build: a user or item the interactions name but its table lacks gets a row of its
+    own after the table's rows (in order of first appearance), with null attributes; every
+    interaction's index points at the row of its id; a table row without interactions stays."""
+    from funnelrec.data.dataset import Dataset
+    from funnelrec.data.schema import Schema
+
+    schema = Schema(interactions={"user_id": "categorical", "item_id": "categorical", "timestamp": "time"},
+                    users={"user_id": "categorical", "age": "numeric"},
+                    items={"item_id": "categorical", "author": "categorical"})
+    users = pl.DataFrame({"user_id": ["u1", "u2", "u4"], "age": [30.0, 40.0, 50.0]})
+    items = pl.DataFrame({"item_id": [10, 11], "author": ["a", "b"]})
+    inter = pl.DataFrame({"user_id": ["u1", "u5", "u2", "u3", "u5"], "item_id": [10, 12, 11, 13, 12],
+                          "timestamp": [1, 2, 3, 4, 5]})
+    ds = Dataset.build("t", inter, schema, users=users, items=items)
+    assert ds.users.select("user_idx", "user_id", "age").rows() == [
+        (0, "u1", 30.0), (1, "u2", 40.0), (2, "u4", 50.0), (3, "u5", None), (4, "u3", None)]
+    assert ds.items.select("item_idx", "item_id", "author").rows() == [
+        (0, 10, "a"), (1, 11, "b"), (2, 12, None), (3, 13, None)]
+    assert (ds.n_users, ds.n_items) == (5, 4)
+    assert ds.interactions["user_idx"].to_list() == [0, 3, 1, 4, 3]
+    assert ds.interactions["item_idx"].to_list() == [0, 2, 1, 3, 2]
+    # without tables: one row per id of the interactions, in order of first appearance
+    ids = Schema(interactions=schema.interactions, users={"user_id": "categorical"}, items={"item_id": "categorical"})
+    bare = Dataset.build("t", inter, ids)
+    assert bare.users.select("user_idx", "user_id").rows() == [(0, "u1"), (1, "u5"), (2, "u2"), (3, "u3")]
+    assert bare.interactions["item_idx"].to_list() == [0, 1, 2, 3, 1]

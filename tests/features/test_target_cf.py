@@ -151,24 +151,64 @@ def test_encoder_pool_multi_reaches_the_spec(ml100k):
     assert isinstance(inter, pl.DataFrame)
 
 
-def test_centered_cf_gives_training_pairs_out_of_fold_values():
+def _centered_cf_loops(kind, u, i, y, r, nu, ni, p, m, clip=True):
+    """(nu, ni, 2) [label, rating] estimates with the adjusted-cosine similarity, by loops from the
+    definition: ratings centred on the user's mean (over these rows), 0 where unrated; s = the
+    cosine of two items' (users') centred vectors, negatives clipped to 0, to the power p, none
+    with itself; est = (Σ_nbr s · T + m · t̄) / (Σ_nbr s + m) over the rated neighbours."""
+    ubar = {a: r[u == a].mean() for a in set(u.tolist())}
+    C = np.zeros((nu, ni))
+    for a, b, rr in zip(u, i, r):
+        C[a, b] = rr - ubar[a]
+    lab = {(a, b): (yy, rr - ubar[a]) for a, b, yy, rr in zip(u, i, y, r)}
+
+    def sim(x, z):
+        d = np.sqrt((x * x).sum() * (z * z).sum())
+        c = x @ z / d if d else 0.0
+        return max(c, 0.0) ** p if clip else abs(c) ** p * np.sign(c)
+
+    out = np.zeros((nu, ni, 2))
+    for a in range(nu):
+        for b in range(ni):
+            if kind == "item":
+                nbrs = [((a, j), sim(C[:, b], C[:, j])) for j in range(ni) if j != b]
+            else:
+                nbrs = [((v, b), sim(C[a], C[v])) for v in range(nu) if v != a]
+            num, den = np.zeros(2), 0.0
+            for key, s in nbrs:
+                if key in lab:
+                    num += s * np.array(lab[key])
+                    den += s
+            out[a, b] = (num + m * np.array([y.mean(), 0.0])) / (den + m)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["item", "user"])
+def test_centered_cf_gives_training_pairs_out_of_fold_values(kind):
     rng = np.random.default_rng(4)
     nu, ni = 12, 10
     cells = rng.permutation(nu * ni)[:80]
     u, i = cells // ni, cells % ni
     r = rng.integers(1, 6, 80).astype(float)
     y = (r >= 4).astype(float)
-    cf = NeighborhoodCF("item", power=1.0, smoothing=1.0, similarity="centered", n_folds=3).fit(u, i, y, r, nu, ni)
+    p, m = 2.0, 1.0
+    cf = NeighborhoodCF(kind, power=p, smoothing=m, similarity="centered", n_folds=3).fit(u, i, y, r, nu, ni)
     fold = _fold_of(u * ni + i, 3, seed=1)
+    assert np.bincount(fold, minlength=3).min() >= 15  # three real folds
     for f in range(3):
-        inn = fold != f
-        other = NeighborhoodCF("item", 1.0, 1.0, "centered", 3)
-        est, _ = other._estimates(u[inn], i[inn], y[inn], r[inn], nu, ni)
-        out = ~inn
-        assert np.allclose(cf.transform(u[out], i[out]), np.stack([e[u[out], i[out]] for e in est], 1))
-    # a pair outside training uses the full fit; its own label cannot have entered it
-    free = np.setdiff1d(np.arange(nu * ni), cells)[:5]
-    full, _ = cf._estimates(u, i, y, r, nu, ni)
-    assert np.allclose(cf.transform(free // ni, free % ni)[:, 0], full[0][free // ni, free % ni])
+        inn, out = fold != f, fold == f
+        # a training pair of fold f: the estimate of the loops over the other folds' rows alone
+        want = _centered_cf_loops(kind, u[inn], i[inn], y[inn], r[inn], nu, ni, p, m)
+        np.testing.assert_allclose(cf.transform(u[out], i[out]), want[u[out], i[out]], rtol=1e-9, atol=1e-12)
+    # a pair outside training: the loops over every training row
+    free = np.setdiff1d(np.arange(nu * ni), cells)
+    want = _centered_cf_loops(kind, u, i, y, r, nu, ni, p, m)
+    np.testing.assert_allclose(cf.transform(free // ni, free % ni), want[free // ni, free % ni], rtol=1e-9,
+                               atol=1e-12)
+    # the clip matters here (some centred cosines are negative), and centred is not binary
+    unclipped = _centered_cf_loops(kind, u, i, y, r, nu, ni, p, m, clip=False)
+    assert not np.allclose(unclipped[free // ni, free % ni], want[free // ni, free % ni])
+    binary = NeighborhoodCF(kind, power=p, smoothing=m).fit(u, i, y, r, nu, ni)
+    assert not np.allclose(binary.transform(free // ni, free % ni), cf.transform(free // ni, free % ni))
     with pytest.raises(ConfigError):
         NeighborhoodCF("item", similarity="centered", n_folds=0)

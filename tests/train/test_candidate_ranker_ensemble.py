@@ -3,7 +3,8 @@ seed … seed+N−1, the served logit their mean.
 
 - member 0 is exactly the ranker `ensemble: 1` trains (same init, samples and batch order), so a
   one-member funnel is unchanged;
-- the other members differ from it (their own validation users, negatives, init);
+- the other members differ from it (their own validation users, negatives, init); each member's
+  validation users are its own draw and give it no training row;
 - the served task logits are the members' mean, computed here from each member's own forward;
 - the ensemble round-trips through an artifact; a bad `ensemble` is a ConfigError naming the key.
 """
@@ -27,12 +28,54 @@ def _cfg(**rank) -> FunnelConfig:
     return tiny_funnel_config(2, **rank)
 
 
+SAMPLED: dict[str, list] = {}  # per funnel of `pair`: each `_samples` call (one per member)
+
+
 @pytest.fixture(scope="module")
 def pair(world):
+    """The one- and three-member funnels, fitted while recording each member's `_samples` call:
+    the label users, the validation users it was handed, and the users of its training rows."""
+    import funnelrec.train.candidate_ranker as cr
+
     ds, split = world
-    one = FunnelBuilder(_cfg()).fit(ds, split.train, labels=split.valid)
-    three = FunnelBuilder(_cfg(ensemble=3)).fit(ds, split.train, labels=split.valid)
+    samples = cr.CandidateRanker._samples
+
+    def recording(self, sets, valid_users, *args, **kwargs):
+        out = samples(self, sets, valid_users, *args, **kwargs)
+        log.append((sets[0].users.copy(), np.array(valid_users), out[0][out[6] == 0].copy()))
+        return out
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cr.CandidateRanker, "_samples", recording)
+        log: list = []
+        one = FunnelBuilder(_cfg()).fit(ds, split.train, labels=split.valid)
+        SAMPLED["one"], log = log, []
+        three = FunnelBuilder(_cfg(ensemble=3)).fit(ds, split.train, labels=split.valid)
+        SAMPLED["three"] = log
     return one, three
+
+
+def test_each_member_holds_out_its_own_validation_users(pair):
+    """Member k draws its validation users with seed + k: ~10 % of the label users, a different
+    draw for every member (member 0's = the one-member ranker's), none of them in its own
+    training rows — while the other members do train on some of them."""
+    one, three = pair
+    [(_, v_one, _)] = SAMPLED["one"]
+    assert len(SAMPLED["three"]) == 3
+    users = SAMPLED["three"][0][0]
+    n_valid = round(0.1 * len(users))
+    valid = [v for _, v, _ in SAMPLED["three"]]
+    np.testing.assert_array_equal(valid[0], v_one)
+    np.testing.assert_array_equal(valid[0], three.ranker_.valid_users_)
+    for k, (label_users, v, trained) in enumerate(SAMPLED["three"]):
+        np.testing.assert_array_equal(label_users, users)
+        assert len(np.unique(v)) == len(v) == n_valid >= 5 and np.isin(v, users).all()
+        assert not np.isin(trained, v).any()  # its validation users give it no training row
+        others = [t for j, (_, _, t) in enumerate(SAMPLED["three"]) if j != k]
+        assert all(np.isin(v, t).any() for t in others)  # … but other members train on some of them
+    for a in range(3):
+        for b in range(a + 1, 3):
+            assert set(valid[a].tolist()) != set(valid[b].tolist()), (a, b)
 
 
 def test_member_zero_is_the_single_ranker_and_the_others_differ(pair):

@@ -112,6 +112,29 @@ def test_training_sequences_end_before_each_samples_ts(world, din):
     # the cut matters: some sequences are shorter than the user's whole history would give
     full = [len(_expected_sequence(split.train, int(u[m]), None)) for m in pos[:40]]
     assert sum(int(t["seq_mask"][m].sum()) for m in pos[:40]) < sum(full)
+    # a negative's cut is a *random* label event of its user (each of the user's label rows alike),
+    # not a fixed one: over the users with ≥ 2 distinct label times, the share of negatives cut at
+    # their user's latest (earliest) label time is the mean of p_u = the user's share of label rows
+    # at that time (1/2 for two events), within 4 binomial sd — a fixed pick would give ~1 (or 0)
+    varied = [m for m in neg if len(set(user_ts[int(u[m])])) >= 2]
+    assert len(varied) >= 100
+    for end in (max, min):
+        at = np.array([end(user_ts[int(u[m])]) for m in varied])
+        p = np.array([np.mean(np.array(user_ts[int(u[m])]) == x) for m, x in zip(varied, at)])
+        sd = np.sqrt((p * (1 - p)).sum()) / len(varied)
+        assert p.mean() < 0.75 and 4 * sd < 0.2
+        assert abs(np.mean(ts[varied] == at) - p.mean()) <= 4 * sd, (end.__name__, np.mean(ts[varied] == at), p.mean())
+    # and per such user the cuts of its m ≥ 15 negatives are not all one time (a random cut gives
+    # that with P = Σ_t p_t^m, < 1e-3 for each of them)
+    by_user: dict[int, list[int]] = {}
+    for m in varied:
+        by_user.setdefault(int(u[m]), []).append(int(ts[m]))
+    many = {a: c for a, c in by_user.items() if len(c) >= 15}
+    assert len(many) >= 5
+    for a, c in many.items():
+        times = np.array(user_ts[a])
+        assert sum(np.mean(times == x) ** len(c) for x in set(user_ts[a])) < 1e-3
+        assert len(set(c)) >= 2, (a, c)
 
 
 def test_serving_sequence_is_fit_history_then_real_time_history(world, din):
@@ -142,7 +165,32 @@ def test_serving_sequence_is_fit_history_then_real_time_history(world, din):
     assert unknown["domain"].tolist() == [0] and not unknown["seq_mask"].any()
 
 
-def test_free_task_names_read_their_columns_with_weights(world):
+def _record_training(monkeypatch) -> dict[str, list]:
+    """Record what `CandidateRanker.fit` hands its Trainer: per fit the training tensors ("train")
+    and the (user, item) of each of their rows ("pairs", from `_samples`, whose rows they are, in
+    order). The fit itself runs unchanged."""
+    import funnelrec.train.candidate_ranker as cr
+
+    got: dict[str, list] = {"train": [], "pairs": []}
+
+    class Recording(cr.Trainer):
+        def fit(self, model, loss_fn, train, *args, **kwargs):
+            got["train"].append({k: v.clone() for k, v in train.items()})
+            return super().fit(model, loss_fn, train, *args, **kwargs)
+
+    samples = cr.CandidateRanker._samples
+
+    def recording_samples(self, *args, **kwargs):
+        out = samples(self, *args, **kwargs)
+        got["pairs"].append((out[0].copy(), out[1].copy()))
+        return out
+
+    monkeypatch.setattr(cr, "Trainer", Recording)
+    monkeypatch.setattr(cr.CandidateRanker, "_samples", recording_samples)
+    return got
+
+
+def test_free_task_names_read_their_columns_with_weights(world, monkeypatch):
     ds, split = world
     def conv(df):  # a label column as a label map would write it (conversion: a long watch)
         return df.with_columns((pl.col("watch_time") > 60).cast(pl.Int8).alias("conversion"),
@@ -153,8 +201,31 @@ def test_free_task_names_read_their_columns_with_weights(world):
                weight_columns={"conversion": "conv_weight"}, task_weights={"watch_time": 0.1},
                params={"embedding_dim": 4, "n_experts": 2, "expert_hidden": [8], "tower_hidden": [4]})
     builder = FunnelBuilder(cfg)
+    got = _record_training(monkeypatch)
     funnel = builder.fit(ds, train, labels=valid)
     r = funnel.ranker_
+    # what the Trainer trained on, per row, against the label frame: y = the task's label of the
+    # pair, its weight = the weight column (conversion: watch/10; watch time: T) on the task's
+    # positives, 1 on everything else; ctr has no weight tensor at all
+    (trained,), ((tu, ti),) = got["train"], got["pairs"]
+    by_pair: dict[tuple[int, int], list[float]] = {}
+    for a, b, wt in valid.select("user_idx", "item_idx", "watch_time").iter_rows():
+        by_pair.setdefault((a, b), []).append(wt)
+
+    def expect(a, b):  # (ctr, conversion, its weight, watch time, its weight) of a training row
+        wts = by_pair.get((int(a), int(b)))
+        if wts is None:  # not a label pair: a negative of every task, weight 1
+            return 0.0, 0.0, 1.0, 0.0, 1.0
+        conv, watch = [x / 10 for x in wts if x > 60], [x for x in wts if x > 0]  # a pair's positive rows
+        return 1.0, float(bool(conv)), max(conv, default=1.0), float(bool(watch)), max(watch, default=1.0)
+
+    want = np.array([expect(a, b) for a, b in zip(tu, ti)])
+    assert len(trained["label_ctr"]) == len(tu) and "weight_ctr" not in trained
+    for c, key in enumerate(["label_ctr", "label_conversion", "weight_conversion", "label_watch_time",
+                             "weight_watch_time"]):
+        np.testing.assert_allclose(trained[key].numpy(), want[:, c], rtol=1e-6, err_msg=key)
+    n_conv = want[:, 1].sum()
+    assert 10 <= n_conv < want[:, 3].sum() and len(tu) > 10 * n_conv  # both kinds of row, for each task
     s = builder.label_set(funnel.channels_, TrainData(ds, train), valid)
     table = r._label_table(s)
     I = ds.n_items
@@ -209,7 +280,8 @@ def test_watch_time_weighted_lr_matches_the_closed_form():
     cell = rng.integers(1, 4, n)
     click = rng.random(n) < np.array([0, 0.05, 0.1, 0.2])[cell]
     watch = np.where(click, rng.gamma(2.0, np.array([0, 30.0, 60.0, 10.0])[cell]), 0.0)
-    # the weighted LR as the ranker trains a watch-time task: label = watched, weight = T | 1
+    # the weighted LR as the ranker trains a watch-time task: label = watched, weight = T | 1 (that
+    # the ranker's Trainer gets exactly these tensors: test_free_task_names_read_their_columns_with_weights)
     batch = {"sparse": torch.from_numpy(cell.reshape(-1, 1)), "label_ctr": torch.from_numpy(click.astype(np.float32)),
              "weight_ctr": torch.from_numpy(np.where(click, watch, 1.0).astype(np.float32))}
     z = _train(_lr(3), batch, task_loss(("ctr",)), epochs=400)["ctr"].double().numpy()

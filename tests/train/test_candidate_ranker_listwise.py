@@ -5,7 +5,8 @@ LambdaRank losses over each (label set, user) group of samples.
   scipy computations written here from the formulas;
 - `pack_groups` + `group_loss` on a batch of rows equal the listwise loss of those rows;
 - "pointwise" (the default) is the BCE of today's ranker, and naming it changes nothing;
-- a funnel with `rank.loss: listwise` (or lambdarank) trains, saves, loads and serves;
+- a funnel with `rank.loss: listwise` (or lambdarank) trains on whole (label set, user) groups
+  (each packed group one of them, one group each), saves, loads and serves;
 - bad values are ConfigErrors naming the key.
 """
 
@@ -163,17 +164,64 @@ def test_the_pointwise_loss_is_bce():
     assert float(task_loss(("ctr",))(model, rows)) == pytest.approx(want, rel=1e-5)
 
 
+PACKED: dict[str, list] = {}  # per funnel of `funnels`: what each ranker fit packed (see there)
+
+
 @pytest.fixture(scope="module")
 def funnels(world):
+    """The four funnels, fitted while recording each ranker fit's training rows — (label set,
+    user) of every row, from `_samples`, whose rows the training tensors are in order — and each
+    `pack_groups` call: which of those rows every packed group holds (a row-id column rides
+    through the real `pack_groups` and is taken out again: the fit trains as it would)."""
+    import funnelrec.train.candidate_ranker as cr
+
     ds, split = world
-    fit = {name: FunnelBuilder(_cfg(**rank)).fit(ds, split.train, labels=split.valid)
-           for name, rank in {"default": {}, "pointwise": {"loss": "pointwise", "listwise_bce": 0.7},
-                              "listwise": {"loss": "listwise", "listwise_bce": 0.1},
-                              "lambdarank": {"loss": "lambdarank"}}.items()}
+    samples, pack = cr.CandidateRanker._samples, cr.pack_groups
+    log: list = []
+
+    def recording_samples(self, *args, **kwargs):
+        out = samples(self, *args, **kwargs)
+        log.append(("samples", out[0].copy(), out[6].copy()))
+        return out
+
+    def recording_pack(tensors, group):
+        n = len(next(iter(tensors.values())))
+        out = pack({**tensors, "_row": torch.arange(n)}, group)
+        rows = out.pop("_row")
+        log.append(("pack", n, [rows[g][out["group_mask"][g]].tolist() for g in range(len(rows))]))
+        return out
+
+    fit = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cr.CandidateRanker, "_samples", recording_samples)
+        mp.setattr(cr, "pack_groups", recording_pack)
+        for name, rank in {"default": {}, "pointwise": {"loss": "pointwise", "listwise_bce": 0.7},
+                           "listwise": {"loss": "listwise", "listwise_bce": 0.1},
+                           "lambdarank": {"loss": "lambdarank"}}.items():
+            log.clear()
+            fit[name] = FunnelBuilder(_cfg(**rank)).fit(ds, split.train, labels=split.valid)
+            PACKED[name] = list(log)
     return fit
 
 
+@pytest.mark.parametrize("name", ["listwise", "lambdarank"])
+def test_a_listwise_ranker_trains_on_whole_user_groups(funnels, name):
+    """Each packed group is one (label set, user) — all of its training rows, no other's — and
+    there are as many groups as distinct (label set, user) pairs among the rows."""
+    log = PACKED[name]
+    assert [e[0] for e in log] == ["samples", "pack"]  # one member: one sample set, packed once
+    (_, u, which), (_, n, groups) = log
+    assert n == len(u) > 1000
+    key = list(zip(which.tolist(), u.tolist()))
+    assert sorted(r for g in groups for r in g) == list(range(n))  # every row in exactly one group
+    for g in groups:
+        assert len({key[r] for r in g}) == 1, [key[r] for r in g][:5]
+    assert len(groups) == len(set(key)) > 50
+
+
 def test_naming_pointwise_trains_the_default_ranker(funnels):
+    for name in ("default", "pointwise"):  # row batches: nothing packed into groups
+        assert [e[0] for e in PACKED[name]] == ["samples"]
     a, b = funnels["default"].ranker_.model_.state_dict(), funnels["pointwise"].ranker_.model_.state_dict()
     assert a.keys() == b.keys()
     for k in a:

@@ -1,6 +1,7 @@
 """Data-parallel training (train/distributed.py, `funnelrec train --nproc`): real torchrun
-workers over gloo on CPU. Two processes reach the one-process AUC (scikit-learn's) well within
-the spread over training seeds, each rank computed the loss on half of every batch, the replicas
+workers over gloo on CPU. Two processes reach the one-process AUC (scikit-learn's) to 1e-3, a
+third of the spread over training seeds; each rank computed the loss on its half of every batch
+(rows r, r+2, … of the one-process batch: the ranks' rows disjoint, together all of it), the replicas
 end bit-identical (the gradients were all-reduced), rank 0 alone writes the checkpoint and it
 loads into a fresh model; and a funnel trained by `funnelrec train --nproc 2` loads through the
 ordinary artifact path into a one-process server that answers /recommend over HTTP."""
@@ -52,9 +53,25 @@ def test_two_processes_reach_the_one_process_auc(tmp_path):
     assert [x["world"] for x in ranks] == [2, 2]
     # each rank's loss saw half of every batch, together all the one-process rows
     assert ranks[0]["rows"] == ranks[1]["rows"] == one[1]["rows"] // 2
+    # which rows: the one-process run's batches (200 rows, seed 1's permutation of every epoch),
+    # rank r taking rows r, r+2, … of each — so the ranks' rows are disjoint and cover the batch
+    B, n = 200, ddp_ctr_worker.N_TRAIN
+    whole = np.array(one[1]["ids"]).reshape(-1, B)
+    assert len(whole) == 4 * n // B
+    for epoch in whole.reshape(4, -1):
+        np.testing.assert_array_equal(np.sort(epoch), np.arange(n))  # every row once an epoch
+    mine = [np.array(x["ids"]).reshape(-1, B // 2) for x in ranks]
+    np.testing.assert_array_equal(mine[0], whole[:, 0::2])
+    np.testing.assert_array_equal(mine[1], whole[:, 1::2])
+    both = np.concatenate(mine, axis=1)  # per global batch: rank 0's rows, then rank 1's
+    assert all(len(np.intersect1d(a, b)) == 0 for a, b in zip(*mine))
+    np.testing.assert_array_equal(np.sort(both, axis=1), np.sort(whole, axis=1))
     assert ranks[0]["digest"] == ranks[1]["digest"]  # all-reduced gradients: identical replicas
     assert ranks[0]["auc"] == ranks[1]["auc"]
-    assert abs(ranks[0]["auc"] - one[1]["auc"]) <= spread, (ranks[0]["auc"], one)
+    # the 2-process run follows the 1-process trajectory up to float summation order (the weights
+    # differ in the last bits, the test AUC does not move: 0.765531 both, twice on this machine):
+    # well inside a third of the seed spread (0.0032), not merely within it
+    assert abs(ranks[0]["auc"] - one[1]["auc"]) <= 1e-3 < spread, (ranks[0]["auc"], one)
     assert ranks[0]["auc"] > 0.7  # it learned the planted signal
     # rank 0's checkpoint: the ordinary state dict, scored in this (one) process
     spec, data = ddp_ctr_worker.make_ctr_problem(n=ddp_ctr_worker.N_TRAIN + ddp_ctr_worker.N_TEST, seed=0)
@@ -64,6 +81,21 @@ def test_two_processes_reach_the_one_process_auc(tmp_path):
     with torch.inference_mode():
         auc = roc_auc_score(test["label"].numpy(), model(test)["ctr"].numpy())
     assert auc == pytest.approx(ranks[0]["auc"], abs=1e-12)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_the_shards_of_a_batch_are_disjoint_and_cover_it(world):
+    from funnelrec.train.distributed import DataParallel
+
+    batch = {"row": torch.arange(11), "x": torch.arange(11.0).reshape(11, 1) * 10}
+    shards = [DataParallel(r, world).shard(batch) for r in range(world)]
+    for r, s in enumerate(shards):  # rank r: rows r, r+W, …, every key alike
+        assert s["row"].tolist() == list(range(r, 11, world))
+        assert s["x"][:, 0].tolist() == [10.0 * i for i in range(r, 11, world)]
+    got = np.concatenate([s["row"].numpy() for s in shards])
+    np.testing.assert_array_equal(np.sort(got), np.arange(11))  # disjoint, and together the batch
+    small = {"row": torch.arange(world - 1)}  # fewer rows than ranks: every rank computes all of it
+    assert all(DataParallel(r, world).shard(small)["row"].tolist() == list(range(world - 1)) for r in range(world))
 
 
 def test_funnel_trained_by_two_processes_serves_in_one(tmp_path, serve):
