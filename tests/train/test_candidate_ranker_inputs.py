@@ -56,16 +56,23 @@ def _expected_sequence(train: pl.DataFrame, u: int, before: int | None) -> list[
     return rows.sort("timestamp", maintain_order=True)["item_idx"].to_list()[-L:]
 
 
-def test_training_samples_hold_no_validation_user_and_no_seen_pair(world, din):
-    """The held-out validation users give no training row at all (their random negatives
-    included: they once leaked in), and no easy negative is a pair the user interacted with in
-    the history or the label period."""
+def _label_sets(world, din):
+    """(the fitted DIN ranker, [its real label set] with the ranker's match features)."""
     ds, split = world
     builder, funnel = din
     r = funnel.ranker_
     sets = [builder.label_set(funnel.channels_, TrainData(ds, split.train), split.valid)]
     for s in sets:
         s.match = r.match_
+    return r, sets
+
+
+def test_training_samples_hold_no_validation_user_and_no_seen_pair(world, din):
+    """The held-out validation users give no training row at all (their random negatives
+    included: they once leaked in), and no easy negative is a pair the user interacted with in
+    the history or the label period."""
+    ds, split = world
+    r, sets = _label_sets(world, din)
     import copy
     import dataclasses
 
@@ -83,11 +90,7 @@ def test_training_samples_hold_no_validation_user_and_no_seen_pair(world, din):
 
 def test_training_sequences_end_before_each_samples_ts(world, din):
     ds, split = world
-    builder, funnel = din
-    r = funnel.ranker_
-    sets = [builder.label_set(funnel.channels_, TrainData(ds, split.train), split.valid)]
-    for s in sets:
-        s.match = r.match_
+    r, sets = _label_sets(world, din)
     u, items, X, y, w, ts, which = r._samples(sets, r.valid_users_, np.random.default_rng(0))
     t = r.batch(u, items, X)
     r._sequence_block(t, sets, split.train, u, items, ts, which)
