@@ -85,6 +85,16 @@ def make_ctr_problem(n: int = 3000, seed: int = 0, n_fields: int = 4, card: int 
                      ) -> tuple[FeatureSpec, dict[str, torch.Tensor]]:
     """A CTR task with a known signal: logit = a[x0] + b[x1] + c[x2, x3] (one main-effect table
     per field plus a pairwise interaction), each field with `card` values in its own row range."""
+    spec, batch, _ = _planted_ctr_problem(n, seed, n_fields, card, seq_len)
+    return spec, batch
+
+
+def ctr_oracle_logit(n: int = 3000, seed: int = 0) -> torch.Tensor:
+    """(n,) the true logit of `make_ctr_problem(n, seed)`'s rows (the labels are Bernoulli(σ(it)))."""
+    return _planted_ctr_problem(n, seed)[2]
+
+
+def _planted_ctr_problem(n: int = 3000, seed: int = 0, n_fields: int = 4, card: int = 12, seq_len: int = 5):
     g = torch.Generator().manual_seed(seed)
     codes = torch.randint(0, card, (n, n_fields), generator=g)
     rows = codes + 1 + torch.arange(n_fields) * card  # disjoint row ranges per field
@@ -103,7 +113,7 @@ def make_ctr_problem(n: int = 3000, seed: int = 0, n_fields: int = 4, card: int 
     }
     spec = FeatureSpec(n_embeddings=n_rows, n_fields=n_fields, n_dense=2, seq_len=seq_len, n_domains=2,
                        field_names=("user_id", "item_id", "f2", "f3"))
-    return spec, batch
+    return spec, batch, logit
 
 
 def case_spec(name: str, spec: FeatureSpec) -> FeatureSpec:

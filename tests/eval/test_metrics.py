@@ -3,6 +3,7 @@ import pytest
 import scipy.sparse as sp
 from sklearn.metrics import ndcg_score, roc_auc_score
 
+from funnelrec.core.types import PAD
 from funnelrec.eval.metrics import (
     auc,
     average_popularity,
@@ -130,6 +131,34 @@ def test_full_ranking_excludes_training_items_and_sorts():
     exclude = sp.csr_matrix(([1], ([0], [0])), shape=(2, 4))
     top = full_ranking_topk(lambda u: scores[u], np.array([0, 1]), k=2, exclude=exclude, block=1)
     np.testing.assert_array_equal(top, [[1, 3], [3, 2]])
+
+
+def test_full_ranking_pads_users_with_fewer_allowed_items_than_k():
+    # user 0: items 0, 2, 3 excluded → only item 1 left; user 1: everything excluded;
+    # user 2: nothing excluded, scored in the same block as user 1
+    scores = np.array([[0.9, 0.8, 0.1, 0.5], [0.1, 0.2, 0.3, 0.4], [0.3, 0.1, 0.4, 0.2]])
+    rows, cols = [0, 0, 0, 1, 1, 1, 1], [0, 2, 3, 0, 1, 2, 3]
+    exclude = sp.csr_matrix((np.ones(7), (rows, cols)), shape=(3, 4))
+    top = full_ranking_topk(lambda u: scores[u], np.array([0, 1, 2]), k=3, exclude=exclude, block=2)
+    np.testing.assert_array_equal(top, [[1, PAD, PAD], [PAD, PAD, PAD], [2, 0, 3]])
+
+
+def test_ranking_metrics_reads_each_users_row_of_positives():
+    # positives by row: 0 → {1, 5}, 1 → {9}, 2 → {3}, 3 → none; the 3 ranked users are rows 2, 0, 3
+    pos = sp.csr_matrix(([1, 1, 1, 1], ([0, 0, 1, 2], [1, 5, 9, 3])), shape=(4, 10))
+    topk = np.array([[4, 3, 0],   # row 2: hit at rank 2
+                     [5, 2, 1],   # row 0: hits at ranks 1 and 3
+                     [3, 1, 5]])  # row 3: no positives → not averaged
+    m = ranking_metrics(topk, pos, ks=(1, 3), rows=np.array([2, 0, 3]))
+    assert m["users"] == 2
+    assert m["recall@3"] == pytest.approx((1 / 1 + 2 / 2) / 2)
+    assert m["recall@1"] == pytest.approx((0 + 1 / 2) / 2)
+    assert m["precision@3"] == pytest.approx((1 / 3 + 2 / 3) / 2)
+    assert m["hit@1"] == pytest.approx(0.5) and m["hit@3"] == pytest.approx(1.0)
+    assert m["mrr@3"] == pytest.approx((1 / 2 + 1) / 2)
+    ndcg_row2 = (1 / np.log2(3)) / 1.0
+    ndcg_row0 = (1 + 1 / np.log2(4)) / (1 + 1 / np.log2(3))
+    assert m["ndcg@3"] == pytest.approx((ndcg_row2 + ndcg_row0) / 2)
 
 
 def test_coverage_and_popularity():

@@ -1,4 +1,4 @@
-"""Sequence (DIN, DIEN, SIM), multi-task (MMoE, PLE, ESMM) and multi-scenario (STAR, PEPNet)
+"""Sequence (DIN, DIEN, SIM, MIMN), multi-task (MMoE, PLE, ESMM) and multi-scenario (STAR, PEPNet)
 rankers: registry, shapes, contract basics, and learning a planted signal on tiny synthetic
 problems (scored with scikit-learn's roc_auc_score against the constant predictor's 0.5)."""
 
@@ -11,7 +11,7 @@ from sklearn.metrics import roc_auc_score
 
 from funnelrec.core.errors import ConfigError, DataError
 from funnelrec.core.registry import RANKERS
-from funnelrec.models.ranking import dien, din, esmm, mmoe, pepnet, ple, sim, star  # noqa: F401
+from funnelrec.models.ranking import dien, din, esmm, mimn, mmoe, pepnet, ple, sim, star  # noqa: F401
 from funnelrec.models.ranking.base import FeatureSpec
 from funnelrec.models.ranking.din import toy_batch
 from funnelrec.train.losses import bce_loss, multitask_bce
@@ -22,6 +22,7 @@ SMALL = {
     "din": {"embedding_dim": 4, "attention_hidden": (8,), "mlp_hidden": (8,)},
     "dien": {"embedding_dim": 4, "mlp_hidden": (8,)},
     "sim": {"embedding_dim": 4, "top_k": 3, "attention_hidden": (8,), "mlp_hidden": (8,)},
+    "mimn": {"embedding_dim": 4, "memory_slots": 3, "induction_top_k": 1, "mlp_hidden": (8,)},
     "mmoe": {"embedding_dim": 4, "expert_hidden": (8,), "tower_hidden": (4,)},
     "ple": {"embedding_dim": 4, "expert_hidden": (8,), "tower_hidden": (4,)},
     "esmm": {"embedding_dim": 4, "tower_hidden": (8,)},
@@ -212,8 +213,12 @@ def category_world(n=3000, L=8, seed=0):
     }
 
 
-@pytest.mark.parametrize("name", ["din", "dien", "sim"])
+@pytest.mark.parametrize("name", ["din", "dien", "sim", "mimn"])
 def test_sequence_models_learn_category_match(name):
+    """The label is in the history only (target category ∈ history categories), so a model
+    that ignores what it reads from the sequence (attention, GRU, search or MIMN's memories)
+    stays at the constant predictor's 0.5 (MIMN with its memory reads zeroed: 0.48–0.52 over 3
+    data seeds; as written: 0.97–1.0)."""
     data = category_world()
     train, test = split(data, 2400)
     spec = FeatureSpec(n_embeddings=60, n_fields=2, seq_len=8)
@@ -249,13 +254,24 @@ def test_multitask_models_learn_two_correlated_tasks(name):
 
 @pytest.mark.parametrize("name", ["star", "pepnet"])
 def test_multidomain_models_learn_each_domains_signal(name):
+    """The field-1 effect flips sign in domain 1, so one shared scorer cannot get all three
+    domains right: a domain-blind copy (same model, every domain id 0) trails most in domain 1.
+    Measured over data seeds 1–3: domain-1 AUC with domains 0.89–0.94, domain-blind 0.77–0.82
+    (margin 0.11–0.14); every domain ≥ 0.89 with domains."""
     train, test = split(two_task_world(n=6000, n_domains=3, seed=1), 4800)
     tasks = ("click",) if name == "pepnet" else ("ctr",)
     spec = FeatureSpec(n_embeddings=46, n_fields=3, n_domains=3, tasks=tasks)
-    model = fit(build(name, spec, embedding_dim=8), {**train, "label_ctr": train["label_click"]})
-    with torch.no_grad():
-        score = model(test)[tasks[0]].numpy()
     label, dom = test["label_click"].numpy(), test["domain"].numpy()
-    # the field-1 effect flips sign in domain 1: one shared scorer cannot get all three right
+
+    def domain_aucs(tr, te):
+        model = fit(build(name, spec, embedding_dim=8), {**tr, "label_ctr": tr["label_click"]})
+        with torch.no_grad():
+            score = model(te)[tasks[0]].numpy()
+        return [roc_auc_score(label[dom == d], score[dom == d]) for d in range(3)]
+
+    aware = domain_aucs(train, test)
+    blind = domain_aucs({**train, "domain": torch.zeros_like(train["domain"])},
+                        {**test, "domain": torch.zeros_like(test["domain"])})
     for d in range(3):
-        assert roc_auc_score(label[dom == d], score[dom == d]) > 0.72, d
+        assert aware[d] > 0.85, (d, aware)
+    assert aware[1] > blind[1] + 0.05, (aware, blind)  # the domain id is used, not just the fields
