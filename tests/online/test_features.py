@@ -61,7 +61,16 @@ CONFIG = FeatureConfig(count_types=("impression", "click", "like", "purchase"), 
                        category_column="genre", recent_n=3)
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+BACKENDS = ["memory", "sqlite", "redis"]
+
+
+def test_every_registered_feature_backend_is_tested_here():
+    from funnelrec.online.features import FEATURE_BACKENDS
+
+    assert sorted(FEATURE_BACKENDS.names()) == sorted(BACKENDS)  # a new one needs its case in `backend`
+
+
+@pytest.fixture(params=BACKENDS)
 def backend(request, tmp_path):
     """(name, kwargs) of a state backend; redis on the real server of the `redis_url` fixture,
     under a prefix of its own per test."""

@@ -113,8 +113,12 @@ def test_exposure_and_exclude_rows_remove_exactly_those_items(cache_funnel):
     assert set(recs[1].filtered.tolist()) == set(drop.tolist())
     assert not set(recs[0].items.tolist()) & set(shown.tolist())
     assert not set(recs[1].items.tolist()) & set(drop.tolist())
-    # a row with nothing to filter is answered exactly as without state
-    assert recs[0].filtered.size == 3 and f.run(np.array([1]), 10)[0].items.tolist() == base[1].items.tolist()
+    # a row with nothing to filter, in a batch whose other row has state, is answered exactly as without state
+    assert recs[0].filtered.size == 3
+    mixed = f.run(users, 10, state=RequestState(exposure=[KeySet(f.item_keys_[shown]), None], exclude=[None, None]),
+                  debug=True)
+    assert mixed[1].filtered.size == 0 and mixed[1].items.tolist() == base[1].items.tolist()
+    np.testing.assert_allclose(mixed[1].scores, base[1].scores, rtol=1e-6)
 
 
 def test_nothing_fitted_changes_during_requests(cache_funnel):
