@@ -235,7 +235,8 @@ def test_cli_engine_without_java_is_one_line_exit_2(tmp_path):
 
 def test_funnel_of_spark_tables_saves_and_serves_like_in_process(fitted, world, tmp_path):
     """The channels fitted from Spark's tables go into an ordinary funnel artifact; loaded back,
-    the funnel's recall stage answers as the in-process funnel's."""
+    the funnel's recall stage answers as the in-process funnel's (items and scores), and so does
+    its served top-k."""
     from funnelrec.pipeline.funnel import Funnel, FunnelStats
 
     spark, local, _ = fitted
@@ -245,7 +246,12 @@ def test_funnel_of_spark_tables_saves_and_serves_like_in_process(fitted, world, 
     loaded = Funnel.load(tmp_path / "spark_funnel")
     users = np.arange(world.n_users)
     got = loaded.recall(users)
-    want = Funnel(cfg, world.dataset.catalogue(), local, stats).recall(users)
+    in_process = Funnel(cfg, world.dataset.catalogue(), local, stats)
+    want = in_process.recall(users)
     assert [b.channel for b in got] == [b.channel for b in want] == list(local)
     for a, b in zip(got, want):
         np.testing.assert_array_equal(a.items, b.items)
+        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5)  # -inf at the same PAD slots
+    served, _ = loaded.recommend_batch(users, 10)
+    np.testing.assert_array_equal(served, in_process.recommend_batch(users, 10)[0])
+    assert (served[:, 0] >= 0).all()
