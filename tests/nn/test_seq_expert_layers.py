@@ -265,3 +265,25 @@ def test_esmm_product_logit_is_logit_of_product_and_finite():
     want = torch.sigmoid(a.double()) * torch.sigmoid(b.double())
     np.testing.assert_allclose(torch.sigmoid(z.double()).numpy()[:4], want.numpy()[:4], rtol=1e-5)
     assert float(torch.sigmoid(z[-1])) > 0.999
+
+
+def test_dice_training_uses_batch_statistics_over_every_leading_axis_then_running_ones():
+    """The docstring's E, Var: per channel over all of (B, L) in training (biased variance, as
+    the normalization divides), running averages (momentum 0.1, unbiased) at eval — in numpy."""
+    dice = Dice(2)
+    with torch.no_grad():
+        dice.alpha.copy_(torch.tensor([0.25, -0.5]))
+    x = torch.tensor([[[1.0, -2.0], [3.0, 4.0], [-1.0, 0.5]], [[6.0, 2.0], [0.0, -3.0], [2.0, 7.0]]])
+    flat = x.numpy().reshape(-1, 2).astype(np.float64)
+    mean, var = flat.mean(0), flat.var(0)  # channel 0: mean 11/6; channel 1: mean 4/3
+    alpha = np.array([0.25, -0.5])
+
+    def f(v, m, s2):
+        p = 1 / (1 + np.exp(-(v - m) / np.sqrt(s2 + 1e-8)))
+        return p * v + (1 - p) * alpha * v
+
+    np.testing.assert_allclose(dice.train()(x).detach().numpy(), f(x.numpy(), mean, var), rtol=1e-5, atol=1e-6)
+    run_m, run_v = 0.1 * mean, 0.9 + 0.1 * flat.var(0, ddof=1)
+    y = torch.tensor([[0.5, -1.0], [4.0, 2.0]])
+    np.testing.assert_allclose(dice.eval()(y).detach().numpy(), f(y.numpy(), run_m, run_v), rtol=1e-5, atol=1e-6)
+    assert np.abs(f(x.numpy(), 0.0, 1.0) - f(x.numpy(), mean, var)).max() > 0.1  # unnormalized would differ

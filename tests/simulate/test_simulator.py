@@ -218,3 +218,42 @@ def test_cli_report_reads_the_written_table(result, tmp_path):
     missing = CliRunner().invoke(app, ["experiments", "report", "--events", str(tmp_path / "no.parquet"),
                                        "--config", str(cfg)])
     assert isinstance(missing.exception, Exception) and "not found" in str(missing.exception)
+
+
+def test_user_days_are_the_impressions_totals_and_the_pre_period_covariates(result, world):
+    """Every (user, day) row re-summed by hand from the impressions; the CUPED covariates are the
+    user's clicks and watch time over the world log's last `pre_days` (config docstring); and the
+    per-user metrics of each arm (sum over days, then the arm's mean) with Welch's p from scipy."""
+    imp, ud = result.impressions, result.user_days
+    want: dict[tuple[str, int], list[float]] = {}
+    for r in imp.iter_rows(named=True):
+        acc = want.setdefault((r["user_id"], r["day"]), [0.0, 0.0, 0.0, 0.0, 0.0])
+        for k, v in enumerate((1, r["click"], r["like"], r["watch_time"], r["p_click"])):
+            acc[k] += v
+    assert ud.height == len(want)
+    end = world.extras["world"].config.end_time
+    log = world.interactions.filter((pl.col("click") == 1) & (pl.col("timestamp") >= end - 14 * 86400))
+    pre = {u: (float(n), float(w)) for u, n, w in log.group_by("user_idx").agg(
+        pl.len(), pl.col("watch_time").sum()).iter_rows()}
+    assert sum(n for n, _ in pre.values()) > 0
+    for r in ud.iter_rows(named=True):
+        imps, clicks, likes, watch, expected = want[(r["user_id"], r["day"])]
+        assert (r["impressions"], r["clicks"], r["likes"], r["clicked"]) == (imps, clicks, likes, int(clicks > 0))
+        assert r["watch_time"] == pytest.approx(watch) and r["expected_clicks"] == pytest.approx(expected)
+        n, w = pre.get(r["user_idx"], (0.0, 0.0))
+        assert r["pre_clicks"] == n and r["pre_watch_time"] == pytest.approx(w)
+    # the arms: likes differ from clicks here, so a metric read off the wrong column shows
+    assert (ud["likes"] != ud["clicks"]).any()
+    per_user = {}
+    for (u, _), (_, clicks, likes, _, _) in want.items():
+        acc = per_user.setdefault(u, [0.0, 0.0])
+        acc[0] += likes
+        acc[1] = max(acc[1], float(clicks > 0))
+    arm = {u: expected_variant(u) for u in per_user}
+    likes = {v: np.array([per_user[u][0] for u in per_user if arm[u] == v]) for v in ("control", "itemcf")}
+    clicked = {v: np.array([per_user[u][1] for u in per_user if arm[u] == v]) for v in ("control", "itemcf")}
+    lk, cu = result.report.results[("likes_per_user", "itemcf")], result.report.results[("clicking_users", "itemcf")]
+    assert (lk.control, lk.treatment) == (pytest.approx(likes["control"].mean()), pytest.approx(likes["itemcf"].mean()))
+    assert (cu.control, cu.treatment) == (pytest.approx(clicked["control"].mean()), pytest.approx(clicked["itemcf"].mean()))
+    welch = scipy.stats.ttest_ind(likes["itemcf"], likes["control"], equal_var=False).pvalue
+    assert lk.p_value == pytest.approx(welch, rel=1e-2, abs=1e-6)
