@@ -96,14 +96,22 @@ def train(dataset: str | None = typer.Option(None, help="dataset name (default: 
 
 
 @evaluate_app.command("funnel")
-def evaluate_funnel_cmd(dataset: str = typer.Option("movielens-100k"), path: Path | None = typer.Option(None),
-                        config: Path | None = typer.Option(None), seed: int = typer.Option(2020),
+def evaluate_funnel_cmd(dataset: str | None = typer.Option(None, help="dataset name (default: the config's "
+                                                                   "data: files, else movielens-100k)"),
+                        path: Path | None = typer.Option(None),
+                        config: Path | None = typer.Option(None, help="funnel YAML config (default: "
+                                                           "configs/funnel/ml100k.yaml on MovieLens)"),
+                        seed: int = typer.Option(2020),
                         as_json: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:
-    """Evaluate every channel, the merged set and the funnel on the RecBole protocol."""
+    """Evaluate every channel, the merged set and the funnel on the RecBole protocol: the funnel
+    `funnelrec train` fits for the same config, data and seed."""
+    from funnelrec.cli_data import fit_checked, load_data, resolve_config
     from funnelrec.pipeline.offline import evaluate_funnel
 
-    cfg = _config(config)  # a bad config fails before the data loads
-    report = evaluate_funnel(_load(dataset, path), cfg, seed=seed, progress=not as_json)
+    cfg = resolve_config(config, dataset)  # a bad config fails before the data loads
+    d = load_data(cfg, config, dataset, path)
+    fitted = fit_checked(cfg, d, seed, progress=not as_json, where=config)
+    report = evaluate_funnel(d, cfg, seed=seed, fitted=fitted)
     if as_json:
         typer.echo(json.dumps(report))
     else:

@@ -81,9 +81,15 @@ def load_data(cfg: Any, config: Path | None, dataset: str | None, path: Path | N
 
 
 def fit_funnel(cfg: Any, d: Any, seed: int, progress: bool, where: Path | None = None):
-    """Check the config against the data (before any fit), split per user, fit every component."""
-    from funnelrec.data.splits import random_split_by_user
-    from funnelrec.pipeline.builder import FunnelBuilder
+    """Check the config against the data (before any fit), then fit every component on the
+    protocol's split (`fit_on_protocol`: the fit `evaluate funnel` scores)."""
+    return fit_checked(cfg, d, seed, progress, where)[0]
+
+
+def fit_checked(cfg: Any, d: Any, seed: int, progress: bool, where: Path | None = None):
+    """(funnel, split): `check_against` (its error names `where`, the config file), then
+    `fit_on_protocol`."""
+    from funnelrec.pipeline.offline import fit_on_protocol
     from funnelrec.pipeline.validate import check_against
 
     try:
@@ -92,17 +98,7 @@ def fit_funnel(cfg: Any, d: Any, seed: int, progress: bool, where: Path | None =
         if where is not None:
             raise type(e)(f"{where}: {str(e).removeprefix('funnel config: ')}") from None
         raise
-    split = random_split_by_user(d.interactions, seed=seed)
-    labels = split.valid
-    cap = cfg.data.label_users
-    users = labels["user_idx"].unique().sort()
-    if cap and users.len() > cap:  # a seeded sample of the label users bounds the ranker's fit
-        import numpy as np
-        import polars as pl
-
-        keep = np.random.default_rng(seed).choice(users.to_numpy(), size=cap, replace=False)
-        labels = labels.filter(pl.col("user_idx").is_in(keep))
-    return FunnelBuilder(cfg).fit(d, split.train, labels=labels, progress=progress)
+    return fit_on_protocol(d, cfg, seed, progress)
 
 
 def default_artifact(config: Path | None, cfg: Any) -> Path:

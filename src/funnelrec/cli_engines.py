@@ -20,27 +20,23 @@ def fit_cmd(engine: str = typer.Option("spark", help="inprocess, or spark (Java 
                                                     "spark://host:7077, yarn); default: the config's, else local[2]"),
             spark_partitions: int | None = typer.Option(None, "--spark-partitions", help="spark.sql.shuffle.partitions"),
             work_dir: Path | None = typer.Option(None, "--work-dir", help="keep the engine's Parquet tables here"),
-            dataset: str = typer.Option("movielens-100k"), path: Path | None = typer.Option(None),
-            config: Path | None = typer.Option(None, help="funnel YAML config (default: configs/funnel/ml100k.yaml)"),
-            out: Path = typer.Option(Path("artifacts/funnel"), help="where to write the trained funnel"),
+            dataset: str | None = typer.Option(None, help="dataset name (default: the config's data: files, "
+                                                         "else movielens-100k)"),
+            path: Path | None = typer.Option(None),
+            config: Path | None = typer.Option(None, help="funnel YAML config (default: configs/funnel/ml100k.yaml "
+                                                         "on MovieLens)"),
+            out: Path | None = typer.Option(None, help="where to write the trained funnel (default: artifact/ beside "
+                                                      "a config with data:, else artifacts/funnel)"),
             seed: int = typer.Option(2020)) -> None:
     """Train the funnel (channels + ranker) with the channel tables computed on --engine."""
     if engine == "spark":
         from funnelrec.engines.spark import check_available
 
         check_available()  # no Java / pyspark: one line, exit 2, before the config and the data load
-    from funnelrec.data import load_dataset
-    from funnelrec.data.splits import random_split_by_user
+    from funnelrec.cli_data import default_artifact, fit_checked, load_data, resolve_config
     from funnelrec.engines import EngineSpec
-    from funnelrec.pipeline.builder import FunnelBuilder
-    from funnelrec.pipeline.config import FunnelConfig
 
-    # the default funnel, as `funnelrec train`: shipped in the package, or at the checkout's root
-    here = Path(__file__).resolve()
-    if config is None:
-        config = next((p for p in (here.parent / "configs" / "funnel" / "ml100k.yaml",
-                                   here.parents[2] / "configs" / "funnel" / "ml100k.yaml") if p.exists()), None)
-    cfg = FunnelConfig.load(config) if config is not None else FunnelConfig()
+    cfg = resolve_config(config, dataset)  # the funnel `funnelrec train` would fit, on the same data
     spec = cfg.engine
     over = {"name": engine}
     if spark_master is not None:
@@ -51,9 +47,9 @@ def fit_cmd(engine: str = typer.Option("spark", help="inprocess, or spark (Java 
         over["work_dir"] = str(work_dir)
     spec = EngineSpec(**{**dataclasses.asdict(spec), **over})
     cfg = dataclasses.replace(cfg, engine=spec)
-    d = load_dataset(dataset, path=path) if path is not None else load_dataset(dataset)
-    split = random_split_by_user(d.interactions, seed=seed)
-    funnel = FunnelBuilder(cfg).fit(d, split.train, labels=split.valid, progress=True)
+    d = load_data(cfg, config, dataset, path)
+    funnel = fit_checked(cfg, d, seed, progress=True, where=config)[0]
+    out = Path(out) if out is not None else default_artifact(config, cfg)
     funnel.save(out)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     secs = ", ".join(f"{k} {v:.1f}s" for k, v in (funnel.fit_seconds_ or {}).items())

@@ -252,6 +252,49 @@ def test_batch_recommend_writes_the_served_answers(shop, tmp_path, monkeypatch, 
     assert recs.filter(pl.col("user_id") == "v000004").sort("rank")["item_id"].to_list() == ids
 
 
+def test_evaluate_funnel_scores_the_configs_own_data_and_the_funnel_train_saves(shop, tmp_path, monkeypatch,
+                                                                                  capsys):
+    """`evaluate funnel --config` reads the config's data: files (not MovieLens) and scores the
+    funnel `train --config` fits — with `data.label_users` capping the ranker's label users, the
+    same seeded sample in both."""
+    import json
+
+    from funnelrec.cli_data import load_data, resolve_config
+    from funnelrec.data.splits import random_split_by_user
+    from funnelrec.pipeline.funnel import Funnel
+    from funnelrec.pipeline.offline import evaluate_funnel, fit_on_protocol
+
+    text = shop["config"].read_text().replace("data:", "data:\n  label_users: 40", 1)
+    text = text.replace("../data/", str(shop["paths"]["interactions"].parent) + "/")
+    config = tmp_path / "funnel.yaml"
+    config.write_text(text)
+    (tmp_path / "schema.yaml").write_text((shop["config"].parent / "schema.yaml").read_text())
+    assert resolve_config(config, None).data.label_users == 40
+    code, stdout, err = run_cli(monkeypatch, capsys, "evaluate", "funnel", "--config", config, "--json")
+    assert code == 0, err
+    report = json.loads(stdout)
+    # the test users, counted from the raw file: RecBole's rounding gives a user a test row from
+    # 2 events on (2 events: int(0.1 · 2) = 0, but 0 < 0.2 < 1 moves one row from train to test)
+    per_user = pl.read_parquet(shop["paths"]["interactions"]).group_by("visitor").len()
+    assert report["users"] == per_user.filter(pl.col("len") >= 2).height
+    code, stdout, err = run_cli(monkeypatch, capsys, "train", "--config", config, "--out", tmp_path / "art",
+                                "--json")
+    assert code == 0, err
+    saved = Funnel.load(tmp_path / "art")
+    cfg = resolve_config(config, None)
+    d = load_data(cfg, config, None, None)
+    split = random_split_by_user(d.interactions, seed=2020)
+    again = evaluate_funnel(d, cfg, fitted=(saved, split))
+    # the cap reached the ranker: its validation slice is valid_fraction of 40 label users
+    fitted, _ = fit_on_protocol(d, cfg, seed=2020)
+    held = fitted.ranker_.valid_users_
+    assert len(held) == max(1, round(40 * cfg.rank.valid_fraction)) < round(0.5 * split.valid["user_idx"].n_unique()
+                                                                             * cfg.rank.valid_fraction)
+    assert np.isin(held, split.valid["user_idx"].to_numpy()).all()
+    assert again["funnel"]["ndcg@10"] == pytest.approx(report["funnel"]["ndcg@10"], abs=1e-9)
+    assert again["funnel"]["recall@10"] == pytest.approx(report["funnel"]["recall@10"], abs=1e-9)
+
+
 # ------------------------------------------------------------------------- ten common mistakes
 def _mistake(case: str, shop: dict, tmp: Path) -> tuple[list, list[str]]:
     """(the command's args, substrings the one-line error must hold) for one mistake."""

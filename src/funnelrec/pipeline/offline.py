@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import numpy as np
+import polars as pl
 import scipy.sparse as sp
 
 from funnelrec.core.types import PAD, CandidateBatch, RequestState
@@ -70,9 +71,18 @@ def prerank_recall(funnel: Funnel, pre, users: np.ndarray, top: int = 50) -> dic
 
 def fit_on_protocol(dataset: Dataset, config: FunnelConfig | None = None, seed: int = 2020,
                     progress: bool = False) -> tuple[Funnel, Split]:
-    """The funnel fitted on the protocol's train split, its ranker labelled by the valid split."""
+    """The funnel fitted on the protocol's train split, its ranker labelled by the valid split —
+    by a seeded sample of `data.label_users` of its users when the config caps them. `funnelrec
+    train` fits through here too, so the funnel it saves is the one `evaluate funnel` scores."""
+    config = config or FunnelConfig()
     split = random_split_by_user(dataset.interactions, seed=seed)
-    return FunnelBuilder(config or FunnelConfig()).fit(dataset, split.train, labels=split.valid, progress=progress), split
+    labels = split.valid
+    cap = config.data.label_users
+    users = labels["user_idx"].unique().sort()
+    if cap and users.len() > cap:  # a seeded sample of the label users bounds the ranker's fit
+        keep = np.random.default_rng(seed).choice(users.to_numpy(), size=cap, replace=False)
+        labels = labels.filter(pl.col("user_idx").is_in(keep))
+    return FunnelBuilder(config).fit(dataset, split.train, labels=labels, progress=progress), split
 
 
 def evaluate_funnel(dataset: Dataset, config: FunnelConfig | None = None, seed: int = 2020,
