@@ -116,16 +116,19 @@ def test_bad_factories_params_and_files(tmp_path):
 
 
 def test_near_ties_the_transformed_distance_cannot_separate_come_back_in_inner_product_order():
-    # one far item sets M = 1e12, so ‖q̃ − x̃‖² = 2M² − 2M⟨q̂, x⟩ ≈ 2e24, whose float64 spacing
-    # (~3e8) swallows the 2M · 1e-6 = 2e6 gaps between the near-tied items' inner products: the
-    # tree returns them in whatever order its traversal meets them; the exact inner products,
-    # recomputed from the stored vectors, must order them. The far item has ⟨q, x⟩ = 0: last.
+    # one far item sets M = 1e7, so ‖q̃ − x̃‖² = 2M² − 2M⟨q̂, x⟩ ≈ 2e14, whose float64 spacing
+    # (~0.03) swallows the 2M · 2e-9 = 0.04 gaps between the near-tied items' inner products
+    # (1e-3 · (1 + g · 2e-6), distinct in fp32): the tree returns them in whatever order its
+    # traversal meets them; the exact inner products, recomputed from the stored vectors, must
+    # order them. The far item has ⟨q, x⟩ = 0: last.
     rng = np.random.default_rng(0)
     gaps = rng.permutation(20).astype(np.float32)
-    near = np.stack([np.zeros(20, np.float32), 1.0 + gaps * np.float32(2e-6)], axis=1)  # distinct in fp32
-    x = np.vstack([np.array([[1e12, 0.0]], np.float32), near]).astype(np.float32)
+    near = np.stack([np.zeros(20, np.float32), np.float32(1e-3) * (1 + gaps * np.float32(2e-6))], axis=1)
+    assert len(np.unique(near[:, 1])) == 20
+    x = np.vstack([np.array([[1e7, 0.0]], np.float32), near]).astype(np.float32)
     q = np.array([[0.0, 1.0]], np.float32)
-    s, i = VectorIndex("KDTree2", 2).add(x).search(q, 21)
     truth = 1 + np.argsort(-near[:, 1].astype(np.float64), kind="stable")
-    assert i[0, :20].tolist() == truth.tolist() and i[0, 20] == 0
-    assert np.all(np.diff(s[0]) <= 0)
+    for factory in ("KDTree2", "KDTree"):
+        s, i = VectorIndex(factory, 2).add(x).search(q, 21)
+        assert i[0, :20].tolist() == truth.tolist() and i[0, 20] == 0
+        assert np.all(np.diff(s[0]) <= 0)
