@@ -57,6 +57,33 @@ def test_split_is_seeded(ml100k):
     assert a.equals(b) and not a.equals(c)
 
 
+def test_repeated_pairs_split_as_pairs_by_the_recbole_counts():
+    # user 0: items 10 (view, cart, purchase), 11 (view), 12 (view, view) and 13 … 19 (one view
+    # each): 10 pairs → RecBole's counts 8 / 1 / 1 over pairs, not over its 13 rows (11 / 1 / 1);
+    # user 1: two pairs, one row each → 1 / 0 / 1 (0 < 0.2 < 1 gives test a row), as RecBole
+    u0 = [0] * 13
+    i0 = [10, 10, 10, 11, 12, 12, *range(13, 20)]
+    inter = pl.DataFrame({"user_idx": u0 + [1, 1], "item_idx": i0 + [10, 11],
+                          "event": ["view", "cart", "purchase", "view", "view", "view"] + ["view"] * 7 + ["view"] * 2})
+    assert inter.filter(pl.col("user_idx") == 0)["item_idx"].n_unique() == 10
+    for seed in range(5):
+        s = random_split_by_user(inter, seed=seed)
+        assert s.protocol == "rs-811-by-pair"
+        parts = [p.with_columns(pl.lit(k).alias("part")) for k, p in enumerate((s.train, s.valid, s.test))]
+        both = pl.concat(parts)
+        assert both.height == inter.height  # every row once
+        # a pair's rows are in one part
+        assert both.group_by("user_idx", "item_idx").agg(pl.col("part").n_unique())["part"].max() == 1
+        pairs = both.unique(["user_idx", "item_idx", "part"])
+        per = {(u, k): n for u, k, n in pairs.group_by("user_idx", "part").len().iter_rows()}
+        assert [per.get((0, k), 0) for k in range(3)] == recbole_split_counts(10, (0.8, 0.1, 0.1)) == [8, 1, 1]
+        assert [per.get((1, k), 0) for k in range(3)] == recbole_split_counts(2, (0.8, 0.1, 0.1)) == [1, 0, 1]
+        three = both.filter(pl.col("item_idx") == 10, pl.col("user_idx") == 0)
+        assert sorted(three["event"].to_list()) == ["cart", "purchase", "view"]
+    # one row per pair (MovieLens): the RecBole split itself
+    assert random_split_by_user(inter.unique(["user_idx", "item_idx"]), seed=0).protocol == "recbole-rs-811"
+
+
 def test_leave_one_out_takes_latest(ml100k):
     s = leave_one_out(ml100k.interactions)
     assert s.test.height == s.valid.height == 943

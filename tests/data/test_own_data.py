@@ -273,10 +273,13 @@ def test_evaluate_funnel_scores_the_configs_own_data_and_the_funnel_train_saves(
     code, stdout, err = run_cli(monkeypatch, capsys, "evaluate", "funnel", "--config", config, "--json")
     assert code == 0, err
     report = json.loads(stdout)
-    # the test users, counted from the raw file: RecBole's rounding gives a user a test row from
-    # 2 events on (2 events: int(0.1 · 2) = 0, but 0 < 0.2 < 1 moves one row from train to test)
-    per_user = pl.read_parquet(shop["paths"]["interactions"]).group_by("visitor").len()
+    # the test users, counted from the raw file: the split's unit is the (user, item) pair, and
+    # RecBole's rounding gives a user a test pair from 2 pairs on (int(0.1 · 2) = 0, but 0 < 0.2 < 1
+    # moves one pair from train to test)
+    ev = pl.read_parquet(shop["paths"]["interactions"])
+    per_user = ev.unique(["visitor", "sku"]).group_by("visitor").len()
     assert report["users"] == per_user.filter(pl.col("len") >= 2).height
+    assert report["protocol"] == "rs-811-by-pair" and ev.unique(["visitor", "sku"]).height < ev.height
     code, stdout, err = run_cli(monkeypatch, capsys, "train", "--config", config, "--out", tmp_path / "art",
                                 "--json")
     assert code == 0, err

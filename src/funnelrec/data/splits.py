@@ -3,6 +3,8 @@
 - `random_split_by_user`: RecBole's RS [0.8, 0.1, 0.1] with group_by=user, order=RO — a seeded
   shuffle of all interactions, then each user's rows cut by RecBole's own rounding rule
   (`_calcu_split_ids`), so split sizes equal RecBole's (80,808 / 9,596 / 9,596 on ml-100k).
+  Repeated (user, item) pairs (view → cart → purchase) are split as pairs: a pair's rows stay
+  together (protocol "rs-811-by-pair").
 - `random_split_global`: RS over all rows (the CTR protocol).
 - `leave_one_out`: by time, per user: last → test, second-to-last → valid.
 - `temporal_split`: a global time cut.
@@ -48,7 +50,28 @@ def recbole_split_counts(total: int, ratios: tuple[float, ...]) -> list[int]:
 
 
 def random_split_by_user(inter: pl.DataFrame, ratios: tuple[float, ...] = (0.8, 0.1, 0.1), seed: int = 2020) -> Split:
+    """RecBole's RS per user. The unit is the (user, item) pair: where a pair has several rows (a
+    view, then a cart, then a purchase of one item) all of them go to the part its pair is drawn
+    into (protocol "rs-811-by-pair"). Split row by row, the purchase would land in valid and the
+    view in train — the item then sits in the user's history, no channel may recall it again,
+    and the ranker's conversion task never sees a positive among its candidates; the test part
+    would hold items nobody may recommend. With one row per pair (MovieLens) the two are the
+    same split, row for row."""
     _check_ratios(ratios)
+    if {"user_idx", "item_idx"} <= set(inter.columns):
+        pairs = inter.select("user_idx", "item_idx").unique(maintain_order=True)
+        if pairs.height < inter.height:
+            part = _split_rows(pairs, ratios, seed)
+            tagged = pl.concat([p.with_columns(pl.lit(k, pl.Int8).alias("_part")) for k, p in enumerate(part)])
+            rows = inter.with_row_index("_row").join(tagged, on=["user_idx", "item_idx"], how="left").sort("_row")
+            return Split(*[rows.filter(pl.col("_part") == k).drop("_row", "_part") for k in range(3)],
+                         protocol="rs-811-by-pair")
+    return Split(*_split_rows(inter, ratios, seed), protocol="recbole-rs-811")
+
+
+def _split_rows(inter: pl.DataFrame, ratios: tuple[float, ...], seed: int) -> list[pl.DataFrame]:
+    """RecBole 1.2.1's RS with group_by=user, order=RO: a seeded shuffle of the rows, then each
+    user's rows cut by `recbole_split_counts`; the three parts keep the shuffled order."""
     rng = np.random.default_rng(seed)
     n = inter.height
     shuffled = inter[rng.permutation(n)].with_row_index("_order")
@@ -67,8 +90,7 @@ def random_split_by_user(inter: pl.DataFrame, ratios: tuple[float, ...] = (0.8, 
     )
     ranked = ranked.with_columns(part.alias("_part"))
     drop = ["_order", "_r", "_n", "_b0", "_b1", "_part"]
-    parts = [ranked.filter(pl.col("_part") == k).drop(drop) for k in range(3)]
-    return Split(*parts, protocol="recbole-rs-811")
+    return [ranked.filter(pl.col("_part") == k).drop(drop) for k in range(3)]
 
 
 def random_split_global(inter: pl.DataFrame, ratios: tuple[float, ...] = (0.8, 0.1, 0.1), seed: int = 2020) -> Split:
