@@ -92,6 +92,69 @@ def test_requests_that_differ_run_apart_and_errors_stay_their_own(fitted_funnel,
 
 
 @pytest.fixture(scope="module")
+def world_funnel():
+    """The tiny world (tests/tiny_world.py) with channels that read the request: fresh (its clock:
+    items published by then), geo (its region) and hot; no ranker. Fits in a fraction of a second."""
+    from funnelrec.pipeline.builder import FunnelBuilder
+    from funnelrec.pipeline.config import FunnelConfig
+    from tiny_world import make_world
+
+    data = make_world()
+    cfg = FunnelConfig.from_dict({
+        "recall": {"channels": [{"name": "fresh", "n": 10, "params": {"tau_days": 5}}, {"name": "geo", "n": 10},
+                                {"name": "hot", "n": 10}],
+                   "merge": {"total": 20, "quotas": {"fresh": 5, "geo": 5, "hot": 10}, "priority": ["fresh", "geo", "hot"]}},
+        "k": 5})
+    return FunnelBuilder(cfg).fit(data.dataset, data.interactions)
+
+
+def test_requests_of_another_clock_second_region_or_variant_run_apart(world_funnel, monkeypatch):
+    """A batch runs on its first request's context and plan: a request whose time, region or
+    experiment variant differs must run in a batch of its own, and gets its answer alone."""
+    from funnelrec.core.config import from_dict
+    from funnelrec.experiments import ExperimentPlatform
+    from funnelrec.experiments.config import ExperimentsConfig
+    from tiny_world import DAY
+
+    exp = from_dict(ExperimentsConfig, {
+        "n_buckets": 100, "layers": [{"name": "recall", "owns": ["recall."]}],
+        "experiments": [{"name": "q", "layer": "recall", "buckets": [0, 100],
+                         "variants": [{"name": "control"}, {"name": "no_fresh", "params": {"recall.merge.quotas.fresh": 0}}]}]},
+        "experiments")
+
+    def service(experiments=True):
+        return RecommenderService(world_funnel, ServiceConfig(cache_n=0), ExperimentPlatform(exp) if experiments else None)
+
+    late, early = 1_000_000_000 + 60 * DAY, 1_000_000_000 + 10 * DAY  # the world's clicks span days 0..100
+    requests = [{"user_id": 2, "k": 5, "context": {"time": late}},
+                {"user_id": 3, "k": 5, "context": {"time": early}},  # another clock second
+                {"user_id": 4, "k": 5, "context": {"time": late, "region": "1"}},  # another region
+                {"user_id": 5, "k": 5, "context": {"time": late}},  # another variant (no_fresh)
+                {"user_id": 6, "k": 5, "context": {"time": late}}]  # as user 2's: the one batch of two
+    svc = service()
+    want = [svc.recommend(**r) for r in requests]
+    assert [w.experiments["recall"]["variant"] for w in want] == ["control"] * 3 + ["no_fresh", "control"]
+    # each difference changes that user's answer (else running it with user 2's would go unseen)
+    assert want[1].item_ids != svc.recommend(3, k=5, context={"time": late}).item_ids
+    assert want[2].item_ids != svc.recommend(4, k=5, context={"time": late}).item_ids
+    plain = service(experiments=False)
+    assert want[3].item_ids != plain.recommend(5, k=5, context={"time": late}).item_ids
+    assert want[0].item_ids == plain.recommend(2, k=5, context={"time": late}).item_ids  # control = no overrides
+    svc.close()
+    plain.close()
+
+    calls = []
+    real_run = world_funnel.run
+    monkeypatch.setattr(world_funnel, "run", lambda users, *a, **kw: calls.append(len(users)) or real_run(users, *a, **kw))
+    svc = service()
+    got = svc.recommend_many(requests)
+    svc.close()
+    assert [g.item_ids for g in got] == [w.item_ids for w in want]
+    assert [g.experiments for g in got] == [w.experiments for w in want]
+    assert sorted(calls) == [1, 1, 1, 2]  # users 2 and 6 did share one run
+
+
+@pytest.fixture(scope="module")
 def cache_funnel():
     """Hot by plain count and a cache channel merged first: a user's second answer differs from
     the first (it reads the tail the first one cached; tests/tiny_world.py, test_cache_tail.py)."""
@@ -280,3 +343,28 @@ def test_no_waiting_request_is_left_without_an_answer():
 
     got = asyncio.run(main(RecommendBatcher(max_batch=4, on_batch=boom), _Recorder([]), 2))
     assert all(isinstance(g, ValueError) for g in got)
+
+
+def test_requests_a_loop_turn_or_two_behind_join_the_first_ones_batch():
+    """The drain runs `rounds` (2) loop turns after the first request: a request that reaches
+    `submit` one or two turns later (over HTTP: the guard's and the body read's awaits) is in the
+    same batch; one arriving later still is in the next."""
+    import asyncio
+
+    from funnelrec.serving.batching import RecommendBatcher
+
+    log: list = []
+
+    async def main():
+        b = RecommendBatcher(max_batch=8)
+        svc = _Recorder(log)
+
+        async def after(turns, i):
+            for _ in range(turns):
+                await asyncio.sleep(0)  # one loop turn each
+            return await b.submit(svc, {"user_id": i})
+
+        return await asyncio.gather(after(0, 0), after(1, 1), after(2, 2), after(2, 3), after(5, 4))
+
+    assert asyncio.run(main()) == [0, 1, 2, 3, 4]
+    assert log == [("batch", [0, 1, 2, 3]), ("batch", [4])]

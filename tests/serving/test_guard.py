@@ -34,6 +34,22 @@ def test_a_client_that_sends_the_whole_oversized_body_reads_the_413(url):
     assert httpx.get(f"{url}/health").status_code == 200
 
 
+def test_a_body_of_exactly_the_limit_is_served_and_one_byte_more_is_a_413(url):
+    """The limit is the largest body served (65536 bytes here), by Content-Length and chunked alike."""
+    ask = b'{"user_id": "196", "k": 3}'
+    for size, code in ((1 << 16, 200), ((1 << 16) + 1, 413)):
+        body = ask + b" " * (size - len(ask))  # trailing whitespace: still the same JSON
+        assert len(body) == size
+        by_length = httpx.post(f"{url}/recommend", content=body, headers={"content-type": "application/json"})
+        chunked = httpx.post(f"{url}/recommend", content=iter([body[:1000], body[1000:]]),
+                             headers={"content-type": "application/json"})
+        assert "content-length" not in chunked.request.headers  # sent chunked: counted as it arrives
+        for r in (by_length, chunked):
+            assert r.status_code == code, (size, r.text[:200])
+            if code == 200:
+                assert len(r.json()["items"]) == 3
+
+
 def _slow_client(url: str, declared: int = 4000) -> socket.socket:
     """A connection that sent its headers and 5 bytes of a `declared`-byte body, then stalls."""
     u = urlparse(url)
@@ -78,3 +94,6 @@ def test_debug_answers_need_the_admin_token_when_the_server_has_one(fitted_funne
         assert ok.status_code == 200 and "filtered" in ok.json()["debug"]
         plain = httpx.post(f"{base}/recommend", json={"user_id": "196", "k": 3, "explain": True})
         assert plain.status_code == 200 and "debug" not in plain.json()  # explain shows only scores
+        explained = plain.json()  # … and shows them without the token (it runs alone, not batched)
+        assert "fusion_weights" in explained and len(explained["items"]) == 3
+        assert all(it["explain"]["position"] == pos for pos, it in enumerate(explained["items"]))

@@ -178,6 +178,47 @@ def test_cli_renders_a_config_nginx_accepts_and_refuses_bad_settings(tmp_path):
     assert bad.returncode == 2 and bad.stderr.strip() == "error: --replicas must be in [1, 1024], got 0"
 
 
+def test_layout_settings_reach_the_config_and_bad_layouts_are_refused(tmp_path):
+    """What the rendered file says for settings the shipped example does not use (sub-second
+    timeouts, three replicas), checked by nginx itself; and each layout nginx could not run."""
+    from funnelrec.core.errors import ConfigError
+
+    layout = NginxLayout(replicas=3, base_port=18001, listen="127.0.0.1:18000", read_timeout_s=0.5,
+                         retry_timeout_s=2.25, fail_timeout_s=3.0, worker_processes=2, access_log=False)
+    out = write_nginx(render_nginx(layout), tmp_path / "ng" / "nginx.conf")
+    lines = {line.strip() for line in out.read_text().splitlines()}
+    assert {"proxy_read_timeout 500ms;", "proxy_next_upstream_timeout 2250ms;", "worker_processes 2;",
+            "access_log off;", "proxy_next_upstream_tries 4;",  # every replica once, plus one
+            "listen 127.0.0.1:18000;"} <= lines
+    assert [f"server 127.0.0.1:{p} max_fails=1 fail_timeout=3s;" in lines for p in (18001, 18002, 18003)] == [True] * 3
+    check = subprocess.run([NGINX, "-t", "-p", str(out.parent), "-e", "logs/error.log", "-c", str(out)],
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    assert "proxy_next_upstream_tries 3;" in {x.strip() for x in render_nginx(NginxLayout(replicas=1)).splitlines()}
+    for bad, why in ((dict(listen="8001"), "also a replica's port"), (dict(listen="127.0.0.1:8002"), "also a replica's port"),
+                     (dict(base_port=65535), "must lie in"), (dict(listen="127.0.0.1:http"), "--listen"),
+                     (dict(worker_processes=0), "worker_processes"), (dict(read_timeout_s=0), "read_timeout_s"),
+                     (dict(retry_timeout_s=-1), "retry_timeout_s"), (dict(fail_timeout_s=0), "fail_timeout_s")):
+        with pytest.raises(ConfigError, match=why):
+            NginxLayout(**{"replicas": 2, "base_port": 8001, **bad})
+    NginxLayout(replicas=2, base_port=8001, listen="10.0.0.5:8001")  # another host's port 8001 is not a replica's
+
+
+def test_a_fractional_fail_timeout_is_refused_before_nginx_would_refuse_the_file(tmp_path):
+    """nginx's upstream `server … fail_timeout=` takes whole seconds (1500ms is an invalid
+    parameter): the layout refuses 1.5 in one line; 2.0 renders as 2s and nginx accepts it."""
+    from funnelrec.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"fail_timeout_s must be a whole number of seconds.*1\.5"):
+        NginxLayout(replicas=2, base_port=18001, listen="127.0.0.1:18000", fail_timeout_s=1.5)
+    layout = NginxLayout(replicas=2, base_port=18001, listen="127.0.0.1:18000", fail_timeout_s=2.0)
+    out = write_nginx(render_nginx(layout), tmp_path / "ng" / "nginx.conf")
+    assert "server 127.0.0.1:18001 max_fails=1 fail_timeout=2s;" in out.read_text()
+    check = subprocess.run([NGINX, "-t", "-p", str(out.parent), "-e", "logs/error.log", "-c", str(out)],
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+
+
 def test_no_replica_available_is_a_503_with_retry_after_not_a_502(tmp_path):
     """Both replicas down (nothing listens on their ports): nginx has no upstream to answer, and
     the client gets what one overloaded replica says — 503, Retry-After: 1, a JSON detail —

@@ -211,6 +211,16 @@ def test_a_reload_reaches_every_worker_and_a_restart_is_not_overridden(funnel_ar
             assert time.monotonic() < deadline, f"after a reload to {new} the workers serve {now}"
             time.sleep(0.5)
         assert set(now) == set(before)  # the same two workers, not restarted ones
+        # a worker killed now is restarted by uvicorn and catches up on the reload it never saw:
+        # it applies the records written since the run (not the new worker) started
+        os.kill(next(iter(before)), signal.SIGKILL)
+        deadline = time.monotonic() + 90
+        while True:
+            now = _versions_by_worker(base)
+            if len(now) == 2 and set(now) - set(before) and set(now.values()) == {new}:
+                break
+            assert time.monotonic() < deadline, f"after a worker restart the workers serve {now} (want {new})"
+            time.sleep(0.5)
     # a new run on the same state directory serves what it was told to, not the last run's reload
     with _two_workers(artifact, state, port_factory()) as (base, _):
         time.sleep(2.5)  # two poll intervals: an old record would have been applied by now
@@ -224,3 +234,22 @@ def test_a_negative_stream_retention_is_a_one_line_error(funnel_artifacts):
                         "--stream-retention-s", "-5"], capture_output=True, timeout=120)
     err = p.stderr.decode().strip()
     assert p.returncode == 2 and err == "error: --stream-retention-s must be ≥ 0 seconds (0 = never trimmed), got -5", err
+
+
+def test_the_serve_settings_reach_every_workers_service_config():
+    """`--max-in-flight`, `--max-batch`, `--eventlog-sync`, `--watch`, `--stream-retention-s`: what
+    each worker (and the one-process server) builds its ServiceConfig from ($FUNNELREC_SERVE_ARGS
+    is these settings as JSON, plus the launcher's start)."""
+    import json
+    from dataclasses import asdict
+
+    from funnelrec.serving.__main__ import ServeSettings, _service_config
+
+    s = ServeSettings(artifact="a", max_in_flight=3, max_batch=1, eventlog_sync="NORMAL", watch="served",
+                      stream_retention_s=60)
+    cfg = _service_config(json.loads(json.dumps({**asdict(s), "started_ns": 1234})))
+    assert (cfg.max_in_flight, cfg.max_batch, cfg.eventlog_synchronous, cfg.watch_dir, cfg.started_ns,
+            cfg.redis_stream_retention_s) == (3, 1, "NORMAL", "served", 1234, 60)
+    default = _service_config(asdict(ServeSettings(artifact="a", stream_retention_s=0)))
+    assert (default.max_in_flight, default.max_batch, default.eventlog_synchronous, default.watch_dir,
+            default.started_ns, default.redis_stream_retention_s) == (64, 8, "FULL", None, None, None)  # 0 = never trimmed

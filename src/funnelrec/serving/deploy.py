@@ -62,6 +62,9 @@ class NginxLayout:
         for name in ("read_timeout_s", "retry_timeout_s", "fail_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.fail_timeout_s != int(self.fail_timeout_s):  # nginx's upstream `server … fail_timeout=` parses seconds only
+            raise ConfigError(f"fail_timeout_s must be a whole number of seconds (nginx's upstream fail_timeout "
+                              f"takes no ms), got {self.fail_timeout_s}")
 
     @property
     def ports(self) -> list[int]:
