@@ -204,7 +204,10 @@ def demo(serve_: bool = typer.Option(True, "--serve/--no-serve", help="serve aft
 
         service = RecommenderService(fitted[0], ServiceConfig(state_dir="state"))
         typer.echo(f"\nserving on http://127.0.0.1:{port}  — try: curl 'http://127.0.0.1:{port}/recommend?user_id=196&k=10'")
-        uvicorn.run(create_app(service), host="127.0.0.1", port=port, log_level="warning")
+        from funnelrec.serving.transport import CoalescingHttpToolsProtocol
+
+        uvicorn.run(create_app(service), host="127.0.0.1", port=port, log_level="warning",
+                    http=CoalescingHttpToolsProtocol)
 
 
 artifact_app = typer.Typer(no_args_is_help=True, help="Funnel artifact directories.")

@@ -124,6 +124,7 @@ def run(s: ServeSettings) -> int:
     from funnelrec.pipeline.service import RecommenderService
     from funnelrec.serving.app import create_app
     from funnelrec.serving.metrics import MULTIPROC_ENV
+    from funnelrec.serving.transport import CoalescingHttpToolsProtocol
     from funnelrec.train.trainer import setup_torch
 
     try:
@@ -165,7 +166,7 @@ def run(s: ServeSettings) -> int:
             # kill resets the connections it had accepted. A hung worker is still replaced, later.
             uvicorn.run("funnelrec.serving.__main__:app_from_env", factory=True, workers=s.workers,
                         host=s.host, port=s.port, log_level=s.log_level, access_log=False,
-                        timeout_worker_healthcheck=WORKER_HEALTHCHECK_S)
+                        timeout_worker_healthcheck=WORKER_HEALTHCHECK_S, http=CoalescingHttpToolsProtocol)
         finally:
             del os.environ[MULTIPROC_ENV]
             shutil.rmtree(metrics_dir, ignore_errors=True)
@@ -179,7 +180,7 @@ def run(s: ServeSettings) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     uvicorn.run(create_app(svc, admin_token=token), host=s.host, port=s.port, log_level=s.log_level,
-                access_log=False)
+                access_log=False, http=CoalescingHttpToolsProtocol)  # header + body in one write: serving/transport.py
     svc.close()
     return 0
 
