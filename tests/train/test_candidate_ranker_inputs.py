@@ -249,6 +249,26 @@ def test_free_task_names_read_their_columns_with_weights(world, monkeypatch):
         r.config.task_label("purchase", split.valid)
 
 
+def test_a_task_without_a_positive_among_the_candidates_is_refused_naming_it(world):
+    """A conversion column that is 1 only on pairs no channel may recall (its items are all in the
+    users' training history) leaves the task no positive: one DataError naming it and its column."""
+    from funnelrec.core.errors import DataError
+
+    ds, split = world
+    seen = split.train.select("user_idx", "item_idx").unique().with_columns(pl.lit(1, pl.Int8).alias("buy"))
+    # valid rows of seen pairs do not exist (pairs are split whole), so the label set's conversions
+    # are all off-candidate: the same pairs, labelled in the training part, moved over to valid
+    valid = pl.concat([split.valid.with_columns(pl.lit(0, pl.Int8).alias("buy")),
+                       split.train.join(seen, on=["user_idx", "item_idx"]).head(200)], how="diagonal_relaxed")
+    cfg = _cfg(tasks=["ctr", "conversion"], task_columns={"conversion": "buy"})
+    train = split.train.with_columns(pl.lit(0, pl.Int8).alias("buy"))
+    with pytest.raises(DataError, match=r"task 'conversion' has no positive among the [\d,]+ recall candidates.*'buy'"):
+        FunnelBuilder(cfg).fit(ds, train, labels=valid)
+    ok = valid.with_columns(pl.when(pl.col("buy").is_null() | (pl.col("buy") == 0)).then(
+        (pl.col("watch_time") > 60).cast(pl.Int8)).otherwise(pl.col("buy")).alias("buy"))
+    FunnelBuilder(cfg).fit(ds, train, labels=ok)  # with positives on candidates: trains
+
+
 def test_a_single_task_model_with_two_tasks_is_one_model_per_task_and_round_trips(world, tmp_path):
     ds, split = world
     cfg = _cfg(model="deepfm", tasks=["ctr", "watch_time"], task_kinds={"watch_time": "watch_time"},

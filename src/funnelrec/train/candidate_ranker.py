@@ -623,6 +623,15 @@ class CandidateRanker:
             if k == 0:
                 if y[cfg.tasks[0]].sum() == 0:
                     raise DataError("ranker training: no positive among the recall candidates — check the label split")
+                # a head with no positive learns "never", and its logit only adds noise to the fused score
+                empty = [t for t in cfg.tasks if y[t].sum() == 0]
+                if empty:
+                    t = empty[0]
+                    raise DataError(f"ranker training: task {t!r} has no positive among the {len(u):,} recall "
+                                    f"candidates of its label users (label column "
+                                    f"{cfg.task_columns.get(t, t)!r}: its events never fall on a candidate, e.g. all "
+                                    "are on items already in the users' training history); drop it from rank.tasks "
+                                    "or give it events of other items")
                 self.features_.set_scale(X)
             train_t = self.batch(u, items, X)
             if self._seq_len:  # each label set's sequences come from the history its channels were fitted on
