@@ -121,9 +121,13 @@ def test_near_ties_the_transformed_distance_cannot_separate_come_back_in_inner_p
     # (1e-3 · (1 + g · 2e-6), distinct in fp32): the tree returns them in whatever order its
     # traversal meets them; the exact inner products, recomputed from the stored vectors, must
     # order them. The far item has ⟨q, x⟩ = 0: last.
+    # The first coordinate (q ignores it) spreads the items apart: with it all 0 the augmented
+    # points differ in one coordinate only, and scipy 1.17's cKDTree build crashed on them
+    # (SIGSEGV) late in a full test run, never alone.
     rng = np.random.default_rng(0)
     gaps = rng.permutation(20).astype(np.float32)
-    near = np.stack([np.zeros(20, np.float32), np.float32(1e-3) * (1 + gaps * np.float32(2e-6))], axis=1)
+    near = np.stack([rng.uniform(-0.5, 0.5, 20).astype(np.float32),
+                     np.float32(1e-3) * (1 + gaps * np.float32(2e-6))], axis=1)
     assert len(np.unique(near[:, 1])) == 20
     x = np.vstack([np.array([[1e7, 0.0]], np.float32), near]).astype(np.float32)
     q = np.array([[0.0, 1.0]], np.float32)
