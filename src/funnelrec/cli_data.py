@@ -98,7 +98,17 @@ def fit_checked(cfg: Any, d: Any, seed: int, progress: bool, where: Path | None 
         if where is not None:
             raise type(e)(f"{where}: {str(e).removeprefix('funnel config: ')}") from None
         raise
-    return fit_on_protocol(d, cfg, seed, progress)
+    funnel, split = fit_on_protocol(d, cfg, seed, progress)
+    weaker = getattr(funnel.ranker_, "weaker_than_a_channel", lambda: None)()
+    if weaker is not None:
+        name, theirs, ours = weaker
+        n = len(getattr(funnel.ranker_, "valid_users_", ()))
+        typer.echo(f"warning: the ranker's validation NDCG@10 {ours:.4f} is below channel {name}'s own order "
+                   f"({theirs:.4f}) on the same {n} held-out users — too few label users for rank.model "
+                   f"{cfg.rank.model!r}, or too many epochs; try "
+                   f"{'rank.model: lr, ' if cfg.rank.model != 'lr' else ''}rank.label_folds: 1, or more data",
+                   err=True)
+    return funnel, split
 
 
 def default_artifact(config: Path | None, cfg: Any) -> Path:

@@ -298,6 +298,26 @@ def test_evaluate_funnel_scores_the_configs_own_data_and_the_funnel_train_saves(
     assert again["funnel"]["recall@10"] == pytest.approx(report["funnel"]["recall@10"], abs=1e-9)
 
 
+def test_train_warns_when_a_channel_beats_the_ranker_on_its_validation_users(shop, tmp_path, monkeypatch, capsys):
+    """A ranker that learned nothing (lr 1e-12: its initial, random order) loses to a channel's own
+    order on the held-out users: `train` still saves, and says so in one line on stderr."""
+    text = shop["config"].read_text().replace("../data/", str(shop["paths"]["interactions"].parent) + "/")
+    text = text.replace("rank:", "rank:\n  lr: 1.0e-12", 1)
+    config = tmp_path / "funnel.yaml"
+    config.write_text(text)
+    (tmp_path / "schema.yaml").write_text((shop["config"].parent / "schema.yaml").read_text())
+    code, stdout, err = run_cli(monkeypatch, capsys, "train", "--config", config, "--out", tmp_path / "art",
+                                "--quiet")
+    assert code == 0, err
+    lines = [x for x in err.splitlines() if x.startswith("warning:")]
+    assert len(lines) == 1 and "below channel" in lines[0] and "held-out users" in lines[0], err
+    assert "rank.model: lr" not in lines[0]  # the config's model is lr already: not suggested
+    assert (tmp_path / "art").is_dir()
+    code, stdout, err = run_cli(monkeypatch, capsys, "train", "--config", shop["config"], "--out", tmp_path / "b",
+                                "--quiet")
+    assert code == 0 and "warning:" not in err  # the shop's real ranker beats its channels
+
+
 # ------------------------------------------------------------------------- ten common mistakes
 def _mistake(case: str, shop: dict, tmp: Path) -> tuple[list, list[str]]:
     """(the command's args, substrings the one-line error must hold) for one mistake."""

@@ -678,11 +678,24 @@ class CandidateRanker:
                                             weight_decay=cfg.weight_decay, seed=seed, patience=cfg.patience,
                                             progress=progress))
             results.append(trainer.fit(member, loss_fn, train_t, validate=validate))
+            if k == 0:  # the baseline the ranker must beat: each channel's own order, same users
+                self.channel_valid_ndcg_ = _channel_ndcg(vmerged, self.channel_names_, vpos, main.users[vrows])
             del train_t
         self.train_result_ = results[0]
         self.member_results_ = results  # one TrainResult per member (one without an ensemble)
         self.model_.eval()
         return self
+
+    def weaker_than_a_channel(self) -> tuple[str, float, float] | None:
+        """(channel, its validation NDCG@10, the ranker's) when a channel's own order beat the
+        ranker (member 0's best epoch) on the ranker's validation users; None otherwise or
+        before fit."""
+        chans = getattr(self, "channel_valid_ndcg_", None)
+        result = getattr(self, "train_result_", None)
+        if not chans or result is None or result.best_score is None:
+            return None
+        name, best = max(chans.items(), key=lambda kv: kv[1])
+        return (name, best, float(result.best_score)) if best > result.best_score else None
 
     def _build_model(self) -> torch.nn.Module:
         return self.model_for(self.spec_)
@@ -762,6 +775,22 @@ def _event_ts(frame: pl.DataFrame) -> np.ndarray:
     if "timestamp" in frame.columns:
         return frame["timestamp"].cast(pl.Int64).to_numpy()
     return np.arange(frame.height, dtype=np.int64)
+
+
+def _channel_ndcg(merged: list[MergedCandidates], names: tuple[str, ...], positives: sp.csr_matrix,
+                  users: np.ndarray, k: int = 10) -> dict[str, float]:
+    """NDCG@k of each channel's own order over the merged candidates it recalled (by its recall
+    score; the others left out), per user row of `merged` (users[r]'s positives)."""
+    out = {}
+    for c, name in enumerate(names):
+        top = np.full((len(merged), k), PAD, np.int64)
+        for r, m in enumerate(merged):
+            s = m.scores[:, c] if m.scores.ndim == 2 and m.scores.shape[1] > c else np.empty(0)
+            got = np.flatnonzero(np.isfinite(s))
+            o = got[np.argsort(-s[got], kind="stable")[:k]]
+            top[r, : len(o)] = m.items[o]
+        out[name] = float(ranking_metrics(top, positives, (k,), rows=users)[f"ndcg@{k}"]) if len(merged) else 0.0
+    return out
 
 
 def _topk_rows(merged: list[MergedCandidates], scores: list[np.ndarray], k: int) -> np.ndarray:
