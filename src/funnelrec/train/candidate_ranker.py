@@ -432,7 +432,8 @@ class CandidateRanker:
 
     def _label_table(self, s: LabelSet) -> dict[str, np.ndarray] | None:
         """Per distinct label (user, item), sorted by key u·I + i: "key", "ts" (first event) and
-        per task "y_<t>" / "w_<t>" (max over the pair's rows); None without label interactions."""
+        per task "y_<t>" (max over the pair's rows) / "w_<t>" (the max weight over the pair's
+        positive rows of t, 1 when it has none); None without label interactions."""
         if s.labels is None:
             return None
         cfg, lab = self.config, s.labels
@@ -444,7 +445,13 @@ class CandidateRanker:
         ts = pl.col("timestamp").cast(pl.Int64) if "timestamp" in lab.columns else pl.lit(0, pl.Int64)
         frame = lab.select((pl.col("user_idx").cast(pl.Int64) * I + pl.col("item_idx").cast(pl.Int64)).alias("key"),
                            ts.alias("ts"), *exprs)
-        agg = frame.group_by("key").agg(pl.col("ts").min(), *[pl.col(c).max() for c in frame.columns[2:]]).sort("key")
+        # a weight counts on the task's positive rows only: a positive watch of 0.5 s beside a
+        # row with no watch is weight 0.5, not the 1.0 of the row that is not a positive
+        aggs = []
+        for t in cfg.tasks:
+            aggs += [pl.col(f"y_{t}").max(),
+                     pl.col(f"w_{t}").filter(pl.col(f"y_{t}") > 0).max().fill_null(1.0).alias(f"w_{t}")]
+        agg = frame.group_by("key").agg(pl.col("ts").min(), *aggs).sort("key")
         return {c: agg[c].to_numpy() for c in agg.columns}
 
     def _labels(self, s: LabelSet, table: dict | None, u: np.ndarray, items: np.ndarray
