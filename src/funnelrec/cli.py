@@ -31,14 +31,6 @@ def _load(dataset: str, path: Path | None):
 
 
 
-def _config(config: Path | None):
-    from funnelrec.pipeline.config import FunnelConfig
-
-    if config is None and DEFAULT_FUNNEL.exists():
-        config = DEFAULT_FUNNEL
-    return FunnelConfig.load(config) if config is not None else FunnelConfig()
-
-
 def _print_table(report: dict[str, Any]) -> None:
     rows = [("channel " + n, m) for n, m in report["channels"].items()]
     rows.append(("merged candidates", report["merged"]))
@@ -188,13 +180,14 @@ def serve(artifact: Path | None = typer.Option(None, help="a funnel saved by `fu
 def demo(serve_: bool = typer.Option(True, "--serve/--no-serve", help="serve after evaluating"),
          port: int = typer.Option(8000), config: Path | None = typer.Option(None)) -> None:
     """Load MovieLens-100k, train the funnel, print the evaluation table, then serve it."""
+    from funnelrec.cli_data import fit_checked, resolve_config
     from funnelrec.data import load_dataset
-    from funnelrec.pipeline.offline import evaluate_funnel, fit_on_protocol
+    from funnelrec.pipeline.offline import evaluate_funnel
 
+    cfg = resolve_config(config, "movielens-100k")  # a bad config fails before the data loads
     typer.echo("loading movielens-100k (downloaded once into the cache) …")
     d = load_dataset("movielens-100k")
-    cfg = _config(config)
-    fitted = fit_on_protocol(d, cfg, progress=True)
+    fitted = fit_checked(cfg, d, 2020, progress=True, where=config)
     _print_table(evaluate_funnel(d, cfg, fitted=fitted))
     if serve_:
         import uvicorn

@@ -628,8 +628,6 @@ class CandidateRanker:
             valid_users = np.sort(rng.choice(main.users, size=n_valid, replace=False))
             u, items, X, y, w, ts, which = self._samples(sets, valid_users, rng, seed)
             if k == 0:
-                if y[cfg.tasks[0]].sum() == 0:
-                    raise DataError("ranker training: no positive among the recall candidates — check the label split")
                 # a head with no positive learns "never", and its logit only adds noise to the fused score
                 empty = [t for t in cfg.tasks if y[t].sum() == 0]
                 if empty:
@@ -788,15 +786,13 @@ def _channel_ndcg(merged: list[MergedCandidates], names: tuple[str, ...], positi
                   users: np.ndarray, k: int = 10) -> dict[str, float]:
     """NDCG@k of each channel's own order over the merged candidates it recalled (by its recall
     score; the others left out), per user row of `merged` (users[r]'s positives)."""
+    if not merged:
+        return {name: 0.0 for name in names}
     out = {}
     for c, name in enumerate(names):
-        top = np.full((len(merged), k), PAD, np.int64)
-        for r, m in enumerate(merged):
-            s = m.scores[:, c] if m.scores.ndim == 2 and m.scores.shape[1] > c else np.empty(0)
-            got = np.flatnonzero(np.isfinite(s))
-            o = got[np.argsort(-s[got], kind="stable")[:k]]
-            top[r, : len(o)] = m.items[o]
-        out[name] = float(ranking_metrics(top, positives, (k,), rows=users)[f"ndcg@{k}"]) if len(merged) else 0.0
+        kept = [m.subset(np.isfinite(m.scores[:, c])) for m in merged]
+        top = _topk_rows(kept, [m.scores[:, c] for m in kept], k)
+        out[name] = float(ranking_metrics(top, positives, (k,), rows=users)[f"ndcg@{k}"])
     return out
 
 
