@@ -339,8 +339,8 @@ def test_holdout_takes_its_share_of_impressions_when_positives_come_last():
 
     from funnelrec.online.labels import PENDING_SCHEMA, empty_samples
 
-    imp = [(f"u{k}", f"i{k}", 0, f"r{k}", int(k % 4 == 0), 0, 0.0, 0) for k in range(20)]
-    org = [(f"u{k}", f"j{k}", 1000 + k, None, 1, 0, 0.0, 0) for k in range(10)]
+    imp = [(f"u{k}", f"i{k}", 0, f"r{k}", int(k % 4 == 0), 0, 0.0, 0, 0) for k in range(20)]
+    org = [(f"u{k}", f"j{k}", 1000 + k, None, 1, 0, 0.0, 0, 0) for k in range(10)]
     closed = pl.DataFrame(imp + org, schema=PENDING_SCHEMA, orient="row")
     me = SimpleNamespace(config=LearnConfig(holdout_fraction=0.2), holdout=empty_samples())
     train, hold = OnlineLearner._split(me, closed)

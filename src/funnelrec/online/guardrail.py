@@ -34,7 +34,7 @@ import torch
 
 from funnelrec.core.errors import ConfigError, GuardrailRefused
 from funnelrec.eval.metrics import auc
-from funnelrec.online.samples import TASK_COLUMNS, RankSamples
+from funnelrec.online.samples import RankSamples, TaskTarget, task_targets
 
 log = logging.getLogger("funnelrec.online.guardrail")
 #: "none": one AUC over the window; "user": each user's AUC, averaged weighted by its samples
@@ -61,8 +61,8 @@ class AUCGuardrail:
                  min_per_class: int = 10, group: str = "none") -> None:
         if not (isinstance(margin, int | float) and math.isfinite(margin) and margin >= 0):
             raise ConfigError(f"guardrail margin must be a number ≥ 0, got {margin!r}")
-        if task not in TASK_COLUMNS:
-            raise ConfigError(f"guardrail task {task!r}: one of {', '.join(TASK_COLUMNS)}")
+        if not isinstance(task, str) or not task:
+            raise ConfigError(f"guardrail task must be the name of one of the ranker's tasks, got {task!r}")
         if on_undefined not in ("refuse", "accept"):
             raise ConfigError(f"guardrail on_undefined must be 'refuse' or 'accept', got {on_undefined!r}")
         if isinstance(min_per_class, bool) or not isinstance(min_per_class, int) or min_per_class < 1:
@@ -75,9 +75,15 @@ class AUCGuardrail:
         self.task = task
         self.on_undefined = on_undefined
 
-    def check(self, served: Any, candidate: Any, holdout: RankSamples) -> dict[str, float]:
-        """The verdict {served_auc, candidate_auc, margin, n}; GuardrailRefused when refused."""
-        y = holdout.labels[TASK_COLUMNS[self.task]]
+    def check(self, served: Any, candidate: Any, holdout: RankSamples, target: TaskTarget | None = None
+              ) -> dict[str, float]:
+        """The verdict {served_auc, candidate_auc, margin, n}; GuardrailRefused when refused.
+        `target`: how the task is labelled (online/samples.py `task_targets`; default: without a
+        label map, ctr ← click, like ← like)."""
+        if target is None:
+            target = task_targets(None, (self.task,))[self.task]
+        y = target.of(holdout.labels)[0]
+        what_positive = " or ".join(c for c, _ in target.columns)
         users = None
         if self.group == "user":  # only the users with both classes are judged
             users = holdout.users
@@ -91,7 +97,7 @@ class AUCGuardrail:
         n_pos = int((y > 0.5).sum())
         if min(n_pos, len(y) - n_pos) < self.min_per_class:
             what = (f"guardrail: the held-out window has {len(y)} recalled samples, {n_pos} with "
-                    f"{TASK_COLUMNS[self.task]}=1 — "
+                    f"{what_positive}=1 — "
                     + ("AUC undefined" if n_pos in (0, len(y)) else
                        f"fewer than min_per_class={self.min_per_class} of a class, AUC too noisy to judge"))
             if self.on_undefined == "accept":

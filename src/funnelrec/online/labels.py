@@ -6,8 +6,10 @@ positive event e of (u, i) at time t_e joins the latest open sample of (u, i) wi
 
     ts ≤ t_e ≤ ts + label_window_s
 
-and sets its labels: click ← 1 (a click), like ← 1 (a like), purchase ← 1 (a purchase),
-watch_time += value (a watch_time event, seconds). Cart, follow and unfollow label nothing.
+and sets its labels: click ← 1 (a click), like ← 1 (a like), purchase ← 1 (a purchase), cart ← 1
+(an add to cart), watch_time += value (a watch_time event, seconds). Follow and unfollow label
+nothing. Which of these labels which ranker task is the funnel's label map's business
+(online/samples.py `task_targets`): a shop's `cart: {task: conversion}` trains on the cart column.
 A sample is emitted once its window has closed, watermark > ts + label_window_s, where the
 watermark is the largest event ts seen so far (event time, not wall time: a replay of a day's
 log joins as it was lived). Its labels are then final; a positive arriving later does not
@@ -36,11 +38,13 @@ import polars as pl
 
 from funnelrec.core.errors import ConfigError
 
-SAMPLE_COLUMNS = ("user_id", "item_id", "ts", "request_id", "click", "like", "watch_time", "purchase")
+#: a labelled sample's columns, the join's output (cart last: it came later, and a frame built
+#: without it is read as cart = 0 — online/samples.py `check_samples`)
+SAMPLE_COLUMNS = ("user_id", "item_id", "ts", "request_id", "click", "like", "watch_time", "purchase", "cart")
 PENDING_SCHEMA = {"user_id": pl.Utf8, "item_id": pl.Utf8, "ts": pl.Int64, "request_id": pl.Utf8,
-                  "click": pl.Int8, "like": pl.Int8, "watch_time": pl.Float64, "purchase": pl.Int8}
+                  "click": pl.Int8, "like": pl.Int8, "watch_time": pl.Float64, "purchase": pl.Int8, "cart": pl.Int8}
 #: event type → the label column it sets
-LABEL_OF = {"click": "click", "like": "like", "purchase": "purchase", "watch_time": "watch_time"}
+LABEL_OF = {"click": "click", "like": "like", "purchase": "purchase", "watch_time": "watch_time", "cart": "cart"}
 
 
 def empty_samples() -> pl.DataFrame:
@@ -60,6 +64,8 @@ class LabelJoin:
         """(samples whose window closed, the still-open samples, the new watermark). `events`:
         checked events (columns user_id, item_id, type, value, ts, request_id; plus offset when
         they came from a source); `pending`: the open samples of the previous step."""
+        if "cart" not in pending.columns:  # open samples kept before the cart label: none was carted
+            pending = pending.with_columns(pl.lit(0, pl.Int8).alias("cart"))
         rows = pending.select(list(PENDING_SCHEMA)).rows()
         samples = [list(r) for r in rows]
         open_by: dict[tuple[str, str], list[int]] = {}
@@ -72,7 +78,7 @@ class LabelJoin:
                 key = (u, i)
                 if typ == "impression":
                     open_by.setdefault(key, []).append(len(samples))
-                    samples.append([u, i, int(ts), rid, 0, 0, 0.0, 0])
+                    samples.append([u, i, int(ts), rid, 0, 0, 0.0, 0, 0])
                     continue
                 col = LABEL_OF.get(typ)
                 if col is None or (col == "watch_time" and not val > 0):
@@ -85,7 +91,7 @@ class LabelJoin:
                 if hit is None:  # organic: a sample of its own at the positive's time
                     hit = len(samples)
                     open_by.setdefault(key, []).append(hit)
-                    samples.append([u, i, int(ts), rid, 0, 0, 0.0, 0])
+                    samples.append([u, i, int(ts), rid, 0, 0, 0.0, 0, 0])
                 s = samples[hit]
                 if col == "watch_time":
                     s[6] += float(val)

@@ -121,9 +121,9 @@ class LearnConfig:
 _DB = """
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS pending (user_id TEXT, item_id TEXT, ts INTEGER, request_id TEXT,
-    click INTEGER, like INTEGER, watch_time REAL, purchase INTEGER);
+    click INTEGER, like INTEGER, watch_time REAL, purchase INTEGER, cart INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS holdout (user_id TEXT, item_id TEXT, ts INTEGER, request_id TEXT,
-    click INTEGER, like INTEGER, watch_time REAL, purchase INTEGER);
+    click INTEGER, like INTEGER, watch_time REAL, purchase INTEGER, cart INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS quarantine (offset TEXT, event TEXT, message TEXT, at REAL);
 """
 
@@ -173,6 +173,9 @@ class OnlineLearner:
         enable_wal(self._db)  # retried: replicas may open the same new file at once (core/sqlite.py)
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_DB)
+        for table in ("pending", "holdout"):  # a learner.db from before the cart label: its rows had no cart
+            if "cart" not in {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN cart INTEGER NOT NULL DEFAULT 0")
         st = dict(self._db.execute("SELECT key, value FROM state").fetchall())
         self.offset = st.get("offset", source.start)
         self.version = st.get("version") or current_version(self.served_dir)
@@ -185,9 +188,13 @@ class OnlineLearner:
         self.holdout = self._table("holdout")
         path = version_dir(self.served_dir, self.version)
         self.funnel = Funnel.load(path)
+        for u in self.updaters:  # a task the stream cannot label fails here, in one line, not per step
+            if hasattr(u, "check"):
+                u.check(self.funnel)
 
     def _table(self, name: str) -> pl.DataFrame:
-        rows = self._db.execute(f"SELECT * FROM {name}").fetchall()  # noqa: S608 - a fixed table name
+        cols = ", ".join(PENDING_SCHEMA)
+        rows = self._db.execute(f"SELECT {cols} FROM {name}").fetchall()  # noqa: S608 - fixed names
         return pl.DataFrame(rows, schema=PENDING_SCHEMA, orient="row") if rows else empty_samples()
 
     # ------------------------------------------------------------------ checks
@@ -396,8 +403,8 @@ class OnlineLearner:
             db.executemany("INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)", list(state.items()))
             for name, frame in (("pending", pending), ("holdout", holdout)):
                 db.execute(f"DELETE FROM {name}")  # noqa: S608 - a fixed table name
-                db.executemany(f"INSERT INTO {name} VALUES (?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
-                               frame.select(list(PENDING_SCHEMA)).rows())
+                db.executemany(f"INSERT INTO {name} ({', '.join(PENDING_SCHEMA)}) "  # noqa: S608 - fixed names
+                               f"VALUES ({', '.join('?' * len(PENDING_SCHEMA))})", frame.select(list(PENDING_SCHEMA)).rows())
             now = time.time()
             db.executemany("INSERT INTO quarantine (offset, event, message, at) VALUES (?, ?, ?, ?)",
                            [(r["offset"], json.dumps({k: v for k, v in r.items() if k not in ("offset", "message")},

@@ -39,7 +39,16 @@ candidate at serving time (train/candidate_ranker.py, features/candidates.py:Ran
 
 Users or items outside the funnel's catalogue have no dense index and are left out (counted in
 `n_dropped`): a user enters the catalogue through the catalogue's upsert, not through a label.
-Labels per task: "ctr" ← click, "like" ← like (the ranker's TASK_LABELS).
+Labels per task (`task_targets`): the funnel's label map decides, read in the events' online
+names. A map rule `view: {task: ctr, means: click}` makes ctr a positive of the click column, `cart:
+{task: conversion}` and `purchase: {task: conversion, weight: 3}` make conversion a positive of
+cart or purchase, weighted by the largest weight among the rules the sample matched, as the fit
+weights a pair by the largest weight among its positive rows; a valued rule (`watch: {task:
+watch, value: seconds}`) a watch-time task: y = watch_time > 0, weight = the seconds watched.
+Without a map, "ctr" ← click, "like" ← like, and a task named after a label column (click, like,
+purchase, cart) or with `rank.task_columns` naming one ← that column. A task the stream cannot
+label (its fit-time column, e.g. a rating, has no event) is a ConfigError naming it, raised when
+the learner starts, not at its first sample.
 """
 
 from __future__ import annotations
@@ -53,9 +62,78 @@ import polars as pl
 
 from funnelrec.core.errors import ConfigError, DataError
 
-SAMPLE_COLUMNS = ("user_id", "item_id", "ts", "request_id", "click", "like", "watch_time", "purchase")
-TASK_COLUMNS = {"ctr": "click", "like": "like"}  # ranker task → the sample column that labels it
+from funnelrec.online.labels import LABEL_OF, SAMPLE_COLUMNS
+
+TASK_COLUMNS = {"ctr": "click", "like": "like"}  # without a label map: ranker task → the column that labels it
+LABELS = ("click", "like", "purchase", "cart", "watch_time")  # a sample's label columns (online/labels.py)
 UNRECALLED = ("random_pairs", "drop")
+
+
+@dataclass(frozen=True)
+class TaskTarget:
+    """How one ranker task is labelled from a sample's label columns (module doc): a positive of
+    any of `columns`, weighted by the largest weight of the columns it has; `watch`: weighted LR
+    on watch_time (y = seconds > 0, weight = the seconds)."""
+
+    columns: tuple[tuple[str, float], ...]
+    watch: bool = False
+
+    def of(self, labels: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(y 0/1, per-sample weight; 1 on the negatives) as float32 arrays."""
+        if self.watch:
+            v = np.asarray(labels["watch_time"], np.float64)
+            y = v > 0
+            return y.astype(np.float32), np.where(y, v, 1.0).astype(np.float32)
+        n = len(next(iter(labels.values()))) if labels else 0
+        y, w = np.zeros(n, bool), np.zeros(n, np.float64)
+        for col, weight in self.columns:
+            hit = np.asarray(labels[col]) > 0
+            y |= hit
+            w = np.where(hit, np.maximum(w, weight), w)
+        return y.astype(np.float32), np.where(y, w, 1.0).astype(np.float32)
+
+
+def task_targets(config: Any, tasks: tuple[str, ...] | list[str]) -> dict[str, TaskTarget]:
+    """{task: TaskTarget} of the ranker's `tasks` under the funnel `config`'s label map and rank
+    section (module doc); ConfigError naming the task or map key the event stream cannot label."""
+    labels = getattr(config, "labels", None)
+    rules = dict(getattr(labels, "map", None) or {})
+    rank = getattr(config, "rank", None)
+    kinds = dict(getattr(rank, "task_kinds", None) or {})
+    columns = dict(getattr(rank, "task_columns", None) or {})
+    online = ", ".join(LABEL_OF)
+    out: dict[str, TaskTarget] = {}
+    for t in tasks:
+        mine = [(ev, r) for ev, r in rules.items() if r.task == t]
+        watch = kinds.get(t) == "watch_time"
+        if mine:
+            cols: dict[str, float] = {}
+            for ev, r in mine:
+                stored = r.means or ev
+                col = LABEL_OF.get(stored)
+                if col is None:
+                    raise ConfigError(f"labels.map.{ev}: task {t!r} is learned online from the events its rules name, "
+                                      f"and a {ev!r} event is stored as {stored!r}, which labels nothing; give it a "
+                                      f"`means:` among {online}, or leave {t!r} out of rank.tasks")
+                if (watch or r.value) and col != "watch_time":
+                    raise ConfigError(f"labels.map.{ev}: task {t!r} is a watch-time task (valued), and online only "
+                                      f"watch_time events carry seconds; set `means: watch_time`")
+                cols[col] = max(cols.get(col, 0.0), float(r.weight))
+            out[t] = TaskTarget(tuple(sorted(cols.items())), watch=watch or any(r.value for _, r in mine))
+            continue
+        col = columns.get(t)
+        if watch and col in (None, "watch_time"):
+            out[t] = TaskTarget((("watch_time", 1.0),), watch=True)
+        elif col is None and t in TASK_COLUMNS:
+            out[t] = TaskTarget(((TASK_COLUMNS[t], 1.0),))
+        elif (col or t) in LABELS and (col or t) != "watch_time" and not watch:
+            out[t] = TaskTarget((((col or t), 1.0),))
+        else:
+            fit = f"column {col!r}" if col else "no event type"
+            raise ConfigError(f"rank.tasks: task {t!r} is labelled by {fit} offline, and the online learner labels a "
+                              f"task from the events of its window ({online}): map it in labels.map (an event "
+                              f"type → task {t!r}) or leave it out of rank.tasks")
+    return out
 
 
 @dataclass
@@ -63,7 +141,7 @@ class RankSamples:
     """Samples in the ranker's terms: dense user/item indices, unscaled dense features, labels.
 
     users, items: (M,) int64; X: (M, d) float32; recalled: (M,) bool (the item was in its user's
-    merged candidates); ts: (M,) int64; labels: {column: (M,) float32} for click, like, purchase."""
+    merged candidates); ts: (M,) int64; labels: {column: (M,) float32} for each of LABELS."""
 
     users: np.ndarray
     items: np.ndarray
@@ -76,18 +154,21 @@ class RankSamples:
     def __len__(self) -> int:
         return len(self.users)
 
-    def task_labels(self, tasks: tuple[str, ...]) -> dict[str, np.ndarray]:
-        return {t: self.labels[TASK_COLUMNS[t]] for t in tasks}
+    def targets(self, targets: dict[str, TaskTarget]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """{task: (y, weight)} (`task_targets`)."""
+        return {t: tgt.of(self.labels) for t, tgt in targets.items()}
 
 
 def check_samples(frame: Any, what: str = "samples") -> pl.DataFrame:
     """The frame, or a DataError naming the missing columns / bad label values."""
     if not isinstance(frame, pl.DataFrame):
         raise DataError(f"{what} must be a polars DataFrame with columns {', '.join(SAMPLE_COLUMNS)}")
+    if "cart" not in frame.columns:  # samples written before the cart label: none was a cart
+        frame = frame.with_columns(pl.lit(0, pl.Int8).alias("cart"))
     missing = [c for c in SAMPLE_COLUMNS if c not in frame.columns]
     if missing:
         raise DataError(f"{what}: missing columns {missing}; a labelled sample has {', '.join(SAMPLE_COLUMNS)}")
-    for c in ("click", "like", "purchase"):
+    for c in ("click", "like", "purchase", "cart"):
         bad = frame.filter(~pl.col(c).is_in([0, 1]) | pl.col(c).is_null()).height
         if bad:
             raise DataError(f"{what}: column {c!r} must be 0/1; {bad} rows are not")
@@ -113,7 +194,7 @@ def rank_samples(funnel: Any, frame: pl.DataFrame, unrecalled: str = "random_pai
     u, i = u[ok], i[ok]
     keep = pl.Series(ok)
     sub = frame.filter(keep)
-    labels = {c: sub[c].cast(pl.Float32).to_numpy() for c in ("click", "like", "purchase")}
+    labels = {c: sub[c].cast(pl.Float32).to_numpy() for c in LABELS}
     ts = sub["ts"].cast(pl.Int64).to_numpy()
     feats: RankFeatures = ranker.features_
     n_dense = len(feats.mean_)
@@ -245,7 +326,7 @@ def candidate_samples(funnel: Any, positives: pl.DataFrame, shown: pl.DataFrame 
     if not 0.0 <= negative_rate <= 1.0:
         raise ConfigError(f"candidate negative_rate must be in [0, 1], got {negative_rate!r}")
     ds = funnel.dataset_
-    cols = ("click", "like", "purchase")
+    cols = LABELS
 
     def dense(frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         return (ds.user_ids.indices(frame["user_id"].cast(pl.Utf8).to_list()),

@@ -66,7 +66,14 @@ import torch
 
 from funnelrec.core.errors import ConfigError
 from funnelrec.online.guardrail import AUCGuardrail
-from funnelrec.online.samples import RankSamples, candidate_samples, check_samples, rank_samples
+from funnelrec.online.samples import (
+    RankSamples,
+    TaskTarget,
+    candidate_samples,
+    check_samples,
+    rank_samples,
+    task_targets,
+)
 
 log = logging.getLogger("funnelrec.online.updates")
 
@@ -401,7 +408,8 @@ class RankerUpdater:
         if self.admission is not None:
             now = float(self.clock()) if self.clock is not None else float(train.ts.max())
             report["fid"] = self.admission.apply(cand, train, now)
-        report["loss"] = self.fit_steps(cand, train)
+        targets = task_targets(funnel.config, tuple(cand.tasks_))
+        report["loss"] = self.fit_steps(cand, train, targets)
         report["update_seconds"] = time.perf_counter() - t0
         if self.guardrail is not None:
             # judged on what the ranker orders when serving — recalled candidates: an unrecalled
@@ -413,25 +421,42 @@ class RankerUpdater:
                                          top=cfg.candidate_top)
             else:
                 hold = rank_samples(funnel, holdout, "drop", what="holdout", uncount=self.uncount)
-            report["guardrail"] = self.guardrail.check(served, cand, hold)  # raises GuardrailRefused
+            report["guardrail"] = self.guardrail.check(served, cand, hold,  # raises GuardrailRefused
+                                                       targets.get(self.guardrail.task))
         self.last_report_ = report
         log.info("ranker update: %s", report)
         return {"ranker": cand}
 
-    def fit_steps(self, ranker: Any, s: RankSamples) -> float:
-        """`epochs` passes of minibatch steps on `ranker` (a copy) over the samples; mean last-epoch loss."""
+    def check(self, funnel: Any) -> None:
+        """ConfigError now, when the learner starts, if the served ranker has a task the event
+        stream cannot label (online/samples.py `task_targets`) or the guardrail judges a task
+        the ranker does not have — not a failed step per batch later."""
+        ranker = getattr(funnel, "ranker_", None)
+        if ranker is None:
+            return
+        tasks = tuple(ranker.tasks_)
+        task_targets(funnel.config, tasks)
+        if self.guardrail is not None and self.guardrail.task not in tasks:
+            raise ConfigError(f"guardrail task {self.guardrail.task!r}: the served ranker's tasks are "
+                              f"{', '.join(tasks)}")
+
+    def fit_steps(self, ranker: Any, s: RankSamples, targets: dict[str, TaskTarget] | None = None) -> float:
+        """`epochs` passes of minibatch steps on `ranker` (a copy) over the samples, each task
+        labelled by `targets` (default: `task_targets` without a label map); mean last-epoch loss."""
         from funnelrec.train.trainer import Trainer, TrainerConfig
+
+        from funnelrec.train.candidate_ranker import task_loss
 
         cfg = self.config
         tasks = tuple(ranker.tasks_)
         data = ranker.batch(s.users, s.items, s.X)
-        for t, y in s.task_labels(tasks).items():
-            data[f"label_{t}"] = torch.from_numpy(np.array(y, dtype=np.float32))
-        bce = torch.nn.BCEWithLogitsLoss()
-
-        def loss_fn(model, b):  # the loss CandidateRanker.fit trains with
-            out = model(b)
-            return sum(bce(out[t], b[f"label_{t}"]) for t in tasks)
+        for t, (y, w) in s.targets(targets or task_targets(None, tasks)).items():
+            data[f"label_{t}"] = torch.from_numpy(y)
+            data[f"weight_{t}"] = torch.from_numpy(w)
+        # the loss CandidateRanker.fit trains with: per-task weights λ_t, per-sample weights (a
+        # purchase's 3, a watch's seconds), the model's aux loss; no logit offset (impressions are
+        # not downsampled)
+        loss_fn = task_loss(tasks, dict(getattr(getattr(ranker, "config", None), "task_weights", None) or {}))
 
         wide, deep = split_wide_deep(ranker.model_)
         names = {id(p): name for name, p in ranker.model_.named_parameters()}
