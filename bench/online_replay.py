@@ -41,11 +41,13 @@ from pathlib import Path
 import polars as pl
 
 from funnelrec.data import load_dataset
-from funnelrec.online.replay import (
+from funnelrec.online.replay import (  # REPLAY_LEARN: the replay's learn: settings, --learn on top
     MODES,
+    REPLAY_LEARN,
     ReplayConfig,
     ReplayPending,
     fit_for_replay,
+    merged_learn,
     recovery,
     replay,
     summarize,
@@ -81,25 +83,6 @@ def funnel_config(columns: dict | None = None) -> FunnelConfig:
 
 
 # the synthetic world's attribute columns for the ranker's profile and match features
-# The replay's learn: section for every case (merged under --learn). A replayed log's positives
-# are mostly organic: the logged users did not see our answers (ml-100k: of ~420 interactions a
-# day ~5 fall on the 10 items a request showed). So the ranker's update labels every positive
-# among its user's candidates (the form the ranker was fitted on) instead of judging ~120
-# impressions a day, the guardrail judges the held-out users' candidates by GAUC (a pooled AUC
-# there mostly compares users), and FTRL moves at α = 0.05 (one day's update at 0.2 lost
-# 0.01–0.05 of held-out GAUC as often as it gained). BENCHMARKS Session 6 has the figures.
-REPLAY_LEARN = {"ranker": {"organic": "candidates", "ftrl_alpha": 0.05}, "guardrail": {"group": "user"}}
-
-
-def merged_learn(base: dict, override: dict) -> dict:
-    """`base` with `override` on top, the ranker: / guardrail: sections merged key by key."""
-    out = {**base, **override}
-    for k in ("ranker", "guardrail"):
-        if k in base or k in override:
-            out[k] = {**base.get(k, {}), **override.get(k, {})}
-    return out
-
-
 SYNTHETIC_COLUMNS = {"user_columns": ["age_band", "gender", "region"], "item_columns": ["tags", "author"],
                      "match_columns": ["tags", "author"]}
 

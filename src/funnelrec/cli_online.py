@@ -125,11 +125,13 @@ def _default_funnel():
 
 def _register_replay(app: typer.Typer) -> None:
     @app.command("replay")
-    def replay_cmd(dataset: str = typer.Option("movielens-100k", help="dataset name"),
+    def replay_cmd(dataset: str | None = typer.Option(None, help="dataset name [default: the config's data: "
+                                                                  "files, else movielens-100k]"),
                    path: Path | None = typer.Option(None, help="local folder with the dataset files"),
                    mode: str = typer.Option("all", help="static | realtime | online | all"),
                    days: int | None = typer.Option(None, help="replay at most this many days after the cut"),
-                   config: Path | None = typer.Option(None, help="replay YAML: replay:, funnel:, dataset: sections"),
+                   config: Path | None = typer.Option(None, help="replay YAML (replay:, funnel:, dataset: sections), "
+                                                                "or a funnel config such as init's funnel.yaml"),
                    server: str | None = typer.Option(None, help="drive a running server at this URL instead "
                                                                 "(static / realtime); it must serve the funnel "
                                                                 "fitted on the same cut (--save)"),
@@ -158,11 +160,21 @@ def _register_replay(app: typer.Typer) -> None:
         modes = list(MODES) if mode == "all" else [mode]
         if any(m not in MODES for m in modes):
             raise ConfigError(f"--mode must be one of {', '.join(MODES)} or all, got {mode!r}")
+        if config is not None and not Path(config).is_file():
+            raise ConfigError(f"{config}: config file not found")
         cfg, funnel_cfg, ds_kwargs = load_replay_file(config)
         if days is not None:
             cfg = dataclasses.replace(cfg, days=days)  # validated by ReplayConfig
         funnel_cfg = funnel_cfg or _default_funnel()
-        ds = load_dataset(dataset, **({"path": path} if path is not None else {}), **ds_kwargs)
+        if dataset is None and path is None and not ds_kwargs and funnel_cfg.data.given:
+            from funnelrec.cli_data import load_data
+            from funnelrec.online.replay import replay_funnel_path
+
+            ds = load_data(funnel_cfg, replay_funnel_path(config), None, None)  # a team's own files
+            dataset = ds.name
+        else:
+            dataset = dataset or "movielens-100k"
+            ds = load_dataset(dataset, **({"path": path} if path is not None else {}), **ds_kwargs)
         fitted = fit_for_replay(ds, funnel_cfg, cfg, progress=not as_json)
         if save is not None:
             fitted.funnel.save(save)

@@ -374,3 +374,58 @@ def test_online_learns_at_the_end_of_each_day_and_the_next_day_is_served_by_it(p
     day4 = fitted.replay_rows.filter(pl.col("day") == BASE // DAY + 4)
     assert log[0]["events"] == N_USERS * CFG.k + day4.height + int((day4["rating"] >= 4).sum())
     assert (tmp_path / "served" / "CURRENT").read_text().strip() == "v000005"  # the last day's step too
+
+
+# ------------------------------------------------------------------ a team's own log, replayed
+def test_a_funnel_config_is_a_replay_config_with_the_defaults_and_its_own_data(tmp_path):
+    """`funnelrec replay --config myshop/funnel.yaml` replays the team's files through that funnel
+    (it used to refuse the data: key, and without a replay file it replayed MovieLens)."""
+    from typer.testing import CliRunner
+
+    from funnelrec.cli import app
+    from funnelrec.online.replay import replay_funnel_path
+    from funnelrec.simulate.ecommerce import write_ecommerce_files
+
+    paths = write_ecommerce_files(tmp_path / "data", n_events=3000, seed=5, n_users=120, n_items=80)
+    runner = CliRunner()
+    r = runner.invoke(app, ["init", "--interactions", str(paths["interactions"]), "--items", str(paths["items"]),
+                            "--users", str(paths["users"]), "--out", str(tmp_path / "shop"), "--quiet"])
+    assert r.exit_code == 0, r.output
+    funnel_yaml = tmp_path / "shop" / "funnel.yaml"
+    cfg, funnel, ds_kwargs = load_replay_file(funnel_yaml)
+    assert cfg == ReplayConfig() and ds_kwargs == {} and funnel.labels.event_column == "event_type"
+    assert replay_funnel_path(funnel_yaml) == funnel_yaml
+    wrapper = tmp_path / "replay.yaml"
+    wrapper.write_text("replay: {days: 2}\nfunnel: shop/funnel.yaml\n")
+    assert replay_funnel_path(wrapper) == tmp_path / "shop" / "funnel.yaml"
+    r = runner.invoke(app, ["replay", "--config", str(funnel_yaml), "--mode", "static", "--days", "2", "--json"])
+    assert r.exit_code == 0, (r.output, r.exception)
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    ts = pl.read_parquet(paths["interactions"])["ts_ms"] // 1000  # the shop's clock (ms), not MovieLens's
+    assert out["dataset"] != "movielens-100k" and out["modes"]["static"]["user_days"] > 0
+    assert ts.min() < out["cut_time"] < ts.max()  # its cut falls inside the shop's time line
+    r = runner.invoke(app, ["replay", "--config", str(tmp_path / "nope.yaml")])
+    assert isinstance(r.exception, ConfigError) and "nope.yaml: config file not found" in str(r.exception)
+
+
+def test_the_replay_learner_starts_from_the_replay_settings_and_takes_learn_keys_on_top(tmp_path):
+    from funnelrec.online.replay import REPLAY_LEARN, _learner
+    from funnelrec.pipeline.eventlog import EventLog
+
+    with EventLog(tmp_path / "events.db"):
+        pass
+    got = {}
+
+    class Capture:
+        def __init__(self, served, source, config, updaters):
+            got.update(config=config, updaters=updaters)
+
+    funnel = type("F", (), {"ranker_": object()})()
+    _learner(Capture, tmp_path, tmp_path / "events.db", {"ranker": {"lr": 0.01}, "guardrail_margin": 0.02},
+             funnel, 86_400)
+    (up,) = got["updaters"]
+    assert up.config.organic == REPLAY_LEARN["ranker"]["organic"] == "candidates"
+    assert up.config.ftrl_alpha == 0.05 and up.config.lr == 0.01  # the default kept, the given key on top
+    assert up.guardrail.group == "user" and up.guardrail.margin == 0.02
+    _learner(Capture, tmp_path, tmp_path / "events.db", {"ranker": {"organic": "drop"}}, funnel, 86_400)
+    assert got["updaters"][0].config.organic == "drop"

@@ -53,6 +53,7 @@ server's own learner (`funnelrec learn` beside `serve`), so mode online runs in-
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import tempfile
 import time
@@ -367,11 +368,33 @@ def _make_online(fitted: FittedReplay, cfg: ReplayConfig, workdir: Path) -> tupl
     return service, end_of_day
 
 
+# The learner's settings a replay starts from (`learn:` keys go on top, the ranker: and
+# guardrail: sections key by key). A replayed log's positives are mostly organic: the logged
+# users did not see our answers (ml-100k: of ~420 interactions a day ~5 fall on the 10 items a
+# request showed). So the ranker's update labels every positive among its user's candidates (the
+# form the ranker was fitted on) instead of judging ~120 impressions a day, the guardrail judges
+# the held-out users' candidates by GAUC (a pooled AUC there mostly compares users), and FTRL
+# moves at α = 0.05 (one day's update at 0.2 lost 0.01–0.05 of held-out GAUC as often as it
+# gained). With the library's live defaults (impressions only) a replay's online mode orders the
+# shown ten and not the candidates: on a generated shop log one accepted update took NDCG@10 from
+# 0.11 to 0.007 for the rest of the replay. docs/BENCHMARKS.md (Sessions 6 and 17).
+REPLAY_LEARN: dict[str, Any] = {"ranker": {"organic": "candidates", "ftrl_alpha": 0.05}, "guardrail": {"group": "user"}}
+
+
+def merged_learn(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `override` on top, the ranker: / guardrail: sections merged key by key."""
+    out = {**base, **override}
+    for k in ("ranker", "guardrail"):
+        if k in base or k in override:
+            out[k] = {**base.get(k, {}), **override.get(k, {})}
+    return out
+
+
 def _learner(cls: Any, served: Path, events: Path, learn: dict[str, Any], funnel: Any, day_seconds: int) -> Any:
     """OnlineLearner over the served directory and the service's event log. `learn` (the replay
-    config's `learn:`): LearnConfig keys, plus `ranker:` (RankerUpdateConfig keys) for the fine
-    ranker's update when the funnel has one, guarded by an AUCGuardrail at `guardrail_margin`
-    (`guardrail:` its other keys, e.g. on_undefined).
+    config's `learn:`, over `REPLAY_LEARN`): LearnConfig keys, plus `ranker:` (RankerUpdateConfig
+    keys) for the fine ranker's update when the funnel has one, guarded by an AUCGuardrail at
+    `guardrail_margin` (`guardrail:` its other keys, e.g. on_undefined).
     The label window defaults to one replayed day: the day's impressions (at its start) wait
     for the day's clicks."""
     from funnelrec.core.config import from_dict
@@ -380,7 +403,7 @@ def _learner(cls: Any, served: Path, events: Path, learn: dict[str, Any], funnel
     from funnelrec.online.source import EventLogSource
     from funnelrec.online.updates import RankerUpdateConfig, RankerUpdater
 
-    learn = dict(learn)
+    learn = merged_learn(REPLAY_LEARN, dict(learn))
     ranker = learn.pop("ranker", {})
     guard = dict(learn.pop("guardrail", {}))  # AUCGuardrail keys other than margin (task, on_undefined)
     learn.setdefault("label_window_s", day_seconds)
@@ -586,15 +609,25 @@ class ReplayFile:
     dataset: dict[str, Any] = field(default_factory=dict)
 
 
+def _is_funnel_config(raw: Any) -> bool:
+    """A YAML mapping with none of a replay file's sections is a funnel config (`funnelrec init`'s
+    funnel.yaml), replayed with the ReplayConfig defaults."""
+    return isinstance(raw, dict) and bool(raw) and not set(raw) & {f.name for f in dataclasses.fields(ReplayFile)}
+
+
 def load_replay_file(path: str | Path | None) -> tuple[ReplayConfig, Any, dict[str, Any]]:
-    """(ReplayConfig, FunnelConfig or None = the caller's default, dataset kwargs) from a replay YAML."""
+    """(ReplayConfig, FunnelConfig or None = the caller's default, dataset kwargs) from a replay
+    YAML, or from a funnel config (`_is_funnel_config`: the defaults, that funnel)."""
     from funnelrec.core.config import from_dict, load_yaml
     from funnelrec.pipeline.config import FunnelConfig
 
     if path is None:
         return ReplayConfig(), None, {}
     path = Path(path)
-    f = from_dict(ReplayFile, load_yaml(path), f"replay config {path}")
+    raw = load_yaml(path)
+    if _is_funnel_config(raw):
+        return ReplayConfig(), FunnelConfig.load(path), {}
+    f = from_dict(ReplayFile, raw, f"replay config {path}")
     cfg = from_dict(ReplayConfig, f.replay, f"replay config {path}", path="replay")
     funnel = None
     if isinstance(f.funnel, str):
@@ -603,3 +636,20 @@ def load_replay_file(path: str | Path | None) -> tuple[ReplayConfig, Any, dict[s
     elif f.funnel is not None:
         funnel = FunnelConfig.from_dict(f.funnel, f"replay config {path}", path="funnel")
     return cfg, funnel, dict(f.dataset)
+
+
+def replay_funnel_path(path: str | Path | None) -> Path | None:
+    """The funnel config file a replay YAML names (its `funnel:` path), the file itself when it
+    is a funnel config, else None: where the funnel's `data:` paths are relative to."""
+    from funnelrec.core.config import load_yaml
+
+    if path is None:
+        return None
+    path = Path(path)
+    raw = load_yaml(path)
+    if _is_funnel_config(raw):
+        return path
+    f = raw.get("funnel") if isinstance(raw, dict) else None
+    if isinstance(f, str):
+        return Path(f) if Path(f).is_absolute() else path.parent / f
+    return path if f is not None else None

@@ -61,7 +61,6 @@ import numpy as np
 import polars as pl
 
 from funnelrec.core.errors import ConfigError, DataError
-
 from funnelrec.online.labels import LABEL_OF, SAMPLE_COLUMNS
 
 TASK_COLUMNS = {"ctr": "click", "like": "like"}  # without a label map: ranker task → the column that labels it

@@ -443,9 +443,8 @@ class RankerUpdater:
     def fit_steps(self, ranker: Any, s: RankSamples, targets: dict[str, TaskTarget] | None = None) -> float:
         """`epochs` passes of minibatch steps on `ranker` (a copy) over the samples, each task
         labelled by `targets` (default: `task_targets` without a label map); mean last-epoch loss."""
-        from funnelrec.train.trainer import Trainer, TrainerConfig
-
         from funnelrec.train.candidate_ranker import task_loss
+        from funnelrec.train.trainer import Trainer, TrainerConfig
 
         cfg = self.config
         tasks = tuple(ranker.tasks_)
