@@ -429,3 +429,14 @@ def test_the_replay_learner_starts_from_the_replay_settings_and_takes_learn_keys
     assert up.guardrail.group == "user" and up.guardrail.margin == 0.02
     _learner(Capture, tmp_path, tmp_path / "events.db", {"ranker": {"organic": "drop"}}, funnel, 86_400)
     assert got["updaters"][0].config.organic == "drop"
+
+
+def test_replay_file_mistakes_are_named_as_replay_file_mistakes(tmp_path):
+    from funnelrec.online.replay import REPLAY_LEARN, merged_learn
+
+    f = tmp_path / "r.yaml"
+    f.write_text("learn: {ranker: {lr: 0.1}}\n")  # learn: belongs under replay:
+    with pytest.raises(ConfigError, match="unknown key 'learn' in replay config"):
+        load_replay_file(f)
+    with pytest.raises(ConfigError, match="learn.ranker: expected a mapping"):
+        merged_learn(REPLAY_LEARN, {"ranker": None})

@@ -225,3 +225,40 @@ def test_learn_refuses_at_start_a_ranker_task_the_stream_cannot_label(shop_artif
         pass
     with pytest.raises(ConfigError, match="'conversion'"):
         OnlineLearner(served, EventLogSource(state / "events.db"), LearnConfig(), [RankerUpdater()])
+
+
+def test_two_events_stored_as_one_type_cannot_label_two_tasks():
+    from funnelrec.online.samples import task_targets
+
+    cfg = _config({"view": {"task": "ctr", "means": "click"}, "click": {"task": "conversion"}})
+    with pytest.raises(ConfigError, match="labels.map.click: .*'view'.*cannot tell task 'conversion' from 'ctr'"):
+        task_targets(cfg, ("ctr", "conversion"))
+
+
+def test_candidate_form_positives_include_carts_and_watches():
+    from funnelrec.online.updates import _positives
+
+    f = pl.DataFrame({"user_id": ["u"] * 4, "item_id": list("abcd"), "ts": [0] * 4, "request_id": [None] * 4,
+                      "click": [1, 0, 0, 0], "like": [0] * 4, "watch_time": [0.0, 0.0, 12.0, 0.0],
+                      "purchase": [0] * 4, "cart": [0, 1, 0, 0]})
+    assert _positives(f)["item_id"].to_list() == ["a", "b", "c"]
+
+
+def test_the_guardrail_judges_ctr_else_the_rankers_first_task():
+    from funnelrec.online.guardrail import AUCGuardrail
+
+    g = AUCGuardrail()
+    assert g.task_of(SimpleNamespace(tasks_=("conversion", "ctr"))) == "ctr"
+    assert g.task_of(SimpleNamespace(tasks_=("conversion",))) == "conversion"  # a carts-and-purchases log
+    assert AUCGuardrail(task="like").task_of(SimpleNamespace(tasks_=("ctr", "like"))) == "like"
+
+
+def test_a_replayed_row_is_sent_as_its_own_event_type_with_a_valued_rules_number():
+    from funnelrec.online.replay import _row_events
+
+    spec = LabelSpec("ev", {"view": LabelRule(task="ctr", means="click"), "cart": LabelRule(task="conversion"),
+                            "play": LabelRule(task="watch", value="secs", means="watch_time")})
+    rows = pl.DataFrame({"ev": ["view", "cart", "play", "share", "purchase"], "secs": [None, None, 42.0, None, None]})
+    assert _row_events(rows, spec) == [("view", 1.0), ("cart", 1.0), ("play", 42.0), ("click", 1.0),
+                                       ("purchase", 1.0)]  # share: neither mapped nor a funnel type
+    assert _row_events(rows, None) == [("click", 1.0)] * 5

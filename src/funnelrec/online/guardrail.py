@@ -57,11 +57,11 @@ def ranker_logits(ranker: Any, samples: RankSamples, task: str = "ctr", batch_si
 class AUCGuardrail:
     """Refuse a candidate whose held-out AUC is below the served one's minus `margin`."""
 
-    def __init__(self, margin: float = 0.01, task: str = "ctr", on_undefined: str = "refuse",
+    def __init__(self, margin: float = 0.01, task: str | None = None, on_undefined: str = "refuse",
                  min_per_class: int = 10, group: str = "none") -> None:
         if not (isinstance(margin, int | float) and math.isfinite(margin) and margin >= 0):
             raise ConfigError(f"guardrail margin must be a number ≥ 0, got {margin!r}")
-        if not isinstance(task, str) or not task:
+        if task is not None and (not isinstance(task, str) or not task):
             raise ConfigError(f"guardrail task must be the name of one of the ranker's tasks, got {task!r}")
         if on_undefined not in ("refuse", "accept"):
             raise ConfigError(f"guardrail on_undefined must be 'refuse' or 'accept', got {on_undefined!r}")
@@ -80,8 +80,9 @@ class AUCGuardrail:
         """The verdict {served_auc, candidate_auc, margin, n}; GuardrailRefused when refused.
         `target`: how the task is labelled (online/samples.py `task_targets`; default: without a
         label map, ctr ← click, like ← like)."""
+        task = self.task_of(served)
         if target is None:
-            target = task_targets(None, (self.task,))[self.task]
+            target = task_targets(None, (task,))[task]
         y = target.of(holdout.labels)[0]
         what_positive = " or ".join(c for c, _ in target.columns)
         users = None
@@ -107,17 +108,25 @@ class AUCGuardrail:
             msg = f"{what}, the update is refused (widen the holdout window, or on_undefined=accept)"
             log.warning(msg)
             raise GuardrailRefused(msg)
-        a_served = self._auc(y, ranker_logits(served, holdout, self.task), users)
-        a_cand = self._auc(y, ranker_logits(candidate, holdout, self.task), users)
+        a_served = self._auc(y, ranker_logits(served, holdout, task), users)
+        a_cand = self._auc(y, ranker_logits(candidate, holdout, task), users)
         verdict = {"served_auc": a_served, "candidate_auc": a_cand, "margin": self.margin, "n": float(len(y))}
         if a_cand < a_served - self.margin:
-            msg = (f"guardrail: candidate {self.task} AUC {a_cand:.4f} < served AUC {a_served:.4f} − margin "
+            msg = (f"guardrail: candidate {task} AUC {a_cand:.4f} < served AUC {a_served:.4f} − margin "
                    f"{self.margin:g} on {len(y)} held-out samples: refused")
             log.warning(msg)
             raise GuardrailRefused(msg)
         log.info("guardrail: candidate %s AUC %.4f vs served %.4f (margin %g, %d samples): accepted",
-                 self.task, a_cand, a_served, self.margin, len(y))
+                 task, a_cand, a_served, self.margin, len(y))
         return verdict
+
+    def task_of(self, ranker: Any) -> str:
+        """The task judged: the one given, else the ranker's first (ctr where it has one; a shop
+        log of carts and purchases alone has only conversion)."""
+        if self.task is not None:
+            return self.task
+        tasks = tuple(getattr(ranker, "tasks_", ()) or ("ctr",))
+        return "ctr" if "ctr" in tasks else tasks[0]
 
     @staticmethod
     def _auc(y: np.ndarray, scores: np.ndarray, users: np.ndarray | None) -> float:

@@ -175,7 +175,11 @@ class OnlineLearner:
         self._db.executescript(_DB)
         for table in ("pending", "holdout"):  # a learner.db from before the cart label: its rows had no cart
             if "cart" not in {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}:
-                self._db.execute(f"ALTER TABLE {table} ADD COLUMN cart INTEGER NOT NULL DEFAULT 0")
+                try:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN cart INTEGER NOT NULL DEFAULT 0")
+                except sqlite3.OperationalError as e:  # another process opening it added it first
+                    if "duplicate column" not in str(e):
+                        raise
         st = dict(self._db.execute("SELECT key, value FROM state").fetchall())
         self.offset = st.get("offset", source.start)
         self.version = st.get("version") or current_version(self.served_dir)

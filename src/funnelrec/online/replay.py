@@ -385,6 +385,9 @@ def merged_learn(base: dict[str, Any], override: dict[str, Any]) -> dict[str, An
     """`base` with `override` on top, the ranker: / guardrail: sections merged key by key."""
     out = {**base, **override}
     for k in ("ranker", "guardrail"):
+        for side in (base, override):
+            if not isinstance(side.get(k, {}), dict):
+                raise ConfigError(f"replay config: learn.{k}: expected a mapping, got {side[k]!r}")
         if k in base or k in override:
             out[k] = {**base.get(k, {}), **override.get(k, {})}
     return out
@@ -475,12 +478,18 @@ def mode_service(fitted: FittedReplay, mode: str, cfg: ReplayConfig, workdir: st
 def _run(fitted: FittedReplay, mode: str, cfg: ReplayConfig, client: ReplayClient,
          end_of_day: Callable[[], None] | None, progress: bool) -> pl.DataFrame:
     D = cfg.day_seconds
+    labels = getattr(fitted.funnel_config, "labels", None)  # with a label map each row is sent as its own event
+    label_map = labels if labels is not None and labels.map and labels.event_column else None
     # each user's items so far: fit-time rows, then every replayed day's
     seen: dict[Any, set] = {}
     for u, items in fitted.fit_rows.group_by("user_id", maintain_order=True).agg(pl.col("item_id")).iter_rows():
         seen[u] = set(items)
     since_cut: dict[Any, list] = fitted.unexcluded()  # each request's exclude: the label slice, then the replayed days
     cols = ["user_id", "item_id", "timestamp"] + ([cfg.like_column] if cfg.like_column else [])
+    if label_map is not None:
+        cols += [c for c in [label_map.event_column, *(r.value for r in label_map.map.values() if r.value)]
+                 if c not in cols]
+        cols = list(dict.fromkeys(cols))
     rows = fitted.replay_rows
     k_req = max(cfg.k, cfg.auc_k)
     n_catalogue = fitted.dataset.n_items
@@ -521,8 +530,8 @@ def _run(fitted: FittedReplay, mode: str, cfg: ReplayConfig, client: ReplayClien
                 liked = (user_rows[cfg.like_column].to_numpy() >= cfg.like_threshold if cfg.like_column is not None
                          else np.zeros(len(items), bool))
                 on_shown = set(shown)
-                for i, t, y in zip(items, ts, liked):
-                    evs = [{"item_id": i, "type": "click", "ts": int(t)}]
+                for i, t, y, (etype, value) in zip(items, ts, liked, _row_events(user_rows, label_map)):
+                    evs = [{"item_id": i, "type": etype, "value": value, "ts": int(t)}]
                     if y:
                         evs.append({"item_id": i, "type": "like", "ts": int(t)})
                     (events if i in on_shown else organic).extend(evs)
@@ -612,7 +621,10 @@ class ReplayFile:
 def _is_funnel_config(raw: Any) -> bool:
     """A YAML mapping with none of a replay file's sections is a funnel config (`funnelrec init`'s
     funnel.yaml), replayed with the ReplayConfig defaults."""
-    return isinstance(raw, dict) and bool(raw) and not set(raw) & {f.name for f in dataclasses.fields(ReplayFile)}
+    from funnelrec.pipeline.config import FunnelConfig
+
+    return (isinstance(raw, dict) and not set(raw) & {f.name for f in dataclasses.fields(ReplayFile)}
+            and bool(set(raw) & {f.name for f in dataclasses.fields(FunnelConfig)}))
 
 
 def load_replay_file(path: str | Path | None) -> tuple[ReplayConfig, Any, dict[str, Any]]:
@@ -636,6 +648,26 @@ def load_replay_file(path: str | Path | None) -> tuple[ReplayConfig, Any, dict[s
     elif f.funnel is not None:
         funnel = FunnelConfig.from_dict(f.funnel, f"replay config {path}", path="funnel")
     return cfg, funnel, dict(f.dataset)
+
+
+def _row_events(rows: pl.DataFrame, labels: Any) -> list[tuple[str, float]]:
+    """(event type, value) of each interaction row as the service is sent it: a click of value
+    1, or with a label map the row's own event type (the service stores it as its `means`, a
+    `view` as the click it means; a type the map does not name and the funnel does not know is
+    a click) with a valued rule's number (watch seconds)."""
+    from funnelrec.pipeline.eventlog import EVENT_TYPES
+
+    if labels is None:
+        return [("click", 1.0)] * rows.height
+    out = []
+    for ev, row in zip(rows[labels.event_column].cast(pl.String).to_list(), rows.iter_rows(named=True)):
+        rule = labels.map.get(ev)
+        if rule is None and ev not in EVENT_TYPES:
+            out.append(("click", 1.0))
+            continue
+        value = float(row[rule.value] or 0.0) if rule is not None and rule.value else 1.0
+        out.append((ev, value))
+    return out
 
 
 def replay_funnel_path(path: str | Path | None) -> Path | None:

@@ -72,7 +72,9 @@ UNRECALLED = ("random_pairs", "drop")
 class TaskTarget:
     """How one ranker task is labelled from a sample's label columns (module doc): a positive of
     any of `columns`, weighted by the largest weight of the columns it has; `watch`: weighted LR
-    on watch_time (y = seconds > 0, weight = the seconds)."""
+    on watch_time (y = seconds > 0, weight = the seconds). One difference from the fit remains:
+    a sample's seconds are the sum over its label window (online/labels.py), a fitted pair's
+    weight the largest of its rows."""
 
     columns: tuple[tuple[str, float], ...]
     watch: bool = False
@@ -101,6 +103,15 @@ def task_targets(config: Any, tasks: tuple[str, ...] | list[str]) -> dict[str, T
     kinds = dict(getattr(rank, "task_kinds", None) or {})
     columns = dict(getattr(rank, "task_columns", None) or {})
     online = ", ".join(LABEL_OF)
+    owner: dict[str, tuple[str, str]] = {}  # online label column → (the first rule's event, its task)
+    for ev, r in rules.items():
+        col = LABEL_OF.get(r.means or ev)
+        if r.task and col is not None:
+            first = owner.setdefault(col, (ev, r.task))
+            if first[1] != r.task:
+                raise ConfigError(f"labels.map.{ev}: online, {ev!r} and {first[0]!r} are both stored as "
+                                  f"{r.means or ev!r}, so the stream cannot tell task {r.task!r} from "
+                                  f"{first[1]!r}; map them to one task or give one another `means:`")
     out: dict[str, TaskTarget] = {}
     for t in tasks:
         mine = [(ev, r) for ev, r in rules.items() if r.task == t]
@@ -114,11 +125,13 @@ def task_targets(config: Any, tasks: tuple[str, ...] | list[str]) -> dict[str, T
                     raise ConfigError(f"labels.map.{ev}: task {t!r} is learned online from the events its rules name, "
                                       f"and a {ev!r} event is stored as {stored!r}, which labels nothing; give it a "
                                       f"`means:` among {online}, or leave {t!r} out of rank.tasks")
-                if (watch or r.value) and col != "watch_time":
+                if r.value and col != "watch_time":
                     raise ConfigError(f"labels.map.{ev}: task {t!r} is a watch-time task (valued), and online only "
                                       f"watch_time events carry seconds; set `means: watch_time`")
                 cols[col] = max(cols.get(col, 0.0), float(r.weight))
-            out[t] = TaskTarget(tuple(sorted(cols.items())), watch=watch or any(r.value for _, r in mine))
+            # seconds weigh a positive only where the fit has them too (a valued rule); a watch
+            # task mapped without a value is fitted on 0/1 labels of weight 1
+            out[t] = TaskTarget(tuple(sorted(cols.items())), watch=any(r.value for _, r in mine))
             continue
         col = columns.get(t)
         if watch and col in (None, "watch_time"):

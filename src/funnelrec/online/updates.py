@@ -338,8 +338,9 @@ class RankerUpdateConfig:
 
 
 def _positives(frame: pl.DataFrame) -> pl.DataFrame:
-    """The samples with a positive label (click, like or purchase)."""
-    return frame.filter((pl.col("click") == 1) | (pl.col("like") == 1) | (pl.col("purchase") == 1))
+    """The samples with a positive label (click, like, purchase, cart, or a watch of > 0 s)."""
+    return frame.filter((pl.col("click") == 1) | (pl.col("like") == 1) | (pl.col("purchase") == 1)
+                        | (pl.col("cart") == 1) | (pl.col("watch_time") > 0))
 
 
 class RankerUpdater:
@@ -422,7 +423,7 @@ class RankerUpdater:
             else:
                 hold = rank_samples(funnel, holdout, "drop", what="holdout", uncount=self.uncount)
             report["guardrail"] = self.guardrail.check(served, cand, hold,  # raises GuardrailRefused
-                                                       targets.get(self.guardrail.task))
+                                                       targets.get(self.guardrail.task_of(served)))
         self.last_report_ = report
         log.info("ranker update: %s", report)
         return {"ranker": cand}
@@ -436,7 +437,7 @@ class RankerUpdater:
             return
         tasks = tuple(ranker.tasks_)
         task_targets(funnel.config, tasks)
-        if self.guardrail is not None and self.guardrail.task not in tasks:
+        if self.guardrail is not None and self.guardrail.task_of(ranker) not in tasks:
             raise ConfigError(f"guardrail task {self.guardrail.task!r}: the served ranker's tasks are "
                               f"{', '.join(tasks)}")
 
