@@ -175,6 +175,8 @@ def _register_replay(app: typer.Typer) -> None:
         else:
             dataset = dataset or "movielens-100k"
             ds = load_dataset(dataset, **({"path": path} if path is not None else {}), **ds_kwargs)
+            if funnel_cfg.labels.map:  # the label map's label columns, as train adds them
+                ds.interactions = funnel_cfg.labels.label_columns(ds.interactions)
         fitted = fit_for_replay(ds, funnel_cfg, cfg, progress=not as_json)
         if save is not None:
             fitted.funnel.save(save)
