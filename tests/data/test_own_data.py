@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from funnelrec.simulate.ecommerce import write_ecommerce_files
+from shop_world import init_shop
 
 
 def run_cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
@@ -45,12 +45,8 @@ def shop(tmp_path_factory):
     from funnelrec.cli import app
 
     root = tmp_path_factory.mktemp("shop")
-    paths = write_ecommerce_files(root / "data", n_events=5000, seed=3, n_users=250, n_items=200)
+    paths, config = init_shop(root, n_events=5000, seed=3, n_users=250, n_items=200)
     runner = CliRunner()
-    r = runner.invoke(app, ["init", "--interactions", str(paths["interactions"]), "--items", str(paths["items"]),
-                            "--users", str(paths["users"]), "--out", str(root / "cfg"), "--quiet"])
-    assert r.exit_code == 0, r.output
-    config = root / "cfg" / "funnel.yaml"
     r = runner.invoke(app, ["train", "--config", str(config), "--json"])
     assert r.exit_code == 0, (r.output, r.exception)
     import json

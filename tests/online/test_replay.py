@@ -384,14 +384,10 @@ def test_a_funnel_config_is_a_replay_config_with_the_defaults_and_its_own_data(t
 
     from funnelrec.cli import app
     from funnelrec.online.replay import replay_funnel_path
-    from funnelrec.simulate.ecommerce import write_ecommerce_files
+    from shop_world import init_shop
 
-    paths = write_ecommerce_files(tmp_path / "data", n_events=3000, seed=5, n_users=120, n_items=80)
+    paths, funnel_yaml = init_shop(tmp_path, "shop", n_events=3000, seed=5, n_users=120, n_items=80)
     runner = CliRunner()
-    r = runner.invoke(app, ["init", "--interactions", str(paths["interactions"]), "--items", str(paths["items"]),
-                            "--users", str(paths["users"]), "--out", str(tmp_path / "shop"), "--quiet"])
-    assert r.exit_code == 0, r.output
-    funnel_yaml = tmp_path / "shop" / "funnel.yaml"
     cfg, funnel, ds_kwargs = load_replay_file(funnel_yaml)
     assert cfg == ReplayConfig() and ds_kwargs == {} and funnel.labels.event_column == "event_type"
     assert replay_funnel_path(funnel_yaml) == funnel_yaml

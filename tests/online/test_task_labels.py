@@ -107,16 +107,11 @@ def shop_artifact(tmp_path_factory):
     from typer.testing import CliRunner
 
     from funnelrec.cli import app
-    from funnelrec.simulate.ecommerce import write_ecommerce_files
+    from shop_world import init_shop
 
     root = tmp_path_factory.mktemp("shoplearn")
-    paths = write_ecommerce_files(root / "data", n_events=5000, seed=3, n_users=250, n_items=200)
-    runner = CliRunner()
-    r = runner.invoke(app, ["init", "--interactions", str(paths["interactions"]), "--items", str(paths["items"]),
-                            "--users", str(paths["users"]), "--out", str(root / "cfg"), "--quiet"])
-    assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["train", "--config", str(root / "cfg" / "funnel.yaml"), "--out", str(root / "art"),
-                            "--quiet"])
+    _, config = init_shop(root, n_events=5000, seed=3, n_users=250, n_items=200)
+    r = CliRunner().invoke(app, ["train", "--config", str(config), "--out", str(root / "art"), "--quiet"])
     assert r.exit_code == 0, (r.output, r.exception)
     return root / "art"
 
