@@ -486,10 +486,8 @@ def _run(fitted: FittedReplay, mode: str, cfg: ReplayConfig, client: ReplayClien
         seen[u] = set(items)
     since_cut: dict[Any, list] = fitted.unexcluded()  # each request's exclude: the label slice, then the replayed days
     cols = ["user_id", "item_id", "timestamp"] + ([cfg.like_column] if cfg.like_column else [])
-    if label_map is not None:
-        cols += [c for c in [label_map.event_column, *(r.value for r in label_map.map.values() if r.value)]
-                 if c not in cols]
-        cols = list(dict.fromkeys(cols))
+    if label_map is not None:  # the event type and the valued rules' columns travel with each row
+        cols = list(dict.fromkeys([*cols, label_map.event_column, *(r.value for r in label_map.map.values() if r.value)]))
     rows = fitted.replay_rows
     k_req = max(cfg.k, cfg.auc_k)
     n_catalogue = fitted.dataset.n_items

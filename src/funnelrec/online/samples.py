@@ -64,7 +64,7 @@ from funnelrec.core.errors import ConfigError, DataError
 from funnelrec.online.labels import LABEL_OF, SAMPLE_COLUMNS
 
 TASK_COLUMNS = {"ctr": "click", "like": "like"}  # without a label map: ranker task → the column that labels it
-LABELS = ("click", "like", "purchase", "cart", "watch_time")  # a sample's label columns (online/labels.py)
+LABELS = tuple(LABEL_OF.values())  # a sample's label columns (online/labels.py)
 UNRECALLED = ("random_pairs", "drop")
 
 
@@ -139,7 +139,7 @@ def task_targets(config: Any, tasks: tuple[str, ...] | list[str]) -> dict[str, T
         elif col is None and t in TASK_COLUMNS:
             out[t] = TaskTarget(((TASK_COLUMNS[t], 1.0),))
         elif (col or t) in LABELS and (col or t) != "watch_time" and not watch:
-            out[t] = TaskTarget((((col or t), 1.0),))
+            out[t] = TaskTarget(((col or t, 1.0),))
         else:
             fit = f"column {col!r}" if col else "no event type"
             raise ConfigError(f"rank.tasks: task {t!r} is labelled by {fit} offline, and the online learner labels a "
@@ -180,7 +180,7 @@ def check_samples(frame: Any, what: str = "samples") -> pl.DataFrame:
     missing = [c for c in SAMPLE_COLUMNS if c not in frame.columns]
     if missing:
         raise DataError(f"{what}: missing columns {missing}; a labelled sample has {', '.join(SAMPLE_COLUMNS)}")
-    for c in ("click", "like", "purchase", "cart"):
+    for c in (c for c in LABELS if c != "watch_time"):  # the 0/1 labels
         bad = frame.filter(~pl.col(c).is_in([0, 1]) | pl.col(c).is_null()).height
         if bad:
             raise DataError(f"{what}: column {c!r} must be 0/1; {bad} rows are not")

@@ -67,6 +67,7 @@ import torch
 from funnelrec.core.errors import ConfigError
 from funnelrec.online.guardrail import AUCGuardrail
 from funnelrec.online.samples import (
+    LABELS,
     RankSamples,
     TaskTarget,
     candidate_samples,
@@ -338,9 +339,9 @@ class RankerUpdateConfig:
 
 
 def _positives(frame: pl.DataFrame) -> pl.DataFrame:
-    """The samples with a positive label (click, like, purchase, cart, or a watch of > 0 s)."""
-    return frame.filter((pl.col("click") == 1) | (pl.col("like") == 1) | (pl.col("purchase") == 1)
-                        | (pl.col("cart") == 1) | (pl.col("watch_time") > 0))
+    """The samples with a positive label (any of online/samples.py's LABELS > 0: a click, like,
+    purchase, cart, or a watch of > 0 s)."""
+    return frame.filter(pl.any_horizontal([pl.col(c) > 0 for c in LABELS]))
 
 
 class RankerUpdater:
