@@ -154,6 +154,7 @@ def _register_replay(app: typer.Typer) -> None:
             fit_for_replay,
             load_replay_file,
             replay,
+            replay_likes,
             summarize,
         )
 
@@ -177,6 +178,7 @@ def _register_replay(app: typer.Typer) -> None:
             ds = load_dataset(dataset, **({"path": path} if path is not None else {}), **ds_kwargs)
             if funnel_cfg.labels.map:  # the label map's label columns, as train adds them
                 ds.interactions = funnel_cfg.labels.label_columns(ds.interactions)
+        cfg = replay_likes(cfg, funnel_cfg, ds.interactions)
         fitted = fit_for_replay(ds, funnel_cfg, cfg, progress=not as_json)
         if save is not None:
             fitted.funnel.save(save)

@@ -8,6 +8,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -436,3 +437,27 @@ def test_replay_file_mistakes_are_named_as_replay_file_mistakes(tmp_path):
         load_replay_file(f)
     with pytest.raises(ConfigError, match="learn.ranker: expected a mapping"):
         merged_learn(REPLAY_LEARN, {"ranker": None})
+
+
+def test_a_like_task_read_from_the_rating_is_replayed_as_likes(ml100k):
+    """configs/funnel/ml100k_mmoe.yaml fits its like task on rating ≥ rank.like_threshold (no like
+    column): replayed without a like_column, its online mode sent no like and trained the like
+    head on zeros. The replay now sends those likes; a like_column of its own, a funnel without
+    a like task, or data without a rating leave the config as it was."""
+    import dataclasses as dc
+
+    from funnelrec.online.replay import ReplayConfig, replay_likes
+    from funnelrec.pipeline.config import FunnelConfig
+
+    configs = Path(__file__).resolve().parents[2] / "configs" / "funnel"
+    mmoe = FunnelConfig.load(configs / "ml100k_mmoe.yaml")
+    inter = ml100k.interactions
+    got = replay_likes(ReplayConfig(), mmoe, inter)
+    assert (got.like_column, got.like_threshold) == ("rating", 4.0)
+    five = dc.replace(mmoe, rank=dc.replace(mmoe.rank, like_threshold=5.0))
+    assert replay_likes(ReplayConfig(), five, inter).like_threshold == 5.0
+    own = ReplayConfig(like_column="rating", like_threshold=3.0)
+    assert replay_likes(own, mmoe, inter) == own
+    plain = FunnelConfig.load(configs / "ml100k.yaml")
+    assert "like" not in plain.rank.tasks and replay_likes(ReplayConfig(), plain, inter) == ReplayConfig()
+    assert replay_likes(ReplayConfig(), mmoe, inter.drop("rating")) == ReplayConfig()

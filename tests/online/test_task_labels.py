@@ -77,12 +77,34 @@ def test_a_valued_rule_is_a_watch_time_target_weighted_by_seconds():
     assert y.tolist() == [0, 1, 1] and w.tolist() == [1.0, 12.5, 3.0]
 
 
-def test_without_a_map_ctr_is_click_like_is_like_and_a_named_column_is_read():
+def test_without_a_map_ctr_is_any_event_like_is_like_and_a_named_column_is_read():
     from funnelrec.online.samples import task_targets
 
     t = task_targets(_config(task_columns={"buy": "purchase"}), ("ctr", "like", "buy", "cart"))
-    assert {k: v.columns for k, v in t.items()} == {"ctr": (("click", 1.0),), "like": (("like", 1.0),),
-                                                     "buy": (("purchase", 1.0),), "cart": (("cart", 1.0),)}
+    assert {k: v.columns for k, v in t.items() if k != "ctr"} == {
+        "like": (("like", 1.0),), "buy": (("purchase", 1.0),), "cart": (("cart", 1.0),)}
+    # the fit takes every label row as a ctr positive, so online a like, cart, purchase or watch
+    # without a click is one too; rows: click | like only | cart only | 40 s watched | nothing
+    labels = {"click": np.array([1, 0, 0, 0, 0]), "like": np.array([0, 1, 0, 0, 0]), "cart": np.array([0, 0, 1, 0, 0]),
+              "purchase": np.zeros(5), "watch_time": np.array([0, 0, 0, 40.0, 0])}
+    y, w = t["ctr"].of(labels)
+    assert y.tolist() == [1, 1, 1, 1, 0] and w.tolist() == [1, 1, 1, 1, 1]
+
+
+@pytest.mark.parametrize("key, value", [("task_columns", "bought"), ("weight_columns", "margin")])
+def test_an_offline_override_of_a_mapped_task_is_refused_online(key, value):
+    """With labels.map naming task conversion, rank.task_columns.conversion = another column
+    trains conversion offline on that column, while the learner trains it on the map's events."""
+    from funnelrec.online.samples import task_targets
+
+    cfg = _config(SHOP)
+    setattr(cfg.rank, key, {"conversion": value})
+    with pytest.raises(ConfigError) as e:
+        task_targets(cfg, ("ctr", "conversion"))
+    assert f"rank.{key}.conversion" in str(e.value) and repr(value) in str(e.value), str(e.value)
+    own = {"task_columns": "label_conversion", "weight_columns": "weight_conversion"}[key]
+    setattr(cfg.rank, key, {"conversion": own})  # the map's own column (what config.py resolves to) is fine
+    assert set(task_targets(cfg, ("ctr", "conversion"))) == {"ctr", "conversion"}
 
 
 @pytest.mark.parametrize("cfg, tasks, names", [

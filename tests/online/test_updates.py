@@ -216,6 +216,28 @@ def test_candidate_samples_are_the_users_candidates_labelled_by_its_positives(wo
     assert int(y.sum()) < len(some) and abs((len(some) - int(y.sum())) - 0.3 * n_neg) < 4 * np.sqrt(0.21 * n_neg)
 
 
+def test_candidate_samples_count_a_pairs_rows_as_one_label(world):
+    """A pair with several positive rows in the window (a click, later a like with a watch, then
+    another watch) is one sample: each 0/1 label its rows' max, the watch seconds their sum, ts
+    the first, as the fit's pair (train/candidate_ranker.py) and the label join count them."""
+    from funnelrec.online.samples import candidate_samples
+
+    f = world["funnel"]
+    organic, shown, users = _organic(world, n_users=1)
+    ds = f.dataset_
+    s0 = candidate_samples(f, organic, shown, negative_rate=0.0)
+    u, i = int(s0.users[0]), int(s0.items[0])  # a recalled positive
+    uid, iid = str(ds.users["user_id"][u]), str(ds.items["item_id"][i])
+    rest = organic.filter((pl.col("user_id") != uid) | (pl.col("item_id") != iid))
+    rows = _frame([(uid, iid, 500, None, 1, 0, 0.0, 0), (uid, iid, 900, None, 0, 1, 30.0, 0),
+                   (uid, iid, 700, None, 0, 0, 20.0, 0)])
+    s = candidate_samples(f, pl.concat([rest, rows], how="vertical_relaxed"), shown, negative_rate=0.0)
+    at = [k for k, (a, b) in enumerate(zip(s.users.tolist(), s.items.tolist())) if (a, b) == (u, i)]
+    assert len(at) == 1 and len(s) == len(s0)
+    k = at[0]
+    assert (s.labels["click"][k], s.labels["like"][k], s.labels["watch_time"][k], int(s.ts[k])) == (1, 1, 50.0, 500)
+
+
 def test_candidate_samples_top_labels_the_served_top_only(world):
     """top=N: only each user's N best candidates by the served ranker are labelled — the items
     `Funnel.run` returns as its top N (no re-rank in this funnel), positives beyond them dropped."""
@@ -662,7 +684,7 @@ def test_guardrail_refuses_a_corrupted_update_and_accepts_a_real_one(world, capl
     ones = dataclasses.replace(hold, labels={**hold.labels, "click": np.ones(len(hold), np.float32)})
     with pytest.raises(GuardrailRefused, match="AUC undefined"):
         guard.check(f.ranker_, f.ranker_, ones)
-    with pytest.raises(GuardrailRefused, match="0 recalled samples, 0 with click=1 — AUC undefined"):
+    with pytest.raises(GuardrailRefused, match=r"0 recalled samples, 0 with a ctr positive \(click / like / .*cart\) — AUC undefined"):
         RankerUpdater(guardrail=guard).update(f, world["samples"], world["holdout"].clear())
     lenient = RankerUpdater(guardrail=AUCGuardrail(0.01, on_undefined="accept"))
     assert "ranker" in lenient.update(f, world["samples"], world["holdout"].clear())
@@ -712,7 +734,7 @@ def test_guardrail_does_not_judge_a_window_with_few_positives(world):
 
     few = subset(np.concatenate([pos[:3], neg[:27]]))
     guard = AUCGuardrail(margin=0.01)
-    with pytest.raises(GuardrailRefused, match="30 recalled samples, 3 with click=1 — fewer than min_per_class=10"):
+    with pytest.raises(GuardrailRefused, match=r"30 recalled samples, 3 with a ctr positive \(click / .*\) — fewer than min_per_class=10"):
         guard.check(f.ranker_, f.ranker_, few)
     enough = subset(np.concatenate([pos[:10], neg[:30]]))
     assert guard.check(f.ranker_, f.ranker_, enough)["n"] == 40

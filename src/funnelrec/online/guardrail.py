@@ -5,7 +5,7 @@ not train on), with the features the served funnel gives them (online/samples.py
 
     refuse  ⇔  AUC(candidate) < AUC(served) − margin
 
-AUC over the task's label (ctr ← click by default), `funnelrec.eval.metrics.auc` (ties count ½).
+AUC over the task's label (`task_targets`: without a label map ctr ← any event), `funnelrec.eval.metrics.auc` (ties count ½).
 `group="user"` judges by GAUC instead: the AUC of each user's samples (users with both classes),
 averaged weighted by their numbers of samples — the order a request serves is within one user,
 and a pooled AUC also scores how users' score levels compare, which an update can move a lot
@@ -79,12 +79,12 @@ class AUCGuardrail:
               ) -> dict[str, float]:
         """The verdict {served_auc, candidate_auc, margin, n}; GuardrailRefused when refused.
         `target`: how the task is labelled (online/samples.py `task_targets`; default: without a
-        label map, ctr ← click, like ← like)."""
+        label map, ctr ← any event, like ← like)."""
         task = self.task_of(served)
         if target is None:
             target = task_targets(None, (task,))[task]
         y = target.of(holdout.labels)[0]
-        what_positive = " or ".join(c for c, _ in target.columns)
+        what_positive = f"a {task} positive ({' / '.join(c for c, _ in target.columns)})"
         users = None
         if self.group == "user":  # only the users with both classes are judged
             users = holdout.users
@@ -98,7 +98,7 @@ class AUCGuardrail:
         n_pos = int((y > 0.5).sum())
         if min(n_pos, len(y) - n_pos) < self.min_per_class:
             what = (f"guardrail: the held-out window has {len(y)} recalled samples, {n_pos} with "
-                    f"{what_positive}=1 — "
+                    f"{what_positive} — "
                     + ("AUC undefined" if n_pos in (0, len(y)) else
                        f"fewer than min_per_class={self.min_per_class} of a class, AUC too noisy to judge"))
             if self.on_undefined == "accept":

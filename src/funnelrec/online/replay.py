@@ -19,7 +19,8 @@ active on day d, in the order of their first interaction that day:
 2. send the k shown items as impressions (ts = the start of the day);
 3. modes realtime and online: send the user's real interactions of that day as clicks (their
    own ts), and a like for each whose `like_column` ≥ `like_threshold` (both from the config;
-   no like without them). Those on a shown item go with the request's id (a click on the
+   no like without them, unless the funnel's ranker fits a like task on the rating:
+   `replay_likes`). Those on a shown item go with the request's id (a click on the
    answer); the others without one: the user found them elsewhere, and the learner's contract
    (online/learner.py) marks such organic positives by a null request_id — the ranker's
    update learns from impressions only. Mode static sends impressions only: the exposure
@@ -299,6 +300,23 @@ def cut_time(inter: pl.DataFrame, cfg: ReplayConfig) -> int:
     lo, hi = int(t.min()), int(t.max())
     D = cfg.day_seconds
     return int(round((lo + cfg.fit_fraction * (hi - lo)) / D)) * D
+
+
+def replay_likes(cfg: ReplayConfig, funnel_config: Any, interactions: pl.DataFrame) -> ReplayConfig:
+    """`cfg` with the likes the funnel's ranker learns: a `like` task read from the rating offline
+    (no label map rule, no `rank.task_columns.like`, no like column: rating ≥ rank.like_threshold,
+    train/candidate_ranker.py) is replayed as a like per row with rating ≥ that threshold, unless
+    the replay config names its own like_column. Without it the online mode would send no like
+    and train the like head on zeros (a replay of configs/funnel/ml100k_mmoe.yaml did)."""
+    rank = funnel_config.rank
+    if cfg.like_column is not None or "like" not in rank.tasks:
+        return cfg
+    if any(r.task == "like" for r in funnel_config.labels.map.values()):
+        return cfg  # sent as its own event type (_row_events)
+    if (rank.task_columns.get("like") is None and rank.task_kinds.get("like", "binary") == "binary"
+            and "like" not in interactions.columns and "rating" in interactions.columns):
+        return dataclasses.replace(cfg, like_column="rating", like_threshold=float(rank.like_threshold))
+    return cfg
 
 
 def fit_for_replay(dataset: Dataset, funnel_config: Any, cfg: ReplayConfig, progress: bool = False) -> FittedReplay:

@@ -45,7 +45,8 @@ names. A map rule `view: {task: ctr, means: click}` makes ctr a positive of the 
 cart or purchase, weighted by the largest weight among the rules the sample matched, as the fit
 weights a pair by the largest weight among its positive rows; a valued rule (`watch: {task:
 watch, value: seconds}`) a watch-time task: y = watch_time > 0, weight = the seconds watched.
-Without a map, "ctr" ← click, "like" ← like, and a task named after a label column (click, like,
+Without a map, "ctr" ← any of them (the fit takes every row as a positive), "like" ← like, and a
+task named after a label column (click, like,
 purchase, cart) or with `rank.task_columns` naming one ← that column. A task the stream cannot
 label (its fit-time column, e.g. a rating, has no event) is a ConfigError naming it, raised when
 the learner starts, not at its first sample.
@@ -63,8 +64,11 @@ import polars as pl
 from funnelrec.core.errors import ConfigError, DataError
 from funnelrec.online.labels import LABEL_OF, SAMPLE_COLUMNS
 
-TASK_COLUMNS = {"ctr": "click", "like": "like"}  # without a label map: ranker task → the column that labels it
 LABELS = tuple(LABEL_OF.values())  # a sample's label columns (online/labels.py)
+# without a label map: ranker task → the columns that label it. ctr is fitted on every label row
+# as a positive (train/candidate_ranker.py: "interacted"), so online any event after the
+# impression is one — a like, a cart or a watch without a click too
+TASK_COLUMNS = {"ctr": LABELS, "like": ("like",)}
 UNRECALLED = ("random_pairs", "drop")
 
 
@@ -72,9 +76,8 @@ UNRECALLED = ("random_pairs", "drop")
 class TaskTarget:
     """How one ranker task is labelled from a sample's label columns (module doc): a positive of
     any of `columns`, weighted by the largest weight of the columns it has; `watch`: weighted LR
-    on watch_time (y = seconds > 0, weight = the seconds). One difference from the fit remains:
-    a sample's seconds are the sum over its label window (online/labels.py), a fitted pair's
-    weight the largest of its rows."""
+    on watch_time (y = seconds > 0, weight = the seconds). A sample's seconds are the sum over its
+    label window (online/labels.py), as a fitted pair's are the sum over its rows."""
 
     columns: tuple[tuple[str, float], ...]
     watch: bool = False
@@ -102,6 +105,7 @@ def task_targets(config: Any, tasks: tuple[str, ...] | list[str]) -> dict[str, T
     rank = getattr(config, "rank", None)
     kinds = dict(getattr(rank, "task_kinds", None) or {})
     columns = dict(getattr(rank, "task_columns", None) or {})
+    weights = dict(getattr(rank, "weight_columns", None) or {})
     online = ", ".join(LABEL_OF)
     owner: dict[str, tuple[str, str]] = {}  # online label column → (the first rule's event, its task)
     for ev, r in rules.items():
@@ -117,6 +121,13 @@ def task_targets(config: Any, tasks: tuple[str, ...] | list[str]) -> dict[str, T
         mine = [(ev, r) for ev, r in rules.items() if r.task == t]
         watch = kinds.get(t) == "watch_time"
         if mine:
+            # the map's own columns are label_<t> and weight_<t> (data/source.py: label_columns)
+            for key, given, own in (("task_columns", columns.get(t), f"label_{t}"),
+                                    ("weight_columns", weights.get(t), f"weight_{t}")):
+                if given not in (None, own):
+                    raise ConfigError(f"rank.{key}.{t}: {given!r} overrides labels.map for task {t!r} offline, and "
+                                      f"the online learner labels {t!r} from the map's events, so the two would "
+                                      f"learn different things: drop rank.{key}.{t} or the map's rules for {t!r}")
             cols: dict[str, float] = {}
             for ev, r in mine:
                 stored = r.means or ev
@@ -137,7 +148,7 @@ def task_targets(config: Any, tasks: tuple[str, ...] | list[str]) -> dict[str, T
         if watch and col in (None, "watch_time"):
             out[t] = TaskTarget((("watch_time", 1.0),), watch=True)
         elif col is None and t in TASK_COLUMNS:
-            out[t] = TaskTarget(((TASK_COLUMNS[t], 1.0),))
+            out[t] = TaskTarget(tuple((c, 1.0) for c in TASK_COLUMNS[t]))
         elif (col or t) in LABELS and (col or t) != "watch_time" and not watch:
             out[t] = TaskTarget(((col or t, 1.0),))
         else:
@@ -319,7 +330,8 @@ def candidate_samples(funnel: Any, positives: pl.DataFrame, shown: pl.DataFrame 
     fitted on (train/candidate_ranker.py, a label set): for each user of `positives`, the user's
     merged candidates — recall over the histories without the frames' own (user, item) pairs
     (`without_own_pairs`: the history the user had before these consumptions) — labelled with
-    the user's positives (each its own label columns) and 0 elsewhere; a `negative_rate` share
+    the user's positives (a pair's rows as one: each 0/1 column their max, watch seconds their
+    sum, as the fit and the label join count them) and 0 elsewhere; a `negative_rate` share
     of the unlabelled candidates is kept (the fit's `hard_negative_rate`; seeded by `seed`).
 
     Why: an organic positive has no shown negatives beside it; paired with the served top-k's
@@ -372,9 +384,17 @@ def candidate_samples(funnel: Any, positives: pl.DataFrame, shown: pl.DataFrame 
         merged = [m.subset(np.sort(np.argsort(-fused, kind="stable")[:top])) for m, (fused, _) in zip(merged, ranked)]
     I = max(ds.n_items, int(max(i.max(initial=0), si.max(initial=0))) + 1)
     pos_key = u.astype(np.int64) * I + i
-    first = {}  # (user, item) → the first positive row of it
-    for r, k in enumerate(pos_key.tolist()):
-        first.setdefault(k, r)
+    # a pair's positive rows as one label (the fit's pair: train/candidate_ranker.py): each 0/1
+    # column the max over them, watch seconds their sum, ts the first
+    pair_keys, inv = np.unique(pos_key, return_inverse=True)
+    lab_pair = {}
+    for c in cols:
+        a = np.zeros(len(pair_keys), np.float32)
+        (np.add if c == "watch_time" else np.maximum).at(a, inv, lab[c])
+        lab_pair[c] = a
+    ts_pair = np.full(len(pair_keys), np.iinfo(np.int64).max, np.int64)
+    np.minimum.at(ts_pair, inv, ts)
+    first = dict(zip(pair_keys.tolist(), range(len(pair_keys))))  # (user, item) → its pair's row
     shown_keys = set((su.astype(np.int64) * I + si).tolist())
     user_ts = {}
     for uu, t in zip(u.tolist(), ts.tolist()):
@@ -407,9 +427,9 @@ def candidate_samples(funnel: Any, positives: pl.DataFrame, shown: pl.DataFrame 
     rec = np.concatenate(out_x)
     X[:, :rec.shape[1]] = rec
     X[:, rec.shape[1]:] = _match_block(match, users, fresh, cu, ci)
-    labels = {c: np.where(rows >= 0, lab[c][np.maximum(rows, 0)], 0.0).astype(np.float32) for c in cols}
+    labels = {c: np.where(rows >= 0, lab_pair[c][np.maximum(rows, 0)], 0.0).astype(np.float32) for c in cols}
     t = np.concatenate(out_ts)
-    t = np.where(rows >= 0, ts[np.maximum(rows, 0)], t)
+    t = np.where(rows >= 0, ts_pair[np.maximum(rows, 0)], t)
     return RankSamples(cu, ci, X, np.ones(len(cu), bool), t, labels, dropped)
 
 

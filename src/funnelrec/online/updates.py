@@ -13,7 +13,8 @@ into new funnel components and never touches the served ones (a server may share
   own user's candidates, the form the ranker was fitted on — for a log whose positives are
   mostly organic, such as a ratings dataset replayed, where the served top-k holds a few
   percent of them) with the loss it was trained with (Σ_task BCE(logit_t, y_t);
-  ctr ← click, like ← like) on the features the served ranker sees (online/samples.py). The LR /
+  ctr ← any event, like ← like without a label map: `task_targets`) on the features the served
+  ranker sees (online/samples.py). The LR /
   wide parameters (`wide_parameters()` where the model has them, else every `LinearTerm` —
   the whole model for "lr") step with FTRL-Proximal (train/ftrl.py), warm-started so that a zero
   gradient leaves a weight where it is; the deep parameters step with Adam. `FidAdmission` grows
