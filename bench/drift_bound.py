@@ -60,7 +60,7 @@ def main() -> None:
     world_cfg = {**ob.WORLD, "seed": args.world_seed}
     ds = load_dataset("synthetic", **world_cfg)
     world = ds.extras["world"]
-    cfg = ob.synthetic_config(argparse.Namespace(resamples=100, learn="{}"))
+    cfg = ob.synthetic_config(argparse.Namespace(resamples=100, learn="{}"), loop=True)
     fitted = fit_for_replay(ds, ob.funnel_config({**ob.SYNTHETIC_COLUMNS, **json.loads(args.rank)}), cfg)
     names = sorted({t for ts in ds.items["tags"].to_list() for t in (ts or ())})
     code = {t: k for k, t in enumerate(names)}

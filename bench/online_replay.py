@@ -8,7 +8,8 @@ real-time state + online learning, through the real service. Prints one JSON obj
     replayed day by day (online/replay.py): each next day's NDCG@10 and AUC per mode, and
     online − static (and realtime − static) with the bootstrap 95 % CI over user-days. A like
     is a rating ≥ 4 (this bench's choice; the replay has no default); the learner's settings
-    are `REPLAY_LEARN` (below) in every case, `--learn` goes on top of them.
+    are `REPLAY_LEARN` (below) in every replayed case, `--learn` goes on top of them (case loop:
+    on top of the live learner's defaults, as online/loop.py runs them).
 (b) The synthetic world with a preference drift at day 15 (every user's two loved tags change;
     data/synthetic.py) over 24 days, so the cut falls at day 12: three pre-drift days replayed.
     Rows with click > 0 are the interactions, like > 0 the likes. NDCG@10 per day per mode, and
@@ -97,10 +98,12 @@ def learner_summary(steps: list[dict]) -> dict:
             "step_s_total": round(sum(r.get("step_s", 0.0) for r in steps), 1)}
 
 
-def synthetic_config(args) -> ReplayConfig:
-    """The replay config of the synthetic world's cases: clicks are the interactions, like > 0 a like."""
+def synthetic_config(args, loop: bool = False) -> ReplayConfig:
+    """The replay config of the synthetic world's cases: clicks are the interactions, like > 0 a
+    like. `loop`: --learn alone (closed_loop puts it over the live learner's defaults)."""
+    learn = json.loads(args.learn)
     return ReplayConfig(click_column="click", like_column="like", like_threshold=1.0,
-                        bootstrap_resamples=args.resamples, learn=merged_learn(REPLAY_LEARN, json.loads(args.learn)))
+                        bootstrap_resamples=args.resamples, learn=learn if loop else merged_learn(REPLAY_LEARN, learn))
 
 
 def run_case(ds, cfg: ReplayConfig, modes: list[str], funnel: FunnelConfig) -> tuple[dict, object]:
@@ -173,7 +176,7 @@ def main() -> None:
     ap.add_argument("--resamples", type=int, default=2000)
     ap.add_argument("--learn", default="{}", help="the replay's learn: section as JSON (LearnConfig keys, ranker:, "
                                                   "guardrail:), e.g. '{\"label_window_s\": 100000000}'; "
-                                                  "merged over REPLAY_LEARN")
+                                                  "merged over REPLAY_LEARN (case loop: over the live defaults)")
     ap.add_argument("--loop-control", action="store_true", help="case loop: also the world without the drift")
     ap.add_argument("--users-per-day", type=int, default=800, help="case loop: arrivals a day")
     ap.add_argument("--requests-per-user", type=int, default=2, help="case loop: requests per arrival")
@@ -214,7 +217,7 @@ def main() -> None:
     if "loop" in cases:
         from funnelrec.online.loop import LoopConfig
 
-        cfg = synthetic_config(args)
+        cfg = synthetic_config(args, loop=True)
         loop = LoopConfig(users_per_day=args.users_per_day, requests_per_user=args.requests_per_user)
         funnel = funnel_config({**SYNTHETIC_COLUMNS, **rank})
         out["loop_drift"] = {"world": dict(WORLD), **run_loop(load_dataset("synthetic", **WORLD), cfg, modes, funnel, loop)}

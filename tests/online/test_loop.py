@@ -120,3 +120,24 @@ def test_loop_errors(loop_runs):
     other = load_dataset("synthetic", n_users=100, n_items=50, n_interactions=1000, days=8, seed=1)
     with pytest.raises(DataError, match="give the dataset's own world"):
         closed_loop(fitted, other.extras["world"], "static", CFG, LOOP)
+
+
+def test_the_closed_loop_runs_the_live_learner_defaults(loop_runs, monkeypatch):
+    """Its users click on what they were shown, as in a deployment: the learner starts from the
+    live defaults (learn_base {}), not the replay's candidate form (REPLAY_LEARN)."""
+    import funnelrec.online.loop as loop_mod
+
+    _, fitted, _ = loop_runs
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def spy(*args, learn_base=None, **kw):
+        seen["learn_base"] = learn_base
+        raise Stop
+
+    monkeypatch.setattr(loop_mod, "mode_service", spy)
+    with pytest.raises(Stop):
+        closed_loop(fitted, fitted.dataset.extras["world"], "online", CFG, LOOP)
+    assert seen == {"learn_base": {}}

@@ -426,6 +426,10 @@ def test_the_replay_learner_starts_from_the_replay_settings_and_takes_learn_keys
     assert up.guardrail.group == "user" and up.guardrail.margin == 0.02
     _learner(Capture, tmp_path, tmp_path / "events.db", {"ranker": {"organic": "drop"}}, funnel, 86_400)
     assert got["updaters"][0].config.organic == "drop"
+    # base {} (the closed loop's): the live learner's defaults — impressions, FTRL α 0.2, a pooled AUC
+    _learner(Capture, tmp_path, tmp_path / "events.db", {"ranker": {"lr": 0.01}}, funnel, 86_400, base={})
+    (up,) = got["updaters"]
+    assert (up.config.organic, up.config.ftrl_alpha, up.config.lr, up.guardrail.group) == ("drop", 0.2, 0.01, "none")
 
 
 def test_replay_file_mistakes_are_named_as_replay_file_mistakes(tmp_path):

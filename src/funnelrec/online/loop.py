@@ -20,7 +20,9 @@ preferences in force at t, drift included) answer the funnel's own lists:
 3. feedback: the k impressions (every mode: the exposure filter), and in modes realtime and
    online the clicks, and a like for each liked click, on the request's id. Each request's
    draws come from a generator seeded by (seed, day, user, request), the same in every mode;
-4. mode online: one learner step at the end of the day and the reload (`mode_service`).
+4. mode online: one learner step at the end of the day and the reload (`mode_service`), with
+   the live learner's defaults (`cfg.learn` on top): here, as in a deployment, the clicks come
+   on what was shown, not the replay's organic positives (`REPLAY_LEARN`).
 
 Metric of a request: NDCG@k with graded gains g_i = P_t(click | u, i) (the truth, without the
 position bias) over the items the funnel may show then:
@@ -123,7 +125,9 @@ def closed_loop(fitted: FittedReplay, world: Any, mode: str, cfg: ReplayConfig, 
     rng_arrivals = np.random.default_rng([loop.seed, 0])
     out: dict[str, list] = {c: [] for c in ("day", "user_id", "request", "ts", "items", "clicked", "ndcg",
                                             "ndcg_candidates", "clicks", "expected_clicks", "model_version")}
-    with mode_service(fitted, mode, cfg, workdir, learn_log) as (client, end_of_day):
+    # the world's users click on the funnel's own lists, so the online learner runs the live
+    # defaults (impressions with their clicks), `cfg.learn` on top — not the replay's candidate form
+    with mode_service(fitted, mode, cfg, workdir, learn_log, learn_base={}) as (client, end_of_day):
         store_cfg = getattr(getattr(client.service, "exposure", None), "config", None)
         window = getattr(store_cfg, "window_s", None)
         window = 7 * DAY if window is None else int(window)

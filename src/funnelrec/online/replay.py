@@ -346,7 +346,8 @@ def fit_for_replay(dataset: Dataset, funnel_config: Any, cfg: ReplayConfig, prog
 
 
 # --------------------------------------------------------------------------------- the replay
-def _make_online(fitted: FittedReplay, cfg: ReplayConfig, workdir: Path) -> tuple[Any, Callable[[], None]]:
+def _make_online(fitted: FittedReplay, cfg: ReplayConfig, workdir: Path,
+                 learn_base: dict[str, Any] | None = None) -> tuple[Any, Callable[[], None]]:
     """An in-process service over a served directory (online/served.py: versions/vNNNNNN +
     CURRENT) and a state directory, the learner tailing that service's event log and publishing
     into the served directory, and the end-of-day step: one learner step, then the service
@@ -366,7 +367,7 @@ def _make_online(fitted: FittedReplay, cfg: ReplayConfig, workdir: Path) -> tupl
     loaded = current_dir(served)
     service = RecommenderService.from_artifact(loaded, state_dir=workdir / "state")
     learner = _learner(OnlineLearner, served, workdir / "state" / "events.db", dict(cfg.learn), fitted.funnel,
-                       cfg.day_seconds)
+                       cfg.day_seconds, REPLAY_LEARN if learn_base is None else learn_base)
     state = {"loaded": loaded}
     steps: list[dict[str, Any]] = []
 
@@ -395,7 +396,9 @@ def _make_online(fitted: FittedReplay, cfg: ReplayConfig, workdir: Path) -> tupl
 # moves at α = 0.05 (one day's update at 0.2 lost 0.01–0.05 of held-out GAUC as often as it
 # gained). With the library's live defaults (impressions only) a replay's online mode orders the
 # shown ten and not the candidates: on a generated shop log one accepted update took NDCG@10 from
-# 0.11 to 0.007 for the rest of the replay. docs/BENCHMARKS.md (Sessions 6 and 17).
+# 0.11 to 0.007 for the rest of the replay. docs/BENCHMARKS.md (Sessions 6 and 17). The live
+# defaults are right where users click on what they were shown: the closed loop (online/loop.py)
+# runs them, and there they beat these settings (0.309 vs 0.304 NDCG@10, Session 18).
 REPLAY_LEARN: dict[str, Any] = {"ranker": {"organic": "candidates", "ftrl_alpha": 0.05}, "guardrail": {"group": "user"}}
 
 
@@ -411,9 +414,10 @@ def merged_learn(base: dict[str, Any], override: dict[str, Any]) -> dict[str, An
     return out
 
 
-def _learner(cls: Any, served: Path, events: Path, learn: dict[str, Any], funnel: Any, day_seconds: int) -> Any:
+def _learner(cls: Any, served: Path, events: Path, learn: dict[str, Any], funnel: Any, day_seconds: int,
+             base: dict[str, Any] = REPLAY_LEARN) -> Any:
     """OnlineLearner over the served directory and the service's event log. `learn` (the replay
-    config's `learn:`, over `REPLAY_LEARN`): LearnConfig keys, plus `ranker:` (RankerUpdateConfig
+    config's `learn:`, over `base`: `REPLAY_LEARN`, or {} for the live defaults): LearnConfig keys, plus `ranker:` (RankerUpdateConfig
     keys) for the fine ranker's update when the funnel has one, guarded by an AUCGuardrail at
     `guardrail_margin` (`guardrail:` its other keys, e.g. on_undefined).
     The label window defaults to one replayed day: the day's impressions (at its start) wait
@@ -424,7 +428,7 @@ def _learner(cls: Any, served: Path, events: Path, learn: dict[str, Any], funnel
     from funnelrec.online.source import EventLogSource
     from funnelrec.online.updates import RankerUpdateConfig, RankerUpdater
 
-    learn = merged_learn(REPLAY_LEARN, dict(learn))
+    learn = merged_learn(base, dict(learn))
     ranker = learn.pop("ranker", {})
     guard = dict(learn.pop("guardrail", {}))  # AUCGuardrail keys other than margin (task, on_undefined)
     learn.setdefault("label_window_s", day_seconds)
@@ -464,19 +468,21 @@ def replay(fitted: FittedReplay, mode: str, cfg: ReplayConfig, client: ReplayCli
 
 @contextmanager
 def mode_service(fitted: FittedReplay, mode: str, cfg: ReplayConfig, workdir: str | Path | None = None,
-                 learn_log: list | None = None) -> Iterator[tuple[ServiceClient, Callable[[], None] | None]]:
+                 learn_log: list | None = None, learn_base: dict[str, Any] | None = None
+                 ) -> Iterator[tuple[ServiceClient, Callable[[], None] | None]]:
     """(client, end_of_day) of a fresh in-process service serving `fitted.funnel` in `mode`:
     static and realtime a `RecommenderService` over it (end_of_day None); online one over a
     served directory under `workdir` (a temporary one by default) with its learner, end_of_day
     = one learner step and the reload (`_make_online`). Closed on exit; `learn_log` gets each
-    learner step's report."""
+    learner step's report. `learn_base`: the learner settings `cfg.learn` goes on top of
+    (default `REPLAY_LEARN`; {} = the live learner's defaults, online/loop.py)."""
     if mode not in MODES:
         raise ConfigError(f"replay mode must be one of {', '.join(MODES)}, got {mode!r}")
     end_of_day: Callable[[], None] | None = None
     tmp = None
     if mode == "online":
         tmp = tempfile.TemporaryDirectory(prefix="funnelrec-replay-") if workdir is None else None
-        service, end_of_day = _make_online(fitted, cfg, Path(workdir or tmp.name))
+        service, end_of_day = _make_online(fitted, cfg, Path(workdir or tmp.name), learn_base)
     else:
         from funnelrec.pipeline.service import RecommenderService
 
