@@ -465,3 +465,10 @@ def test_a_like_task_read_from_the_rating_is_replayed_as_likes(ml100k):
     plain = FunnelConfig.load(configs / "ml100k.yaml")
     assert "like" not in plain.rank.tasks and replay_likes(ReplayConfig(), plain, inter) == ReplayConfig()
     assert replay_likes(ReplayConfig(), mmoe, inter.drop("rating")) == ReplayConfig()
+    # like read from a column of its own, or mapped from an event type (sent as that type): unchanged
+    own_col = dc.replace(mmoe, rank=dc.replace(mmoe.rank, task_columns={"like": "liked"}))
+    assert replay_likes(ReplayConfig(), own_col, inter) == ReplayConfig()
+    from funnelrec.data.source import LabelRule, LabelSpec
+
+    mapped = dc.replace(mmoe, labels=LabelSpec("event_type", {"heart": LabelRule(task="like")}))
+    assert replay_likes(ReplayConfig(), mapped, inter) == ReplayConfig()

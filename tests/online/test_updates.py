@@ -217,9 +217,9 @@ def test_candidate_samples_are_the_users_candidates_labelled_by_its_positives(wo
 
 
 def test_candidate_samples_count_a_pairs_rows_as_one_label(world):
-    """A pair with several positive rows in the window (a click, later a like with a watch, then
-    another watch) is one sample: each 0/1 label its rows' max, the watch seconds their sum, ts
-    the first, as the fit's pair (train/candidate_ranker.py) and the label join count them."""
+    """A pair with several positive rows in the window (a like with a watch, an earlier click,
+    another watch) is one sample: each label its rows' largest (watch seconds too), ts the
+    earliest, as the fit counts a pair (train/candidate_ranker.py `_label_table`)."""
     from funnelrec.online.samples import candidate_samples
 
     f = world["funnel"]
@@ -229,13 +229,13 @@ def test_candidate_samples_count_a_pairs_rows_as_one_label(world):
     u, i = int(s0.users[0]), int(s0.items[0])  # a recalled positive
     uid, iid = str(ds.users["user_id"][u]), str(ds.items["item_id"][i])
     rest = organic.filter((pl.col("user_id") != uid) | (pl.col("item_id") != iid))
-    rows = _frame([(uid, iid, 500, None, 1, 0, 0.0, 0), (uid, iid, 900, None, 0, 1, 30.0, 0),
+    rows = _frame([(uid, iid, 900, None, 0, 1, 30.0, 0), (uid, iid, 500, None, 1, 0, 0.0, 0),
                    (uid, iid, 700, None, 0, 0, 20.0, 0)])
     s = candidate_samples(f, pl.concat([rest, rows], how="vertical_relaxed"), shown, negative_rate=0.0)
     at = [k for k, (a, b) in enumerate(zip(s.users.tolist(), s.items.tolist())) if (a, b) == (u, i)]
     assert len(at) == 1 and len(s) == len(s0)
     k = at[0]
-    assert (s.labels["click"][k], s.labels["like"][k], s.labels["watch_time"][k], int(s.ts[k])) == (1, 1, 50.0, 500)
+    assert (s.labels["click"][k], s.labels["like"][k], s.labels["watch_time"][k], int(s.ts[k])) == (1, 1, 30.0, 500)
 
 
 def test_candidate_samples_top_labels_the_served_top_only(world):

@@ -55,12 +55,12 @@ def test_a_fitted_ranker_holds_every_channels_baseline(world):
     assert base["itemcf"] != base["hot"]  # two orders, two scores
 
 
-def test_a_repeated_label_pairs_weight_by_hand():
+def test_a_repeated_label_pairs_weight_is_its_positive_rows_max_by_hand():
     """Label rows of pair (0, 1): watch 0.5 s and 0 s → watch-time positive, weight 0.5 (the row
-    with no watch is not a positive and has no say); pair (0, 2): watch 30 s and 90 s → 120, the
-    seconds watched (as the online label join sums a window's watches); pair (1, 0): one row,
-    watch 0 → not a positive, weight 1; ts is each pair's first event. A binary task's weight is
-    its positive rows' max: conversion rows of weight 1 and 3 → 3."""
+    with no watch is not a positive and has no say); pair (0, 2): watch 30 s and 90 s → 90 (a sum
+    would count a valueless watch rule's rows, where online labels 0/1); pair (1, 0): one row,
+    watch 0 → not a positive, weight 1; ts is each pair's first event. A binary task the same:
+    conversion rows of weight 1 and 3 → 3."""
     import polars as pl
 
     from funnelrec.train.candidate_ranker import CandidateRankerConfig, LabelSet
@@ -75,6 +75,6 @@ def test_a_repeated_label_pairs_weight_by_hand():
     t = CandidateRanker(cfg)._label_table(s)
     assert t["key"].tolist() == [1, 2, 3]  # u · 3 + i
     assert t["ts"].tolist() == [40, 7, 3]
-    assert t["y_watch_time"].tolist() == [1.0, 1.0, 0.0] and t["w_watch_time"].tolist() == [0.5, 120.0, 1.0]
+    assert t["y_watch_time"].tolist() == [1.0, 1.0, 0.0] and t["w_watch_time"].tolist() == [0.5, 90.0, 1.0]
     assert t["y_conv"].tolist() == [0.0, 1.0, 0.0] and t["w_conv"].tolist() == [1.0, 3.0, 1.0]
     assert t["y_ctr"].tolist() == [1.0, 1.0, 1.0] and t["w_ctr"].tolist() == [1.0, 1.0, 1.0]

@@ -76,8 +76,9 @@ UNRECALLED = ("random_pairs", "drop")
 class TaskTarget:
     """How one ranker task is labelled from a sample's label columns (module doc): a positive of
     any of `columns`, weighted by the largest weight of the columns it has; `watch`: weighted LR
-    on watch_time (y = seconds > 0, weight = the seconds). A sample's seconds are the sum over its
-    label window (online/labels.py), as a fitted pair's are the sum over its rows."""
+    on watch_time (y = seconds > 0, weight = the seconds). One difference from the fit remains:
+    a sample's seconds are the sum over its label window (online/labels.py), a fitted pair's
+    weight the largest of its rows (a pair's samples in the candidate form: their largest too)."""
 
     columns: tuple[tuple[str, float], ...]
     watch: bool = False
@@ -330,8 +331,8 @@ def candidate_samples(funnel: Any, positives: pl.DataFrame, shown: pl.DataFrame 
     fitted on (train/candidate_ranker.py, a label set): for each user of `positives`, the user's
     merged candidates — recall over the histories without the frames' own (user, item) pairs
     (`without_own_pairs`: the history the user had before these consumptions) — labelled with
-    the user's positives (a pair's rows as one: each 0/1 column their max, watch seconds their
-    sum, as the fit and the label join count them) and 0 elsewhere; a `negative_rate` share
+    the user's positives (a pair's rows as one: each label column their largest, ts their
+    first, as the fit counts a pair) and 0 elsewhere; a `negative_rate` share
     of the unlabelled candidates is kept (the fit's `hard_negative_rate`; seeded by `seed`).
 
     Why: an organic positive has no shown negatives beside it; paired with the served top-k's
@@ -384,13 +385,13 @@ def candidate_samples(funnel: Any, positives: pl.DataFrame, shown: pl.DataFrame 
         merged = [m.subset(np.sort(np.argsort(-fused, kind="stable")[:top])) for m, (fused, _) in zip(merged, ranked)]
     I = max(ds.n_items, int(max(i.max(initial=0), si.max(initial=0))) + 1)
     pos_key = u.astype(np.int64) * I + i
-    # a pair's positive rows as one label (the fit's pair: train/candidate_ranker.py): each 0/1
-    # column the max over them, watch seconds their sum, ts the first
+    # a pair's positive rows as one label, as the fit counts a pair (train/candidate_ranker.py
+    # `_label_table`): each label column the largest over them (watch seconds too), ts the first
     pair_keys, inv = np.unique(pos_key, return_inverse=True)
     lab_pair = {}
     for c in cols:
         a = np.zeros(len(pair_keys), np.float32)
-        (np.add if c == "watch_time" else np.maximum).at(a, inv, lab[c])
+        np.maximum.at(a, inv, lab[c])
         lab_pair[c] = a
     ts_pair = np.full(len(pair_keys), np.iinfo(np.int64).max, np.int64)
     np.minimum.at(ts_pair, inv, ts)

@@ -35,7 +35,7 @@ Tasks are free names, each a label of the label interactions (`task_label`):
 - per-task sample weights: `weight_columns[t]` names a column whose value weights t's positives
   (negatives 1); `task_weights[t]` weighs t's loss (default 1);
 - a watch-time task (`task_kinds[t] = "watch_time"`): weighted LR (Covington et al. 2016) —
-  label = column > 0, positives weighted by the watch time (a pair's rows summed), negatives by 1; at the optimum
+  label = column > 0, positives weighted by the watch time, negatives by 1; at the optimum
   exp(z) = Σ_pos T / N_neg ≈ E[T], so the served value is exp(z) (`predict`); its logit z =
   log E[T] enters the fusion like any task's, so fused = Σ_t w_t·z_t ranks by
   odds(ctr)^w_ctr · E[T]^w_watch — the multiplicative fusion of ctr and watch time;
@@ -446,15 +446,14 @@ class CandidateRanker:
         frame = lab.select((pl.col("user_idx").cast(pl.Int64) * I + pl.col("item_idx").cast(pl.Int64)).alias("key"),
                            ts.alias("ts"), *exprs)
         # a weight counts on the task's positive rows only: a positive watch of 0.5 s beside a
-        # row with no watch is weight 0.5, not the 1.0 of the row that is not a positive. A
-        # watch-time task's pair weighs the seconds of all its rows (three sessions of 60 s are
-        # 180 s watched, as the online label join sums a window's watch events); any other task
-        # the largest weight among its positive rows (a view and a purchase: the purchase's)
+        # row with no watch is weight 0.5, not the 1.0 of the row that is not a positive. The
+        # largest among them, for a watch-time task too: summing would count a pair's rows where
+        # a label map's watch rule has no value (init's `play: {task: watch_time}`: every row 1),
+        # which the online learner labels 0/1 (online/samples.py `TaskTarget`)
         aggs = []
         for t in cfg.tasks:
-            w = pl.col(f"w_{t}").filter(pl.col(f"y_{t}") > 0)
-            w = w.sum() if cfg.kind(t) == "watch_time" else w.max()
-            aggs += [pl.col(f"y_{t}").max(), pl.when(pl.col(f"y_{t}").max() > 0).then(w).otherwise(1.0).alias(f"w_{t}")]
+            aggs += [pl.col(f"y_{t}").max(),
+                     pl.col(f"w_{t}").filter(pl.col(f"y_{t}") > 0).max().fill_null(1.0).alias(f"w_{t}")]
         agg = frame.group_by("key").agg(pl.col("ts").min(), *aggs).sort("key")
         return {c: agg[c].to_numpy() for c in agg.columns}
 
