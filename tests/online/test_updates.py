@@ -782,6 +782,15 @@ def test_vector_updater_refreshes_every_interval_and_rebuilds_the_index(world):
         f2, world["samples"], world["holdout"])
     with pytest.raises(ConfigError, match="no fitted vector channel"):
         VectorUpdater(VectorUpdateConfig(channel="itemcf")).update(f, world["samples"], world["holdout"])
+    # a cart without a click is a positive too (the tower was fitted on every interaction): the
+    # user's history leads with the carted item; impressions alone change nothing
+    u_id, i_id = str(ds.users["user_id"][u0]), str(ds.items["item_id"][3])
+    t = int(world["samples"]["ts"].max()) + 10
+    cart = _frame([(u_id, i_id, t, "r", 0, 0, 0.0, 0)]).with_columns(pl.lit(1, pl.Int8).alias("cart"))
+    got = VectorUpdater(up.config).update(f, cart, world["holdout"])["channels/vector"]
+    assert int(got.features_.hist[u0, 0]) == 3
+    shown = _frame([(u_id, i_id, t, "r", 0, 0, 0.0, 0)])
+    assert VectorUpdater(up.config).update(f, shown, world["holdout"]) == {}
 
 
 def test_wide_and_deep_ranker_updates_both_parts_and_grows_every_table(world, tmp_path):

@@ -22,7 +22,7 @@ into new funnel components and never touches the served ones (a server may share
   served ranker on `holdout` (its recalled samples: what the ranker orders when serving) and raises
   GuardrailRefused when it is worse by more than its margin.
 - `VectorUpdater` ("channels/<name>"): every `interval` seconds (event time) fine-tunes a copy of
-  the two-tower of a vector channel on the recent positives (clicks) with the channel's own loss,
+  the two-tower of a vector channel on the recent positives (any event) with the channel's own loss,
   puts them in front of the users' tower histories, re-embeds every item and rebuilds the index.
 
 FTRL warm start. FTRL's weight is a function of its state, w = −(z − sign(z)·λ1)/((β + √n)/α + λ2)
@@ -503,7 +503,7 @@ class VectorUpdateConfig:
 
 
 class VectorUpdater:
-    """Fine-tunes a copy of a vector channel's two-tower on the samples' clicks every `interval`
+    """Fine-tunes a copy of a vector channel's two-tower on the samples' positives every `interval`
     seconds and rebuilds its index (module doc). "Now" is `clock()` or the latest sample time;
     the time of the last refresh travels with the channel (`online_updated_at_`)."""
 
@@ -535,14 +535,16 @@ class VectorUpdater:
         if last is not None and now - last < cfg.interval:
             self.last_report_ = {"skipped": f"{now - last:.0f} s since the last refresh < interval {cfg.interval:g}"}
             return {}
-        clicks = samples.filter(pl.col("click") == 1).sort("ts")
+        # every consumption, as the channel was fitted on every interaction row and the
+        # learner's count updates take them (a like, cart or watch without a click too)
+        clicks = _positives(samples).sort("ts")
         ds = funnel.dataset_
         u = ds.user_ids.indices(clicks["user_id"].cast(pl.Utf8).to_list())
         i = ds.item_ids.indices(clicks["item_id"].cast(pl.Utf8).to_list())
         I_fit = ch.features_.item_attrs.shape[0]
         ok = (u >= 0) & (u < ch.features_.hist.shape[0]) & (i >= 0) & (i < I_fit)
         if not ok.any():
-            self.last_report_ = {"skipped": "no click on a user and item the tower knows"}
+            self.last_report_ = {"skipped": "no positive on a user and item the tower knows"}
             return {}
         t0 = time.perf_counter()
         new = fine_tune_vector(ch, u[ok], i[ok], cfg)
