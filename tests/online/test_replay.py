@@ -441,6 +441,14 @@ def test_replay_file_mistakes_are_named_as_replay_file_mistakes(tmp_path):
         load_replay_file(f)
     with pytest.raises(ConfigError, match="learn.ranker: expected a mapping"):
         merged_learn(REPLAY_LEARN, {"ranker": None})
+    # a wrong learn: key or value is named when the file loads, before a fit of minutes
+    for body, named in (("{rankr: {}}", "unknown key 'rankr' in replay config.learn"),
+                        ("{ranker: {organic: sometimes}}", "learn.ranker.organic must be"),
+                        ("{guardrail: {colour: red}}", "learn.guardrail"),
+                        ("{label_window_s: -5}", "label_window_s")):
+        f.write_text(f"replay: {{learn: {body}}}\n")
+        with pytest.raises(ConfigError, match=named):
+            load_replay_file(f)
 
 
 def test_a_like_task_read_from_the_rating_is_replayed_as_likes(ml100k):

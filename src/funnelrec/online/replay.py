@@ -414,19 +414,18 @@ def merged_learn(base: dict[str, Any], override: dict[str, Any]) -> dict[str, An
     return out
 
 
-def _learner(cls: Any, served: Path, events: Path, learn: dict[str, Any], funnel: Any, day_seconds: int,
-             base: dict[str, Any] = REPLAY_LEARN) -> Any:
-    """OnlineLearner over the served directory and the service's event log. `learn` (the replay
-    config's `learn:`, over `base`: `REPLAY_LEARN`, or {} for the live defaults): LearnConfig keys, plus `ranker:` (RankerUpdateConfig
-    keys) for the fine ranker's update when the funnel has one, guarded by an AUCGuardrail at
-    `guardrail_margin` (`guardrail:` its other keys, e.g. on_undefined).
-    The label window defaults to one replayed day: the day's impressions (at its start) wait
-    for the day's clicks."""
+def check_learn(learn: dict[str, Any], day_seconds: int, base: dict[str, Any] = REPLAY_LEARN) -> tuple[Any, Any, Any]:
+    """(LearnConfig, RankerUpdateConfig, AUCGuardrail) of a replay config's `learn:` over `base`
+    (`REPLAY_LEARN`, or {} for the live defaults): LearnConfig keys, plus `ranker:`
+    (RankerUpdateConfig keys) for the fine ranker's update, guarded by an AUCGuardrail at
+    `guardrail_margin` (`guardrail:` its other keys, e.g. on_undefined). The label window
+    defaults to one replayed day: the day's impressions (at its start) wait for the day's
+    clicks. A wrong key or value is a ConfigError naming it, raised when the replay config is
+    loaded (`load_replay_file`), not after the fit."""
     from funnelrec.core.config import from_dict
     from funnelrec.online.guardrail import AUCGuardrail
     from funnelrec.online.learner import LearnConfig
-    from funnelrec.online.source import EventLogSource
-    from funnelrec.online.updates import RankerUpdateConfig, RankerUpdater
+    from funnelrec.online.updates import RankerUpdateConfig
 
     learn = merged_learn(base, dict(learn))
     ranker = learn.pop("ranker", {})
@@ -436,14 +435,23 @@ def _learner(cls: Any, served: Path, events: Path, learn: dict[str, Any], funnel
     # FidAdmission as ttl 0, refused there (> 0 or None); ten years of event time is "never" here
     learn.setdefault("ttl_s", 10 * 365 * DAY)
     config = from_dict(LearnConfig, learn, "replay config", path="learn")
-    updaters = []
-    if funnel.ranker_ is not None:
-        rcfg = from_dict(RankerUpdateConfig, ranker, "replay config", path="learn.ranker")
-        try:
-            guardrail = AUCGuardrail(config.guardrail_margin, **guard)
-        except TypeError as e:
-            raise ConfigError(f"replay config: learn.guardrail: {e}") from None
-        updaters.append(RankerUpdater(rcfg, guardrail))
+    rcfg = from_dict(RankerUpdateConfig, ranker, "replay config", path="learn.ranker")
+    try:
+        guardrail = AUCGuardrail(config.guardrail_margin, **guard)
+    except TypeError as e:
+        raise ConfigError(f"replay config: learn.guardrail: {e}") from None
+    return config, rcfg, guardrail
+
+
+def _learner(cls: Any, served: Path, events: Path, learn: dict[str, Any], funnel: Any, day_seconds: int,
+             base: dict[str, Any] = REPLAY_LEARN) -> Any:
+    """OnlineLearner over the served directory and the service's event log, with the settings
+    of `check_learn(learn, day_seconds, base)`; the ranker's update when the funnel has one."""
+    from funnelrec.online.source import EventLogSource
+    from funnelrec.online.updates import RankerUpdater
+
+    config, rcfg, guardrail = check_learn(learn, day_seconds, base)
+    updaters = [RankerUpdater(rcfg, guardrail)] if funnel.ranker_ is not None else []
     return cls(served, EventLogSource(events), config, updaters=updaters)
 
 
@@ -663,6 +671,7 @@ def load_replay_file(path: str | Path | None) -> tuple[ReplayConfig, Any, dict[s
         return ReplayConfig(), FunnelConfig.load(path), {}
     f = from_dict(ReplayFile, raw, f"replay config {path}")
     cfg = from_dict(ReplayConfig, f.replay, f"replay config {path}", path="replay")
+    check_learn(cfg.learn, cfg.day_seconds)  # a wrong learn: key now, not after the fit
     funnel = None
     if isinstance(f.funnel, str):
         fp = Path(f.funnel) if Path(f.funnel).is_absolute() else path.parent / f.funnel
