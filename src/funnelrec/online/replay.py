@@ -347,7 +347,7 @@ def fit_for_replay(dataset: Dataset, funnel_config: Any, cfg: ReplayConfig, prog
 
 # --------------------------------------------------------------------------------- the replay
 def _make_online(fitted: FittedReplay, cfg: ReplayConfig, workdir: Path,
-                 learn_base: dict[str, Any] | None = None) -> tuple[Any, Callable[[], None]]:
+                 learn_base: dict[str, Any]) -> tuple[Any, Callable[[], None]]:
     """An in-process service over a served directory (online/served.py: versions/vNNNNNN +
     CURRENT) and a state directory, the learner tailing that service's event log and publishing
     into the served directory, and the end-of-day step: one learner step, then the service
@@ -367,7 +367,7 @@ def _make_online(fitted: FittedReplay, cfg: ReplayConfig, workdir: Path,
     loaded = current_dir(served)
     service = RecommenderService.from_artifact(loaded, state_dir=workdir / "state")
     learner = _learner(OnlineLearner, served, workdir / "state" / "events.db", dict(cfg.learn), fitted.funnel,
-                       cfg.day_seconds, REPLAY_LEARN if learn_base is None else learn_base)
+                       cfg.day_seconds, learn_base)
     state = {"loaded": loaded}
     steps: list[dict[str, Any]] = []
 
@@ -476,7 +476,7 @@ def replay(fitted: FittedReplay, mode: str, cfg: ReplayConfig, client: ReplayCli
 
 @contextmanager
 def mode_service(fitted: FittedReplay, mode: str, cfg: ReplayConfig, workdir: str | Path | None = None,
-                 learn_log: list | None = None, learn_base: dict[str, Any] | None = None
+                 learn_log: list | None = None, learn_base: dict[str, Any] = REPLAY_LEARN
                  ) -> Iterator[tuple[ServiceClient, Callable[[], None] | None]]:
     """(client, end_of_day) of a fresh in-process service serving `fitted.funnel` in `mode`:
     static and realtime a `RecommenderService` over it (end_of_day None); online one over a

@@ -537,10 +537,10 @@ class VectorUpdater:
             return {}
         # every consumption, as the channel was fitted on every interaction row and the
         # learner's count updates take them (a like, cart or watch without a click too)
-        clicks = _positives(samples).sort("ts")
+        pos = _positives(samples).sort("ts")
         ds = funnel.dataset_
-        u = ds.user_ids.indices(clicks["user_id"].cast(pl.Utf8).to_list())
-        i = ds.item_ids.indices(clicks["item_id"].cast(pl.Utf8).to_list())
+        u = ds.user_ids.indices(pos["user_id"].cast(pl.Utf8).to_list())
+        i = ds.item_ids.indices(pos["item_id"].cast(pl.Utf8).to_list())
         I_fit = ch.features_.item_attrs.shape[0]
         ok = (u >= 0) & (u < ch.features_.hist.shape[0]) & (i >= 0) & (i < I_fit)
         if not ok.any():
