@@ -149,6 +149,10 @@ def serve(artifact: Path | None = typer.Option(None, help="a funnel saved by `fu
           stream_retention_s: int = typer.Option(
               7 * 86400, help="with --redis-url: seconds of events the feedback stream keeps (trimmed at each "
                               "append; 0 = never trimmed). A learner further behind loses events and logs it"),
+          log_retention_s: int = typer.Option(
+              0, help="seconds of events the event log (state_dir/events.db) keeps, trimmed as feedback arrives "
+                      "(0 = every event is kept: the log grows with the traffic). A learner further behind loses "
+                      "events and logs it"),
           experiments: Path | None = typer.Option(None, help="experiments YAML (layers, variants, rollouts)"),
           workers: int = typer.Option(1, help="worker processes on one port (one per core)"),
           threads: int = typer.Option(1, help="torch threads per worker"),
@@ -171,7 +175,7 @@ def serve(artifact: Path | None = typer.Option(None, help="a funnel saved by `fu
                              max_in_flight=max_in_flight, max_batch=max_batch, threads=threads, workers=workers,
                              admin_token_file=None if admin_token_file is None else str(admin_token_file),
                              log_level="info", watch=None if watch is None else str(watch),
-                             stream_retention_s=stream_retention_s))
+                             stream_retention_s=stream_retention_s, log_retention_s=log_retention_s))
     if code:
         raise typer.Exit(code)
 

@@ -465,6 +465,35 @@ def test_a_learner_the_stream_retention_outran_reports_the_gap(learn_world, tmp_
     client.close()
 
 
+def test_a_learner_the_event_log_retention_outran_reports_the_gap(learn_world, tmp_path, caplog):
+    """The SQLite log's retention (serve --log-retention-s) trimmed events the learner had not read:
+    the step reports it, names the knob, and learns from what the log still holds."""
+    import logging
+
+    _, _, tail, art = learn_world
+    events = _stream(tail[:4])  # 8 events
+    served = tmp_path / "served"
+    Publisher(served).init(art)
+    now = [1000.0]
+    log = EventLog(tmp_path / "state" / "events.db", retention_s=60, trim_every_s=0, clock=lambda: now[0])
+    log.append(events[:6])      # seq 1–6 at t 1000
+    learner = OnlineLearner(served, EventLogSource(tmp_path / "state" / "events.db"), LearnConfig(batch_limit=2))
+    first = learner.run_once()
+    assert first["events"] == 2 and first["offset"] == "2" and "stream_gap" not in first
+    now[0] = 2000.0
+    log.append(events[6:])      # seq 7–8; the append trims seq 1–6
+    with caplog.at_level(logging.ERROR, logger="funnelrec.online.learner"):
+        second = learner.run_once()
+    assert second["stream_gap"]["after"] == "2" and second["stream_gap"]["trimmed_up_to"] == "6"
+    assert second["events"] == 2 and second["offset"] == "8" and learner.events_seen == 4
+    assert any("trimmed from the event log" in r.getMessage() and "--log-retention-s" in r.getMessage()
+               for r in caplog.records)
+    third = learner.run_once()
+    assert third["events"] == 0 and "stream_gap" not in third
+    learner.close()
+    log.close()
+
+
 def test_learn_cli_errors_are_one_line_and_exit_2(learn_world, tmp_path):
     _, _, _, art = learn_world
     env = {**os.environ, "FUNNELREC_THREADS": "1"}

@@ -234,6 +234,10 @@ def test_a_negative_stream_retention_is_a_one_line_error(funnel_artifacts):
                         "--stream-retention-s", "-5"], capture_output=True, timeout=120)
     err = p.stderr.decode().strip()
     assert p.returncode == 2 and err == "error: --stream-retention-s must be ≥ 0 seconds (0 = never trimmed), got -5", err
+    p = subprocess.run([sys.executable, "-m", "funnelrec.serving", "--artifact", str(artifact),
+                        "--log-retention-s", "-1"], capture_output=True, timeout=120)
+    err = p.stderr.decode().strip()
+    assert p.returncode == 2 and err == "error: --log-retention-s must be ≥ 0 seconds (0 = keep every event), got -1", err
 
 
 def test_the_serve_settings_reach_every_workers_service_config():
@@ -246,10 +250,11 @@ def test_the_serve_settings_reach_every_workers_service_config():
     from funnelrec.serving.__main__ import ServeSettings, _service_config
 
     s = ServeSettings(artifact="a", max_in_flight=3, max_batch=1, eventlog_sync="NORMAL", watch="served",
-                      stream_retention_s=60)
+                      stream_retention_s=60, log_retention_s=3600)
     cfg = _service_config(json.loads(json.dumps({**asdict(s), "started_ns": 1234})))
     assert (cfg.max_in_flight, cfg.max_batch, cfg.eventlog_synchronous, cfg.watch_dir, cfg.started_ns,
-            cfg.redis_stream_retention_s) == (3, 1, "NORMAL", "served", 1234, 60)
+            cfg.redis_stream_retention_s, cfg.eventlog_retention_s) == (3, 1, "NORMAL", "served", 1234, 60, 3600)
     default = _service_config(asdict(ServeSettings(artifact="a", stream_retention_s=0)))
     assert (default.max_in_flight, default.max_batch, default.eventlog_synchronous, default.watch_dir,
-            default.started_ns, default.redis_stream_retention_s) == (64, 8, "FULL", None, None, None)  # 0 = never trimmed
+            default.started_ns, default.redis_stream_retention_s, default.eventlog_retention_s) == (
+        64, 8, "FULL", None, None, None, None)  # 0 = never trimmed / every event kept

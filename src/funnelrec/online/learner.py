@@ -79,7 +79,7 @@ from funnelrec.core.sqlite import enable_wal
 from funnelrec.online.labels import PENDING_SCHEMA, LabelJoin, empty_samples
 from funnelrec.online.publish import Publisher
 from funnelrec.online.served import STATUS, current_version, version_dir, write_atomic
-from funnelrec.online.source import EventSource
+from funnelrec.online.source import EventLogSource, EventSource
 from funnelrec.pipeline.eventlog import EVENT_TYPES, MAX_TS, POSITIVE_TYPES
 from funnelrec.pipeline.funnel import Funnel
 
@@ -238,9 +238,10 @@ class OnlineLearner:
         if gap is not None:  # the stream's retention outran this learner: those events are gone
             self.stream_gap = {"after": self.offset, "trimmed_up_to": gap, "at": time.time()}
             report["stream_gap"] = self.stream_gap
-            _log.error("events after offset %s up to %s were trimmed from the stream before this learner "
-                       "read them (lost to it): raise redis_stream_retention_s or keep the learner running",
-                       self.offset, gap)
+            _log.error("events after offset %s up to %s were trimmed from the %s before this learner read "
+                       "them (lost to it): raise the server's %s or keep the learner running",
+                       self.offset, gap, *(("event log", "--log-retention-s") if isinstance(self.source, EventLogSource)
+                                           else ("stream", "--stream-retention-s")))
         if not events.height:
             self._write_status(report, t0, None)
             return report

@@ -7,6 +7,9 @@ writes to). Both answer the same question — the events after an offset, in app
 - `EventLogSource(path)`: pipeline/eventlog.py's events.db; offset = `seq` (an int as a string,
   "0" = from the start). Read through its own connection, so a learner and the server (which
   appends) are two processes on one WAL file.
+
+After each `read`, `source.gap` is the newest offset the source's retention deleted when that lies
+after the offset read from (those events are lost to this reader; the learner logs it), else None.
 - `RedisStreamSource(url, key)`: XRANGE over the stream the service XADDs every accepted
   feedback event to (`ServiceConfig.redis_stream`); offset = the stream id ("0-0" = from the
   start), read exclusive of `after`.
@@ -26,6 +29,7 @@ from typing import Protocol
 import polars as pl
 
 from funnelrec.core.errors import ArtifactError, ConfigError, DataError
+from funnelrec.pipeline.eventlog import log_trimmed_up_to
 
 #: columns of every source's events (as in the event log), plus "offset" (str)
 EVENT_COLUMNS = ("request_id", "user_id", "item_id", "type", "value", "ts", "received_at", "experiments")
@@ -56,6 +60,7 @@ class EventLogSource:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self.gap: str | None = None  # after each `read`: as RedisStreamSource.gap (the module doc)
         if not self.path.is_file():
             raise ConfigError(f"event log {self.path} not found (the server's --state-dir holds events.db)")
         try:
@@ -73,6 +78,8 @@ class EventLogSource:
             raise DataError(f"event log offset must be an integer seq, got {after!r}") from None
 
     def read(self, after: str, limit: int) -> tuple[pl.DataFrame, str]:
+        trimmed = log_trimmed_up_to(self._db)  # the server's retention (pipeline/eventlog.py)
+        self.gap = str(trimmed) if trimmed > self._seq(after) else None
         rows = self._db.execute(
             # a value/ts SQLite holds as text (a producer that skipped FeedbackEvent) reads as null:
             # the learner quarantines it instead of the whole batch failing to load
@@ -80,8 +87,8 @@ class EventLogSource:
             "CASE WHEN typeof(value) IN ('real', 'integer') THEN CAST(value AS REAL) END, "
             "CASE WHEN typeof(ts) = 'integer' THEN ts END, received_at, experiments "
             "FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (self._seq(after), int(limit))).fetchall()
-        if not rows:
-            return empty_events(), after
+        if not rows:  # past a gap the offset moves to its end: those events are gone, reported once
+            return empty_events(), after if self.gap is None else self.gap
         frame = pl.DataFrame(rows, schema=_SCHEMA, orient="row")
         return frame, rows[-1][0]
 

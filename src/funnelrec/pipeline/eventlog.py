@@ -9,7 +9,16 @@ never be lost. The log is one SQLite file in WAL mode:
 - synchronous="NORMAL": the commit is written to the WAL file (in the OS page cache) but not
   fsynced; it survives SIGKILL of the server, not a power loss. Faster; opt-in.
 
-Rows are never updated or deleted (append-only); `seq` is the append order. An event may carry
+Rows are never updated; `seq` is the append order and is never reused. With `retention_s` the
+log keeps the events of the last that many seconds (of `received_at`, the server's clock when it
+stored them — not the event's own `ts`, which a client or a replay sets): every `trim_every_s` an
+append also deletes the oldest prefix of older rows, at most `trim_rows` per append, and records
+the newest seq it deleted (`trimmed_up_to`), so a reader whose offset lies before it knows it lost
+those events (online/source.py `EventLogSource.gap`). SQLite reuses the freed pages, so the file
+stops growing at about the retention's worth of events. A retried event id older than the
+retention is stored again. Without `retention_s` (the default) nothing is ever deleted: the log
+is then the full record of feedback (experiments, refits), and it grows with the traffic. An
+event may carry
 an `event_id` (the client's idempotency key, or one the service derives from request id, item,
 type and ts): a repeat of a stored id is acknowledged but not stored again (a unique index), so a
 client retrying after a timeout never double-counts; events without an id are always stored.
@@ -30,6 +39,7 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
@@ -45,6 +55,7 @@ EVENT_TYPES = ("impression", "click", "like", "watch_time", "cart", "purchase", 
 POSITIVE_TYPES = ("click", "like", "watch_time", "cart", "purchase")
 
 _SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
     seq         INTEGER PRIMARY KEY AUTOINCREMENT,
     request_id  TEXT,
@@ -103,11 +114,21 @@ class EventLog:
     the guarantee of each `synchronous` mode). Safe to share between threads (one lock); several
     processes may append to the same file (SQLite's write lock serializes them)."""
 
-    def __init__(self, path: str | Path, synchronous: str = "FULL") -> None:
+    def __init__(self, path: str | Path, synchronous: str = "FULL", retention_s: float | None = None,
+                 trim_every_s: float = 10.0, trim_rows: int = 20_000, clock: Callable[[], float] = time.time) -> None:
         if synchronous not in ("FULL", "NORMAL"):
             raise ConfigError(f"event log synchronous must be 'FULL' or 'NORMAL', got {synchronous!r}")
+        if retention_s is not None and not retention_s > 0:
+            raise ConfigError(f"event log retention must be > 0 seconds (None = keep everything), got {retention_s}")
+        if trim_rows < 1:
+            raise ConfigError(f"event log trim_rows must be ≥ 1, got {trim_rows}")
         self.path = Path(path)
         self.synchronous = synchronous
+        self.retention_s = retention_s
+        self.trim_every_s = trim_every_s
+        self.trim_rows = trim_rows
+        self._clock = clock
+        self._next_trim = float("-inf")  # clock time of the next trim (now: a restart trims at its first append)
         self._lock = threading.Lock()
         self._closed = False
         try:
@@ -136,7 +157,7 @@ class EventLog:
         """`append`, returning the events actually stored (the repeats of a stored event id left out)."""
         if not events:
             return []
-        now = time.time()
+        now = self._clock()
         stored = []
         with self._lock:
             self._check_open()
@@ -154,7 +175,48 @@ class EventLog:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+            if self.retention_s is not None and now >= self._next_trim:
+                # after the commit: the events are durable whatever the trim does
+                full = self._trim(now) == self.trim_rows  # a full chunk: more is due, trim again next append
+                self._next_trim = now if full else now + self.trim_every_s
         return stored
+
+    def trim(self) -> int:
+        """Delete the events older than the retention now (at most `trim_rows`); the count deleted.
+        `append` calls it by itself every `trim_every_s`; without a retention it deletes nothing."""
+        if self.retention_s is None:
+            return 0
+        with self._lock:
+            self._check_open()
+            return self._trim(self._clock())
+
+    def _trim(self, now: float) -> int:
+        cutoff = now - float(self.retention_s)  # type: ignore[arg-type]
+        oldest = self._db.execute("SELECT received_at FROM events ORDER BY seq LIMIT 1").fetchone()
+        if oldest is None or oldest[0] >= cutoff:  # one primary-key lookup when nothing is due
+            return 0
+        rows = self._db.execute("SELECT seq, received_at FROM events ORDER BY seq LIMIT ?", (self.trim_rows,)).fetchall()
+        # the oldest *prefix* only: everything at or before `trimmed_up_to` is gone, so a reader's
+        # offset before it is an exact statement of loss (received_at is near-monotone in seq)
+        n = next((i for i, (_, at) in enumerate(rows) if at >= cutoff), len(rows))
+        cut = rows[n - 1][0]
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            deleted = self._db.execute("DELETE FROM events WHERE seq <= ?", (cut,)).rowcount
+            self._db.execute("INSERT INTO meta (key, value) VALUES ('trimmed_up_to', ?) "
+                             "ON CONFLICT (key) DO UPDATE SET value = MAX(CAST(value AS INTEGER), "
+                             "CAST(excluded.value AS INTEGER))", (str(cut),))
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return deleted
+
+    def trimmed_up_to(self) -> int:
+        """The newest seq the retention deleted (0: none)."""
+        with self._lock:
+            self._check_open()
+            return log_trimmed_up_to(self._db)
 
     def __len__(self) -> int:
         with self._lock:
@@ -182,3 +244,13 @@ class EventLog:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def log_trimmed_up_to(db: sqlite3.Connection) -> int:
+    """The newest seq a retention trim deleted from the event log on `db` (0: none, or a log
+    written before retention existed, which has no meta table)."""
+    try:
+        row = db.execute("SELECT value FROM meta WHERE key = 'trimmed_up_to'").fetchone()
+    except sqlite3.OperationalError:  # no meta table: an older log opened read-only
+        return 0
+    return int(row[0]) if row else 0

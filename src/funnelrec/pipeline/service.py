@@ -111,6 +111,9 @@ class ServiceConfig:
     history_n: int = 200  # recent consumptions kept per user (real-time history, online/state.py)
     remembered_requests: int = 100_000  # request ids kept for attributing feedback to experiments
     eventlog_synchronous: str = "FULL"  # FULL: fsync per feedback call; NORMAL: survives SIGKILL only
+    # the event log (events.db) keeps the events of the last this many seconds, trimmed as feedback
+    # arrives (pipeline/eventlog.py); None = everything is kept (the log grows with the traffic)
+    eventlog_retention_s: int | None = None
     # an event more than this many seconds ahead of the server's clock is refused (422): one
     # future-dated impression would otherwise move the exposure window past every slice the user
     # has and wipe the filter. None = no bound (a simulation whose clock runs ahead of the wall's)
@@ -132,7 +135,7 @@ class ServiceConfig:
     redis_dedup_ttl_s: int = 86400
     # with redis_url: the stream keeps the last this many seconds of events, trimmed at each append
     # (online/shared.py); a learner further behind than that loses events and logs it. The
-    # replicas' event logs keep everything. None = the stream is never trimmed
+    # replicas' event logs keep everything unless eventlog_retention_s. None = the stream is never trimmed
     redis_stream_retention_s: int | None = 7 * 86400
     # a served directory of the online learner (online/served.py): a poll thread reloads the
     # version its CURRENT names, only the changed parts; None = no watch
@@ -157,6 +160,9 @@ class ServiceConfig:
             raise ConfigError("max_k must be ≥ 1")
         if self.max_batch < 1:
             raise ConfigError(f"max_batch must be ≥ 1, got {self.max_batch}")
+        if self.eventlog_retention_s is not None and self.eventlog_retention_s <= 0:
+            raise ConfigError(f"eventlog_retention_s must be > 0 seconds (None = keep everything), "
+                              f"got {self.eventlog_retention_s}")
         if self.cache_n < 0:
             raise ConfigError("cache_n must be ≥ 0")
         if self.unknown_items not in ("reject", "accept"):
@@ -419,7 +425,8 @@ class RecommenderService:
         state = Path(cfg.state_dir) if cfg.state_dir else None
         if state is not None:
             state.mkdir(parents=True, exist_ok=True)
-        self.events = EventLog(state / "events.db" if state else ":memory:", synchronous=cfg.eventlog_synchronous)
+        self.events = EventLog(state / "events.db" if state else ":memory:", synchronous=cfg.eventlog_synchronous,
+                               retention_s=cfg.eventlog_retention_s)
         self.exposure: ExposureStore
         self.results: ResultCache
         backend = "redis" if cfg.redis_url else "sqlite" if state is not None else "memory"

@@ -50,6 +50,7 @@ class ServeSettings:
     log_level: str = "warning"
     watch: str | None = None  # a `funnelrec learn --served` directory: serve its CURRENT, reload new ones
     stream_retention_s: int = 7 * 86400  # with redis_url: seconds of events the stream keeps; 0 = all
+    log_retention_s: int = 0  # seconds of events the event log (events.db) keeps; 0 = all
 
 
 class ServeError(Exception):
@@ -91,9 +92,9 @@ def admin_token(settings: ServeSettings) -> str | None:
 def _service_config(args: dict):
     from funnelrec.pipeline.service import ServiceConfig
 
-    keep = args.get("stream_retention_s", 7 * 86400)
+    keep, log_keep = args.get("stream_retention_s", 7 * 86400), args.get("log_retention_s", 0)
     return ServiceConfig(max_in_flight=args["max_in_flight"], max_batch=args.get("max_batch", 8),
-                         eventlog_synchronous=args["eventlog_sync"],
+                         eventlog_synchronous=args["eventlog_sync"], eventlog_retention_s=log_keep or None,
                          watch_dir=args.get("watch"), started_ns=args.get("started_ns"),
                          redis_stream_retention_s=None if keep == 0 else keep)
 
@@ -134,6 +135,8 @@ def run(s: ServeSettings) -> int:
             raise ServeError(f"--max-batch must be ≥ 1 (1 = no batching), got {s.max_batch}")
         if s.stream_retention_s < 0:
             raise ServeError(f"--stream-retention-s must be ≥ 0 seconds (0 = never trimmed), got {s.stream_retention_s}")
+        if s.log_retention_s < 0:
+            raise ServeError(f"--log-retention-s must be ≥ 0 seconds (0 = keep every event), got {s.log_retention_s}")
         token = admin_token(s)
         if s.watch:  # start on the learner's live version when it has one (every worker does)
             from dataclasses import replace
@@ -195,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
                    "(the event log stays a local SQLite file; feedback also goes to a Redis Stream)")
     p.add_argument("--stream-retention-s", type=int, default=7 * 86400,
                    help="with --redis-url: seconds of events the feedback stream keeps (0 = never trimmed)")
+    p.add_argument("--log-retention-s", type=int, default=0,
+                   help="seconds of events the event log (events.db) keeps, trimmed as feedback arrives "
+                        "(0 = every event is kept)")
     p.add_argument("--experiments", default=None, help="experiments YAML")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
