@@ -37,6 +37,7 @@ BENCHES: dict[str, tuple[str, list[str], list[str]]] = {
     # the loop (session 4)
     "freshness": ("freshness.py", [], ["--clicks", "30"]),
     "feature_service": ("feature_service.py", [], ["--events", "5000", "--lookups", "30"]),
+    "eventlog_retention": ("eventlog_retention.py", [], ["--seconds", "60", "--retention", "20"]),
     "catalogue": ("catalogue.py", [], ["--requests", "30"]),
     "online_update": ("online_update.py", [], []),
     "online_updates": ("online_updates.py", [], ["--seeds", "0", "--users", "30", "--repeats", "1"]),

@@ -115,7 +115,7 @@ class EventLog:
     processes may append to the same file (SQLite's write lock serializes them)."""
 
     def __init__(self, path: str | Path, synchronous: str = "FULL", retention_s: float | None = None,
-                 trim_every_s: float = 10.0, trim_rows: int = 20_000, clock: Callable[[], float] = time.time) -> None:
+                 trim_every_s: float = 1.0, trim_rows: int = 5_000, clock: Callable[[], float] = time.time) -> None:
         if synchronous not in ("FULL", "NORMAL"):
             raise ConfigError(f"event log synchronous must be 'FULL' or 'NORMAL', got {synchronous!r}")
         if retention_s is not None and not retention_s > 0:
