@@ -67,7 +67,8 @@ def resolve_config(config: Path | None, dataset: str | None):
 
 def load_data(cfg: Any, config: Path | None, dataset: str | None, path: Path | None):
     """The dataset: --dataset/--path when given, else the config's `data:` files (relative to the
-    config's folder), else MovieLens-100k; label columns of the config's label map added."""
+    config's folder), else MovieLens-100k; label columns of the config's label map added, and
+    the rows of its exposure events (impressions) left out."""
     from funnelrec.data import load_dataset
 
     if dataset is None and path is None and cfg.data.given:
@@ -75,8 +76,8 @@ def load_data(cfg: Any, config: Path | None, dataset: str | None, path: Path | N
     else:
         name = dataset or "movielens-100k"
         d = load_dataset(name, path=path) if path is not None else load_dataset(name)
-    if cfg.labels.map:
-        d.interactions = cfg.labels.label_columns(d.interactions)
+    if cfg.labels.map:  # impressions are exposure, not consumption: out before the split and every fit
+        d.interactions = cfg.labels.label_columns(cfg.labels.consumptions(d.interactions))
     return d
 
 
@@ -212,7 +213,8 @@ def init_cmd(interactions: Path = typer.Option(..., "--interactions", help="even
     config_path.write_text(plan.config_yaml("schema.yaml", rel))
     cfg = FunnelConfig.load(config_path)  # what was written reads back (a bug here is ours, not the user's)
     lm = plan.label_map()
-    roles = ", ".join(f"{k} → {lm[k][0] or 'interaction'}" if k in lm else k for k in plan.events) or "-"
+    roles = ", ".join(f"{k} → {lm[k][0] or ('exposure' if lm[k][2] == 'impression' else 'interaction')}"
+                      if k in lm else k for k in plan.events) or "-"
     _emit({"schema": str(schema_path), "config": str(config_path), "users": plan.n_users, "items": plan.n_items,
            "interactions": plan.tables["interactions"].rows, "event_column": plan.event_column,
            "events": plan.events, "tasks": list(cfg.rank.tasks), "channels": [c.name for c in cfg.recall.channels],

@@ -43,6 +43,24 @@ def test_label_map_errors_name_the_key():
         FunnelConfig.from_dict({"rules": [{"types": ["impression"]}]})
 
 
+def test_impressions_are_exposure_and_out_of_every_fit():
+    """An event that means an impression (its name without a `means`, or `means: impression`) is
+    exposure only, as online: its rows leave the interactions, and it may not label a task."""
+    spec = LabelSpec("ev", {"impression": LabelRule(), "shown": LabelRule(means="impression"),
+                            "view": LabelRule("ctr", means="click"), "click": LabelRule("ctr")})
+    assert spec.exposure_events() == ["impression", "shown"]
+    log = pl.DataFrame({"ev": ["shown", "view", "impression", "click", "shown", None], "x": [0, 1, 2, 3, 4, 5]})
+    kept = spec.consumptions(log)
+    assert kept["x"].to_list() == [1, 3, 5]  # a row without an event type is an interaction, as before
+    spec.check(kept)                        # the mapped exposure events need not occur in what is fitted
+    with pytest.raises(ConfigError, match="labels.map.click: no interaction has ev = 'click'"):
+        spec.check(kept.filter(pl.col("ev") != "click"))  # … the other events still must
+    assert LabelSpec("ev", {"click": LabelRule("ctr")}).consumptions(log).height == 6
+    for rule in (LabelRule("ctr"), LabelRule("ctr", means="impression")):
+        with pytest.raises(ConfigError, match=r"labels.map.(impression|exp): an impression is exposure only"):
+            LabelSpec("ev", {"impression" if not rule.means else "exp": rule})
+
+
 def test_rule_exclusions_by_hand():
     keys = np.array([10, 11, 12, 13, 10])
     ts = np.array([100, 500, 900, 950, 960])

@@ -387,6 +387,44 @@ def test_a_common_mistake_is_one_line_naming_it(case, shop, tmp_path, monkeypatc
     assert "Traceback" not in err + out
 
 
+def test_a_log_with_impressions_fits_and_scores_what_was_consumed(tmp_path):
+    """`init` names an impression event exposure; the fit and the evaluation's positives leave its
+    rows out, as online (where an impression never enters a history). Kept, they made itemCF/EASE
+    learn what the old policy showed (docs/BENCHMARKS.md session 19)."""
+    from typer.testing import CliRunner
+
+    from funnelrec.cli import app
+    from funnelrec.cli_data import load_data
+    from funnelrec.pipeline.builder import FunnelBuilder
+    from funnelrec.pipeline.config import FunnelConfig
+    from funnelrec.simulate.ecommerce import write_ecommerce_files
+
+    paths = write_ecommerce_files(tmp_path / "data", n_events=3000, seed=4, n_users=150, n_items=120)
+    log = pl.read_parquet(paths["interactions"])
+    rng = np.random.default_rng(0)
+    shown = log.gather(rng.integers(log.height, size=2 * log.height)).with_columns(
+        pl.Series("sku", log["sku"].sample(2 * log.height, with_replacement=True, seed=1)),
+        pl.lit("impression").alias("event_type"), pl.col("ts_ms") - 1000)
+    pl.concat([log, shown]).sort("ts_ms").write_parquet(tmp_path / "data" / "with_impressions.parquet")
+    r = CliRunner().invoke(app, ["init", "--interactions", str(tmp_path / "data" / "with_impressions.parquet"),
+                                 "--items", str(paths["items"]), "--out", str(tmp_path / "cfg")])
+    assert r.exit_code == 0, r.output
+    assert "impression → exposure" in r.output
+    config = tmp_path / "cfg" / "funnel.yaml"
+    line = next(x for x in config.read_text().splitlines() if x.strip().startswith("impression:"))
+    assert line.split("#")[0].strip() == "impression: {}" and "exposure only" in line
+    cfg = FunnelConfig.load(config)
+    d = load_data(cfg, config, None, None)
+    assert d.interactions.height == log.height and "impression" not in d.interactions["event_type"].to_list()
+    # an in-process fit on the whole log leaves them out too: hot counts the consumptions only
+    with_shown = pl.concat([d.interactions, d.interactions.head(500).with_columns(
+        pl.lit("impression").alias("event_type"))])
+    spec = FunnelConfig.from_dict({"recall": {"channels": [{"name": "hot", "params": {"tau_days": 0}}]},
+                                   "labels": {"event_column": "event_type", "map": {"impression": {}, "view": {}}}})
+    hot = FunnelBuilder(spec).fit(d, with_shown).channels_["hot"]
+    assert float(hot.popularity_.sum()) == d.interactions.height
+
+
 def test_header_only_csv_is_refused_before_any_fit(tmp_path):
     from funnelrec.core.errors import DataError
     from funnelrec.data import load_dataset

@@ -166,7 +166,8 @@ class InitPlan:
                 task, w, means = lm[ev]
                 parts = ([f"task: {task}"] if task else []) + ([f"weight: {w:g}"] if w != 1.0 else [])
                 parts += [f"means: {means}"] if means != ev else []
-                line(f"    {ev}: {{{', '.join(parts)}}}", f"{n:,} rows")
+                line(f"    {ev}: {{{', '.join(parts)}}}",
+                     f"{n:,} rows" + ("; exposure only: left out of the fit" if means == "impression" else ""))
         line("recall:", "the channels that propose candidates")
         line("  channels:")
         chans = [("itemcf", 300, "", "items co-consumed with the user's history"),

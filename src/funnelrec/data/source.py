@@ -126,11 +126,31 @@ class LabelSpec:
             if rule.means and rule.means not in EVENT_TYPES:
                 raise ConfigError(f"labels.map.{ev}.means: {rule.means!r} is not a funnel event type; "
                                   f"known: {', '.join(EVENT_TYPES)}")
+            if (rule.means or ev) == "impression" and rule.task:
+                raise ConfigError(f"labels.map.{ev}: an impression is exposure only — online it is never a positive, "
+                                  f"and the fit leaves its rows out — so it cannot label task {rule.task!r}; drop "
+                                  f"`task:` (the events that follow an impression are its positives)")
 
     @property
     def tasks(self) -> list[str]:
         """The tasks the map names, in map order (each once)."""
         return list(dict.fromkeys(r.task for r in self.map.values() if r.task))
+
+    def exposure_events(self) -> list[str]:
+        """The mapped event types that mean an impression (`means: impression`, or an event named
+        impression without a `means`): exposure only, as online, where an impression never enters
+        a history or counts as a consumption."""
+        return [ev for ev, r in self.map.items() if (r.means or ev) == "impression"]
+
+    def consumptions(self, interactions: pl.DataFrame) -> pl.DataFrame:
+        """`interactions` without the rows of `exposure_events`: what every fit and the evaluation's
+        positives read. A shown item is not a consumed one; were they kept, itemCF/EASE/Swing would
+        learn what the old policy showed (a shop log with two impressions per event: funnel NDCG@10
+        0.32 → 0.12–0.15, docs/BENCHMARKS.md session 19)."""
+        shown = self.exposure_events()
+        if not shown or self.event_column not in interactions.columns:
+            return interactions
+        return interactions.filter(~pl.col(self.event_column).cast(pl.String).is_in(shown).fill_null(False))
 
     def meaning(self) -> dict[str, str]:
         """Event type → the EVENT_TYPES name it is stored as online (only the renamed ones)."""
@@ -145,8 +165,9 @@ class LabelSpec:
             raise ConfigError(f"{where}.event_column: {self.event_column!r} is not an interactions column; "
                               f"it has: {', '.join(c for c in interactions.columns if not c.endswith('_idx'))}")
         seen = set(interactions[self.event_column].cast(pl.String).unique().drop_nulls().to_list())
+        shown = set(self.exposure_events())
         for ev, rule in self.map.items():
-            if ev not in seen:
+            if ev not in seen and ev not in shown:  # exposure rows are left out of every fit (`consumptions`)
                 raise ConfigError(f"{where}.map.{ev}: no interaction has {self.event_column} = {ev!r}; "
                                   f"the values are: {', '.join(sorted(seen)[:20])}")
             if rule.value and rule.value not in interactions.columns:

@@ -143,6 +143,9 @@ class FunnelBuilder:
         cfg = self.config
         from funnelrec.pipeline.validate import check_against
 
+        if cfg.labels.map:  # impressions are exposure, not consumption (data/source.py `consumptions`)
+            train = cfg.labels.consumptions(train)
+            labels = None if labels is None else cfg.labels.consumptions(labels)
         check_against(cfg, dataset, train)  # every column key against the tables, before any fit
         if cfg.labels.map:  # the label map's label_<task> / weight_<task> columns (data/source.py)
             train = cfg.labels.label_columns(train) if not _has_labels(cfg, train) else train
