@@ -152,7 +152,8 @@ def serve(artifact: Path | None = typer.Option(None, help="a funnel saved by `fu
           log_retention_s: int = typer.Option(
               0, help="seconds of events the event log (state_dir/events.db) keeps, trimmed as feedback arrives "
                       "(0 = every event is kept: the log grows with the traffic). A learner further behind loses "
-                      "events and logs it"),
+                      "events and logs it; a retry of an older event id is stored again; experiment reports "
+                      "read from the log cover the retained events only"),
           experiments: Path | None = typer.Option(None, help="experiments YAML (layers, variants, rollouts)"),
           workers: int = typer.Option(1, help="worker processes on one port (one per core)"),
           threads: int = typer.Option(1, help="torch threads per worker"),

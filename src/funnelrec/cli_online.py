@@ -176,8 +176,8 @@ def _register_replay(app: typer.Typer) -> None:
         else:
             dataset = dataset or "movielens-100k"
             ds = load_dataset(dataset, **({"path": path} if path is not None else {}), **ds_kwargs)
-            if funnel_cfg.labels.map:  # the label map's label columns, as train adds them
-                ds.interactions = funnel_cfg.labels.label_columns(ds.interactions)
+            if funnel_cfg.labels.map:  # the label map's label columns and no exposure rows, as load_data does
+                ds.interactions = funnel_cfg.labels.label_columns(funnel_cfg.labels.consumptions(ds.interactions))
         cfg = replay_likes(cfg, funnel_cfg, ds.interactions)
         fitted = fit_for_replay(ds, funnel_cfg, cfg, progress=not as_json)
         if save is not None:

@@ -55,10 +55,16 @@ def test_impressions_are_exposure_and_out_of_every_fit():
     spec.check(kept)                        # the mapped exposure events need not occur in what is fitted
     with pytest.raises(ConfigError, match="labels.map.click: no interaction has ev = 'click'"):
         spec.check(kept.filter(pl.col("ev") != "click"))  # … the other events still must
-    assert LabelSpec("ev", {"click": LabelRule("ctr")}).consumptions(log).height == 6
-    for rule in (LabelRule("ctr"), LabelRule("ctr", means="impression")):
-        with pytest.raises(ConfigError, match=r"labels.map.(impression|exp): an impression is exposure only"):
-            LabelSpec("ev", {"impression" if not rule.means else "exp": rule})
+    # an impression the map does not name is one too, as online; one the map gives a meaning is not
+    assert LabelSpec("ev", {"click": LabelRule("ctr")}).consumptions(log)["x"].to_list() == [0, 1, 3, 4, 5]
+    assert LabelSpec("ev", {"impression": LabelRule("ctr", means="click")}).exposure_events() == []
+    assert LabelSpec().exposure_events() == []  # no event column: every row is an interaction
+    # an exposure event labelling a task is refused when a fit starts (an old artifact still loads)
+    both = pl.DataFrame({"ev": ["impression", "exp", "click"]})
+    for name, rule in (("impression", LabelRule("ctr")), ("exp", LabelRule("ctr", means="impression"))):
+        spec = LabelSpec("ev", {name: rule, "click": LabelRule("ctr")})
+        with pytest.raises(ConfigError, match=rf"labels.map.{name}: an impression is exposure only .* task 'ctr'"):
+            spec.check(both)
 
 
 def test_rule_exclusions_by_hand():

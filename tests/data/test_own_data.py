@@ -423,6 +423,13 @@ def test_a_log_with_impressions_fits_and_scores_what_was_consumed(tmp_path):
                                    "labels": {"event_column": "event_type", "map": {"impression": {}, "view": {}}}})
     hot = FunnelBuilder(spec).fit(d, with_shown).channels_["hot"]
     assert float(hot.popularity_.sum()) == d.interactions.height
+    # and the protocol's split of a dataset that kept its impressions scores consumptions only
+    from funnelrec.pipeline.offline import fit_on_protocol
+
+    d.interactions = with_shown
+    _, split = fit_on_protocol(d, spec)
+    assert sum(f.height for f in (split.train, split.valid, split.test)) == with_shown.height - 500
+    assert "impression" not in split.test["event_type"].to_list()
 
 
 def test_header_only_csv_is_refused_before_any_fit(tmp_path):

@@ -490,7 +490,19 @@ def test_a_learner_the_event_log_retention_outran_reports_the_gap(learn_world, t
                for r in caplog.records)
     third = learner.run_once()
     assert third["events"] == 0 and "stream_gap" not in third
+    # everything unread trimmed and nothing new: the learner steps past the gap and says so once
+    now[0] = 2100.0
+    log.append(events[:2])      # seq 9–10 (the same events again: no ids, so stored again)
+    now[0] = 9000.0
+    assert log.trim() == 2
+    fourth = learner.run_once()
+    assert fourth["stream_gap"]["trimmed_up_to"] == "10" and fourth["events"] == 0 and learner.offset == "10"
+    fifth = learner.run_once()
+    assert "stream_gap" not in fifth and fifth["offset"] == "10"
     learner.close()
+    restarted = OnlineLearner(served, EventLogSource(tmp_path / "state" / "events.db"), LearnConfig(batch_limit=2))
+    assert restarted.offset == "10"  # the step past the gap was committed
+    restarted.close()
     log.close()
 
 

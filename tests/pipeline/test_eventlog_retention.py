@@ -55,6 +55,20 @@ def test_the_event_time_does_not_decide_what_is_kept(tmp_path):
     log.close()
 
 
+def test_a_head_received_in_the_future_does_not_stall_the_trim(tmp_path):
+    """A clock stepped back after the first append: its row looks young, but everything appended
+    after it is past the retention, so by append order it is older still and goes with them."""
+    clock = Clock(10_000.0)
+    log = EventLog(tmp_path / "events.db", retention_s=100, trim_every_s=0, clock=clock)
+    log.append(_events(1))                 # seq 1 "at 10,000"
+    clock.t = 0.0
+    log.append(_events(2, start=1))        # seq 2–3 at 0
+    clock.t = 200.0
+    log.append(_events(1, start=3))        # seq 4 at 200: the trim cuts 1–3
+    assert log.read()["seq"].to_list() == [4] and log.trimmed_up_to() == 3
+    log.close()
+
+
 def test_a_trim_is_bounded_per_append_and_catches_up_on_the_next(tmp_path):
     clock = Clock(0.0)
     log = EventLog(tmp_path / "events.db", retention_s=10, trim_every_s=3600, trim_rows=4, clock=clock)
@@ -120,6 +134,84 @@ def test_a_reader_behind_the_trim_is_told_what_it_lost_once(tmp_path):
     assert src.gap == "8" and off3 == "8" and frame.height == 0
     _, off4 = src.read(off3, 10)
     assert src.gap is None and off4 == "8"
+    src.close()
+    log.close()
+
+
+class _Hooked:
+    """A connection whose `execute` runs `hook` once, right after the first statement containing `after`."""
+
+    def __init__(self, db, after: str, hook) -> None:
+        self._db, self._after, self._hook = db, after, hook
+
+    def execute(self, sql, *args):
+        out = self._db.execute(sql, *args)
+        if self._hook is not None and self._after in sql:
+            hook, self._hook = self._hook, None
+            hook()
+        return out
+
+    def __getattr__(self, name):
+        return getattr(self._db, name)
+
+
+def test_two_workers_trimming_at_once_never_cut_fresh_rows(tmp_path):
+    """Worker B trims between worker A's cheap look at the oldest row and the rest of A's trim: A
+    must then find nothing due, not cut the fresh rows B left (its reads are inside its write
+    transaction)."""
+    clock = Clock(0.0)
+    with EventLog(tmp_path / "events.db", clock=clock) as setup:  # no retention: set up the rows
+        setup.append(_events(5))           # seq 1–5 at t 0
+        clock.t = 150.0
+        setup.append(_events(5, start=5))  # seq 6–10 at t 150
+    clock.t = 200.0                        # retention 100: 1–5 are due, 6–10 are not
+    a = EventLog(tmp_path / "events.db", retention_s=100, clock=clock)
+    b = EventLog(tmp_path / "events.db", retention_s=100, clock=clock)
+    a._db = _Hooked(a._db, "SELECT received_at FROM", lambda: b.trim())
+    assert a.trim() == 0
+    assert a.read()["seq"].to_list() == [6, 7, 8, 9, 10] and a.trimmed_up_to() == 5
+    a.close()
+    b.close()
+
+
+def test_a_trim_that_fails_does_not_fail_the_append_that_stored_the_events(tmp_path, caplog):
+    import logging
+
+    clock = Clock(0.0)
+    log = EventLog(tmp_path / "events.db", retention_s=10, trim_every_s=30, clock=clock)
+
+    def busy(now):
+        raise sqlite3.OperationalError("database is locked")
+
+    log._trim = busy
+    with caplog.at_level(logging.ERROR, logger="funnelrec.pipeline.eventlog"):
+        assert log.append(_events(3)) == 3
+    assert len(log) == 3 and any("trim failed" in r.getMessage() for r in caplog.records)
+    calls = []
+    log._trim = lambda now: calls.append(now) or 0
+    clock.t = 20.0
+    log.append(_events(1, start=3))
+    assert calls == []                     # retried after trim_every_s, not on every append
+    clock.t = 31.0
+    log.append(_events(1, start=4))
+    assert calls == [31.0]
+    log.close()
+
+
+def test_a_read_is_one_snapshot_of_the_trim_mark_and_the_rows(tmp_path):
+    """A trim landing between the reader's look at `trimmed_up_to` and its rows: the reader still
+    gets every row of its snapshot (or a gap), never a silent hole."""
+    clock = Clock(0.0)
+    log = EventLog(tmp_path / "events.db", retention_s=100, trim_every_s=3600, clock=clock)
+    log.append(_events(6))                 # seq 1–6 at t 0
+    clock.t = 500.0
+    log.append(_events(2, start=6))        # seq 7–8 at t 500 (no trim: within the hour)
+    src = EventLogSource(tmp_path / "events.db")
+    src._db = _Hooked(src._db, "FROM meta", lambda: log.trim())  # deletes 1–6 right after the look
+    frame, off = src.read("2", 10)
+    assert (frame["item_id"].to_list(), src.gap) in ((["i2", "i3", "i4", "i5", "i6", "i7"], None),
+                                                     (["i6", "i7"], "6"))
+    assert off == "8" and log.trimmed_up_to() == 6
     src.close()
     log.close()
 

@@ -62,7 +62,9 @@ EVENT_ROLES = {
     "like": ("like", 1.0, "like"), "favorite": ("like", 1.0, "like"), "fav": ("like", 1.0, "like"),
     "wishlist": ("like", 1.0, "like"), "watch": ("watch_time", 1.0, "watch_time"),
     "watchtime": ("watch_time", 1.0, "watch_time"), "play": ("watch_time", 1.0, "watch_time"),
-    "impression": ("", 1.0, "impression"), "expose": ("", 1.0, "impression"), "show": ("", 1.0, "impression"),
+    "impression": ("", 1.0, "impression"), "impressions": ("", 1.0, "impression"),
+    "expose": ("", 1.0, "impression"), "exposure": ("", 1.0, "impression"), "exposed": ("", 1.0, "impression"),
+    "show": ("", 1.0, "impression"), "shown": ("", 1.0, "impression"), "display": ("", 1.0, "impression"),
 }
 MAX_EASE_ITEMS = 5000
 MAX_LABEL_USERS = 3000  # the ranker's label users beyond which init samples them (data.label_users)

@@ -126,10 +126,6 @@ class LabelSpec:
             if rule.means and rule.means not in EVENT_TYPES:
                 raise ConfigError(f"labels.map.{ev}.means: {rule.means!r} is not a funnel event type; "
                                   f"known: {', '.join(EVENT_TYPES)}")
-            if (rule.means or ev) == "impression" and rule.task:
-                raise ConfigError(f"labels.map.{ev}: an impression is exposure only — online it is never a positive, "
-                                  f"and the fit leaves its rows out — so it cannot label task {rule.task!r}; drop "
-                                  f"`task:` (the events that follow an impression are its positives)")
 
     @property
     def tasks(self) -> list[str]:
@@ -137,10 +133,11 @@ class LabelSpec:
         return list(dict.fromkeys(r.task for r in self.map.values() if r.task))
 
     def exposure_events(self) -> list[str]:
-        """The mapped event types that mean an impression (`means: impression`, or an event named
-        impression without a `means`): exposure only, as online, where an impression never enters
-        a history or counts as a consumption."""
-        return [ev for ev, r in self.map.items() if (r.means or ev) == "impression"]
+        """The event types that mean an impression — mapped with `means: impression`, or named
+        impression and not mapped to anything else: exposure only, as online, where an
+        impression never enters a history or counts as a consumption."""
+        out = [ev for ev, r in self.map.items() if (r.means or ev) == "impression"]
+        return out if "impression" in self.map or not self.event_column else out + ["impression"]
 
     def consumptions(self, interactions: pl.DataFrame) -> pl.DataFrame:
         """`interactions` without the rows of `exposure_events`: what every fit and the evaluation's
@@ -167,6 +164,12 @@ class LabelSpec:
         seen = set(interactions[self.event_column].cast(pl.String).unique().drop_nulls().to_list())
         shown = set(self.exposure_events())
         for ev, rule in self.map.items():
+            # refused when a fit starts, not when a config is read: an artifact fitted before this
+            # rule still loads and serves
+            if ev in shown and rule.task:
+                raise ConfigError(f"{where}.map.{ev}: an impression is exposure only — online it is never a positive, "
+                                  f"and the fit leaves its rows out — so it cannot label task {rule.task!r}; drop "
+                                  f"`task:` (the events that follow an impression are its positives)")
             if ev not in seen and ev not in shown:  # exposure rows are left out of every fit (`consumptions`)
                 raise ConfigError(f"{where}.map.{ev}: no interaction has {self.event_column} = {ev!r}; "
                                   f"the values are: {', '.join(sorted(seen)[:20])}")

@@ -243,6 +243,9 @@ class OnlineLearner:
                        self.offset, gap, *(("event log", "--log-retention-s") if isinstance(self.source, EventLogSource)
                                            else ("stream", "--stream-retention-s")))
         if not events.height:
+            if nxt != self.offset:  # nothing to read but a gap's end (online/source.py): past it, once
+                self._db.execute("INSERT OR REPLACE INTO state (key, value) VALUES ('offset', ?)", (nxt,))  # autocommit
+                self.offset = nxt
             self._write_status(report, t0, None)
             return report
         funnel, parts = self.funnel, {}

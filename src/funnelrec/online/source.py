@@ -64,7 +64,8 @@ class EventLogSource:
         if not self.path.is_file():
             raise ConfigError(f"event log {self.path} not found (the server's --state-dir holds events.db)")
         try:
-            self._db = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False)
+            # autocommit: `read` opens its own read transaction (one snapshot per read)
+            self._db = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA query_only=1")
             self._db.execute("SELECT 1 FROM events LIMIT 1").fetchall()
         except sqlite3.DatabaseError as e:
@@ -78,19 +79,28 @@ class EventLogSource:
             raise DataError(f"event log offset must be an integer seq, got {after!r}") from None
 
     def read(self, after: str, limit: int) -> tuple[pl.DataFrame, str]:
-        trimmed = log_trimmed_up_to(self._db)  # the server's retention (pipeline/eventlog.py)
+        # the trim mark and the rows from one snapshot: a trim in between would otherwise delete
+        # events after `after` that neither this read nor the gap reports
+        self._db.execute("BEGIN")
+        try:
+            trimmed = log_trimmed_up_to(self._db)  # the server's retention (pipeline/eventlog.py)
+            rows = self._rows(after, limit)
+        finally:
+            self._db.execute("COMMIT")
         self.gap = str(trimmed) if trimmed > self._seq(after) else None
-        rows = self._db.execute(
+        if not rows:  # past a gap the offset moves to its end: those events are gone, reported once
+            return empty_events(), after if self.gap is None else self.gap
+        frame = pl.DataFrame(rows, schema=_SCHEMA, orient="row")
+        return frame, rows[-1][0]
+
+    def _rows(self, after: str, limit: int) -> list[tuple]:
+        return self._db.execute(
             # a value/ts SQLite holds as text (a producer that skipped FeedbackEvent) reads as null:
             # the learner quarantines it instead of the whole batch failing to load
             "SELECT CAST(seq AS TEXT), request_id, user_id, item_id, type, "
             "CASE WHEN typeof(value) IN ('real', 'integer') THEN CAST(value AS REAL) END, "
             "CASE WHEN typeof(ts) = 'integer' THEN ts END, received_at, experiments "
             "FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (self._seq(after), int(limit))).fetchall()
-        if not rows:  # past a gap the offset moves to its end: those events are gone, reported once
-            return empty_events(), after if self.gap is None else self.gap
-        frame = pl.DataFrame(rows, schema=_SCHEMA, orient="row")
-        return frame, rows[-1][0]
 
     def backlog(self, after: str) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM events WHERE seq > ?", (self._seq(after),)).fetchone()[0])

@@ -35,6 +35,7 @@ client retrying after a timeout never double-counts; events without an id are al
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
@@ -71,6 +72,8 @@ CREATE TABLE IF NOT EXISTS events (
 """
 # an index, not a column constraint: a log written before event ids existed gets it too
 _EVENT_ID_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS events_event_id ON events (event_id)"
+
+_log = logging.getLogger(__name__)
 
 _POLARS_SCHEMA = {
     "seq": pl.Int64, "request_id": pl.Utf8, "user_id": pl.Utf8, "item_id": pl.Utf8, "type": pl.Utf8,
@@ -128,7 +131,8 @@ class EventLog:
         self.trim_every_s = trim_every_s
         self.trim_rows = trim_rows
         self._clock = clock
-        self._next_trim = float("-inf")  # clock time of the next trim (now: a restart trims at its first append)
+        # clock time of the last trim (-inf: the next append trims; a restart trims at its first)
+        self._last_trim = float("-inf")
         self._lock = threading.Lock()
         self._closed = False
         try:
@@ -175,10 +179,17 @@ class EventLog:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-            if self.retention_s is not None and now >= self._next_trim:
-                # after the commit: the events are durable whatever the trim does
-                full = self._trim(now) == self.trim_rows  # a full chunk: more is due, trim again next append
-                self._next_trim = now if full else now + self.trim_every_s
+            # due every trim_every_s, and at once when the clock stepped back past the last trim
+            if self.retention_s is not None and not self._last_trim <= now < self._last_trim + self.trim_every_s:
+                # after the commit: the events are durable whatever the trim does, and a trim that
+                # fails (a busy or full disk) must not fail the call that stored them
+                try:
+                    full = self._trim(now) == self.trim_rows  # a full chunk: more is due, trim again next append
+                except (sqlite3.Error, OSError) as e:
+                    _log.error("event log %s: the retention's trim failed (%s); retried in %.0f s",
+                               self.path, e, self.trim_every_s)
+                    full = False
+                self._last_trim = float("-inf") if full else now
         return stored
 
     def trim(self) -> int:
@@ -193,15 +204,24 @@ class EventLog:
     def _trim(self, now: float) -> int:
         cutoff = now - float(self.retention_s)  # type: ignore[arg-type]
         oldest = self._db.execute("SELECT received_at FROM events ORDER BY seq LIMIT 1").fetchone()
-        if oldest is None or oldest[0] >= cutoff:  # one primary-key lookup when nothing is due
+        # one primary-key lookup when nothing is due (the other workers' trims find that too); a
+        # head "received" in the future (a clock stepped back) is looked past, not waited for
+        if oldest is None or cutoff <= oldest[0] <= now:
             return 0
-        rows = self._db.execute("SELECT seq, received_at FROM events ORDER BY seq LIMIT ?", (self.trim_rows,)).fetchall()
-        # the oldest *prefix* only: everything at or before `trimmed_up_to` is gone, so a reader's
-        # offset before it is an exact statement of loss (received_at is near-monotone in seq)
-        n = next((i for i, (_, at) in enumerate(rows) if at >= cutoff), len(rows))
-        cut = rows[n - 1][0]
+        # the reads and the delete in one write transaction: a trim another process commits in
+        # between cannot make this one cut fresh rows
         self._db.execute("BEGIN IMMEDIATE")
         try:
+            rows = self._db.execute("SELECT seq, received_at FROM events ORDER BY seq LIMIT ?",
+                                    (self.trim_rows,)).fetchall()
+            # seq is the append order, received_at each process's clock: the prefix up to the last
+            # row past the retention is older still, whatever its own clock said (so a reader's
+            # offset before `trimmed_up_to` is an exact statement of loss)
+            due = [seq for seq, at in rows if at < cutoff]
+            if not due:
+                self._db.execute("COMMIT")
+                return 0
+            cut = due[-1]
             deleted = self._db.execute("DELETE FROM events WHERE seq <= ?", (cut,)).rowcount
             self._db.execute("INSERT INTO meta (key, value) VALUES ('trimmed_up_to', ?) "
                              "ON CONFLICT (key) DO UPDATE SET value = MAX(CAST(value AS INTEGER), "
@@ -251,6 +271,8 @@ def log_trimmed_up_to(db: sqlite3.Connection) -> int:
     written before retention existed, which has no meta table)."""
     try:
         row = db.execute("SELECT value FROM meta WHERE key = 'trimmed_up_to'").fetchone()
-    except sqlite3.OperationalError:  # no meta table: an older log opened read-only
-        return 0
+    except sqlite3.OperationalError as e:
+        if "no such table" in str(e):  # an older log, opened read-only (its writer adds the table)
+            return 0
+        raise
     return int(row[0]) if row else 0

@@ -75,7 +75,8 @@ def fit_on_protocol(dataset: Dataset, config: FunnelConfig | None = None, seed: 
     by a seeded sample of `data.label_users` of its users when the config caps them. `funnelrec
     train` fits through here too, so the funnel it saves is the one `evaluate funnel` scores."""
     config = config or FunnelConfig()
-    split = random_split_by_user(dataset.interactions, seed=seed)
+    # an impression is exposure: neither fitted (FunnelBuilder.fit) nor a test positive (data/source.py)
+    split = random_split_by_user(config.labels.consumptions(dataset.interactions), seed=seed)
     labels = split.valid
     cap = config.data.label_users
     users = labels["user_idx"].unique().sort()
