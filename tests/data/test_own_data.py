@@ -432,6 +432,45 @@ def test_a_log_with_impressions_fits_and_scores_what_was_consumed(tmp_path):
     assert "impression" not in split.test["event_type"].to_list()
 
 
+@pytest.mark.parametrize("flag, values, one", [("clicked", [0, 1, 0, 0], "1"), ("is_click", [False, True, False, False], "true"),
+                                               ("converted", ["0", "1", "0", "0"], "1")])
+def test_init_reads_an_impression_log_with_a_0_1_flag(tmp_path, flag, values, one):
+    """One row per item shown and a 0/1 column saying whether it was clicked (or bought): the 1s are
+    the events, the 0s impressions — exposure only, so the fit and the evaluation count the 1s."""
+    from typer.testing import CliRunner
+
+    from funnelrec.cli import app
+    from funnelrec.cli_data import load_data
+    from funnelrec.pipeline.config import FunnelConfig
+
+    n = 400
+    rng = np.random.default_rng(0)
+    log = pl.DataFrame({"uid": [f"u{k}" for k in rng.integers(40, size=n)],
+                        "iid": [f"i{k}" for k in rng.integers(30, size=n)],
+                        "ts": (1_700_000_000 + np.arange(n) * 60).tolist(),
+                        flag: [values[k % 4] for k in range(n)]})
+    path = tmp_path / ("log.parquet" if isinstance(values[0], bool) else "log.csv")
+    log.write_parquet(path) if path.suffix == ".parquet" else log.write_csv(path)
+    r = CliRunner().invoke(app, ["init", "--interactions", str(path), "--out", str(tmp_path / "cfg")])
+    assert r.exit_code == 0, r.output
+    config = tmp_path / "cfg" / "funnel.yaml"
+    cfg = FunnelConfig.load(config)
+    task, means = ("conversion", "purchase") if flag == "converted" else ("ctr", "click")
+    assert cfg.labels.event_column == flag and set(cfg.labels.map) == {one, {"1": "0", "true": "false"}[one]}
+    assert (cfg.labels.map[one].task, cfg.labels.map[one].means) == (task, means)
+    assert {"1": "0", "true": "false"}[one] in cfg.labels.exposure_events() and list(cfg.rank.tasks) == [task]
+    d = load_data(cfg, config, None, None)
+    assert d.interactions.height == n // 4  # the shown-and-clicked rows only
+
+
+def test_a_column_that_is_not_a_0_1_flag_is_left_alone(tmp_path):
+    from funnelrec.data.discover import _flag_column
+
+    assert _flag_column(pl.DataFrame({"label": [0, 1, 2], "clicked": [1, 1, 1]})) == (None, None)
+    assert _flag_column(pl.DataFrame({"score": [0, 1, 0]})) == (None, None)  # not a flag's name
+    assert _flag_column(pl.DataFrame({"label": [0, 1, 2], "Clicked": [0, 1, None]})) == ("Clicked", ("1", "click"))
+
+
 def test_header_only_csv_is_refused_before_any_fit(tmp_path):
     from funnelrec.core.errors import DataError
     from funnelrec.data import load_dataset

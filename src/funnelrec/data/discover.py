@@ -31,6 +31,7 @@ rule keeping purchased items out of answers for 30 days when purchases are logge
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -66,8 +67,41 @@ EVENT_ROLES = {
     "expose": ("", 1.0, "impression"), "exposure": ("", 1.0, "impression"), "exposed": ("", 1.0, "impression"),
     "show": ("", 1.0, "impression"), "shown": ("", 1.0, "impression"), "display": ("", 1.0, "impression"),
 }
+#: a 0/1 column of an impression log (one row per item shown) → the event its 1 means; its 0 rows
+#: are impressions: exposure only, left out of the fit (data/source.py `LabelSpec.consumptions`)
+FLAG_NAMES = {
+    "click": "click", "clicked": "click", "isclick": "click", "clicklabel": "click", "label": "click",
+    "converted": "purchase", "conversion": "purchase", "purchased": "purchase", "bought": "purchase",
+    "liked": "like", "islike": "like",
+}
 MAX_EASE_ITEMS = 5000
 MAX_LABEL_USERS = 3000  # the ranker's label users beyond which init samples them (data.label_users)
+
+
+_YAML_WORDS = {"true", "false", "yes", "no", "on", "off", "null", "y", "n"}
+
+
+def _yaml_str(text: str) -> str:
+    """`text` as a YAML scalar that reads back as this string: quoted unless it is a plain word
+    ("1" would be the int 1, "true" the bool)."""
+    plain = re.fullmatch(r"[A-Za-z_][\w-]*", text) and text.lower() not in _YAML_WORDS
+    return text if plain else json.dumps(text)
+
+
+def _flag_column(df: pl.DataFrame) -> tuple[str | None, tuple[str, str] | None]:
+    """(the column, (its value meaning the event, the event)) of the first FLAG_NAMES column holding
+    both 0 and 1 and nothing else (integers, booleans, or their text: a CSV is read as text);
+    (None, None) when there is none."""
+    for c in df.columns:
+        event = FLAG_NAMES.get(_norm(c))
+        dtype = df.schema[c]
+        if event is None or not (dtype.is_integer() or dtype in (pl.Boolean, pl.String)):
+            continue
+        values = set(df[c].drop_nulls().cast(pl.String).unique().head(3).to_list())
+        for one, zero in (("1", "0"), ("true", "false"), ("True", "False")):
+            if values == {one, zero}:
+                return c, (one, event)
+    return None, None
 
 
 def _norm(name: str) -> str:
@@ -103,6 +137,9 @@ class InitPlan:
     time_note: str
     n_users: int
     n_items: int
+    # the event column is a 0/1 flag of an impression log: (its value meaning the event, the
+    # EVENT_ROLES name of that event); None = an event-type column or none
+    flag: tuple[str, str] | None = None
 
     # ------------------------------------------------------------------ schema
     def schema_yaml(self) -> str:
@@ -126,6 +163,9 @@ class InitPlan:
     def label_map(self) -> dict[str, tuple[str, float, str]]:
         """event value → (task, weight, means) for the values with a known role."""
         out = {}
+        if self.flag is not None:  # a 0/1 column: its 1 is the event, its 0 an impression
+            one, role = self.flag
+            return {ev: EVENT_ROLES[role] if ev == one else EVENT_ROLES["impression"] for ev in self.events}
         for ev in self.events:
             role = EVENT_ROLES.get(_norm(ev))
             if role is not None:
@@ -159,7 +199,8 @@ class InitPlan:
         tasks = list(dict.fromkeys(r[0] for r in lm.values() if r[0])) or ["ctr"]
         if self.event_column:
             line("labels:", "which events teach which ranker task")
-            line(f"  event_column: {self.event_column}", f"{len(self.events)} event types")
+            line(f"  event_column: {self.event_column}", f"{len(self.events)} event types" if self.flag is None else
+                 f"a 0/1 flag: {self.flag[0]} = a {self.flag[1]}, else an impression (one row per item shown)")
             line("  map:", "event → task (a positive of it), sample weight, online meaning")
             for ev, n in self.events.items():
                 if ev not in lm:
@@ -168,7 +209,8 @@ class InitPlan:
                 task, w, means = lm[ev]
                 parts = ([f"task: {task}"] if task else []) + ([f"weight: {w:g}"] if w != 1.0 else [])
                 parts += [f"means: {means}"] if means != ev else []
-                line(f"    {ev}: {{{', '.join(parts)}}}",
+                key = _yaml_str(ev)
+                line(f"    {key}: {{{', '.join(parts)}}}",
                      f"{n:,} rows" + ("; exposure only: left out of the fit" if means == "impression" else ""))
         line("recall:", "the channels that propose candidates")
         line("  channels:")
@@ -209,7 +251,8 @@ class InitPlan:
         bought = [ev for ev, (_, _, means) in lm.items() if means == "purchase"]
         if bought:
             line("rules:", "items kept out of answers")
-            line(f"  - {{types: [{', '.join(bought)}], ttl_s: 2592000}}", "bought → not offered again for 30 days")
+            line(f"  - {{types: [{', '.join(map(_yaml_str, bought))}], ttl_s: 2592000}}",
+                 "bought → not offered again for 30 days")
         line("k: 10", "items per answer (a request may ask for another k)")
         return "\n".join(L) + "\n"
 
@@ -320,6 +363,9 @@ def inspect_files(interactions: str | Path, users: str | Path | None = None, ite
         ev = next((names[n] for n in EVENT_NAMES if n in names and df[names[n]].n_unique() <= 50), None)
     elif ev not in df.columns:
         raise DataError(f"{ipath}: no column {ev!r} (given for the event type); columns: {', '.join(df.columns)}")
+    flag = None
+    if ev is None:  # an impression log: a 0/1 column saying whether the shown item was clicked
+        ev, flag = _flag_column(df)
     events: dict[str, int] = {}
     if ev is not None:
         counts = df[ev].cast(pl.String).value_counts(sort=True).drop_nulls(ev)
@@ -367,4 +413,4 @@ def inspect_files(interactions: str | Path, users: str | Path | None = None, ite
         tables[table] = TableInfo(p, t.height, tcols)
         if table == "items":
             n_items = max(n_items, t.height)
-    return InitPlan(tables, ev, events, time_note, n_users, n_items)
+    return InitPlan(tables, ev, events, time_note, n_users, n_items, flag)
