@@ -148,7 +148,7 @@ def test_config_errors(tmp_path):
 
 
 # ------------------------------------------------------------------ the planted world
-def planted_world() -> Dataset:
+def planted_world(extra: tuple = (), n_items: int = N_CLUSTERS * PER_CLUSTER) -> Dataset:
     """36 users, 6 clusters × 5 items, 8 days. Days 0–3 (fit): each user consumes the 5 items of
     a home cluster (itemCF learns the clusters; the static funnel's triggers have no unseen
     neighbour left). Days 4–7 (replay): on day d a user consumes the 3 items left of the cluster
@@ -169,12 +169,13 @@ def planted_world() -> Dataset:
             todo += cluster(c)[:2]
             rows += [(u, i, t + 10 * j) for j, i in enumerate(todo)]
             prev = c
+    rows += list(extra)
     inter = pl.DataFrame(rows, schema={"user_id": pl.Int64, "item_id": pl.Int64, "timestamp": pl.Int64}, orient="row")
     inter = inter.with_columns(pl.when(pl.col("item_id") % 2 == 0).then(5.0).otherwise(2.0).alias("rating"))
     inter = inter.sort("timestamp")
     schema = Schema(interactions={"user_id": "categorical", "item_id": "categorical", "timestamp": "time",
                                   "rating": "label"}, items={"item_id": "categorical"})
-    items = pl.DataFrame({"item_id": np.arange(N_CLUSTERS * PER_CLUSTER)})
+    items = pl.DataFrame({"item_id": np.arange(n_items)})
     return Dataset.build("planted", inter, schema, items=items)
 
 
@@ -268,6 +269,44 @@ def test_the_label_slice_is_excluded_and_the_auc_is_over_the_unseen_items(plante
         assert got == pytest.approx(roc_auc_score(y, [score[i] for i in unseen]), abs=1e-9)
         checked += 1
     assert checked > 10
+
+
+def test_an_item_first_consumed_later_is_not_a_negative_before_then():
+    """Item 30 is first consumed on day 6: on days 4–5 no user could have had it, so it is not
+    in their AUC's population. Item 31 is never consumed, but it is in the catalogue all along:
+    a negative every day. Recomputed by hand (sklearn) from the served answers of day 4."""
+    from sklearn.metrics import roc_auc_score
+
+    n = N_CLUSTERS * PER_CLUSTER
+    ds = planted_world(extra=((0, n, BASE + 6 * DAY + 5000),), n_items=n + 2)
+    fitted = fit_for_replay(ds, FUNNEL, CFG)
+    answers = []
+
+    class Recording(ServiceClient):
+        def recommend(self, user_id, k, time, exclude):
+            ans = super().recommend(user_id, k, time, exclude)
+            answers.append((user_id, time, ans))
+            return ans
+
+    svc = RecommenderService(fitted.funnel)
+    try:
+        rec = replay(fitted, "static", CFG, client=Recording(svc))
+    finally:
+        svc.close()
+    before = {u: set(v) for u, v in fitted.fit_rows.group_by("user_id").agg(pl.col("item_id")).iter_rows()}
+    day0 = fitted.replay_rows["day"].min()
+    rows = fitted.replay_rows.filter(pl.col("day") == day0)
+    checked = 0
+    for u, _t, ans in answers[: len(set(rows["user_id"].to_list()))]:
+        assert n not in ans.item_ids  # nobody knows it yet
+        R = set(rows.filter(pl.col("user_id") == u)["item_id"].to_list()) - before[u]
+        unseen = [i for i in range(n + 2) if i not in before[u] and i != n]  # 31 in, 30 out
+        score = {i: -1e9 for i in unseen} | dict(zip(ans.item_ids, ans.scores))
+        y = np.array([i in R for i in unseen])
+        got = rec.filter((pl.col("user_id") == str(u)) & (pl.col("day") == 4))["auc"][0]
+        assert got == pytest.approx(roc_auc_score(y, [score[i] for i in unseen]), abs=1e-9)
+        checked += 1
+    assert checked == N_USERS
 
 
 def test_realtime_sends_clicks_and_likes_from_the_config(planted):

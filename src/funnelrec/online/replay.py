@@ -34,7 +34,8 @@ not scored:
 
     NDCG@k = Σ_{p<k} [a_p ∈ R] / log2(p + 2)  /  Σ_{p < min(|R|, k)} 1 / log2(p + 2)
     AUC    = P(r⁺ before r⁻) + ½·P(tie) over the user's unseen items (the catalogue minus every
-             item they interacted with before: the population NDCG ranks), positives = R,
+             item they interacted with before: the population NDCG ranks — and minus the items
+             first consumed after day d, not yet published then, unless returned), positives = R,
              ordered by the funnel: the k' returned candidates by their served (fused) score,
              every item not returned tied below them (`unseen_auc`). The same population for
              every mode, so online − static is paired on like with like.
@@ -523,6 +524,12 @@ def _run(fitted: FittedReplay, mode: str, cfg: ReplayConfig, client: ReplayClien
     rows = fitted.replay_rows
     k_req = max(cfg.k, cfg.auc_k)
     n_catalogue = fitted.dataset.n_items
+    # an item first consumed after day d is taken as not yet published on day d: no user could
+    # have had it, so it is not one of the AUC's negatives that day (unless the funnel returned it)
+    first = (pl.concat([fitted.fit_rows.select("item_id", "timestamp"), rows.select("item_id", "timestamp")])
+             .group_by("item_id").agg(pl.col("timestamp").min() // D))
+    first_day = dict(zip(first["item_id"].to_list(), first["timestamp"].to_list()))
+    later_days = np.sort(first["timestamp"].to_numpy())  # first-consumption days, to count the future ones
     out: dict[str, list] = {"day": [], "user_id": [], "ndcg": [], "auc": [], "auc_returned": [], "n_relevant": [],
                             "model_version": []}
     days = rows.partition_by("day", maintain_order=True, as_dict=True)
@@ -548,7 +555,9 @@ def _run(fitted: FittedReplay, mode: str, cfg: ReplayConfig, client: ReplayClien
                 fresh = np.array([i not in before for i in ans.item_ids], bool)  # the channels exclude them
                 scores = ans.scores[fresh]
                 hit = np.array([i in relevant for i in ans.item_ids], bool)[fresh]
-                n_unseen = n_catalogue - len(before)
+                future = len(later_days) - int(np.searchsorted(later_days, int(day), side="right"))
+                returned_future = sum(first_day.get(i, -1) > int(day) for i in np.asarray(ans.item_ids)[fresh].tolist())
+                n_unseen = n_catalogue - future + returned_future - len(before)
                 out["auc"].append(unseen_auc(scores, hit, len(relevant), n_unseen - len(relevant)))
                 out["auc_returned"].append(pairwise_auc(scores, hit))
                 out["n_relevant"].append(len(relevant))
