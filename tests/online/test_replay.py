@@ -223,6 +223,23 @@ def test_static_protocol_through_a_real_service(planted):
     assert log.group_by("user_id", "item_id").len()["len"].max() == 1
 
 
+def _static_replay_answers(fitted, cfg):
+    """The static replay's records and every answer it was served: [(user, time, answer)]."""
+    answers = []
+
+    class Recording(ServiceClient):
+        def recommend(self, user_id, k, time, exclude):
+            ans = super().recommend(user_id, k, time, exclude)
+            answers.append((user_id, time, ans))
+            return ans
+
+    svc = RecommenderService(fitted.funnel)
+    try:
+        return replay(fitted, "static", cfg, client=Recording(svc)), answers
+    finally:
+        svc.close()
+
+
 def test_the_label_slice_is_excluded_and_the_auc_is_over_the_unseen_items(planted):
     """With a ranker (label_fraction > 0) the channels never see the label slice of the fit
     rows: the replay excludes it itself, so no answer shows what the user consumed then. Each
@@ -235,19 +252,7 @@ def test_the_label_slice_is_excluded_and_the_auc_is_over_the_unseen_items(plante
     fitted = fit_for_replay(ds, FUNNEL, cfg)
     assert fitted.funnel.ranker_ is not None and fitted.label_rows.height > 0
     label = fitted.unexcluded()
-    answers = []
-
-    class Recording(ServiceClient):
-        def recommend(self, user_id, k, time, exclude):
-            ans = super().recommend(user_id, k, time, exclude)
-            answers.append((user_id, time, ans))
-            return ans
-
-    svc = RecommenderService(fitted.funnel)
-    try:
-        rec = replay(fitted, "static", cfg, client=Recording(svc))
-    finally:
-        svc.close()
+    rec, answers = _static_replay_answers(fitted, cfg)
     assert any(label.values())
     for u, _, ans in answers:
         assert not set(ans.item_ids) & set(label.get(u, []))
@@ -280,19 +285,7 @@ def test_an_item_first_consumed_later_is_not_a_negative_before_then():
     n = N_CLUSTERS * PER_CLUSTER
     ds = planted_world(extra=((0, n, BASE + 6 * DAY + 5000),), n_items=n + 2)
     fitted = fit_for_replay(ds, FUNNEL, CFG)
-    answers = []
-
-    class Recording(ServiceClient):
-        def recommend(self, user_id, k, time, exclude):
-            ans = super().recommend(user_id, k, time, exclude)
-            answers.append((user_id, time, ans))
-            return ans
-
-    svc = RecommenderService(fitted.funnel)
-    try:
-        rec = replay(fitted, "static", CFG, client=Recording(svc))
-    finally:
-        svc.close()
+    rec, answers = _static_replay_answers(fitted, CFG)
     before = {u: set(v) for u, v in fitted.fit_rows.group_by("user_id").agg(pl.col("item_id")).iter_rows()}
     day0 = fitted.replay_rows["day"].min()
     rows = fitted.replay_rows.filter(pl.col("day") == day0)
