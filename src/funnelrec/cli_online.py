@@ -4,6 +4,7 @@ a user-caused error prints one `error: …` line and exits 2."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
@@ -14,6 +15,7 @@ def register(app: typer.Typer) -> None:
     _register_replay(app)
     _register_learn(app)
     _register_catalogue(app)
+    _register_log(app)
     return None
 
 
@@ -55,6 +57,55 @@ def _register_catalogue(app: typer.Typer) -> None:
         for i in ids:
             out = _catalogue_call(url, token, "POST", f"/items/{_quote(i)}/{'unhide' if unhide else 'hide'}", None)
         typer.echo(f"{'unhid' if unhide else 'hid'} {len(ids)} items; catalogue version {out.get('catalogue_version')}")
+
+
+def _register_log(app: typer.Typer) -> None:
+    """`funnelrec log stats|trim --state-dir DIR`: the server's event log (pipeline/eventlog.py)."""
+    log = typer.Typer(no_args_is_help=True, help="The server's event log (state_dir/events.db): size, trimming.")
+    app.add_typer(log, name="log")
+    state_opt = typer.Option(Path("state"), "--state-dir", help="the server's state dir (events.db)")
+
+    def _open(state_dir: Path, keep_s: int | None = None):
+        from funnelrec.core.errors import ConfigError
+        from funnelrec.pipeline.eventlog import EventLog
+
+        path = state_dir / "events.db"
+        if not path.is_file():
+            raise ConfigError(f"event log {path} not found (the server's --state-dir holds events.db)")
+        return EventLog(path, retention_s=keep_s)
+
+    @log.command("stats")
+    def stats_cmd(state_dir: Path = state_opt, as_json: bool = typer.Option(False, "--json")) -> None:
+        """Rows, seq and time range, how far a retention trimmed, bytes on disk."""
+        with _open(state_dir) as ev:
+            st = ev.stats()
+        if as_json:
+            typer.echo(json.dumps(st))
+            return
+        typer.echo("\n".join(f"{k:>18}: {v}" for k, v in st.items()))
+
+    @log.command("trim")
+    def trim_cmd(keep_s: int = typer.Option(..., "--keep-s", help="keep the events of the last this many seconds "
+                                                                 "(of the server's clock when it stored them)"),
+                 state_dir: Path = state_opt,
+                 vacuum: bool = typer.Option(False, "--vacuum", help="then give the freed space back to the disk "
+                                                                    "(rewrites the file; feedback waits meanwhile)")) -> None:
+        """Delete the events older than --keep-s now, as `serve --log-retention-s` does as it goes:
+        for a log that grew without one. A learner behind the cut is told what it lost."""
+        from funnelrec.core.errors import ConfigError
+
+        if keep_s <= 0:
+            raise ConfigError(f"--keep-s must be > 0 seconds, got {keep_s}")
+        with _open(state_dir, keep_s) as ev:
+            before = ev.stats()
+            deleted = 0
+            while n := ev.trim():
+                deleted += n
+            if vacuum:
+                ev.vacuum()
+            after = ev.stats()
+        typer.echo(f"deleted {deleted:,} events (up to seq {after['trimmed_up_to']}); {after['rows']:,} left; "
+                   f"{before['bytes'] / 2**20:.1f} → {after['bytes'] / 2**20:.1f} MB")
 
 
 def _quote(item_id: object) -> str:

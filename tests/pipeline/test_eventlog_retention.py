@@ -256,3 +256,38 @@ def test_the_service_trims_its_log_as_feedback_arrives(tmp_path):
     svc.close()
     with pytest.raises(ConfigError, match="eventlog_retention_s must be > 0"):
         ServiceConfig(eventlog_retention_s=0)
+
+
+def test_log_trim_and_stats_on_a_log_that_grew_without_retention(tmp_path):
+    """`funnelrec log trim --keep-s N --vacuum`: the events older than N go and the file shrinks;
+    `log stats --json` says what is left. Mistakes are one line, exit 2."""
+    import json
+    import time
+
+    from typer.testing import CliRunner
+
+    from funnelrec.cli import app
+
+    state = tmp_path / "state"
+    clock = Clock(time.time() - 10 * 86400)
+    with EventLog(state / "events.db", synchronous="NORMAL", clock=clock) as log:
+        for k in range(20):
+            log.append(_events(500, start=500 * k))   # seq 1–10,000, ten days old
+        clock.t = time.time()
+        log.append(_events(3, start=10_000))          # seq 10,001–10,003, now
+    r = CliRunner().invoke(app, ["log", "trim", "--keep-s", "86400", "--state-dir", str(state), "--vacuum"])
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith("deleted 10,000 events (up to seq 10000); 3 left;"), r.output
+    before, after = (float(x) for x in r.output.split(";")[-1].replace("MB", "").split("→"))
+    assert after < before / 5
+    r = CliRunner().invoke(app, ["log", "stats", "--state-dir", str(state), "--json"])
+    st = json.loads(r.output)
+    assert (st["rows"], st["first_seq"], st["last_seq"], st["trimmed_up_to"]) == (3, 10_001, 10_003, 10_000)
+    import subprocess
+    import sys
+
+    for args, msg in ((["log", "trim", "--keep-s", "0", "--state-dir", str(state)], "--keep-s must be > 0"),
+                      (["log", "stats", "--state-dir", str(tmp_path / "none")], "not found")):
+        r = subprocess.run([sys.executable, "-m", "funnelrec.cli", *args], capture_output=True, text=True, timeout=120)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and msg in lines[0], r.stderr

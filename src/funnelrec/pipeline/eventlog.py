@@ -232,6 +232,28 @@ class EventLog:
             raise
         return deleted
 
+    def stats(self) -> dict:
+        """Rows, seq range, the received_at range (unix s), `trimmed_up_to` and the file's bytes
+        (with its WAL): what `funnelrec log stats` prints."""
+        with self._lock:
+            self._check_open()
+            rows, lo, hi = self._db.execute("SELECT COUNT(*), MIN(seq), MAX(seq) FROM events").fetchone()
+            first = self._db.execute("SELECT received_at FROM events ORDER BY seq LIMIT 1").fetchone()
+            last = self._db.execute("SELECT received_at FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+            trimmed = log_trimmed_up_to(self._db)
+        size = sum(f.stat().st_size for f in (self.path, Path(f"{self.path}-wal")) if f.exists())
+        return {"path": str(self.path), "rows": int(rows), "first_seq": lo, "last_seq": hi,
+                "first_received_at": None if first is None else first[0],
+                "last_received_at": None if last is None else last[0], "trimmed_up_to": trimmed, "bytes": size}
+
+    def vacuum(self) -> None:
+        """Give the pages trims freed back to the file system (SQLite's VACUUM: it rewrites the
+        file, needs as much free disk, and holds the write lock while it runs)."""
+        with self._lock:
+            self._check_open()
+            self._db.execute("VACUUM")
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
     def trimmed_up_to(self) -> int:
         """The newest seq the retention deleted (0: none)."""
         with self._lock:
