@@ -29,6 +29,8 @@ DEFAULT_ARTIFACT = Path("artifacts/funnel")
 #: the tuned default funnel of MovieLens-100k, shipped inside the package (src/funnelrec/configs;
 #: the repo root's configs/ is a link to it): it resolves after a plain pip install too
 DEFAULT_FUNNEL = Path(__file__).resolve().parent / "configs" / "funnel" / "ml100k.yaml"
+#: the synthetic world's: an impression log, whose clicks are the consumptions
+SYNTHETIC_FUNNEL = DEFAULT_FUNNEL.with_name("synthetic.yaml")
 
 
 def register(app: typer.Typer) -> None:
@@ -46,8 +48,8 @@ def _emit(obj: dict[str, Any], as_json: bool, text: str, quiet: bool = False) ->
 
 
 def resolve_config(config: Path | None, dataset: str | None):
-    """The funnel config: the given file, else the tuned MovieLens one for movielens-100k, else
-    FunnelConfig()'s defaults (which name no dataset's columns)."""
+    """The funnel config: the given file, else the tuned MovieLens one for movielens-100k, the
+    synthetic world's for synthetic, else FunnelConfig()'s defaults (which name no dataset's columns)."""
     from funnelrec.pipeline.config import FunnelConfig
 
     if config is not None:
@@ -62,6 +64,8 @@ def resolve_config(config: Path | None, dataset: str | None):
             raise type(e)(f"{config}: {msg.removeprefix('funnel config: ')}") from None
     if dataset in (None, "movielens-100k") and DEFAULT_FUNNEL.exists():
         return FunnelConfig.load(DEFAULT_FUNNEL)
+    if dataset == "synthetic" and SYNTHETIC_FUNNEL.exists():
+        return FunnelConfig.load(SYNTHETIC_FUNNEL)
     return FunnelConfig()
 
 

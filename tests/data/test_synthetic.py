@@ -351,3 +351,18 @@ def test_build_gives_users_and_items_only_in_interactions_their_own_rows():
     bare = Dataset.build("t", inter, ids)
     assert bare.users.select("user_idx", "user_id").rows() == [(0, "u1"), (1, "u5"), (2, "u2"), (3, "u3")]
     assert bare.interactions["item_idx"].to_list() == [0, 1, 2, 3, 1]
+
+
+def test_the_default_funnel_fits_and_scores_the_clicks_not_the_impressions(world_ds):
+    """The world's log has one row per item shown: `evaluate funnel --dataset synthetic` reads it
+    with configs/funnel/synthetic.yaml, whose label map makes the unclicked rows exposure — out of
+    the fit and of the test positives."""
+    from funnelrec.cli_data import resolve_config
+    from funnelrec.pipeline.offline import fit_on_protocol
+
+    cfg = resolve_config(None, "synthetic")
+    assert cfg.labels.event_column == "click" and "0" in cfg.labels.exposure_events()
+    funnel, split = fit_on_protocol(world_ds, cfg)
+    rows = pl.concat([split.train, split.valid, split.test])
+    assert rows.height == int((world_ds.interactions["click"] > 0).sum()) and (rows["click"] == 1).all()
+    assert float(funnel.channels_["hot"].popularity_.sum()) > 0 and funnel.ranker_ is not None
