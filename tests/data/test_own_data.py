@@ -463,31 +463,6 @@ def test_init_reads_an_impression_log_with_a_0_1_flag(tmp_path, flag, values, on
     assert d.interactions.height == n // 4  # the shown-and-clicked rows only
 
 
-def test_a_rejection_in_the_log_is_not_a_consumption(tmp_path):
-    """A dislike (skip, hide, remove-from-cart …) turns an item down: `init` maps it as exposure
-    (online it holds the item back like an impression), so no fit counts it as consumed."""
-    from typer.testing import CliRunner
-
-    from funnelrec.cli import app
-    from funnelrec.cli_data import load_data
-    from funnelrec.pipeline.config import FunnelConfig
-
-    kinds = ["view", "view", "Dislike", "remove_from_cart", "cart"]
-    log = pl.DataFrame({"user": [f"u{k % 20}" for k in range(200)], "item": [f"i{k % 17}" for k in range(200)],
-                        "ts": [1_700_000_000 + 60 * k for k in range(200)], "event": [kinds[k % 5] for k in range(200)]})
-    log.write_csv(tmp_path / "log.csv")
-    r = CliRunner().invoke(app, ["init", "--interactions", str(tmp_path / "log.csv"), "--out", str(tmp_path / "cfg")])
-    assert r.exit_code == 0, r.output
-    text = (tmp_path / "cfg" / "funnel.yaml").read_text()
-    for ev in ("Dislike", "remove_from_cart"):
-        line = next(x for x in text.splitlines() if x.strip().startswith(f"{ev}:"))
-        assert "means: impression" in line and "a rejection, not a consumption" in line, line
-    cfg = FunnelConfig.load(tmp_path / "cfg" / "funnel.yaml")
-    assert sorted(cfg.labels.exposure_events()) == ["Dislike", "impression", "remove_from_cart"]
-    d = load_data(cfg, tmp_path / "cfg" / "funnel.yaml", None, None)
-    assert sorted(set(d.interactions["event"].to_list())) == ["cart", "view"] and d.interactions.height == 120
-
-
 def test_a_column_that_is_not_a_0_1_flag_is_left_alone(tmp_path):
     from funnelrec.data.discover import _flag_column
 

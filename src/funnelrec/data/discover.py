@@ -51,10 +51,6 @@ ID_NAMES = {
 }
 EVENT_NAMES = ("eventtype", "event", "type", "action", "behavior", "behaviour", "interaction", "interactiontype",
                "eventname", "activity", "actiontype", "kind")
-#: events that turn an item down (normalized names)
-REJECTIONS = ("dislike", "disliked", "thumbsdown", "skip", "skipped", "hide", "hidden", "notinterested", "dismiss",
-              "dismissed", "unlike", "unfavorite", "removefromcart", "removefromwishlist", "return", "returned",
-              "refund", "report", "block")
 #: event name (normalized) → (task, weight, the funnel's event type it means online)
 EVENT_ROLES = {
     "view": ("ctr", 1.0, "click"), "pageview": ("ctr", 1.0, "click"), "detail": ("ctr", 1.0, "click"),
@@ -70,8 +66,6 @@ EVENT_ROLES = {
     "impression": ("", 1.0, "impression"), "impressions": ("", 1.0, "impression"),
     "expose": ("", 1.0, "impression"), "exposure": ("", 1.0, "impression"), "exposed": ("", 1.0, "impression"),
     "show": ("", 1.0, "impression"), "shown": ("", 1.0, "impression"), "display": ("", 1.0, "impression"),
-    # a rejection is no consumption either: exposure only (online: the exposure filter holds it back)
-    **dict.fromkeys(REJECTIONS, ("", 1.0, "impression")),
 }
 #: a 0/1 column of an impression log (one row per item shown) → the event its 1 means; its 0 rows
 #: are impressions: exposure only, left out of the fit (data/source.py `LabelSpec.consumptions`)
@@ -217,8 +211,7 @@ class InitPlan:
                 parts += [f"means: {means}"] if means != ev else []
                 key = _yaml_str(ev)
                 line(f"    {key}: {{{', '.join(parts)}}}",
-                     f"{n:,} rows" + ("" if means != "impression" else "; a rejection, not a consumption: left out "
-                                      "of the fit" if _norm(ev) in REJECTIONS else "; exposure only: left out of the fit"))
+                     f"{n:,} rows" + ("; exposure only: left out of the fit" if means == "impression" else ""))
         line("recall:", "the channels that propose candidates")
         line("  channels:")
         chans = [("itemcf", 300, "", "items co-consumed with the user's history"),
