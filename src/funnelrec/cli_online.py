@@ -74,10 +74,25 @@ def _register_log(app: typer.Typer) -> None:
             raise ConfigError(f"event log {path} not found (the server's --state-dir holds events.db)")
         return EventLog(path, retention_s=keep_s)
 
+    def _sqlite_errors_named(path: Path):
+        """A busy or broken database as one line (exit 2), not a traceback."""
+        import contextlib
+        import sqlite3
+
+        from funnelrec.core.errors import ArtifactError
+
+        @contextlib.contextmanager
+        def guard():
+            try:
+                yield
+            except sqlite3.Error as e:
+                raise ArtifactError(f"event log {path}: {e} (a server or learner holding it? retry, or stop it)") from None
+        return guard()
+
     @log.command("stats")
     def stats_cmd(state_dir: Path = state_opt, as_json: bool = typer.Option(False, "--json")) -> None:
         """Rows, seq and time range, how far a retention trimmed, bytes on disk."""
-        with _open(state_dir) as ev:
+        with _sqlite_errors_named(state_dir / "events.db"), _open(state_dir) as ev:
             st = ev.stats()
         if as_json:
             typer.echo(json.dumps(st))
@@ -89,23 +104,24 @@ def _register_log(app: typer.Typer) -> None:
                                                                  "(of the server's clock when it stored them)"),
                  state_dir: Path = state_opt,
                  vacuum: bool = typer.Option(False, "--vacuum", help="then give the freed space back to the disk "
-                                                                    "(rewrites the file; feedback waits meanwhile)")) -> None:
+                                                                    "(rewrites the file and holds its write lock "
+                                                                    "meanwhile: run it with the server stopped)")) -> None:
         """Delete the events older than --keep-s now, as `serve --log-retention-s` does as it goes:
         for a log that grew without one. A learner behind the cut is told what it lost."""
         from funnelrec.core.errors import ConfigError
 
         if keep_s <= 0:
             raise ConfigError(f"--keep-s must be > 0 seconds, got {keep_s}")
-        with _open(state_dir, keep_s) as ev:
+        with _sqlite_errors_named(state_dir / "events.db"), _open(state_dir, keep_s) as ev:
             before = ev.stats()
             deleted = 0
             while n := ev.trim():
                 deleted += n
-            if vacuum:
-                ev.vacuum()
+            whole = ev.vacuum() if vacuum else True
             after = ev.stats()
         typer.echo(f"deleted {deleted:,} events (up to seq {after['trimmed_up_to']}); {after['rows']:,} left; "
-                   f"{before['bytes'] / 2**20:.1f} → {after['bytes'] / 2**20:.1f} MB")
+                   f"{before['bytes'] / 2**20:.1f} → {after['bytes'] / 2**20:.1f} MB"
+                   + ("" if whole else " (a reader kept part of the WAL: its space returns at a later checkpoint)"))
 
 
 def _quote(item_id: object) -> str:

@@ -432,8 +432,12 @@ def test_a_log_with_impressions_fits_and_scores_what_was_consumed(tmp_path):
     assert "impression" not in split.test["event_type"].to_list()
 
 
+ZERO = {"1": "0", "true": "false", "1.0": "0.0"}
+
+
 @pytest.mark.parametrize("flag, values, one", [("clicked", [0, 1, 0, 0], "1"), ("is_click", [False, True, False, False], "true"),
-                                               ("converted", ["0", "1", "0", "0"], "1")])
+                                               ("converted", ["0", "1", "0", "0"], "1"),
+                                               ("click", [0.0, 1.0, 0.0, 0.0], "1.0")])
 def test_init_reads_an_impression_log_with_a_0_1_flag(tmp_path, flag, values, one):
     """One row per item shown and a 0/1 column saying whether it was clicked (or bought): the 1s are
     the events, the 0s impressions — exposure only, so the fit and the evaluation count the 1s."""
@@ -449,18 +453,42 @@ def test_init_reads_an_impression_log_with_a_0_1_flag(tmp_path, flag, values, on
                         "iid": [f"i{k}" for k in rng.integers(30, size=n)],
                         "ts": (1_700_000_000 + np.arange(n) * 60).tolist(),
                         flag: [values[k % 4] for k in range(n)]})
-    path = tmp_path / ("log.parquet" if isinstance(values[0], bool) else "log.csv")
+    path = tmp_path / ("log.parquet" if isinstance(values[0], (bool, float)) else "log.csv")
     log.write_parquet(path) if path.suffix == ".parquet" else log.write_csv(path)
     r = CliRunner().invoke(app, ["init", "--interactions", str(path), "--out", str(tmp_path / "cfg")])
     assert r.exit_code == 0, r.output
     config = tmp_path / "cfg" / "funnel.yaml"
     cfg = FunnelConfig.load(config)
     task, means = ("conversion", "purchase") if flag == "converted" else ("ctr", "click")
-    assert cfg.labels.event_column == flag and set(cfg.labels.map) == {one, {"1": "0", "true": "false"}[one]}
+    assert cfg.labels.event_column == flag and set(cfg.labels.map) == {one, ZERO[one]}
     assert (cfg.labels.map[one].task, cfg.labels.map[one].means) == (task, means)
-    assert {"1": "0", "true": "false"}[one] in cfg.labels.exposure_events() and list(cfg.rank.tasks) == [task]
+    assert ZERO[one] in cfg.labels.exposure_events() and list(cfg.rank.tasks) == [task]
     d = load_data(cfg, config, None, None)
     assert d.interactions.height == n // 4  # the shown-and-clicked rows only
+
+
+def test_a_flag_beside_a_content_type_column_and_events_without_a_role(tmp_path):
+    """A `type` column of content kinds names no consumption, so the 0/1 flag beside it is the
+    event column; event names init does not know give `map: {}` (every row an interaction), not
+    a config that fails to load."""
+    from typer.testing import CliRunner
+
+    from funnelrec.cli import app
+    from funnelrec.pipeline.config import FunnelConfig
+
+    n = 200
+    base = {"uid": [f"u{k % 20}" for k in range(n)], "iid": [f"i{k % 17}" for k in range(n)],
+            "ts": [1_700_000_000 + 60 * k for k in range(n)]}
+    for name, extra, column in (("kinds", {"type": ["video", "article"] * (n // 2), "clicked": [k % 3 == 0 for k in range(n)]},
+                                 "clicked"),
+                                ("foreign", {"event": ["kaufen", "ansehen"] * (n // 2)}, "event")):
+        pl.DataFrame({**base, **extra}).write_parquet(tmp_path / f"{name}.parquet")
+        r = CliRunner().invoke(app, ["init", "--interactions", str(tmp_path / f"{name}.parquet"),
+                                     "--out", str(tmp_path / name)])
+        assert r.exit_code == 0, r.output
+        cfg = FunnelConfig.load(tmp_path / name / "funnel.yaml")
+        assert cfg.labels.event_column == column
+        assert set(cfg.labels.map) == ({"true", "false"} if name == "kinds" else set())
 
 
 def test_a_column_that_is_not_a_0_1_flag_is_left_alone(tmp_path):

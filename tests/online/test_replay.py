@@ -296,10 +296,31 @@ def test_an_item_first_consumed_later_is_not_a_negative_before_then():
         unseen = [i for i in range(n + 2) if i not in before[u] and i != n]  # 31 in, 30 out
         score = {i: -1e9 for i in unseen} | dict(zip(ans.item_ids, ans.scores))
         y = np.array([i in R for i in unseen])
-        got = rec.filter((pl.col("user_id") == str(u)) & (pl.col("day") == 4))["auc"][0]
+        got = rec.filter((pl.col("user_id") == str(u)) & (pl.col("day") == day0 - fitted.first_day))["auc"][0]
         assert got == pytest.approx(roc_auc_score(y, [score[i] for i in unseen]), abs=1e-9)
         checked += 1
     assert checked == N_USERS
+
+    # a client that does return the future item (last, lowest): then it is in that day's population
+    from funnelrec.online.replay import Answer
+
+    class Returning(ServiceClient):
+        def recommend(self, user_id, k, time, exclude):
+            ans = super().recommend(user_id, k, time, exclude)
+            return Answer(ans.request_id, ans.item_ids + [n], np.r_[ans.scores, ans.scores.min() - 1], ans.model_version)
+
+    svc = RecommenderService(fitted.funnel)
+    try:
+        with_future = replay(fitted, "static", CFG, client=Returning(svc))
+    finally:
+        svc.close()
+    u0 = answers[0][0]
+    R = set(rows.filter(pl.col("user_id") == u0)["item_id"].to_list()) - before[u0]
+    unseen = [i for i in range(n + 2) if i not in before[u0]]  # 30 returned: in the population
+    score = {i: -1e9 for i in unseen} | dict(zip(answers[0][2].item_ids, answers[0][2].scores))
+    score[n] = float(answers[0][2].scores.min()) - 1
+    got = with_future.filter((pl.col("user_id") == str(u0)) & (pl.col("day") == day0 - fitted.first_day))["auc"][0]
+    assert got == pytest.approx(roc_auc_score(np.array([i in R for i in unseen]), [score[i] for i in unseen]), abs=1e-9)
 
 
 def test_realtime_sends_clicks_and_likes_from_the_config(planted):

@@ -291,3 +291,23 @@ def test_log_trim_and_stats_on_a_log_that_grew_without_retention(tmp_path):
         r = subprocess.run([sys.executable, "-m", "funnelrec.cli", *args], capture_output=True, text=True, timeout=120)
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and msg in lines[0], r.stderr
+
+
+def test_vacuum_under_a_reader_says_the_wal_was_kept_and_loses_nothing(tmp_path):
+    """A learner mid-read holds a snapshot: VACUUM still runs, the WAL's truncation is given up
+    (it would block the server's writes waiting for that reader), and says so."""
+    clock = Clock(0.0)
+    log = EventLog(tmp_path / "events.db", retention_s=10, trim_every_s=0, clock=clock)
+    log.append(_events(2000))
+    clock.t = 100.0
+    log.append(_events(3, start=2000))      # its trim deletes the 2,000 old ones
+    reader = sqlite3.connect(tmp_path / "events.db", isolation_level=None)
+    reader.execute("BEGIN")
+    assert reader.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 3  # a snapshot is held
+    assert log.vacuum() is False
+    reader.execute("COMMIT")
+    reader.close()
+    assert log.read()["seq"].to_list() == [2001, 2002, 2003]
+    assert log.vacuum() is True             # no reader: the WAL goes too
+    assert not (tmp_path / "events.db-wal").exists() or (tmp_path / "events.db-wal").stat().st_size == 0
+    log.close()

@@ -85,7 +85,13 @@ def _yaml_str(text: str) -> str:
     """`text` as a YAML scalar that reads back as this string: quoted unless it is a plain word
     ("1" would be the int 1, "true" the bool)."""
     plain = re.fullmatch(r"[A-Za-z_][\w-]*", text) and text.lower() not in _YAML_WORDS
-    return text if plain else json.dumps(text)
+    return text if plain else json.dumps(text, ensure_ascii=False)
+
+
+def _names_a_consumption(events: pl.Series) -> bool:
+    """Whether any value of an event column has a known role other than exposure."""
+    values = events.drop_nulls().cast(pl.String).unique().head(50).to_list()
+    return any(EVENT_ROLES.get(_norm(v), ("", 1.0, "impression"))[2] != "impression" for v in values)
 
 
 def _flag_column(df: pl.DataFrame) -> tuple[str | None, tuple[str, str] | None]:
@@ -95,10 +101,10 @@ def _flag_column(df: pl.DataFrame) -> tuple[str | None, tuple[str, str] | None]:
     for c in df.columns:
         event = FLAG_NAMES.get(_norm(c))
         dtype = df.schema[c]
-        if event is None or not (dtype.is_integer() or dtype in (pl.Boolean, pl.String)):
+        if event is None or not (dtype.is_numeric() or dtype in (pl.Boolean, pl.String)):
             continue
         values = set(df[c].drop_nulls().cast(pl.String).unique().head(3).to_list())
-        for one, zero in (("1", "0"), ("true", "false"), ("True", "False")):
+        for one, zero in (("1", "0"), ("1.0", "0.0"), ("true", "false"), ("True", "False")):
             if values == {one, zero}:
                 return c, (one, event)
     return None, None
@@ -140,6 +146,7 @@ class InitPlan:
     # the event column is a 0/1 flag of an impression log: (its value meaning the event, the
     # EVENT_ROLES name of that event); None = an event-type column or none
     flag: tuple[str, str] | None = None
+    flag_nulls: int = 0  # rows of the flag column without a value
 
     # ------------------------------------------------------------------ schema
     def schema_yaml(self) -> str:
@@ -152,7 +159,7 @@ class InitPlan:
                 continue
             out.append(f"{t + ':':<33} # {info.path.name}: {info.rows:,} rows")
             for c in info.columns:
-                out.append(f"  {c.name + ': ' + c.kind:<31} # {c.note}")
+                out.append(f"  {_yaml_str(c.name) + ': ' + c.kind:<31} # {c.note}")
         return "\n".join(out) + "\n"
 
     # ------------------------------------------------------------------ config
@@ -193,15 +200,18 @@ class InitPlan:
                  f"{self.n_users:,} users (0 = all: a longer fit)")
         rename = self.tables["interactions"].rename
         if rename:
-            line("  columns: {" + ", ".join(f"{k}: {v}" for k, v in rename.items()) + "}",
+            line("  columns: {" + ", ".join(f"{k}: {_yaml_str(v)}" for k, v in rename.items()) + "}",
                  "the contract's names ← your files' names")
         lm = self.label_map()
         tasks = list(dict.fromkeys(r[0] for r in lm.values() if r[0])) or ["ctr"]
         if self.event_column:
             line("labels:", "which events teach which ranker task")
-            line(f"  event_column: {self.event_column}", f"{len(self.events)} event types" if self.flag is None else
-                 f"a 0/1 flag: {self.flag[0]} = a {self.flag[1]}, else an impression (one row per item shown)")
-            line("  map:", "event → task (a positive of it), sample weight, online meaning")
+            line(f"  event_column: {_yaml_str(self.event_column)}", f"{len(self.events)} event types" if self.flag is None else
+                 f"a 0/1 flag: {self.flag[0]} = a {self.flag[1]}, else an impression (one row per item shown)"
+                 + (f"; {self.flag_nulls:,} rows without a value are read as interactions: fill them"
+                    if self.flag_nulls else ""))
+            line("  map:" if lm else "  map: {}", "event → task (a positive of it), sample weight, online meaning"
+                 if lm else "no event with a known role: every row an interaction (map yours below)")
             for ev, n in self.events.items():
                 if ev not in lm:
                     line(f"    # {ev}: {{task: ctr}}", f"{n:,} rows; no known role: an interaction only")
@@ -224,7 +234,8 @@ class InitPlan:
             line("    # - {name: ease, n: 300}", f"left out: {self.n_items:,} items > {MAX_EASE_ITEMS:,} (I × I)")
         tag = (self._features("items", ("multi",)) or self._features("items", ("categorical",)) or [None])[0]
         if tag:
-            chans.append(("tag", 100, f", params: {{column: {tag}}}", f"popular items of the user's top {tag} values"))
+            chans.append(("tag", 100, f", params: {{column: {_yaml_str(tag)}}}",
+                          f"popular items of the user's top {tag} values"))
         for name, n, extra, note in chans:
             line(f"    - {{name: {name}, n: {n}{extra}}}", note)
         total = 400 if self.n_items <= MAX_EASE_ITEMS else 300
@@ -237,16 +248,17 @@ class InitPlan:
         line("  label_folds: 0", "1 doubles the ranker's labels (and its fit time)")
         for key, table in (("user_columns", "users"), ("item_columns", "items")):
             cols = self._features(table)
-            line(f"  {key}: [{', '.join(cols)}]", f"{table} attributes learned as embeddings"
+            line(f"  {key}: [{', '.join(map(_yaml_str, cols))}]", f"{table} attributes learned as embeddings"
                  if cols else f"no repeating {table} attribute found")
         match = (self._features("items", ("multi",)) + self._features("items", ("categorical",)))[:2]
-        line(f"  match_columns: [{', '.join(match)}]", "history ∩ candidate overlap features" if match else "none found")
+        line(f"  match_columns: [{', '.join(map(_yaml_str, match))}]",
+             "history ∩ candidate overlap features" if match else "none found")
         line("  ridge_lambda: " + ("500.0" if self.n_items <= MAX_EASE_ITEMS else "0.0"),
              "item-item ridge match feature (0 = off: I × I)")
         line("fusion: {weights: {" + ", ".join(f"{t}: 1.0" for t in tasks) + "}}",
              "final score = Σ weight · task logit")
         div = (self._features("items", ("categorical", "multi")) or [""])[0]
-        line(f"rerank: {{method: none{', column: ' + div if div else ''}}}",
+        line(f"rerank: {{method: none{', column: ' + _yaml_str(div) if div else ''}}}",
              f"cap / mmr diversify on {div}" if div else "no column to diversify on")
         bought = [ev for ev, (_, _, means) in lm.items() if means == "purchase"]
         if bought:
@@ -364,8 +376,11 @@ def inspect_files(interactions: str | Path, users: str | Path | None = None, ite
     elif ev not in df.columns:
         raise DataError(f"{ipath}: no column {ev!r} (given for the event type); columns: {', '.join(df.columns)}")
     flag = None
-    if ev is None:  # an impression log: a 0/1 column saying whether the shown item was clicked
-        ev, flag = _flag_column(df)
+    if event_col is None and (ev is None or not _names_a_consumption(df[ev])):
+        # an impression log: a 0/1 column saying whether the shown item was clicked (also beside
+        # a "type" column of content kinds, or an event column of impressions only)
+        found, flag = _flag_column(df)
+        ev = found if found is not None else ev
     events: dict[str, int] = {}
     if ev is not None:
         counts = df[ev].cast(pl.String).value_counts(sort=True).drop_nulls(ev)
@@ -413,4 +428,5 @@ def inspect_files(interactions: str | Path, users: str | Path | None = None, ite
         tables[table] = TableInfo(p, t.height, tcols)
         if table == "items":
             n_items = max(n_items, t.height)
-    return InitPlan(tables, ev, events, time_note, n_users, n_items, flag)
+    return InitPlan(tables, ev, events, time_note, n_users, n_items, flag,
+                    int(df[ev].null_count()) if flag is not None else 0)

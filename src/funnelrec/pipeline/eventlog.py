@@ -246,13 +246,21 @@ class EventLog:
                 "first_received_at": None if first is None else first[0],
                 "last_received_at": None if last is None else last[0], "trimmed_up_to": trimmed, "bytes": size}
 
-    def vacuum(self) -> None:
+    def vacuum(self) -> bool:
         """Give the pages trims freed back to the file system (SQLite's VACUUM: it rewrites the
-        file, needs as much free disk, and holds the write lock while it runs)."""
+        file, needs as much free disk, and holds the write lock while it copies the kept rows —
+        run it with the server stopped). Then the WAL is truncated, waiting at most 0.1 s for
+        readers (a wait blocks writers too): False when a reader (a learner mid-read) kept it,
+        and its space returns at a later checkpoint."""
         with self._lock:
             self._check_open()
             self._db.execute("VACUUM")
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._db.execute("PRAGMA busy_timeout = 100")
+            try:
+                busy, wal_pages, done = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            finally:
+                self._db.execute("PRAGMA busy_timeout = 30000")  # the connection's (sqlite3.connect timeout=30)
+        return not busy
 
     def trimmed_up_to(self) -> int:
         """The newest seq the retention deleted (0: none)."""
