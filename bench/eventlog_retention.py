@@ -24,7 +24,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import cpu  # noqa: E402
-
 from funnelrec.pipeline.eventlog import EventLog, FeedbackEvent  # noqa: E402
 
 
