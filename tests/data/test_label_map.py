@@ -65,6 +65,9 @@ def test_impressions_are_exposure_and_out_of_every_fit():
         spec = LabelSpec("ev", {name: rule, "click": LabelRule("ctr")})
         with pytest.raises(ConfigError, match=rf"labels.map.{name}: an impression is exposure only .* task 'ctr'"):
             spec.check(both)
+    spec = LabelSpec("ev", {"impression": LabelRule(weight=3.0), "click": LabelRule("ctr")})
+    with pytest.raises(ConfigError, match=r"labels.map.impression: .* cannot carry a value or a weight"):
+        spec.check(both)
 
 
 def test_rule_exclusions_by_hand():

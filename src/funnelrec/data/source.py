@@ -166,10 +166,11 @@ class LabelSpec:
         for ev, rule in self.map.items():
             # refused when a fit starts, not when a config is read: an artifact fitted before this
             # rule still loads and serves
-            if ev in shown and rule.task:
+            if ev in shown and (rule.task or rule.value or rule.weight != 1.0):
+                what = f"label task {rule.task!r}" if rule.task else "carry a value or a weight"
                 raise ConfigError(f"{where}.map.{ev}: an impression is exposure only — online it is never a positive, "
-                                  f"and the fit leaves its rows out — so it cannot label task {rule.task!r}; drop "
-                                  f"`task:` (the events that follow an impression are its positives)")
+                                  f"and the fit leaves its rows out — so it cannot {what}; drop "
+                                  f"`task:`/`value:`/`weight:` (the events that follow an impression are its positives)")
             if ev not in seen and ev not in shown:  # exposure rows are left out of every fit (`consumptions`)
                 raise ConfigError(f"{where}.map.{ev}: no interaction has {self.event_column} = {ev!r}; "
                                   f"the values are: {', '.join(sorted(seen)[:20])}")
