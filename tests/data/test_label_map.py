@@ -59,6 +59,11 @@ def test_impressions_are_exposure_and_out_of_every_fit():
     assert LabelSpec("ev", {"click": LabelRule("ctr")}).consumptions(log)["x"].to_list() == [0, 1, 3, 4, 5]
     assert LabelSpec("ev", {"impression": LabelRule("ctr", means="click")}).exposure_events() == []
     assert LabelSpec().exposure_events() == []  # no event column: every row is an interaction
+    # an impression log's 0/1 flag: a row without a value was shown, not known to be clicked
+    flag = LabelSpec("clicked", {"1": LabelRule("ctr", means="click"), "0": LabelRule(means="impression")})
+    rows = pl.DataFrame({"clicked": [1, 0, None, 1], "x": [0, 1, 2, 3]})
+    assert flag.is_flag() and flag.consumptions(rows)["x"].to_list() == [0, 3]
+    assert not spec.is_flag() and not LabelSpec("ev", {"1": LabelRule("ctr"), "2": LabelRule()}).is_flag()
     # an exposure event labelling a task is refused when a fit starts (an old artifact still loads)
     both = pl.DataFrame({"ev": ["impression", "exp", "click"]})
     for name, rule in (("impression", LabelRule("ctr")), ("exp", LabelRule("ctr", means="impression"))):

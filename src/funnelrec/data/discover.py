@@ -208,8 +208,7 @@ class InitPlan:
             line("labels:", "which events teach which ranker task")
             line(f"  event_column: {_yaml_str(self.event_column)}", f"{len(self.events)} event types" if self.flag is None else
                  f"a 0/1 flag: {self.flag[0]} = a {self.flag[1]}, else an impression (one row per item shown)"
-                 + (f"; {self.flag_nulls:,} rows without a value are read as interactions: fill them"
-                    if self.flag_nulls else ""))
+                 + (f"; {self.flag_nulls:,} rows without a value: impressions too" if self.flag_nulls else ""))
             line("  map:" if lm else "  map: {}", "event → task (a positive of it), sample weight, online meaning"
                  if lm else "no event with a known role: every row an interaction (map yours below)")
             for ev, n in self.events.items():

@@ -143,11 +143,22 @@ class LabelSpec:
         """`interactions` without the rows of `exposure_events`: what every fit and the evaluation's
         positives read. A shown item is not a consumed one; were they kept, itemCF/EASE/Swing would
         learn what the old policy showed (a shop log with two impressions per event: funnel NDCG@10
-        0.32 → 0.12–0.15, docs/BENCHMARKS.md session 19)."""
+        0.32 → 0.12–0.15, docs/BENCHMARKS.md session 19). A row without an event type is an
+        interaction, except in an impression log's 0/1 flag (`is_flag`), where it was shown and not
+        known to be clicked: exposure."""
         shown = self.exposure_events()
         if not shown or self.event_column not in interactions.columns:
             return interactions
-        return interactions.filter(~pl.col(self.event_column).cast(pl.String).is_in(shown).fill_null(False))
+        out = ~pl.col(self.event_column).cast(pl.String).is_in(shown)
+        return interactions.filter(out.fill_null(not self.is_flag()))
+
+    def is_flag(self) -> bool:
+        """Whether the event column is an impression log's 0/1 flag (what `funnelrec init` maps
+        such a column to: two values, "1"/"0", "1.0"/"0.0" or "true"/"false", the 0 an impression)."""
+        keys = set(self.map)
+        pairs = ({"1", "0"}, {"1.0", "0.0"}, {"true", "false"}, {"True", "False"})
+        zero = next((k for k in keys if k in ("0", "0.0", "false", "False")), None)
+        return keys in pairs and zero is not None and (self.map[zero].means or zero) == "impression"
 
     def meaning(self) -> dict[str, str]:
         """Event type → the EVENT_TYPES name it is stored as online (only the renamed ones)."""
