@@ -80,8 +80,8 @@ def load_data(cfg: Any, config: Path | None, dataset: str | None, path: Path | N
     else:
         name = dataset or "movielens-100k"
         d = load_dataset(name, path=path) if path is not None else load_dataset(name)
-    if cfg.labels.map:  # impressions are exposure, not consumption: out before the split and every fit
-        d.interactions = cfg.labels.label_columns(cfg.labels.consumptions(d.interactions))
+    # impressions are exposure, not consumption: out before the split and every fit
+    d.interactions = cfg.labels.fitted_rows(d.interactions)
     return d
 
 

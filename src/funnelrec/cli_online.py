@@ -4,6 +4,7 @@ a user-caused error prints one `error: …` line and exits 2."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -74,21 +75,6 @@ def _register_log(app: typer.Typer) -> None:
             raise ConfigError(f"event log {path} not found (the server's --state-dir holds events.db)")
         return EventLog(path, retention_s=keep_s)
 
-    def _sqlite_errors_named(path: Path):
-        """A busy or broken database as one line (exit 2), not a traceback."""
-        import contextlib
-        import sqlite3
-
-        from funnelrec.core.errors import ArtifactError
-
-        @contextlib.contextmanager
-        def guard():
-            try:
-                yield
-            except sqlite3.Error as e:
-                raise ArtifactError(f"event log {path}: {e} (a server or learner holding it? retry, or stop it)") from None
-        return guard()
-
     @log.command("stats")
     def stats_cmd(state_dir: Path = state_opt, as_json: bool = typer.Option(False, "--json")) -> None:
         """Rows, seq and time range, how far a retention trimmed, bytes on disk."""
@@ -122,6 +108,19 @@ def _register_log(app: typer.Typer) -> None:
         typer.echo(f"deleted {deleted:,} events (up to seq {after['trimmed_up_to']}); {after['rows']:,} left; "
                    f"{before['bytes'] / 2**20:.1f} → {after['bytes'] / 2**20:.1f} MB"
                    + ("" if whole else " (a reader kept part of the WAL: its space returns at a later checkpoint)"))
+
+
+@contextlib.contextmanager
+def _sqlite_errors_named(path: Path):
+    """A busy or broken event log as one line (exit 2), not a traceback."""
+    import sqlite3
+
+    from funnelrec.core.errors import ArtifactError
+
+    try:
+        yield
+    except sqlite3.Error as e:
+        raise ArtifactError(f"event log {path}: {e} (a server or learner holding it? retry, or stop it)") from None
 
 
 def _quote(item_id: object) -> str:
@@ -243,8 +242,7 @@ def _register_replay(app: typer.Typer) -> None:
         else:
             dataset = dataset or "movielens-100k"
             ds = load_dataset(dataset, **({"path": path} if path is not None else {}), **ds_kwargs)
-            if funnel_cfg.labels.map:  # the label map's label columns and no exposure rows, as load_data does
-                ds.interactions = funnel_cfg.labels.label_columns(funnel_cfg.labels.consumptions(ds.interactions))
+            ds.interactions = funnel_cfg.labels.fitted_rows(ds.interactions)  # as load_data does
         cfg = replay_likes(cfg, funnel_cfg, ds.interactions)
         fitted = fit_for_replay(ds, funnel_cfg, cfg, progress=not as_json)
         if save is not None:

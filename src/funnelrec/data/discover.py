@@ -40,6 +40,7 @@ from pathlib import Path
 import polars as pl
 
 from funnelrec.core.errors import DataError
+from funnelrec.data.source import FLAG_VALUES
 
 ID_NAMES = {
     "user_id": ("userid", "user", "uid", "visitorid", "visitor", "customerid", "customer", "clientid", "memberid",
@@ -104,7 +105,7 @@ def _flag_column(df: pl.DataFrame) -> tuple[str | None, tuple[str, str] | None]:
         if event is None or not (dtype.is_numeric() or dtype in (pl.Boolean, pl.String)):
             continue
         values = set(df[c].drop_nulls().cast(pl.String).unique().head(3).to_list())
-        for one, zero in (("1", "0"), ("1.0", "0.0"), ("true", "false"), ("True", "False")):
+        for one, zero in FLAG_VALUES:
             if values == {one, zero}:
                 return c, (one, event)
     return None, None

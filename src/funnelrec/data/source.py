@@ -94,6 +94,10 @@ class DataSpec:
                             columns=dict(self.columns) or None)
 
 
+#: the (1, 0) spellings of an impression log's 0/1 flag column, as its values read as text
+FLAG_VALUES = (("1", "0"), ("1.0", "0.0"), ("true", "false"), ("True", "False"))
+
+
 @dataclass(frozen=True)
 class LabelRule:
     """What one event type is: the task it is a positive of, its sample weight, optionally the
@@ -155,10 +159,12 @@ class LabelSpec:
     def is_flag(self) -> bool:
         """Whether the event column is an impression log's 0/1 flag (what `funnelrec init` maps
         such a column to: two values, "1"/"0", "1.0"/"0.0" or "true"/"false", the 0 an impression)."""
-        keys = set(self.map)
-        pairs = ({"1", "0"}, {"1.0", "0.0"}, {"true", "false"}, {"True", "False"})
-        zero = next((k for k in keys if k in ("0", "0.0", "false", "False")), None)
-        return keys in pairs and zero is not None and (self.map[zero].means or zero) == "impression"
+        zero = next((z for one, z in FLAG_VALUES if set(self.map) == {one, z}), None)
+        return zero is not None and (self.map[zero].means or zero) == "impression"
+
+    def fitted_rows(self, interactions: pl.DataFrame) -> pl.DataFrame:
+        """What every fit and evaluation reads of a table: its `consumptions`, with `label_columns`."""
+        return self.label_columns(self.consumptions(interactions)) if self.map else interactions
 
     def meaning(self) -> dict[str, str]:
         """Event type → the EVENT_TYPES name it is stored as online (only the renamed ones)."""

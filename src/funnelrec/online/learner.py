@@ -79,7 +79,7 @@ from funnelrec.core.sqlite import enable_wal
 from funnelrec.online.labels import PENDING_SCHEMA, LabelJoin, empty_samples
 from funnelrec.online.publish import Publisher
 from funnelrec.online.served import STATUS, current_version, version_dir, write_atomic
-from funnelrec.online.source import EventLogSource, EventSource
+from funnelrec.online.source import EventSource
 from funnelrec.pipeline.eventlog import EVENT_TYPES, MAX_TS, POSITIVE_TYPES
 from funnelrec.pipeline.funnel import Funnel
 
@@ -240,8 +240,7 @@ class OnlineLearner:
             report["stream_gap"] = self.stream_gap
             _log.error("events after offset %s up to %s were trimmed from the %s before this learner read "
                        "them (lost to it): raise the server's %s or keep the learner running",
-                       self.offset, gap, *(("event log", "--log-retention-s") if isinstance(self.source, EventLogSource)
-                                           else ("stream", "--stream-retention-s")))
+                       self.offset, gap, *getattr(self.source, "retention", ("source", "retention")))
         if not events.height:
             if nxt != self.offset:  # nothing to read but a gap's end (online/source.py): past it, once
                 self._db.execute("INSERT OR REPLACE INTO state (key, value) VALUES ('offset', ?)", (nxt,))  # autocommit

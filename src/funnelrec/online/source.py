@@ -57,6 +57,7 @@ class EventLogSource:
     """The SQLite event log (`EventLog`'s events.db) as an event source; offset = seq."""
 
     start = "0"
+    retention = ("event log", "--log-retention-s")  # what trims it, for the learner's gap message
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -114,6 +115,7 @@ class RedisStreamSource:
     offset = the stream entry id."""
 
     start = "0-0"
+    retention = ("stream", "--stream-retention-s")
 
     def __init__(self, url: str, key: str = "funnelrec:events") -> None:
         import redis
